@@ -1,0 +1,5 @@
+import sys
+
+from vfio_scenario.cli import main
+
+sys.exit(main())

@@ -1,0 +1,96 @@
+"""The one exception hierarchy of the engine.
+
+The CLI turns these into messages and exit codes in one place (cli.py); nothing
+else prints a traceback to the user.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+from dataclasses import dataclass
+
+
+class ExitCode:
+    """Exit statuses of DESIGN §7."""
+
+    OK = 0
+    FAILED = 1
+    USAGE = 2
+    ENVIRONMENT = 3
+    NOTHING_SELECTED = 5
+
+
+@dataclass(frozen=True)
+class Location:
+    """A position in a scenario file; line and column are 1-based."""
+
+    path: str
+    line: int = 0
+    col: int = 0
+
+    def __str__(self) -> str:
+        if self.line:
+            return f"{self.path}:{self.line}:{self.col or 1}"
+        return self.path
+
+
+class VfioScenarioError(Exception):
+    """Base of every error the engine raises on purpose."""
+
+    exit_code = ExitCode.FAILED
+
+
+class ScenarioError(VfioScenarioError):
+    """One problem in a scenario file, at a location."""
+
+    exit_code = ExitCode.USAGE
+
+    def __init__(self, location: Location, message: str) -> None:
+        super().__init__(f"{location}: {message}")
+        self.location = location
+        self.message = message
+
+
+class ScenarioErrors(VfioScenarioError):
+    """Every problem found in one or more files (validation reports them all)."""
+
+    exit_code = ExitCode.USAGE
+
+    def __init__(self, errors: list[ScenarioError]) -> None:
+        super().__init__("\n".join(str(e) for e in errors))
+        self.errors = errors
+
+
+class UsageError(VfioScenarioError):
+    """Bad command-line use."""
+
+    exit_code = ExitCode.USAGE
+
+
+class EnvironmentProblem(VfioScenarioError):
+    """No device and no testbed could be had, or the host lacks a tool."""
+
+    exit_code = ExitCode.ENVIRONMENT
+
+
+class NothingSelected(VfioScenarioError):
+    """The paths and filters selected no case."""
+
+    exit_code = ExitCode.NOTHING_SELECTED
+
+
+class VfioError(VfioScenarioError):
+    """A failed ioctl or system call of the uapi layer.
+
+    `errno_name` (e.g. "EINVAL") is what a step's `expect:` compares against.
+    """
+
+    def __init__(self, err: int, op: str, handle: str = "", detail: str = "") -> None:
+        self.errno = err
+        self.errno_name = _errno.errorcode.get(err, f"E{err}")
+        self.op = op
+        self.handle = handle
+        where = f" on {handle}" if handle else ""
+        extra = f": {detail}" if detail else ""
+        super().__init__(f"{op}{where} failed with {self.errno_name} ({os.strerror(err)}){extra}")

@@ -1,0 +1,10 @@
+"""Command-line registration for the report layer (filled in by its owner)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def register(sub: "argparse._SubParsersAction[Any]") -> None:
+    """Add this layer's subcommands to the main parser."""

@@ -1,0 +1,122 @@
+"""Typed results of a run: what the interpreter produces and every writer consumes.
+
+Data flows one way (run → results → writers), as in kunit_tool. Every class here
+round-trips through `to_dict` / `from_dict` so results cross the guest agent's
+JSON-lines channel and the journal unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class Outcome(str, Enum):
+    PASS = "pass"
+    FAIL = "fail"
+    SKIP = "skip"
+    ERROR = "error"  # crash, hang, timeout, unexpected signal: not the scenario's verdict
+
+    @property
+    def label(self) -> str:
+        return self.name
+
+
+@dataclass
+class StepResult:
+    """One executed (or not executed) step of a case."""
+
+    index: int  # 0-based position in the case, body then teardown
+    op: str  # operation key, e.g. "map_dma"
+    name: str  # the step's `name:` or a label derived from the operation
+    location: str  # "path:line" of the step in its scenario file
+    outcome: Outcome
+    duration: float = 0.0  # seconds, all repetitions
+    repeat: int = 1
+    expected: str = "ok"  # "ok", an errno name, a signal name
+    actual: str = "ok"
+    message: str = ""
+    teardown: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["outcome"] = self.outcome.value
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StepResult:
+        return cls(**{**d, "outcome": Outcome(d["outcome"])})
+
+
+@dataclass
+class CaseResult:
+    """One case: a scenario with one assignment of its matrix, on one device and IOMMU mode.
+
+    `properties` carries what the JUnit properties and report headers show: device
+    (BDF), vendor_device ("1234:11e8"), vfio_driver, iommu_mode, kernel, accelerator,
+    engine_version.
+    """
+
+    case_id: str  # "scenarios/dma/map.yaml::map-unmap[iommu_mode=iommufd,size=4096]"
+    file: str  # scenario file path as given
+    scenario: str  # scenario name
+    outcome: Outcome
+    duration: float = 0.0
+    params: dict[str, Any] = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
+    message: str = ""  # failure/error message, or skip reason
+    location: str = ""  # "path:line" of the failing step, when one failed
+    steps: list[StepResult] = field(default_factory=list)
+    properties: dict[str, str] = field(default_factory=dict)
+    log: str = ""  # console / dmesg tail for errors, captured output
+    started: float = 0.0  # wall-clock epoch seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["outcome"] = self.outcome.value
+        d["steps"] = [s.to_dict() for s in self.steps]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CaseResult:
+        return cls(
+            **{
+                **d,
+                "outcome": Outcome(d["outcome"]),
+                "steps": [StepResult.from_dict(s) for s in d.get("steps", [])],
+            }
+        )
+
+
+@dataclass
+class RunResult:
+    """A whole run: its cases in execution order and what describes the run."""
+
+    cases: list[CaseResult] = field(default_factory=list)
+    started: float = 0.0
+    duration: float = 0.0
+    properties: dict[str, str] = field(default_factory=dict)  # kernel, accelerator, version …
+
+    def counts(self) -> dict[Outcome, int]:
+        out = {o: 0 for o in Outcome}
+        for c in self.cases:
+            out[c.outcome] += 1
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "started": self.started,
+            "duration": self.duration,
+            "properties": dict(self.properties),
+            "cases": [c.to_dict() for c in self.cases],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunResult:
+        return cls(
+            cases=[CaseResult.from_dict(c) for c in d.get("cases", [])],
+            started=d.get("started", 0.0),
+            duration=d.get("duration", 0.0),
+            properties=dict(d.get("properties", {})),
+        )
