@@ -1,0 +1,148 @@
+"""The scenario driver framework, mirroring the kernel selftests' vfio_pci_driver ops.
+
+A driver is a small class with the kernel's verbs: `probe` (does this device match),
+`init`, `remove`, `memcpy_start`, `memcpy_wait`, `send_msi`, plus its limits
+(`max_memcpy_size`, `max_memcpy_count`) and feature flags (`Feature.NO_SEND_MSI`).
+
+Drivers see the device only through `DeviceAccess`, a protocol the uapi layer's
+device implements and that the register-level models in tests/ implement too, so the
+same driver code runs against the real kernel in the testbed and against a model.
+
+Third parties register drivers through the `vfio_scenario.drivers` entry-point group:
+
+    [project.entry-points."vfio_scenario.drivers"]
+    mydev = "mypkg.mydev:MyDriver"
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+from enum import Flag, auto
+from importlib.metadata import entry_points
+from typing import ClassVar, Protocol
+
+from vfio_scenario.errors import VfioError
+
+ENTRY_POINT_GROUP = "vfio_scenario.drivers"
+
+
+class Feature(Flag):
+    NONE = 0
+    # The device cannot raise an MSI on demand (VFIO_PCI_DRIVER_F_NO_SEND_MSI):
+    # send_msi reports EOPNOTSUPP and scenarios that need it are skipped.
+    NO_SEND_MSI = auto()
+
+
+class DeviceAccess(Protocol):
+    """What a driver may do to its device: exact-width BAR and config accesses, IRQs."""
+
+    bdf: str
+    vendor_id: int
+    device_id: int
+
+    def config_read(self, offset: int, width: int) -> int: ...
+    def config_write(self, offset: int, width: int, value: int) -> None: ...
+    def bar_read(self, bar: int, offset: int, width: int) -> int: ...
+    def bar_write(self, bar: int, offset: int, width: int, value: int) -> None: ...
+    def wait_irq(self, vector: int, timeout: float) -> int:
+        """Wait for the eventfd of an enabled vector; returns the count read, 0 on timeout."""
+        ...
+
+
+@dataclass
+class DmaRegion:
+    """Memory the driver owns for descriptors and completion records, already mapped.
+
+    `mem` is the CPU's view, `iova` the device's address of its first byte.
+    """
+
+    mem: memoryview
+    iova: int
+    size: int
+
+
+class DriverError(VfioError):
+    """A driver-level failure: a DMA error status, a timeout, an unsupported request."""
+
+
+class Driver:
+    """Base class of scenario drivers; subclasses override the verbs they support."""
+
+    name: ClassVar[str] = ""
+    # (vendor, device) pairs, None as device matching any device of the vendor.
+    ids: ClassVar[tuple[tuple[int, int | None], ...]] = ()
+    features: ClassVar[Feature] = Feature.NONE
+    max_memcpy_size: ClassVar[int] = 0
+    max_memcpy_count: ClassVar[int] = 1
+    # Size of the DMA region the driver needs for its own structures (0: none).
+    region_size: ClassVar[int] = 0
+    # Address bits the device can drive (edu: 28); IOVAs above are refused.
+    dma_mask_bits: ClassVar[int] = 64
+
+    def __init__(self, device: DeviceAccess, region: DmaRegion | None = None) -> None:
+        self.device = device
+        self.region = region
+        self.msi_vector: int | None = None
+
+    @classmethod
+    def probe(cls, device: DeviceAccess) -> bool:
+        """Whether this driver can drive `device`; may read config space, never writes."""
+        return any(
+            device.vendor_id == vendor and (dev is None or device.device_id == dev)
+            for vendor, dev in cls.ids
+        )
+
+    def init(self, msi_vector: int | None = 0) -> None:
+        """Bring the device to a state where memcpy and send_msi work."""
+
+    def remove(self) -> None:
+        """Leave the device as init found it."""
+
+    def memcpy_start(self, src: int, dst: int, size: int, count: int = 1) -> None:
+        raise self.unsupported("memcpy_start")
+
+    def memcpy_wait(self, timeout: float = 5.0) -> None:
+        raise self.unsupported("memcpy_wait")
+
+    def send_msi(self) -> None:
+        if Feature.NO_SEND_MSI in self.features:
+            raise self.unsupported("send_msi")
+        self._send_msi()
+
+    def _send_msi(self) -> None:
+        raise self.unsupported("send_msi")
+
+    def check_memcpy(self, src: int, dst: int, size: int, count: int) -> None:
+        """Refuse a request beyond the driver's declared limits with EINVAL."""
+        limit = (1 << self.dma_mask_bits) - 1
+        if size <= 0 or size > self.max_memcpy_size:
+            raise DriverError(errno.EINVAL, f"{self.name}.memcpy_start", self.device.bdf,
+                              f"size {size} outside 1..{self.max_memcpy_size}")
+        if count <= 0 or count > self.max_memcpy_count:
+            raise DriverError(errno.EINVAL, f"{self.name}.memcpy_start", self.device.bdf,
+                              f"count {count} outside 1..{self.max_memcpy_count}")
+        for what, iova in (("src", src), ("dst", dst)):
+            if iova < 0 or iova + size * count - 1 > limit:
+                raise DriverError(errno.EINVAL, f"{self.name}.memcpy_start", self.device.bdf,
+                                  f"{what} 0x{iova:x} beyond the {self.dma_mask_bits}-bit DMA mask")
+
+    def unsupported(self, op: str) -> DriverError:
+        return DriverError(errno.EOPNOTSUPP, f"{self.name}.{op}", self.device.bdf)
+
+
+def registered_drivers() -> dict[str, type[Driver]]:
+    """Every driver of the entry-point group, by name, in name order."""
+    found: dict[str, type[Driver]] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        cls = ep.load()
+        found[ep.name] = cls
+    return dict(sorted(found.items()))
+
+
+def driver_for(device: DeviceAccess) -> type[Driver] | None:
+    """The first registered driver (by name) whose probe accepts the device."""
+    for cls in registered_drivers().values():
+        if cls.probe(device):
+            return cls
+    return None
