@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from vfio_scenario import __version__
-from vfio_scenario.errors import ExitCode, VfioScenarioError
+from vfio_scenario.errors import ExitCode, ScenarioErrors, VfioScenarioError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +36,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         status: int = args.func(args)
+    except ScenarioErrors as exc:
+        for err in exc.errors:
+            print(err, file=sys.stderr)
+        return exc.exit_code
     except VfioScenarioError as exc:
         print(f"vfio-scenario: {exc}", file=sys.stderr)
         return exc.exit_code

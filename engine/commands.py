@@ -1,10 +1,94 @@
-"""validate / list / schema / run / devices handlers."""
+"""Handlers of the scenario commands: validate, list, schema (run and devices join them)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
+
+from vfio_scenario.errors import ExitCode, NothingSelected, ScenarioErrors
+from vfio_scenario.language.compile import Compiled, compile_paths
+from vfio_scenario.language.schema import json_schema_text
 
 
 def register(sub: "argparse._SubParsersAction[Any]") -> None:
     """Add the scenario commands to the main parser."""
+    p = sub.add_parser(
+        "validate",
+        help="check scenario files; every error as path:line:col",
+        description="Check scenario files without touching the host. Prints every error of "
+        "every file as path:line:col: message; exits 0 when all are valid, 2 otherwise.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="scenario files or directories")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser(
+        "list",
+        help="print the case ids after matrix expansion",
+        description="Expand scenarios (matrix, implicit iommu_mode axis) and print one case id "
+        "per line. Exits 5 when the paths hold no scenario.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="scenario files or directories")
+    p.add_argument("--tags", action="store_true", help="show each case's tags after its id")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser(
+        "schema",
+        help="print the JSON Schema of the scenario language",
+        description="Print the JSON Schema made from the language's models "
+        "(schemas/scenario.schema.json is the committed copy).",
+    )
+    p.add_argument("-o", "--output", help="write to this file instead of standard output")
+    p.set_defaults(func=cmd_schema)
+
+    from vfio_scenario.run import cli as run_cli
+
+    run_cli.register(sub)
+
+
+def compile_or_raise(paths: list[str], *, need_cases: bool) -> Compiled:
+    """Compile `paths`; scenario errors raise (exit 2), no files/cases raise (exit 5)."""
+    compiled = compile_paths(paths)
+    if compiled.errors:
+        raise ScenarioErrors(compiled.errors)
+    if need_cases and not compiled.cases:
+        where = ", ".join(paths)
+        if not compiled.files:
+            raise NothingSelected(f"no scenario files (*.yaml, *.yml) found in {where}")
+        raise NothingSelected(f"no cases in {where}")
+    return compiled
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    compiled = compile_paths(args.paths)
+    for err in compiled.errors:
+        print(err, file=sys.stderr)
+    if compiled.errors:
+        files = len({e.location.path for e in compiled.errors})
+        print(f"{len(compiled.errors)} error(s) in {files} file(s)", file=sys.stderr)
+        return ExitCode.USAGE
+    if not compiled.files:
+        print(f"vfio-scenario: no scenario files (*.yaml, *.yml) found in {', '.join(args.paths)}",
+              file=sys.stderr)
+        return ExitCode.USAGE
+    scenarios = len({(c.file, c.scenario) for c in compiled.cases})
+    print(f"{len(compiled.files)} file(s), {scenarios} scenario(s), {len(compiled.cases)} case(s): ok")
+    return ExitCode.OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    compiled = compile_or_raise(args.paths, need_cases=True)
+    for case in compiled.cases:
+        suffix = f"  [{', '.join(case.tags)}]" if args.tags and case.tags else ""
+        print(f"{case.id}{suffix}")
+    return ExitCode.OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    text = json_schema_text()
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    return ExitCode.OK

@@ -1,0 +1,498 @@
+"""Documents → validated, expanded cases.
+
+For each scenario of a file: check the scenario keys, expand the matrix (with the
+implicit `iommu_mode` axis), render every templated value per case, validate each
+step against its operation's model, and check handles statically (defined earlier,
+of the right kind). Every problem of every file is collected with its location;
+nothing touches the host.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from vfio_scenario.errors import Location, ScenarioError
+from vfio_scenario.language.loader import Document, find_scenario_files, load_file
+from vfio_scenario.language.models import (
+    COMMON_KEYS,
+    IOMMU_MODES,
+    OPERATIONS,
+    SCENARIO_KEYS,
+    Op,
+    Requires,
+    ScenarioHeader,
+    StepCommon,
+    handle_fields,
+)
+from vfio_scenario.language.templates import render_tree
+
+RESERVED_AXES = ("iommu_mode",)
+# Operations whose presence makes a scenario depend on the IOMMU mode.
+_IOMMU_OPS = ("open_iommu", "open_device", "open_cdev", "bind_iommufd")
+PLACEHOLDER_DEVICES = ["0000:00:00.0", "0000:00:00.1", "0000:00:00.2", "0000:00:00.3"]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One validated step of one case."""
+
+    index: int
+    op: str
+    args: Op
+    common: StepCommon
+    location: Location
+    teardown: bool = False
+
+    @property
+    def label(self) -> str:
+        return self.common.name or self.op
+
+    @property
+    def handle(self) -> str | None:
+        return self.common.as_
+
+
+@dataclass
+class Case:
+    """One runnable case: a scenario with one matrix assignment."""
+
+    id: str
+    file: str
+    scenario: str
+    description: str
+    tags: list[str]
+    requires: Requires
+    params: dict[str, Any]
+    timeout: float
+    steps: list[Step]
+    teardown: list[Step]
+    location: Location
+
+    @property
+    def iommu_mode(self) -> str | None:
+        mode = self.params.get("iommu_mode")
+        return mode if isinstance(mode, str) else None
+
+
+@dataclass
+class Compiled:
+    cases: list[Case] = field(default_factory=list)
+    errors: list[ScenarioError] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+
+
+def display_path(path: str) -> str:
+    """The path as shown in ids: relative to the working directory when below it."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel.replace(os.sep, "/")
+
+
+def case_id(path: str, name: str, params: dict[str, Any]) -> str:
+    if not params:
+        return f"{path}::{name}"
+    inner = ",".join(f"{k}={_fmt(params[k])}" for k in sorted(params))
+    return f"{path}::{name}[{inner}]"
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "null"
+    return str(v)
+
+
+def suggest(word: str, choices: Any) -> str:
+    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean `{close[0]}`?)" if close else ""
+
+
+class _FileCompiler:
+    def __init__(self, doc: Document, devices: list[str]) -> None:
+        self.doc = doc
+        self.path = display_path(doc.path)
+        self.devices = devices
+        self.errors: dict[tuple[str, str], ScenarioError] = {}
+        self.cases: list[Case] = []
+        # (op, args json) → validated args, so matrix cases share unchanged steps' work
+        self._step_cache: dict[tuple[str, str], Op | list[tuple[tuple[Any, ...], str]]] = {}
+
+    def error(self, path: tuple[Any, ...], message: str, *, key: bool = False) -> None:
+        loc = self.doc.location(path, key=key)
+        self.errors.setdefault((str(loc), message), ScenarioError(loc, message))
+
+    def run(self) -> None:
+        data = self.doc.data
+        if isinstance(data, dict):
+            items: list[tuple[tuple[Any, ...], Any]] = [((), data)]
+        elif isinstance(data, list):
+            if not data:
+                self.error((), "empty list: no scenario in this file")
+            items = [((i,), s) for i, s in enumerate(data)]
+        else:
+            self.error((), "a scenario file holds a mapping (one scenario) or a list of them")
+            return
+        stem = os.path.splitext(os.path.basename(self.doc.path))[0]
+        names: dict[str, tuple[Any, ...]] = {}
+        for path, raw in items:
+            if not isinstance(raw, dict):
+                self.error(path, "a scenario is a mapping with `steps:`")
+                continue
+            name = raw.get("name", stem if len(items) == 1 else None)
+            if name is None:
+                self.error(path, "scenarios in a list need a `name`")
+            elif str(name) in names:
+                first = self.doc.location(names[str(name)]).line
+                self.error((*path, "name") if "name" in raw else path,
+                           f"two scenarios named {name!r} in one file (first at line {first})")
+                continue
+            else:
+                names[str(name)] = path
+            self.scenario(path, raw, str(name) if name is not None else stem)
+
+    # -- one scenario ------------------------------------------------------------
+
+    def scenario(self, path: tuple[Any, ...], raw: dict[str, Any], name: str) -> None:
+        for key in raw:
+            if key not in SCENARIO_KEYS:
+                self.error((*path, key), f"unknown scenario key `{key}`{suggest(key, SCENARIO_KEYS)}",
+                           key=True)
+        known = {k: v for k, v in raw.items() if k in SCENARIO_KEYS}
+        try:
+            header = ScenarioHeader.model_validate(known)
+        except ValidationError as exc:
+            self.pydantic_errors(path, exc, ScenarioHeader)
+            return
+        combos = self.matrix(path, header)
+        if combos is None:
+            return
+        for step_list in ("steps", "teardown"):
+            for i, raw_step in enumerate(getattr(header, step_list)):
+                if not isinstance(raw_step, dict):
+                    self.error((*path, step_list, i),
+                               "a step is a mapping with one operation key, e.g. `- sleep: {duration: 1s}`")
+        seen: set[str] = set()
+        for params in combos:
+            cid = case_id(self.path, name, params)
+            if cid in seen:
+                self.error((*path, "matrix"), f"matrix gives case {cid} twice")
+                continue
+            seen.add(cid)
+            case = self.case(path, header, name, cid, params)
+            if case is not None:
+                self.cases.append(case)
+
+    def matrix(self, path: tuple[Any, ...], header: ScenarioHeader) -> list[dict[str, Any]] | None:
+        axes: dict[str, list[Any]] = {}
+        include = header.matrix.get("include", [])
+        exclude = header.matrix.get("exclude", [])
+        ok = True
+        for key, values in header.matrix.items():
+            if key in ("include", "exclude"):
+                for i, entry in enumerate(values):
+                    if not isinstance(entry, dict) or not entry:
+                        self.error((*path, "matrix", key, i),
+                                   f"each `{key}` entry is a mapping of axis → value")
+                        ok = False
+                continue
+            if not values:
+                self.error((*path, "matrix", key), f"matrix axis `{key}` has no values")
+                ok = False
+            for i, v in enumerate(values):
+                if isinstance(v, (dict, list)):
+                    self.error((*path, "matrix", key, i),
+                               "matrix values are scalars (numbers, strings, booleans)")
+                    ok = False
+            axes[key] = values
+        if not ok:
+            return None
+        for i, entry in enumerate(exclude):
+            for k in entry:
+                if k not in axes and k != "iommu_mode":
+                    self.error((*path, "matrix", "exclude", i, k),
+                               f"exclude names unknown axis `{k}`{suggest(k, axes)}", key=True)
+                    ok = False
+        if not ok:
+            return None
+        if "iommu_mode" not in axes and self.uses_iommu(header):
+            modes = header.requires.iommu_modes or list(IOMMU_MODES)
+            axes = {"iommu_mode": list(modes), **axes}
+        elif "iommu_mode" in axes:
+            for i, v in enumerate(axes["iommu_mode"]):
+                if v not in IOMMU_MODES:
+                    self.error((*path, "matrix", "iommu_mode", i),
+                               f"unknown IOMMU mode {v!r}{suggest(v, IOMMU_MODES)}")
+                    ok = False
+        if not ok:
+            return None
+        names = list(axes)
+        combos = [dict(zip(names, values)) for values in itertools.product(*axes.values())]
+        for entry in include:
+            matched = False
+            for combo in combos:
+                if all(combo.get(k) == v for k, v in entry.items() if k in axes):
+                    if any(k in axes for k in entry):
+                        combo.update({k: v for k, v in entry.items() if k not in axes})
+                        matched = True
+            if not matched:
+                combos.append(dict(entry))
+        combos = [c for c in combos
+                  if not any(all(c.get(k) == v for k, v in e.items()) for e in exclude)]
+        if not combos:
+            self.error((*path, "matrix") if header.matrix else path,
+                       "matrix expands to no case (every combination is excluded)")
+            return None
+        return combos
+
+    @staticmethod
+    def uses_iommu(header: ScenarioHeader) -> bool:
+        if header.requires.iommu_modes:
+            return True
+        for raw in (*header.steps, *header.teardown):
+            if isinstance(raw, dict) and any(op in raw for op in _IOMMU_OPS):
+                return True
+        return False
+
+    def case(self, path: tuple[Any, ...], header: ScenarioHeader, name: str, cid: str,
+             params: dict[str, Any]) -> Case | None:
+        context: dict[str, Any] = {"devices": self.devices, "device": self.devices[0]}
+        context.update(params)
+        problems: list[tuple[tuple[Any, ...], str]] = []
+        for var, value in header.vars.items():
+            context[var] = render_tree(value, context, (*path, "vars", var), problems)
+        for var in header.vars:
+            if var in params:
+                self.error((*path, "vars", var),
+                           f"`{var}` is both a matrix axis and a var", key=True)
+        for p, msg in problems:
+            self.error(p, msg)
+        if problems:
+            return None
+        steps, handles = self.steps(path, "steps", header.steps, context, {}, teardown=False)
+        teardown, _ = self.steps(path, "teardown", header.teardown, context, handles, teardown=True)
+        if steps is None or teardown is None:
+            return None
+        return Case(
+            id=cid, file=self.path, scenario=name, description=header.description,
+            tags=list(header.tags), requires=header.requires, params=params,
+            timeout=header.timeout, steps=steps, teardown=teardown,
+            location=self.doc.location(path),
+        )
+
+    def steps(self, path: tuple[Any, ...], key: str, raws: list[Any], context: dict[str, Any],
+              handles: dict[str, str], *, teardown: bool) -> tuple[list[Step] | None, dict[str, str]]:
+        handles = dict(handles)
+        out: list[Step] = []
+        ok = True
+        for i, raw in enumerate(raws):
+            spath = (*path, key, i)
+            if not isinstance(raw, dict):
+                ok = False
+                continue
+            step = self.step(spath, raw, context, handles, len(out), teardown)
+            name = raw.get("as")
+            op_cls = next((OPERATIONS[k] for k in raw if k in OPERATIONS), None)
+            if isinstance(name, str) and op_cls is not None and op_cls.produces:
+                # defined even when the step itself is wrong, so later steps don't cascade
+                handles[name] = op_cls.produces
+            if step is None:
+                ok = False
+                continue
+            out.append(step)
+        return (out if ok else None), handles
+
+    def step(self, spath: tuple[Any, ...], raw: dict[str, Any], context: dict[str, Any],
+             handles: dict[str, str], index: int, teardown: bool) -> Step | None:
+        ops = [k for k in raw if k not in COMMON_KEYS]
+        if len(ops) != 1:
+            if not ops:
+                self.error(spath, "step has no operation key (one of: "
+                           f"{', '.join(sorted(OPERATIONS))})")
+                return None
+            known = [k for k in ops if k in OPERATIONS]
+            for k in ops:
+                if k not in OPERATIONS:
+                    self.unknown_op(spath, k)
+            if len(known) > 1:
+                self.error((*spath, known[1]),
+                           f"a step has exactly one operation; found {', '.join(known)}", key=True)
+            return None
+        op = ops[0]
+        if op not in OPERATIONS:
+            self.unknown_op(spath, op)
+            return None
+        cls = OPERATIONS[op]
+        problems: list[tuple[tuple[Any, ...], str]] = []
+        rendered = render_tree(raw, context, spath, problems)
+        for p, msg in problems:
+            self.error(p, msg)
+        if problems:
+            return None
+        args_raw = rendered[op]
+        if args_raw is None:
+            args_raw = {}
+        args = self.validate_args(spath, op, cls, args_raw)
+        common_raw = {k: v for k, v in rendered.items() if k != op}
+        common: StepCommon | None = None
+        try:
+            common = StepCommon.model_validate(common_raw)
+        except ValidationError as exc:
+            self.pydantic_errors(spath, exc, StepCommon)
+        if args is None:
+            return None
+        handles_ok = self.check_handles(spath, op, cls, args, handles)
+        if common is None or not handles_ok:
+            return None
+        if common.as_ is not None and cls.produces is None:
+            self.error((*spath, "as"), f"`{op}` makes no handle, so `as:` names nothing", key=True)
+            return None
+        return Step(index=index, op=op, args=args, common=common,
+                    location=self.doc.location(spath), teardown=teardown)
+
+    def unknown_op(self, spath: tuple[Any, ...], key: Any) -> None:
+        self.error((*spath, key),
+                   f"unknown operation `{key}`{suggest(key, [*OPERATIONS, *COMMON_KEYS])}", key=True)
+
+    def validate_args(self, spath: tuple[Any, ...], op: str, cls: type[Op],
+                      args_raw: Any) -> Op | None:
+        if not isinstance(args_raw, dict):
+            self.error((*spath, op), f"the arguments of `{op}` are a mapping, got {_kind(args_raw)}")
+            return None
+        cache_key = (op, repr(args_raw))
+        cached = self._step_cache.get(cache_key)
+        if cached is None:
+            try:
+                cached = cls.model_validate(args_raw)
+            except ValidationError as exc:
+                cached = self.describe(exc, cls)
+            self._step_cache[cache_key] = cached
+        if isinstance(cached, list):
+            for p, msg in cached:
+                self.error((*spath, op, *p), msg, key=msg.startswith("unknown argument"))
+            return None
+        return cached
+
+    def check_handles(self, spath: tuple[Any, ...], op: str, cls: type[Op], args: Op,
+                      handles: dict[str, str]) -> bool:
+        ok = True
+        for apath, kinds in handle_fields(cls):
+            value: Any = args.model_dump(by_alias=True)
+            for part in apath:
+                value = value.get(part) if isinstance(value, dict) else None
+            if not isinstance(value, str):
+                continue
+            if value not in handles:
+                self.error((*spath, op, *apath),
+                           f"handle `{value}` is not defined by an earlier step{suggest(value, handles)}")
+                ok = False
+            elif handles[value] not in kinds:
+                want = " or ".join(kinds)
+                self.error((*spath, op, *apath),
+                           f"handle `{value}` is a {handles[value]}, but `{apath[-1]}` needs a {want}")
+                ok = False
+        return ok
+
+    # -- pydantic errors → located messages -------------------------------------
+
+    def pydantic_errors(self, path: tuple[Any, ...], exc: ValidationError,
+                        model: type[BaseModel]) -> None:
+        for p, msg in self.describe(exc, model):
+            self.error((*path, *p), msg, key=msg.startswith("unknown"))
+
+    @staticmethod
+    def describe(exc: ValidationError, model: type[BaseModel]) -> list[tuple[tuple[Any, ...], str]]:
+        out: list[tuple[tuple[Any, ...], str]] = []
+        seen_locs: set[tuple[Any, ...]] = set()
+        for err in exc.errors(include_url=False):
+            loc = tuple(err["loc"])
+            # union branches report one error each; keep the first per location
+            clean = tuple(p for p in loc if not _is_branch_label(p))
+            if clean in seen_locs and err["type"] not in ("missing", "extra_forbidden"):
+                continue
+            seen_locs.add(clean)
+            out.append((clean, _message(err, clean, model)))
+        return out
+
+
+def _is_branch_label(p: Any) -> bool:
+    return isinstance(p, str) and (p.startswith(("literal[", "function-", "int", "str", "float",
+                                                 "bool", "list[", "tuple[", "json-or-python"))
+                                   or p in ("lax-or-strict",))
+
+
+def _kind(v: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", int: "an integer",
+            float: "a number", bool: "a boolean", type(None): "nothing"}.get(type(v), type(v).__name__)
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    current: Any = model
+    for part in loc:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        info = current.model_fields.get(part)
+        if info is None:
+            by_alias = {f.alias: f for f in current.model_fields.values() if f.alias}
+            info = by_alias.get(part)
+        if info is None:
+            return []
+        from vfio_scenario.language.models import _nested_model
+
+        current = _nested_model(info.annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return [f.alias or n for n, f in current.model_fields.items()]
+    return []
+
+
+def _message(err: Any, loc: tuple[Any, ...], model: type[BaseModel]) -> str:
+    kind = err["type"]
+    name = loc[-1] if loc else ""
+    if kind == "extra_forbidden":
+        choices = _fields_at(model, loc[:-1])
+        return f"unknown argument `{name}`{suggest(name, choices)}"
+    if kind == "missing":
+        return f"missing required argument `{name}`"
+    msg = str(err["msg"])
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    got = err.get("input")
+    where = f"`{name}`: " if isinstance(name, str) and name else ""
+    if kind in ("literal_error", "enum"):
+        return f"{where}{msg}, got {got!r}"
+    if kind.endswith("_type") or kind.endswith("_parsing"):
+        return f"{where}{msg}, got {_kind(got)} {got!r}"
+    return f"{where}{msg}"
+
+
+def compile_documents(docs: list[Document], devices: list[str] | None = None) -> Compiled:
+    result = Compiled()
+    for doc in docs:
+        fc = _FileCompiler(doc, devices or PLACEHOLDER_DEVICES)
+        fc.run()
+        result.cases.extend(fc.cases)
+        result.errors.extend(fc.errors.values())
+        result.files.append(doc.path)
+    return result
+
+
+def compile_paths(paths: list[str], devices: list[str] | None = None) -> Compiled:
+    """Load every scenario file under `paths` and compile it; errors of all files collected."""
+    files, errors = find_scenario_files(paths)
+    docs = []
+    for f in files:
+        doc, errs = load_file(f)
+        if errs:
+            errors.extend(errs)
+            continue
+        docs.append(doc)
+    result = compile_documents(docs, devices)
+    result.errors[:0] = errors
+    result.files = files
+    result.errors.sort(key=lambda e: (e.location.path, e.location.line, e.location.col))
+    return result

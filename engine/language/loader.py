@@ -1,0 +1,209 @@
+"""YAML → plain Python values with the line:col of every node kept.
+
+ruamel.yaml composes the node graph (its C composer where installed); this module
+turns nodes into dicts, lists and scalars itself so that it can
+- remember the position of every value and every mapping key (by path),
+- report every duplicate key instead of stopping at the first,
+- cap alias expansion ("billion laughs") and file size before any work explodes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from vfio_scenario.errors import Location, ScenarioError
+
+MAX_FILE_BYTES = 1 << 20  # a scenario file is a few KiB; anything near this is a mistake
+MAX_NODES = 200_000  # nodes after alias expansion; a library file has a few hundred
+SCENARIO_SUFFIXES = (".yaml", ".yml")
+
+Path_ = tuple[Any, ...]  # path of a value inside a document: keys and list indexes
+
+
+@dataclass
+class Document:
+    """One loaded file: its data and where each part of it came from."""
+
+    path: str
+    data: Any
+    positions: dict[Path_, tuple[int, int]] = field(default_factory=dict)  # value start
+    key_positions: dict[Path_, tuple[int, int]] = field(default_factory=dict)  # key start
+
+    def location(self, path: Path_, *, key: bool = False) -> Location:
+        """The location of `path`, or of its nearest ancestor that exists in the file."""
+        table = self.key_positions if key else self.positions
+        p = tuple(path)
+        if key and p not in table:
+            table = self.positions
+        while p and p not in table:
+            p = p[:-1]
+            table = self.positions
+        line, col = table.get(p, (0, 0))
+        return Location(self.path, line + 1, col + 1)
+
+
+def _make_yaml() -> YAML:
+    try:
+        return YAML(typ="safe", pure=False)
+    except Exception:  # ruamel.yaml.clib missing: same results, slower
+        return YAML(typ="safe", pure=True)
+
+
+_YAML = _make_yaml()
+_SCALARS = _YAML.constructor
+
+
+class _Builder:
+    def __init__(self, doc: Document) -> None:
+        self.doc = doc
+        self.count = 0
+        self.errors: list[ScenarioError] = []
+
+    def _loc(self, node: Node) -> Location:
+        return Location(self.doc.path, node.start_mark.line + 1, node.start_mark.column + 1)
+
+    def build(self, node: Node, path: Path_, stack: tuple[int, ...] = ()) -> Any:
+        self.count += 1
+        if self.count > MAX_NODES:
+            raise ScenarioError(
+                self._loc(node),
+                f"document expands to more than {MAX_NODES} nodes (an alias bomb?); refusing it",
+            )
+        self.doc.positions[path] = (node.start_mark.line, node.start_mark.column)
+        if id(node) in stack:
+            raise ScenarioError(self._loc(node), "recursive alias: a node contains itself")
+        if isinstance(node, ScalarNode):
+            try:
+                return _SCALARS.construct_object(node, deep=True)
+            except YAMLError as exc:
+                raise ScenarioError(self._loc(node), f"bad scalar: {exc}") from None
+        inner = (*stack, id(node))
+        if isinstance(node, SequenceNode):
+            return [self.build(item, (*path, i), inner) for i, item in enumerate(node.value)]
+        if isinstance(node, MappingNode):
+            out: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    self.errors.append(
+                        ScenarioError(self._loc(key_node), "merge keys (<<) are not supported")
+                    )
+                    continue
+                if not isinstance(key_node, ScalarNode):
+                    self.errors.append(
+                        ScenarioError(self._loc(key_node), "a mapping key must be a plain scalar")
+                    )
+                    continue
+                key = _SCALARS.construct_object(key_node, deep=True)
+                if isinstance(key, (list, dict)):
+                    key = str(key)
+                if key in out:
+                    first = self.doc.key_positions[(*path, key)]
+                    self.errors.append(
+                        ScenarioError(
+                            self._loc(key_node),
+                            f"duplicate key {key!r} (first defined at line {first[0] + 1})",
+                        )
+                    )
+                    continue
+                self.doc.key_positions[(*path, key)] = (
+                    key_node.start_mark.line,
+                    key_node.start_mark.column,
+                )
+                out[key] = self.build(value_node, (*path, key), inner)
+            return out
+        raise ScenarioError(self._loc(node), f"unsupported YAML node {node.tag}")
+
+
+def load_text(text: str, path: str) -> tuple[Document, list[ScenarioError]]:
+    """Parse YAML text; returns the document and every problem found in it."""
+    doc = Document(path=path, data=None)
+    try:
+        node = _YAML.compose(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
+        problem = exc.problem or exc.context or "invalid YAML"
+        ctx = f" ({exc.context})" if exc.context and exc.problem else ""
+        return doc, [ScenarioError(Location(path, line, col), f"YAML syntax error: {problem}{ctx}")]
+    except YAMLError as exc:
+        return doc, [ScenarioError(Location(path, 1, 1), f"YAML error: {exc}")]
+    if node is None:
+        return doc, [ScenarioError(Location(path, 1, 1), "empty file: no scenario in it")]
+    builder = _Builder(doc)
+    try:
+        doc.data = builder.build(node, ())
+        _SCALARS.constructed_objects.clear()
+    except ScenarioError as exc:
+        return doc, [*builder.errors, exc]
+    except RecursionError:
+        return doc, [ScenarioError(Location(path, 1, 1), "document nested too deeply")]
+    return doc, builder.errors
+
+
+def load_file(path: str | os.PathLike[str]) -> tuple[Document, list[ScenarioError]]:
+    """Read and parse one scenario file with the size and encoding checks."""
+    name = str(path)
+    try:
+        size = os.path.getsize(path)
+        if size > MAX_FILE_BYTES:
+            return Document(name, None), [
+                ScenarioError(
+                    Location(name, 1, 1),
+                    f"file is {size / 1e6:.1f} MB; scenario files are limited to "
+                    f"{MAX_FILE_BYTES >> 20} MiB",
+                )
+            ]
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        return Document(name, None), [ScenarioError(Location(name), f"cannot read: {exc.strerror}")]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        return Document(name, None), [
+            ScenarioError(
+                Location(name, line, col),
+                f"file is not UTF-8: byte 0x{raw[exc.start]:02x} cannot be decoded",
+            )
+        ]
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    return load_text(text, name)
+
+
+def find_scenario_files(paths: list[str]) -> tuple[list[str], list[ScenarioError]]:
+    """Expand files and directories (searched recursively for *.yaml / *.yml), sorted."""
+    found: list[str] = []
+    errors: list[ScenarioError] = []
+    for p in paths:
+        if os.path.isdir(p):
+            found.extend(sorted(_walk(p)))
+        elif os.path.exists(p):
+            found.append(p)
+        else:
+            errors.append(ScenarioError(Location(p), "no such file or directory"))
+    seen: set[str] = set()
+    unique = []
+    for f in found:
+        key = os.path.realpath(f)
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique, errors
+
+
+def _walk(root: str) -> Iterator[str]:
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for f in filenames:
+            if f.endswith(SCENARIO_SUFFIXES) and not f.startswith("."):
+                yield os.path.join(dirpath, f)

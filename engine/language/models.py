@@ -1,0 +1,717 @@
+"""pydantic models of the scenario language: scenario keys and every operation.
+
+Each operation is a model of its arguments (a subclass of `Op`) that names its
+operation key (`op`), the kind of handle it makes (`produces`) and, through
+`Ref[...]` annotations, the kind of handle each argument must name. The step
+keys common to every operation are in `StepCommon`. LANGUAGE.md in shared/ is the
+reference these models implement; docs/language.md lists our additions.
+"""
+
+from __future__ import annotations
+
+import errno
+import re
+import uuid
+from typing import Annotated, Any, ClassVar, Literal, Union
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
+
+from vfio_scenario.language.units import parse_duration, parse_int, parse_size
+
+IOMMU_MODES = (
+    "vfio_type1_iommu",
+    "vfio_type1v2_iommu",
+    "iommufd_compat_type1",
+    "iommufd_compat_type1v2",
+    "iommufd",
+)
+IommuMode = Literal[
+    "vfio_type1_iommu",
+    "vfio_type1v2_iommu",
+    "iommufd_compat_type1",
+    "iommufd_compat_type1v2",
+    "iommufd",
+]
+FEATURES = (
+    "dma_buf",
+    "dma_buf_mmap",
+    "dma_buf_revoke",
+    "iommufd",
+    "cdev",
+    "msi",
+    "msix",
+    "intx",
+    "reset",
+    "sriov",
+    "hugetlb-2M",
+    "hugetlb-1G",
+    "iommu_debugfs",
+)
+Feature = Literal[
+    "dma_buf",
+    "dma_buf_mmap",
+    "dma_buf_revoke",
+    "iommufd",
+    "cdev",
+    "msi",
+    "msix",
+    "intx",
+    "reset",
+    "sriov",
+    "hugetlb-2M",
+    "hugetlb-1G",
+    "iommu_debugfs",
+]
+HANDLE_KINDS = ("iommu", "ioas", "cdev", "device", "buffer", "mapping", "mmio", "irq", "dmabuf")
+SIGNALS = ("SIGBUS", "SIGSEGV")
+ERRNO_NAMES = frozenset(errno.errorcode.values())
+HANDLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+BDF = re.compile(r"^([0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
+
+Int = Annotated[int, BeforeValidator(parse_int)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Width = Literal[1, 2, 4, 8]
+ConfigWidth = Literal[1, 2, 4]
+
+
+class HandleRef:
+    """Marks an argument that names a handle made by an earlier step."""
+
+    def __init__(self, *kinds: str) -> None:
+        self.kinds = kinds
+
+    def __repr__(self) -> str:
+        return f"HandleRef{self.kinds}"
+
+
+def _handle_name(value: str) -> str:
+    if not HANDLE_NAME.match(value):
+        raise ValueError(f"{value!r} is not a handle name (letters, digits, _ and -)")
+    return value
+
+
+def _bdf(value: str) -> str:
+    if not BDF.match(value):
+        raise ValueError(f"{value!r} is not a PCI address like 0000:00:03.0")
+    return value if value.count(":") == 2 else f"0000:{value}"
+
+
+def _uuid(value: str) -> str:
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        raise ValueError(f"{value!r} is not a UUID") from None
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"bad regular expression {value!r}: {exc}") from None
+    return value
+
+
+def Ref(*kinds: str) -> Any:
+    return Annotated[str, AfterValidator(_handle_name), HandleRef(*kinds)]
+
+
+IommuRef = Ref("iommu")
+IoasRef = Ref("ioas")
+DeviceRef = Ref("device")
+BufferRef = Ref("buffer")
+MappingRef = Ref("mapping")
+MmioRef = Ref("mmio")
+IrqRef = Ref("irq")
+DmabufRef = Ref("dmabuf")
+CdevRef = Ref("cdev")
+Bdf = Annotated[str, AfterValidator(_bdf)]
+Uuid = Annotated[str, AfterValidator(_uuid)]
+Regex = Annotated[str, AfterValidator(_regex)]
+Pattern = Union[Literal["zero", "ones", "incrementing", "random"], Annotated[int, Field(ge=0, le=255)]]
+RegionName = Union[
+    Literal["bar0", "bar1", "bar2", "bar3", "bar4", "bar5", "rom", "config", "vga"],
+    Annotated[int, Field(ge=0)],
+]
+MaxOr = Literal["max"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Op(Strict):
+    """Arguments of one operation."""
+
+    op: ClassVar[str]
+    produces: ClassVar[str | None] = None
+    area: ClassVar[str]
+
+
+def _exactly_one(model: BaseModel, names: tuple[str, ...], *, required: bool = True) -> None:
+    given = [n for n in names if getattr(model, n) is not None]
+    listing = " or ".join(f"`{n}`" for n in names)
+    if len(given) > 1:
+        raise ValueError(f"give only one of {listing}, not {' and '.join(given)}")
+    if required and not given:
+        raise ValueError(f"one of {listing} is required")
+
+
+# --- IOMMU -------------------------------------------------------------------
+
+
+class OpenIommu(Op):
+    op = "open_iommu"
+    produces = "iommu"
+    area = "iommu"
+    mode: IommuMode | None = None
+
+
+class IovaRange(Strict):
+    start: Int
+    size: Size
+
+
+class IommuInfo(Op):
+    op = "iommu_info"
+    area = "iommu"
+    iommu: IommuRef
+    pgsize_includes: Size | None = None
+    iova_range_includes: IovaRange | None = None
+
+
+class AllocIoas(Op):
+    op = "alloc_ioas"
+    produces = "ioas"
+    area = "iommu"
+    iommu: IommuRef
+
+
+class OpenCdev(Op):
+    op = "open_cdev"
+    produces = "cdev"
+    area = "iommu"
+    bdf: Bdf | None = None
+
+
+class BindIommufd(Op):
+    op = "bind_iommufd"
+    produces = "device"
+    area = "iommu"
+    cdev: CdevRef
+    iommu: IommuRef
+
+
+class Attach(Op):
+    op = "attach"
+    area = "iommu"
+    device: DeviceRef
+    ioas: Union[Annotated[int, Field(ge=0)], IoasRef]
+
+
+class Detach(Op):
+    op = "detach"
+    area = "iommu"
+    device: DeviceRef
+
+
+# --- Memory and DMA mappings --------------------------------------------------
+
+
+class AllocBuffer(Op):
+    op = "alloc_buffer"
+    produces = "buffer"
+    area = "memory"
+    size: Size = Field(gt=0)
+    backing: Literal["anonymous", "hugetlb-2M", "hugetlb-1G", "memfd"] = "anonymous"
+
+
+class Fill(Op):
+    op = "fill"
+    area = "memory"
+    buffer: BufferRef
+    offset: Size = 0
+    size: Size | None = None
+    pattern: Pattern
+    seed: Int = 0
+
+
+class MapDma(Op):
+    op = "map_dma"
+    produces = "mapping"
+    area = "memory"
+    iommu: IommuRef | None = None
+    ioas: IoasRef | None = None
+    buffer: BufferRef | None = None
+    mmio: MmioRef | None = None
+    dmabuf: DmabufRef | None = None
+    iova: Int | None = None
+    offset: Size = 0
+    size: Size | None = None
+    read: bool = True
+    write: bool = True
+
+    @model_validator(mode="after")
+    def _one_target(self) -> MapDma:
+        _exactly_one(self, ("iommu", "ioas"))
+        _exactly_one(self, ("buffer", "mmio", "dmabuf"))
+        return self
+
+
+class UnmapDma(Op):
+    op = "unmap_dma"
+    area = "memory"
+    mapping: MappingRef | None = None
+    iommu: IommuRef | None = None
+    ioas: IoasRef | None = None
+    iova: Int | None = None
+    size: Size | None = None
+    all: bool = False
+    unmapped_size: Size | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> UnmapDma:
+        if self.mapping is not None:
+            extra = [n for n in ("iommu", "ioas", "iova", "size") if getattr(self, n) is not None]
+            if extra or self.all:
+                raise ValueError(
+                    "with `mapping`, give none of `iommu`, `ioas`, `iova`, `size`, `all`"
+                )
+            return self
+        _exactly_one(self, ("iommu", "ioas"))
+        if self.all:
+            if self.iova is not None or self.size is not None:
+                raise ValueError("`all: true` unmaps everything: drop `iova` and `size`")
+        elif self.iova is None or self.size is None:
+            raise ValueError("give `mapping`, or `iova` and `size`, or `all: true`")
+        return self
+
+
+class BufferSlice(Strict):
+    buffer: BufferRef
+    offset: Size = 0
+
+
+class AssertEqual(Op):
+    op = "assert_equal"
+    area = "memory"
+    a: BufferSlice
+    b: BufferSlice
+    size: Size
+
+
+class AssertPattern(Op):
+    op = "assert_pattern"
+    area = "memory"
+    buffer: BufferRef
+    offset: Size = 0
+    size: Size | None = None
+    pattern: Pattern
+    seed: Int = 0
+
+
+class AssertSuperpages(Op):
+    op = "assert_superpages"
+    area = "memory"
+    mapping: MappingRef
+    pgsize: Size
+
+
+# --- Device ---------------------------------------------------------------------
+
+
+class OpenDevice(Op):
+    op = "open_device"
+    produces = "device"
+    area = "device"
+    iommu: IommuRef | None = None
+    ioas: IoasRef | None = None
+    bdf: Bdf | None = None
+    vf_token: Uuid | None = None
+
+    @model_validator(mode="after")
+    def _one_iommu(self) -> OpenDevice:
+        _exactly_one(self, ("iommu", "ioas"))
+        return self
+
+
+class DeviceInfo(Op):
+    op = "device_info"
+    area = "device"
+    device: DeviceRef
+    flags_include: list[Literal["reset", "pci", "platform", "amba", "ccw", "ap", "fsl_mc", "cdx"]] = []
+    num_regions: Int | None = None
+    num_irqs: Int | None = None
+
+
+class RegionInfo(Op):
+    op = "region_info"
+    area = "device"
+    device: DeviceRef
+    region: RegionName
+    size: Size | None = None
+    flags_include: list[Literal["read", "write", "mmap"]] = []
+    caps_include: list[Literal["sparse_mmap", "msix_mappable"]] = []
+
+
+class _ValueCheck(Strict):
+    equals: Int | None = None
+    mask: Int | None = None
+
+
+class ConfigRead(Op, _ValueCheck):
+    op = "config_read"
+    area = "device"
+    device: DeviceRef
+    offset: Int = Field(ge=0, lt=4096)
+    width: ConfigWidth = 4
+
+
+class ConfigWrite(Op):
+    op = "config_write"
+    area = "device"
+    device: DeviceRef
+    offset: Int = Field(ge=0, lt=4096)
+    width: ConfigWidth = 4
+    value: Int
+
+
+class BarRead(Op, _ValueCheck):
+    op = "bar_read"
+    area = "device"
+    device: DeviceRef
+    bar: Annotated[int, Field(ge=0, le=5)] = 0
+    offset: Int = Field(ge=0)
+    width: Width = 4
+    via: Literal["mmap", "region"] = "mmap"
+
+
+class BarWrite(Op):
+    op = "bar_write"
+    area = "device"
+    device: DeviceRef
+    bar: Annotated[int, Field(ge=0, le=5)] = 0
+    offset: Int = Field(ge=0)
+    width: Width = 4
+    value: Int
+    via: Literal["mmap", "region"] = "mmap"
+
+
+class BarMmap(Op):
+    op = "bar_mmap"
+    produces = "mmio"
+    area = "device"
+    device: DeviceRef
+    bar: Annotated[int, Field(ge=0, le=5)] = 0
+    offset: Size = 0
+    size: Size | None = None
+
+
+class Access(Op, _ValueCheck):
+    op = "access"
+    area = "device"
+    mmio: MmioRef
+    offset: Int = Field(ge=0)
+    width: Width = 4
+    op_: Literal["read", "write"] = Field("read", alias="op")
+    value: Int | None = None
+
+    @model_validator(mode="after")
+    def _value_for_write(self) -> Access:
+        if self.op_ == "write" and self.value is None:
+            raise ValueError("`op: write` needs a `value`")
+        if self.op_ == "write" and (self.equals is not None or self.mask is not None):
+            raise ValueError("`equals`/`mask` check a read; a write has nothing to compare")
+        return self
+
+
+class Reset(Op):
+    op = "reset"
+    area = "device"
+    device: DeviceRef
+
+
+class IrqEnable(Op):
+    op = "irq_enable"
+    produces = "irq"
+    area = "device"
+    device: DeviceRef
+    type: Literal["intx", "msi", "msix"]
+    count: Int = Field(1, ge=1, le=2048)
+    start: Int = Field(0, ge=0)
+
+
+class _IrqVector(Op):
+    area = "device"
+    irq: IrqRef
+    vector: Int = Field(0, ge=0)
+
+
+class IrqTrigger(_IrqVector):
+    op = "irq_trigger"
+
+
+class IrqMask(_IrqVector):
+    op = "irq_mask"
+
+
+class IrqUnmask(_IrqVector):
+    op = "irq_unmask"
+
+
+class IrqDisable(Op):
+    op = "irq_disable"
+    area = "device"
+    irq: IrqRef
+
+
+class ExpectIrq(_IrqVector):
+    op = "expect_irq"
+    count: Int = Field(1, ge=1)
+    within: Duration = 1.0
+
+
+class ExpectNoIrq(_IrqVector):
+    op = "expect_no_irq"
+    within: Duration = 0.1
+
+
+class EnableSriov(Op):
+    op = "enable_sriov"
+    area = "device"
+    device: DeviceRef
+    num_vfs: Int = Field(ge=0)
+    vf_token: Uuid | None = None
+
+
+# --- Driver ---------------------------------------------------------------------
+
+
+class DriverInit(Op):
+    op = "driver_init"
+    area = "driver"
+    device: DeviceRef
+    irq: Literal["msi", "msix", "none"] | None = None
+
+
+class DriverRemove(Op):
+    op = "driver_remove"
+    area = "driver"
+    device: DeviceRef
+
+
+class MemcpyStart(Op):
+    op = "memcpy_start"
+    area = "driver"
+    device: DeviceRef
+    src: Int = Field(ge=0)
+    dst: Int = Field(ge=0)
+    size: Union[MaxOr, Size]
+    count: Int = Field(1, ge=1)
+
+
+class MemcpyWait(Op):
+    op = "memcpy_wait"
+    area = "driver"
+    device: DeviceRef
+
+
+class SendMsi(Op):
+    op = "send_msi"
+    area = "driver"
+    device: DeviceRef
+
+
+class MemcpyStorm(Op):
+    op = "memcpy_storm"
+    area = "driver"
+    device: DeviceRef
+    src: Int = Field(ge=0)
+    dst: Int = Field(ge=0)
+    size: Union[MaxOr, Size]
+    count: Union[MaxOr, Annotated[int, BeforeValidator(parse_int), Field(ge=1)]] = 1
+    duration: Duration
+
+
+# --- DMABUF ---------------------------------------------------------------------
+
+
+class DmabufRange(Strict):
+    offset: Size = 0
+    size: Size = Field(gt=0)
+
+
+class ExportDmabuf(Op):
+    op = "export_dmabuf"
+    produces = "dmabuf"
+    area = "dmabuf"
+    device: DeviceRef
+    region: RegionName = "bar0"
+    ranges: list[DmabufRange] | None = None
+
+
+class MmapDmabuf(Op):
+    op = "mmap_dmabuf"
+    produces = "mmio"
+    area = "dmabuf"
+    dmabuf: DmabufRef
+    offset: Size = 0
+    size: Size | None = None
+    attrs: Literal["uc", "wc"] | None = None
+
+
+class RevokeDmabuf(Op):
+    op = "revoke_dmabuf"
+    area = "dmabuf"
+    dmabuf: DmabufRef
+    method: Literal["ioctl", "memory-disable", "reset", "auto"] = "auto"
+
+
+class RestoreDmabuf(Op):
+    op = "restore_dmabuf"
+    area = "dmabuf"
+    dmabuf: DmabufRef
+
+
+# --- Host -----------------------------------------------------------------------
+
+
+class ExpectDmesg(Op):
+    op = "expect_dmesg"
+    area = "host"
+    pattern: Regex
+    within: Duration = 2.0
+
+
+class ExpectNoDmesg(Op):
+    op = "expect_no_dmesg"
+    area = "host"
+    pattern: Regex
+
+
+class AssertNotTainted(Op):
+    op = "assert_not_tainted"
+    area = "host"
+
+
+class Sleep(Op):
+    op = "sleep"
+    area = "host"
+    duration: Duration
+
+
+OPERATIONS: dict[str, type[Op]] = {
+    cls.op: cls
+    for cls in (
+        OpenIommu, IommuInfo, AllocIoas, OpenCdev, BindIommufd, Attach, Detach,
+        AllocBuffer, Fill, MapDma, UnmapDma, AssertEqual, AssertPattern, AssertSuperpages,
+        OpenDevice, DeviceInfo, RegionInfo, ConfigRead, ConfigWrite, BarRead, BarWrite,
+        BarMmap, Access, Reset, IrqEnable, IrqTrigger, IrqMask, IrqUnmask, IrqDisable,
+        ExpectIrq, ExpectNoIrq, EnableSriov,
+        DriverInit, DriverRemove, MemcpyStart, MemcpyWait, SendMsi, MemcpyStorm,
+        ExportDmabuf, MmapDmabuf, RevokeDmabuf, RestoreDmabuf,
+        ExpectDmesg, ExpectNoDmesg, AssertNotTainted, Sleep,
+    )
+}
+
+
+def handle_fields(op_cls: type[BaseModel]) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+    """(argument path, accepted kinds) of every handle-valued argument, nested included."""
+    out: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
+    for name, info in op_cls.model_fields.items():
+        key = info.alias or name
+        for meta in _metadata(info.annotation, info.metadata):
+            if isinstance(meta, HandleRef):
+                out.append(((key,), meta.kinds))
+        nested = _nested_model(info.annotation)
+        if nested is not None:
+            out.extend(((key, *p), k) for p, k in handle_fields(nested))
+    return out
+
+
+def _metadata(annotation: Any, extra: list[Any]) -> list[Any]:
+    found = list(extra)
+    stack = [annotation]
+    while stack:
+        a = stack.pop()
+        found.extend(getattr(a, "__metadata__", ()))
+        stack.extend(getattr(a, "__args__", ()))
+    return found
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    stack = [annotation]
+    while stack:
+        a = stack.pop()
+        if isinstance(a, type) and issubclass(a, Strict) and not issubclass(a, Op):
+            return a
+        stack.extend(getattr(a, "__args__", ()))
+    return None
+
+
+# --- Steps and scenarios ----------------------------------------------------------
+
+
+def _expect(value: Any) -> tuple[str, ...]:
+    if value is None or value == "ok":
+        return ("ok",)
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ValueError("`expect` is `ok`, an errno name, a list of errno names, SIGBUS or SIGSEGV")
+    for n in names:
+        if n not in ERRNO_NAMES and n not in SIGNALS and n != "ok":
+            import difflib
+
+            close = difflib.get_close_matches(n, sorted(ERRNO_NAMES | set(SIGNALS)), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ValueError(f"{n!r} is not an errno name or SIGBUS/SIGSEGV{hint}")
+    return tuple(names)
+
+
+Expect = Annotated[tuple[str, ...], BeforeValidator(_expect)]
+
+
+class StepCommon(Strict):
+    """Keys every step may carry besides its one operation key."""
+
+    name: str | None = None
+    as_: Annotated[str, AfterValidator(_handle_name)] | None = Field(None, alias="as")
+    expect: Expect = ("ok",)
+    timeout: Duration | None = None
+    repeat: Int = Field(1, ge=1, le=10_000_000)
+
+
+COMMON_KEYS = tuple(f.alias or n for n, f in StepCommon.model_fields.items())
+
+
+class Requires(Strict):
+    driver: str | None = None
+    iommu_modes: list[IommuMode] | None = None
+    features: list[Feature] = []
+    kconfig: list[Annotated[str, Field(pattern=r"^CONFIG_[A-Z0-9_]+$")]] = []
+    vfio_driver: str | None = None
+    devices: Int = Field(1, ge=0)
+
+
+class ScenarioHeader(Strict):
+    """A scenario with its steps still raw: they are checked one by one per case."""
+
+    name: str | None = None
+    description: str = ""
+    tags: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]+$")]] = []
+    requires: Requires = Requires()
+    matrix: dict[str, list[Any]] = {}
+    vars: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], Any] = {}
+    timeout: Duration = 30.0
+    steps: list[Any] = Field(min_length=1)
+    teardown: list[Any] = []
+
+
+SCENARIO_KEYS = tuple(ScenarioHeader.model_fields)

@@ -1,0 +1,73 @@
+"""The JSON Schema of the scenario language, made from the pydantic models.
+
+Every scalar also accepts a jinja2 template string (`"{{ iova + 0x1000 }}"`), since
+templates render before validation; editors (yaml-language-server) see that too.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional, Union
+
+from pydantic import Field, create_model
+
+from vfio_scenario.language.models import OPERATIONS, ScenarioHeader, StepCommon
+
+TEMPLATE = {"type": "string", "pattern": r"\{\{.*\}\}|\{%.*%\}", "description": "jinja2 template"}
+SCHEMA_ID = "https://vfio-scenario.invalid/schemas/scenario.schema.json"
+
+
+def _step_models() -> list[Any]:
+    models = []
+    for op, cls in OPERATIONS.items():
+        required = any(f.is_required() for f in cls.model_fields.values())
+        annotation: Any = cls if required else Optional[cls]
+        default: Any = ... if True else None
+        models.append(
+            create_model(
+                f"{cls.__name__}Step",
+                __base__=StepCommon,
+                __doc__=f"A step running `{op}` ({cls.area}).",
+                **{op: (annotation, Field(default, description=(cls.__doc__ or "").strip() or None))},
+            )
+        )
+    return models
+
+
+def _allow_templates(node: Any) -> Any:
+    if isinstance(node, dict):
+        node = {k: _allow_templates(v) for k, v in node.items()}
+        t = node.get("type")
+        if t in ("integer", "number", "boolean") or (node.get("enum") and "type" not in node) \
+                or "const" in node:
+            return {"anyOf": [node, TEMPLATE]}
+        return node
+    if isinstance(node, list):
+        return [_allow_templates(v) for v in node]
+    return node
+
+
+def json_schema() -> dict[str, Any]:
+    step = Union[tuple(_step_models())]  # type: ignore[valid-type]
+    scenario = create_model(
+        "Scenario",
+        __base__=ScenarioHeader,
+        steps=(list[step], Field(min_length=1)),  # type: ignore[valid-type]
+        teardown=(list[step], []),  # type: ignore[valid-type]
+    )
+    one = scenario.model_json_schema(by_alias=True, mode="validation")
+    defs = one.pop("$defs", {})
+    schema = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        "title": "vfio-scenario scenario file",
+        "description": "One scenario (a mapping) or a list of scenarios.",
+        "oneOf": [{"$ref": "#/$defs/Scenario"},
+                  {"type": "array", "items": {"$ref": "#/$defs/Scenario"}, "minItems": 1}],
+        "$defs": {**defs, "Scenario": one},
+    }
+    return _allow_templates(schema)  # type: ignore[no-any-return]
+
+
+def json_schema_text() -> str:
+    return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"

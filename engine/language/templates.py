@@ -1,0 +1,82 @@
+"""jinja2 templating of single values, sandboxed.
+
+A value that is exactly one `{{ expression }}` is evaluated as an expression and
+keeps its type (an int stays an int); any other string with `{{`/`{%` renders to a
+string. Undefined names are errors (StrictUndefined); the sandbox refuses access to
+Python internals (`''.__class__`), and no loader is configured, so templates cannot
+read files (`{% include %}` has nothing to include from).
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateError, UndefinedError
+from jinja2.sandbox import SandboxedEnvironment, SecurityError
+
+_ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+_SINGLE = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\}\}).)*)\}\}\s*$", re.S)
+
+
+class TemplateProblem(ValueError):
+    """A template that does not render; the message is meant for the user."""
+
+
+def is_template(value: object) -> bool:
+    return isinstance(value, str) and ("{{" in value or "{%" in value)
+
+
+@lru_cache(maxsize=4096)
+def _compiled(source: str) -> tuple[bool, Any]:
+    m = _SINGLE.match(source)
+    if m:
+        return True, _ENV.compile_expression(m.group("expr"), undefined_to_none=False)
+    return False, _ENV.from_string(source)
+
+
+def render(value: str, context: dict[str, Any]) -> Any:
+    """Render one templated string with `context`; raises TemplateProblem."""
+    try:
+        single, compiled = _compiled(value)
+        result = compiled(**context) if single else compiled.render(**context)
+        if single and isinstance(result, StrictUndefined):
+            str(result)  # raises UndefinedError with the name
+    except SecurityError as exc:
+        raise TemplateProblem(f"template refused by the sandbox: {exc}") from None
+    except UndefinedError as exc:
+        raise TemplateProblem(f"undefined template variable: {exc.message}") from None
+    except TemplateError as exc:
+        raise TemplateProblem(f"template error: {exc}") from None
+    except (ArithmeticError, TypeError, ValueError, LookupError, AttributeError) as exc:
+        raise TemplateProblem(f"template failed: {type(exc).__name__}: {exc}") from None
+    return result
+
+
+def render_tree(value: Any, context: dict[str, Any], path: tuple[Any, ...],
+                problems: list[tuple[tuple[Any, ...], str]]) -> Any:
+    """Render every templated string inside `value`; problems are collected with their path."""
+    if isinstance(value, str):
+        if not is_template(value):
+            return value
+        try:
+            return render(value, context)
+        except TemplateProblem as exc:
+            problems.append((path, str(exc)))
+            return value
+    if isinstance(value, dict):
+        return {k: render_tree(v, context, (*path, k), problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [render_tree(v, context, (*path, i), problems) for i, v in enumerate(value)]
+    return value
+
+
+def contains_template(value: Any) -> bool:
+    if isinstance(value, str):
+        return is_template(value)
+    if isinstance(value, dict):
+        return any(contains_template(v) for v in value.values())
+    if isinstance(value, list):
+        return any(contains_template(v) for v in value)
+    return False
