@@ -50,25 +50,64 @@ class Document:
         return Location(self.path, line + 1, col + 1)
 
 
-def _make_yaml() -> YAML:
+def _make_yaml(memo_resolver: bool) -> YAML:
     try:
-        return YAML(typ="safe", pure=False)
+        yaml = YAML(typ="safe", pure=False)
     except Exception:  # ruamel.yaml.clib missing: same results, slower
-        return YAML(typ="safe", pure=True)
+        yaml = YAML(typ="safe", pure=True)
+    if memo_resolver:
+        base: Any = yaml.Resolver
+
+        class _MemoResolver(base):  # type: ignore[misc, valid-type]
+            """Plain scalars repeat across files; resolving each one again dominates parsing."""
+
+            _memo: dict[tuple[Any, Any, Any], Any] = {}
+
+            def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+                key = (kind, value, implicit)
+                tag = self._memo.get(key)
+                if tag is None:
+                    tag = super().resolve(kind, value, implicit)
+                    if len(self._memo) < 100_000:
+                        self._memo[key] = tag
+                return tag
+
+        yaml.Resolver = _MemoResolver
+    return yaml
 
 
-_YAML = _make_yaml()
-_SCALARS = _YAML.constructor
+# Documents with a %YAML directive resolve scalars by their version: no memo for them.
+_YAML = _make_yaml(memo_resolver=True)
+_YAML_VERSIONED = _make_yaml(memo_resolver=False)
+_SCALAR_MEMO: dict[tuple[str, str], Any] = {}
 
 
 class _Builder:
-    def __init__(self, doc: Document) -> None:
+    def __init__(self, doc: Document, yaml: YAML) -> None:
         self.doc = doc
+        self.yaml = yaml
         self.count = 0
         self.errors: list[ScenarioError] = []
 
     def _loc(self, node: Node) -> Location:
         return Location(self.doc.path, node.start_mark.line + 1, node.start_mark.column + 1)
+
+    def scalar(self, node: ScalarNode) -> Any:
+        key = (str(node.ctag), node.value)
+        try:
+            return _SCALAR_MEMO[key]
+        except KeyError:
+            pass
+        constructor = self.yaml.constructor
+        try:
+            value = constructor.construct_object(node, deep=True)
+        except YAMLError as exc:
+            raise ScenarioError(self._loc(node), f"bad scalar: {exc}") from None
+        finally:
+            constructor.constructed_objects.clear()
+        if isinstance(value, (str, int, float, bool, type(None))) and len(_SCALAR_MEMO) < 100_000:
+            _SCALAR_MEMO[key] = value
+        return value
 
     def build(self, node: Node, path: Path_, stack: tuple[int, ...] = ()) -> Any:
         self.count += 1
@@ -81,10 +120,7 @@ class _Builder:
         if id(node) in stack:
             raise ScenarioError(self._loc(node), "recursive alias: a node contains itself")
         if isinstance(node, ScalarNode):
-            try:
-                return _SCALARS.construct_object(node, deep=True)
-            except YAMLError as exc:
-                raise ScenarioError(self._loc(node), f"bad scalar: {exc}") from None
+            return self.scalar(node)
         inner = (*stack, id(node))
         if isinstance(node, SequenceNode):
             return [self.build(item, (*path, i), inner) for i, item in enumerate(node.value)]
@@ -101,7 +137,7 @@ class _Builder:
                         ScenarioError(self._loc(key_node), "a mapping key must be a plain scalar")
                     )
                     continue
-                key = _SCALARS.construct_object(key_node, deep=True)
+                key = self.scalar(key_node)
                 if isinstance(key, (list, dict)):
                     key = str(key)
                 if key in out:
@@ -125,8 +161,9 @@ class _Builder:
 def load_text(text: str, path: str) -> tuple[Document, list[ScenarioError]]:
     """Parse YAML text; returns the document and every problem found in it."""
     doc = Document(path=path, data=None)
+    yaml = _YAML_VERSIONED if "%YAML" in text else _YAML
     try:
-        node = _YAML.compose(text)
+        node = yaml.compose(text)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
@@ -137,10 +174,9 @@ def load_text(text: str, path: str) -> tuple[Document, list[ScenarioError]]:
         return doc, [ScenarioError(Location(path, 1, 1), f"YAML error: {exc}")]
     if node is None:
         return doc, [ScenarioError(Location(path, 1, 1), "empty file: no scenario in it")]
-    builder = _Builder(doc)
+    builder = _Builder(doc, yaml)
     try:
         doc.data = builder.build(node, ())
-        _SCALARS.constructed_objects.clear()
     except ScenarioError as exc:
         return doc, [*builder.errors, exc]
     except RecursionError:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import re
 import uuid
+from functools import lru_cache
 from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import (
@@ -622,18 +623,18 @@ OPERATIONS: dict[str, type[Op]] = {
 }
 
 
-def handle_fields(op_cls: type[BaseModel]) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+@lru_cache(maxsize=None)
+def handle_fields(op_cls: type[BaseModel]) -> tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]:
     """(argument path, accepted kinds) of every handle-valued argument, nested included."""
     out: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
     for name, info in op_cls.model_fields.items():
-        key = info.alias or name
         for meta in _metadata(info.annotation, info.metadata):
             if isinstance(meta, HandleRef):
-                out.append(((key,), meta.kinds))
+                out.append(((name,), meta.kinds))
         nested = _nested_model(info.annotation)
         if nested is not None:
-            out.extend(((key, *p), k) for p, k in handle_fields(nested))
-    return out
+            out.extend(((name, *p), k) for p, k in handle_fields(nested))
+    return tuple(out)
 
 
 def _metadata(annotation: Any, extra: list[Any]) -> list[Any]:

@@ -28,9 +28,27 @@ def is_template(value: object) -> bool:
     return isinstance(value, str) and ("{{" in value or "{%" in value)
 
 
+_NAME = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*$")
+
+
+class _Lookup:
+    """`{{ name }}`: a plain variable lookup, without a jinja2 context per call."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, **context: Any) -> Any:
+        try:
+            return context[self.name]
+        except KeyError:
+            raise UndefinedError(f"'{self.name}' is undefined") from None
+
+
 @lru_cache(maxsize=4096)
 def _compiled(source: str) -> tuple[bool, Any]:
     m = _SINGLE.match(source)
+    if m and _NAME.match(m.group("expr")):
+        return True, _Lookup(m.group("expr").strip())
     if m:
         return True, _ENV.compile_expression(m.group("expr"), undefined_to_none=False)
     return False, _ENV.from_string(source)
@@ -49,7 +67,14 @@ def render(value: str, context: dict[str, Any]) -> Any:
         raise TemplateProblem(f"undefined template variable: {exc.message}") from None
     except TemplateError as exc:
         raise TemplateProblem(f"template error: {exc}") from None
-    except (ArithmeticError, TypeError, ValueError, LookupError, AttributeError) as exc:
+    except TypeError as exc:
+        if "no loader" in str(exc):
+            raise TemplateProblem(
+                "templates cannot read files: {% include %}, {% import %} and {% extends %} "
+                "are not available"
+            ) from None
+        raise TemplateProblem(f"template failed: TypeError: {exc}") from None
+    except (ArithmeticError, ValueError, LookupError, AttributeError) as exc:
         raise TemplateProblem(f"template failed: {type(exc).__name__}: {exc}") from None
     return result
 
@@ -72,11 +97,32 @@ def render_tree(value: Any, context: dict[str, Any], path: tuple[Any, ...],
     return value
 
 
-def contains_template(value: Any) -> bool:
+def template_paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, ...], str]]:
+    """(path, source) of every templated string inside `value`, in document order."""
     if isinstance(value, str):
-        return is_template(value)
+        return [(path, value)] if is_template(value) else []
     if isinstance(value, dict):
-        return any(contains_template(v) for v in value.values())
+        return [tp for k, v in value.items() for tp in template_paths(v, (*path, k))]
     if isinstance(value, list):
-        return any(contains_template(v) for v in value)
-    return False
+        return [tp for i, v in enumerate(value) for tp in template_paths(v, (*path, i))]
+    return []
+
+
+def substitute(value: Any, tpaths: list[tuple[tuple[Any, ...], str]], values: list[Any]) -> Any:
+    """A copy of `value` with the strings at `tpaths` replaced; untouched parts are shared."""
+    out = value
+    for (path, _), new in zip(tpaths, values):
+        out = _replace(out, path, new)
+    return out
+
+
+def _replace(node: Any, path: tuple[Any, ...], new: Any) -> Any:
+    if not path:
+        return new
+    head, rest = path[0], path[1:]
+    if isinstance(node, dict):
+        copy: Any = dict(node)
+    else:
+        copy = list(node)
+    copy[head] = _replace(node[head], rest, new)
+    return copy

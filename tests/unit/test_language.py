@@ -1,0 +1,210 @@
+"""Loader, units, templating, matrix expansion, case ids and handle checks."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from vfio_scenario.cli import main
+from vfio_scenario.language.compile import compile_documents, compile_paths
+from vfio_scenario.language.loader import load_text
+from vfio_scenario.language.models import MapDma, OpenIommu
+from vfio_scenario.language.schema import json_schema_text
+from vfio_scenario.language.units import format_size, parse_duration, parse_int, parse_size
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def compile_text(text: str, path: str = "s.yaml"):  # type: ignore[no-untyped-def]
+    doc, errors = load_text(textwrap.dedent(text), path)
+    assert errors == []
+    return compile_documents([doc])
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [(4096, 4096), ("4KiB", 4096), ("2MiB", 2 << 20), ("1GiB", 1 << 30), ("0x1000", 4096),
+     ("16 B", 16), ("1_024", 1024)],
+)
+def test_sizes_accept_bytes_hex_and_binary_units(text: object, value: int) -> None:
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["2MB", "4k", "1.5GiB", "-1", "lots", True])
+def test_sizes_refuse_decimal_units_fractions_and_words(text: object) -> None:
+    with pytest.raises(ValueError):
+        parse_size(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("500ms", 0.5), ("5s", 5.0), ("2m", 120.0), (3, 3.0), ("250us", 0.00025)]
+)
+def test_durations_take_units(text: object, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+def test_integers_take_hex_and_negative_decimal() -> None:
+    assert parse_int("0x7000000") == 0x7000000
+    assert parse_int("-12") == -12
+    with pytest.raises(ValueError):
+        parse_int("12abc")
+
+
+def test_format_size_uses_largest_exact_unit() -> None:
+    assert [format_size(n) for n in (4096, 2 << 20, 3000, 1 << 30)] == ["4KiB", "2MiB", "3000", "1GiB"]
+
+
+def test_loader_keeps_line_and_column_of_values_and_keys() -> None:
+    doc, errors = load_text("name: x\nsteps:\n  - sleep: {duration: 1s}\n", "f.yaml")
+    assert errors == []
+    assert str(doc.location(("steps", 0, "sleep", "duration"))) == "f.yaml:3:23"
+    assert str(doc.location(("steps", 0, "sleep"), key=True)) == "f.yaml:3:5"
+    # a path that does not exist falls back to its nearest ancestor
+    assert str(doc.location(("steps", 0, "sleep", "missing"))) == "f.yaml:3:12"
+
+
+def test_loader_reports_every_duplicate_key() -> None:
+    _, errors = load_text("a: 1\na: 2\nb: 1\nb: 3\n", "d.yaml")
+    assert [str(e) for e in errors] == [
+        "d.yaml:2:1: duplicate key 'a' (first defined at line 1)",
+        "d.yaml:4:1: duplicate key 'b' (first defined at line 3)",
+    ]
+
+
+def test_single_expression_template_keeps_its_type() -> None:
+    compiled = compile_text("""
+        name: t
+        vars: {iova: 0x100000}
+        steps:
+          - open_iommu: {mode: iommufd}
+            as: iommu
+          - alloc_buffer: {size: 2MiB}
+            as: buf
+          - map_dma: {iommu: iommu, buffer: buf, iova: "{{ iova + 0x1000 }}"}
+            name: "map at {{ '%#x' % (iova + 0x1000) }}"
+    """)
+    assert compiled.errors == []
+    case = compiled.cases[0]
+    step = case.steps[2]
+    assert isinstance(step.args, MapDma) and step.args.iova == 0x101000
+    assert step.common.name == "map at 0x101000"
+
+
+def test_matrix_with_include_and_exclude_and_implicit_iommu_mode() -> None:
+    compiled = compile_text("""
+        name: m
+        requires: {iommu_modes: [vfio_type1v2_iommu, iommufd]}
+        matrix:
+          size: [8, 4096]
+          include:
+            - {size: 8, label: small}
+            - {size: 256}
+          exclude:
+            - {iommu_mode: iommufd, size: 4096}
+        steps:
+          - open_iommu: {}
+    """, path="dma/m.yaml")
+    assert compiled.errors == []
+    assert [c.id for c in compiled.cases] == [
+        "dma/m.yaml::m[iommu_mode=vfio_type1v2_iommu,label=small,size=8]",
+        "dma/m.yaml::m[iommu_mode=vfio_type1v2_iommu,size=4096]",
+        "dma/m.yaml::m[iommu_mode=iommufd,label=small,size=8]",
+        "dma/m.yaml::m[size=256]",
+    ]
+
+
+def test_scenario_without_iommu_steps_has_no_mode_axis_and_plain_id() -> None:
+    compiled = compile_text("steps:\n  - sleep: {duration: 1ms}\n", path="host/nap.yaml")
+    assert [c.id for c in compiled.cases] == ["host/nap.yaml::nap"]
+
+
+def test_every_mode_is_an_axis_when_requires_names_none() -> None:
+    compiled = compile_text("name: all\nsteps:\n  - open_iommu: {}\n    as: i\n")
+    assert [c.params["iommu_mode"] for c in compiled.cases] == [
+        "vfio_type1_iommu", "vfio_type1v2_iommu", "iommufd_compat_type1",
+        "iommufd_compat_type1v2", "iommufd",
+    ]
+    assert isinstance(compiled.cases[0].steps[0].args, OpenIommu)
+
+
+def test_ids_are_stable_across_compilations() -> None:
+    text = "name: s\nmatrix: {b: [2, 1], a: [x]}\nsteps:\n  - sleep: {duration: 1ms}\n"
+    first = [c.id for c in compile_text(text).cases]
+    assert first == [c.id for c in compile_text(text).cases]
+    assert first == ["s.yaml::s[a=x,b=2]", "s.yaml::s[a=x,b=1]"]
+
+
+def test_handles_defined_in_body_are_usable_in_teardown() -> None:
+    compiled = compile_text("""
+        name: td
+        steps:
+          - open_iommu: {}
+            as: iommu
+          - alloc_buffer: {size: 4KiB}
+            as: buf
+          - map_dma: {iommu: iommu, buffer: buf, iova: 0x1000}
+            as: m
+        teardown:
+          - unmap_dma: {mapping: m}
+    """)
+    assert compiled.errors == []
+    assert compiled.cases[0].teardown[0].teardown is True
+
+
+def test_a_failing_step_still_defines_its_handle_so_errors_do_not_cascade() -> None:
+    doc, _ = load_text(textwrap.dedent("""
+        name: c
+        steps:
+          - alloc_buffer: {size: 2MB}
+            as: buf
+          - fill: {buffer: buf, pattern: zero}
+    """), "c.yaml")
+    compiled = compile_documents([doc])
+    assert [e.message for e in compiled.errors] == [
+        "`size`: bad size '2MB': unit 'MB' is not one of B, KiB, MiB, GiB, TiB (did you mean 2MiB?)"
+    ]
+
+
+def test_validate_reports_all_errors_of_all_files(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "a.yaml").write_text("name: a\nsteps:\n  - sleep: {duration: 1x}\n  - slep: {}\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.yml").write_text("name: b\nstep: []\n")
+    assert main(["validate", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(f"{tmp_path}/a.yaml:3:23: `duration`: bad duration '1x'")
+    assert err[1] == f"{tmp_path}/a.yaml:4:5: unknown operation `slep` (did you mean `sleep`?)"
+    assert err[2].startswith(f"{tmp_path}/sub/b.yml:1:1: `steps`") or "steps" in err[2]
+    assert err[-1] == "4 error(s) in 2 file(s)" or err[-1].endswith("in 2 file(s)")
+
+
+def test_list_prints_case_ids(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("x.yaml").write_text("name: x\nmatrix: {n: [1, 2]}\nsteps:\n  - sleep: {duration: 1ms}\n")
+    assert main(["list", "x.yaml"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["x.yaml::x[n=1]", "x.yaml::x[n=2]"]
+
+
+def test_committed_schema_is_current() -> None:
+    committed = (ROOT / "schemas" / "scenario.schema.json").read_text()
+    assert committed == json_schema_text(), "run: vfio-scenario schema -o schemas/scenario.schema.json"
+
+
+def test_schema_lists_every_operation_and_accepts_templates() -> None:
+    schema = json.loads(json_schema_text())
+    text = json.dumps(schema)
+    from vfio_scenario.language.models import OPERATIONS
+
+    for op in OPERATIONS:
+        assert f'"{op}"' in text, op
+    assert "jinja2 template" in text
+
+
+def test_every_library_scenario_validates() -> None:
+    compiled = compile_paths([str(ROOT / "scenarios")])
+    assert [str(e) for e in compiled.errors] == []
+    assert compiled.cases, "the library holds no case"

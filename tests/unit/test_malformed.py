@@ -1,0 +1,132 @@
+"""The malformed corpus: every bad file gets one located message, exit 2, no traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vfio_scenario.cli import main
+
+CORPUS = Path(__file__).parent.parent / "data" / "malformed"
+
+# file → (line, column, part of the message) of the error `validate` must print first.
+EXPECTED = {
+    "alias-bomb.yaml": (1, 56, '(an alias bomb?); refusing it'),
+    "args-not-mapping.yaml": (3, 12, 'the arguments of `sleep` are a mapping, got a list'),
+    "as-without-handle.yaml": (4, 5, '`sleep` makes no handle, so `as:` names nothing'),
+    "bad-bdf.yaml": (3, 22, "`bdf`: '00:3' is not a PCI address like 0000:00:03.0"),
+    "bad-duration.yaml": (2, 10, "`timeout`: bad duration '5 sec': use a number with us, ms, s"),
+    "bad-expect.yaml": (4, 13, "`expect`: 'EINVL' is not an errno name or SIGBUS/SIGSEGV (di"),
+    "bad-hex.yaml": (7, 48, "`iova`: expected an integer (decimal or 0x hex), got '0xZZ'"),
+    "bad-regex.yaml": (3, 29, "`pattern`: bad regular expression 'DMAR: [fault': unterminat"),
+    "bad-size-unit.yaml": (4, 13, "`size`: bad size '2MB': unit 'MB' is not one of B, KiB, MiB,"),
+    "bad-vf-token.yaml": (5, 43, "`vf_token`: 'not-a-uuid' is not a UUID"),
+    "bad-width.yaml": (7, 47, '`width`: Input should be 1, 2, 4 or 8, got 3'),
+    "duplicate-key.yaml": (3, 1, "duplicate key 'name' (first defined at line 1)"),
+    "duplicate-scenario-name.yaml": (4, 9, "two scenarios named 'same' in one file (first at line 1)"),
+    "handle-undefined.yaml": (3, 24, 'handle `dev` is not defined by an earlier step'),
+    "handle-wrong-kind.yaml": (5, 24, 'handle `buf` is a buffer, but `device` needs a device'),
+    "list-without-names.yaml": (1, 3, 'scenarios in a list need a `name`'),
+    "map-two-sources.yaml": (11, 14, 'give only one of `buffer` or `mmio` or `dmabuf`, not buffer '),
+    "matrix-all-excluded.yaml": (3, 3, 'matrix expands to no case (every combination is excluded)'),
+    "matrix-empty-axis.yaml": (3, 9, 'matrix axis `size` has no values'),
+    "missing-required.yaml": (3, 19, 'missing required argument `size`'),
+    "negative-size.yaml": (3, 26, '`size`: a size cannot be negative: -4096'),
+    "no-operation.yaml": (3, 5, 'step has no operation key (one of: access, alloc_buffer, all'),
+    "no-steps.yaml": (2, 8, '`steps`: List should have at least 1 item after validation, '),
+    "repeat-zero.yaml": (4, 13, '`repeat`: Input should be greater than or equal to 1'),
+    "scalar-document.yaml": (1, 1, 'a scenario file holds a mapping (one scenario) or a list of '),
+    "step-not-mapping.yaml": (3, 5, 'a step is a mapping with one operation key, e.g. `- sleep: {'),
+    "syntax-unclosed-flow.yaml": (4, 10, "YAML syntax error: did not find expected ',' or '}' (while p"),
+    "tab-indent.yaml": (3, 1, 'YAML syntax error: found character that cannot start any tok'),
+    "template-file-access.yaml": (3, 11, 'templates cannot read files: {% include %}, {% import %} and'),
+    "template-python-internals.yaml": (4, 17, "template refused by the sandbox: access to attribute '__clas"),
+    "two-operations.yaml": (4, 5, 'a step has exactly one operation; found sleep, assert_not_ta'),
+    "undefined-variable.yaml": (3, 23, "undefined template variable: 'pause' is undefined"),
+    "unknown-argument.yaml": (5, 42, 'unknown argument `sise` (did you mean `size`?)'),
+    "unknown-exclude-axis.yaml": (5, 8, 'exclude names unknown axis `sise` (did you mean `size`?)'),
+    "unknown-feature.yaml": (3, 23, "got 'dmabuf_revoke' (did you mean `dma_buf_revoke`?)"),
+    "unknown-iommu-mode.yaml": (3, 37, "got 'iommufdd' (did you mean `iommufd`?)"),
+    "unknown-operation.yaml": (5, 5, 'unknown operation `map_dam` (did you mean `map_dma`?)'),
+    "unknown-scenario-key.yaml": (2, 1, 'unknown scenario key `stepz` (did you mean `steps`?)'),
+    "unmap-no-form.yaml": (5, 16, 'give `mapping`, or `iova` and `size`, or `all: true`'),
+    "wrong-type-timeout.yaml": (2, 10, '`timeout`: bad duration [1, 2]: use a number with us, ms, s,'),
+}
+
+
+def test_corpus_has_every_file_listed() -> None:
+    assert sorted(p.name for p in CORPUS.glob("*.yaml")) == sorted(EXPECTED)
+    assert len(EXPECTED) >= 30
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_malformed_file_reports_line_and_column(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    line, col, message = EXPECTED[name]
+    path = CORPUS / name
+    status = main(["validate", str(path)])
+    err = capsys.readouterr().err
+    assert status == 2
+    first = err.splitlines()[0]
+    assert first.startswith(f"{path}:{line}:{col}: "), first
+    assert message in first
+    assert "Traceback" not in err
+
+
+def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vfio_scenario", *args], capture_output=True,
+                          text=True, timeout=60, cwd=cwd)
+
+
+def test_whole_corpus_in_one_run_reports_every_file_and_exits_2() -> None:
+    proc = _cli("validate", str(CORPUS))
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    for name, (line, col, _) in EXPECTED.items():
+        assert f"{CORPUS / name}:{line}:{col}: " in proc.stderr, name
+    assert proc.stderr.rstrip().endswith(f"in {len(EXPECTED)} file(s)")
+
+
+def test_file_that_is_not_utf8_points_at_the_bad_byte(tmp_path: Path) -> None:
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes(b"name: caf\xe9\nsteps:\n  - sleep: {duration: 1s}\n")
+    proc = _cli("validate", str(bad))
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"{bad}:1:10: file is not UTF-8: byte 0xe9")
+
+
+def test_empty_file_is_an_error(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing but a comment\n")
+    proc = _cli("validate", str(empty))
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"{empty}:1:1: empty file: no scenario in it")
+
+
+def test_ten_megabyte_file_is_refused_before_parsing(tmp_path: Path) -> None:
+    big = tmp_path / "big.yaml"
+    with big.open("w") as f:
+        f.write("name: big\nsteps:\n")
+        line = "  - sleep: {duration: 1ms}\n"
+        f.write(line * (10_000_000 // len(line)))
+    proc = _cli("validate", str(big))
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"{big}:1:1: file is 10.0 MB; scenario files are limited to 1 MiB")
+
+
+def test_directory_without_scenarios(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not a scenario")
+    for command, status in (("list", 5), ("validate", 2)):
+        proc = _cli(command, str(tmp_path))
+        assert proc.returncode == status, command
+        assert f"no scenario files (*.yaml, *.yml) found in {tmp_path}" in proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
+def test_missing_path_is_located(tmp_path: Path) -> None:
+    proc = _cli("validate", str(tmp_path / "absent.yaml"))
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"{tmp_path / 'absent.yaml'}: no such file or directory")
