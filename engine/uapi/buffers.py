@@ -1,0 +1,122 @@
+"""DMA-able memory: anonymous, hugetlb 2 MiB / 1 GiB, memfd."""
+
+from __future__ import annotations
+
+import errno
+import os
+from enum import Enum
+from typing import Any
+
+from vfio_scenario.errors import VfioError
+from vfio_scenario.uapi._vfio import ffi, lib
+from vfio_scenario.uapi.patterns import Pattern, compare
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+class Backing(str, Enum):
+    ANONYMOUS = "anonymous"
+    HUGETLB_2M = "hugetlb-2M"
+    HUGETLB_1G = "hugetlb-1G"
+    MEMFD = "memfd"
+
+    @property
+    def page_size(self) -> int:
+        return {Backing.HUGETLB_2M: 2 * MiB, Backing.HUGETLB_1G: GiB}.get(self, 4096)
+
+
+def mmap_raw(size: int, prot: int, flags: int, fd: int, offset: int, op: str,
+             handle: str) -> Any:
+    """mmap through C; returns a `uint8_t *` cdata, raises VfioError(errno, op, handle)."""
+    err = ffi.new("int *")
+    ptr = lib.vs_mmap(size, prot, flags, fd, offset, err)
+    if ptr == ffi.NULL:
+        raise VfioError(err[0], op, handle)
+    return ffi.cast("uint8_t *", ptr)
+
+
+def munmap_raw(ptr: Any, size: int) -> None:
+    """munmap, ignoring failure (teardown path)."""
+    lib.vs_munmap(ptr, size)
+
+
+class DmaBuffer:
+    """Page-aligned, populated memory the process owns and can map for DMA.
+
+    `size` is rounded up to the backing's page size.  `addr` is the CPU virtual address,
+    `ptr` a `uint8_t *`; `fd` is the memfd (memfd backing) or -1.
+    """
+
+    def __init__(self, size: int, backing: Backing | str = Backing.ANONYMOUS,
+                 name: str = "buffer") -> None:
+        self.backing = Backing(backing)
+        page = self.backing.page_size
+        self.size = -(-size // page) * page
+        self.name = name
+        self.fd = -1
+        prot = lib.PROT_READ | lib.PROT_WRITE
+        flags = lib.MAP_POPULATE
+        if self.backing is Backing.MEMFD:
+            try:
+                self.fd = os.memfd_create(name, os.MFD_CLOEXEC)
+                os.ftruncate(self.fd, self.size)
+            except OSError as e:
+                raise VfioError(e.errno or 0, "memfd_create", name) from None
+            flags |= lib.MAP_SHARED
+        else:
+            flags |= lib.MAP_PRIVATE | lib.MAP_ANONYMOUS
+            if self.backing is Backing.HUGETLB_2M:
+                flags |= lib.MAP_HUGETLB | lib.MAP_HUGE_2MB
+            elif self.backing is Backing.HUGETLB_1G:
+                flags |= lib.MAP_HUGETLB | lib.MAP_HUGE_1GB
+        try:
+            self.ptr = mmap_raw(self.size, prot, flags, self.fd, 0, "mmap", name)
+        except VfioError:
+            if self.fd >= 0:
+                os.close(self.fd)
+            raise
+        self.addr = int(ffi.cast("uintptr_t", self.ptr))
+
+    @property
+    def mem(self) -> memoryview:
+        """The buffer's bytes (valid until close)."""
+        return memoryview(ffi.buffer(self.ptr, self.size))  # type: ignore[arg-type]
+
+    def _range(self, offset: int, size: int | None) -> int:
+        size = self.size - offset if size is None else size
+        if offset < 0 or size < 0 or offset + size > self.size:
+            raise VfioError(errno.EINVAL, "buffer_range", self.name,
+                            f"0x{offset:x}+0x{size:x} outside 0x{self.size:x} bytes")
+        return size
+
+    def fill(self, pattern: Pattern, offset: int = 0, size: int | None = None) -> None:
+        """Fill [offset, offset+size) with the pattern (pattern index 0 at `offset`)."""
+        size = self._range(offset, size)
+        pattern.fill(self.ptr + offset, size)
+
+    def check(self, pattern: Pattern, offset: int = 0, size: int | None = None) -> int | None:
+        """Offset (from `offset`) of the first byte that differs from the pattern, or None."""
+        size = self._range(offset, size)
+        return pattern.check(self.ptr + offset, size)
+
+    def compare(self, offset: int, other: DmaBuffer, other_offset: int, size: int) -> int | None:
+        """Offset of the first byte where the two ranges differ, or None."""
+        self._range(offset, size)
+        other._range(other_offset, size)
+        return compare(self.ptr + offset, other.ptr + other_offset, size)
+
+    def close(self) -> None:
+        """Unmap and close; idempotent."""
+        if self.ptr != ffi.NULL:
+            munmap_raw(self.ptr, self.size)
+            self.ptr = ffi.NULL
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> DmaBuffer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,243 @@
+/*
+ * C side of vfio_scenario.uapi._vfio: the uAPI headers, ioctl with errno, mmap, exact-width
+ * volatile MMIO accessors, the SIGBUS/SIGSEGV fault probe and fast buffer patterns.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <linux/mman.h>
+#include <fcntl.h>
+
+/*
+ * These structs grew after they first appeared; a host header may carry an older
+ * layout.  Rename the host's copies out of the way; compat.h defines the 7.2 layout.
+ */
+#define vfio_device_bind_iommufd vfio_device_bind_iommufd__host
+#define vfio_device_attach_iommufd_pt vfio_device_attach_iommufd_pt__host
+#define vfio_device_detach_iommufd_pt vfio_device_detach_iommufd_pt__host
+#define iommu_hwpt_alloc iommu_hwpt_alloc__host
+#define iommu_hw_info iommu_hw_info__host
+#define vfio_device_info vfio_device_info__host
+#define vfio_iommu_type1_info vfio_iommu_type1_info__host
+#define vfio_pci_dependent_device vfio_pci_dependent_device__host
+#define vfio_pci_hot_reset_info vfio_pci_hot_reset_info__host
+#include <linux/vfio.h>
+#if defined(__has_include)
+#if __has_include(<linux/iommufd.h>)
+#include <linux/iommufd.h>
+#endif
+#endif
+#undef vfio_device_bind_iommufd
+#undef vfio_device_attach_iommufd_pt
+#undef vfio_device_detach_iommufd_pt
+#undef iommu_hwpt_alloc
+#undef iommu_hw_info
+#undef vfio_device_info
+#undef vfio_iommu_type1_info
+#undef vfio_pci_dependent_device
+#undef vfio_pci_hot_reset_info
+#include "compat.h"
+
+#ifndef MAP_HUGE_2MB
+#define MAP_HUGE_2MB (21 << 26)
+#endif
+#ifndef MAP_HUGE_1GB
+#define MAP_HUGE_1GB (30 << 26)
+#endif
+
+/* ioctl returning its result, or -errno on failure (errno is not visible to Python). */
+static long vs_ioctl(int fd, unsigned long request, void *arg)
+{
+	long ret = ioctl(fd, request, arg);
+	return ret < 0 ? -(long)errno : ret;
+}
+
+/* ioctl whose argument is passed by value (CHECK_EXTENSION, SET_IOMMU). */
+static long vs_ioctl_val(int fd, unsigned long request, unsigned long arg)
+{
+	long ret = ioctl(fd, request, arg);
+	return ret < 0 ? -(long)errno : ret;
+}
+
+/* mmap returning NULL and setting *err instead of MAP_FAILED/errno. */
+static void *vs_mmap(size_t length, int prot, int flags, int fd, int64_t offset, int *err)
+{
+	void *p = mmap(NULL, length, prot, flags, fd, (off_t)offset);
+	if (p == MAP_FAILED) {
+		*err = errno;
+		return NULL;
+	}
+	*err = 0;
+	return p;
+}
+
+static int vs_munmap(void *addr, size_t length)
+{
+	return munmap(addr, length) < 0 ? -errno : 0;
+}
+
+/* Exact-width volatile accesses: one load or store of `width` bytes, never split. */
+static uint64_t vs_mmio_read(const void *addr, int width)
+{
+	switch (width) {
+	case 1: return *(const volatile uint8_t *)addr;
+	case 2: return *(const volatile uint16_t *)addr;
+	case 4: return *(const volatile uint32_t *)addr;
+	default: return *(const volatile uint64_t *)addr;
+	}
+}
+
+static void vs_mmio_write(void *addr, int width, uint64_t value)
+{
+	switch (width) {
+	case 1: *(volatile uint8_t *)addr = (uint8_t)value; break;
+	case 2: *(volatile uint16_t *)addr = (uint16_t)value; break;
+	case 4: *(volatile uint32_t *)addr = (uint32_t)value; break;
+	default: *(volatile uint64_t *)addr = value; break;
+	}
+}
+
+/*
+ * Fault probe: the access runs under a temporary SIGBUS/SIGSEGV handler that jumps
+ * back here, so a revoked or disabled mapping answers with the signal number instead
+ * of killing the interpreter.  The previous handlers (Python's faulthandler, pytest's)
+ * are restored before returning.  One probe at a time: handlers are process-wide.
+ */
+static pthread_mutex_t vs_probe_lock = PTHREAD_MUTEX_INITIALIZER;
+static sigjmp_buf vs_probe_jmp;
+static volatile sig_atomic_t vs_probe_armed;
+
+static void vs_probe_handler(int sig)
+{
+	if (vs_probe_armed)
+		siglongjmp(vs_probe_jmp, sig);
+	signal(sig, SIG_DFL);
+	raise(sig);
+}
+
+static int vs_probe(void *addr, int width, int write, uint64_t *value)
+{
+	struct sigaction sa, old_bus, old_segv;
+	int sig;
+
+	pthread_mutex_lock(&vs_probe_lock);
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = vs_probe_handler;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGBUS, &sa, &old_bus);
+	sigaction(SIGSEGV, &sa, &old_segv);
+	sig = sigsetjmp(vs_probe_jmp, 1);
+	if (sig == 0) {
+		vs_probe_armed = 1;
+		if (write)
+			vs_mmio_write(addr, width, *value);
+		else
+			*value = vs_mmio_read(addr, width);
+	}
+	vs_probe_armed = 0;
+	sigaction(SIGBUS, &old_bus, NULL);
+	sigaction(SIGSEGV, &old_segv, NULL);
+	pthread_mutex_unlock(&vs_probe_lock);
+	return sig;
+}
+
+static int vs_probe_read(const void *addr, int width, uint64_t *value)
+{
+	return vs_probe((void *)addr, width, 0, value);
+}
+
+static int vs_probe_write(void *addr, int width, uint64_t value)
+{
+	return vs_probe(addr, width, 1, &value);
+}
+
+/*
+ * Buffer patterns.  Byte i of a pattern depends only on (kind, seed, byte, i), so a
+ * check of any sub-range can regenerate the expected bytes from the same index.
+ */
+enum { VS_PAT_ZERO = 0, VS_PAT_ONES = 1, VS_PAT_INCREMENTING = 2, VS_PAT_RANDOM = 3,
+       VS_PAT_BYTE = 4 };
+
+static uint64_t vs_splitmix64(uint64_t x)
+{
+	x += 0x9e3779b97f4a7c15ULL;
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+	return x ^ (x >> 31);
+}
+
+static uint8_t vs_pattern_byte(int kind, uint64_t seed, uint8_t byte, uint64_t i)
+{
+	switch (kind) {
+	case VS_PAT_ZERO: return 0;
+	case VS_PAT_ONES: return 0xff;
+	case VS_PAT_INCREMENTING: return (uint8_t)(i + seed);
+	case VS_PAT_RANDOM: return (uint8_t)(vs_splitmix64(seed ^ (i >> 3) * 0x100000001b3ULL) >> ((i & 7) * 8));
+	default: return byte;
+	}
+}
+
+/* Fill n bytes at p with the pattern, starting at pattern index `first`. */
+static void vs_fill(uint8_t *p, uint64_t n, int kind, uint64_t seed, uint8_t byte, uint64_t first)
+{
+	uint64_t i;
+
+	if (kind == VS_PAT_ZERO || kind == VS_PAT_ONES || kind == VS_PAT_BYTE) {
+		memset(p, vs_pattern_byte(kind, seed, byte, 0), n);
+		return;
+	}
+	if (kind == VS_PAT_RANDOM) {
+		/* One splitmix64 per 8 pattern bytes. */
+		for (i = 0; i < n;) {
+			uint64_t idx = first + i;
+			uint64_t v = vs_splitmix64(seed ^ (idx >> 3) * 0x100000001b3ULL);
+			unsigned int b;
+
+			for (b = idx & 7; b < 8 && i < n; b++, i++)
+				p[i] = (uint8_t)(v >> (b * 8));
+		}
+		return;
+	}
+	for (i = 0; i < n; i++)
+		p[i] = vs_pattern_byte(kind, seed, byte, first + i);
+}
+
+/* Index of the first byte that differs from the pattern, or -1. */
+static int64_t vs_check(const uint8_t *p, uint64_t n, int kind, uint64_t seed, uint8_t byte,
+			uint64_t first)
+{
+	uint8_t chunk[4096];
+	uint64_t i, len, j;
+
+	/* Regenerate 4 KiB of expected bytes at a time and compare with memcmp. */
+	for (i = 0; i < n; i += len) {
+		len = n - i < sizeof(chunk) ? n - i : sizeof(chunk);
+		vs_fill(chunk, len, kind, seed, byte, first + i);
+		if (memcmp(chunk, p + i, len) != 0)
+			for (j = 0; j < len; j++)
+				if (chunk[j] != p[i + j])
+					return (int64_t)(i + j);
+	}
+	return -1;
+}
+
+/* Index of the first differing byte of a and b, or -1. */
+static int64_t vs_compare(const uint8_t *a, const uint8_t *b, uint64_t n)
+{
+	uint64_t i;
+
+	if (memcmp(a, b, n) == 0)
+		return -1;
+	for (i = 0; i < n; i++)
+		if (a[i] != b[i])
+			return (int64_t)i;
+	return -1;
+}

@@ -1,0 +1,110 @@
+"""What every IOMMU mode offers: IOVA ranges, page sizes, map and unmap.
+
+`open_iommu(mode)` returns a `Container` (the four container modes) or an `Iommufd`
+(native iommufd); both are `Iommu`s with the same mapping verbs.
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from vfio_scenario.errors import VfioError
+from vfio_scenario.uapi.iova import IovaAllocator, IovaRange
+from vfio_scenario.uapi.modes import IommuMode
+
+if TYPE_CHECKING:
+    from vfio_scenario.uapi.buffers import DmaBuffer
+
+
+@dataclass
+class Mapping:
+    """One DMA mapping: `size` bytes at `iova` of `space`, backed by `vaddr` (0: a file)."""
+
+    space: AddressSpace
+    iova: int
+    size: int
+    vaddr: int = 0
+
+    def unmap(self) -> int:
+        """Unmap exactly this mapping; returns the bytes the kernel unmapped."""
+        return self.space.unmap(self.iova, self.size)
+
+
+class AddressSpace:
+    """An IOVA space that maps process memory: a type1 container or an iommufd IOAS."""
+
+    handle: str = ""
+    _allocator: IovaAllocator | None = None
+
+    def iova_ranges(self) -> list[IovaRange]:
+        raise NotImplementedError
+
+    def map(self, vaddr: int, size: int, iova: int, read: bool = True,
+            write: bool = True) -> Mapping:
+        raise NotImplementedError
+
+    def unmap(self, iova: int, size: int) -> int:
+        raise NotImplementedError
+
+    def unmap_all(self) -> int:
+        raise NotImplementedError
+
+    def allocator(self, limit: int | None = None) -> IovaAllocator:
+        """An allocator over this space's current IOVA ranges (below `limit` if given)."""
+        return IovaAllocator(self.iova_ranges(), limit)
+
+    def map_buffer(self, buffer: DmaBuffer, iova: int | None = None, offset: int = 0,
+                   size: int | None = None, read: bool = True, write: bool = True,
+                   limit: int | None = None) -> Mapping:
+        """Map (part of) a buffer, at `iova` or at one allocated within the ranges."""
+        size = buffer.size - offset if size is None else size
+        if offset < 0 or size <= 0 or offset + size > buffer.size:
+            raise VfioError(errno.EINVAL, "map_dma", self.handle,
+                            f"0x{offset:x}+0x{size:x} outside buffer of 0x{buffer.size:x}")
+        if iova is None:
+            iova = self._alloc(size, limit)
+        return self.map(buffer.addr + offset, size, iova, read, write)
+
+    def _alloc(self, size: int, limit: int | None) -> int:
+        # One allocator per space, created on first use, so IOVAs never repeat.
+        if self._allocator is None:
+            self._allocator = self.allocator()
+        return self._allocator.alloc(size, limit=limit)
+
+    def alloc_iova(self, size: int, limit: int | None = None) -> int:
+        """An unused IOVA for `size` bytes within the reported ranges."""
+        return self._alloc(size, limit)
+
+
+class Iommu(AddressSpace):
+    """An opened IOMMU in one of the five modes."""
+
+    mode: IommuMode
+    fd: int = -1
+
+    def pgsizes(self) -> int:
+        """Bitmap of supported IOMMU page sizes."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Iommu:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_iommu(mode: IommuMode | str) -> Iommu:
+    """Open the IOMMU in `mode` (type1 modes set their IOMMU type on the first group)."""
+    mode = IommuMode(mode)
+    if mode is IommuMode.IOMMUFD:
+        from vfio_scenario.uapi.iommufd import Iommufd
+
+        return Iommufd()
+    from vfio_scenario.uapi.container import Container
+
+    return Container(mode)
