@@ -43,7 +43,33 @@ _EXPORTS = {
     "open_iommu": "iommu",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "ALL_MODES",
+    "AccessFault",
+    "AddressSpace",
+    "Availability",
+    "Backing",
+    "Cdev",
+    "Container",
+    "DmaBuf",
+    "DmaBuffer",
+    "Group",
+    "HostCapabilities",
+    "Ioas",
+    "Iommu",
+    "IommuMode",
+    "Iommufd",
+    "IovaAllocator",
+    "IovaRange",
+    "IrqSet",
+    "IrqType",
+    "Mapping",
+    "Mmio",
+    "Pattern",
+    "VfioDevice",
+    "host_capabilities",
+    "open_iommu",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import os
 from enum import Enum
-from typing import Any
+from typing import Any, Self
 
 from vfio_scenario.errors import VfioError
 from vfio_scenario.uapi._vfio import ffi, lib
@@ -81,7 +81,7 @@ class DmaBuffer:
     @property
     def mem(self) -> memoryview:
         """The buffer's bytes (valid until close)."""
-        return memoryview(ffi.buffer(self.ptr, self.size))  # type: ignore[arg-type]
+        return memoryview(ffi.buffer(self.ptr, self.size))
 
     def _range(self, offset: int, size: int | None) -> int:
         size = self.size - offset if size is None else size
@@ -115,7 +115,7 @@ class DmaBuffer:
             os.close(self.fd)
             self.fd = -1
 
-    def __enter__(self) -> DmaBuffer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

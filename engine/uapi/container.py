@@ -7,9 +7,9 @@ import errno
 from vfio_scenario.errors import VfioError
 from vfio_scenario.uapi import caps, sysfs
 from vfio_scenario.uapi._vfio import ffi, lib
+from vfio_scenario.uapi.ioctl import close_fd, ioctl, ioctl_val, new, open_fd
 from vfio_scenario.uapi.iommu import Iommu, Mapping
 from vfio_scenario.uapi.iova import IovaRange
-from vfio_scenario.uapi.ioctl import close_fd, ioctl, ioctl_val, new, open_fd
 from vfio_scenario.uapi.modes import IommuMode
 
 IOMMU_TYPES = {"type1": lib.VFIO_TYPE1_IOMMU, "type1v2": lib.VFIO_TYPE1v2_IOMMU}

@@ -10,16 +10,16 @@ import errno
 import os
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Self
 
 from vfio_scenario.errors import VfioError
 from vfio_scenario.uapi import pci, regions, sysfs
 from vfio_scenario.uapi._vfio import ffi, lib
 from vfio_scenario.uapi.container import Container, Group
 from vfio_scenario.uapi.dmabuf import DmaBuf
+from vfio_scenario.uapi.ioctl import close_fd, ioctl, new, open_fd
 from vfio_scenario.uapi.iommu import Iommu
 from vfio_scenario.uapi.iommufd import Ioas, Iommufd
-from vfio_scenario.uapi.ioctl import close_fd, ioctl, new, open_fd
 from vfio_scenario.uapi.irq import IrqSet, IrqType
 from vfio_scenario.uapi.mmio import WIDTHS, Mmio
 from vfio_scenario.uapi.regions import DeviceInfo, IrqInfo, RegionInfo, region_index
@@ -328,8 +328,8 @@ class VfioDevice:
             close_fd(self.fd)
             self.fd = -1
 
-    def __enter__(self) -> VfioDevice:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 from vfio_scenario.errors import VfioError
 from vfio_scenario.uapi.iova import IovaAllocator, IovaRange
@@ -91,7 +91,7 @@ class Iommu(AddressSpace):
     def close(self) -> None:
         raise NotImplementedError
 
-    def __enter__(self) -> Iommu:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

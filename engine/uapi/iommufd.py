@@ -6,9 +6,9 @@ import errno
 
 from vfio_scenario.errors import VfioError
 from vfio_scenario.uapi._vfio import ffi, lib
+from vfio_scenario.uapi.ioctl import close_fd, ioctl, new, open_fd
 from vfio_scenario.uapi.iommu import AddressSpace, Iommu, Mapping
 from vfio_scenario.uapi.iova import IovaRange
-from vfio_scenario.uapi.ioctl import close_fd, ioctl, new, open_fd
 from vfio_scenario.uapi.modes import IommuMode
 
 

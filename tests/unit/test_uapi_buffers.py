@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from vfio_scenario.errors import VfioError
 from vfio_scenario.uapi.buffers import Backing, DmaBuffer
 from vfio_scenario.uapi.patterns import Pattern

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from vfio_scenario.errors import VfioError
 from vfio_scenario.uapi.iova import IovaAllocator, IovaRange
 

@@ -14,7 +14,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from vfio_scenario.uapi import ioctl
 from vfio_scenario.uapi._vfio import ffi, lib
 

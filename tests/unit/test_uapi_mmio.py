@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from vfio_scenario.errors import VfioError
 from vfio_scenario.uapi.mmio import AccessFault, Mmio
 
