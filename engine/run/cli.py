@@ -3,8 +3,72 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
+
+from vfio_scenario.language.models import IOMMU_MODES
 
 
 def register(sub: "argparse._SubParsersAction[Any]") -> None:
     """Add `run` and `devices` to the main parser."""
+    p = sub.add_parser(
+        "run",
+        help="run scenarios for real (in the QEMU testbed when the host has no VFIO device)",
+        description="Run every selected case against the kernel's VFIO uAPI and write reports. "
+        "Without --device and with no VFIO device on the host, the embedded QEMU testbed boots "
+        "and the run happens inside it. Exit status: 0 all passed (skips allowed), 1 a case "
+        "failed or errored, 2 scenario or usage error, 3 no device/testbed, 5 nothing selected.",
+    )
+    p.add_argument("paths", nargs="*", metavar="PATH", default=["scenarios"],
+                   help="scenario files or directories (default: scenarios)")
+    p.add_argument("-k", dest="keyword", metavar="EXPR",
+                   help="select cases whose id or tags match: words with and/or/not/()")
+    p.add_argument("--tag", action="append", default=[], metavar="T",
+                   help="select cases carrying tag T (repeatable: any of them)")
+    p.add_argument("--device", action="append", default=[], metavar="BDF",
+                   help="run on this host's device (repeatable); no testbed")
+    p.add_argument("--iommu-mode", action="append", default=[], choices=IOMMU_MODES,
+                   metavar="MODE", help="run only these IOMMU modes (repeatable)")
+    p.add_argument("--testbed", choices=("auto", "never", "always"), default="auto",
+                   help="auto: boot the testbed when no --device and no VFIO device here")
+    p.add_argument("--kernel", default="default", metavar="default|debian|PATH",
+                   help="testbed guest kernel (default: the project's own build)")
+    p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
+                   help="testbed accelerator (auto: KVM when a probe boot proves it works)")
+    p.add_argument("--junit-xml", default="reports/junit.xml", metavar="F")
+    p.add_argument("--json", metavar="F", help="also write a JSON report")
+    p.add_argument("--html", metavar="F", help="also write a self-contained HTML report")
+    p.add_argument("--format", choices=("text", "ktap"), default="text",
+                   help="console output: progress lines, or KTAP v1 for kernel CI")
+    p.add_argument("--shard", metavar="I/N", help="run only shard I of N (1-based)")
+    p.add_argument("--timeout-multiplier", type=float, default=1.0, metavar="X",
+                   help="scale every timeout (slow emulation)")
+    p.add_argument("--fail-fast", action="store_true", help="stop after the first failure")
+    p.add_argument("--resume", action="store_true",
+                   help="skip cases the journal of the previous run already holds")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "devices",
+        help="list PCI devices with IOMMU group, bound driver and scenario driver",
+        description="List this host's PCI devices: IOMMU group, bound kernel driver, the "
+        "scenario driver that matches and its status (testbed, model-tested, real-device).",
+    )
+    p.add_argument("--all", action="store_true", help="also devices no scenario driver matches")
+    p.set_defaults(func=cmd_devices)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from vfio_scenario.run.host import run_command
+
+    return run_command(args)
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from vfio_scenario.run.devices import list_devices
+
+    return list_devices(show_all=args.all)
+
+
+def in_guest() -> bool:
+    return os.environ.get("VFIO_SCENARIO_GUEST") == "1"

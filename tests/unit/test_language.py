@@ -208,3 +208,11 @@ def test_every_library_scenario_validates() -> None:
     compiled = compile_paths([str(ROOT / "scenarios")])
     assert [str(e) for e in compiled.errors] == []
     assert compiled.cases, "the library holds no case"
+
+
+def test_library_uses_every_operation() -> None:
+    from vfio_scenario.language.models import OPERATIONS
+
+    compiled = compile_paths([str(ROOT / "scenarios")])
+    used = {s.op for case in compiled.cases for s in (*case.steps, *case.teardown)}
+    assert sorted(set(OPERATIONS) - used) == []

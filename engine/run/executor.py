@@ -1,0 +1,130 @@
+"""One forked child per case, like kselftest_harness.
+
+The child runs the case and reports step starts and its result as JSON lines on a
+pipe; its stdout and stderr go to a file whose tail joins the result. The parent
+enforces the case timeout (scaled by --timeout-multiplier) and turns a child that
+dies by a signal, exits without a result, or runs out of time into an ERROR naming
+the step that was running, with the kernel log of the case attached.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import tempfile
+import time
+from typing import Any
+
+from vfio_scenario.language.compile import Case
+from vfio_scenario.results import CaseResult, Outcome
+from vfio_scenario.run.interpreter import Operation, RunOptions, run_case
+from vfio_scenario.run.kmsg import KernelLog
+
+OUTPUT_TAIL = 4000  # characters of a case's own output kept in its result
+
+
+def execute_case(case: Case, devices: list[str], ops: dict[str, Operation],
+                 options: RunOptions) -> CaseResult:
+    """Run `case` in a forked child and return its result, whatever happens to the child."""
+    kmsg = KernelLog.open()
+    out = tempfile.TemporaryFile(mode="w+b")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(r)
+        _child(case, devices, ops, options, w, out.fileno())
+    os.close(w)
+    limit = case.timeout * options.timeout_multiplier
+    started = time.time()
+    t0 = time.monotonic()
+    events, status, timed_out = _collect(pid, r, t0 + limit)
+    os.close(r)
+    result = next((CaseResult.from_dict(e["result"]) for e in events if e["event"] == "result"),
+                  None)
+    if result is None:
+        step = next((e for e in reversed(events) if e["event"] == "step"), None)
+        during = f" during step {step['index'] + 1} `{step['name']}`" if step else ""
+        if timed_out:
+            message = f"case timed out after {limit:g}s{during}"
+        elif os.WIFSIGNALED(status):
+            message = f"case process killed by {signal.Signals(os.WTERMSIG(status)).name}{during}"
+        else:
+            message = f"case process exited with status {os.WEXITSTATUS(status)}{during} " \
+                      "without a result"
+        result = CaseResult(case_id=case.id, file=case.file, scenario=case.scenario,
+                            outcome=Outcome.ERROR, params=dict(case.params),
+                            tags=list(case.tags), message=message, started=started,
+                            duration=time.monotonic() - t0)
+    output = _tail(out)
+    if output:
+        result.log += f"--- case output ---\n{output}"
+    if result.outcome in (Outcome.FAIL, Outcome.ERROR) and kmsg is not None:
+        lines = kmsg.read_new()
+        if lines:
+            result.log += "--- kernel log since the case began ---\n" + "\n".join(lines[-80:]) + "\n"
+    if kmsg is not None:
+        kmsg.close()
+    out.close()
+    return result
+
+
+def _child(case: Case, devices: list[str], ops: dict[str, Operation], options: RunOptions,
+           w: int, out_fd: int) -> None:
+    code = 0
+    try:
+        os.dup2(out_fd, 1)
+        os.dup2(out_fd, 2)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+        def emit(kind: str, data: dict[str, Any]) -> None:
+            os.write(w, (json.dumps({"event": kind, **data}) + "\n").encode())
+
+        from vfio_scenario.run.ops.host import begin_case, end_case
+
+        result = run_case(case, devices, ops, options, listener=emit, begin=begin_case,
+                          end=end_case)
+        payload = (json.dumps({"event": "result", "result": result.to_dict()}) + "\n").encode()
+        view = memoryview(payload)
+        while view:
+            n = os.write(w, view)
+            view = view[n:]
+    except BaseException:  # noqa: BLE001 - the parent reports a child without a result
+        import traceback
+
+        traceback.print_exc()
+        code = 70
+    finally:
+        os._exit(code)
+
+
+def _collect(pid: int, r: int, deadline: float) -> tuple[list[dict[str, Any]], int, bool]:
+    buf = b""
+    events: list[dict[str, Any]] = []
+    timed_out = False
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            timed_out = True
+            os.kill(pid, signal.SIGKILL)
+            break
+        ready, _, _ = select.select([r], [], [], min(remaining, 1.0))
+        if not ready:
+            continue
+        chunk = os.read(r, 1 << 16)
+        if not chunk:
+            break
+        buf += chunk
+        *lines, buf = buf.split(b"\n")
+        events.extend(json.loads(line) for line in lines if line.strip())
+    _, status = os.waitpid(pid, 0)
+    return events, status, timed_out
+
+
+def _tail(f: Any) -> str:
+    f.seek(0, os.SEEK_END)
+    size = f.tell()
+    f.seek(max(0, size - OUTPUT_TAIL))
+    return str(f.read().decode("utf-8", "replace"))

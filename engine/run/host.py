@@ -1,0 +1,130 @@
+"""`vfio-scenario run` on the host: select, decide where to run, run, report.
+
+Where: on this host's devices when `--device` names some or the host has VFIO-bound
+devices (and `--testbed` is not `always`), else inside the QEMU testbed. Either way
+results arrive as events, each finished case goes to the report sink at once
+(journal + reports rewritten), and the console shows progress.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from vfio_scenario import __version__
+from vfio_scenario.commands import compile_or_raise
+from vfio_scenario.errors import EnvironmentProblem, NothingSelected, UsageError
+from vfio_scenario.language.compile import Case
+from vfio_scenario.results import CaseResult, RunResult
+from vfio_scenario.run.cli import in_guest
+from vfio_scenario.run.interpreter import RunOptions
+
+
+def _where(args: argparse.Namespace) -> str:
+    """"local" or "testbed", from --testbed, --device and what this host has."""
+    if in_guest():
+        return "local"
+    if args.testbed == "always":
+        if args.device:
+            raise UsageError("--device names host devices; it cannot be used with --testbed always")
+        return "testbed"
+    if args.device:
+        return "local"
+    from vfio_scenario.run.probe import vfio_bound_devices
+
+    if vfio_bound_devices() and os.path.exists("/dev/vfio"):
+        return "local"
+    if args.testbed == "never":
+        raise EnvironmentProblem("no VFIO device on this host (none bound to vfio-pci) and "
+                                 "--testbed never; name one with --device or allow the testbed")
+    return "testbed"
+
+
+def select(cases: list[Case], args: argparse.Namespace) -> list[Case]:
+    from vfio_scenario import select as sel
+
+    chosen = cases
+    if args.keyword:
+        expr = sel.parse_keyword(args.keyword)
+        chosen = [c for c in chosen if expr.matches(c.id, c.tags)]
+    if args.tag:
+        chosen = [c for c in chosen if set(args.tag) & set(c.tags)]
+    if args.shard:
+        index, count = sel.parse_shard(args.shard)
+        chosen = sel.shard([c.id for c in chosen], index, count, items=chosen)
+    return chosen
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from vfio_scenario.report.sink import ReportSink
+
+    compiled = compile_or_raise(args.paths, need_cases=True)
+    cases = select(compiled.cases, args)
+    if not cases:
+        raise NothingSelected("the filters selected no case")
+    where = _where(args)
+    reports_dir = Path(args.junit_xml).resolve().parent
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    sink = ReportSink(junit_xml=args.junit_xml, json_path=args.json, html_path=args.html,
+                      journal=str(reports_dir / "journal.jsonl"), resume=args.resume,
+                      total=len(cases), fmt=args.format)
+    if args.resume:
+        done = sink.finished_ids()
+        cases = [c for c in cases if c.id not in done]
+    run = sink.run
+    run.properties.update({"engine_version": __version__, "where": where})
+    options = RunOptions(timeout_multiplier=args.timeout_multiplier)
+    t0 = time.time()
+
+    def on_event(event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "result":
+            result = CaseResult.from_dict(event["result"])
+            for key in ("accelerator", "testbed_kernel"):
+                if key in run.properties:
+                    result.properties.setdefault(key, run.properties[key])
+            sink.add(result)
+        elif kind == "hello":
+            run.properties.update({k: str(v) for k, v in event.get("properties", {}).items()})
+            sink.header()
+        elif kind == "warning":
+            sink.warn(event.get("message", ""))
+
+    try:
+        if where == "local":
+            _run_local(cases, args, options, on_event)
+        else:
+            _run_testbed(cases, args, options, on_event, run, reports_dir)
+    finally:
+        run.duration = time.time() - t0
+        sink.close()
+    return sink.exit_code()
+
+
+def _run_local(cases: list[Case], args: argparse.Namespace, options: RunOptions,
+               on_event: Any) -> None:
+    from vfio_scenario.run.plan import plan
+    from vfio_scenario.run.probe import probe_host
+    from vfio_scenario.run.session import run_planned
+
+    caps = probe_host(args.device or None)
+    on_event({"event": "hello", "properties": {"kernel": caps.kernel_release}})
+    run_planned(plan(cases, caps, args.iommu_mode or None), caps, options, on_event,
+                fail_fast=args.fail_fast)
+
+
+def _run_testbed(cases: list[Case], args: argparse.Namespace, options: RunOptions,
+                 on_event: Any, run: RunResult, workdir: Path) -> None:
+    from vfio_scenario.run.testbed_run import run_in_testbed
+    from vfio_scenario.testbed import Testbed
+
+    with Testbed(kernel=args.kernel, accel=args.accel) as testbed:
+        run.properties.update({"accelerator": testbed.accelerator,
+                               "testbed_kernel": testbed.kernel_release,
+                               "qemu": testbed.qemu_version})
+        run_in_testbed(testbed, cases, args.paths, on_event, devices=[],
+                       iommu_modes=args.iommu_mode, timeout_multiplier=options.timeout_multiplier,
+                       fail_fast=args.fail_fast, workdir=str(workdir))

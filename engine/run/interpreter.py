@@ -1,0 +1,222 @@
+"""The interpreter: runs one case's steps in the current process.
+
+It holds the case's named handles, checks each step's outcome against its
+`expect:`, enforces per-step timeouts, runs `teardown:` steps after the body whether
+it passed or not, and releases everything the case opened in reverse order.
+Operations are functions registered in `vfio_scenario.run.ops`; this module knows
+none of them.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+from vfio_scenario.errors import VfioError, VfioScenarioError
+from vfio_scenario.language.compile import Case, Step
+from vfio_scenario.results import CaseResult, Outcome, StepResult
+
+
+class CheckFailed(VfioScenarioError):
+    """A step ran but its result is not what the scenario says (value, data, log)."""
+
+
+class Skip(VfioScenarioError):
+    """The case cannot run here; raised by an operation that finds a feature missing."""
+
+
+class StepTimeout(VfioScenarioError):
+    """A step ran past its `timeout:`."""
+
+
+@dataclass
+class RunOptions:
+    timeout_multiplier: float = 1.0
+    default_step_timeout: float = 0.0  # 0: only the case timeout applies
+
+
+@dataclass
+class Runtime:
+    """What the operations of one case share: handles, cleanups, the case's devices."""
+
+    case: Case
+    devices: list[str]
+    options: RunOptions = field(default_factory=RunOptions)
+    handles: dict[str, Any] = field(default_factory=dict)
+    kinds: dict[str, str] = field(default_factory=dict)
+    cleanups: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+    state: dict[str, Any] = field(default_factory=dict)  # per-case scratch for op modules
+
+    def handle(self, name: str) -> Any:
+        try:
+            return self.handles[name]
+        except KeyError:
+            raise CheckFailed(f"handle `{name}` was not made (its step failed or was skipped)") \
+                from None
+
+    def on_cleanup(self, label: str, release: Callable[[], None]) -> None:
+        """Register `release` to run when the case ends, in reverse order of registration."""
+        self.cleanups.append((label, release))
+
+    def release_all(self) -> list[str]:
+        """Run every cleanup, newest first; returns the problems met (they never raise)."""
+        problems = []
+        while self.cleanups:
+            label, release = self.cleanups.pop()
+            try:
+                release()
+            except Exception as exc:  # noqa: BLE001 - a failed release must not stop the others
+                problems.append(f"releasing {label}: {exc}")
+        return problems
+
+
+Operation = Callable[[Runtime, Any, Step], Any]
+Listener = Callable[[str, dict[str, Any]], None]
+
+
+def _alarm(signum: int, frame: FrameType | None) -> None:
+    raise StepTimeout("step timed out")
+
+
+def run_step(rt: Runtime, step: Step, ops: dict[str, Operation]) -> StepResult:
+    """Run one step (with its repetitions) and compare the outcome with `expect:`."""
+    expected = step.common.expect
+    result = StepResult(index=step.index, op=step.op, name=step.label,
+                        location=f"{step.location.path}:{step.location.line}",
+                        outcome=Outcome.PASS, repeat=step.common.repeat,
+                        expected="|".join(expected), teardown=step.teardown)
+    handler = ops[step.op]
+    timeout = (step.common.timeout or rt.options.default_step_timeout) * rt.options.timeout_multiplier
+    previous = signal.signal(signal.SIGALRM, _alarm) if timeout else None
+    t0 = time.perf_counter()
+    try:
+        if timeout:
+            signal.setitimer(signal.ITIMER_REAL, timeout)
+        made: Any = None
+        for _ in range(step.common.repeat):
+            actual, made, message = _attempt(rt, handler, step)
+            if actual not in expected:
+                result.actual = actual
+                result.outcome = Outcome.FAIL
+                result.message = message or f"expected {' or '.join(expected)}, got {actual}"
+                break
+        else:
+            result.actual = expected[0] if len(expected) == 1 else actual
+        if made is not None and step.handle and result.outcome is Outcome.PASS:
+            rt.handles[step.handle] = made
+            rt.kinds[step.handle] = step.args.produces or ""
+    except StepTimeout:
+        result.outcome = Outcome.ERROR
+        result.actual = "timeout"
+        result.message = f"step timed out after {timeout:g}s"
+    except CheckFailed as exc:
+        result.outcome = Outcome.FAIL
+        result.actual = "check failed"
+        result.message = str(exc)
+    except Skip:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a bug in an operation is this case's error
+        result.outcome = Outcome.ERROR
+        result.actual = type(exc).__name__
+        result.message = f"{type(exc).__name__}: {exc}"
+    finally:
+        if timeout:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        result.duration = time.perf_counter() - t0
+    return result
+
+
+def _attempt(rt: Runtime, handler: Operation, step: Step) -> tuple[str, Any, str]:
+    """One execution: (outcome name, what the op made, message when it is not ok)."""
+    try:
+        made = handler(rt, step.args, step)
+    except VfioError as exc:  # a fault caught by the probe carries SIGBUS/SIGSEGV as its name
+        return exc.errno_name, None, str(exc)
+    except CheckFailed as exc:
+        if step.common.expect != ("ok",):
+            return "check failed", None, str(exc)
+        raise
+    return "ok", made, ""
+
+
+Hook = Callable[[Runtime], None]
+
+
+def run_case(case: Case, devices: list[str], ops: dict[str, Operation],
+             options: RunOptions | None = None, listener: Listener | None = None,
+             begin: Hook | None = None, end: Hook | None = None) -> CaseResult:
+    """Run a case's body, then its teardown, then release what it opened.
+
+    `begin`/`end` run before the first step and after the last release (the host
+    operations record the kernel log position and taint there).
+    """
+    rt = Runtime(case=case, devices=devices, options=options or RunOptions())
+    if begin:
+        begin(rt)
+    result = CaseResult(case_id=case.id, file=case.file, scenario=case.scenario,
+                        outcome=Outcome.PASS, params=dict(case.params), tags=list(case.tags),
+                        started=time.time())
+    t0 = time.perf_counter()
+    failed: StepResult | None = None
+    try:
+        for step in case.steps:
+            if listener:
+                listener("step", {"index": step.index, "op": step.op, "name": step.label})
+            sr = run_step(rt, step, ops)
+            result.steps.append(sr)
+            if sr.outcome is not Outcome.PASS:
+                failed = sr
+                break
+    except Skip as exc:
+        result.outcome = Outcome.SKIP
+        result.message = str(exc)
+    finally:
+        for step in case.teardown:
+            if listener:
+                listener("step", {"index": step.index, "op": step.op, "name": step.label,
+                                  "teardown": True})
+            sr = run_step(rt, step, ops) if _handles_ready(rt, step) else _not_run(step)
+            result.steps.append(sr)
+            if failed is None and sr.outcome in (Outcome.FAIL, Outcome.ERROR):
+                failed = sr
+        problems = rt.release_all()
+        if end:
+            end(rt)
+    if result.outcome is not Outcome.SKIP and failed is not None:
+        result.outcome = failed.outcome
+        kind = "teardown step" if failed.teardown else "step"
+        result.location = failed.location
+        result.message = (f"{kind} {failed.index + 1} `{failed.name}` ({failed.location}): "
+                          f"{failed.message}")
+    if problems:
+        result.log += "\n".join(problems) + "\n"
+        if result.outcome is Outcome.PASS:
+            result.outcome = Outcome.ERROR
+            result.message = "releasing the case's resources failed: " + "; ".join(problems)
+    result.duration = time.perf_counter() - t0
+    return result
+
+
+def _handles_ready(rt: Runtime, step: Step) -> bool:
+    from vfio_scenario.language.models import handle_fields
+
+    for apath, _ in handle_fields(type(step.args)):
+        value: Any = step.args
+        for part in apath:
+            value = getattr(value, part, None)
+        if isinstance(value, str) and value not in rt.handles:
+            return False
+    return True
+
+
+def _not_run(step: Step) -> StepResult:
+    return StepResult(index=step.index, op=step.op, name=step.label,
+                      location=f"{step.location.path}:{step.location.line}",
+                      outcome=Outcome.SKIP, teardown=True,
+                      message="not run: a handle it needs was never made")

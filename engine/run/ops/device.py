@@ -1,0 +1,212 @@
+"""Device operations: open, info, config space, BARs, reset, interrupts, SR-IOV."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from vfio_scenario.language.compile import Step
+from vfio_scenario.language.models import (
+    Access,
+    BarMmap,
+    BarRead,
+    BarWrite,
+    ConfigRead,
+    ConfigWrite,
+    DeviceInfo,
+    EnableSriov,
+    ExpectIrq,
+    ExpectNoIrq,
+    IrqDisable,
+    IrqEnable,
+    IrqMask,
+    IrqTrigger,
+    IrqUnmask,
+    OpenDevice,
+    RegionInfo,
+    Reset,
+)
+from vfio_scenario.run.interpreter import CheckFailed, Runtime, Skip
+from vfio_scenario.run.ops import op
+from vfio_scenario.uapi import sysfs
+from vfio_scenario.uapi.device import VfioDevice
+from vfio_scenario.uapi.irq import IrqSet
+from vfio_scenario.uapi.mmio import Mmio
+
+ENABLE_SRIOV_PARAM = "/sys/module/vfio_pci/parameters/enable_sriov"
+
+
+def check_value(what: str, value: int, equals: int | None, mask: int | None, width: int) -> None:
+    """The `equals`/`mask` check of a read: (value & mask) == equals."""
+    if equals is None:
+        if mask is not None:
+            raise CheckFailed(f"{what}: `mask` needs `equals` to compare with")
+        return
+    got = value & mask if mask is not None else value
+    if got != equals:
+        digits = 2 * width
+        masked = f" & {mask:#0{digits + 2}x}" if mask is not None else ""
+        raise CheckFailed(f"{what}: read {value:#0{digits + 2}x}{masked} = {got:#0{digits + 2}x}, "
+                          f"expected {equals:#0{digits + 2}x}")
+
+
+def check_flags(what: str, have: list[str], want: list[str]) -> None:
+    missing = [f for f in want if f not in have]
+    if missing:
+        raise CheckFailed(f"{what} lacks {', '.join(missing)} (has {', '.join(have) or 'none'})")
+
+
+@op("open_device")
+def open_device(rt: Runtime, args: OpenDevice, step: Step) -> VfioDevice:
+    bdf = args.bdf or rt.devices[0]
+    if args.ioas is not None:
+        ioas = rt.handle(args.ioas)
+        device = VfioDevice.open(ioas.iommufd, bdf, args.vf_token, ioas)
+    else:
+        device = VfioDevice.open(rt.handle(args.iommu or ""), bdf, args.vf_token)
+    rt.on_cleanup(f"device {bdf}", device.close)
+    return device
+
+
+@op("device_info")
+def device_info(rt: Runtime, args: DeviceInfo, step: Step) -> None:
+    info = rt.handle(args.device).info()
+    check_flags("device flags", info.flag_names, list(args.flags_include))
+    for name in ("num_regions", "num_irqs"):
+        want = getattr(args, name)
+        if want is not None and getattr(info, name) != want:
+            raise CheckFailed(f"{name} is {getattr(info, name)}, expected {want}")
+
+
+@op("region_info")
+def region_info(rt: Runtime, args: RegionInfo, step: Step) -> None:
+    info = rt.handle(args.device).region_info(args.region)
+    if args.size is not None and info.size != args.size:
+        raise CheckFailed(f"region {args.region} size is {info.size:#x}, expected {args.size:#x}")
+    check_flags(f"region {args.region} flags", info.flag_names, list(args.flags_include))
+    check_flags(f"region {args.region} capabilities", info.cap_names, list(args.caps_include))
+
+
+@op("config_read")
+def config_read(rt: Runtime, args: ConfigRead, step: Step) -> None:
+    value = rt.handle(args.device).config_read(args.offset, args.width)
+    check_value(f"config[{args.offset:#x}]", value, args.equals, args.mask, args.width)
+
+
+@op("config_write")
+def config_write(rt: Runtime, args: ConfigWrite, step: Step) -> None:
+    rt.handle(args.device).config_write(args.offset, args.width, args.value)
+
+
+@op("bar_read")
+def bar_read(rt: Runtime, args: BarRead, step: Step) -> None:
+    value = rt.handle(args.device).bar_read(args.bar, args.offset, args.width, args.via)
+    check_value(f"bar{args.bar}[{args.offset:#x}]", value, args.equals, args.mask, args.width)
+
+
+@op("bar_write")
+def bar_write(rt: Runtime, args: BarWrite, step: Step) -> None:
+    rt.handle(args.device).bar_write(args.bar, args.offset, args.width, args.value, args.via)
+
+
+@op("bar_mmap")
+def bar_mmap(rt: Runtime, args: BarMmap, step: Step) -> Mmio:
+    mmio: Mmio = rt.handle(args.device).mmap_bar(args.bar, args.offset, args.size)
+    rt.on_cleanup(mmio.handle, mmio.close)
+    return mmio
+
+
+@op("access")
+def access(rt: Runtime, args: Access, step: Step) -> None:
+    mmio: Mmio = rt.handle(args.mmio)
+    if args.op_ == "write":
+        assert args.value is not None
+        mmio.write(args.offset, args.width, args.value)
+        return
+    value = mmio.read(args.offset, args.width)
+    check_value(f"{args.mmio}[{args.offset:#x}]", value, args.equals, args.mask, args.width)
+
+
+@op("reset")
+def reset(rt: Runtime, args: Reset, step: Step) -> None:
+    rt.handle(args.device).reset()
+
+
+@op("irq_enable")
+def irq_enable(rt: Runtime, args: IrqEnable, step: Step) -> IrqSet:
+    irq: IrqSet = rt.handle(args.device).enable_irq(args.type, args.count, args.start)
+    rt.on_cleanup(irq.handle, irq.disable)
+    return irq
+
+
+@op("irq_trigger")
+def irq_trigger(rt: Runtime, args: IrqTrigger, step: Step) -> None:
+    rt.handle(args.irq).trigger(args.vector)
+
+
+@op("irq_mask")
+def irq_mask(rt: Runtime, args: IrqMask, step: Step) -> None:
+    rt.handle(args.irq).mask(args.vector)
+
+
+@op("irq_unmask")
+def irq_unmask(rt: Runtime, args: IrqUnmask, step: Step) -> None:
+    rt.handle(args.irq).unmask(args.vector)
+
+
+@op("irq_disable")
+def irq_disable(rt: Runtime, args: IrqDisable, step: Step) -> None:
+    rt.handle(args.irq).disable()
+
+
+def wait_interrupts(irq: Any, vector: int, count: int, within: float) -> int:
+    """Interrupts received on `vector` within `within` seconds, stopping at `count`."""
+    deadline = time.monotonic() + within
+    got = 0
+    while got < count:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        got += irq.wait(vector, left)
+    return got
+
+
+@op("expect_irq")
+def expect_irq(rt: Runtime, args: ExpectIrq, step: Step) -> None:
+    within = args.within * rt.options.timeout_multiplier
+    got = wait_interrupts(rt.handle(args.irq), args.vector, args.count, within)
+    if got < args.count:
+        raise CheckFailed(f"{got} interrupt(s) on vector {args.vector} within {within:g}s, "
+                          f"expected {args.count}")
+
+
+@op("expect_no_irq")
+def expect_no_irq(rt: Runtime, args: ExpectNoIrq, step: Step) -> None:
+    got = rt.handle(args.irq).wait(args.vector, args.within)
+    if got:
+        raise CheckFailed(f"{got} interrupt(s) on vector {args.vector} within {args.within:g}s, "
+                          "expected none")
+
+
+@op("enable_sriov")
+def enable_sriov(rt: Runtime, args: EnableSriov, step: Step) -> None:
+    device: VfioDevice = rt.handle(args.device)
+    try:
+        total = sysfs.sriov_totalvfs(device.bdf)
+    except OSError:
+        total = 0
+    if not total:
+        raise Skip(f"{device.bdf} has no SR-IOV capability")
+    try:
+        with open(ENABLE_SRIOV_PARAM) as f:
+            allowed = f.read().strip() == "Y"
+    except OSError:
+        allowed = False
+    if not allowed:
+        raise Skip(f"vfio-pci's enable_sriov parameter is not Y ({ENABLE_SRIOV_PARAM})")
+    if args.vf_token is not None:
+        device.set_vf_token(args.vf_token)
+    sysfs.set_sriov_numvfs(device.bdf, args.num_vfs)
+    if args.num_vfs:
+        rt.on_cleanup(f"SR-IOV VFs of {device.bdf}",
+                      lambda: sysfs.set_sriov_numvfs(device.bdf, 0))

@@ -1,0 +1,57 @@
+"""DMABUF operations: export a BAR region, mmap it, revoke and restore it."""
+
+from __future__ import annotations
+
+from vfio_scenario.language.compile import Step
+from vfio_scenario.language.models import ExportDmabuf, MmapDmabuf, RestoreDmabuf, RevokeDmabuf
+from vfio_scenario.run.interpreter import Runtime, Skip
+from vfio_scenario.run.ops import op
+from vfio_scenario.uapi import pci
+from vfio_scenario.uapi.dmabuf import DmaBuf
+from vfio_scenario.uapi.mmio import Mmio
+
+
+@op("export_dmabuf")
+def export_dmabuf(rt: Runtime, args: ExportDmabuf, step: Step) -> DmaBuf:
+    ranges = [(r.offset, r.size) for r in args.ranges] if args.ranges is not None else None
+    dmabuf: DmaBuf = rt.handle(args.device).export_dmabuf(args.region, ranges)
+    rt.on_cleanup(dmabuf.handle, dmabuf.close)
+    return dmabuf
+
+
+@op("mmap_dmabuf")
+def mmap_dmabuf(rt: Runtime, args: MmapDmabuf, step: Step) -> Mmio:
+    dmabuf: DmaBuf = rt.handle(args.dmabuf)
+    if args.attrs is not None:
+        raise Skip(f"DMABUF mmap attributes ({args.attrs}) are not offered by this kernel's uAPI")
+    mmio = dmabuf.mmap(args.offset, args.size)
+    rt.on_cleanup(mmio.handle, mmio.close)
+    return mmio
+
+
+@op("revoke_dmabuf")
+def revoke_dmabuf(rt: Runtime, args: RevokeDmabuf, step: Step) -> None:
+    dmabuf: DmaBuf = rt.handle(args.dmabuf)
+    device = dmabuf.device
+    method = args.method
+    if method in ("ioctl", "auto"):
+        support = device.revoke_support()
+        if support is not None:
+            device.revoke_dmabuf(dmabuf, support)
+            return
+        if method == "ioctl":
+            raise Skip("the proposed DMABUF revoke uAPI (VFIO_DEVICE_PCI_DMABUF_REVOKE or its "
+                       "device feature) is not in this kernel")
+        method = "memory-disable"
+    if method == "memory-disable":
+        device.set_command_bits(pci.PCI_COMMAND_MEMORY, False)
+        rt.on_cleanup(f"memory enable of {device.bdf}",
+                      lambda: device.set_command_bits(pci.PCI_COMMAND_MEMORY, True))
+    else:  # reset: the kernel revokes DMABUFs for the duration of the reset
+        device.reset()
+
+
+@op("restore_dmabuf")
+def restore_dmabuf(rt: Runtime, args: RestoreDmabuf, step: Step) -> None:
+    dmabuf: DmaBuf = rt.handle(args.dmabuf)
+    dmabuf.device.set_command_bits(pci.PCI_COMMAND_MEMORY, True)

@@ -1,0 +1,118 @@
+"""Driver operations, dispatched to the device's scenario driver (drivers/)."""
+
+from __future__ import annotations
+
+import errno
+import time
+
+from vfio_scenario.drivers.base import DmaRegion, Driver, driver_for
+from vfio_scenario.errors import VfioError
+from vfio_scenario.language.compile import Step
+from vfio_scenario.language.models import (
+    DriverInit,
+    DriverRemove,
+    MemcpyStart,
+    MemcpyStorm,
+    MemcpyWait,
+    SendMsi,
+)
+from vfio_scenario.run.interpreter import CheckFailed, Runtime, Skip
+from vfio_scenario.run.ops import op
+from vfio_scenario.uapi.buffers import DmaBuffer
+from vfio_scenario.uapi.device import VfioDevice
+
+DEFAULT_WAIT = 5.0  # seconds for memcpy_wait without a step timeout (before the multiplier)
+MSI_WITHIN = 1.0
+
+
+def _drivers(rt: Runtime) -> dict[str, Driver]:
+    found: dict[str, Driver] = rt.state.setdefault("drivers", {})
+    return found
+
+
+def driver_of(rt: Runtime, name: str) -> Driver:
+    drv = _drivers(rt).get(name)
+    if drv is None:
+        raise VfioError(errno.ENODEV, "driver", name, "driver_init has not run on this device")
+    return drv
+
+
+@op("driver_init")
+def driver_init(rt: Runtime, args: DriverInit, step: Step) -> None:
+    device: VfioDevice = rt.handle(args.device)
+    cls = driver_for(device)
+    if cls is None:
+        raise Skip(f"no scenario driver for {device.bdf} "
+                   f"({device.vendor_id:04x}:{device.device_id:04x})")
+    region = None
+    if cls.region_size:
+        buf = DmaBuffer(cls.region_size, name=f"{cls.name} region")
+        rt.on_cleanup(f"{cls.name} driver region", buf.close)
+        limit = 1 << cls.dma_mask_bits if cls.dma_mask_bits < 64 else None
+        mapping = device.iommu.map_buffer(buf, limit=limit)
+        rt.on_cleanup(f"{cls.name} driver region mapping", mapping.unmap)
+        region = DmaRegion(buf.mem, mapping.iova, buf.size)
+    # the driver enables its own interrupt (MSI or MSI-X) on the vector it is given
+    vector = None if args.irq == "none" else 0
+    drv = cls(device, region)
+    drv.init(vector)
+    _drivers(rt)[args.device] = drv
+    rt.on_cleanup(f"{cls.name} driver of {device.bdf}",
+                  lambda: _remove_if_initialized(rt, args.device))
+
+
+def _remove_if_initialized(rt: Runtime, name: str) -> None:
+    drv = _drivers(rt).pop(name, None)
+    if drv is not None:
+        drv.remove()
+
+
+@op("driver_remove")
+def driver_remove(rt: Runtime, args: DriverRemove, step: Step) -> None:
+    driver_of(rt, args.device)
+    _remove_if_initialized(rt, args.device)
+
+
+def _size(drv: Driver, size: int | str) -> int:
+    return drv.max_memcpy_size if size == "max" else int(size)
+
+
+@op("memcpy_start")
+def memcpy_start(rt: Runtime, args: MemcpyStart, step: Step) -> None:
+    drv = driver_of(rt, args.device)
+    size = _size(drv, args.size)
+    drv.check_memcpy(args.src, args.dst, size, args.count)
+    drv.memcpy_start(args.src, args.dst, size, args.count)
+
+
+@op("memcpy_wait")
+def memcpy_wait(rt: Runtime, args: MemcpyWait, step: Step) -> None:
+    drv = driver_of(rt, args.device)
+    drv.memcpy_wait(timeout=(step.common.timeout or DEFAULT_WAIT) * rt.options.timeout_multiplier)
+
+
+@op("send_msi")
+def send_msi(rt: Runtime, args: SendMsi, step: Step) -> None:
+    drv = driver_of(rt, args.device)
+    drv.send_msi()
+    within = MSI_WITHIN * rt.options.timeout_multiplier
+    if drv.device.wait_irq(0, within) == 0:
+        raise CheckFailed(f"send_msi: no MSI received on the eventfd within {within:g}s")
+
+
+@op("memcpy_storm")
+def memcpy_storm(rt: Runtime, args: MemcpyStorm, step: Step) -> int:
+    drv = driver_of(rt, args.device)
+    size = _size(drv, args.size)
+    count = drv.max_memcpy_count if args.count == "max" else int(args.count)
+    drv.check_memcpy(args.src, args.dst, size, count)
+    deadline = time.monotonic() + args.duration
+    done = 0
+    while True:
+        drv.memcpy_start(args.src, args.dst, size, count)
+        drv.memcpy_wait(timeout=DEFAULT_WAIT * rt.options.timeout_multiplier)
+        done += 1
+        if time.monotonic() >= deadline:
+            break
+    rt.state.setdefault("storms", []).append(done)
+    return done

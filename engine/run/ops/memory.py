@@ -1,0 +1,146 @@
+"""Memory operations: buffers, patterns, DMA mappings and what checks them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vfio_scenario.errors import VfioError
+from vfio_scenario.language.compile import Step
+from vfio_scenario.language.models import (
+    AllocBuffer,
+    AssertEqual,
+    AssertPattern,
+    AssertSuperpages,
+    Fill,
+    MapDma,
+    UnmapDma,
+)
+from vfio_scenario.language.units import format_size
+from vfio_scenario.run.interpreter import CheckFailed, Runtime, Skip
+from vfio_scenario.run.ops import op
+from vfio_scenario.uapi.buffers import DmaBuffer
+from vfio_scenario.uapi.iommu import AddressSpace, Mapping
+from vfio_scenario.uapi.patterns import Pattern
+
+
+def space_of(rt: Runtime, args: MapDma | UnmapDma) -> AddressSpace:
+    name = args.ioas if args.ioas is not None else args.iommu
+    assert name is not None  # the model requires one of them
+    space: AddressSpace = rt.handle(name)
+    return space
+
+
+def live_mappings(rt: Runtime) -> list[Mapping]:
+    """Mappings made by this case and not unmapped yet (released at the case's end)."""
+    found: list[Mapping] = rt.state.setdefault("mappings", [])
+    return found
+
+
+@op("alloc_buffer")
+def alloc_buffer(rt: Runtime, args: AllocBuffer, step: Step) -> DmaBuffer:
+    buf = DmaBuffer(args.size, args.backing, name=step.handle or "buffer")
+    rt.on_cleanup(f"buffer {buf.name}", buf.close)
+    return buf
+
+
+@op("fill")
+def fill(rt: Runtime, args: Fill, step: Step) -> None:
+    buf: DmaBuffer = rt.handle(args.buffer)
+    buf.fill(Pattern(args.pattern, args.seed), args.offset, args.size)
+
+
+@op("assert_pattern")
+def assert_pattern(rt: Runtime, args: AssertPattern, step: Step) -> None:
+    buf: DmaBuffer = rt.handle(args.buffer)
+    pattern = Pattern(args.pattern, args.seed)
+    bad = buf.check(pattern, args.offset, args.size)
+    if bad is not None:
+        at = args.offset + bad
+        want = pattern.expected(bad + 1)[bad]
+        raise CheckFailed(f"{args.buffer}[{at:#x}] is {buf.mem[at]:#04x}, expected {want:#04x} "
+                          f"({pattern.kind} pattern, seed {args.seed})")
+
+
+@op("assert_equal")
+def assert_equal(rt: Runtime, args: AssertEqual, step: Step) -> None:
+    a: DmaBuffer = rt.handle(args.a.buffer)
+    b: DmaBuffer = rt.handle(args.b.buffer)
+    bad = a.compare(args.a.offset, b, args.b.offset, args.size)
+    if bad is not None:
+        ia, ib = args.a.offset + bad, args.b.offset + bad
+        raise CheckFailed(f"{args.a.buffer}[{ia:#x}] = {a.mem[ia]:#04x} but "
+                          f"{args.b.buffer}[{ib:#x}] = {b.mem[ib]:#04x} "
+                          f"(first difference of {format_size(args.size)} compared)")
+
+
+@op("map_dma")
+def map_dma(rt: Runtime, args: MapDma, step: Step) -> Mapping:
+    space = space_of(rt, args)
+    if args.buffer is not None:
+        buf: DmaBuffer = rt.handle(args.buffer)
+        mapping = space.map_buffer(buf, args.iova, args.offset, args.size, args.read, args.write)
+    elif args.mmio is not None:
+        mmio: Any = rt.handle(args.mmio)
+        size = mmio.size - args.offset if args.size is None else args.size
+        iova = args.iova if args.iova is not None else space.alloc_iova(size)
+        mapping = space.map(mmio.addr + args.offset, size, iova, args.read, args.write)
+    else:
+        dmabuf: Any = rt.handle(args.dmabuf or "")
+        size = dmabuf.size - args.offset if args.size is None else args.size
+        if not hasattr(space, "map_file"):
+            raise VfioError(22, "map_dma", args.dmabuf or "",
+                            "a DMABUF maps only into an iommufd IOAS (IOMMU_IOAS_MAP_FILE)")
+        mapping = space.map_file(dmabuf.fd, args.offset, size, args.iova, args.read, args.write)
+    live_mappings(rt).append(mapping)
+    rt.on_cleanup(f"mapping {mapping.iova:#x}+{mapping.size:#x}",
+                  lambda: _unmap_if_live(rt, mapping))
+    return mapping
+
+
+def _unmap_if_live(rt: Runtime, mapping: Mapping) -> None:
+    if mapping in live_mappings(rt):
+        live_mappings(rt).remove(mapping)
+        mapping.unmap()
+
+
+@op("unmap_dma")
+def unmap_dma(rt: Runtime, args: UnmapDma, step: Step) -> None:
+    live = live_mappings(rt)
+    if args.mapping is not None:
+        mapping: Mapping = rt.handle(args.mapping)
+        unmapped = mapping.unmap()
+        if mapping in live:
+            live.remove(mapping)
+    else:
+        space = space_of(rt, args)
+        if args.all:
+            unmapped = space.unmap_all()
+            gone = [m for m in live if m.space is space]
+        else:
+            assert args.iova is not None and args.size is not None
+            unmapped = space.unmap(args.iova, args.size)
+            end = args.iova + args.size
+            gone = [m for m in live if m.space is space and args.iova <= m.iova
+                    and m.iova + m.size <= end]
+        for m in gone:
+            live.remove(m)
+    if args.unmapped_size is not None and unmapped != args.unmapped_size:
+        raise CheckFailed(f"unmapped {unmapped:#x} bytes, expected {args.unmapped_size:#x}")
+
+
+@op("assert_superpages")
+def assert_superpages(rt: Runtime, args: AssertSuperpages, step: Step) -> None:
+    from vfio_scenario.uapi import debugfs
+
+    mapping: Mapping = rt.handle(args.mapping)
+    table = debugfs.page_table(rt.devices[0])
+    if not table.available:
+        raise Skip(f"IOMMU page tables not readable: {table.reason}")
+    sizes = table.page_sizes(mapping.iova, mapping.size)
+    covered = sum(sizes.values())
+    small = {s: n for s, n in sizes.items() if s < args.pgsize}
+    if small or covered < mapping.size:
+        shown = ", ".join(f"{format_size(n)} in {format_size(s)} pages" for s, n in sorted(sizes.items()))
+        raise CheckFailed(f"mapping {mapping.iova:#x}+{format_size(mapping.size)} is mapped as "
+                          f"{shown or 'nothing'} ({table.source}), not only "
+                          f"{format_size(args.pgsize)} superpages")

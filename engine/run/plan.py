@@ -1,0 +1,127 @@
+"""Planning: which cases run on which devices, and which are skipped with what reason.
+
+Pure functions over the compiled cases and a description of the host (`HostCaps`),
+so every rule is tested without hardware. Probing the host to fill `HostCaps` lives
+in `probe.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vfio_scenario.language.compile import Case
+
+
+@dataclass
+class DeviceCaps:
+    """One PCI device the run may use."""
+
+    bdf: str
+    vendor_id: int = 0
+    device_id: int = 0
+    vfio_driver: str | None = None  # kernel driver bound now: vfio-pci, a variant, or other
+    iommu_group: str | None = None
+    scenario_driver: str | None = None  # name of the matching scenario driver
+    features: dict[str, str | None] = field(default_factory=dict)  # msix → None or why not
+    no_send_msi: bool = False
+
+    @property
+    def ids(self) -> str:
+        return f"{self.vendor_id:04x}:{self.device_id:04x}"
+
+
+@dataclass
+class HostCaps:
+    """What this kernel and machine offer, with a reason for everything they lack."""
+
+    kernel_release: str = ""
+    iommu_modes: dict[str, str | None] = field(default_factory=dict)  # mode → None or why not
+    features: dict[str, str | None] = field(default_factory=dict)  # feature → None or why not
+    kconfig: dict[str, str] | None = None  # CONFIG_X → y/m/value; None: not readable
+    kconfig_source: str = ""
+    devices: list[DeviceCaps] = field(default_factory=list)
+
+
+# features that belong to a device rather than to the host
+DEVICE_FEATURES = frozenset({"msi", "msix", "intx", "reset", "sriov", "dma_buf", "dma_buf_mmap",
+                             "dma_buf_revoke"})
+
+
+@dataclass
+class PlannedCase:
+    case: Case
+    devices: list[DeviceCaps]
+    skip: str | None = None  # reason, when the case cannot run here
+
+
+def plan(cases: list[Case], caps: HostCaps, iommu_modes: list[str] | None = None) -> list[PlannedCase]:
+    """Decide for every case: the devices it runs on, or why it is skipped."""
+    return [_plan_one(case, caps, iommu_modes) for case in cases]
+
+
+def _plan_one(case: Case, caps: HostCaps, only_modes: list[str] | None) -> PlannedCase:
+    req = case.requires
+    mode = case.iommu_mode
+    if mode is not None:
+        if only_modes and mode not in only_modes:
+            return PlannedCase(case, [], f"IOMMU mode {mode} not selected (--iommu-mode)")
+        if mode not in caps.iommu_modes:
+            return PlannedCase(case, [], f"IOMMU mode {mode} was not probed on this host")
+        why = caps.iommu_modes[mode]
+        if why:
+            return PlannedCase(case, [], f"IOMMU mode {mode} unavailable: {why}")
+    for feature in req.features:
+        if feature in DEVICE_FEATURES:
+            continue
+        why = caps.features.get(feature, "not probed")
+        if why:
+            return PlannedCase(case, [], f"feature {feature} unavailable: {why}")
+    if req.kconfig:
+        if caps.kconfig is None:
+            return PlannedCase(case, [], "kernel config not readable (no /proc/config.gz or "
+                                         "/boot/config-*) to check " + ", ".join(req.kconfig))
+        missing = [c for c in req.kconfig if caps.kconfig.get(c, "n") in ("n", "")]
+        if missing:
+            return PlannedCase(case, [], f"kernel lacks {', '.join(missing)} "
+                                         f"(from {caps.kconfig_source})")
+    needed = req.devices
+    if needed == 0:
+        return PlannedCase(case, [])
+    chosen: list[DeviceCaps] = []
+    reasons: list[str] = []
+    for dev in caps.devices:
+        why = _device_unfit(case, dev)
+        if why is None:
+            chosen.append(dev)
+            if len(chosen) == needed:
+                return PlannedCase(case, chosen)
+        else:
+            reasons.append(f"{dev.bdf} ({dev.ids}): {why}")
+    if not caps.devices:
+        return PlannedCase(case, [], "no VFIO device on this host")
+    have = f"{len(chosen)} suitable device(s) of {needed} needed"
+    return PlannedCase(case, [], f"{have}: " + "; ".join(reasons) if reasons else have)
+
+
+def _device_unfit(case: Case, dev: DeviceCaps) -> str | None:
+    req = case.requires
+    if req.vfio_driver and dev.vfio_driver != req.vfio_driver:
+        return f"bound to {dev.vfio_driver or 'no driver'}, not {req.vfio_driver}"
+    if req.driver is not None:
+        if dev.scenario_driver is None:
+            return "no scenario driver for this device"
+        if req.driver != "any" and req.driver != dev.scenario_driver:
+            return f"its scenario driver is {dev.scenario_driver}, not {req.driver}"
+    for feature in req.features:
+        if feature in DEVICE_FEATURES:
+            why = dev.features.get(feature, "not probed")
+            if why:
+                return f"no {feature}: {why}"
+    if dev.no_send_msi and _needs_send_msi(case):
+        return f"driver {dev.scenario_driver} has NO_SEND_MSI: the device cannot raise an MSI on demand"
+    return None
+
+
+def _needs_send_msi(case: Case) -> bool:
+    """A case needs send_msi when a send_msi step expects success."""
+    return any(s.op == "send_msi" and "ok" in s.common.expect for s in (*case.steps, *case.teardown))

@@ -1,0 +1,119 @@
+"""Run selected cases inside the QEMU testbed and bring their results back.
+
+The guest runs `python -m vfio_scenario.run.guest` once over the whole selection
+(one Python start, one fork per case) and prints JSON-line events; a guest panic or
+hang makes the case that was running an ERROR with the console tail, the testbed
+reboots, and the run goes on with the cases that had not run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+from vfio_scenario.errors import EnvironmentProblem
+from vfio_scenario.language.compile import Case
+from vfio_scenario.results import CaseResult, Outcome
+
+OnEvent = Callable[[dict[str, Any]], None]
+MAX_REBOOTS = 5
+GUEST_START = 60.0  # seconds for the guest's Python to import the engine and probe, TCG
+
+
+def guest_command(paths: list[str], ids_file: str, devices: list[str], iommu_modes: list[str],
+                  timeout_multiplier: float, fail_fast: bool) -> list[str]:
+    argv = [sys.executable, "-m", "vfio_scenario.run.guest", "--ids", ids_file,
+            "--timeout-multiplier", str(timeout_multiplier)]
+    for d in devices:
+        argv += ["--device", d]
+    for m in iommu_modes:
+        argv += ["--iommu-mode", m]
+    if fail_fast:
+        argv.append("--fail-fast")
+    return argv + [os.path.abspath(p) for p in paths]
+
+
+def crashed_result(case: Case, message: str, console: str, started: float) -> CaseResult:
+    return CaseResult(case_id=case.id, file=case.file, scenario=case.scenario,
+                      outcome=Outcome.ERROR, params=dict(case.params), tags=list(case.tags),
+                      message=message, log=f"--- testbed console tail ---\n{console}",
+                      started=started, duration=time.time() - started)
+
+
+def run_in_testbed(testbed: Any, cases: list[Case], paths: list[str], on_event: OnEvent, *,
+                   devices: list[str], iommu_modes: list[str], timeout_multiplier: float,
+                   fail_fast: bool, workdir: str) -> None:
+    """Run `cases` in `testbed` (started), calling `on_event` with each guest event.
+
+    `workdir` must be a host folder the guest sees at the same path (the checkout's
+    reports folder): the list of case ids travels through it.
+    """
+    from vfio_scenario.testbed import GuestCrashed, GuestHung
+
+    remaining = list(cases)
+    reboots = 0
+    longest = max(c.timeout for c in cases) * timeout_multiplier
+    cwd = os.getcwd()
+    while remaining:
+        with tempfile.NamedTemporaryFile("w", dir=workdir, prefix=".ids-", suffix=".txt",
+                                         delete=False) as f:
+            f.write("".join(c.id + "\n" for c in remaining))
+            ids_file = f.name
+        argv = guest_command(paths, ids_file, devices, iommu_modes, timeout_multiplier,
+                             fail_fast)
+        current: Case | None = None
+        started = time.time()
+        by_id = {c.id: c for c in remaining}
+        done: set[str] = set()
+        fatal: str | None = None
+        finished = crashed = False
+        try:
+            # a case's own limit is enforced in the guest; silence beyond it means a hang
+            for line in testbed.stream(argv, idle_timeout=longest + GUEST_START, cwd=cwd):
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # the guest's Python printing something else; not an event
+                kind = event.get("event")
+                if kind == "start":
+                    current = by_id.get(event["id"])
+                    started = time.time()
+                elif kind == "result":
+                    done.add(event["result"]["case_id"])
+                    current = None
+                elif kind == "fatal":
+                    fatal = event.get("message", "guest failed")
+                elif kind == "done":
+                    finished = True
+                on_event(event)
+        except (GuestCrashed, GuestHung) as exc:
+            crashed = True
+            what = "guest kernel crashed" if isinstance(exc, GuestCrashed) else \
+                "guest stopped answering"
+            console = getattr(exc, "console_tail", "") or ""
+            if current is not None:
+                done.add(current.id)
+                on_event({"event": "result", "result": crashed_result(
+                    current, f"{what} while the case ran: {exc}", console, started).to_dict()})
+            reboots += 1
+            if reboots > MAX_REBOOTS:
+                raise EnvironmentProblem(f"testbed failed {reboots} times; giving up: {exc}") \
+                    from None
+            on_event({"event": "warning", "message": f"{what}; rebooting the testbed"})
+            testbed.reboot()
+        finally:
+            os.unlink(ids_file)
+        if fatal is not None:
+            raise EnvironmentProblem(f"the run in the testbed failed: {fatal}")
+        if finished:
+            break  # the guest went through its list (or stopped on --fail-fast)
+        if not crashed:
+            raise EnvironmentProblem("the engine in the testbed stopped without finishing; "
+                                     "its last output is in the console "
+                                     "(`vfio-scenario testbed shell`)")
+        remaining = [c for c in remaining if c.id not in done]
