@@ -1,0 +1,83 @@
+"""Fixtures of the guest tests: they run INSIDE the testbed VM, against the edu device.
+
+The host has no /dev/vfio, so there these modules are not collected at all; the
+testbed runs them in the VM (tests/testbed/).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kmsg_log import Kmsg
+from vfio_scenario.uapi import sysfs
+from vfio_scenario.uapi.capabilities import HostCapabilities, host_capabilities
+from vfio_scenario.uapi.device import VfioDevice
+from vfio_scenario.uapi.iommu import Iommu, open_iommu
+from vfio_scenario.uapi.modes import ALL_MODES, IommuMode
+
+IN_GUEST = os.environ.get("VFIO_SCENARIO_GUEST") == "1" or Path("/dev/vfio").exists()
+if not IN_GUEST:
+    collect_ignore_glob = ["test_*.py"]
+
+EDU_IDS = (0x1234, 0x11E8)
+EDU_ID_REGISTER = 0x010000ED
+
+
+def _bind_to_vfio_pci(bdf: str) -> None:
+    """Bind the function to vfio-pci (the testbed image may leave it unbound)."""
+    if sysfs.bound_driver(bdf) == "vfio-pci":
+        return
+    subprocess.run(["modprobe", "vfio-pci"], check=False, capture_output=True)
+    folder = sysfs.device_dir(bdf)
+    (folder / "driver_override").write_text("vfio-pci\n")
+    if sysfs.bound_driver(bdf):
+        (folder / "driver" / "unbind").write_text(bdf)
+    Path("/sys/bus/pci/drivers_probe").write_text(bdf)
+
+
+@pytest.fixture(scope="session")
+def edu_bdf() -> str:
+    found = sysfs.find_devices(*EDU_IDS)
+    if not found:
+        pytest.fail("no edu device (1234:11e8) in this VM")
+    _bind_to_vfio_pci(found[0])
+    assert sysfs.bound_driver(found[0]) == "vfio-pci"
+    return found[0]
+
+
+@pytest.fixture(scope="session")
+def caps(edu_bdf: str) -> HostCapabilities:
+    return host_capabilities([edu_bdf])
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "mode" in metafunc.fixturenames:
+        metafunc.parametrize("mode", ALL_MODES, ids=[m.value for m in ALL_MODES])
+
+
+@pytest.fixture
+def iommu(mode: IommuMode, caps: HostCapabilities) -> Iterator[Iommu]:
+    available = caps.iommu_modes[mode]
+    if not available:
+        pytest.skip(f"{mode.value} not offered by this kernel: {available.reason}")
+    opened = open_iommu(mode)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def device(iommu: Iommu, edu_bdf: str) -> Iterator[VfioDevice]:
+    opened = VfioDevice.open(iommu, edu_bdf)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def kmsg() -> Iterator[Kmsg]:
+    log = Kmsg()
+    yield log
+    log.close()
