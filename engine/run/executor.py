@@ -9,6 +9,7 @@ the step that was running, with the kernel log of the case attached.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import select
@@ -76,6 +77,8 @@ def _child(case: Case, devices: list[str], ops: dict[str, Operation], options: R
     try:
         os.dup2(out_fd, 1)
         os.dup2(out_fd, 2)
+        # a crash's Python traceback goes into the case's own output, not the runner's
+        faulthandler.enable(file=os.fdopen(2, "w", closefd=False))
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 

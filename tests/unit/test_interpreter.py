@@ -1,0 +1,317 @@
+"""Interpreter, executor and planner logic with fake operations (no hardware).
+
+What the kernel answers is tested in the testbed (tests/guest); here the engine's own
+rules: expectations, teardown, cleanup order, repeat, timeouts, isolation, skips.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import signal
+import textwrap
+import time
+from typing import Any
+
+import pytest
+
+from vfio_scenario.errors import VfioError
+from vfio_scenario.language.compile import Case, compile_documents
+from vfio_scenario.language.loader import load_text
+from vfio_scenario.results import Outcome
+from vfio_scenario.run.executor import execute_case
+from vfio_scenario.run.interpreter import CheckFailed, RunOptions, Runtime, Skip, run_case
+from vfio_scenario.run.plan import DeviceCaps, HostCaps, plan
+
+
+def cases_of(text: str, path: str = "scen/x.yaml") -> list[Case]:
+    doc, errors = load_text(textwrap.dedent(text), path)
+    assert errors == []
+    compiled = compile_documents([doc])
+    assert compiled.errors == [], [str(e) for e in compiled.errors]
+    return compiled.cases
+
+
+class Log:
+    """Fake operations that record what ran; behaviour chosen by the step's arguments."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def ops(self) -> dict[str, Any]:
+        def alloc_buffer(rt: Runtime, args: Any, step: Any) -> object:
+            name = step.handle or "anon"
+            self.calls.append(f"alloc {name}")
+            rt.on_cleanup(name, lambda: self.calls.append(f"free {name}"))
+            return object()
+
+        def sleep(rt: Runtime, args: Any, step: Any) -> None:
+            self.calls.append(f"sleep {args.duration}")
+            if args.duration == 0.001:
+                raise VfioError(errno.EINVAL, "SLEEP_IOCTL", "fake")
+            if args.duration == 0.002:
+                raise CheckFailed("value differs")
+            if args.duration == 0.003:
+                raise Skip("host lacks it")
+            if args.duration == 0.004:
+                raise RuntimeError("bug in an operation")
+            if args.duration >= 1:
+                time.sleep(args.duration)
+
+        def assert_not_tainted(rt: Runtime, args: Any, step: Any) -> None:
+            self.calls.append("taint check")
+
+        return {"alloc_buffer": alloc_buffer, "sleep": sleep,
+                "assert_not_tainted": assert_not_tainted}
+
+
+def test_expected_errno_passes_and_wrong_expectation_names_step_and_line() -> None:
+    (case,) = cases_of("""
+        name: e
+        steps:
+          - sleep: {duration: 1ms}
+            expect: EINVAL
+          - sleep: {duration: 1ms}
+            name: should fail
+            expect: EBUSY
+    """)
+    result = run_case(case, [], Log().ops())
+    assert [s.outcome for s in result.steps] == [Outcome.PASS, Outcome.FAIL]
+    assert result.outcome is Outcome.FAIL
+    assert result.location == "scen/x.yaml:6"
+    assert result.message.startswith("step 2 `should fail` (scen/x.yaml:6): ")
+    assert "EINVAL" in result.message
+    assert result.steps[1].expected == "EBUSY" and result.steps[1].actual == "EINVAL"
+
+
+def test_success_where_an_error_was_expected_fails() -> None:
+    (case,) = cases_of("""
+        name: e
+        steps:
+          - sleep: {duration: 5ms}
+            expect: [EINVAL, EPERM]
+    """)
+    result = run_case(case, [], Log().ops())
+    assert result.outcome is Outcome.FAIL
+    assert result.steps[0].message == "expected EINVAL or EPERM, got ok"
+
+
+def test_teardown_runs_after_a_failure_and_cleanups_run_newest_first() -> None:
+    (case,) = cases_of("""
+        name: t
+        steps:
+          - alloc_buffer: {size: 4KiB}
+            as: a
+          - alloc_buffer: {size: 4KiB}
+            as: b
+          - sleep: {duration: 2ms}
+          - alloc_buffer: {size: 4KiB}
+            as: never
+        teardown:
+          - assert_not_tainted: {}
+    """)
+    log = Log()
+    result = run_case(case, [], log.ops())
+    assert result.outcome is Outcome.FAIL
+    assert log.calls == ["alloc a", "alloc b", "sleep 0.002", "taint check", "free b", "free a"]
+    assert result.steps[-1].teardown and result.steps[-1].outcome is Outcome.PASS
+
+
+def test_repeat_runs_the_step_n_times() -> None:
+    (case,) = cases_of("""
+        name: r
+        steps:
+          - assert_not_tainted: {}
+            repeat: 5
+    """)
+    log = Log()
+    result = run_case(case, [], log.ops())
+    assert result.outcome is Outcome.PASS
+    assert log.calls == ["taint check"] * 5
+    assert result.steps[0].repeat == 5
+
+
+def test_step_timeout_is_an_error() -> None:
+    (case,) = cases_of("""
+        name: slow
+        steps:
+          - sleep: {duration: 3s}
+            timeout: 100ms
+    """)
+    result = run_case(case, [], Log().ops())
+    assert result.outcome is Outcome.ERROR
+    assert result.steps[0].message == "step timed out after 0.1s"
+
+
+def test_skip_raised_by_an_operation_skips_the_case_with_its_reason() -> None:
+    (case,) = cases_of("""
+        name: s
+        steps:
+          - sleep: {duration: 3ms}
+    """)
+    result = run_case(case, [], Log().ops())
+    assert result.outcome is Outcome.SKIP
+    assert result.message == "host lacks it"
+
+
+def test_exception_in_an_operation_is_an_error_not_a_crash() -> None:
+    (case,) = cases_of("""
+        name: b
+        steps:
+          - sleep: {duration: 4ms}
+    """)
+    result = run_case(case, [], Log().ops())
+    assert result.outcome is Outcome.ERROR
+    assert "RuntimeError: bug in an operation" in result.message
+
+
+def _crashing_ops(log: Log) -> dict[str, Any]:
+    ops = log.ops()
+
+    def segfault(rt: Runtime, args: Any, step: Any) -> None:
+        ctypes.string_at(0)
+
+    def hang(rt: Runtime, args: Any, step: Any) -> None:
+        while True:
+            time.sleep(1)
+
+    def sigbus(rt: Runtime, args: Any, step: Any) -> None:
+        os.kill(os.getpid(), signal.SIGBUS)
+
+    ops.update({"reset": segfault, "send_msi": hang, "memcpy_wait": sigbus})
+    return ops
+
+
+CRASHING = """
+- name: segv
+  steps:
+    - open_iommu: {}
+      as: iommu
+    - reset: {device: dev}
+      name: crash here
+- name: hang
+  timeout: 1s
+  steps:
+    - open_iommu: {}
+      as: iommu
+    - send_msi: {device: dev}
+- name: bus
+  steps:
+    - open_iommu: {}
+      as: iommu
+    - memcpy_wait: {device: dev}
+- name: fine
+  steps:
+    - assert_not_tainted: {}
+"""
+
+
+def test_segfault_hang_and_unexpected_sigbus_are_errors_and_the_next_case_passes() -> None:
+    text = CRASHING.replace("      as: iommu\n", "      as: iommu\n    - open_device: {iommu: iommu}\n"
+                            "      as: dev\n")
+    cases = [c for c in cases_of(text) if c.iommu_mode in (None, "iommufd")]
+    log = Log()
+    ops = _crashing_ops(log)
+    ops["open_iommu"] = lambda rt, a, s: object()
+    ops["open_device"] = lambda rt, a, s: object()
+    results = {c.scenario: execute_case(c, [], ops, RunOptions()) for c in cases}
+    assert results["segv"].outcome is Outcome.ERROR
+    assert results["segv"].message == "case process killed by SIGSEGV during step 3 `crash here`"
+    assert results["hang"].outcome is Outcome.ERROR
+    assert results["hang"].message == "case timed out after 1s during step 3 `send_msi`"
+    assert results["bus"].outcome is Outcome.ERROR
+    assert results["bus"].message == "case process killed by SIGBUS during step 3 `memcpy_wait`"
+    assert results["fine"].outcome is Outcome.PASS
+
+
+def test_timeout_multiplier_scales_the_case_limit() -> None:
+    text = CRASHING.replace("      as: iommu\n", "      as: iommu\n    - open_device: {iommu: iommu}\n"
+                            "      as: dev\n")
+    (hang,) = [c for c in cases_of(text) if c.scenario == "hang" and c.iommu_mode == "iommufd"]
+    ops = _crashing_ops(Log())
+    ops["open_iommu"] = lambda rt, a, s: object()
+    ops["open_device"] = lambda rt, a, s: object()
+    result = execute_case(hang, [], ops, RunOptions(timeout_multiplier=1.5))
+    assert result.message.startswith("case timed out after 1.5s")
+
+
+# --- planner ----------------------------------------------------------------------
+
+PLANNED = """
+- name: any-driver
+  requires: {driver: any}
+  steps:
+    - open_iommu: {}
+      as: iommu
+- name: needs-msix
+  requires: {features: [msix]}
+  steps:
+    - open_iommu: {}
+      as: iommu
+- name: needs-two
+  requires: {devices: 2, iommu_modes: [iommufd]}
+  steps:
+    - open_iommu: {}
+      as: iommu
+- name: sends-msi
+  requires: {driver: any, iommu_modes: [iommufd]}
+  steps:
+    - open_iommu: {}
+      as: iommu
+    - open_device: {iommu: iommu}
+      as: dev
+    - send_msi: {device: dev}
+- name: kconfig
+  requires: {kconfig: [CONFIG_VFIO_PCI_DMABUF]}
+  steps:
+    - sleep: {duration: 1ms}
+"""
+
+
+def _caps(**kw: Any) -> HostCaps:
+    edu = DeviceCaps(bdf="0000:00:03.0", vendor_id=0x1234, device_id=0x11E8,
+                     vfio_driver="vfio-pci", scenario_driver="edu",
+                     features={"msi": None, "msix": "msix has 0 vectors"})
+    caps = HostCaps(kernel_release="7.2.13",
+                    iommu_modes={"vfio_type1_iommu": None, "vfio_type1v2_iommu": None,
+                                 "iommufd_compat_type1": "/dev/iommu does not exist",
+                                 "iommufd_compat_type1v2": "/dev/iommu does not exist",
+                                 "iommufd": None},
+                    features={}, kconfig={"CONFIG_VFIO": "y"}, kconfig_source="/proc/config.gz",
+                    devices=[edu])
+    for k, v in kw.items():
+        setattr(caps, k, v)
+    return caps
+
+
+def _plan(caps: HostCaps) -> dict[str, str | None]:
+    return {pc.case.id.split("::")[1]: pc.skip for pc in plan(cases_of(PLANNED), caps)}
+
+
+def test_planner_skips_with_the_reason_and_never_drops_a_case() -> None:
+    skips = _plan(_caps())
+    assert len(skips) == 5 + 5 + 1 + 1 + 1
+    assert skips["any-driver[iommu_mode=vfio_type1v2_iommu]"] is None
+    assert skips["any-driver[iommu_mode=iommufd_compat_type1]"] == \
+        "IOMMU mode iommufd_compat_type1 unavailable: /dev/iommu does not exist"
+    assert skips["needs-msix[iommu_mode=iommufd]"] == \
+        "0 suitable device(s) of 1 needed: 0000:00:03.0 (1234:11e8): no msix: msix has 0 vectors"
+    assert skips["needs-two[iommu_mode=iommufd]"].startswith("1 suitable device(s) of 2 needed")
+    assert skips["sends-msi[iommu_mode=iommufd]"] is None
+    assert skips["kconfig"] == "kernel lacks CONFIG_VFIO_PCI_DMABUF (from /proc/config.gz)"
+
+
+def test_planner_skips_send_msi_cases_on_a_no_send_msi_driver() -> None:
+    caps = _caps()
+    caps.devices[0].no_send_msi = True
+    caps.devices[0].scenario_driver = "nv_falcon"
+    skips = _plan(caps)
+    assert "NO_SEND_MSI" in (skips["sends-msi[iommu_mode=iommufd]"] or "")
+    assert skips["any-driver[iommu_mode=iommufd]"] is None
+
+
+def test_planner_without_devices_or_config_says_so() -> None:
+    skips = _plan(_caps(devices=[], kconfig=None))
+    assert skips["any-driver[iommu_mode=iommufd]"] == "no VFIO device on this host"
+    assert skips["kconfig"].startswith("kernel config not readable")
