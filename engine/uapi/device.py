@@ -226,6 +226,17 @@ class VfioDevice:
                    for d in (arg.devices[i] for i in range(arg.count))]
         return arg.flags, devices
 
+    def hot_reset(self) -> None:
+        """VFIO_DEVICE_PCI_HOT_RESET of the bus or slot, proving ownership of every
+        affected device: the groups this process holds (group path) or, for a cdev,
+        an empty list (the kernel checks the devices bound to the same iommufd).
+        """
+        fds = [] if self.group is None else [g.fd for g in self.group.container.groups.values()]
+        arg = new("struct vfio_pci_hot_reset", len(fds), count=len(fds))
+        for i, fd in enumerate(fds):
+            arg.group_fds[i] = fd
+        ioctl(self.fd, "VFIO_DEVICE_PCI_HOT_RESET", arg, self.bdf)
+
     # ---- interrupts ----
     def enable_irq(self, irq: IrqType | str | int, count: int = 1, start: int = 0) -> IrqSet:
         """SET_IRQS with one eventfd per vector; replaces an earlier set of the same type."""

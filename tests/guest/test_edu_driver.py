@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -16,6 +17,12 @@ from vfio_scenario.uapi.patterns import Pattern
 from vfio_scenario.uapi.pci import PCI_COMMAND
 
 LIMIT = 1 << EduDriver.dma_mask_bits
+
+
+def _requester(bdf: str) -> str:
+    """The DMAR fault line's device, with or without the PCI domain."""
+    domain, rest = bdf.split(":", 1)
+    return rf"\[(?:{domain}:)?{re.escape(rest)}\]"
 
 
 @pytest.fixture
@@ -88,7 +95,7 @@ def test_dma_from_an_unmapped_iova_faults_in_the_iommu(iommu: Iommu, edu: EduDri
         edu.memcpy_start(unmapped, d.iova, 4096)
         edu.memcpy_wait()
         line = kmsg.wait_for(
-            rf"DMAR: \[DMA Read NO_PASID\] Request device \[{edu_bdf}\] "
+            rf"DMAR: \[DMA Read NO_PASID\] Request device {_requester(edu_bdf)} "
             rf"fault addr 0x{unmapped:x} \[fault reason 0x06\] PTE Read access is not set")
         assert line is not None
         # The IOMMU answered the read with all-ones, which edu copied on.
@@ -106,7 +113,7 @@ def test_dma_to_an_unmapped_iova_leaves_the_old_buffer_untouched(
         edu.memcpy_start(s.iova, stale.iova, 4096)
         edu.memcpy_wait()
         line = kmsg.wait_for(
-            rf"DMAR: \[DMA Write NO_PASID\] Request device \[{edu_bdf}\] "
+            rf"DMAR: \[DMA Write NO_PASID\] Request device {_requester(edu_bdf)} "
             rf"fault addr 0x{stale.iova:x}")
         assert line is not None
         assert old.check(Pattern(0x5A)) is None

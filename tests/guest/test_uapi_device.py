@@ -74,6 +74,22 @@ def test_msi_from_the_raise_register_and_from_a_software_trigger(device: VfioDev
         device.config_write(PCI_COMMAND, 2, old)
 
 
+def test_intx_from_the_raise_register_is_automasked_until_unmasked(device: VfioDevice) -> None:
+    irq = device.enable_irq("intx", 1)
+    try:
+        assert "automasked" in device.irq_info("intx").flag_names
+        device.bar_write(0, 0x60, 4, 1)
+        assert irq.wait(0, timeout=1.0) == 1
+        device.bar_write(0, 0x64, 4, 1)
+        irq.unmask(0)
+        device.bar_write(0, 0x60, 4, 1)
+        assert irq.wait(0, timeout=1.0) == 1
+        device.bar_write(0, 0x64, 4, 1)
+        irq.unmask(0)
+    finally:
+        irq.disable()
+
+
 def test_irq_info_counts(device: VfioDevice) -> None:
     assert device.irq_info("intx").count == 1
     assert device.irq_info("msi").count == 1
