@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
-
 from vfio_scenario.errors import Location, ScenarioError
 from vfio_scenario.language.loader import Document, find_scenario_files, load_file
 from vfio_scenario.language.models import (
@@ -231,7 +230,7 @@ class _FileCompiler:
         if not ok:
             return None
         if "iommu_mode" not in axes and self.uses_iommu(header):
-            modes = header.requires.iommu_modes or list(IOMMU_MODES)
+            modes: list[str] = list(header.requires.iommu_modes or IOMMU_MODES)
             axes = {"iommu_mode": list(modes), **axes}
         elif "iommu_mode" in axes:
             for i, v in enumerate(axes["iommu_mode"]):
@@ -245,11 +244,11 @@ class _FileCompiler:
         combos = [dict(zip(names, values)) for values in itertools.product(*axes.values())]
         for entry in include:
             matched = False
+            names_axis = any(k in axes for k in entry)
             for combo in combos:
-                if all(combo.get(k) == v for k, v in entry.items() if k in axes):
-                    if any(k in axes for k in entry):
-                        combo.update({k: v for k, v in entry.items() if k not in axes})
-                        matched = True
+                if names_axis and all(combo.get(k) == v for k, v in entry.items() if k in axes):
+                    combo.update({k: v for k, v in entry.items() if k not in axes})
+                    matched = True
             if not matched:
                 combos.append(dict(entry))
         combos = [c for c in combos
@@ -493,15 +492,14 @@ def _message(err: Any, loc: tuple[Any, ...], model: type[BaseModel]) -> str:
     if kind == "missing":
         return f"missing required argument `{name}`"
     msg = str(err["msg"])
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+    msg = msg.removeprefix("Value error, ")
     got = err.get("input")
     field_name = next((p for p in reversed(loc) if isinstance(p, str)), "")
     where = f"`{field_name}`: " if field_name else ""
     if kind in ("literal_error", "enum"):
         allowed = re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", "")))
         return f"{where}{msg}, got {got!r}{suggest(got, allowed)}"
-    if kind.endswith("_type") or kind.endswith("_parsing"):
+    if kind.endswith(("_type", "_parsing")):
         return f"{where}{msg}, got {_kind(got)} {got!r}"
     return f"{where}{msg}"
 

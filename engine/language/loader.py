@@ -13,12 +13,11 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
-
 from vfio_scenario.errors import Location, ScenarioError
 
 MAX_FILE_BYTES = 1 << 20  # a scenario file is a few KiB; anything near this is a mistake
@@ -53,15 +52,15 @@ class Document:
 def _make_yaml(memo_resolver: bool) -> YAML:
     try:
         yaml = YAML(typ="safe", pure=False)
-    except Exception:  # ruamel.yaml.clib missing: same results, slower
+    except Exception:  # noqa: BLE001 - ruamel.yaml.clib missing: same results, slower
         yaml = YAML(typ="safe", pure=True)
     if memo_resolver:
         base: Any = yaml.Resolver
 
-        class _MemoResolver(base):  # type: ignore[misc, valid-type]
+        class _MemoResolver(base):  # type: ignore[misc]
             """Plain scalars repeat across files; resolving each one again dominates parsing."""
 
-            _memo: dict[tuple[Any, Any, Any], Any] = {}
+            _memo: ClassVar[dict[tuple[Any, Any, Any], Any]] = {}
 
             def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
                 key = (kind, value, implicit)
@@ -211,8 +210,7 @@ def load_file(path: str | os.PathLike[str]) -> tuple[Document, list[ScenarioErro
                 f"file is not UTF-8: byte 0x{raw[exc.start]:02x} cannot be decoded",
             )
         ]
-    if text.startswith("\ufeff"):
-        text = text[1:]
+    text = text.removeprefix("\ufeff")
     return load_text(text, name)
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import errno
 import re
 import uuid
-from functools import lru_cache
-from typing import Annotated, Any, ClassVar, Literal, Union
+from functools import cache
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -23,7 +23,6 @@ from pydantic import (
     Field,
     model_validator,
 )
-
 from vfio_scenario.language.units import parse_duration, parse_int, parse_size
 
 IOMMU_MODES = (
@@ -120,27 +119,22 @@ def _regex(value: str) -> str:
     return value
 
 
-def Ref(*kinds: str) -> Any:
-    return Annotated[str, AfterValidator(_handle_name), HandleRef(*kinds)]
-
-
-IommuRef = Ref("iommu")
-IoasRef = Ref("ioas")
-DeviceRef = Ref("device")
-BufferRef = Ref("buffer")
-MappingRef = Ref("mapping")
-MmioRef = Ref("mmio")
-IrqRef = Ref("irq")
-DmabufRef = Ref("dmabuf")
-CdevRef = Ref("cdev")
+IommuRef = Annotated[str, AfterValidator(_handle_name), HandleRef("iommu")]
+IoasRef = Annotated[str, AfterValidator(_handle_name), HandleRef("ioas")]
+DeviceRef = Annotated[str, AfterValidator(_handle_name), HandleRef("device")]
+BufferRef = Annotated[str, AfterValidator(_handle_name), HandleRef("buffer")]
+MappingRef = Annotated[str, AfterValidator(_handle_name), HandleRef("mapping")]
+MmioRef = Annotated[str, AfterValidator(_handle_name), HandleRef("mmio")]
+IrqRef = Annotated[str, AfterValidator(_handle_name), HandleRef("irq")]
+DmabufRef = Annotated[str, AfterValidator(_handle_name), HandleRef("dmabuf")]
+CdevRef = Annotated[str, AfterValidator(_handle_name), HandleRef("cdev")]
 Bdf = Annotated[str, AfterValidator(_bdf)]
 Uuid = Annotated[str, AfterValidator(_uuid)]
 Regex = Annotated[str, AfterValidator(_regex)]
-Pattern = Union[Literal["zero", "ones", "incrementing", "random"], Annotated[int, Field(ge=0, le=255)]]
-RegionName = Union[
-    Literal["bar0", "bar1", "bar2", "bar3", "bar4", "bar5", "rom", "config", "vga"],
-    Annotated[int, Field(ge=0)],
-]
+Pattern = (Literal["zero", "ones", "incrementing", "random"]
+           | Annotated[int, BeforeValidator(parse_int), Field(ge=0, le=255)])
+RegionName = (Literal["bar0", "bar1", "bar2", "bar3", "bar4", "bar5", "rom", "config", "vga"]
+              | Annotated[int, Field(ge=0)])
 MaxOr = Literal["max"]
 
 
@@ -214,7 +208,7 @@ class Attach(Op):
     op = "attach"
     area = "iommu"
     device: DeviceRef
-    ioas: Union[Annotated[int, Field(ge=0)], IoasRef]
+    ioas: Annotated[int, Field(ge=0)] | IoasRef
 
 
 class Detach(Op):
@@ -514,7 +508,7 @@ class MemcpyStart(Op):
     device: DeviceRef
     src: Int = Field(ge=0)
     dst: Int = Field(ge=0)
-    size: Union[MaxOr, Size]
+    size: MaxOr | Size
     count: Int = Field(1, ge=1)
 
 
@@ -536,8 +530,8 @@ class MemcpyStorm(Op):
     device: DeviceRef
     src: Int = Field(ge=0)
     dst: Int = Field(ge=0)
-    size: Union[MaxOr, Size]
-    count: Union[MaxOr, Annotated[int, BeforeValidator(parse_int), Field(ge=1)]] = 1
+    size: MaxOr | Size
+    count: MaxOr | Annotated[int, BeforeValidator(parse_int), Field(ge=1)] = 1
     duration: Duration
 
 
@@ -623,7 +617,7 @@ OPERATIONS: dict[str, type[Op]] = {
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def handle_fields(op_cls: type[BaseModel]) -> tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]:
     """(argument path, accepted kinds) of every handle-valued argument, nested included."""
     out: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
@@ -707,7 +701,7 @@ class ScenarioHeader(Strict):
     name: str | None = None
     description: str = ""
     tags: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]+$")]] = []
-    requires: Requires = Requires()
+    requires: Requires = Requires()  # type: ignore[call-arg]
     matrix: dict[str, list[Any]] = {}
     vars: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], Any] = {}
     timeout: Duration = 30.0

@@ -7,10 +7,11 @@ templates render before validation; editors (yaml-language-server) see that too.
 from __future__ import annotations
 
 import json
-from typing import Any, Optional, Union
+from functools import reduce
+from operator import or_
+from typing import Any
 
 from pydantic import Field, create_model
-
 from vfio_scenario.language.models import OPERATIONS, ScenarioHeader, StepCommon
 
 TEMPLATE = {"type": "string", "pattern": r"\{\{.*\}\}|\{%.*%\}", "description": "jinja2 template"}
@@ -21,16 +22,12 @@ def _step_models() -> list[Any]:
     models = []
     for op, cls in OPERATIONS.items():
         required = any(f.is_required() for f in cls.model_fields.values())
-        annotation: Any = cls if required else Optional[cls]
-        default: Any = ... if True else None
-        models.append(
-            create_model(
-                f"{cls.__name__}Step",
-                __base__=StepCommon,
-                __doc__=f"A step running `{op}` ({cls.area}).",
-                **{op: (annotation, Field(default, description=(cls.__doc__ or "").strip() or None))},
-            )
-        )
+        annotation: Any = cls if required else cls | None
+        fields: dict[str, Any] = {
+            op: (annotation, Field(..., description=(cls.__doc__ or "").strip() or None))
+        }
+        models.append(create_model(f"{cls.__name__}Step", __base__=StepCommon,
+                                   __doc__=f"A step running `{op}` ({cls.area}).", **fields))
     return models
 
 
@@ -48,7 +45,7 @@ def _allow_templates(node: Any) -> Any:
 
 
 def json_schema() -> dict[str, Any]:
-    step = Union[tuple(_step_models())]  # type: ignore[valid-type]
+    step = reduce(or_, _step_models())
     scenario = create_model(
         "Scenario",
         __base__=ScenarioHeader,

@@ -4,6 +4,8 @@ Sizes take a number of bytes (decimal or hex) with an optional binary unit
 (`4KiB`, `2MiB`, `1GiB`); durations take `500ms`, `5s`, `2m` (or a bare number of
 seconds); integers take decimal or hex. Each parser raises ValueError with a
 message meant for the user; pydantic places it at the value's position.
+pydantic turns ValueError (not TypeError) into a located validation error, which is
+why type mismatches raise ValueError here too.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def _number(text: str) -> int:
 def parse_int(value: object) -> int:
     """An integer from an int or a decimal/hex string (`0x1000`)."""
     if isinstance(value, bool):
-        raise ValueError(f"expected an integer, got {value!r}")
+        raise ValueError(f"expected an integer, got {value!r}")  # noqa: TRY004
     if isinstance(value, int):
         return value
     if isinstance(value, str):
@@ -45,7 +47,7 @@ def parse_int(value: object) -> int:
 def parse_size(value: object) -> int:
     """A byte count from an int, hex, or a number with a binary unit (`2MiB`)."""
     if isinstance(value, bool):
-        raise ValueError(f"expected a size, got {value!r}")
+        raise ValueError(f"expected a size, got {value!r}")  # noqa: TRY004
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"a size cannot be negative: {value}")
@@ -70,7 +72,7 @@ def parse_size(value: object) -> int:
 def parse_duration(value: object) -> float:
     """Seconds from a number or a string with a unit (`500ms`, `5s`, `2m`)."""
     if isinstance(value, bool):
-        raise ValueError(f"expected a duration, got {value!r}")
+        raise ValueError(f"expected a duration, got {value!r}")  # noqa: TRY004
     if isinstance(value, (int, float)):
         if value < 0:
             raise ValueError(f"a duration cannot be negative: {value}")

@@ -9,7 +9,7 @@ from typing import Any
 from vfio_scenario.language.models import IOMMU_MODES
 
 
-def register(sub: "argparse._SubParsersAction[Any]") -> None:
+def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add `run` and `devices` to the main parser."""
     p = sub.add_parser(
         "run",
@@ -61,7 +61,8 @@ def register(sub: "argparse._SubParsersAction[Any]") -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from vfio_scenario.run.host import run_command
 
-    return run_command(args)
+    status: int = run_command(args)
+    return status
 
 
 def cmd_devices(args: argparse.Namespace) -> int:

@@ -30,7 +30,7 @@ def execute_case(case: Case, devices: list[str], ops: dict[str, Operation],
                  options: RunOptions) -> CaseResult:
     """Run `case` in a forked child and return its result, whatever happens to the child."""
     kmsg = KernelLog.open()
-    out = tempfile.TemporaryFile(mode="w+b")
+    out = tempfile.TemporaryFile(mode="w+b")  # noqa: SIM115 - the child writes to its fd
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child

@@ -48,7 +48,7 @@ class Runtime:
     options: RunOptions = field(default_factory=RunOptions)
     handles: dict[str, Any] = field(default_factory=dict)
     kinds: dict[str, str] = field(default_factory=dict)
-    cleanups: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
+    cleanups: list[tuple[str, Callable[[], object]]] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     state: dict[str, Any] = field(default_factory=dict)  # per-case scratch for op modules
 
@@ -59,7 +59,7 @@ class Runtime:
             raise CheckFailed(f"handle `{name}` was not made (its step failed or was skipped)") \
                 from None
 
-    def on_cleanup(self, label: str, release: Callable[[], None]) -> None:
+    def on_cleanup(self, label: str, release: Callable[[], object]) -> None:
         """Register `release` to run when the case ends, in reverse order of registration."""
         self.cleanups.append((label, release))
 

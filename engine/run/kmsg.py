@@ -40,7 +40,7 @@ class KernelLog:
                 raise
             if not record:
                 break
-            header, _, message = record.decode("utf-8", "replace").partition(";")
+            _header, _, message = record.decode("utf-8", "replace").partition(";")
             # continuation lines (" KEY=value") carry device metadata, not text
             new.append(message.split("\n", 1)[0])
         self.lines.extend(new)

@@ -70,7 +70,7 @@ def open_cdev(rt: Runtime, args: OpenCdev, step: Step) -> object:
     from vfio_scenario.uapi.device import Cdev
 
     cdev = Cdev(args.bdf or rt.devices[0])
-    rt.on_cleanup(cdev.handle, cdev.close)
+    rt.on_cleanup(cdev.path, cdev.close)
     return cdev
 
 
