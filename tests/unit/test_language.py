@@ -7,7 +7,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from vfio_scenario.cli import main
 from vfio_scenario.language.compile import compile_documents, compile_paths
 from vfio_scenario.language.loader import load_text
@@ -216,3 +215,10 @@ def test_library_uses_every_operation() -> None:
     compiled = compile_paths([str(ROOT / "scenarios")])
     used = {s.op for case in compiled.cases for s in (*case.steps, *case.teardown)}
     assert sorted(set(OPERATIONS) - used) == []
+
+
+def test_language_reference_documents_every_operation() -> None:
+    from vfio_scenario.language.models import OPERATIONS
+
+    text = (ROOT / "docs" / "language.md").read_text()
+    assert [op for op in OPERATIONS if f"| `{op}` |" not in text] == []
