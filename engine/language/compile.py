@@ -129,7 +129,8 @@ class _FileCompiler:
         self.cases: list[Case] = []
         # (op, args json) → validated args, so matrix cases share unchanged steps' work
         self._step_cache: dict[tuple[str, str], Op | list[tuple[tuple[Any, ...], str]]] = {}
-        self._steps_done: dict[Any, Step | None] = {}
+        self._steps_done: dict[Any, tuple[dict[str, str], Step | None]] = {}
+        self._made: dict[int, tuple[str, str] | None] = {}
         self._tpaths: dict[int, list[tuple[tuple[Any, ...], str]]] = {}
 
     def error(self, path: tuple[Any, ...], message: str, *, key: bool = False) -> None:
@@ -307,23 +308,33 @@ class _FileCompiler:
             rendered = self.render_step(spath, raw, context)
             step: Step | None = None
             if rendered is not None:
-                # cases that render a step alike share its validation
-                memo = (spath, repr(rendered[1]), tuple(handles.items()), len(out))
-                if memo in self._steps_done:
-                    step = self._steps_done[memo]
+                # cases that render a step alike, with the same handles, share its validation
+                memo = (spath, repr(rendered[1]) if rendered[1] else "", len(out))
+                seen = self._steps_done.get(memo)
+                if seen is not None and seen[0] == handles:
+                    step = seen[1]
                 else:
                     step = self.step(spath, rendered[0], handles, len(out), teardown)
-                    self._steps_done[memo] = step
-            name = raw.get("as")
-            op_cls = next((OPERATIONS[k] for k in raw if k in OPERATIONS), None)
-            if isinstance(name, str) and op_cls is not None and op_cls.produces:
+                    self._steps_done[memo] = (dict(handles), step)
+            made = self._makes(raw)
+            if made is not None:
                 # defined even when the step itself is wrong, so later steps don't cascade
-                handles[name] = op_cls.produces
+                handles[made[0]] = made[1]
             if step is None:
                 ok = False
                 continue
             out.append(step)
         return (out if ok else None), handles
+
+    def _makes(self, raw: dict[str, Any]) -> tuple[str, str] | None:
+        """(handle name, kind) the step makes, read from its raw form."""
+        key = id(raw)
+        if key not in self._made:
+            name = raw.get("as")
+            op_cls = next((OPERATIONS[k] for k in raw if k in OPERATIONS), None)
+            ok = isinstance(name, str) and op_cls is not None and op_cls.produces
+            self._made[key] = (name, op_cls.produces) if ok else None  # type: ignore[union-attr]
+        return self._made[key]
 
     def render_step(self, spath: tuple[Any, ...], raw: dict[str, Any],
                     context: dict[str, Any]) -> tuple[dict[str, Any], list[Any]] | None:
