@@ -11,7 +11,7 @@ from vfio_scenario.language.compile import Compiled, compile_paths
 from vfio_scenario.language.schema import json_schema_text
 
 
-def register(sub: "argparse._SubParsersAction[Any]") -> None:
+def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add the scenario commands to the main parser."""
     p = sub.add_parser(
         "validate",

@@ -14,8 +14,6 @@ import textwrap
 import time
 from typing import Any
 
-import pytest
-
 from vfio_scenario.errors import VfioError
 from vfio_scenario.language.compile import Case, compile_documents
 from vfio_scenario.language.loader import load_text
