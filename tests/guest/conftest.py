@@ -12,11 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kmsg_log import Kmsg
 from vfio_scenario.uapi import sysfs
 from vfio_scenario.uapi.capabilities import HostCapabilities, host_capabilities
 from vfio_scenario.uapi.device import VfioDevice
 from vfio_scenario.uapi.iommu import Iommu, open_iommu
+from vfio_scenario.uapi.kmsg import KernelLog
 from vfio_scenario.uapi.modes import ALL_MODES, IommuMode
 
 IN_GUEST = os.environ.get("VFIO_SCENARIO_GUEST") == "1" or Path("/dev/vfio").exists()
@@ -77,7 +77,7 @@ def device(iommu: Iommu, edu_bdf: str) -> Iterator[VfioDevice]:
 
 
 @pytest.fixture
-def kmsg() -> Iterator[Kmsg]:
-    log = Kmsg()
+def kmsg() -> Iterator[KernelLog]:
+    log = KernelLog()
     yield log
     log.close()

@@ -6,13 +6,13 @@ import re
 from collections.abc import Iterator
 
 import pytest
-from kmsg_log import Kmsg
 from vfio_scenario.drivers.base import driver_for
 from vfio_scenario.drivers.edu import EduDriver
 from vfio_scenario.errors import VfioError
 from vfio_scenario.uapi.buffers import DmaBuffer
 from vfio_scenario.uapi.device import VfioDevice
 from vfio_scenario.uapi.iommu import Iommu
+from vfio_scenario.uapi.kmsg import KernelLog
 from vfio_scenario.uapi.patterns import Pattern
 from vfio_scenario.uapi.pci import PCI_COMMAND
 
@@ -87,7 +87,7 @@ def test_limits_are_refused_before_touching_the_device(edu: EduDriver) -> None:
 
 
 def test_dma_from_an_unmapped_iova_faults_in_the_iommu(iommu: Iommu, edu: EduDriver,
-                                                       edu_bdf: str, kmsg: Kmsg) -> None:
+                                                       edu_bdf: str, kmsg: KernelLog) -> None:
     with DmaBuffer(4096) as dst:
         dst.fill(Pattern(0x5A))
         d = iommu.map_buffer(dst, limit=LIMIT)
@@ -103,7 +103,7 @@ def test_dma_from_an_unmapped_iova_faults_in_the_iommu(iommu: Iommu, edu: EduDri
 
 
 def test_dma_to_an_unmapped_iova_leaves_the_old_buffer_untouched(
-        iommu: Iommu, edu: EduDriver, edu_bdf: str, kmsg: Kmsg) -> None:
+        iommu: Iommu, edu: EduDriver, edu_bdf: str, kmsg: KernelLog) -> None:
     with DmaBuffer(4096) as src, DmaBuffer(4096) as old:
         src.fill(Pattern("random", seed=1))
         old.fill(Pattern(0x5A))

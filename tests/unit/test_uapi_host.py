@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from vfio_scenario.uapi import debugfs
 from vfio_scenario.uapi.capabilities import DEVICE_FEATURES, HOST_FEATURES, host_capabilities
 from vfio_scenario.uapi.kconfig import parse
@@ -60,3 +61,24 @@ def test_capability_report_answers_every_mode_and_feature_with_a_reason() -> Non
     data = report.to_dict()
     assert set(data["iommu_modes"]) == {m.value for m in ALL_MODES}
     assert data["kernel_release"] == os.uname().release
+
+
+def test_kernel_log_sees_only_records_written_after_it_was_opened() -> None:
+    import uuid
+
+    from vfio_scenario.uapi.kmsg import KernelLog
+
+    marker = f"vfio-scenario kmsg test {uuid.uuid4()}"
+    try:
+        with open("/dev/kmsg", "w") as kmsg:
+            kmsg.write(f"{marker} before\n")
+    except OSError as e:
+        pytest.skip(f"cannot write /dev/kmsg here: {e}")
+    log = KernelLog()
+    try:
+        with open("/dev/kmsg", "w") as kmsg:
+            kmsg.write(f"{marker} after\n")
+        assert log.wait_for(f"{marker} after", 1.0) == f"{marker} after"
+        assert log.wait_for(f"{marker} before", 0.1) is None
+    finally:
+        log.close()
