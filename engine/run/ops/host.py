@@ -6,13 +6,13 @@ import re
 import time
 from typing import Any
 
+from vfio_scenario.errors import VfioError
 from vfio_scenario.language.compile import Step
 from vfio_scenario.language.models import AssertNotTainted, ExpectDmesg, ExpectNoDmesg, Sleep
 from vfio_scenario.run.interpreter import CheckFailed, Runtime, Skip
-from vfio_scenario.run.kmsg import KernelLog
 from vfio_scenario.run.ops import op
+from vfio_scenario.uapi.kmsg import KernelLog, tainted
 
-TAINT_PATH = "/proc/sys/kernel/tainted"
 # bit → letter, as in Documentation/admin-guide/tainted-kernels.rst
 TAINT_FLAGS = "PFSRMBUDAWCIOELKXTN"
 
@@ -21,14 +21,9 @@ def kernel_log(rt: Runtime) -> KernelLog:
     """The case's kernel log reader, opened when the case began."""
     log = rt.state.get("kmsg")
     if log is None:
-        raise Skip("the kernel log (/dev/kmsg) is not readable here")
+        raise Skip(f"the kernel log is not readable here: {rt.state.get('kmsg_error')}")
     assert isinstance(log, KernelLog)
     return log
-
-
-def read_taint() -> int:
-    with open(TAINT_PATH) as f:
-        return int(f.read().strip() or 0)
 
 
 def taint_letters(mask: int) -> str:
@@ -37,9 +32,12 @@ def taint_letters(mask: int) -> str:
 
 def begin_case(rt: Runtime) -> None:
     """Record what host checks compare against: the log position and the taint mask."""
-    rt.state["kmsg"] = KernelLog.open()
     try:
-        rt.state["taint"] = read_taint()
+        rt.state["kmsg"] = KernelLog()
+    except VfioError as exc:
+        rt.state["kmsg_error"] = str(exc)
+    try:
+        rt.state["taint"] = tainted()
     except OSError:
         rt.state["taint"] = None
 
@@ -53,27 +51,17 @@ def end_case(rt: Runtime) -> None:
 @op("expect_dmesg")
 def expect_dmesg(rt: Runtime, args: ExpectDmesg, step: Step) -> None:
     log = kernel_log(rt)
-    pattern = re.compile(args.pattern)
-    deadline = time.monotonic() + args.within * rt.options.timeout_multiplier
-    log.read_new()
-    while True:
-        if any(pattern.search(line) for line in log.lines):
-            return
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(0.01)
-        log.read_new()
-    tail = "\n  ".join(log.lines[-5:]) or "(nothing)"
-    raise CheckFailed(f"no kernel log line matches /{args.pattern}/ within {args.within:g}s; "
-                      f"last lines since the case began:\n  {tail}")
+    within = args.within * rt.options.timeout_multiplier
+    if log.wait_for(args.pattern, within) is None:
+        tail = "\n  ".join(log.lines[-5:]) or "(nothing)"
+        raise CheckFailed(f"no kernel log line matches /{args.pattern}/ within {within:g}s; "
+                          f"last lines since the case began:\n  {tail}")
 
 
 @op("expect_no_dmesg")
 def expect_no_dmesg(rt: Runtime, args: ExpectNoDmesg, step: Step) -> None:
-    log = kernel_log(rt)
-    log.read_new()
     pattern = re.compile(args.pattern)
-    hits = [line for line in log.lines if pattern.search(line)]
+    hits = [line for line in kernel_log(rt).read() if pattern.search(line)]
     if hits:
         raise CheckFailed(f"kernel log matches /{args.pattern}/ since the case began: {hits[0]!r}"
                           + (f" (and {len(hits) - 1} more)" if len(hits) > 1 else ""))
@@ -83,8 +71,8 @@ def expect_no_dmesg(rt: Runtime, args: ExpectNoDmesg, step: Step) -> None:
 def assert_not_tainted(rt: Runtime, args: AssertNotTainted, step: Step) -> None:
     before = rt.state.get("taint")
     if before is None:
-        raise Skip(f"{TAINT_PATH} is not readable here")
-    now = read_taint()
+        raise Skip("/proc/sys/kernel/tainted is not readable here")
+    now = tainted()
     added = now & ~before
     if added:
         raise CheckFailed(f"the kernel became tainted during the case: {taint_letters(added)} "
