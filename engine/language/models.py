@@ -532,7 +532,14 @@ class MemcpyStorm(Op):
     dst: Int = Field(ge=0)
     size: MaxOr | Size
     count: MaxOr | Annotated[int, BeforeValidator(parse_int), Field(ge=1)] = 1
-    duration: Duration
+    duration: Duration | None = None
+    iterations: Int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> MemcpyStorm:
+        if self.duration is None and self.iterations is None:
+            raise ValueError("give `duration`, `iterations` or both: the storm must end")
+        return self
 
 
 # --- DMABUF ---------------------------------------------------------------------

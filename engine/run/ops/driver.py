@@ -106,13 +106,16 @@ def memcpy_storm(rt: Runtime, args: MemcpyStorm, step: Step) -> int:
     size = _size(drv, args.size)
     count = drv.max_memcpy_count if args.count == "max" else int(args.count)
     drv.check_memcpy(args.src, args.dst, size, count)
-    deadline = time.monotonic() + args.duration
+    deadline = time.monotonic() + args.duration if args.duration is not None else None
+    wait = DEFAULT_WAIT * rt.options.timeout_multiplier
     done = 0
     while True:
         drv.memcpy_start(args.src, args.dst, size, count)
-        drv.memcpy_wait(timeout=DEFAULT_WAIT * rt.options.timeout_multiplier)
+        drv.memcpy_wait(timeout=wait)
         done += 1
-        if time.monotonic() >= deadline:
+        if args.iterations is not None and done >= args.iterations:
+            break
+        if deadline is not None and time.monotonic() >= deadline:
             break
     rt.state.setdefault("storms", []).append(done)
     return done

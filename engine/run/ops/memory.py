@@ -115,15 +115,13 @@ def unmap_dma(rt: Runtime, args: UnmapDma, step: Step) -> None:
         space = space_of(rt, args)
         if args.all:
             unmapped = space.unmap_all()
-            gone = [m for m in live if m.space is space]
+            live[:] = [m for m in live if m.space is not space]
         else:
             assert args.iova is not None and args.size is not None
             unmapped = space.unmap(args.iova, args.size)
-            end = args.iova + args.size
-            gone = [m for m in live if m.space is space and args.iova <= m.iova
-                    and m.iova + m.size <= end]
-        for m in gone:
-            live.remove(m)
+            start, end = args.iova, args.iova + args.size
+            live[:] = [m for m in live if not (m.space is space and start <= m.iova
+                                                 and m.iova + m.size <= end)]
     if args.unmapped_size is not None and unmapped != args.unmapped_size:
         raise CheckFailed(f"unmapped {unmapped:#x} bytes, expected {args.unmapped_size:#x}")
 
