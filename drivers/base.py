@@ -17,10 +17,12 @@ Third parties register drivers through the `vfio_scenario.drivers` entry-point g
 from __future__ import annotations
 
 import errno
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Flag, auto
 from importlib.metadata import entry_points
-from typing import ClassVar, Protocol
+from typing import ClassVar, Protocol, runtime_checkable
 
 from vfio_scenario.errors import VfioError
 
@@ -50,6 +52,41 @@ class DeviceAccess(Protocol):
         ...
 
 
+class IrqCount(Protocol):
+    """What `IrqControl.irq_info` answers: how many vectors the device has of that type."""
+
+    @property
+    def count(self) -> int: ...
+
+
+class IrqHandle(Protocol):
+    """The vectors `IrqControl.enable_irq` enabled; `disable` frees them again."""
+
+    def disable(self) -> None: ...
+
+
+@runtime_checkable
+class IrqControl(Protocol):
+    """Optional part of DeviceAccess: the device's interrupt vectors (VFIO_DEVICE_GET_IRQ_INFO,
+    SET_IRQS).  Drivers that raise MSI-X themselves (ioat, dsa) enable their vectors with it;
+    vector numbers given to `wait_irq` are then counted from `start`, which these drivers keep 0.
+    """
+
+    def irq_info(self, irq: str) -> IrqCount: ...
+    def enable_irq(self, irq: str, count: int = 1, start: int = 0) -> IrqHandle: ...
+
+
+@runtime_checkable
+class PortalWriter(Protocol):
+    """Optional part of DeviceAccess: one 64-byte atomic store to a BAR (MOVDIR64B).
+
+    Intel DSA accepts descriptors only as single 64-byte writes to a work-queue portal;
+    eight 8-byte stores are not a descriptor.  A device access without it cannot drive DSA.
+    """
+
+    def bar_write64b(self, bar: int, offset: int, data: bytes) -> None: ...
+
+
 @dataclass
 class DmaRegion:
     """Memory the driver owns for descriptors and completion records, already mapped.
@@ -73,8 +110,10 @@ class Driver:
     # (vendor, device) pairs, None as device matching any device of the vendor.
     ids: ClassVar[tuple[tuple[int, int | None], ...]] = ()
     features: ClassVar[Feature] = Feature.NONE
-    max_memcpy_size: ClassVar[int] = 0
-    max_memcpy_count: ClassVar[int] = 1
+    # Limits of memcpy_start; a driver whose device reports them (ioat's XFERCAP, dsa's
+    # GENCAP) sets them on the instance at init, as the kernel selftests' drivers do.
+    max_memcpy_size: int = 0
+    max_memcpy_count: int = 1
     # Size of the DMA region the driver needs for its own structures (0: none).
     region_size: ClassVar[int] = 0
     # Address bits the device can drive (edu: 28); IOVAs above are refused.
@@ -129,6 +168,15 @@ class Driver:
 
     def unsupported(self, op: str) -> DriverError:
         return DriverError(errno.EOPNOTSUPP, f"{self.name}.{op}", self.device.bdf)
+
+    def poll(self, op: str, what: str, done: Callable[[], bool], deadline: float,
+             interval: float = 0.0005) -> None:
+        """Call `done` until it is true; past `deadline` (time.monotonic) raise ETIMEDOUT
+        naming `what` the device never reached.  `done` is always called at least once."""
+        while not done():
+            if time.monotonic() > deadline:
+                raise DriverError(errno.ETIMEDOUT, f"{self.name}.{op}", self.device.bdf, what)
+            time.sleep(interval)
 
 
 def registered_drivers() -> dict[str, type[Driver]]:

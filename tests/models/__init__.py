@@ -1,0 +1,1 @@
+"""Register-level Python models of the devices the scenario drivers drive (tests only)."""
