@@ -1,0 +1,108 @@
+"""Words every writer uses about a case: its failing step, failure message, step log.
+
+Kept in one place so JUnit, KTAP, HTML and the console say the same thing.
+"""
+
+from __future__ import annotations
+
+from vfio_scenario.results import CaseResult, Outcome, RunResult, StepResult
+
+# Properties shown first, in this order, wherever a report lists them (DESIGN §7).
+KEY_PROPERTIES = ("device", "vendor_device", "vfio_driver", "iommu_mode", "kernel",
+                  "accelerator", "engine_version")
+
+SCHEMA_VERSION = 1  # of the JSON report and the journal records
+
+
+def failing_step(case: CaseResult) -> StepResult | None:
+    """The first step that failed or errored (body before teardown, by index), if any."""
+    bad = [s for s in case.steps if s.outcome in (Outcome.FAIL, Outcome.ERROR)]
+    return min(bad, key=lambda s: (s.teardown, s.index)) if bad else None
+
+
+def step_label(step: StepResult) -> str:
+    """`name` or `name (op)` when the step's name is not its operation; teardown marked."""
+    label = step.name if step.name in ("", step.op) else f"{step.name} ({step.op})"
+    label = label or step.op
+    return f"teardown {label}" if step.teardown else label
+
+
+def failure_message(case: CaseResult) -> str:
+    """One line naming what went wrong: the step, its file:line, expected vs actual.
+
+    For a skip this is the reason; for a case with no failing step (a crash before any
+    step, a release problem) it is the case's own message."""
+    step = failing_step(case) if case.outcome in (Outcome.FAIL, Outcome.ERROR) else None
+    if step is None:
+        text = case.message or case.outcome.label
+        if case.location and case.location not in text:
+            text = f"{case.location}: {text}"
+        return text
+    where = step.location or case.location or "?"
+    text = (f"step {step.index + 1} `{step_label(step)}` at {where}: "
+            f"expected {step.expected}, got {step.actual}")
+    detail = step.message
+    if detail and not detail.startswith("expected "):
+        text += f": {detail}"
+    return text
+
+
+def step_line(step: StepResult) -> str:
+    """One aligned line of the step log: number, outcome, duration, label, location."""
+    reps = f" x{step.repeat}" if step.repeat != 1 else ""
+    line = (f"{step.index + 1:>3} {step.outcome.label:<5} {step.duration:9.4f}s  "
+            f"{step_label(step)}{reps}  [{step.location}]")
+    if step.outcome is not Outcome.PASS:
+        line += f"  expected {step.expected}, got {step.actual}"
+        if step.message:
+            line += f": {step.message}"
+    return line
+
+
+def step_log(case: CaseResult) -> str:
+    """Every step of the case, one `step_line` each (empty when no step ran)."""
+    return "\n".join(step_line(s) for s in case.steps)
+
+
+def tail(text: str, limit: int) -> str:
+    """At most `limit` characters: the end of `text`, prefixed by how much was cut."""
+    if len(text) <= limit:
+        return text
+    cut = len(text) - limit
+    start = text.find("\n", cut)
+    start = cut if start < 0 or start - cut > 200 else start + 1
+    return f"[... {start} characters cut; the JSON report holds the whole log]\n" + text[start:]
+
+
+def ordered_properties(props: dict[str, str]) -> list[tuple[str, str]]:
+    """The key properties first (in KEY_PROPERTIES order), then the rest by name."""
+    first = [(k, props[k]) for k in KEY_PROPERTIES if k in props]
+    rest = sorted((k, v) for k, v in props.items() if k not in KEY_PROPERTIES)
+    return first + rest
+
+
+def counts_line(run: RunResult) -> str:
+    """`N passed, N failed, N skipped, N errors` (always all four)."""
+    n = run.counts()
+    return (f"{n[Outcome.PASS]} passed, {n[Outcome.FAIL]} failed, "
+            f"{n[Outcome.SKIP]} skipped, {n[Outcome.ERROR]} errors")
+
+
+def suite_of(case: CaseResult) -> str:
+    """The scenario file a case belongs to (its id's part before '::', else `file`)."""
+    head, sep, _ = case.case_id.partition("::")
+    return head if sep else (case.file or case.case_id)
+
+
+def name_in_suite(case: CaseResult) -> str:
+    """The case id's part after '::' (the whole id when it has none)."""
+    _, sep, rest = case.case_id.partition("::")
+    return rest if sep else case.case_id
+
+
+def group_by_suite(cases: list[CaseResult]) -> dict[str, list[CaseResult]]:
+    """Cases grouped by scenario file, files in order of first appearance."""
+    groups: dict[str, list[CaseResult]] = {}
+    for c in cases:
+        groups.setdefault(suite_of(c), []).append(c)
+    return groups

@@ -1,0 +1,243 @@
+"""Choosing cases to run: `-k EXPR`, `--tag T` and `--shard I/N`.
+
+`-k` works like pytest's: words are case-insensitive substrings of the case id or of
+one of its tags, combined with `and`, `or`, `not` and parentheses (`not` binds
+tighter than `and`, `and` tighter than `or`). A word is any run of characters other
+than blanks, quotes and parentheses, so case ids can be written as they print
+(`memcpy[iommu_mode=iommufd,size=256]`); a quoted word ("..." or '...') may hold
+anything but its own quote.
+
+`--shard I/N` splits cases so that every case is in exactly one of the N shards,
+shard sizes differ by at most one, and the split depends only on the set of case ids
+(not on their order, the machine or PYTHONHASHSEED): cases are ordered by the SHA-256
+of their id and dealt round-robin. Dealing in hash order spreads each scenario file
+and IOMMU mode over all shards instead of handing one shard all the slow cases.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar, overload
+
+from vfio_scenario.errors import UsageError
+
+T = TypeVar("T")
+
+_KEYWORDS = ("and", "or", "not")
+
+
+@dataclass(frozen=True)
+class _Token:
+    kind: str  # "word", "and", "or", "not", "(", ")", "end"
+    text: str
+    pos: int  # 0-based column in the expression
+
+
+class KeywordExpr:
+    """A parsed `-k` expression; `matches` says whether a case is selected."""
+
+    def __init__(self, source: str, tree: _Node | None) -> None:
+        self.source = source
+        self._tree = tree
+
+    def matches(self, case_id: str, tags: Iterable[str] = ()) -> bool:
+        """True when the expression holds for this case (an empty expression matches all)."""
+        if self._tree is None:
+            return True
+        haystacks = [case_id.lower(), *(t.lower() for t in tags)]
+        return self._tree.eval(haystacks)
+
+    def __repr__(self) -> str:
+        return f"KeywordExpr({self.source!r})"
+
+
+class _Node:
+    def eval(self, haystacks: list[str]) -> bool:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class _Word(_Node):
+    word: str
+
+    def eval(self, haystacks: list[str]) -> bool:
+        return any(self.word in h for h in haystacks)
+
+
+@dataclass(frozen=True)
+class _Not(_Node):
+    operand: _Node
+
+    def eval(self, haystacks: list[str]) -> bool:
+        return not self.operand.eval(haystacks)
+
+
+@dataclass(frozen=True)
+class _And(_Node):
+    left: _Node
+    right: _Node
+
+    def eval(self, haystacks: list[str]) -> bool:
+        return self.left.eval(haystacks) and self.right.eval(haystacks)
+
+
+@dataclass(frozen=True)
+class _Or(_Node):
+    left: _Node
+    right: _Node
+
+    def eval(self, haystacks: list[str]) -> bool:
+        return self.left.eval(haystacks) or self.right.eval(haystacks)
+
+
+def _error(expr: str, pos: int, message: str) -> UsageError:
+    return UsageError(f"-k {expr!r}: column {pos + 1}: {message}\n  {expr}\n  {' ' * pos}^")
+
+
+_BARE = re.compile(r"""[^\s()"']+""")
+
+
+def _tokenize(expr: str) -> list[_Token]:
+    tokens: list[_Token] = []
+    pos = 0
+    while pos < len(expr):
+        ch = expr[pos]
+        if ch.isspace():
+            pos += 1
+        elif ch in "()":
+            tokens.append(_Token(ch, ch, pos))
+            pos += 1
+        elif ch in "\"'":
+            end = expr.find(ch, pos + 1)
+            if end < 0:
+                raise _error(expr, pos, f"unterminated quoted word (no closing {ch})")
+            if end == pos + 1:
+                raise _error(expr, pos, "empty quoted word")
+            tokens.append(_Token("word", expr[pos + 1 : end], pos))
+            pos = end + 1
+        else:
+            m = _BARE.match(expr, pos)
+            assert m is not None  # every other character starts a bare word
+            text = m.group(0)
+            tokens.append(_Token(text if text in _KEYWORDS else "word", text, pos))
+            pos = m.end()
+    tokens.append(_Token("end", "", len(expr)))
+    return tokens
+
+
+class _Parser:
+    """Recursive descent: or_expr := and_expr ('or' and_expr)*; and_expr := not_expr
+    ('and' not_expr)*; not_expr := 'not' not_expr | '(' or_expr ')' | word."""
+
+    def __init__(self, expr: str) -> None:
+        self.expr = expr
+        self.tokens = _tokenize(expr)
+        self.i = 0
+
+    def peek(self) -> _Token:
+        return self.tokens[self.i]
+
+    def take(self) -> _Token:
+        tok = self.tokens[self.i]
+        self.i += 1
+        return tok
+
+    def parse(self) -> _Node:
+        node = self.or_expr()
+        tok = self.peek()
+        if tok.kind != "end":
+            what = "')' without '('" if tok.kind == ")" else f"{tok.text!r}"
+            raise _error(self.expr, tok.pos, f"unexpected {what}; expected 'and', 'or' or the end")
+        return node
+
+    def or_expr(self) -> _Node:
+        node = self.and_expr()
+        while self.peek().kind == "or":
+            self.take()
+            node = _Or(node, self.and_expr())
+        return node
+
+    def and_expr(self) -> _Node:
+        node = self.not_expr()
+        while self.peek().kind == "and":
+            self.take()
+            node = _And(node, self.not_expr())
+        return node
+
+    def not_expr(self) -> _Node:
+        tok = self.take()
+        if tok.kind == "not":
+            return _Not(self.not_expr())
+        if tok.kind == "(":
+            node = self.or_expr()
+            close = self.peek()
+            if close.kind != ")":
+                raise _error(self.expr, close.pos if close.kind != "end" else tok.pos,
+                             "'(' is never closed" if close.kind == "end"
+                             else f"expected ')', found {close.text!r}")
+            self.take()
+            return node
+        if tok.kind == "word":
+            return _Word(tok.text.lower())
+        if tok.kind == "end":
+            raise _error(self.expr, tok.pos, "expression ends where a word, 'not' or '(' is expected")
+        raise _error(self.expr, tok.pos, f"unexpected {tok.text!r}; expected a word, 'not' or '('")
+
+
+def parse_keyword(expr: str) -> KeywordExpr:
+    """Parse a `-k` expression; raises UsageError (exit 2) naming the column on bad syntax."""
+    if not expr.strip():
+        return KeywordExpr(expr, None)
+    return KeywordExpr(expr, _Parser(expr).parse())
+
+
+_SHARD = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    """Parse `I/N` (1-based I, 1 <= I <= N) into (I, N); raises UsageError otherwise."""
+    m = _SHARD.fullmatch(spec)
+    if not m:
+        raise UsageError(f"--shard {spec!r}: expected I/N, e.g. 2/4")
+    index, count = int(m.group(1)), int(m.group(2))
+    if count < 1 or not 1 <= index <= count:
+        raise UsageError(f"--shard {spec!r}: I must be between 1 and N, and N at least 1")
+    return index, count
+
+
+def _hash_order(case_ids: Sequence[str]) -> list[int]:
+    """Indices of `case_ids` sorted by the SHA-256 of the id (ties: id, then position)."""
+    return sorted(range(len(case_ids)),
+                  key=lambda i: (hashlib.sha256(case_ids[i].encode()).digest(), case_ids[i], i))
+
+
+def shard_of(case_ids: Sequence[str], count: int) -> dict[str, int]:
+    """Map each case id to its 1-based shard number out of `count` (see the module doc)."""
+    order = _hash_order(case_ids)
+    return {case_ids[i]: rank % count + 1 for rank, i in enumerate(order)}
+
+
+@overload
+def shard(case_ids: Sequence[str], index: int, count: int) -> list[str]: ...
+
+
+@overload
+def shard(case_ids: Sequence[str], index: int, count: int, items: Sequence[T]) -> list[T]: ...
+
+
+def shard(case_ids: Sequence[str], index: int, count: int,
+          items: Sequence[T] | None = None) -> list[str] | list[T]:
+    """The cases of shard `index` (1-based) of `count`, in their given order.
+
+    `items`, when given, runs parallel to `case_ids` and is what is returned (e.g. the
+    compiled cases themselves)."""
+    if items is not None and len(items) != len(case_ids):
+        raise ValueError("items must run parallel to case_ids")
+    order = _hash_order(case_ids)
+    mine = sorted(i for rank, i in enumerate(order) if rank % count + 1 == index)
+    if items is None:
+        return [case_ids[i] for i in mine]
+    return [items[i] for i in mine]
