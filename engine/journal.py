@@ -88,10 +88,9 @@ def _read(path: Path) -> tuple[RunResult, int]:
             run.started = record.get("started", run.started)
             run.duration = record.get("duration", run.duration)
             run.properties = dict(record.get("properties", {}))
-        elif kind == "journal":
-            if record.get("schema_version", 0) > SCHEMA_VERSION:
-                raise JournalError(f"{path}: journal schema {record['schema_version']} is newer "
-                                   f"than this engine's ({SCHEMA_VERSION})")
+        elif kind == "journal" and record.get("schema_version", 0) > SCHEMA_VERSION:
+            raise JournalError(f"{path}: journal schema {record['schema_version']} is newer "
+                               f"than this engine's ({SCHEMA_VERSION})")
     run.cases = list(cases.values())
     return run, valid
 

@@ -14,7 +14,6 @@ from importlib import resources
 from typing import Any
 
 import jinja2
-
 from vfio_scenario import __version__
 from vfio_scenario.report.describe import (
     failure_message,

@@ -20,7 +20,6 @@ import time
 import xml.etree.ElementTree as ET
 
 from junit_xml import TestCase, TestSuite
-
 from vfio_scenario.report.describe import (
     failure_message,
     group_by_suite,

@@ -168,8 +168,9 @@ class KtapStream:
         self.start(run)
         self._print_groups(len(self._order))
         n = run.counts()
-        self._write([f"# Totals: pass:{n[Outcome.PASS]} fail:{n[Outcome.FAIL]} xfail:0 xpass:0 "
-                     f"skip:{n[Outcome.SKIP]} error:{n[Outcome.ERROR]}"])
+        totals = (f"# Totals: pass:{n[Outcome.PASS]} fail:{n[Outcome.FAIL]} xfail:0 xpass:0 "
+                  f"skip:{n[Outcome.SKIP]} error:{n[Outcome.ERROR]}")
+        self._write([totals])
 
 
 def ktap_document(run: RunResult) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 from vfio_scenario.errors import UsageError
 from vfio_scenario.journal import JournalError, read_journal
 from vfio_scenario.report.jsonout import is_json_report
-from vfio_scenario.results import RunResult
+from vfio_scenario.results import CaseResult, RunResult
 
 
 def load_results(path: str | os.PathLike[str]) -> RunResult:
@@ -40,7 +40,7 @@ def merge_runs(runs: list[RunResult]) -> RunResult:
     A case id present in several runs keeps its last result (a re-run shard wins).
     The merged run starts with the earliest and ends with the latest; a property
     whose runs disagree lists every value."""
-    cases = {}
+    cases: dict[str, CaseResult] = {}
     for run in runs:
         for case in run.cases:
             cases.pop(case.case_id, None)

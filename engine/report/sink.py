@@ -180,7 +180,7 @@ class ReportSink:
         """DESIGN §7 exit status of the results so far (0, 1, or 5 for no case)."""
         return exit_code(self.run)
 
-    def __enter__(self) -> ReportSink:
+    def __enter__(self) -> ReportSink:  # noqa: PYI034 - subclasses are not expected
         return self
 
     def __exit__(self, *exc: object) -> None:
