@@ -8,7 +8,6 @@ polled on the command register's start bit or taken from the MSI, status acked.
 from __future__ import annotations
 
 import pytest
-
 from vfio_scenario.drivers.base import Feature
 from vfio_scenario.drivers.edu import EduDriver
 from vfio_scenario.errors import VfioError
