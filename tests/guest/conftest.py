@@ -29,9 +29,11 @@ EDU_ID_REGISTER = 0x010000ED
 
 def _bind_to_vfio_pci(bdf: str) -> None:
     """Bind the function to vfio-pci (the testbed image may leave it unbound)."""
+    # Best effort: built-in or already loaded modules make modprobe a no-op.
+    for module in ("vfio-pci", "vfio_iommu_type1", "iommufd"):
+        subprocess.run(["modprobe", module], check=False, capture_output=True)
     if sysfs.bound_driver(bdf) == "vfio-pci":
         return
-    subprocess.run(["modprobe", "vfio-pci"], check=False, capture_output=True)
     folder = sysfs.device_dir(bdf)
     (folder / "driver_override").write_text("vfio-pci\n")
     if sysfs.bound_driver(bdf):
