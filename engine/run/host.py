@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +58,7 @@ def select(cases: list[Case], args: argparse.Namespace) -> list[Case]:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from vfio_scenario.report.sink import ReportSink
+    from vfio_scenario.report.sink import ReportSink, default_journal
 
     compiled = compile_or_raise(args.paths, need_cases=True)
     cases = select(compiled.cases, args)
@@ -69,15 +68,14 @@ def run_command(args: argparse.Namespace) -> int:
     reports_dir = Path(args.junit_xml).resolve().parent
     reports_dir.mkdir(parents=True, exist_ok=True)
     sink = ReportSink(junit_xml=args.junit_xml, json_path=args.json, html_path=args.html,
-                      journal=str(reports_dir / "journal.jsonl"), resume=args.resume,
-                      total=len(cases), fmt=args.format)
+                      journal=default_journal(args.junit_xml), resume=args.resume,
+                      total=len(cases), fmt=args.format, planned=[c.id for c in cases])
     if args.resume:
         done = sink.finished_ids()
         cases = [c for c in cases if c.id not in done]
     run = sink.run
     run.properties.update({"engine_version": __version__, "where": where})
     options = RunOptions(timeout_multiplier=args.timeout_multiplier)
-    t0 = time.time()
 
     def on_event(event: dict[str, Any]) -> None:
         kind = event.get("event")
@@ -99,7 +97,6 @@ def run_command(args: argparse.Namespace) -> int:
         else:
             _run_testbed(cases, args, options, on_event, run, reports_dir)
     finally:
-        run.duration = time.time() - t0
         sink.close()
     return sink.exit_code()
 
