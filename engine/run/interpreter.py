@@ -18,6 +18,7 @@ from typing import Any
 
 from vfio_scenario.errors import VfioError, VfioScenarioError
 from vfio_scenario.language.compile import Case, Step
+from vfio_scenario.language.models import SIGNALS
 from vfio_scenario.results import CaseResult, Outcome, StepResult
 
 
@@ -102,7 +103,8 @@ def run_step(rt: Runtime, step: Step, ops: dict[str, Operation]) -> StepResult:
             actual, made, message = _attempt(rt, handler, step)
             if actual not in expected:
                 result.actual = actual
-                result.outcome = Outcome.FAIL
+                # an unexpected fault is a crash the probe caught, not a wrong answer
+                result.outcome = Outcome.ERROR if actual in SIGNALS else Outcome.FAIL
                 result.message = message or f"expected {' or '.join(expected)}, got {actual}"
                 break
         else:

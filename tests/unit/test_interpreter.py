@@ -313,3 +313,20 @@ def test_planner_without_devices_or_config_says_so() -> None:
     skips = _plan(_caps(devices=[], kconfig=None))
     assert skips["any-driver[iommu_mode=iommufd]"] == "no VFIO device on this host"
     assert skips["kconfig"].startswith("kernel config not readable")
+
+
+def test_unexpected_fault_caught_by_the_probe_is_an_error() -> None:
+    (case,) = cases_of("""
+        name: f
+        steps:
+          - assert_not_tainted: {}
+    """)
+    fault = VfioError(0, "mmio_read", "bar0")
+    fault.errno_name = "SIGBUS"
+
+    def faulting(rt: Runtime, args: Any, step: Any) -> None:
+        raise fault
+
+    result = run_case(case, [], {"assert_not_tainted": faulting})
+    assert result.outcome is Outcome.ERROR
+    assert result.steps[0].actual == "SIGBUS"
