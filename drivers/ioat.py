@@ -144,13 +144,13 @@ class IoatDriver(Driver):
         if status != HALTED:
             raise self._error(errno.EIO, op, f"channel {STATUS_NAMES.get(status, status)} "
                                              "after reset, expected HALTED")
-        self._busy = False
 
     # ---- verbs ----
     def init(self, msi_vector: int | None = 0) -> None:
         """Memory + bus master on, reset channel 0, MSI-X vector control, read XFERCAP;
         when msi_vector is not None enable every MSI-X vector (the channel uses 0)."""
         self._region("init")
+        self._busy = False
         command = self.device.config_read(PCI_COMMAND, 2)
         intrctrl = self.device.bar_read(0, INTRCTRL, 1)
         self._saved = (command, intrctrl)
@@ -168,6 +168,7 @@ class IoatDriver(Driver):
 
     def remove(self) -> None:
         """Reset the channel, free the MSI-X vectors, restore INTRCTRL and PCI command."""
+        self._busy = False
         self._reset("remove")
         if self._irq is not None:
             self._irq.disable()
@@ -203,6 +204,7 @@ class IoatDriver(Driver):
         error registers (the channel is reset); no DONE in time: ETIMEDOUT (reset too)."""
         if not self._busy:
             raise self._error(errno.EINVAL, "memcpy_wait", "no memcpy started")
+        self._busy = False  # whatever happens below ends this memcpy
         deadline = time.monotonic() + timeout
         status = self._status()
         while status != DONE:
@@ -221,9 +223,12 @@ class IoatDriver(Driver):
             time.sleep(0.0005)
             status = self._status()
         self.device.bar_write(0, CHANCMD, 1, CHANCMD_SUSPEND)
-        self.poll("memcpy_wait", "channel did not suspend",
-                  lambda: self._status() == SUSPENDED, deadline)
-        self._busy = False
+        try:
+            self.poll("memcpy_wait", "channel did not suspend",
+                      lambda: self._status() == SUSPENDED, deadline)
+        except DriverError:
+            self._reset("memcpy_wait")
+            raise
 
     def _send_msi(self) -> None:
         """Copy 8 bytes inside the region with a descriptor that requests the interrupt."""

@@ -18,8 +18,10 @@ A Falcon DMA moves a power of two of 4..256 bytes between system memory and the
 Falcon's DMEM without crossing a 256-byte block.  memcpy_start only records the request
 (the Falcon runs one DMA at a time and cannot run a long copy on its own); memcpy_wait
 performs it chunk by chunk: src → DMEM, DMEM → dst, each polled until the DMA command
-register reports idle.  Limits: size up to 256 bytes and a multiple of 4, 4-byte
-aligned addresses, count 1.  The Falcon cannot raise an MSI on demand: NO_SEND_MSI.
+register reports idle; after a DMA that never completes the Falcon is reset (where it
+can be) so the next memcpy starts clean.  Limits: size up to 256 bytes and a multiple
+of 4, 4-byte aligned addresses, count 1.  The Falcon cannot raise an MSI on demand:
+NO_SEND_MSI.
 The Falcon reports no DMA error status in this flow; a DMA that never completes (an IOMMU
 fault on the read, for instance) is ETIMEDOUT naming the transfer.
 
@@ -346,6 +348,11 @@ class NvFalconDriver(Driver):
         else:
             # no reset will undo the set-up below: remember what remove must put back
             self._saved_regs = {reg: self._rd(reg) for reg in self._setup_registers()}
+        self._configure_dma()
+
+    def _configure_dma(self) -> None:
+        """DMEM port at 0; FBIF: physical DMA to coherent system memory without a context."""
+        falcon = self.falcon
         self._wr(falcon.base + DMEMC, 0)
         transcfg = self._rd(falcon.fbif_transcfg) & ~TRANSCFG_TARGET_MASK
         self._wr(falcon.fbif_transcfg, transcfg | TRANSCFG_PHYSICAL_COHERENT_SYSMEM)
@@ -396,6 +403,12 @@ class NvFalconDriver(Driver):
             for csrc, cdst, chunk in dma_chunks(src, dst, size):
                 self._dma(csrc, chunk, False, deadline)
                 self._dma(cdst, chunk, True, deadline)
+        except DriverError:
+            if self.falcon.outside_reset:
+                # a DMA that never completed leaves the Falcon busy: reset it for the next
+                self._falcon_reset("memcpy_wait")
+                self._configure_dma()
+            raise
         finally:
             self._pending = None
 

@@ -173,6 +173,8 @@ def test_unmapped_source_never_completes_and_names_the_transfer() -> None:
     assert "Falcon DMA read of 64 bytes at IOVA 0x70000000 did not complete" in str(exc.value)
     assert model.stuck is not None and "IOMMU fault" in model.stuck
     assert model.bar_read(0, TOP_BITS, 4) == 0
+    drv.memcpy_start(BUF_IOVA, BUF_IOVA + 0x100, 64)  # works again after the reset
+    drv.memcpy_wait()
 
 
 def test_unmapped_destination_write_is_dropped_and_recorded() -> None:
@@ -189,7 +191,8 @@ def test_hung_dma_times_out() -> None:
     with pytest.raises(DriverError) as exc:
         drv.memcpy_wait(timeout=0.05)
     assert exc.value.errno_name == "ETIMEDOUT"
-    # the next request starts afresh
+    assert model.resets == 2  # init's reset and the one after the stuck DMA
+    # the next request starts afresh on a reset, reconfigured Falcon
     model.hang = False
     drv.memcpy_start(BUF_IOVA, BUF_IOVA + 0x100, 32)
     drv.memcpy_wait()
