@@ -11,7 +11,8 @@ region; descriptors reach the device as single 64-byte stores (MOVDIR64B) to the
 portal in BAR2, which the device access must provide (`PortalWriter`).
 
 memcpy_wait polls the completion record and the software error register (SWERR);
-a failure status or a SWERR is a DriverError EIO naming it.  send_msi is an 8-byte
+a failure status or a SWERR is a DriverError EIO naming it; no completion in time is
+ETIMEDOUT, after aborting what WQ 0 still holds (the selftest waits forever instead).  send_msi is an 8-byte
 memmove that requests a completion interrupt on MSI-X vector 1 (vector 0 is the
 device's own error/command interrupt).
 
@@ -59,9 +60,10 @@ GRPCFG_ENGINES = 32  # offsetof(struct grpcfg, engines)
 CMD_ENABLE_DEVICE = 1
 CMD_RESET_DEVICE = 5
 CMD_ENABLE_WQ = 6
+CMD_ABORT_WQ = 9  # operand: WQ bit mask (bits 0..15) and mask index (bits 16..19)
 CMD_REQUEST_INT_HANDLE = 13
 CMD_NAMES = {CMD_ENABLE_DEVICE: "ENABLE_DEVICE", CMD_RESET_DEVICE: "RESET_DEVICE",
-             CMD_ENABLE_WQ: "ENABLE_WQ"}
+             CMD_ENABLE_WQ: "ENABLE_WQ", CMD_ABORT_WQ: "ABORT_WQ"}
 CMDSTS_ERRORS = {
     0x01: "INVAL_CMD", 0x02: "INVAL_WQIDX", 0x03: "HW_ERR", 0x10: "DEV_ENABLED",
     0x11: "CONFIG", 0x12: "BUSMASTER_EN", 0x13: "PASID_INVAL", 0x14: "WQ_SIZE_ERANGE",
@@ -305,7 +307,13 @@ class DsaDriver(Driver):
             self._check_swerr(op)
             return region.mem[offset] != 0
 
-        self.poll(op, "no completion record written", done, deadline)
+        try:
+            self.poll(op, "no completion record written", done, deadline)
+        except DriverError as e:
+            if e.errno == errno.ETIMEDOUT:
+                # abort what WQ 0 still holds, so no late completion lands on the next memcpy
+                self._command(op, CMD_ABORT_WQ, 1)
+            raise
         status, _, _, _, completed, fault_addr = COMPLETION.unpack_from(region.mem, offset)
         if status & STATUS_MASK != STATUS_SUCCESS:
             raise self._error(errno.EIO, op,

@@ -38,7 +38,7 @@ CMD, CMDSTS, CMDCAP, SWERR = 0xA0, 0xA8, 0xB0, 0xC0
 GRPCFG_AT, WQCFG_AT = 0x400, 0x800  # table offsets the model reports (× 0x100 units)
 GRPCFG_SIZE = 64
 CMDSTS_ACTIVE = 1 << 31
-ENABLE_DEVICE, DISABLE_DEVICE, RESET_DEVICE, ENABLE_WQ = 1, 2, 5, 6
+ENABLE_DEVICE, DISABLE_DEVICE, RESET_DEVICE, ENABLE_WQ, ABORT_WQ = 1, 2, 5, 6, 9
 ERR_INVAL_CMD, ERR_INVAL_WQIDX = 0x01, 0x02
 ERR_DEV_ENABLED, ERR_BUSMASTER_EN, ERR_GRP_CONFIG = 0x10, 0x12, 0x15
 ERR_DEV_NOTEN, ERR_WQ_ENABLED, ERR_WQ_SIZE = 0x20, 0x21, 0x22
@@ -86,6 +86,7 @@ class DsaModel(ModelDevice):
         self.inject_status = 0
         self.queue: list[bytes] = []
         self.copies = 0
+        self.aborts = 0
         self.cmd_polls = 0
         self.cmd_result = 0
         self.work_polls = 0
@@ -181,6 +182,12 @@ class DsaModel(ModelDevice):
             if not self._wq(operand)[0]:
                 return ERR_WQ_SIZE
             self.wq_enabled[operand] = True
+            return 0
+        if cmd == ABORT_WQ:
+            if operand >> 16 or not operand & 1:
+                return ERR_INVAL_WQIDX  # the model has one queue in use: WQ 0, mask index 0
+            self.queue.clear()  # dropped: no completion records
+            self.aborts += 1
             return 0
         return ERR_INVAL_CMD
 

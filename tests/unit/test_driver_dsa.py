@@ -153,6 +153,11 @@ def test_hung_device_times_out(ready: tuple[DsaModel, DsaDriver, bytearray]) -> 
         drv.memcpy_wait(timeout=0.05)
     assert exc.value.errno_name == "ETIMEDOUT"
     assert "no completion record written" in str(exc.value)
+    assert model.aborts == 1 and model.queue == []
+    model.hang = False  # the aborted copy never completes late; the next one works
+    drv.memcpy_start(BUF_IOVA, BUF_IOVA + 0x2000, 64)
+    drv.memcpy_wait()
+    assert model.copies == 1
 
 
 def test_reset_command_that_never_finishes_fails_init(monkeypatch: pytest.MonkeyPatch,
