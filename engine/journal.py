@@ -27,6 +27,9 @@ from vfio_scenario.results import CaseResult, RunResult
 SCHEMA_VERSION = 1
 
 
+_HEADER = json.dumps({"type": "journal", "schema_version": SCHEMA_VERSION}).encode() + b"\n"
+
+
 class JournalError(VfioScenarioError):
     """A journal that cannot be read (damaged in the middle, or not a journal)."""
 
@@ -47,6 +50,8 @@ def _records(data: bytes, path: str) -> Iterator[tuple[int, dict[str, Any]]]:
         try:
             record = json.loads(raw)
         except ValueError as exc:
+            if number == 1:
+                raise JournalError(f"{path}:1: not a vfio-scenario journal (not JSON)") from None
             if number == len(complete):
                 return
             raise JournalError(f"{path}:{number}: damaged journal line ({exc})") from None
@@ -78,8 +83,10 @@ def _read(path: Path) -> tuple[RunResult, int]:
     cases: dict[str, CaseResult] = {}
     valid = 0
     for end, record in _records(data, str(path)):
-        valid = end
         kind = record["type"]
+        if not valid and kind != "journal":
+            raise JournalError(f"{path}:1: not a vfio-scenario journal (no header line)")
+        valid = end
         if kind == "case":
             case = CaseResult.from_dict(record["case"])
             cases.pop(case.case_id, None)
@@ -91,6 +98,9 @@ def _read(path: Path) -> tuple[RunResult, int]:
         elif kind == "journal" and record.get("schema_version", 0) > SCHEMA_VERSION:
             raise JournalError(f"{path}: journal schema {record['schema_version']} is newer "
                                f"than this engine's ({SCHEMA_VERSION})")
+    if not valid and data.strip() and not _HEADER.startswith(data[: len(_HEADER)].rstrip(b"\n")):
+        # not even the start of a header (a journal killed at birth holds a piece of one)
+        raise JournalError(f"{path}: not a vfio-scenario journal")
     run.cases = list(cases.values())
     return run, valid
 
@@ -110,12 +120,16 @@ class Journal:
             self.path.write_bytes(b"")
         self._file: BinaryIO | None = open(self.path, "ab")  # noqa: SIM115 - lives with self
         if not self.path.stat().st_size:
-            self._append({"type": "journal", "schema_version": SCHEMA_VERSION})
+            self._write(_HEADER)
 
     def _append(self, record: dict[str, Any]) -> None:
+        self._write(json.dumps(record).encode() + b"\n")
+
+    def _write(self, line: bytes) -> None:
+        """One line in one write(), then flush and fsync: whole, or torn at the end."""
         if self._file is None:
             raise ValueError(f"journal {self.path} is closed")
-        self._file.write(json.dumps(record).encode() + b"\n")
+        self._file.write(line)
         self._file.flush()
         os.fsync(self._file.fileno())
 

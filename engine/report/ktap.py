@@ -51,6 +51,9 @@ _DEFANG = [
 ]
 
 
+_DIRECTIVE = re.compile(r"#(\s*(?:SKIP|TODO))", re.IGNORECASE)
+
+
 def _safe_text(text: str) -> str:
     text = xml_safe(text).replace("\r", "").replace("\t", " ")
     for pattern, replacement in _DEFANG:
@@ -70,14 +73,15 @@ def _diagnostics(case: CaseResult) -> list[str]:
     # split after escaping: str.splitlines() would also break at \x0b, \x1c … and U+2028
     lines = _safe_text(f"{case.outcome.label} {failure_message(case)}").split("\n")
     if case.outcome is Outcome.ERROR and case.log:
-        lines += _safe_text(tail(case.log, 64 * 1024)).split("\n")[-LOG_LINES:]
+        lines += _safe_text(tail(case.log, 64 * 1024)).rstrip("\n").split("\n")[-LOG_LINES:]
     return [line.rstrip() for line in lines]
 
 
 def _result_line(ok: bool, number: int, name: str, skip: str | None = None) -> str:
     line = f"{'ok' if ok else 'not ok'} {number} {name}"
     if skip is not None:
-        reason = " ".join(_safe_text(skip).split())
+        # a second "# SKIP" (or "# TODO") in the reason would be read as the directive
+        reason = _DIRECTIVE.sub(r"%23\1", " ".join(_safe_text(skip).split()))
         line += f" # SKIP {reason}".rstrip()
     return line
 

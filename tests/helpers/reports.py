@@ -12,7 +12,6 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import xmlschema
-
 from vfio_scenario.results import CaseResult, Outcome, RunResult, StepResult
 
 JUNIT_XSD = Path(__file__).resolve().parent.parent / "data" / "junit.xsd"

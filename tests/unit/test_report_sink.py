@@ -1,0 +1,206 @@
+"""ReportSink: journal + console + report files per case; resume; survival of kill -9."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from vfio_scenario.journal import finished_cases
+from vfio_scenario.report import sink as sink_mod
+from vfio_scenario.report.sink import ReportSink
+
+from tests.helpers.kunit import parse_ktap
+from tests.helpers.reports import assert_valid_junit, sample_run
+
+
+def paths(tmp_path: Path) -> dict[str, Any]:
+    return {"junit_xml": str(tmp_path / "junit.xml"), "json_path": str(tmp_path / "r.json"),
+            "html_path": str(tmp_path / "r.html"), "journal": str(tmp_path / "journal.jsonl")}
+
+
+def report_ids(tmp_path: Path) -> tuple[list[str], list[str], int]:
+    """Case ids in the JUnit and JSON reports, and the number of HTML rows."""
+    root = assert_valid_junit(tmp_path / "junit.xml")
+    junit = [f"{s.get('name')}::{tc.get('name')}" for s in root.iter("testsuite")
+             for tc in s.iter("testcase")]
+    doc = json.loads((tmp_path / "r.json").read_text())
+    html = (tmp_path / "r.html").read_text().count('<details class="case"')
+    return junit, [c["case_id"] for c in doc["cases"]], html
+
+
+def test_sink_writes_everything_and_summarises(tmp_path: Path) -> None:
+    run = sample_run()
+    out = io.StringIO()
+    with ReportSink(**paths(tmp_path), total=5, stream=out) as sink:
+        sink.run.properties.update(run.properties)
+        sink.header()
+        for case in run.cases:
+            sink.add(case)
+    ids = [c.case_id for c in run.cases]
+    assert report_ids(tmp_path) == (ids, ids, 5)  # the sample's files are already in order
+    assert list(finished_cases(tmp_path / "journal.jsonl")) == ids
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("vfio-scenario 0.1.0: 5 cases; kernel 7.2.13-vfio-scenario")
+    assert lines[1].startswith("[1/5] scenarios/dma/map.yaml::map-unmap[iommu_mode=iommufd")
+    assert lines[-1].startswith("2 passed, 1 failed, 1 skipped, 1 errors in ")
+    assert sink.exit_code() == 1
+
+
+def test_resume_continues_the_journal_and_the_count(tmp_path: Path) -> None:
+    run = sample_run()
+    with ReportSink(**paths(tmp_path), total=5, stream=io.StringIO()) as sink:
+        sink.add(run.cases[0])
+        sink.add(run.cases[1])
+    out = io.StringIO()
+    with ReportSink(**paths(tmp_path), total=5, stream=out, resume=True) as sink:
+        assert sink.finished_ids() == {run.cases[0].case_id, run.cases[1].case_id}
+        for case in run.cases[2:]:
+            sink.add(case)
+    assert out.getvalue().splitlines()[0].startswith("[3/5] ")
+    ids = [c.case_id for c in run.cases]
+    assert report_ids(tmp_path) == (ids, ids, 5)
+    with ReportSink(**paths(tmp_path), total=5, stream=io.StringIO()) as sink:  # fresh run
+        assert sink.finished_ids() == set()
+    assert report_ids(tmp_path) == ([], [], 0)
+
+
+def test_ktap_format_streams_parseable_ktap(tmp_path: Path) -> None:
+    run = sample_run()
+    out = io.StringIO()
+    with ReportSink(**paths(tmp_path), total=5, stream=out, fmt="ktap",
+                    planned=[c.case_id for c in run.cases]) as sink:
+        sink.header()
+        for case in run.cases:
+            sink.add(case)
+    text = out.getvalue()
+    assert text.splitlines()[:1] == ["KTAP version 1"] and "[1/5]" not in text
+    test = parse_ktap(text)
+    assert test.counts.errors == 0
+    assert (test.counts.passed, test.counts.failed, test.counts.skipped) == (2, 2, 1)
+
+
+def test_rewrites_are_throttled_but_every_case_lands(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real = sink_mod.write_reports
+
+    def counting(run: Any, targets: Any) -> None:
+        calls.append(len(run.cases))
+        real(run, targets)
+
+    monkeypatch.setattr(sink_mod, "write_reports", counting)
+    run = sample_run()
+    sink = ReportSink(**paths(tmp_path), total=40, stream=io.StringIO(), min_interval=0.5)
+    cases = []
+    for i in range(40):
+        case = run.cases[i % 5]
+        cases.append(type(case)(**{**case.__dict__, "case_id": f"{case.case_id}#{i}"}))
+        sink.add(cases[-1])
+    assert calls == [1]  # the first case at once, the rest wait for the interval
+    time.sleep(0.8)
+    assert calls == [1, 40]  # the timer wrote them
+    assert len(report_ids(tmp_path)[1]) == 40
+    sink.close()
+    assert calls == [1, 40, 40]
+
+
+def test_zero_cases_still_give_valid_files(tmp_path: Path) -> None:
+    sink = ReportSink(**paths(tmp_path), total=0, stream=io.StringIO())
+    sink.close()
+    assert report_ids(tmp_path) == ([], [], 0)
+    assert sink.exit_code() == 5
+
+
+CHILD = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {root!r})
+    from tests.helpers.reports import sample_run
+    from vfio_scenario.report.sink import ReportSink
+    from vfio_scenario.results import CaseResult
+    stop_after, interval, log_size = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+    base = sample_run().cases
+    sink = ReportSink(junit_xml="junit.xml", json_path="r.json", html_path="r.html",
+                      journal="journal.jsonl", total=10**6, stream=open("/dev/null", "w"),
+                      min_interval=interval)
+    i = 0
+    while stop_after < 0 or i < stop_after:
+        c = base[i % 5]
+        sink.add(CaseResult(**{{**c.__dict__, "case_id": f"{{c.case_id}}#{{i}}",
+                                 "log": "L" * log_size + "\\x1b\\x00 ✓"}}))
+        i += 1
+        print(i, flush=True)
+    print("ready", flush=True)
+    time.sleep(120)
+""")
+
+
+def spawn(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+    root = str(Path(__file__).resolve().parents[2])
+    script = tmp_path / "child.py"
+    script.write_text(CHILD.format(root=root))
+    return subprocess.Popen([sys.executable, str(script), *args], cwd=tmp_path,
+                            stdout=subprocess.PIPE, text=True)
+
+
+def test_kill_9_after_cases_leaves_valid_reports_holding_them(tmp_path: Path) -> None:
+    child = spawn(tmp_path, "7", "0.5", "1000")
+    try:
+        assert child.stdout is not None
+        lines = [child.stdout.readline().strip() for _ in range(8)]
+        assert lines[-1] == "ready"
+        time.sleep(1.0)  # past the rewrite interval
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    journal, junit_ids, json_ids, html_rows = (
+        list(finished_cases(tmp_path / "journal.jsonl")), *report_ids(tmp_path))
+    assert len(journal) == 7
+    assert json_ids == journal
+    assert sorted(junit_ids) == sorted(journal)
+    assert html_rows == 7
+
+
+def kill_mid_run(tmp_path: Path, delay: float) -> bool:
+    """Start a child writing big cases as fast as it can; after `delay`, kill -9 it as soon
+    as a report rewrite is under way; check every file. True when the kill left a
+    temporary behind (it caught a rewrite half-done)."""
+    tmp_path.mkdir()
+    child = spawn(tmp_path, "-1", "0", str(1 << 20))  # a 1 MiB log per case
+    try:
+        assert child.stdout is not None
+        child.stdout.readline()  # one case in, so the files exist
+        time.sleep(delay)
+        deadline = time.monotonic() + 20
+        while not list(tmp_path.glob(".*.tmp")) and time.monotonic() < deadline:
+            pass  # kill the moment a rewrite is under way
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    journal = list(finished_cases(tmp_path / "journal.jsonl"))
+    assert journal == [f"{sample_run().cases[i % 5].case_id}#{i}" for i in range(len(journal))]
+    # every file is valid and holds the first cases of the journal, in order
+    junit_ids, json_ids, html_rows = report_ids(tmp_path)
+    assert 1 <= len(json_ids) <= len(journal) and json_ids == journal[: len(json_ids)]
+    assert 1 <= len(junit_ids) <= len(journal)
+    assert sorted(junit_ids) == sorted(journal[: len(junit_ids)])
+    assert 1 <= html_rows <= len(journal)
+    caught = bool(list(tmp_path.glob(".*.tmp")))
+    ReportSink(**paths(tmp_path), resume=True, stream=io.StringIO()).close()
+    assert not list(tmp_path.glob(".*.tmp"))  # a new sink clears what the kill left behind
+    assert json.loads((tmp_path / "r.json").read_text())["total"] == len(journal)
+    return caught
+
+
+def test_kill_9_mid_write_never_leaves_a_broken_file(tmp_path: Path) -> None:
+    caught = [kill_mid_run(tmp_path / f"run{i}", delay)
+              for i, delay in enumerate((0.1, 0.5, 0.9))]
+    assert any(caught), "no kill landed inside a rewrite: the test did not test that"
