@@ -32,6 +32,9 @@ def _bind_to_vfio_pci(bdf: str) -> None:
     # Best effort: built-in or already loaded modules make modprobe a no-op.
     for module in ("vfio-pci", "vfio_iommu_type1", "iommufd"):
         subprocess.run(["modprobe", module], check=False, capture_output=True)
+    if not os.path.ismount("/sys/kernel/debug"):
+        subprocess.run(["mount", "-t", "debugfs", "debugfs", "/sys/kernel/debug"],
+                       check=False, capture_output=True)
     if sysfs.bound_driver(bdf) == "vfio-pci":
         return
     folder = sysfs.device_dir(bdf)
