@@ -27,8 +27,8 @@ EDU_IDS = (0x1234, 0x11E8)
 EDU_ID_REGISTER = 0x010000ED
 
 
-def _bind_to_vfio_pci(bdf: str) -> None:
-    """Bind the function to vfio-pci (the testbed image may leave it unbound)."""
+def _prepare_guest(bdf: str) -> None:
+    """Load VFIO and iommufd, mount debugfs, bind the function to vfio-pci (best effort)."""
     # Best effort: built-in or already loaded modules make modprobe a no-op.
     for module in ("vfio-pci", "vfio_iommu_type1", "iommufd"):
         subprocess.run(["modprobe", module], check=False, capture_output=True)
@@ -49,7 +49,7 @@ def edu_bdf() -> str:
     found = sysfs.find_devices(*EDU_IDS)
     if not found:
         pytest.fail("no edu device (1234:11e8) in this VM")
-    _bind_to_vfio_pci(found[0])
+    _prepare_guest(found[0])
     assert sysfs.bound_driver(found[0]) == "vfio-pci"
     return found[0]
 
