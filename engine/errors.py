@@ -10,6 +10,24 @@ import errno as _errno
 import os
 from dataclasses import dataclass
 
+# The kernel's spelling where Python's errno table picks another alias of the same number.
+_KERNEL_SPELLING = {_errno.EOPNOTSUPP: "EOPNOTSUPP", _errno.EAGAIN: "EAGAIN",
+                    _errno.EDEADLK: "EDEADLK"}
+# Every errno name Python knows, aliases included, to its number.
+ERRNO_NUMBERS = {n: getattr(_errno, n) for n in dir(_errno)
+                 if n.startswith("E") and isinstance(getattr(_errno, n), int)}
+
+
+def errno_name(err: int) -> str:
+    """The name the kernel uses for errno `err` (EOPNOTSUPP, not ENOTSUP)."""
+    return _KERNEL_SPELLING.get(err) or _errno.errorcode.get(err, f"E{err}")
+
+
+def canonical_errno_name(name: str) -> str:
+    """One spelling per number, so `expect: ENOTSUP` and EOPNOTSUPP compare equal."""
+    number = ERRNO_NUMBERS.get(name)
+    return errno_name(number) if number is not None else name
+
 
 class ExitCode:
     """Exit statuses of DESIGN §7."""
@@ -88,7 +106,7 @@ class VfioError(VfioScenarioError):
 
     def __init__(self, err: int, op: str, handle: str = "", detail: str = "") -> None:
         self.errno = err
-        self.errno_name = _errno.errorcode.get(err, f"E{err}")
+        self.errno_name = errno_name(err)
         self.op = op
         self.handle = handle
         where = f" on {handle}" if handle else ""

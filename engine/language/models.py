@@ -9,7 +9,6 @@ reference these models implement; docs/language.md lists our additions.
 
 from __future__ import annotations
 
-import errno
 import re
 import uuid
 from functools import cache
@@ -23,6 +22,7 @@ from pydantic import (
     Field,
     model_validator,
 )
+from vfio_scenario.errors import ERRNO_NUMBERS, canonical_errno_name
 from vfio_scenario.language.units import parse_duration, parse_int, parse_size
 
 IOMMU_MODES = (
@@ -71,7 +71,7 @@ Feature = Literal[
 ]
 HANDLE_KINDS = ("iommu", "ioas", "cdev", "device", "buffer", "mapping", "mmio", "irq", "dmabuf")
 SIGNALS = ("SIGBUS", "SIGSEGV")
-ERRNO_NAMES = frozenset(errno.errorcode.values())
+ERRNO_NAMES = frozenset(ERRNO_NUMBERS)
 HANDLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 BDF = re.compile(r"^([0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
 
@@ -674,7 +674,7 @@ def _expect(value: Any) -> tuple[str, ...]:
             close = difflib.get_close_matches(n, sorted(ERRNO_NAMES | set(SIGNALS)), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise ValueError(f"{n!r} is not an errno name or SIGBUS/SIGSEGV{hint}")
-    return tuple(names)
+    return tuple(canonical_errno_name(n) for n in names)
 
 
 Expect = Annotated[tuple[str, ...], BeforeValidator(_expect)]

@@ -222,3 +222,16 @@ def test_language_reference_documents_every_operation() -> None:
 
     text = (ROOT / "docs" / "language.md").read_text()
     assert [op for op in OPERATIONS if f"| `{op}` |" not in text] == []
+
+
+def test_errno_aliases_compare_equal_in_the_kernels_spelling() -> None:
+    from vfio_scenario.errors import VfioError
+
+    compiled = compile_text("""
+        name: alias
+        steps:
+          - sleep: {duration: 1ms}
+            expect: [ENOTSUP, EWOULDBLOCK]
+    """)
+    assert compiled.cases[0].steps[0].common.expect == ("EOPNOTSUPP", "EAGAIN")
+    assert VfioError(95, "X").errno_name == "EOPNOTSUPP"

@@ -96,8 +96,10 @@ def send_msi(rt: Runtime, args: SendMsi, step: Step) -> None:
     drv = driver_of(rt, args.device)
     drv.send_msi()
     within = MSI_WITHIN * rt.options.timeout_multiplier
-    if drv.device.wait_irq(0, within) == 0:
-        raise CheckFailed(f"send_msi: no MSI received on the eventfd within {within:g}s")
+    vector = drv.msi_vector or 0  # DSA signals on vector 1, most devices on 0
+    if drv.device.wait_irq(vector, within) == 0:
+        raise CheckFailed(f"send_msi: no MSI received on vector {vector}'s eventfd "
+                          f"within {within:g}s")
 
 
 @op("memcpy_storm")
