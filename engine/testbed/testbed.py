@@ -1,0 +1,328 @@
+"""The testbed's Python API: a QEMU VM with VFIO devices that runs commands for you.
+
+    with Testbed(kernel="default", accel="auto") as tb:
+        result = tb.run(["python3", "-c", "print(1)"], timeout=60)
+        for line in tb.stream([...], idle_timeout=120):
+            ...
+
+A guest panic or QEMU death raises GuestCrashed, silence beyond the caller's limit
+raises GuestHung; both carry the console tail and leave the VM stopped, and the next
+command (or `reboot()`) boots a fresh one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import NoReturn
+
+from vfio_scenario.testbed import accel as accel_mod
+from vfio_scenario.testbed.assets import GuestKernel, resolve_kernel
+from vfio_scenario.testbed.channel import AgentChannel, ChannelClosed
+from vfio_scenario.testbed.initramfs import GuestSetup, build_initramfs
+from vfio_scenario.testbed.paths import run_dir
+from vfio_scenario.testbed.progress import Reporter, quiet
+from vfio_scenario.testbed.qemu import DEFAULT_DEVICES, VmFiles, bind_ids, check_devices, \
+    qemu_version
+from vfio_scenario.testbed.vm import BootFailed, GuestCrashed, GuestHung, Vm, console_tail
+
+TCG_BOOT_TIMEOUT = 180.0
+_instances = itertools.count()
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a command in the guest did."""
+
+    returncode: int        # negative: killed by that signal
+    stdout: str
+    stderr: str
+    duration: float        # seconds, as seen from the host
+
+
+def guest_setup(kernel: GuestKernel, devices: tuple[str, ...]) -> GuestSetup:
+    """How init prepares the guest for `kernel` and `devices`, running this Python."""
+    venv_bin = str(Path(sys.executable).parent)
+    return GuestSetup(modules=kernel.modules, bind_ids=bind_ids(devices),
+                      python=sys.executable, agent=str(Path(__file__).with_name("agent.py")),
+                      path=f"{venv_bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin"
+                           ":/sbin:/bin")
+
+
+class CommandStream:
+    """A command's stdout lines as the guest prints them; see Testbed.stream.
+
+    After the iteration ends, `returncode` and `stderr` hold the command's exit status
+    and everything it wrote on stderr.
+    """
+
+    def __init__(self, testbed: "Testbed", argv: Sequence[str], idle_timeout: float,
+                 env: Mapping[str, str] | None, cwd: str | None) -> None:
+        self._testbed = testbed
+        self._request = {"op": "run", "argv": list(argv), "env": dict(env or {}), "cwd": cwd}
+        self._idle = idle_timeout
+        self.returncode: int | None = None
+        self.stderr = ""
+
+    def __iter__(self) -> Iterator[str]:
+        testbed = self._testbed
+        channel = testbed._ensure_running()
+        ident = channel.new_id()
+        channel.send({**self._request, "id": ident})
+        pending = ""
+        idle_deadline = time.monotonic() + self._idle
+        finished = False
+        try:
+            while True:
+                message = testbed._receive(channel, idle_deadline)
+                if message.get("id") != ident:
+                    continue  # a late message of an abandoned command
+                if "out" in message:
+                    idle_deadline = time.monotonic() + self._idle
+                    pending += message["out"]
+                    *lines, pending = pending.split("\n")
+                    yield from lines
+                elif "err" in message:
+                    idle_deadline = time.monotonic() + self._idle
+                    self.stderr += message["err"]
+                elif "exit" in message:
+                    finished = True
+                    if message.get("error"):
+                        self.stderr += message["error"] + "\n"
+                    self.returncode = int(message["exit"])
+                    if pending:
+                        yield pending
+                    return
+        finally:
+            if not finished and testbed._vm is not None and testbed._vm.channel is channel:
+                try:
+                    channel.send({"op": "kill", "id": ident})
+                except ChannelClosed:
+                    pass
+
+
+class Testbed:
+    """A QEMU testbed VM: q35, emulated Intel IOMMU, devices bound to vfio-pci in the guest.
+
+    kernel: "default" (our build), "debian" (Debian's newest kernel) or a bzImage path.
+    accel: "auto" (KVM when a probe boot proves it, else TCG), "kvm" or "tcg".
+    devices: device models at pinned PCI slots 3, 4, … ("edu", "igb", "nvme").
+    """
+
+    __test__ = False  # not a pytest class, despite the name
+
+    def __init__(self, kernel: str = "default", accel: str = "auto",
+                 devices: Sequence[str] = DEFAULT_DEVICES, *, memory: str = "4G",
+                 boot_timeout: float | None = None, extra_cmdline: str = "",
+                 report: Reporter = quiet, name: str | None = None) -> None:
+        if accel not in accel_mod.ACCELERATORS:
+            raise ValueError(f"accel must be one of {accel_mod.ACCELERATORS}, not {accel!r}")
+        self.devices = tuple(devices)
+        check_devices(self.devices)
+        self.kernel_spec = kernel
+        self.requested_accel = accel
+        self.memory = memory
+        self.boot_timeout = boot_timeout
+        self.extra_cmdline = extra_cmdline
+        self.report = report
+        self.files = VmFiles(run_dir() / (name or f"vm-{os.getpid()}-{next(_instances)}"))
+        self._kernel: GuestKernel | None = None
+        self._initrd: Path | None = None
+        self._accel = ""
+        self._vm: Vm | None = None
+        self._last_console = ""
+        self.boots = 0
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def __enter__(self) -> "Testbed":
+        return self.start()
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def prepare(self) -> None:
+        """Resolve (fetch/build) the kernel and the initramfs without booting."""
+        if self._kernel is None:
+            self._kernel = resolve_kernel(self.kernel_spec, self.report)
+            self._initrd = build_initramfs(guest_setup(self._kernel, self.devices))
+
+    def start(self, detached: bool = False) -> "Testbed":
+        """Boot the VM (if not running) and wait for its agent; BootFailed if it cannot."""
+        if self._vm is not None and self._vm.alive():
+            return self
+        self.prepare()
+        if self.requested_accel != "auto":
+            self._boot(self.requested_accel, self._timeout(self.requested_accel), detached)
+            return self
+        verdict = accel_mod.cached_verdict()
+        if not accel_mod.kvm_device_usable():
+            self._boot("tcg", self._timeout("tcg"), detached)
+        elif verdict is not None:
+            self._boot(str(verdict["accel"]), self._timeout(str(verdict["accel"])), detached)
+        else:
+            self._probe_kvm_then_boot(detached)
+        return self
+
+    def _timeout(self, accel: str) -> float:
+        if self.boot_timeout is not None:
+            return self.boot_timeout
+        return accel_mod.KVM_PROBE_SECONDS * 2 if accel == "kvm" else TCG_BOOT_TIMEOUT
+
+    def _probe_kvm_then_boot(self, detached: bool) -> None:
+        # the probe boot is a real boot: when KVM works, its VM is the one we keep
+        try:
+            self._boot("kvm", accel_mod.KVM_PROBE_SECONDS, detached)
+        except BootFailed as exc:
+            reason = exc.reason.splitlines()[0]
+            accel_mod.store_verdict("tcg", f"KVM probe boot failed: {reason}")
+            self.report(f"KVM does not boot the guest ({reason}); using TCG")
+            self._boot("tcg", self._timeout("tcg"), detached)
+        else:
+            accel_mod.store_verdict("kvm", "probe boot reached the agent")
+
+    def _boot(self, accel: str, timeout: float, detached: bool) -> None:
+        assert self._kernel is not None and self._initrd is not None
+        self._vm = Vm(self.files, accel=accel, kernel=self._kernel.image, initrd=self._initrd,
+                      devices=self.devices, memory=self.memory,
+                      extra_cmdline=self.extra_cmdline, detached=detached)
+        try:
+            self._vm.start(timeout)
+        except BootFailed as exc:
+            self._last_console = exc.console_tail
+            self._vm = None
+            raise
+        self._accel = accel
+        self.boots += 1
+
+    def stop(self) -> None:
+        """End QEMU by its PID; the testbed can be started again."""
+        if self._vm is not None:
+            self._last_console = self._vm.tail(200)
+            self._vm.kill()
+            self._vm = None
+
+    def reboot(self) -> None:
+        """Stop the VM (whatever state it is in) and boot a fresh one."""
+        self.stop()
+        self.start()
+
+    def detach(self) -> int:
+        """Leave the (detached) VM running without us; returns QEMU's PID."""
+        assert self._vm is not None
+        pid = self._vm.pid
+        self._vm.detach()
+        self._vm = None
+        return pid
+
+    # --- commands ---------------------------------------------------------------------
+
+    def run(self, argv: Sequence[str], timeout: float = 120.0,
+            env: Mapping[str, str] | None = None, cwd: str | None = None) -> CommandResult:
+        """Run `argv` in the guest (chrooted into the host's root, VFIO_SCENARIO_GUEST=1).
+
+        Returns its exit status and output; GuestHung when it runs longer than `timeout`
+        seconds, GuestCrashed when the guest dies meanwhile (the VM is then stopped).
+        """
+        started = time.monotonic()
+        stream = CommandStream(self, argv, timeout, env, cwd)
+        deadline = started + timeout
+        lines = []
+        for line in stream:
+            lines.append(line)
+            if time.monotonic() > deadline:
+                self._fail(GuestHung, f"{argv[0]} ran longer than {timeout:g}s")
+        assert stream.returncode is not None
+        return CommandResult(stream.returncode, "\n".join(lines) + ("\n" if lines else ""),
+                             stream.stderr, time.monotonic() - started)
+
+    def stream(self, argv: Sequence[str], idle_timeout: float,
+               env: Mapping[str, str] | None = None, cwd: str | None = None) -> CommandStream:
+        """Iterate over `argv`'s stdout lines (without newline) as the guest prints them.
+
+        GuestCrashed on a guest panic or QEMU's death, GuestHung when no output arrives
+        for `idle_timeout` seconds; either way the VM is stopped. After the loop, the
+        returned object's `returncode` and `stderr` are set.
+        """
+        return CommandStream(self, argv, idle_timeout, env, cwd)
+
+    def _ensure_running(self) -> AgentChannel:
+        if self._vm is None or not self._vm.alive() or self._vm.channel is None:
+            self.stop()
+            self.start()
+        assert self._vm is not None and self._vm.channel is not None
+        return self._vm.channel
+
+    def _receive(self, channel: AgentChannel, deadline: float) -> dict[str, object]:
+        vm = self._vm
+        assert vm is not None
+        while True:
+            wait = min(0.5, deadline - time.monotonic())
+            if wait <= 0:
+                self._fail(GuestHung, "the guest sent nothing in time")
+            try:
+                message = channel.receive(wait)
+            except ChannelClosed:
+                self._fail(GuestCrashed, "QEMU ended while the command ran" if not vm.alive()
+                           else "the agent connection closed")
+            if message is not None:
+                return message
+            if not vm.alive():
+                status = vm.proc.returncode if vm.proc else "?"
+                self._fail(GuestCrashed, f"QEMU exited (status {status})")
+            if vm.panicked():
+                self._fail(GuestCrashed, "the guest kernel panicked")
+
+    def _fail(self, kind: type[GuestCrashed] | type[GuestHung], message: str) -> NoReturn:
+        vm = self._vm
+        if vm is not None and kind is GuestCrashed and vm.alive():
+            time.sleep(0.5)  # let the panic's last lines reach the console
+        tail = vm.tail() if vm is not None else self._last_console
+        self.stop()
+        raise kind(message, tail)
+
+    # --- facts ------------------------------------------------------------------------
+
+    @property
+    def accelerator(self) -> str:
+        """"kvm" or "tcg" (after start)."""
+        return self._accel
+
+    @property
+    def kernel_release(self) -> str:
+        """uname -r of the guest (after start)."""
+        if self._vm is not None and self._vm.release:
+            return self._vm.release
+        return self._kernel.release if self._kernel else ""
+
+    @property
+    def qemu_version(self) -> str:
+        """QEMU's version number."""
+        return qemu_version()
+
+    @property
+    def pid(self) -> int:
+        """QEMU's PID (0 when no VM runs)."""
+        return self._vm.pid if self._vm is not None else 0
+
+    @property
+    def boot_seconds(self) -> float:
+        """Seconds from starting QEMU to the agent's first answer, last boot."""
+        return self._vm.boot_seconds if self._vm is not None else 0.0
+
+    def console_tail(self, n: int = 60) -> str:
+        """The last `n` lines of the guest's console (of the last VM when none runs)."""
+        if self._vm is not None:
+            return self._vm.tail(n)
+        return "\n".join(self._last_console.splitlines()[-n:]) or \
+            console_tail(self.files.console, n)
+
+__all__ = ["CommandResult", "CommandStream", "GuestCrashed", "GuestHung", "BootFailed",
+           "Testbed"]
