@@ -30,8 +30,14 @@ def json_report(run: RunResult) -> dict[str, Any]:
 
 
 def json_document(run: RunResult) -> str:
-    """The JSON report as text (indented, ASCII-only, ending with a newline)."""
-    return json.dumps(json_report(run), indent=1) + "\n"
+    """The JSON report as text: one key per line and one case per line (greppable, and
+    json's C encoder does the work: indent= would fall back to the slow Python one);
+    ASCII-only, ending with a newline."""
+    doc = json_report(run)
+    cases = doc.pop("cases")
+    head = ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in doc.items())
+    body = ",\n".join("  " + json.dumps(c) for c in cases)
+    return "{\n" + head + ',\n "cases": [' + ("\n" + body + "\n " if cases else "") + "]\n}\n"
 
 
 def is_json_report(doc: object) -> bool:

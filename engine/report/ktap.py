@@ -100,9 +100,12 @@ class KtapStream:
         for case_id in planned or ():
             head, _, name = case_id.partition("::")
             self._groups.setdefault(head, []).append(name)
+        self._names = {f: set(names) for f, names in self._groups.items()}
         self._results: dict[str, dict[str, CaseResult]] = {}  # file -> name -> result
         self._printed = 0  # groups printed so far
+        self._ready = 0  # groups complete (printed once the header is out)
         self._order: list[str] = list(self._groups)  # files in print order
+        self._waiting = set(self._order)  # files not printed yet
         self._started = False
 
     def _write(self, lines: list[str]) -> None:
@@ -119,34 +122,38 @@ class KtapStream:
         if self.planned is not None:
             lines.append(f"1..{len(self._groups)}")
         self._write([_safe_text(lines[0]), _safe_text(lines[1]), *lines[2:]])
+        self._flush()
 
     def case(self, case: CaseResult) -> None:
         """Take a finished case; print every group that is now complete."""
         file = suite_of(case)
         name = name_in_suite(case)
-        if file not in self._order[self._printed:]:
+        if file not in self._waiting:
             self._order.append(file)  # a file not planned, or one already printed
-            self._groups[file] = []
-            self._results[file] = {}
-            if self.planned is None and self._printed < len(self._order) - 1:
-                self._print_groups(len(self._order) - 1)  # the previous file is done
-        if name not in self._groups[file]:
+            self._waiting.add(file)
+            self._groups[file], self._names[file], self._results[file] = [], set(), {}
+            if self.planned is None:
+                self._ready = len(self._order) - 1  # the previous file is done
+        if name not in self._names[file]:
             self._groups[file].append(name)
+            self._names[file].add(name)
         self._results.setdefault(file, {})[name] = case
         if self.planned is not None:
-            ready = self._printed
-            while ready < len(self._order) and self._complete(self._order[ready]):
-                ready += 1
-            self._print_groups(ready)
+            while self._ready < len(self._order) and self._complete(self._order[self._ready]):
+                self._ready += 1
+        self._flush()
 
     def _complete(self, file: str) -> bool:
-        done = self._results.get(file, {})
-        return all(n in done for n in self._groups[file])
+        return len(self._results.get(file, {})) == len(self._names[file])
 
-    def _print_groups(self, upto: int) -> None:
-        while self._printed < upto:
+    def _flush(self) -> None:
+        """Print the complete groups not printed yet (nothing before `start`)."""
+        if not self._started:
+            return
+        while self._printed < self._ready:
             file = self._order[self._printed]
             self._printed += 1
+            self._waiting.discard(file)
             self._write(self._group_lines(self._printed, file))
 
     def _group_lines(self, number: int, file: str) -> list[str]:
@@ -169,8 +176,9 @@ class KtapStream:
 
     def finish(self, run: RunResult) -> None:
         """Print the remaining groups (unfinished planned cases as skipped) and the totals."""
+        self._ready = len(self._order)
         self.start(run)
-        self._print_groups(len(self._order))
+        self._flush()
         n = run.counts()
         totals = (f"# Totals: pass:{n[Outcome.PASS]} fail:{n[Outcome.FAIL]} xfail:0 xpass:0 "
                   f"skip:{n[Outcome.SKIP]} error:{n[Outcome.ERROR]}")

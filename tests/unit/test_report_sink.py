@@ -204,3 +204,22 @@ def test_kill_9_mid_write_never_leaves_a_broken_file(tmp_path: Path) -> None:
     caught = [kill_mid_run(tmp_path / f"run{i}", delay)
               for i, delay in enumerate((0.1, 0.5, 0.9))]
     assert any(caught), "no kill landed inside a rewrite: the test did not test that"
+
+
+def test_ktap_after_resume_prints_the_resumed_cases_after_the_header(tmp_path: Path) -> None:
+    run = sample_run()
+    planned = [c.case_id for c in run.cases]
+    with ReportSink(**paths(tmp_path), total=5, stream=io.StringIO()) as sink:
+        for case in run.cases[:3]:  # the whole first file
+            sink.add(case)
+    out = io.StringIO()
+    with ReportSink(**paths(tmp_path), total=5, stream=out, fmt="ktap", planned=planned,
+                    resume=True) as sink:
+        assert out.getvalue() == ""  # nothing before the header
+        sink.header()
+        for case in run.cases[3:]:
+            sink.add(case)
+    test = parse_ktap(out.getvalue())
+    assert out.getvalue().startswith("KTAP version 1\n")
+    assert test.counts.errors == 0
+    assert [len(g.subtests) for g in test.subtests] == [3, 2]
