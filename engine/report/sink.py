@@ -7,11 +7,11 @@ fsync, rename), so after a kill -9 they are still valid documents.
 
 Cadence: rewriting every report for every case costs O(cases²) on big runs, so the
 files are rewritten at most once per `min_interval` (0.5 s), or less often when one
-rewrite takes longer (never more than a third of the time goes to rewriting); a case
-that arrives in between is written by a timer at the end of the interval, and
-`close()` writes everything once more. So the report files lag the journal by at
-most about half a second; the journal itself is exact, and `report merge JOURNAL`
-rebuilds every report from it.
+rewrite takes longer (the wait is at least 3x the last rewrite's time, so at most a
+quarter of the time goes to rewriting); a case that arrives in between is written by
+a timer at the end of the interval, and `close()` writes everything once more. So the
+report files lag the journal by about half a second in normal runs; the journal itself
+is exact, and `report merge JOURNAL` rebuilds every report from it.
 """
 
 from __future__ import annotations
