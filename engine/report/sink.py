@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
+from vfio_scenario.errors import ExitCode
 from vfio_scenario.journal import Journal
 from vfio_scenario.report.console import Console, exit_code
 from vfio_scenario.report.files import atomic_write, remove_stale_temporaries
@@ -86,6 +87,7 @@ class ReportSink:
         self._write_cost = 0.0
         self._closed = False
         self._header_done = False
+        self.write_error = ""  # why the last rewrite failed ("" when it worked)
 
     def finished_ids(self) -> set[str]:
         """Ids of the cases the resumed journal already holds."""
@@ -134,12 +136,25 @@ class ReportSink:
                 self._timer.daemon = True
                 self._timer.start()
                 return
-        self.flush()
+        self._try_flush()
 
     def _timed_flush(self) -> None:
         with self._lock:
             self._timer = None
-        self.flush()
+        self._try_flush()
+
+    def _try_flush(self) -> None:
+        """Rewrite, turning a failure (disk full, folder gone) into one warning: the
+        journal already holds the case, and the run goes on."""
+        try:
+            self.flush()
+        except OSError as exc:
+            message = f"cannot write the reports: {exc}"
+            if message != self.write_error:
+                self.warn(message)
+            self.write_error = message
+        else:
+            self.write_error = ""
 
     def _snapshot(self) -> RunResult:
         with self._lock:
@@ -167,7 +182,7 @@ class ReportSink:
             timer.cancel()
         if not self.run.duration:  # the runner did not set it: this session plus resumed ones
             self.run.duration = self._previous_duration + time.time() - self._t0
-        self.flush()
+        self._try_flush()
         if self.journal:
             self.journal.write_run(self.run)
             self.journal.close()
@@ -177,7 +192,10 @@ class ReportSink:
             self.console.summary(self.run)
 
     def exit_code(self) -> int:
-        """DESIGN §7 exit status of the results so far (0, 1, or 5 for no case)."""
+        """DESIGN §7 exit status of the results so far (0, 1, or 5 for no case); 3 when
+        the report files could not be written at the end (CI would miss the results)."""
+        if self.write_error:
+            return ExitCode.ENVIRONMENT
         return exit_code(self.run)
 
     def __enter__(self) -> ReportSink:  # noqa: PYI034 - subclasses are not expected

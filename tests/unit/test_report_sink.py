@@ -223,3 +223,18 @@ def test_ktap_after_resume_prints_the_resumed_cases_after_the_header(tmp_path: P
     assert out.getvalue().startswith("KTAP version 1\n")
     assert test.counts.errors == 0
     assert [len(g.subtests) for g in test.subtests] == [3, 2]
+
+
+def test_unwritable_reports_warn_once_and_exit_3(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    targets = {"junit_xml": str(blocker / "junit.xml"), "journal": str(tmp_path / "j.jsonl")}
+    run = sample_run()
+    with ReportSink(**targets, total=5, stream=io.StringIO(), min_interval=0) as sink:
+        for case in run.cases:
+            sink.add(case)
+    err = capsys.readouterr().err
+    assert err.count("vfio-scenario: warning: cannot write the reports:") == 1
+    assert sink.exit_code() == 3
+    assert len(finished_cases(tmp_path / "j.jsonl")) == 5  # the journal has them all
