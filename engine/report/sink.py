@@ -72,6 +72,7 @@ class ReportSink:
         self._t0 = time.time()
         self._previous_duration = previous.duration
         self._resumed = {c.case_id for c in previous.cases}
+        self._ids = set(self._resumed)  # ids in run.cases
         out = stream if stream is not None else sys.stdout
         self.fmt = fmt
         self.console = Console(out, total, done=len(previous.cases))
@@ -114,7 +115,9 @@ class ReportSink:
         if self.journal:
             self.journal.write_case(case)
         with self._lock:
-            self.run.cases = [c for c in self.run.cases if c.case_id != case.case_id]
+            if case.case_id in self._ids:  # a re-run case replaces its earlier result
+                self.run.cases = [c for c in self.run.cases if c.case_id != case.case_id]
+            self._ids.add(case.case_id)
             self.run.cases.append(case)
         if self.ktap:
             self.ktap.start(self.run)

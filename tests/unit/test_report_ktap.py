@@ -126,3 +126,14 @@ def test_ten_thousand_cases_parse_with_matching_counts() -> None:
     test = parse_ktap(ktap_document(RunResult(cases=cases)))
     assert (test.counts.passed, test.counts.failed, test.counts.skipped) == (2500, 5000, 2500)
     assert test.counts.errors == 0
+
+
+def test_a_10_mb_console_tail_gives_a_few_diagnostic_lines() -> None:
+    run = sample_run()
+    run.cases[4].log = "".join(f"[{i:8d}] line {i}\n" for i in range(600_000))  # ~13 MB
+    text = ktap_document(run)
+    assert len(text) < 8 * 1024
+    lines = text.splitlines()
+    j = lines.index("  not ok 2 driver-memcpy[iommu_mode=iommufd,size=4096]")
+    assert lines[j - 1] == "  # [  599999] line 599999"
+    assert parse_ktap(text).counts.errors == 0

@@ -238,3 +238,15 @@ def test_unwritable_reports_warn_once_and_exit_3(tmp_path: Path,
     assert err.count("vfio-scenario: warning: cannot write the reports:") == 1
     assert sink.exit_code() == 3
     assert len(finished_cases(tmp_path / "j.jsonl")) == 5  # the journal has them all
+
+
+def test_a_case_added_again_replaces_its_result(tmp_path: Path) -> None:
+    run = sample_run()
+    again = sample_run().cases[1]
+    again.outcome = again.outcome.PASS
+    with ReportSink(**paths(tmp_path), total=5, stream=io.StringIO()) as sink:
+        for case in [*run.cases, again]:
+            sink.add(case)
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert [c["case_id"] for c in doc["cases"]] == [run.cases[i].case_id for i in (0, 2, 3, 4, 1)]
+    assert doc["counts"] == {"pass": 3, "fail": 0, "skip": 1, "error": 1}
