@@ -21,10 +21,16 @@ def failing_step(case: CaseResult) -> StepResult | None:
 
 
 def step_label(step: StepResult) -> str:
-    """`name` or `name (op)` when the step's name is not its operation; teardown marked."""
-    label = step.name if step.name in ("", step.op) else f"{step.name} ({step.op})"
-    label = label or step.op
-    return f"teardown {label}" if step.teardown else label
+    """`name`, or `name (op)` when the step's name is not its operation."""
+    if step.name in ("", step.op):
+        return step.op
+    return f"{step.name} ({step.op})"
+
+
+def step_number(step: StepResult) -> str:
+    """1-based number of the step in the body, or `T1`, `T2` … in the teardown (the
+    interpreter numbers teardown steps from 0 again)."""
+    return f"T{step.index + 1}" if step.teardown else str(step.index + 1)
 
 
 def failure_message(case: CaseResult) -> str:
@@ -39,7 +45,8 @@ def failure_message(case: CaseResult) -> str:
             text = f"{case.location}: {text}"
         return text
     where = step.location or case.location or "?"
-    text = (f"step {step.index + 1} `{step_label(step)}` at {where}: "
+    kind = "teardown step" if step.teardown else "step"
+    text = (f"{kind} {step.index + 1} `{step_label(step)}` at {where}: "
             f"expected {step.expected}, got {step.actual}")
     detail = step.message
     if detail and not detail.startswith("expected "):
@@ -50,8 +57,9 @@ def failure_message(case: CaseResult) -> str:
 def step_line(step: StepResult) -> str:
     """One aligned line of the step log: number, outcome, duration, label, location."""
     reps = f" x{step.repeat}" if step.repeat != 1 else ""
-    line = (f"{step.index + 1:>3} {step.outcome.label:<5} {step.duration:9.4f}s  "
-            f"{step_label(step)}{reps}  [{step.location}]")
+    label = f"teardown {step_label(step)}" if step.teardown else step_label(step)
+    line = (f"{step_number(step):>3} {step.outcome.label:<5} {step.duration:9.4f}s  "
+            f"{label}{reps}  [{step.location}]")
     if step.outcome is not Outcome.PASS:
         line += f"  expected {step.expected}, got {step.actual}"
         if step.message:

@@ -19,6 +19,7 @@ from vfio_scenario.report.describe import (
     failure_message,
     ordered_properties,
     step_label,
+    step_number,
     suite_of,
     tail,
 )
@@ -30,7 +31,7 @@ LOG_LIMIT = 64 * 1024  # characters of each case's log shown (the tail); JSON ho
 
 @dataclass
 class StepView:
-    number: int
+    number: str
     label: str
     outcome: str
     duration: float
@@ -63,7 +64,8 @@ def case_view(case: CaseResult) -> CaseView:
         detail = "" if s.outcome is Outcome.PASS else f"expected {s.expected}, got {s.actual}"
         if s.message and s.outcome is not Outcome.PASS:
             detail += f": {s.message}"
-        steps.append(StepView(number=s.index + 1, label=_clean(step_label(s)),
+        label = f"teardown {step_label(s)}" if s.teardown else step_label(s)
+        steps.append(StepView(number=step_number(s), label=_clean(label),
                               outcome=s.outcome.value, duration=s.duration,
                               share=100.0 * s.duration / total if total > 0 else 0.0,
                               location=_clean(s.location), detail=_clean(detail)))

@@ -67,7 +67,7 @@ def sample_run() -> RunResult:
                expected="ok", actual="EINVAL",
                message="VFIO_IOMMU_MAP_DMA on iommu failed with EINVAL (Invalid argument)")
     fail_steps = [*ok_steps[:3], bad,
-                  step(4, "close", file=mapf, line=20, teardown=True, duration=0.0002)]
+                  step(0, "close", file=mapf, line=20, teardown=True, duration=0.0002)]
     crash_log = ("--- testbed console tail ---\n[   12.345] DMAR: DRHD: handling fault status reg 2\n"
                  "[   12.346] BUG: kernel NULL pointer dereference, address: 0000000000000008\n")
     timeout_step = step(6, "memcpy_wait", Outcome.ERROR, file=drvf, line=21, duration=5.0,

@@ -63,7 +63,7 @@ def test_system_out_holds_the_step_log_with_outcomes_and_durations() -> None:
         "  3 PASS     0.0020s  alloc_buffer  [scenarios/dma/map.yaml:13]",
         ("  4 FAIL     0.0005s  map_dma  [scenarios/dma/map.yaml:15]  expected ok, got EINVAL: "
         "VFIO_IOMMU_MAP_DMA on iommu failed with EINVAL (Invalid argument)"),
-        "  5 PASS     0.0002s  teardown close  [scenarios/dma/map.yaml:20]",
+        " T1 PASS     0.0002s  teardown close  [scenarios/dma/map.yaml:20]",
     ]
 
 
