@@ -21,7 +21,7 @@ from pathlib import Path
 
 from vfio_scenario.errors import EnvironmentProblem
 from vfio_scenario.testbed.aptalt import PrivateApt, extract_deb
-from vfio_scenario.testbed.paths import sub_dir
+from vfio_scenario.testbed.paths import locked, sub_dir
 from vfio_scenario.testbed.progress import Reporter, Ticker, quiet
 
 SOURCE_PACKAGE_RX = r"linux-source-7\.[0-9]+"
@@ -86,6 +86,11 @@ def _newest_tree(trees: list[Path]) -> Path:
 
 def fetch_linux_source(report: Reporter = quiet) -> Path:
     """Download and extract the newest linux-source-7.x the mirror offers (kept when present)."""
+    with locked("linux-source"):
+        return _fetch_linux_source(report)
+
+
+def _fetch_linux_source(report: Reporter) -> Path:
     apt = PrivateApt()
     apt.update()
     package = _newest_source_package(apt)
@@ -160,13 +165,18 @@ def own_kernel_dir(tree: Path) -> Path:
 def build_own_kernel(report: Reporter = quiet, jobs: int = 2) -> GuestKernel:
     """Our kernel from Debian's source + kernel.fragment, built once and cached by content."""
     tree = linux_source_dir(report)
+    with locked("own-kernel"):
+        return _build_own_kernel(tree, report, jobs)
+
+
+def _build_own_kernel(tree: Path, report: Reporter, jobs: int) -> GuestKernel:
     out = own_kernel_dir(tree)
     done = out / "kernel.json"
     if done.exists():
         meta = json.loads(done.read_text())
         return GuestKernel("default", out / "bzImage", meta["release"])
-    build = out / "build"
-    build.mkdir(exist_ok=True)
+    # one build folder per source version: a changed fragment rebuilds incrementally
+    build = sub_dir("kernels", f"build-{source_version(tree)}")
     fragment = FRAGMENT.read_text()
     make = ["make", "-C", str(tree), f"O={build}", "ARCH=x86_64", f"-j{jobs}",
             "LOCALVERSION=-vfio-scenario"]
@@ -272,6 +282,11 @@ def resolve_modules(modules_dep: str, builtin: str, wanted: tuple[str, ...]) -> 
 
 def fetch_debian_kernel(report: Reporter = quiet) -> GuestKernel:
     """Debian's newest amd64 kernel (sid) with the modules the testbed loads, cached."""
+    with locked("debian-kernel"):
+        return _fetch_debian_kernel(report)
+
+
+def _fetch_debian_kernel(report: Reporter) -> GuestKernel:
     import lzma
 
     cached = sorted(sub_dir("kernels").glob("debian-*/kernel.json"))

@@ -1,10 +1,176 @@
-"""Command-line registration for the testbed layer (filled in by its owner)."""
+"""`vfio-scenario testbed fetch|up|shell|run|status|down`."""
 
 from __future__ import annotations
 
 import argparse
+import shutil
+import sys
 from typing import Any
 
+from vfio_scenario.errors import UsageError
+from vfio_scenario.testbed.accel import ACCELERATORS
+from vfio_scenario.testbed.qemu import DEFAULT_DEVICES, MODEL_IDS
 
-def register(sub: argparse._SubParsersAction[Any]) -> None:
+
+def register(sub: "argparse._SubParsersAction[Any]") -> None:
     """Add this layer's subcommands to the main parser."""
+    p = sub.add_parser("testbed", help="the embedded QEMU testbed (fetch, up, run, shell, down)",
+                       description="Manage the QEMU testbed: a q35 VM with an emulated Intel "
+                       "IOMMU and edu devices bound to vfio-pci, the host's root shared "
+                       "read-only. Assets are cached under ${XDG_CACHE_HOME:-~/.cache}/"
+                       "vfio-scenario.")
+    tsub = p.add_subparsers(dest="testbed_command", required=True, metavar="COMMAND")
+
+    def vm_options(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--kernel", default="default", metavar="default|debian|PATH",
+                       help="guest kernel: our build (default), Debian's newest, or a bzImage")
+        q.add_argument("--accel", choices=ACCELERATORS, default="auto",
+                       help="auto: KVM when a probe boot proves it works, else TCG")
+        q.add_argument("--device", dest="devices", action="append", choices=sorted(MODEL_IDS),
+                       help=f"device model at the next pinned slot (repeatable; default: "
+                       f"{' '.join(DEFAULT_DEVICES)})")
+
+    q = tsub.add_parser("fetch", help="download and build the testbed's assets")
+    q.add_argument("--kernel", default="default", metavar="default|debian|PATH")
+    q.set_defaults(func=_fetch)
+
+    q = tsub.add_parser("status", help="cached kernels, QEMU, accelerator, free space, VM")
+    q.set_defaults(func=_status)
+
+    q = tsub.add_parser("up", help="boot a VM that stays until `testbed down`")
+    vm_options(q)
+    q.set_defaults(func=_up)
+
+    q = tsub.add_parser("run", help="run a command in the `up` VM (or a temporary one)",
+                        description="Runs CMD in the guest (chrooted into the host's root, "
+                        "VFIO_SCENARIO_GUEST=1) and exits with its status.")
+    vm_options(q)
+    q.add_argument("--timeout", type=float, default=600.0, help="seconds (default 600)")
+    q.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD")
+    q.set_defaults(func=_run)
+
+    q = tsub.add_parser("shell", help="a shell in the `up` VM (or a temporary one)",
+                        description="Line-oriented shell: each line runs as `sh -c LINE` in "
+                        "the guest; end with Ctrl-D or `exit`.")
+    vm_options(q)
+    q.set_defaults(func=_shell)
+
+    q = tsub.add_parser("down", help="stop the VM `testbed up` started")
+    q.set_defaults(func=_down)
+
+
+def _reporter() -> Any:
+    from vfio_scenario.testbed.progress import stderr_reporter
+    return stderr_reporter
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from vfio_scenario.testbed.assets import resolve_kernel
+    from vfio_scenario.testbed.initramfs import build_initramfs
+    from vfio_scenario.testbed.qemu import qemu_version
+    from vfio_scenario.testbed.testbed import guest_setup
+
+    kernel = resolve_kernel(args.kernel, _reporter())
+    initrd = build_initramfs(guest_setup(kernel, DEFAULT_DEVICES))
+    print(f"kernel   {kernel.kind} {kernel.release}  {kernel.image}")
+    print(f"initramfs {initrd}")
+    print(f"qemu     {qemu_version()}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from vfio_scenario.testbed.accel import describe_verdict
+    from vfio_scenario.testbed.assets import cached_kernels
+    from vfio_scenario.testbed.paths import cache_dir
+    from vfio_scenario.testbed.persistent import read_state
+    from vfio_scenario.testbed.qemu import qemu_version
+
+    try:
+        qemu = qemu_version()
+    except Exception as exc:  # noqa: BLE001 - status reports what is missing
+        qemu = f"missing ({exc})"
+    print(f"qemu          {qemu}")
+    print(f"accelerator   {describe_verdict() if not qemu.startswith('missing') else '-'}")
+    kernels = cached_kernels()
+    if not kernels:
+        print("kernels       none cached (vfio-scenario testbed fetch)")
+    for kind, folder, release in kernels:
+        print(f"kernel        {kind:8} {release:28} {folder}")
+    free = shutil.disk_usage(cache_dir()).free
+    print(f"cache         {cache_dir()} ({free / 2**30:.1f} GiB free)")
+    state = read_state()
+    if state is None:
+        print("vm            none running")
+    else:
+        print(f"vm            up, PID {state['pid']}, {state['accel']}, {state['release']}, "
+              f"devices {' '.join(state['devices'])}")
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    from vfio_scenario.testbed.persistent import up
+
+    state = up(args.kernel, args.accel, args.devices or DEFAULT_DEVICES, _reporter())
+    print(f"testbed up: PID {state['pid']}, {state['accel']}, kernel {state['release']}, "
+          f"console {state['console']}")
+    return 0
+
+
+def _open_testbed(args: argparse.Namespace) -> tuple[Any, bool]:
+    """(testbed, temporary): the `up` VM when one runs, else a fresh one we own."""
+    from vfio_scenario.testbed.persistent import attach
+    from vfio_scenario.testbed.testbed import Testbed
+
+    testbed = attach()
+    if testbed is not None:
+        return testbed, False
+    testbed = Testbed(kernel=args.kernel, accel=args.accel,
+                      devices=args.devices or DEFAULT_DEVICES, report=_reporter())
+    return testbed.start(), True
+
+
+def _stream_to_console(testbed: Any, argv: list[str], timeout: float) -> int:
+    stream = testbed.stream(argv, idle_timeout=timeout)
+    for line in stream:
+        print(line, flush=True)
+    if stream.stderr:
+        sys.stderr.write(stream.stderr)
+    code: int = stream.returncode
+    return code if code >= 0 else 128 - code
+
+
+def _run(args: argparse.Namespace) -> int:
+    argv = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not argv:
+        raise UsageError("testbed run: name the command after --")
+    testbed, _ = _open_testbed(args)
+    try:
+        return _stream_to_console(testbed, argv, args.timeout)
+    finally:
+        testbed.stop()
+
+
+def _shell(args: argparse.Namespace) -> int:
+    testbed, _ = _open_testbed(args)
+    status = 0
+    try:
+        while True:
+            try:
+                line = input(f"guest[{status}]# ")
+            except EOFError:
+                print()
+                return 0
+            if line.strip() in ("exit", "logout"):
+                return 0
+            if line.strip():
+                status = _stream_to_console(testbed, ["sh", "-c", line], 3600.0)
+    finally:
+        testbed.stop()
+
+
+def _down(args: argparse.Namespace) -> int:
+    from vfio_scenario.testbed.persistent import down
+
+    pid = down()
+    print(f"testbed down: ended QEMU PID {pid}" if pid else "testbed down: no VM was up")
+    return 0

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -24,3 +27,18 @@ def sub_dir(*parts: str) -> Path:
 def run_dir() -> Path:
     """Runtime files of running VMs: state files, sockets, console logs."""
     return sub_dir("run")
+
+
+@contextlib.contextmanager
+def locked(name: str) -> Iterator[None]:
+    """Hold an exclusive lock named `name` (under the cache) while the block runs.
+
+    Two processes that fetch or build the same asset wait for each other instead of
+    writing the same folder at once."""
+    path = sub_dir("locks") / f"{name}.lock"
+    with path.open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -137,7 +137,22 @@ class Testbed:
         self._accel = ""
         self._vm: Vm | None = None
         self._last_console = ""
+        self._owned = True      # False for a handle on a `testbed up` VM
         self.boots = 0
+
+    @classmethod
+    def attach(cls, name: str, pid: int, *, accel: str, release: str,
+               devices: Sequence[str]) -> "Testbed":
+        """A handle on a detached VM already running under run/<name> (`testbed up`).
+
+        Commands run in that VM; stop() only disconnects; a crash is reported and not
+        followed by a reboot (the VM belongs to whoever started it)."""
+        testbed = cls(accel=accel, devices=devices, name=name)
+        testbed._vm = Vm.attach(testbed.files, pid, accel=accel, release=release,
+                                devices=testbed.devices)
+        testbed._accel = accel
+        testbed._owned = False
+        return testbed
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -254,6 +269,9 @@ class Testbed:
         return CommandStream(self, argv, idle_timeout, env, cwd)
 
     def _ensure_running(self) -> AgentChannel:
+        if not self._owned and (self._vm is None or not self._vm.alive()):
+            raise GuestCrashed("the testbed VM started by `testbed up` is gone",
+                               console_tail(self.files.console, 60))
         if self._vm is None or not self._vm.alive() or self._vm.channel is None:
             self.stop()
             self.start()

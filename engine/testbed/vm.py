@@ -65,6 +65,32 @@ def console_tail(path: Path, lines: int = 60) -> str:
     return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
 
 
+def is_our_qemu(pid: int, files: VmFiles) -> bool:
+    """True when `pid` is a live QEMU serving `files` (guards against PID reuse)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z" and str(files.agent_socket).encode() in cmdline
+
+
+def kill_foreign(pid: int, files: VmFiles, grace: float = 3.0) -> bool:
+    """End a detached VM by its PID (SIGTERM, then SIGKILL); False when it was not running."""
+    if not is_our_qemu(pid, files):
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while is_our_qemu(pid, files):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + grace
+        time.sleep(0.05)
+    for image in files.folder.glob("nvme*.img"):
+        image.unlink(missing_ok=True)
+    return True
+
+
 def _set_pdeathsig() -> None:
     # runs in the child between fork and exec: QEMU gets SIGKILL when its parent dies
     libc = ctypes.CDLL(None, use_errno=True)
@@ -118,11 +144,27 @@ class Vm:
         self.channel: AgentChannel | None = None
         self.release = ""
         self.boot_seconds = 0.0
+        self.foreign_pid = 0   # a detached VM some other process started (attach)
+
+    @classmethod
+    def attach(cls, files: VmFiles, pid: int, *, accel: str, release: str,
+               devices: tuple[str, ...]) -> "Vm":
+        """A handle on a detached VM that runs already (`testbed up`); connects to its agent.
+
+        Closing the handle leaves that VM running; `kill_foreign` ends it."""
+        vm = cls.__new__(cls)
+        vm.files, vm.accel, vm.argv, vm.devices, vm.detached = files, accel, [], devices, True
+        vm.proc, vm.channel, vm.release, vm.boot_seconds = None, None, release, 0.0
+        vm.foreign_pid = pid
+        if not vm.alive():
+            raise BootFailed(f"the testbed VM with PID {pid} is not running")
+        vm.channel = AgentChannel(files.agent_socket)
+        return vm
 
     @property
     def pid(self) -> int:
         """QEMU's process id (0 before start)."""
-        return self.proc.pid if self.proc else 0
+        return self.proc.pid if self.proc else self.foreign_pid
 
     def start(self, boot_timeout: float, should_stop: Callable[[], bool] = lambda: False) \
             -> None:
@@ -170,6 +212,8 @@ class Vm:
                 self.release = message["pong"]["release"]
                 return
             self._check_alive("QEMU exited during boot")
+            if "KVM internal error" in self.qemu_log():
+                raise BootFailed("KVM internal error", self.qemu_log())
             if self.panicked():
                 raise BootFailed("the guest failed during boot", self.tail())
             if should_stop() or time.monotonic() > deadline:
@@ -182,7 +226,9 @@ class Vm:
 
     def alive(self) -> bool:
         """True while the QEMU process runs."""
-        return self.proc is not None and self.proc.poll() is None
+        if self.proc is None:
+            return bool(self.foreign_pid) and is_our_qemu(self.foreign_pid, self.files)
+        return self.proc.poll() is None
 
     def panicked(self) -> bool:
         """True when the console shows a kernel panic or a fatal init error."""
@@ -210,7 +256,7 @@ class Vm:
             self.channel = None
         proc = self.proc
         if proc is None:
-            return
+            return  # an attached VM stays; see kill_foreign
         if proc.poll() is None:
             proc.terminate()
             try:

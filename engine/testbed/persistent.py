@@ -1,0 +1,80 @@
+"""A VM that outlives the command that started it: `testbed up`, `run`, `shell`, `down`.
+
+Its state file (run/up/state.json) records QEMU's PID, the accelerator, the kernel and
+the devices; `down` ends QEMU by that PID after checking the PID is still that QEMU.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from vfio_scenario.testbed.paths import run_dir
+from vfio_scenario.testbed.progress import Reporter, quiet
+from vfio_scenario.testbed.qemu import VmFiles
+from vfio_scenario.testbed.testbed import Testbed
+from vfio_scenario.testbed.vm import is_our_qemu, kill_foreign
+
+NAME = "up"
+
+
+def _files() -> VmFiles:
+    return VmFiles(run_dir() / NAME)
+
+
+def _state_path() -> Path:
+    return _files().folder / "state.json"
+
+
+def read_state() -> dict[str, Any] | None:
+    """The running `up` VM's state, or None (a stale state file is removed)."""
+    path = _state_path()
+    try:
+        state: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not is_our_qemu(int(state["pid"]), _files()):
+        path.unlink(missing_ok=True)
+        return None
+    return state
+
+
+def up(kernel: str, accel: str, devices: Sequence[str], report: Reporter = quiet) \
+        -> dict[str, Any]:
+    """Boot the persistent VM (or return the running one's state)."""
+    state = read_state()
+    if state is not None:
+        return state
+    testbed = Testbed(kernel=kernel, accel=accel, devices=devices, report=report, name=NAME)
+    testbed.start(detached=True)
+    state = {"pid": testbed.pid, "accel": testbed.accelerator,
+             "release": testbed.kernel_release, "kernel": kernel,
+             "devices": list(testbed.devices), "qemu": testbed.qemu_version,
+             "started": time.time(), "boot_seconds": round(testbed.boot_seconds, 2),
+             "console": str(testbed.files.console)}
+    testbed.detach()
+    _state_path().write_text(json.dumps(state, indent=1))
+    return state
+
+
+def attach() -> Testbed | None:
+    """A handle on the running `up` VM, or None when there is none."""
+    state = read_state()
+    if state is None:
+        return None
+    return Testbed.attach(NAME, int(state["pid"]), accel=state["accel"],
+                          release=state["release"], devices=state["devices"])
+
+
+def down() -> int:
+    """End the `up` VM by its PID; returns that PID (0 when none was running)."""
+    state = read_state()
+    if state is None:
+        return 0
+    pid = int(state["pid"])
+    kill_foreign(pid, _files())
+    _state_path().unlink(missing_ok=True)
+    return pid
