@@ -117,7 +117,8 @@ class PrivateApt:
 
     def _apt(self, *argv: str, cwd: Path | None = None) -> str:
         env = {**os.environ, "APT_CONFIG": str(self.config), "LC_ALL": "C"}
-        proc = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True)
+        proc = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True,
+                              check=False)
         if proc.returncode != 0:
             raise EnvironmentProblem(f"{' '.join(argv)} failed ({proc.returncode}): "
                                      f"{proc.stderr.strip()[-2000:]}")
@@ -172,6 +173,7 @@ class PrivateApt:
 def extract_deb(deb: Path, dest: Path) -> None:
     """Unpack the data of `deb` into `dest` (dpkg-deb -x)."""
     dest.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(["dpkg-deb", "-x", str(deb), str(dest)], capture_output=True, text=True)
+    proc = subprocess.run(["dpkg-deb", "-x", str(deb), str(dest)], capture_output=True, text=True,
+                          check=False)
     if proc.returncode != 0:
         raise EnvironmentProblem(f"dpkg-deb -x {deb} failed: {proc.stderr.strip()}")

@@ -18,6 +18,7 @@ import subprocess
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from vfio_scenario.errors import EnvironmentProblem
 from vfio_scenario.testbed.aptalt import PrivateApt, extract_deb
@@ -200,7 +201,7 @@ def _build_own_kernel(tree: Path, report: Reporter, jobs: int) -> GuestKernel:
         count = 0
         for line in proc.stdout:
             log_file.write(line)
-            if line.startswith("  CC") or line.startswith("  AS"):
+            if line.startswith(("  CC", "  AS")):
                 count += 1
                 ticker.tick(f"kernel build: {count} files compiled, now {line.split()[-1]}")
         if proc.wait() != 0:
@@ -214,8 +215,9 @@ def _build_own_kernel(tree: Path, report: Reporter, jobs: int) -> GuestKernel:
     return GuestKernel("default", out / "bzImage", release)
 
 
-def _run_logged(argv: list[str], log_file: object, cwd: Path | None = None) -> None:
-    proc = subprocess.run(argv, stdout=log_file, stderr=subprocess.STDOUT, cwd=cwd)  # type: ignore[arg-type]
+def _run_logged(argv: list[str], log_file: IO[str], cwd: Path | None = None) -> None:
+    proc = subprocess.run(argv, stdout=log_file, stderr=subprocess.STDOUT, cwd=cwd,
+                          check=False)
     if proc.returncode != 0:
         raise EnvironmentProblem(f"{' '.join(argv[:3])} … failed ({proc.returncode})")
 

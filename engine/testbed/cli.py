@@ -12,7 +12,7 @@ from vfio_scenario.testbed.accel import ACCELERATORS
 from vfio_scenario.testbed.qemu import DEFAULT_DEVICES, MODEL_IDS
 
 
-def register(sub: "argparse._SubParsersAction[Any]") -> None:
+def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add this layer's subcommands to the main parser."""
     p = sub.add_parser("testbed", help="the embedded QEMU testbed (fetch, up, run, shell, down)",
                        description="Manage the QEMU testbed: a q35 VM with an emulated Intel "

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import NoReturn
+from typing import Any, NoReturn, Self
 
 from vfio_scenario.testbed import accel as accel_mod
 from vfio_scenario.testbed.assets import GuestKernel, resolve_kernel
@@ -28,8 +29,13 @@ from vfio_scenario.testbed.channel import AgentChannel, ChannelClosed
 from vfio_scenario.testbed.initramfs import GuestSetup, build_initramfs
 from vfio_scenario.testbed.paths import run_dir
 from vfio_scenario.testbed.progress import Reporter, quiet
-from vfio_scenario.testbed.qemu import DEFAULT_DEVICES, VmFiles, bind_ids, check_devices, \
-    qemu_version
+from vfio_scenario.testbed.qemu import (
+    DEFAULT_DEVICES,
+    VmFiles,
+    bind_ids,
+    check_devices,
+    qemu_version,
+)
 from vfio_scenario.testbed.vm import BootFailed, GuestCrashed, GuestHung, Vm, console_tail
 
 TCG_BOOT_TIMEOUT = 180.0
@@ -55,6 +61,17 @@ def guest_setup(kernel: GuestKernel, devices: tuple[str, ...]) -> GuestSetup:
                            ":/sbin:/bin")
 
 
+def _remove_stale_run_folders() -> None:
+    """Remove run/vm-<pid>-<n> folders whose process is gone (killed before cleaning up)."""
+    for folder in run_dir().glob("vm-*-*"):
+        try:
+            pid = int(folder.name.split("-")[1])
+        except ValueError:
+            continue
+        if not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 class CommandStream:
     """A command's stdout lines as the guest prints them; see Testbed.stream.
 
@@ -62,7 +79,7 @@ class CommandStream:
     and everything it wrote on stderr.
     """
 
-    def __init__(self, testbed: "Testbed", argv: Sequence[str], idle_timeout: float,
+    def __init__(self, testbed: Testbed, argv: Sequence[str], idle_timeout: float,
                  env: Mapping[str, str] | None, cwd: str | None) -> None:
         self._testbed = testbed
         self._request = {"op": "run", "argv": list(argv), "env": dict(env or {}), "cwd": cwd}
@@ -131,7 +148,10 @@ class Testbed:
         self.boot_timeout = boot_timeout
         self.extra_cmdline = extra_cmdline
         self.report = report
-        self.files = VmFiles(run_dir() / (name or f"vm-{os.getpid()}-{next(_instances)}"))
+        if name is None:
+            _remove_stale_run_folders()
+            name = f"vm-{os.getpid()}-{next(_instances)}"
+        self.files = VmFiles(run_dir() / name)
         self._kernel: GuestKernel | None = None
         self._initrd: Path | None = None
         self._accel = ""
@@ -142,7 +162,7 @@ class Testbed:
 
     @classmethod
     def attach(cls, name: str, pid: int, *, accel: str, release: str,
-               devices: Sequence[str]) -> "Testbed":
+               devices: Sequence[str]) -> Testbed:
         """A handle on a detached VM already running under run/<name> (`testbed up`).
 
         Commands run in that VM; stop() only disconnects; a crash is reported and not
@@ -156,7 +176,7 @@ class Testbed:
 
     # --- lifecycle --------------------------------------------------------------------
 
-    def __enter__(self) -> "Testbed":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
@@ -169,7 +189,7 @@ class Testbed:
             self._kernel = resolve_kernel(self.kernel_spec, self.report)
             self._initrd = build_initramfs(guest_setup(self._kernel, self.devices))
 
-    def start(self, detached: bool = False) -> "Testbed":
+    def start(self, detached: bool = False) -> Self:
         """Boot the VM (if not running) and wait for its agent; BootFailed if it cannot."""
         if self._vm is not None and self._vm.alive():
             return self
@@ -218,11 +238,15 @@ class Testbed:
         self.boots += 1
 
     def stop(self) -> None:
-        """End QEMU by its PID; the testbed can be started again."""
+        """End QEMU by its PID; the testbed can be started again.
+
+        Its run folder goes too (the console tail stays readable via console_tail)."""
         if self._vm is not None:
             self._last_console = self._vm.tail(200)
             self._vm.kill()
             self._vm = None
+        if self._owned:
+            shutil.rmtree(self.files.folder, ignore_errors=True)
 
     def reboot(self) -> None:
         """Stop the VM (whatever state it is in) and boot a fresh one."""
@@ -278,7 +302,7 @@ class Testbed:
         assert self._vm is not None and self._vm.channel is not None
         return self._vm.channel
 
-    def _receive(self, channel: AgentChannel, deadline: float) -> dict[str, object]:
+    def _receive(self, channel: AgentChannel, deadline: float) -> dict[str, Any]:
         vm = self._vm
         assert vm is not None
         while True:
@@ -298,7 +322,7 @@ class Testbed:
             if vm.panicked():
                 self._fail(GuestCrashed, "the guest kernel panicked")
 
-    def _fail(self, kind: type[GuestCrashed] | type[GuestHung], message: str) -> NoReturn:
+    def _fail(self, kind: type[GuestCrashed | GuestHung], message: str) -> NoReturn:
         vm = self._vm
         if vm is not None and kind is GuestCrashed and vm.alive():
             time.sleep(0.5)  # let the panic's last lines reach the console
@@ -342,5 +366,11 @@ class Testbed:
         return "\n".join(self._last_console.splitlines()[-n:]) or \
             console_tail(self.files.console, n)
 
-__all__ = ["CommandResult", "CommandStream", "GuestCrashed", "GuestHung", "BootFailed",
-           "Testbed"]
+__all__ = [
+    "BootFailed",
+    "CommandResult",
+    "CommandStream",
+    "GuestCrashed",
+    "GuestHung",
+    "Testbed",
+]

@@ -148,7 +148,7 @@ class Vm:
 
     @classmethod
     def attach(cls, files: VmFiles, pid: int, *, accel: str, release: str,
-               devices: tuple[str, ...]) -> "Vm":
+               devices: tuple[str, ...]) -> Vm:
         """A handle on a detached VM that runs already (`testbed up`); connects to its agent.
 
         Closing the handle leaves that VM running; `kill_foreign` ends it."""
@@ -182,7 +182,7 @@ class Vm:
                 _install_handlers()
                 self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
                                              stderr=subprocess.STDOUT,
-                                             preexec_fn=_set_pdeathsig)
+                                             preexec_fn=_set_pdeathsig)  # noqa: PLW1509 - ctypes prctl only
                 with _LIVE_LOCK:
                     _LIVE[self.proc.pid] = self
         try:

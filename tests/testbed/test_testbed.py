@@ -1,0 +1,151 @@
+"""The testbed itself: boot, bound devices, commands, crash and hang recovery, no orphans."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from vfio_scenario.testbed import GuestCrashed, GuestHung, Testbed
+
+pytestmark = pytest.mark.testbed
+
+LIST_EDU = textwrap.dedent("""
+    import json, os
+    from pathlib import Path
+    found = []
+    for d in sorted(Path("/sys/bus/pci/devices").iterdir()):
+        if (d / "vendor").read_text().strip() == "0x1234" and \\
+                (d / "device").read_text().strip() == "0x11e8":
+            group = (d / "iommu_group").resolve().name
+            found.append({"bdf": d.name, "driver": (d / "driver").resolve().name,
+                          "group": group, "node": os.path.exists(f"/dev/vfio/{group}")})
+    print(json.dumps(found))
+""")
+
+
+def _edu_devices(testbed: Any) -> list[dict[str, Any]]:
+    result = testbed.run([sys.executable, "-c", LIST_EDU], timeout=120)
+    assert result.returncode == 0, result.stderr
+    devices: list[dict[str, Any]] = json.loads(result.stdout)
+    return devices
+
+
+def _pid_gone(pid: int, within: float = 5.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        if state == "Z":
+            return True  # dead, waiting for a parent that is not us to reap it
+        time.sleep(0.05)
+    return False
+
+
+def test_both_edu_devices_are_bound_to_vfio_pci_with_group_nodes(testbed: Any) -> None:
+    devices = _edu_devices(testbed)
+    assert [d["bdf"] for d in devices] == ["0000:00:03.0", "0000:00:04.0"]
+    assert all(d["driver"] == "vfio-pci" and d["node"] for d in devices), devices
+    assert len({d["group"] for d in devices}) == 2
+
+
+def test_default_kernel_offers_iommufd_and_vfio_device_cdevs(testbed: Any) -> None:
+    result = testbed.run(["sh", "-c", "test -c /dev/iommu && ls /dev/vfio/devices"], timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["vfio0", "vfio1"]
+    assert testbed.kernel_release.endswith("-vfio-scenario")
+
+
+def test_command_gets_env_cwd_and_returns_status_and_both_streams(testbed: Any) -> None:
+    script = 'echo "$VFIO_SCENARIO_GUEST $EXTRA $(pwd)"; echo oops >&2; exit 7'
+    result = testbed.run(["sh", "-c", script], timeout=60, env={"EXTRA": "x"}, cwd="/tmp")
+    assert (result.returncode, result.stdout, result.stderr) == (7, "1 x /tmp\n", "oops\n")
+
+
+def test_missing_program_reports_status_127(testbed: Any) -> None:
+    result = testbed.run(["/nonexistent/program"], timeout=60)
+    assert result.returncode == 127
+    assert "FileNotFoundError" in result.stderr
+
+
+def test_stream_yields_each_line_before_the_command_ends(testbed: Any) -> None:
+    arrivals = []
+    stream = testbed.stream(["sh", "-c", "echo first; sleep 2; echo second"], idle_timeout=30)
+    for line in stream:
+        arrivals.append((line, time.monotonic()))
+    assert [line for line, _ in arrivals] == ["first", "second"]
+    assert arrivals[1][1] - arrivals[0][1] > 1.5
+    assert stream.returncode == 0
+
+
+def test_guest_panic_raises_guest_crashed_and_the_next_command_reboots(testbed: Any) -> None:
+    old_pid = testbed.pid
+    with pytest.raises(GuestCrashed) as crash:
+        testbed.run(["sh", "-c", "echo c > /proc/sysrq-trigger; sleep 30"], timeout=120)
+    assert "sysrq" in crash.value.console_tail.lower()
+    assert _pid_gone(old_pid)
+    result = testbed.run(["echo", "back"], timeout=120)
+    assert (result.returncode, result.stdout) == (0, "back\n")
+    assert testbed.pid != old_pid
+
+
+def test_silent_command_raises_guest_hung_and_reboot_recovers(testbed: Any) -> None:
+    old_pid = testbed.pid
+    with pytest.raises(GuestHung):
+        for _ in testbed.stream(["sleep", "60"], idle_timeout=2):
+            pass
+    assert _pid_gone(old_pid)
+    testbed.reboot()
+    result = testbed.run(["true"], timeout=120)
+    assert result.returncode == 0
+
+
+def test_debian_kernel_boots_with_edu_devices_bound() -> None:
+    with Testbed(kernel="debian") as debian:
+        assert "deb" in debian.kernel_release
+        devices = _edu_devices(debian)
+        assert len(devices) == 2
+        assert all(d["driver"] == "vfio-pci" and d["node"] for d in devices), devices
+        pid = debian.pid
+    assert _pid_gone(pid)
+
+
+def test_stopped_testbed_leaves_no_qemu() -> None:
+    bed = Testbed()
+    bed.start()
+    pid = bed.pid
+    assert pid > 0
+    bed.stop()
+    assert _pid_gone(pid)
+    assert not bed.files.folder.exists()
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
+def test_qemu_ends_with_the_process_that_started_it(how: signal.Signals) -> None:
+    program = textwrap.dedent("""
+        import time
+        from vfio_scenario.testbed import Testbed
+        bed = Testbed().start()
+        print(bed.pid, flush=True)
+        time.sleep(600)
+    """)
+    child = subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        qemu_pid = int(child.stdout.readline())
+        os.kill(child.pid, how)
+        child.wait(30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert _pid_gone(qemu_pid, within=10)
