@@ -99,9 +99,7 @@ def _testcase(case: CaseResult, suite: str, common: dict[str, str]) -> TestCase:
                   elapsed_sec=round(case.duration, 3) or None, stdout=_system_out(case, common))
     message = xml_safe(failure_message(case))
     if case.outcome is Outcome.FAIL:
-        detail = case.message if case.message and case.message not in message else ""
-        tc.add_failure_info(message=_short(message),
-                            output=message + ("\n" + xml_safe(detail) if detail else ""))
+        tc.add_failure_info(message=_short(message), output=message)
     elif case.outcome is Outcome.ERROR:
         output = message + ("\n" + xml_safe(tail(case.log, LOG_LIMIT)) if case.log else "")
         tc.add_error_info(message=_short(message), output=output)
