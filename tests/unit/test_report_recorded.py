@@ -56,8 +56,8 @@ def test_recorded_failure_and_errors_read_as_they_should() -> None:
         "expected ok, got check failed: no kernel log line matches")
     timeouts = assert_valid_junit(junit_document(load_results(RECORDED / FILES[2])))
     assert [e.get("message") for e in timeouts.iter("error")] == [
-        "step 2 `sleep` at /work/main/reports/err/errors.yaml:6: expected ok, got timeout: "
-        "step timed out after 0.5s",
+        ("step 2 `sleep` at /work/main/reports/err/errors.yaml:6: expected ok, got timeout: "
+        "step timed out after 0.5s"),
         "case timed out after 1s during step 1 `sleep`"]
     two = load_results(RECORDED / FILES[1])
     skips = [c.find("skipped").get("message")
