@@ -124,3 +124,18 @@ def test_shard_returns_the_parallel_items() -> None:
     items = [object() for _ in MANY]
     got = shard(MANY, 2, 3, items=items)
     assert [MANY[items.index(x)] for x in got] == shard(MANY, 2, 3)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["-k", "dma and"], "vfio-scenario: -k 'dma and': column 8: expression ends where a word"),
+    (["--shard", "5/4"], "vfio-scenario: --shard '5/4': I must be between 1 and N"),
+])
+def test_run_reports_bad_selection_as_usage_error(args: list[str], message: str,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from pathlib import Path
+
+    from vfio_scenario.cli import main
+
+    library = Path(__file__).resolve().parents[2] / "scenarios"
+    assert main(["run", str(library), *args]) == ExitCode.USAGE
+    assert capsys.readouterr().err.startswith(message)
