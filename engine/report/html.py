@@ -2,8 +2,9 @@
 
 A summary (counts per outcome, run properties), then one row per case: outcome,
 id, duration and, unfolded, its step timeline (bars proportional to step
-durations), step table, properties and log tail. Buttons filter the rows by outcome;
-the filter can also be given in the address (`report.html#outcome=fail,error`).
+durations), step table, properties and log tail. Buttons filter the rows by outcome
+and a search field by words of the case id; both can be given in the address
+(`report.html#outcome=fail,error&q=iommufd memcpy`).
 """
 
 from __future__ import annotations

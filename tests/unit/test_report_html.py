@@ -113,6 +113,13 @@ def test_browser_shows_counts_and_filtering_hides_rows(tmp_path: Path) -> None:
     assert page.by_id["shown"] == "2"
     assert [r["data-outcome"] for r in page.rows if r.get("hidden") is None] == ["pass", "pass"]
 
+    page = browse(path, "#outcome=pass,fail,skip,error&q=MAP-unmap%20size=4096%20type1",
+                  tmp_path / "profile4")
+    assert page.by_id["shown"] == "2"
+    assert [r["data-id"] for r in page.rows if r.get("hidden") is None] == [
+        "scenarios/dma/map.yaml::map-unmap[iommu_mode=vfio_type1v2_iommu,size=4096]",
+        "scenarios/dma/map.yaml::map-unmap[iommu_mode=vfio_type1_iommu,size=4096]"]
+
 
 @needs_chromium
 def test_browser_opens_an_empty_report(tmp_path: Path) -> None:
