@@ -11,7 +11,7 @@ from vfio_scenario.results import CaseResult, Outcome, RunResult, StepResult
 KEY_PROPERTIES = ("device", "vendor_device", "vfio_driver", "iommu_mode", "kernel",
                   "accelerator", "engine_version")
 
-SCHEMA_VERSION = 1  # of the JSON report and the journal records
+SCHEMA_VERSION = 1  # of the JSON report (the journal has its own, in journal.py)
 
 
 def failing_step(case: CaseResult) -> StepResult | None:
