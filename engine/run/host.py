@@ -95,7 +95,7 @@ def run_command(args: argparse.Namespace) -> int:
         if where == "local":
             _run_local(cases, args, options, on_event)
         else:
-            _run_testbed(cases, args, options, on_event, run, reports_dir)
+            _run_testbed(cases, args, options, on_event, run)
     finally:
         sink.close()
     return sink.exit_code()
@@ -114,14 +114,28 @@ def _run_local(cases: list[Case], args: argparse.Namespace, options: RunOptions,
 
 
 def _run_testbed(cases: list[Case], args: argparse.Namespace, options: RunOptions,
-                 on_event: Any, run: RunResult, workdir: Path) -> None:
+                 on_event: Any, run: RunResult) -> None:
+    """Run in the VM of `testbed up` when one runs, else in a testbed of our own."""
     from vfio_scenario.run.testbed_run import run_in_testbed
     from vfio_scenario.testbed import Testbed
+    from vfio_scenario.testbed.persistent import attach
 
-    with Testbed(kernel=args.kernel, accel=args.accel) as testbed:
+    owned: list[Any] = []
+
+    def fresh() -> Any:
+        testbed = Testbed(kernel=args.kernel, accel=args.accel).start()
+        owned.append(testbed)
+        return testbed
+
+    testbed = attach() or fresh()
+    try:
         run.properties.update({"accelerator": testbed.accelerator,
                                "testbed_kernel": testbed.kernel_release,
-                               "qemu": testbed.qemu_version})
+                               "qemu": testbed.qemu_version,
+                               "testbed": "testbed up" if not owned else "own VM"})
         run_in_testbed(testbed, cases, args.paths, on_event, devices=[],
                        iommu_modes=args.iommu_mode, timeout_multiplier=options.timeout_multiplier,
-                       fail_fast=args.fail_fast, workdir=str(workdir))
+                       fail_fast=args.fail_fast, replace=None if owned else fresh)
+    finally:
+        for t in owned:
+            t.stop()

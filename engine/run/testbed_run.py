@@ -35,7 +35,7 @@ def guest_command(paths: list[str], ids_file: str, devices: list[str], iommu_mod
         argv += ["--iommu-mode", m]
     if fail_fast:
         argv.append("--fail-fast")
-    return argv + [os.path.abspath(p) for p in paths]
+    return argv + list(paths)  # as given: the guest runs in the same working directory
 
 
 def crashed_result(case: Case, message: str, console: str, started: float) -> CaseResult:
@@ -47,13 +47,17 @@ def crashed_result(case: Case, message: str, console: str, started: float) -> Ca
 
 def run_in_testbed(testbed: Any, cases: list[Case], paths: list[str], on_event: OnEvent, *,
                    devices: list[str], iommu_modes: list[str], timeout_multiplier: float,
-                   fail_fast: bool, workdir: str) -> None:
+                   fail_fast: bool, replace: Callable[[], Any] | None = None) -> None:
     """Run `cases` in `testbed` (started), calling `on_event` with each guest event.
 
-    `workdir` must be a host folder the guest sees at the same path (the checkout's
-    reports folder): the list of case ids travels through it.
+    After a guest crash or hang the testbed reboots, or `replace()` gives the one to
+    go on with (for a VM of `testbed up`, which is not ours to reboot).
     """
     from vfio_scenario.testbed import GuestCrashed, GuestHung
+    from vfio_scenario.testbed.paths import sub_dir
+
+    # the guest sees the host's root at the same paths, except its own /tmp
+    workdir = str(sub_dir("run", "ids"))
 
     remaining = list(cases)
     reboots = 0
@@ -66,6 +70,7 @@ def run_in_testbed(testbed: Any, cases: list[Case], paths: list[str], on_event: 
             ids_file = f.name
         argv = guest_command(paths, ids_file, devices, iommu_modes, timeout_multiplier,
                              fail_fast)
+        stream: Any = None
         current: Case | None = None
         started = time.time()
         by_id = {c.id: c for c in remaining}
@@ -74,7 +79,8 @@ def run_in_testbed(testbed: Any, cases: list[Case], paths: list[str], on_event: 
         finished = crashed = False
         try:
             # a case's own limit is enforced in the guest; silence beyond it means a hang
-            for line in testbed.stream(argv, idle_timeout=longest + GUEST_START, cwd=cwd):
+            stream = testbed.stream(argv, idle_timeout=longest + GUEST_START, cwd=cwd)
+            for line in stream:
                 try:
                     event = json.loads(line)
                 except json.JSONDecodeError:
@@ -105,7 +111,10 @@ def run_in_testbed(testbed: Any, cases: list[Case], paths: list[str], on_event: 
                 raise EnvironmentProblem(f"testbed failed {reboots} times; giving up: {exc}") \
                     from None
             on_event({"event": "warning", "message": f"{what}; rebooting the testbed"})
-            testbed.reboot()
+            if replace is not None:
+                testbed = replace()
+            else:
+                testbed.reboot()
         finally:
             os.unlink(ids_file)
         if fatal is not None:
@@ -113,7 +122,9 @@ def run_in_testbed(testbed: Any, cases: list[Case], paths: list[str], on_event: 
         if finished:
             break  # the guest went through its list (or stopped on --fail-fast)
         if not crashed:
-            raise EnvironmentProblem("the engine in the testbed stopped without finishing; "
-                                     "its last output is in the console "
-                                     "(`vfio-scenario testbed shell`)")
+            status = getattr(stream, "returncode", None)
+            stderr = (getattr(stream, "stderr", "") or "").strip()
+            raise EnvironmentProblem(
+                f"the engine in the testbed stopped without finishing (exit status {status})"
+                + (f":\n{stderr[-3000:]}" if stderr else ""))
         remaining = [c for c in remaining if c.id not in done]

@@ -78,7 +78,7 @@ def open_cdev(rt: Runtime, args: OpenCdev, step: Step) -> object:
 def bind_iommufd(rt: Runtime, args: BindIommufd, step: Step) -> object:
     cdev = rt.handle(args.cdev)
     device = cdev.bind(iommufd_of(rt, args.iommu, "bind_iommufd"))
-    rt.on_cleanup(device.handle, device.close)
+    rt.on_cleanup(f"device {device.bdf}", device.close)
     return device
 
 

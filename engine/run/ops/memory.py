@@ -30,6 +30,11 @@ def space_of(rt: Runtime, args: MapDma | UnmapDma) -> AddressSpace:
     return space
 
 
+def same_space(a: AddressSpace, b: AddressSpace) -> bool:
+    """Whether two handles name one IOVA space (an iommufd and its default IOAS do)."""
+    return a is b or getattr(a, "ioas", None) is b or getattr(b, "ioas", None) is a
+
+
 def live_mappings(rt: Runtime) -> list[Mapping]:
     """Mappings made by this case and not unmapped yet (released at the case's end)."""
     found: list[Mapping] = rt.state.setdefault("mappings", [])
@@ -115,12 +120,12 @@ def unmap_dma(rt: Runtime, args: UnmapDma, step: Step) -> None:
         space = space_of(rt, args)
         if args.all:
             unmapped = space.unmap_all()
-            live[:] = [m for m in live if m.space is not space]
+            live[:] = [m for m in live if not same_space(m.space, space)]
         else:
             assert args.iova is not None and args.size is not None
             unmapped = space.unmap(args.iova, args.size)
             start, end = args.iova, args.iova + args.size
-            live[:] = [m for m in live if not (m.space is space and start <= m.iova
+            live[:] = [m for m in live if not (same_space(m.space, space) and start <= m.iova
                                                  and m.iova + m.size <= end)]
     if args.unmapped_size is not None and unmapped != args.unmapped_size:
         raise CheckFailed(f"unmapped {unmapped:#x} bytes, expected {args.unmapped_size:#x}")
