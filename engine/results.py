@@ -27,7 +27,7 @@ class Outcome(str, Enum):
 class StepResult:
     """One executed (or not executed) step of a case."""
 
-    index: int  # 0-based position in the case, body then teardown
+    index: int  # 0-based position in the body, or in the teardown for teardown steps
     op: str  # operation key, e.g. "map_dma"
     name: str  # the step's `name:` or a label derived from the operation
     location: str  # "path:line" of the step in its scenario file

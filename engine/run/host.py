@@ -73,6 +73,10 @@ def run_command(args: argparse.Namespace) -> int:
     if args.resume:
         done = sink.finished_ids()
         cases = [c for c in cases if c.id not in done]
+        if not cases:
+            sink.warn("the journal already holds every selected case; nothing left to run")
+            sink.close()
+            return sink.exit_code()
     run = sink.run
     run.properties.update({"engine_version": __version__, "where": where})
     options = RunOptions(timeout_multiplier=args.timeout_multiplier)
