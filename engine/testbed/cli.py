@@ -130,11 +130,13 @@ def _open_testbed(args: argparse.Namespace) -> tuple[Any, bool]:
 
 
 def _stream_to_console(testbed: Any, argv: list[str], timeout: float) -> int:
-    stream = testbed.stream(argv, idle_timeout=timeout)
+    def to_stderr(chunk: str) -> None:
+        sys.stderr.write(chunk)
+        sys.stderr.flush()
+
+    stream = testbed.stream(argv, idle_timeout=timeout, on_stderr=to_stderr)
     for line in stream:
         print(line, flush=True)
-    if stream.stderr:
-        sys.stderr.write(stream.stderr)
     code: int = stream.returncode
     return code if code >= 0 else 128 - code
 

@@ -17,7 +17,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -80,10 +80,12 @@ class CommandStream:
     """
 
     def __init__(self, testbed: Testbed, argv: Sequence[str], idle_timeout: float,
-                 env: Mapping[str, str] | None, cwd: str | None) -> None:
+                 env: Mapping[str, str] | None, cwd: str | None,
+                 on_stderr: Callable[[str], None] | None = None) -> None:
         self._testbed = testbed
         self._request = {"op": "run", "argv": list(argv), "env": dict(env or {}), "cwd": cwd}
         self._idle = idle_timeout
+        self._on_stderr = on_stderr
         self.returncode: int | None = None
         self.stderr = ""
 
@@ -108,6 +110,8 @@ class CommandStream:
                 elif "err" in message:
                     idle_deadline = time.monotonic() + self._idle
                     self.stderr += message["err"]
+                    if self._on_stderr is not None:
+                        self._on_stderr(message["err"])
                 elif "exit" in message:
                     finished = True
                     if message.get("error"):
@@ -283,14 +287,16 @@ class Testbed:
                              stream.stderr, time.monotonic() - started)
 
     def stream(self, argv: Sequence[str], idle_timeout: float,
-               env: Mapping[str, str] | None = None, cwd: str | None = None) -> CommandStream:
+               env: Mapping[str, str] | None = None, cwd: str | None = None,
+               on_stderr: Callable[[str], None] | None = None) -> CommandStream:
         """Iterate over `argv`'s stdout lines (without newline) as the guest prints them.
 
         GuestCrashed on a guest panic or QEMU's death, GuestHung when no output arrives
         for `idle_timeout` seconds; either way the VM is stopped. After the loop, the
-        returned object's `returncode` and `stderr` are set.
+        returned object's `returncode` and `stderr` are set; `on_stderr` receives stderr
+        chunks as they arrive.
         """
-        return CommandStream(self, argv, idle_timeout, env, cwd)
+        return CommandStream(self, argv, idle_timeout, env, cwd, on_stderr)
 
     def _ensure_running(self) -> AgentChannel:
         if not self._owned and (self._vm is None or not self._vm.alive()):
