@@ -86,24 +86,30 @@ def test_limits_are_refused_before_touching_the_device(edu: EduDriver) -> None:
         assert info.value.errno_name == "EINVAL"
 
 
-def test_dma_from_an_unmapped_iova_faults_in_the_iommu(iommu: Iommu, edu: EduDriver,
-                                                       edu_bdf: str, kmsg: KernelLog) -> None:
-    with DmaBuffer(4096) as dst:
+def test_dma_from_an_unmapped_iova_faults_in_the_iommu(
+        iommu: Iommu, edu: EduDriver, edu_bdf: str, dmar_fault_window: KernelLog) -> None:
+    with DmaBuffer(4096) as primer, DmaBuffer(4096) as dst:
+        # Leave a known pattern in edu's internal buffer first.
+        primer.fill(Pattern(0xA5))
+        p = iommu.map_buffer(primer, limit=LIMIT)
+        edu.memcpy_start(p.iova, p.iova, 4096)
+        edu.memcpy_wait()
         dst.fill(Pattern(0x5A))
         d = iommu.map_buffer(dst, limit=LIMIT)
         unmapped = 0x7000000
         edu.memcpy_start(unmapped, d.iova, 4096)
         edu.memcpy_wait()
-        line = kmsg.wait_for(
+        line = dmar_fault_window.wait_for(
             rf"DMAR: \[DMA Read NO_PASID\] Request device {_requester(edu_bdf)} "
             rf"fault addr 0x{unmapped:x} \[fault reason 0x06\] PTE Read access is not set")
         assert line is not None
-        # The IOMMU answered the read with all-ones, which edu copied on.
-        assert dst.check(Pattern("ones")) is None
+        # What the refused read returned replaced edu's buffer, and edu copied it on:
+        # zeros on QEMU 10.0.2 (the measurement, on another QEMU, saw all-ones).
+        assert dst.check(Pattern("zero")) is None
 
 
 def test_dma_to_an_unmapped_iova_leaves_the_old_buffer_untouched(
-        iommu: Iommu, edu: EduDriver, edu_bdf: str, kmsg: KernelLog) -> None:
+        iommu: Iommu, edu: EduDriver, edu_bdf: str, dmar_fault_window: KernelLog) -> None:
     with DmaBuffer(4096) as src, DmaBuffer(4096) as old:
         src.fill(Pattern("random", seed=1))
         old.fill(Pattern(0x5A))
@@ -112,7 +118,7 @@ def test_dma_to_an_unmapped_iova_leaves_the_old_buffer_untouched(
         stale.unmap()
         edu.memcpy_start(s.iova, stale.iova, 4096)
         edu.memcpy_wait()
-        line = kmsg.wait_for(
+        line = dmar_fault_window.wait_for(
             rf"DMAR: \[DMA Write NO_PASID\] Request device {_requester(edu_bdf)} "
             rf"fault addr 0x{stale.iova:x}")
         assert line is not None
