@@ -1,0 +1,83 @@
+"""The scenario library run for real in the testbed, and `vfio-scenario run` end to end.
+
+The library runs in the session's VM through the same host orchestration as the
+`run` command (guest engine streaming events, report sink); the CLI test boots a VM
+of its own, as a user's first `vfio-scenario run` does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from vfio_scenario.language.compile import compile_paths
+from vfio_scenario.report.sink import ReportSink
+from vfio_scenario.results import CaseResult, Outcome
+from vfio_scenario.run.testbed_run import run_in_testbed
+
+from tests.helpers.reports import assert_valid_junit
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.testbed
+def test_library_passes_or_skips_with_reasons_and_junit_is_valid(
+        testbed: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    cases = compile_paths(["scenarios"]).cases
+    junit = tmp_path / "junit.xml"
+    with open(os.devnull, "w") as quiet:
+        sink = ReportSink(junit_xml=str(junit), json_path=str(tmp_path / "run.json"),
+                          journal=str(tmp_path / "journal.jsonl"), total=len(cases),
+                          stream=quiet)
+
+        def on_event(event: dict[str, Any]) -> None:
+            if event["event"] == "result":
+                sink.add(CaseResult.from_dict(event["result"]))
+
+        run_in_testbed(testbed, cases, ["scenarios"], on_event, devices=[], iommu_modes=[],
+                       timeout_multiplier=1.0, fail_fast=False)
+        sink.close()
+    results = sink.run.cases
+    assert sorted(c.case_id for c in results) == sorted(c.id for c in cases)
+    bad = [f"{c.case_id}: {c.outcome.name} {c.message}\n{c.log[-2000:]}" for c in results
+           if c.outcome in (Outcome.FAIL, Outcome.ERROR)]
+    assert bad == [], "\n".join(bad)
+    skipped = [c for c in results if c.outcome is Outcome.SKIP]
+    assert all(c.message for c in skipped), "a skip without its reason"
+    passed = {c.case_id for c in results if c.outcome is Outcome.PASS}
+    # the DESIGN example and the IOMMU fault checks run in every mode of the default kernel
+    for mode in ("vfio_type1_iommu", "vfio_type1v2_iommu", "iommufd_compat_type1",
+                 "iommufd_compat_type1v2", "iommufd"):
+        assert f"scenarios/driver/memcpy.yaml::driver-memcpy[iommu_mode={mode},size=4096]" \
+            in passed
+        assert f"scenarios/driver/iommu-faults.yaml::dma-to-unmapped-iova[iommu_mode={mode}]" \
+            in passed
+    root = assert_valid_junit(junit)
+    assert int(root.get("tests", "0")) == len(cases)
+    assert int(root.get("failures", "0")) == 0 and int(root.get("errors", "0")) == 0
+    json.loads((tmp_path / "run.json").read_text())
+
+
+@pytest.mark.testbed
+def test_run_command_end_to_end_writes_reports_and_exit_status(tmp_path: Path) -> None:
+    junit = tmp_path / "junit.xml"
+    proc = subprocess.run(
+        [sys.executable, "-m", "vfio_scenario", "run", "scenarios/host", "scenarios/device/config-space.yaml",
+         "--junit-xml", str(junit), "--html", str(tmp_path / "report.html")],
+        cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "where testbed" in lines[0] and "accelerator" in lines[0]
+    assert lines[-1].startswith("10 passed, 0 failed, 0 skipped, 0 errors in ")
+    root = assert_valid_junit(junit)
+    props = {p.get("name"): p.get("value") for p in root.iter("property")}
+    assert props["vendor_device"] == "1234:11e8"
+    assert props["vfio_driver"] == "vfio-pci"
+    assert props["accelerator"] in ("tcg", "kvm")
+    assert (tmp_path / "report.html").read_text().startswith("<!DOCTYPE html>")
