@@ -172,3 +172,18 @@ def test_iommu_faults_are_caught_and_memory_is_untouched(edu_bdf: str, name: str
     for case, devices in todo:
         result = execute_case(case, devices, operations(), RunOptions())
         assert result.outcome is Outcome.PASS, f"{case.id}: {result.message}\n{result.log}"
+
+
+def test_devices_command_lists_both_edu_with_group_binding_and_driver(edu_bdf: str) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "vfio_scenario", "devices"], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines()[1:]]
+    edus = [r for r in rows if r[1] == "1234:11e8"]
+    assert len(edus) >= 2
+    for bdf, _ids, _cls, group, bound, driver, status in edus:
+        assert group == str(sysfs.iommu_group(bdf))
+        assert (bound, driver, status) == ("vfio-pci", "edu", "testbed")
