@@ -163,13 +163,27 @@ class Agent:
             for fd in watched - wanted:
                 poller.unregister(fd)
             watched = wanted
-            for fd, events in poller.poll():
+            for fd, events in poller.poll(1000):
                 if fd == self.fd:
                     if events & select.POLLHUP or not self.read_requests():
                         self.hang_up()
-                        time.sleep(0.05)  # no host: the port keeps reporting a hang-up
+                        time.sleep(0.1)  # no host: the port keeps reporting a hang-up
                 elif fd in self.commands:
                     self.pump(fd)
+            self.reap_orphans()
+
+    def reap_orphans(self) -> None:
+        """Reap children that are not our commands (the agent is the guest's PID 1, so
+        daemons of finished commands end up as its children); ours are left to Popen."""
+        ours = {command.proc.pid for command in self.by_id.values()}
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if info is None or info.si_pid in ours:
+                return
+            os.waitpid(info.si_pid, 0)
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:

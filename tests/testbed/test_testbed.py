@@ -149,3 +149,17 @@ def test_qemu_ends_with_the_process_that_started_it(how: signal.Signals) -> None
             child.kill()
             child.wait()
     assert _pid_gone(qemu_pid, within=10)
+
+
+def test_igb_and_nvme_are_bound_and_igb_creates_vfs_under_vfio_pci() -> None:
+    with Testbed(devices=("edu", "edu", "igb", "nvme")) as bed:
+        script = ("for d in 0000:00:03.0 0000:00:04.0 0000:00:06.0 0000:01:00.0; do "
+                  "basename $(readlink /sys/bus/pci/devices/$d/driver); done; "
+                  "echo 2 > /sys/bus/pci/devices/0000:01:00.0/sriov_numvfs && "
+                  "cat /sys/bus/pci/devices/0000:01:10.0/device "
+                  "/sys/bus/pci/devices/0000:01:10.2/driver_override")
+        result = bed.run(["sh", "-c", script], timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == ["vfio-pci"] * 4 + ["0x10ca", "vfio-pci"]
+        pid = bed.pid
+    assert _pid_gone(pid)
