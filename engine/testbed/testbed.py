@@ -28,7 +28,7 @@ from vfio_scenario.testbed.assets import GuestKernel, resolve_kernel
 from vfio_scenario.testbed.channel import AgentChannel, ChannelClosed
 from vfio_scenario.testbed.initramfs import GuestSetup, build_initramfs
 from vfio_scenario.testbed.paths import run_dir
-from vfio_scenario.testbed.progress import Reporter, quiet
+from vfio_scenario.testbed.progress import Reporter, stderr_reporter
 from vfio_scenario.testbed.qemu import (
     DEFAULT_DEVICES,
     VmFiles,
@@ -141,7 +141,7 @@ class Testbed:
     def __init__(self, kernel: str = "default", accel: str = "auto",
                  devices: Sequence[str] = DEFAULT_DEVICES, *, memory: str = "4G",
                  boot_timeout: float | None = None, extra_cmdline: str = "",
-                 report: Reporter = quiet, name: str | None = None) -> None:
+                 report: Reporter = stderr_reporter, name: str | None = None) -> None:
         if accel not in accel_mod.ACCELERATORS:
             raise ValueError(f"accel must be one of {accel_mod.ACCELERATORS}, not {accel!r}")
         self.devices = tuple(devices)
@@ -218,7 +218,7 @@ class Testbed:
     def _probe_kvm_then_boot(self, detached: bool) -> None:
         # the probe boot is a real boot: when KVM works, its VM is the one we keep
         try:
-            self._boot("kvm", accel_mod.KVM_PROBE_SECONDS, detached)
+            self._boot("kvm", accel_mod.KVM_PROBE_SECONDS, detached, attempts=1)
         except BootFailed as exc:
             reason = exc.reason.splitlines()[0]
             accel_mod.store_verdict("tcg", f"KVM probe boot failed: {reason}")
@@ -227,17 +227,23 @@ class Testbed:
         else:
             accel_mod.store_verdict("kvm", "probe boot reached the agent")
 
-    def _boot(self, accel: str, timeout: float, detached: bool) -> None:
+    def _boot(self, accel: str, timeout: float, detached: bool, attempts: int = 2) -> None:
+        # a second attempt: one rare failed boot must not end a whole run
         assert self._kernel is not None and self._initrd is not None
-        self._vm = Vm(self.files, accel=accel, kernel=self._kernel.image, initrd=self._initrd,
-                      devices=self.devices, memory=self.memory,
-                      extra_cmdline=self.extra_cmdline, detached=detached)
-        try:
-            self._vm.start(timeout)
-        except BootFailed as exc:
-            self._last_console = exc.console_tail
-            self._vm = None
-            raise
+        for attempt in range(1, attempts + 1):
+            self._vm = Vm(self.files, accel=accel, kernel=self._kernel.image,
+                          initrd=self._initrd, devices=self.devices, memory=self.memory,
+                          extra_cmdline=self.extra_cmdline, detached=detached)
+            try:
+                self._vm.start(timeout)
+            except BootFailed as exc:
+                self._last_console = exc.console_tail
+                self._vm = None
+                if attempt == attempts:
+                    raise
+                self.report(f"boot failed ({exc.reason.splitlines()[0]}); trying once more")
+            else:
+                break
         self._accel = accel
         self.boots += 1
 

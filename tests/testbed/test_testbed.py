@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from vfio_scenario.testbed import GuestCrashed, GuestHung, Testbed
+from vfio_scenario.testbed import BootFailed, GuestCrashed, GuestHung, Testbed
 
 pytestmark = pytest.mark.testbed
 
@@ -163,3 +163,23 @@ def test_igb_and_nvme_are_bound_and_igb_creates_vfs_under_vfio_pci() -> None:
         assert result.stdout.split() == ["vfio-pci"] * 4 + ["0x10ca", "vfio-pci"]
         pid = bed.pid
     assert _pid_gone(pid)
+
+
+def test_a_users_bzimage_boots_from_its_path() -> None:
+    from vfio_scenario.testbed.assets import build_own_kernel
+
+    image = build_own_kernel().image
+    with Testbed(kernel=str(image)) as bed:
+        assert bed.kernel_release.endswith("-vfio-scenario")
+        assert bed.run(["test", "-c", "/dev/iommu"], timeout=60).returncode == 0
+
+
+def test_an_unbootable_kernel_raises_boot_failed_and_leaves_no_qemu(tmp_path: Path) -> None:
+    bogus = tmp_path / "bzImage"
+    bogus.write_bytes(b"not a kernel" * 100)
+    bed = Testbed(kernel=str(bogus), accel="tcg", boot_timeout=20)
+    with pytest.raises(BootFailed) as failure:
+        bed.start()
+    assert "QEMU exited" in failure.value.reason
+    assert bed.pid == 0
+    bed.stop()
