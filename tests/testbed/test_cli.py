@@ -1,0 +1,56 @@
+"""`vfio-scenario testbed …` end to end, in a private cache so no one else's `up` VM is touched."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from vfio_scenario.testbed.assets import build_own_kernel
+from vfio_scenario.testbed.paths import cache_dir
+
+pytestmark = pytest.mark.testbed
+
+
+@pytest.fixture
+def private_cache(tmp_path: Path) -> dict[str, str]:
+    """Environment whose cache shares the built kernels but has its own run/ and state."""
+    build_own_kernel()
+    cache = tmp_path / "vfio-scenario"
+    cache.mkdir()
+    for shared in ("kernels", "linux-source", "accel.json"):
+        if (cache_dir() / shared).exists():
+            (cache / shared).symlink_to(cache_dir() / shared)
+    return {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vfio_scenario", "testbed", *args], env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_run_in_a_temporary_vm_returns_the_commands_status_and_output(
+        private_cache: dict[str, str]) -> None:
+    done = _cli(private_cache, "run", "--", "sh", "-c", "echo out; echo err >&2; exit 5")
+    assert done.returncode == 5
+    assert done.stdout == "out\n"
+    assert "err\n" in done.stderr
+
+
+def test_up_run_status_down_share_one_vm(private_cache: dict[str, str]) -> None:
+    up = _cli(private_cache, "up")
+    assert up.returncode == 0, up.stderr
+    pid = int(up.stdout.split("PID ")[1].split(",")[0])
+    try:
+        assert "vm            up, PID" in _cli(private_cache, "status").stdout
+        first = _cli(private_cache, "run", "--", "sh", "-c", "echo $$ > /tmp/mark; uname -r")
+        second = _cli(private_cache, "run", "--", "cat", "/tmp/mark")
+        assert first.returncode == 0 and first.stdout.strip().endswith("-vfio-scenario")
+        assert second.returncode == 0 and second.stdout.strip().isdigit()  # same VM's /tmp
+    finally:
+        down = _cli(private_cache, "down")
+    assert down.stdout.strip() == f"testbed down: ended QEMU PID {pid}"
+    assert _cli(private_cache, "down").stdout.strip() == "testbed down: no VM was up"
+    assert "vm            none running" in _cli(private_cache, "status").stdout
