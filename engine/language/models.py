@@ -128,6 +128,7 @@ MmioRef = Annotated[str, AfterValidator(_handle_name), HandleRef("mmio")]
 IrqRef = Annotated[str, AfterValidator(_handle_name), HandleRef("irq")]
 DmabufRef = Annotated[str, AfterValidator(_handle_name), HandleRef("dmabuf")]
 CdevRef = Annotated[str, AfterValidator(_handle_name), HandleRef("cdev")]
+DeviceOrCdevRef = Annotated[str, AfterValidator(_handle_name), HandleRef("device", "cdev")]
 Bdf = Annotated[str, AfterValidator(_bdf)]
 Uuid = Annotated[str, AfterValidator(_uuid)]
 Regex = Annotated[str, AfterValidator(_regex)]
@@ -201,7 +202,13 @@ class BindIommufd(Op):
     produces = "device"
     area = "iommu"
     cdev: CdevRef
-    iommu: IommuRef
+    iommu: IommuRef | None = None
+    iommufd_fd: Int | None = None  # a raw fd number instead of `iommu` (e.g. -2: a bad fd)
+
+    @model_validator(mode="after")
+    def _one_iommufd(self) -> BindIommufd:
+        _exactly_one(self, ("iommu", "iommufd_fd"))
+        return self
 
 
 class Attach(Op):
@@ -247,7 +254,7 @@ class MapDma(Op):
     buffer: BufferRef | None = None
     mmio: MmioRef | None = None
     dmabuf: DmabufRef | None = None
-    iova: Int | None = None
+    iova: Int | Literal["last"] | None = None  # last: the highest page that fits `size`
     offset: Size = 0
     size: Size | None = None
     read: bool = True
@@ -319,6 +326,12 @@ class AssertSuperpages(Op):
     pgsize: Size
 
 
+class AssertUnmapped(Op):
+    op = "assert_unmapped"
+    area = "memory"
+    mapping: MappingRef
+
+
 # --- Device ---------------------------------------------------------------------
 
 
@@ -340,7 +353,7 @@ class OpenDevice(Op):
 class DeviceInfo(Op):
     op = "device_info"
     area = "device"
-    device: DeviceRef
+    device: DeviceOrCdevRef
     flags_include: list[Literal["reset", "pci", "platform", "amba", "ccw", "ap", "fsl_mc", "cdx"]] = []
     num_regions: Int | None = None
     num_irqs: Int | None = None
@@ -524,6 +537,13 @@ class SendMsi(Op):
     device: DeviceRef
 
 
+class ExpectNoMsi(Op):
+    op = "expect_no_msi"
+    area = "driver"
+    device: DeviceRef
+    within: Duration = 0.0
+
+
 class MemcpyStorm(Op):
     op = "memcpy_storm"
     area = "driver"
@@ -614,10 +634,11 @@ OPERATIONS: dict[str, type[Op]] = {
     for cls in (
         OpenIommu, IommuInfo, AllocIoas, OpenCdev, BindIommufd, Attach, Detach,
         AllocBuffer, Fill, MapDma, UnmapDma, AssertEqual, AssertPattern, AssertSuperpages,
+        AssertUnmapped,
         OpenDevice, DeviceInfo, RegionInfo, ConfigRead, ConfigWrite, BarRead, BarWrite,
         BarMmap, Access, Reset, IrqEnable, IrqTrigger, IrqMask, IrqUnmask, IrqDisable,
         ExpectIrq, ExpectNoIrq, EnableSriov,
-        DriverInit, DriverRemove, MemcpyStart, MemcpyWait, SendMsi, MemcpyStorm,
+        DriverInit, DriverRemove, MemcpyStart, MemcpyWait, SendMsi, ExpectNoMsi, MemcpyStorm,
         ExportDmabuf, MmapDmabuf, RevokeDmabuf, RestoreDmabuf,
         ExpectDmesg, ExpectNoDmesg, AssertNotTainted, Sleep,
     )

@@ -35,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     with open(args.ids) as f:
         wanted = [line.strip() for line in f if line.strip()]
-    compiled = compile_paths(args.paths)
+    caps = probe_host(args.device or None)
+    # templates see this host's BDFs (`devices[1]` of a two-device case), not placeholders
+    compiled = compile_paths(args.paths, [d.bdf for d in caps.devices] or None)
     if compiled.errors:
         emit({"event": "fatal", "message": "\n".join(str(e) for e in compiled.errors)})
         return 2
@@ -44,7 +46,6 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         emit({"event": "fatal", "message": f"unknown case ids in the guest: {missing[:5]}"})
         return 2
-    caps = probe_host(args.device or None)
     emit({"event": "hello", "cases": len(wanted),
           "properties": {"kernel": caps.kernel_release,
                          "iommu_modes": ",".join(m for m, why in caps.iommu_modes.items() if not why),

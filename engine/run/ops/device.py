@@ -28,7 +28,7 @@ from vfio_scenario.language.models import (
 )
 from vfio_scenario.run.interpreter import CheckFailed, Runtime, Skip
 from vfio_scenario.run.ops import op
-from vfio_scenario.uapi import sysfs
+from vfio_scenario.uapi import regions, sysfs
 from vfio_scenario.uapi.device import VfioDevice
 from vfio_scenario.uapi.irq import IrqSet
 from vfio_scenario.uapi.mmio import Mmio
@@ -70,7 +70,10 @@ def open_device(rt: Runtime, args: OpenDevice, step: Step) -> VfioDevice:
 
 @op("device_info")
 def device_info(rt: Runtime, args: DeviceInfo, step: Step) -> None:
-    info = rt.handle(args.device).info()
+    handle = rt.handle(args.device)
+    # a cdev not bound yet is asked too: the kernel answers (it refuses before the bind)
+    info = handle.info() if isinstance(handle, VfioDevice) else \
+        regions.device_info(handle.fd, handle.bdf)
     check_flags("device flags", info.flag_names, list(args.flags_include))
     for name in ("num_regions", "num_irqs"):
         want = getattr(args, name)

@@ -11,6 +11,7 @@ from vfio_scenario.language.compile import Step
 from vfio_scenario.language.models import (
     DriverInit,
     DriverRemove,
+    ExpectNoMsi,
     MemcpyStart,
     MemcpyStorm,
     MemcpyWait,
@@ -100,6 +101,17 @@ def send_msi(rt: Runtime, args: SendMsi, step: Step) -> None:
     if drv.device.wait_irq(vector, within) == 0:
         raise CheckFailed(f"send_msi: no MSI received on vector {vector}'s eventfd "
                           f"within {within:g}s")
+
+
+@op("expect_no_msi")
+def expect_no_msi(rt: Runtime, args: ExpectNoMsi, step: Step) -> None:
+    drv = driver_of(rt, args.device)
+    if drv.msi_vector is None:
+        raise CheckFailed("expect_no_msi: the driver runs without interrupts (driver_init irq: none)")
+    got = drv.device.wait_irq(drv.msi_vector, args.within)
+    if got:
+        raise CheckFailed(f"{got} MSI(s) pending on the driver's vector {drv.msi_vector}, "
+                          "expected none")
 
 
 @op("memcpy_storm")

@@ -76,8 +76,23 @@ def open_cdev(rt: Runtime, args: OpenCdev, step: Step) -> object:
 
 @op("bind_iommufd")
 def bind_iommufd(rt: Runtime, args: BindIommufd, step: Step) -> object:
+    from vfio_scenario.uapi.ioctl import ioctl, new
+
+    bound: dict[str, object] = rt.state.setdefault("bound_cdevs", {})
     cdev = rt.handle(args.cdev)
-    device = cdev.bind(iommufd_of(rt, args.iommu, "bind_iommufd"))
+    if args.iommufd_fd is not None or args.cdev in bound:
+        # A raw fd number, or a cdev bound already: issue the bind as given and let the
+        # kernel answer (the handle-level API would refuse before the kernel sees it).
+        fd = args.iommufd_fd if args.iommufd_fd is not None else \
+            iommufd_of(rt, args.iommu or "", "bind_iommufd").fd
+        target = getattr(bound.get(args.cdev), "fd", cdev.fd)
+        ioctl(target, "VFIO_DEVICE_BIND_IOMMUFD",
+              new("struct vfio_device_bind_iommufd", iommufd=fd), cdev.bdf)
+        raise VfioError(errno.EINVAL, "bind_iommufd", args.cdev,
+                        "the kernel accepted a bind the scenario expected it to refuse; "
+                        "that device is not tracked")
+    device = cdev.bind(iommufd_of(rt, args.iommu or "", "bind_iommufd"))
+    bound[args.cdev] = device
     rt.on_cleanup(f"device {device.bdf}", device.close)
     return device
 

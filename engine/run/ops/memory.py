@@ -11,6 +11,7 @@ from vfio_scenario.language.models import (
     AssertEqual,
     AssertPattern,
     AssertSuperpages,
+    AssertUnmapped,
     Fill,
     MapDma,
     UnmapDma,
@@ -78,24 +79,33 @@ def assert_equal(rt: Runtime, args: AssertEqual, step: Step) -> None:
                           f"(first difference of {format_size(args.size)} compared)")
 
 
+PAGE = 4096
+
+
+def last_iova(space: AddressSpace, size: int) -> int:
+    """The highest page-aligned IOVA at which `size` bytes end inside the highest IOVA range."""
+    top = max(r.last for r in space.iova_ranges())
+    return (top + 1 - size) & ~(PAGE - 1)
+
+
 @op("map_dma")
 def map_dma(rt: Runtime, args: MapDma, step: Step) -> Mapping:
     space = space_of(rt, args)
+    target: Any = rt.handle(args.buffer or args.mmio or args.dmabuf or "")
+    size = target.size - args.offset if args.size is None else args.size
+    iova = last_iova(space, size) if args.iova == "last" else args.iova
+    assert not isinstance(iova, str)
     if args.buffer is not None:
-        buf: DmaBuffer = rt.handle(args.buffer)
-        mapping = space.map_buffer(buf, args.iova, args.offset, args.size, args.read, args.write)
+        mapping = space.map_buffer(target, iova, args.offset, size, args.read, args.write)
     elif args.mmio is not None:
-        mmio: Any = rt.handle(args.mmio)
-        size = mmio.size - args.offset if args.size is None else args.size
-        iova = args.iova if args.iova is not None else space.alloc_iova(size)
-        mapping = space.map(mmio.addr + args.offset, size, iova, args.read, args.write)
+        iova = iova if iova is not None else space.alloc_iova(size)
+        mapping = space.map(target.addr + args.offset, size, iova, args.read, args.write)
     else:
-        dmabuf: Any = rt.handle(args.dmabuf or "")
-        size = dmabuf.size - args.offset if args.size is None else args.size
+        space = getattr(space, "ioas", space)  # an iommufd maps files through its default IOAS
         if not hasattr(space, "map_file"):
             raise VfioError(22, "map_dma", args.dmabuf or "",
                             "a DMABUF maps only into an iommufd IOAS (IOMMU_IOAS_MAP_FILE)")
-        mapping = space.map_file(dmabuf.fd, args.offset, size, args.iova, args.read, args.write)
+        mapping = space.map_file(target.fd, args.offset, size, iova, args.read, args.write)
     live_mappings(rt).append(mapping)
     rt.on_cleanup(f"mapping {mapping.iova:#x}+{mapping.size:#x}",
                   lambda: _unmap_if_live(rt, mapping))
@@ -129,6 +139,21 @@ def unmap_dma(rt: Runtime, args: UnmapDma, step: Step) -> None:
                                                  and m.iova + m.size <= end)]
     if args.unmapped_size is not None and unmapped != args.unmapped_size:
         raise CheckFailed(f"unmapped {unmapped:#x} bytes, expected {args.unmapped_size:#x}")
+
+
+@op("assert_unmapped")
+def assert_unmapped(rt: Runtime, args: AssertUnmapped, step: Step) -> None:
+    from vfio_scenario.uapi import debugfs
+
+    mapping: Mapping = rt.handle(args.mapping)
+    table = debugfs.page_table(rt.devices[0])
+    if not table.available:
+        raise Skip(f"IOMMU page tables not readable: {table.reason}")
+    sizes = table.page_sizes(mapping.iova, mapping.size)
+    if sizes:
+        shown = ", ".join(f"{format_size(n)} in {format_size(s)} pages" for s, n in sorted(sizes.items()))
+        raise CheckFailed(f"{mapping.iova:#x}+{format_size(mapping.size)} is still in the IOMMU "
+                          f"page table ({table.source}): {shown}")
 
 
 @op("assert_superpages")

@@ -1,0 +1,358 @@
+#!/usr/bin/env python3
+"""The kernel's own VFIO selftests against their ports in scenarios/kselftest/, one VM.
+
+Builds tools/testing/selftests/vfio from the Debian linux-source tree
+(`vfio_scenario.testbed.assets.linux_source_dir()`) into the cache, with the fix-ups
+7.2.13 needs to build (calloc_assert() is called but defined nowhere: a small
+definition is force-included with -include; nothing of the kernel is copied into this
+repository). Then it boots the testbed once and, inside it, for every program:
+
+  C      the program run end to end (all its cases), and each case alone (`-r`);
+  ours   the guest engine (`python -m vfio_scenario.run.guest`) on the program's
+         scenario file, end to end, with each case's own duration from its events.
+
+It prints per program: C and our end-to-end seconds and their ratio, the sums of
+per-case seconds and their ratio; the totals; and every case where the two disagree
+(one passes where the other fails or skips). Target: end to end <= 1.5x the C programs.
+
+Run on the host: `.venv/bin/python benchmarks/vs_kselftest.py [--kernel default|debian]`.
+`--inside` is the half that runs in the guest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+SCENARIOS = ROOT / "scenarios" / "kselftest"
+PROGRAMS = (
+    "vfio_dma_mapping_test",
+    "vfio_dma_mapping_mmio_test",
+    "vfio_iommufd_setup_test",
+    "vfio_pci_device_test",
+    "vfio_pci_device_init_perf_test",
+    "vfio_pci_driver_test",
+    "vfio_pci_sriov_uapi_test",
+)
+LIB_SOURCES = ("iommu.c", "iova_allocator.c", "libvfio.c", "sysfs.c", "vfio_pci_device.c",
+               "vfio_pci_driver.c", "drivers/ioat/ioat.c", "drivers/dsa/dsa.c")
+# 7.2.13's lib/vfio_pci_device.c calls calloc_assert(), which no header defines.
+FIXUP_HEADER = """\
+#include <stdio.h>
+#include <stdlib.h>
+static inline void *calloc_assert(size_t nmemb, size_t size)
+{
+\tvoid *p = calloc(nmemb, size);
+
+\tif (!p) {
+\t\tperror("calloc");
+\t\texit(1);
+\t}
+\treturn p;
+}
+"""
+TAP_LINE = re.compile(r"^(not ok|ok) \d+ (\S+)(?:\s+#\s*(SKIP|XFAIL)\b\s*(.*))?")
+
+
+def cache_dir() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "vfio-scenario" / "kselftest-vfio"
+
+
+def build(jobs: int = 2) -> Path:
+    """Build the seven programs (once per source tree) and return their folder."""
+    from vfio_scenario.testbed.assets import linux_source_dir
+
+    src = linux_source_dir()
+    selftests = src / "tools" / "testing" / "selftests"
+    vfio = selftests / "vfio"
+    out = cache_dir() / src.parent.name
+    stamp = out / ".built"
+    if stamp.exists():
+        return out
+    (out / "obj").mkdir(parents=True, exist_ok=True)
+    fixup = out / "fixup.h"
+    fixup.write_text(FIXUP_HEADER)
+    cflags = ["-O2", "-D_GNU_SOURCE=", "-include", str(fixup),
+              "-isystem", str(src / "include" / "uapi"),
+              "-isystem", str(src / "arch" / "x86" / "include" / "uapi"),
+              "-I", str(src / "tools" / "include"), "-I", str(vfio / "lib" / "include"),
+              "-I", str(selftests), "-I", str(vfio)]
+    jobs_list: list[list[str]] = []
+    objects = []
+    for rel in LIB_SOURCES:
+        obj = out / "obj" / (rel.replace("/", "_") + ".o")
+        objects.append(str(obj))
+        jobs_list.append(["cc", *cflags, "-c", str(vfio / "lib" / rel), "-o", str(obj)])
+    for prog in PROGRAMS:
+        jobs_list.append(["cc", *cflags, "-c", str(vfio / f"{prog}.c"),
+                          "-o", str(out / "obj" / f"{prog}.o")])
+    _run_parallel(jobs_list, jobs)
+    for prog in PROGRAMS:
+        subprocess.run(["cc", "-pthread", str(out / "obj" / f"{prog}.o"), *objects, "-luuid",
+                        "-o", str(out / prog)], check=True)
+    stamp.write_text(str(src) + "\n")
+    return out
+
+
+def _run_parallel(commands: list[list[str]], jobs: int) -> None:
+    running: list[subprocess.Popen[bytes]] = []
+    for cmd in commands:
+        while len(running) >= jobs:
+            _reap(running.pop(0), cmd)
+        running.append(subprocess.Popen(cmd))
+    for proc in running:
+        _reap(proc, [])
+
+
+def _reap(proc: subprocess.Popen[bytes], _next: list[str]) -> None:
+    if proc.wait() != 0:
+        raise SystemExit(f"build failed: {' '.join(map(str, proc.args))}")  # type: ignore[arg-type]
+
+
+# --- matching our cases to the C cases -------------------------------------------
+
+def _dma(params: dict[str, str], scenario: str) -> str | None:
+    mode = params["iommu_mode"]
+    variants = {"anonymous": "anonymous", "hugetlb-2mb": "anonymous_hugetlb_2mb",
+                "hugetlb-1gb": "anonymous_hugetlb_1gb"}
+    for suffix, variant in variants.items():
+        if scenario in (f"dma-map-unmap-{suffix}", f"dma-map-unmap-page-table-{suffix}"):
+            return f"vfio_dma_mapping_test.{mode}_{variant}.dma_map_unmap"
+    limit = {"dma-map-limit-unmap-range": "unmap_range", "dma-map-limit-unmap-all": "unmap_all",
+             "dma-map-limit-overflow": "overflow"}
+    return f"vfio_dma_map_limit_test.{mode}.{limit[scenario]}" if scenario in limit else None
+
+
+def _mmio(params: dict[str, str], scenario: str) -> str | None:
+    test = {"mmio-map-full-bar": "map_full_bar", "mmio-map-partial-bar": "map_partial_bar",
+            "mmio-map-bar-misaligned": "map_bar_misaligned"}.get(scenario)
+    return f"vfio_dma_mapping_mmio_test.{params['iommu_mode']}.{test}" if test else None
+
+
+def _cdev(params: dict[str, str], scenario: str) -> str | None:
+    test = {"cdev-bind": "bind", "cdev-get-info-without-bind": "get_info_without_bind_fails",
+            "cdev-bind-bad-iommufd": "bind_bad_iommufd_fails",
+            "cdev-repeated-bind": "repeated_bind_fails",
+            "cdev-attach-detach-pt": "attach_detatch_pt",
+            "cdev-attach-invalid-pt": "attach_invalid_pt_fails"}.get(scenario)
+    return f"vfio_cdev.{test}" if test else None
+
+
+def _device(params: dict[str, str], scenario: str) -> str | None:
+    return {"config-space-read-write": "vfio_pci_device_test.config_space_read_write",
+            "validate-bars": "vfio_pci_device_test.validate_bars",
+            "device-reset": "vfio_pci_device_test.reset",
+            "irq-msi-enable-trigger-disable": "vfio_pci_irq_test.msi.enable_trigger_disable",
+            "irq-msix-enable-trigger-disable": "vfio_pci_irq_test.msix.enable_trigger_disable",
+            }.get(scenario)
+
+
+def _perf(params: dict[str, str], scenario: str) -> str | None:
+    return f"vfio_pci_device_init_perf_test.{params['iommu_mode']}.init"
+
+
+def _driver(params: dict[str, str], scenario: str) -> str | None:
+    test = scenario.removeprefix("driver-").replace("-", "_")
+    return f"vfio_pci_driver_test.{params['iommu_mode']}.{test}"
+
+
+MATCH: dict[str, Callable[[dict[str, str], str], str | None]] = {
+    "vfio_dma_mapping_test": _dma,
+    "vfio_dma_mapping_mmio_test": _mmio,
+    "vfio_iommufd_setup_test": _cdev,
+    "vfio_pci_device_test": _device,
+    "vfio_pci_device_init_perf_test": _perf,
+    "vfio_pci_driver_test": _driver,
+}
+
+
+# --- inside the guest ------------------------------------------------------------
+
+@dataclass
+class Side:
+    """One side's results for one program: end-to-end seconds, per-case outcome/seconds."""
+
+    seconds: float = 0.0
+    cases: dict[str, str] = field(default_factory=dict)  # C case name -> pass/fail/skip
+    case_seconds: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+
+
+def run_c(binary: Path, bdfs: list[str], per_case: bool) -> Side:
+    side = Side()
+    t0 = time.perf_counter()
+    proc = subprocess.run([str(binary), *bdfs], capture_output=True, text=True, check=False)
+    side.seconds = time.perf_counter() - t0
+    for line in proc.stdout.splitlines():
+        m = TAP_LINE.match(line)
+        if m:
+            status = "skip" if m.group(3) == "SKIP" else ("pass" if m.group(1) == "ok" else "fail")
+            side.cases[m.group(2)] = status
+    if not side.cases:
+        side.note = (f"exit {proc.returncode}: "
+                     + (proc.stderr.strip().splitlines() or ["no output"])[-1])
+        listing = subprocess.run([str(binary), "-l"], capture_output=True, text=True, check=False).stdout
+        status = "skip" if proc.returncode == 4 else "fail"
+        for line in listing.splitlines():
+            parts = line.split()
+            if len(parts) == 3:  # fixture variant test
+                name = ".".join(p for p in parts if p)
+                side.cases[name] = status
+    if per_case:
+        for name in side.cases:
+            t0 = time.perf_counter()
+            subprocess.run([str(binary), "-r", name, *bdfs], capture_output=True, check=False)
+            side.case_seconds[name] = time.perf_counter() - t0
+    return side
+
+
+def run_ours(program: str, scenario_file: Path, workdir: Path) -> Side:
+    from vfio_scenario.language.compile import compile_paths
+
+    compiled = compile_paths([str(scenario_file)])
+    if compiled.errors:
+        raise SystemExit("\n".join(map(str, compiled.errors)))
+    ids = workdir / f"{program}.ids"
+    ids.write_text("\n".join(c.id for c in compiled.cases) + "\n")
+    side = Side()
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "vfio_scenario.run.guest", str(scenario_file),
+                           "--ids", str(ids)], capture_output=True, text=True, cwd=str(ROOT), check=False)
+    side.seconds = time.perf_counter() - t0
+    match = MATCH[program]
+    for line in proc.stdout.splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("event") != "case":
+            continue
+        result = event.get("result", event)
+        scenario = result.get("scenario", "")
+        name = match({k: str(v) for k, v in result.get("params", {}).items()}, scenario)
+        if name is None:
+            continue
+        outcome = str(result.get("outcome", "error")).lower()
+        outcome = "fail" if outcome == "error" else outcome
+        prev = side.cases.get(name)
+        # Two of our cases may check one C case (modes, page-table split): all must pass.
+        if prev is None or prev == "pass" or outcome == "fail":
+            side.cases[name] = outcome if prev in (None, "pass", "skip") or outcome == "fail" \
+                else prev
+        side.case_seconds[name] = side.case_seconds.get(name, 0.0) + float(
+            result.get("duration", 0.0))
+    if proc.returncode != 0:
+        side.note = f"engine exit {proc.returncode}: {proc.stderr.strip()[-300:]}"
+    return side
+
+
+def inside(binaries: Path, per_case: bool) -> None:
+    from vfio_scenario.uapi import sysfs
+
+    bdfs = sysfs.find_devices(0x1234, 0x11E8)
+    report: dict[str, dict[str, object]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for program in PROGRAMS:
+            args = bdfs if program == "vfio_pci_device_init_perf_test" else bdfs[:1]
+            c = run_c(binaries / program, args, per_case)
+            scenario_file = SCENARIOS / f"{program}.yaml"
+            ours = run_ours(program, scenario_file, Path(tmp)) if scenario_file.exists() else None
+            report[program] = {"c": c.__dict__, "ours": ours.__dict__ if ours else None}
+    print(json.dumps({"kernel": os.uname().release, "bdfs": bdfs, "programs": report}))
+
+
+# --- on the host -----------------------------------------------------------------
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:6.2f}" if b > 0 else "     -"
+
+
+def print_report(data: dict[str, object]) -> int:
+    programs: dict[str, dict[str, dict[str, object] | None]] = data["programs"]  # type: ignore[assignment]
+    print(f"kernel {data['kernel']}, devices {', '.join(data['bdfs'])}")  # type: ignore[arg-type]
+    print(f"{'program':<32} {'cases':>5} {'C e2e':>7} {'ours':>7} {'ratio':>6}"
+          f" {'C cases':>8} {'ours':>7} {'ratio':>6}  C pass/fail/skip   ours p/f/s")
+    tot = [0.0, 0.0, 0.0, 0.0]
+    disagreements: list[str] = []
+    for program, sides in programs.items():
+        c, ours = sides["c"], sides["ours"]
+        assert c is not None
+        c_cases: dict[str, str] = c["cases"]  # type: ignore[assignment]
+        if ours is None:
+            print(f"{program:<32} {len(c_cases):>5} {c['seconds']:>7.2f}   (no scenarios here: "
+                  "SR-IOV uAPI ports belong to scenarios/sriov/)")
+            continue
+        o_cases: dict[str, str] = ours["cases"]  # type: ignore[assignment]
+        c_sec = sum(c["case_seconds"].values())  # type: ignore[union-attr]
+        o_sec = sum(ours["case_seconds"].values())  # type: ignore[union-attr]
+        counts = lambda cs: "/".join(str(sum(1 for v in cs.values() if v == k))
+                                     for k in ("pass", "fail", "skip"))
+        print(f"{program:<32} {len(c_cases):>5} {c['seconds']:>7.2f} {ours['seconds']:>7.2f} "
+              f"{_ratio(ours['seconds'], c['seconds'])} {c_sec:>8.2f} {o_sec:>7.2f} "  # type: ignore[arg-type]
+              f"{_ratio(o_sec, c_sec)}  {counts(c_cases):<17} {counts(o_cases)}")
+        for note in (c["note"], ours["note"]):
+            if note:
+                print(f"    note: {note}")
+        tot[0] += c["seconds"]  # type: ignore[operator]
+        tot[1] += ours["seconds"]  # type: ignore[operator]
+        tot[2] += c_sec
+        tot[3] += o_sec
+        for name in sorted(set(c_cases) | set(o_cases)):
+            a, b = c_cases.get(name, "absent"), o_cases.get(name, "not ported")
+            if a != b:
+                disagreements.append(f"  {name}: C {a}, ours {b}")
+    print(f"{'total (ported programs)':<32} {'':>5} {tot[0]:>7.2f} {tot[1]:>7.2f} "
+          f"{_ratio(tot[1], tot[0])} {tot[2]:>8.2f} {tot[3]:>7.2f} {_ratio(tot[3], tot[2])}")
+    ratio = tot[1] / tot[0] if tot[0] else float("inf")
+    print(f"end to end ours/C: {ratio:.2f} (target <= 1.5: {'met' if ratio <= 1.5 else 'NOT met'})")
+    print(f"cases where C and ours disagree: {len(disagreements)}")
+    print("\n".join(disagreements))
+    return 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kernel", default="default")
+    parser.add_argument("--no-per-case", action="store_true",
+                        help="skip running each C case alone (faster)")
+    parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--binaries", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.inside:
+        inside(args.binaries, not args.no_per_case)
+        return
+    from vfio_scenario.testbed import Testbed
+
+    binaries = build()
+    argv = [sys.executable, str(Path(__file__).resolve()), "--inside", "--binaries", str(binaries)]
+    if args.no_per_case:
+        argv.append("--no-per-case")
+    with Testbed(kernel=args.kernel) as testbed:
+        print(f"testbed: {testbed.accelerator}, kernel {testbed.kernel_release}, "
+              f"C programs from {binaries}")
+        result = testbed.run(argv, timeout=1800, cwd=str(ROOT))
+    if result.returncode != 0:
+        sys.stderr.write(result.stderr)
+        raise SystemExit(result.returncode)
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    if args.json:
+        args.json.write_text(json.dumps(data, indent=1))
+    raise SystemExit(print_report(data))
+
+
+if __name__ == "__main__":
+    main()
