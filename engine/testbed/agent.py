@@ -10,6 +10,8 @@ Protocol, one JSON object per line, host -> guest:
   {"op": "ping", "id": N}
   {"op": "run", "id": N, "argv": [...], "env": {...} | null, "cwd": "..." | null}
   {"op": "kill", "id": N}
+  {"op": "run", …, "pty": true}      the command gets a terminal (interactive shells)
+  {"op": "input", "id": N, "data": "<text>"}   typed into that terminal
 guest -> host:
   {"id": N, "pong": {"release": "...", "uptime": 1.23}}
   {"id": N, "out": "<text>"} / {"id": N, "err": "<text>"}   output chunks as they come
@@ -20,12 +22,15 @@ Text is UTF-8 decoded with surrogateescape so bytes round-trip.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
 import select
 import signal
 import subprocess
 import sys
+import termios
 import time
 from typing import Any
 
@@ -57,8 +62,16 @@ class Command:
     def __init__(self, ident: Any, proc: subprocess.Popen[bytes]) -> None:
         self.ident = ident
         self.proc = proc
-        assert proc.stdout is not None and proc.stderr is not None
-        self.pipes = {proc.stdout.fileno(): "out", proc.stderr.fileno(): "err"}
+        self.terminal = -1
+        if proc.stdout is None or proc.stderr is None:
+            self.pipes: dict[int, str] = {}
+        else:
+            self.pipes = {proc.stdout.fileno(): "out", proc.stderr.fileno(): "err"}
+
+    def attach_terminal(self, master: int) -> None:
+        """The command runs on a terminal whose master side is `master`."""
+        self.terminal = master
+        self.pipes = {master: "out"}
 
 
 class Agent:
@@ -92,18 +105,40 @@ class Agent:
             command = self.by_id.get(ident)
             if command is not None:
                 _kill(command.proc)
+        elif op == "input":
+            command = self.by_id.get(ident)
+            if command is not None and command.terminal >= 0:
+                data = str(request.get("data", "")).encode("utf-8", "surrogateescape")
+                os.set_blocking(command.terminal, True)
+                os.write(command.terminal, data)
+                os.set_blocking(command.terminal, False)
 
     def start(self, ident: Any, request: dict[str, Any]) -> None:
         env = dict(self.base_env)
         env.update(request.get("env") or {})
+        master = -1
         try:
-            proc = subprocess.Popen(request["argv"], stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                                    cwd=request.get("cwd") or "/", start_new_session=True)
+            if request.get("pty"):
+                master, slave = pty.openpty()
+                env.setdefault("TERM", "xterm")
+                proc = subprocess.Popen(request["argv"], stdin=slave, stdout=slave, stderr=slave,
+                                        env=env, cwd=request.get("cwd") or "/",
+                                        start_new_session=True,
+                                        preexec_fn=_take_terminal)  # noqa: PLW1509 - one thread
+                os.close(slave)
+            else:
+                proc = subprocess.Popen(request["argv"], stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        env=env, cwd=request.get("cwd") or "/",
+                                        start_new_session=True)
         except (OSError, ValueError, KeyError, TypeError) as exc:
+            if master >= 0:
+                os.close(master)
             self.send({"id": ident, "exit": 127, "error": f"{type(exc).__name__}: {exc}"})
             return
         command = Command(ident, proc)
+        if master >= 0:
+            command.attach_terminal(master)
         self.by_id[ident] = command
         for fd in command.pipes:
             os.set_blocking(fd, False)
@@ -115,12 +150,16 @@ class Agent:
             data = os.read(fd, CHUNK)
         except BlockingIOError:
             return
+        except OSError:  # EIO: a terminal whose last user has gone
+            data = b""
         if data:
             self.send({"id": command.ident,
                        command.pipes[fd]: data.decode("utf-8", "surrogateescape")})
             return
         del self.commands[fd]
         del command.pipes[fd]
+        if fd == command.terminal:
+            os.close(fd)
         if not command.pipes:
             code = command.proc.wait()
             del self.by_id[command.ident]
@@ -184,6 +223,11 @@ class Agent:
             if info is None or info.si_pid in ours:
                 return
             os.waitpid(info.si_pid, 0)
+
+
+def _take_terminal() -> None:
+    # in the child, after setsid: make the pty on stdin the controlling terminal
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:

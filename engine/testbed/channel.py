@@ -45,7 +45,9 @@ class AgentChannel:
             raise ChannelClosed(str(exc)) from None
 
     def receive(self, timeout: float) -> dict[str, Any] | None:
-        """The next message, or None when none arrived within `timeout` seconds."""
+        """The next message, or None when none arrived within `timeout` seconds.
+
+        With `timeout` 0 only lines already received are returned (no socket read)."""
         deadline = time.monotonic() + timeout
         while b"\n" not in self._buf:
             left = deadline - time.monotonic()

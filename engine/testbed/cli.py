@@ -50,9 +50,11 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     q.set_defaults(func=_run)
 
     q = tsub.add_parser("shell", help="a shell in the `up` VM (or a temporary one)",
-                        description="Line-oriented shell: each line runs as `sh -c LINE` in "
-                        "the guest; end with Ctrl-D or `exit`.")
+                        description="An interactive shell on a terminal in the guest (chrooted "
+                        "into the host's root). With stdin not a terminal, each input line "
+                        "runs as `sh -c LINE`.")
     vm_options(q)
+    q.add_argument("--login", action="store_true", help="start a login shell (sh -l)")
     q.set_defaults(func=_shell)
 
     q = tsub.add_parser("down", help="stop the VM `testbed up` started")
@@ -154,18 +156,16 @@ def _run(args: argparse.Namespace) -> int:
 
 def _shell(args: argparse.Namespace) -> int:
     testbed, _ = _open_testbed(args)
-    status = 0
     try:
-        while True:
-            try:
-                line = input(f"guest[{status}]# ")
-            except EOFError:
-                print()
-                return 0
-            if line.strip() in ("exit", "logout"):
-                return 0
+        if sys.stdin.isatty():
+            code: int = testbed.interactive(["sh", "-l"] if args.login else ["sh"])
+            return code
+        # not a terminal: one command per line, each as `sh -c LINE`
+        status = 0
+        for line in sys.stdin:
             if line.strip():
                 status = _stream_to_console(testbed, ["sh", "-c", line], 3600.0)
+        return status
     finally:
         testbed.stop()
 

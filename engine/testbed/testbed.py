@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import itertools
 import os
+import select
 import shutil
 import sys
+import termios
 import time
+import tty
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -303,6 +306,48 @@ class Testbed:
         chunks as they arrive.
         """
         return CommandStream(self, argv, idle_timeout, env, cwd, on_stderr)
+
+    def interactive(self, argv: Sequence[str], in_fd: int = 0, out_fd: int = 1,
+                    cwd: str | None = None) -> int:
+        """Run `argv` on a terminal in the guest, wired to `in_fd`/`out_fd`; its exit status.
+
+        For `testbed shell`: when `in_fd` is a terminal it is put in raw mode meanwhile,
+        so keys (Ctrl-C included) go to the guest. Ends when the command exits; at end of
+        file on `in_fd` the command is killed."""
+        channel = self._ensure_running()
+        ident = channel.new_id()
+        env = {"TERM": os.environ.get("TERM", "xterm")}
+        channel.send({"op": "run", "id": ident, "argv": list(argv), "env": env, "cwd": cwd,
+                      "pty": True})
+        saved = termios.tcgetattr(in_fd) if os.isatty(in_fd) else None
+        if saved is not None:
+            tty.setraw(in_fd)
+        watched = [in_fd, channel.sock.fileno()]
+        try:
+            while True:
+                ready, _, _ = select.select(watched, [], [], 0.5)
+                if in_fd in ready:
+                    data = os.read(in_fd, 4096)
+                    if data:
+                        channel.send({"op": "input", "id": ident,
+                                      "data": data.decode("utf-8", "surrogateescape")})
+                    else:
+                        channel.send({"op": "kill", "id": ident})
+                        watched = [channel.sock.fileno()]
+                message = channel.receive(0.05) if channel.sock.fileno() in ready else None
+                while message is not None:
+                    if message.get("id") == ident and "out" in message:
+                        os.write(out_fd, message["out"].encode("utf-8", "surrogateescape"))
+                    elif message.get("id") == ident and "exit" in message:
+                        return int(message["exit"])
+                    message = channel.receive(0)  # lines already buffered
+                if self._vm is None or not self._vm.alive():
+                    self._fail(GuestCrashed, "QEMU ended during the interactive command")
+        except ChannelClosed:
+            self._fail(GuestCrashed, "the agent connection closed")
+        finally:
+            if saved is not None:
+                termios.tcsetattr(in_fd, termios.TCSADRAIN, saved)
 
     def _ensure_running(self) -> AgentChannel:
         if not self._owned and (self._vm is None or not self._vm.alive()):

@@ -183,3 +183,20 @@ def test_an_unbootable_kernel_raises_boot_failed_and_leaves_no_qemu(tmp_path: Pa
     assert "QEMU exited" in failure.value.reason
     assert bed.pid == 0
     bed.stop()
+
+
+def test_interactive_command_gets_a_terminal_and_its_input(testbed: Any) -> None:
+    keys_r, keys_w = os.pipe()
+    screen_r, screen_w = os.pipe()
+    os.write(keys_w, b"tty; echo typed-$((6*7)); exit 4\n")
+    try:
+        status = testbed.interactive(["sh"], in_fd=keys_r, out_fd=screen_w)
+        os.close(screen_w)
+        screen = b""
+        while chunk := os.read(screen_r, 65536):
+            screen += chunk
+    finally:
+        for fd in (keys_r, keys_w, screen_r):
+            os.close(fd)
+    assert status == 4
+    assert b"/dev/pts/" in screen and b"typed-42" in screen
