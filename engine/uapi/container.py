@@ -97,6 +97,12 @@ class Container(Iommu):
                 self.iommu_set = True
         return self.groups[number]
 
+    def release_group(self, bdf: str) -> None:
+        """Close the group of a function (its devices must be closed); no-op if not held."""
+        group = self.groups.pop(sysfs.iommu_group(bdf), None)
+        if group is not None:
+            group.close()
+
     def _info(self) -> tuple[int, list[IovaRange]]:
         info = new("struct vfio_iommu_type1_info")
         ioctl(self.fd, "VFIO_IOMMU_GET_INFO", info, self.handle)

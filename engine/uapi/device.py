@@ -95,7 +95,13 @@ class VfioDevice:
         """
         bdf = sysfs.normalize_bdf(bdf)
         if isinstance(iommu, Iommufd):
-            device = Cdev(bdf).bind(iommu, vf_token)
+            cdev = Cdev(bdf)
+            try:
+                device = cdev.bind(iommu, vf_token)
+            except VfioError:
+                # an open cdev keeps the function busy (sriov_numvfs=0 would wait for it)
+                cdev.close()
+                raise
             try:
                 device.attach(iommu.ioas if ioas is None else ioas)
             except VfioError:

@@ -77,6 +77,16 @@ def set_sriov_numvfs(bdf: str, num_vfs: int) -> None:
         raise VfioError(e.errno or 0, "sriov_numvfs", bdf) from None
 
 
+def virtfn(pf_bdf: str, index: int) -> str:
+    """The BDF of VF number `index` of a PF (its virtfnN link); ENODEV when absent."""
+    link = device_dir(pf_bdf) / f"virtfn{index}"
+    try:
+        return os.path.basename(os.readlink(link))
+    except OSError:
+        raise VfioError(errno.ENODEV, "virtfn", pf_bdf,
+                        f"no VF {index} (is SR-IOV enabled with enough VFs?)") from None
+
+
 def config_space(bdf: str) -> bytes:
     """The function's config space as sysfs shows it (256 or 4096 bytes for root)."""
     try:

@@ -15,6 +15,7 @@ import pytest
 from conftest import _prepare_guest
 from vfio_scenario.errors import VfioError
 from vfio_scenario.uapi import sysfs
+from vfio_scenario.uapi.container import Container
 from vfio_scenario.uapi.device import VfioDevice
 from vfio_scenario.uapi.iommu import Iommu
 
@@ -43,9 +44,12 @@ def vf_with_token(iommu: Iommu, pf_bdf: str) -> Iterator[tuple[str, str]]:
         while sysfs.bound_driver(vf) != "vfio-pci" and time.monotonic() < deadline:
             time.sleep(0.05)
         yield vf, token
+        if isinstance(iommu, Container):
+            # A VF whose group is still held makes disabling SR-IOV wait for it.
+            iommu.release_group(vf)
     finally:
-        # Disabling the VFs while the PF is still open hung the guest in iommufd mode
-        # (7.2.13); close the PF first.
+        # Everything that holds a VF or the PF goes before SR-IOV is disabled: removing
+        # a VF that is still held makes the kernel wait for its release.
         pf.close()
         sysfs.set_sriov_numvfs(pf_bdf, 0)
 
