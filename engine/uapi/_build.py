@@ -6,7 +6,7 @@ build host's <linux/vfio.h> and the project's own newer uAPI, csrc/compat.h).
 
 from pathlib import Path
 
-from cffi import FFI  # type: ignore[import-untyped]
+from cffi import FFI  # type: ignore[import-untyped, unused-ignore]
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 
