@@ -343,10 +343,17 @@ class OpenDevice(Op):
     ioas: IoasRef | None = None
     bdf: Bdf | None = None
     vf_token: Uuid | None = None
+    # VF number `vf` of the PF handle `pf` (its BDF is known only once enable_sriov ran)
+    pf: DeviceRef | None = None
+    vf: Int | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _one_iommu(self) -> OpenDevice:
         _exactly_one(self, ("iommu", "ioas"))
+        if (self.pf is None) != (self.vf is None):
+            raise ValueError("`pf` and `vf` go together: VF number `vf` of the PF handle `pf`")
+        if self.pf is not None and self.bdf is not None:
+            raise ValueError("give either `bdf` or `pf` with `vf`, not both")
         return self
 
 

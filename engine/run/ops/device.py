@@ -59,6 +59,8 @@ def check_flags(what: str, have: list[str], want: list[str]) -> None:
 @op("open_device")
 def open_device(rt: Runtime, args: OpenDevice, step: Step) -> VfioDevice:
     bdf = args.bdf or rt.devices[0]
+    if args.pf is not None and args.vf is not None:
+        bdf = sysfs.virtfn(rt.handle(args.pf).bdf, args.vf)
     if args.ioas is not None:
         ioas = rt.handle(args.ioas)
         device = VfioDevice.open(ioas.iommufd, bdf, args.vf_token, ioas)
