@@ -205,11 +205,11 @@ class Testbed:
             self._boot(self.requested_accel, self._timeout(self.requested_accel), detached)
             return self
         verdict = accel_mod.cached_verdict()
-        if not accel_mod.kvm_device_usable():
+        known_tcg = verdict is not None and verdict["accel"] == "tcg"
+        if known_tcg or not accel_mod.kvm_device_usable():
             self._boot("tcg", self._timeout("tcg"), detached)
-        elif verdict is not None:
-            self._boot(str(verdict["accel"]), self._timeout(str(verdict["accel"])), detached)
         else:
+            # probe, or re-probe a KVM that worked before: on failure the verdict turns to TCG
             self._probe_kvm_then_boot(detached)
         return self
 

@@ -193,13 +193,15 @@ class Vm:
         self.boot_seconds = time.monotonic() - started
 
     def _wait_for_agent(self, deadline: float, should_stop: Callable[[], bool]) -> None:
-        while not self.files.agent_socket.exists():
-            self._check_alive("QEMU exited before it opened the agent socket")
-            if time.monotonic() > deadline:
-                raise BootFailed("QEMU did not create its agent socket in time",
-                                 self.qemu_log())
-            time.sleep(0.01)
-        self.channel = AgentChannel(self.files.agent_socket)
+        while self.channel is None:
+            try:
+                self.channel = AgentChannel(self.files.agent_socket, connect_timeout=0.1)
+            except ChannelClosed:
+                # no socket yet, or one QEMU left behind when it exited
+                self._check_alive("QEMU exited before its agent socket accepted")
+                if time.monotonic() > deadline:
+                    raise BootFailed("QEMU did not open its agent socket in time",
+                                     self.qemu_log()) from None
         ping = self.channel.new_id()
         self.channel.send({"op": "ping", "id": ping})
         while True:
