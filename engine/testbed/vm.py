@@ -202,14 +202,24 @@ class Vm:
                 if time.monotonic() > deadline:
                     raise BootFailed("QEMU did not open its agent socket in time",
                                      self.qemu_log()) from None
-        ping = self.channel.new_id()
-        self.channel.send({"op": "ping", "id": ping})
+        try:
+            self._ping(self.channel, deadline, should_stop)
+        except ChannelClosed:
+            # QEMU closes the socket as it exits: give it a moment to be seen exiting
+            if self.proc is not None:
+                try:
+                    self.proc.wait(2.0)
+                except subprocess.TimeoutExpired:
+                    pass
+            self._check_alive("QEMU exited during boot")
+            raise BootFailed("the agent connection closed during boot", self.tail()) from None
+
+    def _ping(self, channel: AgentChannel, deadline: float,
+              should_stop: Callable[[], bool]) -> None:
+        ping = channel.new_id()
+        channel.send({"op": "ping", "id": ping})
         while True:
-            try:
-                message = self.channel.receive(0.2)
-            except ChannelClosed:
-                self._check_alive("QEMU exited during boot")
-                raise BootFailed("the agent connection closed during boot", self.tail())
+            message = channel.receive(0.2)
             if message is not None and message.get("id") == ping and "pong" in message:
                 self.release = message["pong"]["release"]
                 return
