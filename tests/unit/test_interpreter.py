@@ -330,3 +330,47 @@ def test_unexpected_fault_caught_by_the_probe_is_an_error() -> None:
     result = run_case(case, [], {"assert_not_tainted": faulting})
     assert result.outcome is Outcome.ERROR
     assert result.steps[0].actual == "SIGBUS"
+
+
+def test_mappings_left_at_the_end_are_unmapped_once_each_newest_first() -> None:
+    from vfio_scenario.run.ops import operations
+    from vfio_scenario.uapi.iommu import AddressSpace, Mapping
+    from vfio_scenario.uapi.iova import IovaRange
+
+    unmapped: list[int] = []
+
+    class FakeSpace(AddressSpace):
+        handle = "fake"
+
+        def iova_ranges(self) -> list[IovaRange]:
+            return [IovaRange(0x100000, (1 << 40) - 1)]
+
+        def map(self, vaddr: int, size: int, iova: int, read: bool = True,
+                write: bool = True) -> Mapping:
+            return Mapping(self, iova, size, vaddr)
+
+        def unmap(self, iova: int, size: int) -> int:
+            unmapped.append(iova)
+            return size
+
+    (case,) = cases_of("""
+        name: many
+        requires: {devices: 0}
+        matrix: {iommu_mode: [iommufd]}
+        steps:
+          - open_iommu: {}
+            as: iommu
+          - alloc_buffer: {size: 4KiB}
+            as: page
+          - map_dma: {iommu: iommu, buffer: page}
+            repeat: 300
+          - unmap_dma: {iommu: iommu, iova: 0x100000, size: 4KiB, unmapped_size: 4KiB}
+    """)
+    ops = operations()
+    ops["open_iommu"] = lambda rt, a, s: FakeSpace()
+    result = run_case(case, [], ops)
+    assert result.outcome is Outcome.PASS, result.message
+    first, rest = unmapped[0], unmapped[1:]
+    assert first == 0x100000  # the explicit unmap
+    assert len(rest) == 299 and rest == sorted(rest, reverse=True)
+    assert 0x100000 not in rest

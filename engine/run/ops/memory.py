@@ -36,9 +36,9 @@ def same_space(a: AddressSpace, b: AddressSpace) -> bool:
     return a is b or getattr(a, "ioas", None) is b or getattr(b, "ioas", None) is a
 
 
-def live_mappings(rt: Runtime) -> list[Mapping]:
-    """Mappings made by this case and not unmapped yet (released at the case's end)."""
-    found: list[Mapping] = rt.state.setdefault("mappings", [])
+def live_mappings(rt: Runtime) -> dict[int, Mapping]:
+    """Mappings made by this case and not unmapped yet, by id (released at the case's end)."""
+    found: dict[int, Mapping] = rt.state.setdefault("mappings", {})
     return found
 
 
@@ -106,16 +106,18 @@ def map_dma(rt: Runtime, args: MapDma, step: Step) -> Mapping:
             raise VfioError(22, "map_dma", args.dmabuf or "",
                             "a DMABUF maps only into an iommufd IOAS (IOMMU_IOAS_MAP_FILE)")
         mapping = space.map_file(target.fd, args.offset, size, iova, args.read, args.write)
-    live_mappings(rt).append(mapping)
-    rt.on_cleanup(f"mapping {mapping.iova:#x}+{mapping.size:#x}",
-                  lambda: _unmap_if_live(rt, mapping))
+    live_mappings(rt)[id(mapping)] = mapping
+    rt.on_cleanup("mapping", lambda: _unmap_if_live(rt, mapping))
     return mapping
 
 
 def _unmap_if_live(rt: Runtime, mapping: Mapping) -> None:
-    if mapping in live_mappings(rt):
-        live_mappings(rt).remove(mapping)
-        mapping.unmap()
+    if live_mappings(rt).pop(id(mapping), None) is not None:
+        try:
+            mapping.unmap()
+        except VfioError as exc:
+            raise VfioError(exc.errno, exc.op, exc.handle,
+                            f"unmapping {mapping.iova:#x}+{mapping.size:#x}") from None
 
 
 @op("unmap_dma")
@@ -124,19 +126,20 @@ def unmap_dma(rt: Runtime, args: UnmapDma, step: Step) -> None:
     if args.mapping is not None:
         mapping: Mapping = rt.handle(args.mapping)
         unmapped = mapping.unmap()
-        if mapping in live:
-            live.remove(mapping)
+        live.pop(id(mapping), None)
     else:
         space = space_of(rt, args)
         if args.all:
             unmapped = space.unmap_all()
-            live[:] = [m for m in live if not same_space(m.space, space)]
+            for key in [k for k, m in live.items() if same_space(m.space, space)]:
+                del live[key]
         else:
             assert args.iova is not None and args.size is not None
             unmapped = space.unmap(args.iova, args.size)
             start, end = args.iova, args.iova + args.size
-            live[:] = [m for m in live if not (same_space(m.space, space) and start <= m.iova
-                                                 and m.iova + m.size <= end)]
+            for key in [k for k, m in live.items() if same_space(m.space, space)
+                        and start <= m.iova and m.iova + m.size <= end]:
+                del live[key]
     if args.unmapped_size is not None and unmapped != args.unmapped_size:
         raise CheckFailed(f"unmapped {unmapped:#x} bytes, expected {args.unmapped_size:#x}")
 
