@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import uuid
 from functools import cache
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -25,13 +25,6 @@ from pydantic import (
 from vfio_scenario.errors import ERRNO_NUMBERS, canonical_errno_name
 from vfio_scenario.language.units import parse_duration, parse_int, parse_size
 
-IOMMU_MODES = (
-    "vfio_type1_iommu",
-    "vfio_type1v2_iommu",
-    "iommufd_compat_type1",
-    "iommufd_compat_type1v2",
-    "iommufd",
-)
 IommuMode = Literal[
     "vfio_type1_iommu",
     "vfio_type1v2_iommu",
@@ -39,21 +32,7 @@ IommuMode = Literal[
     "iommufd_compat_type1v2",
     "iommufd",
 ]
-FEATURES = (
-    "dma_buf",
-    "dma_buf_mmap",
-    "dma_buf_revoke",
-    "iommufd",
-    "cdev",
-    "msi",
-    "msix",
-    "intx",
-    "reset",
-    "sriov",
-    "hugetlb-2M",
-    "hugetlb-1G",
-    "iommu_debugfs",
-)
+IOMMU_MODES: tuple[str, ...] = get_args(IommuMode)
 Feature = Literal[
     "dma_buf",
     "dma_buf_mmap",
@@ -69,6 +48,7 @@ Feature = Literal[
     "hugetlb-1G",
     "iommu_debugfs",
 ]
+FEATURES: tuple[str, ...] = get_args(Feature)
 HANDLE_KINDS = ("iommu", "ioas", "cdev", "device", "buffer", "mapping", "mmio", "irq", "dmabuf")
 SIGNALS = ("SIGBUS", "SIGSEGV")
 ERRNO_NAMES = frozenset(ERRNO_NUMBERS)
@@ -427,6 +407,7 @@ class BarMmap(Op):
     bar: Annotated[int, Field(ge=0, le=5)] = 0
     offset: Size = 0
     size: Size | None = None
+    misaligned: bool = False  # placed 4 KiB past a 1 GiB boundary
 
 
 class Access(Op, _ValueCheck):
