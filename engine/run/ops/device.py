@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import time
 from typing import Any
 
+from vfio_scenario.errors import VfioError
 from vfio_scenario.language.compile import Step
 from vfio_scenario.language.models import (
     Access,
@@ -29,6 +31,7 @@ from vfio_scenario.language.models import (
 from vfio_scenario.run.interpreter import CheckFailed, Runtime, Skip
 from vfio_scenario.run.ops import op
 from vfio_scenario.uapi import regions, sysfs
+from vfio_scenario.uapi._vfio import ffi
 from vfio_scenario.uapi.device import VfioDevice
 from vfio_scenario.uapi.irq import IrqSet
 from vfio_scenario.uapi.mmio import Mmio
@@ -116,8 +119,57 @@ def bar_write(rt: Runtime, args: BarWrite, step: Step) -> None:
 
 @op("bar_mmap")
 def bar_mmap(rt: Runtime, args: BarMmap, step: Step) -> Mmio:
-    mmio: Mmio = rt.handle(args.device).mmap_bar(args.bar, args.offset, args.size)
+    device: VfioDevice = rt.handle(args.device)
+    if args.misaligned:
+        mmio = misaligned_bar_mmap(rt, device, args.bar, args.offset, args.size)
+    else:
+        mmio = device.mmap_bar(args.bar, args.offset, args.size)
     rt.on_cleanup(mmio.handle, mmio.close)
+    return mmio
+
+
+MISALIGN_BOUNDARY = 1 << 30  # the largest PFN-map page size a BAR mapping could use
+PAGE = 4096
+
+
+def misaligned_bar_mmap(rt: Runtime, device: VfioDevice, bar: int, offset: int,
+                        size: int | None) -> Mmio:
+    """A BAR mapping placed one page past a 1 GiB boundary, so no huge PFN map can fit.
+
+    The kernel aligns BAR mmaps for huge PFN maps when it places them itself; this
+    reserves address space, and maps the BAR over it with MAP_FIXED at the misaligned
+    address (the uapi layer's mmap takes no address, hence libc here).
+    """
+    import ctypes
+    import os
+
+    from vfio_scenario.uapi._vfio import lib
+
+    info = device.region_info(bar)
+    size = info.size - offset if size is None else size
+    if not info.mmappable:
+        raise VfioError(errno.EINVAL, "mmap", device.bdf, f"region {bar} is not mmappable")
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    span = size + 2 * MISALIGN_BOUNDARY
+    map_noreserve, map_fixed = 0x4000, 0x10  # Linux values (not all in Python's mmap module)
+    base = libc.mmap(None, span, lib.PROT_NONE,
+                     lib.MAP_PRIVATE | lib.MAP_ANONYMOUS | map_noreserve, -1, 0)
+    if base in (None, ctypes.c_void_p(-1).value):
+        raise VfioError(ctypes.get_errno(), "mmap", device.bdf, "address space reservation")
+    rt.on_cleanup(f"reservation for {device.bdf} bar{bar}", lambda: libc.munmap(base, span))
+    target = -(-base // MISALIGN_BOUNDARY) * MISALIGN_BOUNDARY + PAGE
+    got = libc.mmap(target, size, lib.PROT_READ | lib.PROT_WRITE,
+                    lib.MAP_SHARED | map_fixed, device.fd, info.offset + offset)
+    if got != target:
+        raise VfioError(ctypes.get_errno(), "mmap", device.bdf,
+                        f"bar{bar} at {target:#x}: {os.strerror(ctypes.get_errno())}")
+    mmio = Mmio.__new__(Mmio)  # adopt the mapping: same accessors and fault probe
+    mmio.ptr = ffi.cast("uint8_t *", target)
+    mmio.size, mmio.handle, mmio.addr = size, f"{device.bdf} bar{bar} (misaligned)", target
     return mmio
 
 
