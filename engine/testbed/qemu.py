@@ -22,7 +22,7 @@ FIRST_DEVICE_SLOT = 3
 
 #: PCI ids init binds to vfio-pci, per device model.
 MODEL_IDS = {"edu": "1234:11e8", "igb": "8086:10c9", "nvme": "1b36:0010"}
-DEFAULT_DEVICES: tuple[str, ...] = ("edu", "edu")
+DEFAULT_DEVICES: tuple[str, ...] = ("edu", "edu", "igb", "nvme")
 NVME_IMAGE_BYTES = 64 << 20
 
 

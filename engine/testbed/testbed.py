@@ -96,7 +96,10 @@ class CommandStream:
         testbed = self._testbed
         channel = testbed._ensure_running()
         ident = channel.new_id()
-        channel.send({**self._request, "id": ident})
+        try:
+            channel.send({**self._request, "id": ident})
+        except ChannelClosed:
+            testbed._fail(GuestCrashed, "the VM went away before the command started")
         pending = ""
         idle_deadline = time.monotonic() + self._idle
         finished = False
