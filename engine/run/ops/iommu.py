@@ -88,9 +88,10 @@ def bind_iommufd(rt: Runtime, args: BindIommufd, step: Step) -> object:
         target = getattr(bound.get(args.cdev), "fd", cdev.fd)
         ioctl(target, "VFIO_DEVICE_BIND_IOMMUFD",
               new("struct vfio_device_bind_iommufd", iommufd=fd), cdev.bdf)
-        raise VfioError(errno.EINVAL, "bind_iommufd", args.cdev,
-                        "the kernel accepted a bind the scenario expected it to refuse; "
-                        "that device is not tracked")
+        # not an errno: an `expect: EINVAL` must not pass because the kernel said yes
+        raise CheckFailed(f"the kernel accepted a bind of {args.cdev} with "
+                          + (f"fd {fd}" if args.iommufd_fd is not None else "a bound cdev")
+                          + "; this engine binds a cdev once (use a new open_cdev)")
     device = cdev.bind(iommufd_of(rt, args.iommu or "", "bind_iommufd"))
     bound[args.cdev] = device
     rt.on_cleanup(f"device {device.bdf}", device.close)
