@@ -131,7 +131,7 @@ for d in /sys/bus/pci/devices/*; do
 done
 for m in dev proc sys; do mount -o rbind /$m /host/$m || die "cannot bind /$m"; done
 say "ready after $(cut -d' ' -f1 /proc/uptime)s, starting the agent"
-exec chroot /host /usr/bin/env -i {env} {_q(setup.python)} {_q(setup.agent)}
+exec chroot /host /usr/bin/env -i {env} {_q(setup.python)} -S {_q(setup.agent)}
 """
 
 
