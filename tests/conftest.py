@@ -20,7 +20,7 @@ _boot_failure: list[str] = []
 
 @pytest.fixture(scope="session")
 def testbed() -> Iterator[Any]:
-    """The session's testbed VM (default kernel, two edu devices), booted once.
+    """The session's testbed VM (default kernel and devices: edu, edu, igb, nvme), booted once.
 
     When it cannot start, every test that uses it fails with the reason: CI installs
     everything the testbed needs, so a missing QEMU or kernel is a bug, not a skip."""
