@@ -7,6 +7,7 @@ kernel's uAPI.  Every failure raises `VfioError(errno, name, handle)` so a scena
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -81,22 +82,30 @@ def ioctl_val(fd: int, name: str, value: int, handle: str = "") -> int:
     return ret
 
 
+@functools.cache
+def _layout(ctype: str) -> tuple[Any, str | None, int, str]:
+    """(pointer type, name of the size field or None, fixed size, last field) of a struct.
+
+    Looked up once per struct: `new` runs for every ioctl, in loops of thousands."""
+    struct = ffi.typeof(ctype)
+    names = [f[0] for f in struct.fields]
+    size_field = "argsz" if "argsz" in names else "size" if "size" in names else None
+    return ffi.typeof(f"{ctype} *"), size_field, ffi.sizeof(struct), names[-1]
+
+
 def new(ctype: str, items: int | None = None, **fields: int) -> Any:
     """A zeroed struct with its size field (argsz or size) set, plus the given fields.
 
     `items` sizes the trailing flexible array of a variable-length struct.
     """
+    pointer, size_field, size, last = _layout(ctype)
     if items is None:
-        obj = ffi.new(f"{ctype} *")
+        obj = ffi.new(pointer)
     else:
-        array = ffi.typeof(ctype).fields[-1][0]
-        obj = ffi.new(f"{ctype} *", {array: items})
-    size = ffi.sizeof(obj[0])
-    names = {f[0] for f in ffi.typeof(ctype).fields}
-    if "argsz" in names:
-        obj.argsz = size
-    elif "size" in names:
-        obj.size = size
+        obj = ffi.new(pointer, {last: items})
+        size = ffi.sizeof(obj[0])
+    if size_field is not None:
+        setattr(obj, size_field, size)
     for key, value in fields.items():
         setattr(obj, key, value)
     return obj
