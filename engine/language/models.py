@@ -305,6 +305,7 @@ class AssertSuperpages(Op):
     area = "memory"
     mapping: MappingRef
     pgsize: Size
+    exact: bool = False  # also no page larger than pgsize
 
 
 class AssertUnmapped(Op):

@@ -169,9 +169,9 @@ def assert_superpages(rt: Runtime, args: AssertSuperpages, step: Step) -> None:
         raise Skip(f"IOMMU page tables not readable: {table.reason}")
     sizes = table.page_sizes(mapping.iova, mapping.size)
     covered = sum(sizes.values())
-    small = {s: n for s, n in sizes.items() if s < args.pgsize}
-    if small or covered < mapping.size:
+    wrong = [s for s in sizes if s < args.pgsize or (args.exact and s > args.pgsize)]
+    if wrong or covered < mapping.size:
         shown = ", ".join(f"{format_size(n)} in {format_size(s)} pages" for s, n in sorted(sizes.items()))
         raise CheckFailed(f"mapping {mapping.iova:#x}+{format_size(mapping.size)} is mapped as "
                           f"{shown or 'nothing'} ({table.source}), not only "
-                          f"{format_size(args.pgsize)} superpages")
+                          f"{format_size(args.pgsize)} {'pages' if args.exact else 'superpages'}")
