@@ -3,7 +3,9 @@
 
 Prints files validated per second on one core (target: more than 1,000/s) and, as the
 baseline run in the same process, how long a plain-Python loop takes just to read the
-same files, so the ratio is comparable across machines.
+same files, so the ratio is comparable across machines. The rate counts the process's
+CPU time (pinned to one core), so other work on a shared machine does not distort it;
+the wall-clock time is printed beside it.
 """
 
 from __future__ import annotations
@@ -59,19 +61,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for n in range(args.files):
             Path(tmp, f"s{n:04d}.yaml").write_text(TEMPLATE.format(n=n, iova=0x100000 + n * 0x10000))
-        t0 = time.perf_counter()
+        c0 = time.process_time()
         total = sum(len(p.read_bytes()) for p in sorted(Path(tmp).glob("*.yaml")))
-        baseline = time.perf_counter() - t0
-        t0 = time.perf_counter()
+        baseline = time.process_time() - c0
+        t0, c0 = time.perf_counter(), time.process_time()
         compiled = compile_paths([tmp])
-        elapsed = time.perf_counter() - t0
+        wall, elapsed = time.perf_counter() - t0, time.process_time() - c0
     assert not compiled.errors, compiled.errors[:3]
     rate = args.files / elapsed
     print(f"validated {args.files} files ({total / 1e6:.1f} MB, {len(compiled.cases)} cases) "
-          f"in {elapsed:.3f} s on one core")
+          f"in {elapsed:.3f} s of CPU on one core ({wall:.3f} s wall)")
     print(f"files/s: {rate:.0f} (target > 1000: {'met' if rate > 1000 else 'NOT met'})")
     print(f"ratio vs plain read loop in the same process: {elapsed / baseline:.1f}x "
-          f"({baseline * 1e3:.1f} ms to read the files)")
+          f"({baseline * 1e3:.1f} ms of CPU to read the files)")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from vfio_scenario.language.templates import (
 RESERVED_AXES = ("iommu_mode",)
 # Operations whose presence makes a scenario depend on the IOMMU mode.
 _IOMMU_OPS = ("open_iommu", "open_device", "open_cdev", "bind_iommufd")
+_COMMON_MEMO: dict[str, StepCommon] = {}  # StepCommon is frozen, so sharing is safe
 PLACEHOLDER_DEVICES = ["0000:00:00.0", "0000:00:00.1", "0000:00:00.2", "0000:00:00.3"]
 
 
@@ -131,6 +132,7 @@ class _FileCompiler:
         self._step_cache: dict[tuple[str, str], Op | list[tuple[tuple[Any, ...], str]]] = {}
         self._steps_done: dict[Any, tuple[dict[str, str], Step | None]] = {}
         self._made: dict[int, tuple[str, str] | None] = {}
+        self._locations: dict[tuple[Any, ...], Location] = {}
         self._tpaths: dict[int, list[tuple[tuple[Any, ...], str]]] = {}
 
     def error(self, path: tuple[Any, ...], message: str, *, key: bool = False) -> None:
@@ -326,6 +328,12 @@ class _FileCompiler:
             out.append(step)
         return (out if ok else None), handles
 
+    def _location(self, spath: tuple[Any, ...]) -> Location:
+        found = self._locations.get(spath)
+        if found is None:
+            found = self._locations[spath] = self.doc.location(spath)
+        return found
+
     def _makes(self, raw: dict[str, Any]) -> tuple[str, str] | None:
         """(handle name, kind) the step makes, read from its raw form."""
         key = id(raw)
@@ -384,10 +392,16 @@ class _FileCompiler:
         args = self.validate_args(spath, op, cls, args_raw)
         common_raw = {k: v for k, v in rendered.items() if k != op}
         common: StepCommon | None = None
-        try:
-            common = StepCommon.model_validate(common_raw)
-        except ValidationError as exc:
-            self.pydantic_errors(spath, exc, StepCommon)
+        memo_key = repr(common_raw)
+        if memo_key in _COMMON_MEMO:  # most steps share `{}` or `{'as': 'buf'}`
+            common = _COMMON_MEMO[memo_key]
+        else:
+            try:
+                common = StepCommon.model_validate(common_raw)
+                if len(_COMMON_MEMO) < 10_000:
+                    _COMMON_MEMO[memo_key] = common
+            except ValidationError as exc:
+                self.pydantic_errors(spath, exc, StepCommon)
         if args is None:
             return None
         handles_ok = self.check_handles(spath, op, cls, args, handles)
@@ -397,7 +411,7 @@ class _FileCompiler:
             self.error((*spath, "as"), f"`{op}` makes no handle, so `as:` names nothing", key=True)
             return None
         return Step(index=index, op=op, args=args, common=common,
-                    location=self.doc.location(spath), teardown=teardown)
+                    location=self._location(spath), teardown=teardown)
 
     def unknown_op(self, spath: tuple[Any, ...], key: Any) -> None:
         self.error((*spath, key),

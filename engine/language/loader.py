@@ -29,24 +29,42 @@ Path_ = tuple[Any, ...]  # path of a value inside a document: keys and list inde
 
 @dataclass
 class Document:
-    """One loaded file: its data and where each part of it came from."""
+    """One loaded file: its data, and its YAML nodes, which know where each part came from.
+
+    Positions are looked up in the node tree only when a location is asked for (an
+    error), so loading valid files pays nothing for them.
+    """
 
     path: str
     data: Any
-    positions: dict[Path_, tuple[int, int]] = field(default_factory=dict)  # value start
-    key_positions: dict[Path_, tuple[int, int]] = field(default_factory=dict)  # key start
+    root: Node | None = None
+    keys: dict[int, list[tuple[Any, Node, Node]]] = field(default_factory=dict)
+
+    def _child(self, node: Node, part: Any) -> tuple[Node, Node] | None:
+        """(key node, value node) of `part` below `node`; the key node is the item for lists."""
+        if isinstance(node, MappingNode):
+            for key, key_node, value_node in self.keys.get(id(node), ()):
+                if key == part:
+                    return key_node, value_node
+        elif isinstance(node, SequenceNode) and isinstance(part, int) \
+                and 0 <= part < len(node.value):
+            return node.value[part], node.value[part]
+        return None
 
     def location(self, path: Path_, *, key: bool = False) -> Location:
-        """The location of `path`, or of its nearest ancestor that exists in the file."""
-        table = self.key_positions if key else self.positions
-        p = tuple(path)
-        if key and p not in table:
-            table = self.positions
-        while p and p not in table:
-            p = p[:-1]
-            table = self.positions
-        line, col = table.get(p, (0, 0))
-        return Location(self.path, line + 1, col + 1)
+        """The location of `path` (its key with `key`), or of its nearest existing ancestor."""
+        node = self.root
+        if node is None:
+            return Location(self.path, 1, 1)
+        mark_node = node
+        for i, part in enumerate(path):
+            found = self._child(node, part)
+            if found is None:
+                break
+            key_node, node = found
+            mark_node = key_node if key and i == len(path) - 1 else node
+        mark = mark_node.start_mark
+        return Location(self.path, mark.line + 1, mark.column + 1)
 
 
 def _make_yaml(memo_resolver: bool) -> YAML:
@@ -108,23 +126,24 @@ class _Builder:
             _SCALAR_MEMO[key] = value
         return value
 
-    def build(self, node: Node, path: Path_, stack: tuple[int, ...] = ()) -> Any:
+    def build(self, node: Node, stack: tuple[int, ...] = ()) -> Any:
         self.count += 1
         if self.count > MAX_NODES:
             raise ScenarioError(
                 self._loc(node),
                 f"document expands to more than {MAX_NODES} nodes (an alias bomb?); refusing it",
             )
-        self.doc.positions[path] = (node.start_mark.line, node.start_mark.column)
         if id(node) in stack:
             raise ScenarioError(self._loc(node), "recursive alias: a node contains itself")
         if isinstance(node, ScalarNode):
             return self.scalar(node)
         inner = (*stack, id(node))
         if isinstance(node, SequenceNode):
-            return [self.build(item, (*path, i), inner) for i, item in enumerate(node.value)]
+            return [self.build(item, inner) for item in node.value]
         if isinstance(node, MappingNode):
             out: dict[Any, Any] = {}
+            keys = self.doc.keys.setdefault(id(node), [])
+            first_at: dict[Any, int] = {}
             for key_node, value_node in node.value:
                 if key_node.tag == "tag:yaml.org,2002:merge":
                     self.errors.append(
@@ -140,19 +159,16 @@ class _Builder:
                 if isinstance(key, (list, dict)):
                     key = str(key)
                 if key in out:
-                    first = self.doc.key_positions[(*path, key)]
                     self.errors.append(
                         ScenarioError(
                             self._loc(key_node),
-                            f"duplicate key {key!r} (first defined at line {first[0] + 1})",
+                            f"duplicate key {key!r} (first defined at line {first_at[key]})",
                         )
                     )
                     continue
-                self.doc.key_positions[(*path, key)] = (
-                    key_node.start_mark.line,
-                    key_node.start_mark.column,
-                )
-                out[key] = self.build(value_node, (*path, key), inner)
+                first_at[key] = key_node.start_mark.line + 1
+                keys.append((key, key_node, value_node))
+                out[key] = self.build(value_node, inner)
             return out
         raise ScenarioError(self._loc(node), f"unsupported YAML node {node.tag}")
 
@@ -173,9 +189,10 @@ def load_text(text: str, path: str) -> tuple[Document, list[ScenarioError]]:
         return doc, [ScenarioError(Location(path, 1, 1), f"YAML error: {exc}")]
     if node is None:
         return doc, [ScenarioError(Location(path, 1, 1), "empty file: no scenario in it")]
+    doc.root = node
     builder = _Builder(doc, yaml)
     try:
-        doc.data = builder.build(node, ())
+        doc.data = builder.build(node)
     except ScenarioError as exc:
         return doc, [*builder.errors, exc]
     except RecursionError:

@@ -13,7 +13,7 @@ import re
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError, UndefinedError
+from jinja2 import StrictUndefined, TemplateError, UndefinedError, meta
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
@@ -46,22 +46,42 @@ class _Lookup:
 
 
 @lru_cache(maxsize=4096)
-def _compiled(source: str) -> tuple[bool, Any]:
+def _compiled(source: str) -> tuple[bool, Any, tuple[str, ...]]:
+    """(single expression?, callable, the variables the template reads)."""
     m = _SINGLE.match(source)
     if m and _NAME.match(m.group("expr")):
-        return True, _Lookup(m.group("expr").strip())
+        name = m.group("expr").strip()
+        return True, _Lookup(name), (name,)
+    try:
+        names = tuple(sorted(meta.find_undeclared_variables(_ENV.parse(source))))
+    except TemplateError:
+        names = ()
     if m:
-        return True, _ENV.compile_expression(m.group("expr"), undefined_to_none=False)
-    return False, _ENV.from_string(source)
+        return True, _ENV.compile_expression(m.group("expr"), undefined_to_none=False), names
+    return False, _ENV.from_string(source), names
+
+
+# Results of templates by (source, values of the variables they read): the cases of a
+# matrix render the same value many times, and a jinja2 render costs tens of µs.
+_RESULTS: dict[tuple[Any, ...], Any] = {}
+_SCALAR_TYPES = (int, float, str, bool, type(None))
 
 
 def render(value: str, context: dict[str, Any]) -> Any:
     """Render one templated string with `context`; raises TemplateProblem."""
     try:
-        single, compiled = _compiled(value)
+        single, compiled, names = _compiled(value)
+        key: tuple[Any, ...] | None = None
+        inputs = tuple(context.get(n, _RESULTS) for n in names)
+        if all(isinstance(v, _SCALAR_TYPES) for v in inputs):
+            key = (value, inputs)
+            if key in _RESULTS:
+                return _RESULTS[key]
         result = compiled(**context) if single else compiled.render(**context)
         if single and isinstance(result, StrictUndefined):
             str(result)  # raises UndefinedError with the name
+        if key is not None and isinstance(result, _SCALAR_TYPES) and len(_RESULTS) < 100_000:
+            _RESULTS[key] = result
     except SecurityError as exc:
         raise TemplateProblem(f"template refused by the sandbox: {exc}") from None
     except UndefinedError as exc:
