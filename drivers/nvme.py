@@ -420,7 +420,8 @@ class NvmeDriver(Driver):
             if done is not None:
                 if done.cid != cid:
                     raise DriverError(errno.EIO, op, self.device.bdf,
-                                      f"completion of command {done.cid}, expected {cid}")
+                                      f"completion of command {done.cid}, expected {cid} "
+                                      f"({done.describe()}, SQ head {done.sqhd})")
                 return done
             csts = self._csts()
             if csts & CSTS_CFS or not csts & CSTS_RDY:
