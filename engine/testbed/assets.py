@@ -26,8 +26,6 @@ from vfio_scenario.testbed.paths import locked, sub_dir
 from vfio_scenario.testbed.progress import Reporter, Ticker, quiet
 
 SOURCE_PACKAGE_RX = r"linux-source-7\.[0-9]+"
-#: Modules Debian's kernel needs for the testbed, in load order (dependencies resolved).
-DEBIAN_MODULES = ("vfio_pci", "vfio_iommu_type1")
 
 
 @dataclass(frozen=True)
@@ -38,13 +36,6 @@ class GuestKernel:
     image: Path                   # bzImage / vmlinuz
     release: str                  # uname -r of the guest ("" when unknown)
     modules: tuple[Path, ...] = field(default=())  # .ko files to insmod, in order
-
-    def cache_key(self) -> str:
-        """Identifies the kernel's content (image path, size, mtime, modules)."""
-        st = self.image.stat()
-        parts = [str(self.image), str(st.st_size), str(st.st_mtime_ns),
-                 *(str(m) for m in self.modules)]
-        return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
 def _write_json(path: Path, data: object) -> None:

@@ -16,7 +16,6 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -166,8 +165,7 @@ class Vm:
         """QEMU's process id (0 before start)."""
         return self.proc.pid if self.proc else self.foreign_pid
 
-    def start(self, boot_timeout: float, should_stop: Callable[[], bool] = lambda: False) \
-            -> None:
+    def start(self, boot_timeout: float) -> None:
         """Start QEMU and wait until the agent answers; BootFailed with the console if not."""
         self.files.folder.mkdir(parents=True, exist_ok=True)
         for stale in (self.files.agent_socket, self.files.console):
@@ -186,13 +184,13 @@ class Vm:
                 with _LIVE_LOCK:
                     _LIVE[self.proc.pid] = self
         try:
-            self._wait_for_agent(started + boot_timeout, should_stop)
+            self._wait_for_agent(started + boot_timeout)
         except BaseException:
             self.kill()
             raise
         self.boot_seconds = time.monotonic() - started
 
-    def _wait_for_agent(self, deadline: float, should_stop: Callable[[], bool]) -> None:
+    def _wait_for_agent(self, deadline: float) -> None:
         while self.channel is None:
             try:
                 self.channel = AgentChannel(self.files.agent_socket, connect_timeout=0.1)
@@ -203,7 +201,7 @@ class Vm:
                     raise BootFailed("QEMU did not open its agent socket in time",
                                      self.qemu_log()) from None
         try:
-            self._ping(self.channel, deadline, should_stop)
+            self._ping(self.channel, deadline)
         except ChannelClosed:
             # QEMU closes the socket as it exits: give it a moment to be seen exiting
             if self.proc is not None:
@@ -214,8 +212,7 @@ class Vm:
             self._check_alive("QEMU exited during boot")
             raise BootFailed("the agent connection closed during boot", self.tail()) from None
 
-    def _ping(self, channel: AgentChannel, deadline: float,
-              should_stop: Callable[[], bool]) -> None:
+    def _ping(self, channel: AgentChannel, deadline: float) -> None:
         ping = channel.new_id()
         channel.send({"op": "ping", "id": ping})
         while True:
@@ -228,7 +225,7 @@ class Vm:
                 raise BootFailed("KVM internal error", self.qemu_log())
             if self.panicked():
                 raise BootFailed("the guest failed during boot", self.tail())
-            if should_stop() or time.monotonic() > deadline:
+            if time.monotonic() > deadline:
                 raise BootFailed("the guest's agent did not answer in time", self.tail())
 
     def _check_alive(self, message: str) -> None:
