@@ -478,19 +478,20 @@ class NvmeDriver(Driver):
         padded = -(-size // self.block_size) * self.block_size
         if self.sgl:
             if padded == size:
-                return self._sgl(iova, size, SGL_DATA_BLOCK), PSDT_SGL
+                return self.sgl_pointer(iova, size, SGL_DATA_BLOCK), PSDT_SGL
             seg = self.dma.mem
             SGL_DESC.pack_into(seg, SGL_SEGMENT, iova, size, SGL_DATA_BLOCK)
             if write:
                 seg[PAD:PAD + padded - size] = bytes(padded - size)
             SGL_DESC.pack_into(seg, SGL_SEGMENT + SGL_DESC.size, self.dma.iova + PAD,
                                padded - size, SGL_DATA_BLOCK)
-            return (self._sgl(self.dma.iova + SGL_SEGMENT, 2 * SGL_DESC.size,
+            return (self.sgl_pointer(self.dma.iova + SGL_SEGMENT, 2 * SGL_DESC.size,
                               SGL_LAST_SEGMENT), PSDT_SGL)
         return self._prp(iova, size), 0
 
     @staticmethod
-    def _sgl(address: int, length: int, kind: int) -> tuple[int, int]:
+    def sgl_pointer(address: int, length: int, kind: int) -> tuple[int, int]:
+        """The command's DPTR (two quadwords) holding one SGL descriptor."""
         raw = SGL_DESC.pack(address, length, kind)
         return int.from_bytes(raw[:8], "little"), int.from_bytes(raw[8:], "little")
 

@@ -177,7 +177,7 @@ def test_a_descriptor_list_at_an_unmapped_iova_is_a_data_transfer_error(
     if pointer == "prp-list":  # 16 KiB: PRP2 points to a list of three pages
         dptr, flags = (iova, UNMAPPED), 0
     else:  # one Last Segment descriptor naming 32 bytes of descriptors
-        dptr, flags = nvme._sgl(UNMAPPED, 32, SGL_LAST_SEGMENT), PSDT_SGL
+        dptr, flags = nvme.sgl_pointer(UNMAPPED, 32, SGL_LAST_SEGMENT), PSDT_SGL
     cid = nvme.io.submit(OPC_READ, 1, dptr, (0, 0, 16384 // 512 - 1), flags)
     done = nvme.wait_for(nvme.io, cid, "test", time.monotonic() + 5.0)
     assert (done.sct, done.sc) == (0, SC_DATA_TRANSFER_ERROR)
