@@ -214,6 +214,10 @@ class VfioDevice:
         else:
             self.bar_map(bar).write(offset, width, value)
 
+    def bar_write64b(self, bar: int, offset: int, data: bytes) -> None:
+        """A single 64-byte store into a BAR (drivers/base.py PortalWriter; DSA portals)."""
+        self.bar_map(bar).write64b(offset, data)
+
     # ---- reset ----
     def reset(self) -> None:
         ioctl(self.fd, "VFIO_DEVICE_RESET", None, self.bdf)

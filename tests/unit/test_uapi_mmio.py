@@ -75,3 +75,30 @@ def test_closed_mapping_is_ebadf(memfd: int) -> None:
     with pytest.raises(VfioError) as info:
         mmio.read(0, 4)
     assert info.value.errno_name == "EBADF"
+
+
+def _has_movdir64b() -> bool:
+    with open("/proc/cpuinfo") as f:
+        return " movdir64b" in f.read()
+
+
+@pytest.mark.skipif(not _has_movdir64b(), reason="this CPU has no MOVDIR64B")
+def test_write64b_stores_64_bytes_at_once(memfd: int) -> None:
+    mmio = Mmio(memfd, 0, 8192, "memfd")
+    try:
+        data = bytes(range(64))
+        mmio.write64b(128, data)
+        assert b"".join(mmio.read(128 + i, 8).to_bytes(8, "little") for i in range(0, 64, 8)) == data
+    finally:
+        mmio.close()
+
+
+def test_write64b_refuses_a_misaligned_offset_or_a_short_descriptor(memfd: int) -> None:
+    mmio = Mmio(memfd, 0, 8192, "memfd")
+    try:
+        for offset, data in ((32, bytes(64)), (0, bytes(32))):
+            with pytest.raises(VfioError) as info:
+                mmio.write64b(offset, data)
+            assert info.value.errno_name == "EINVAL"
+    finally:
+        mmio.close()

@@ -160,6 +160,29 @@ static int vs_probe_write(void *addr, int width, uint64_t value)
 }
 
 /*
+ * One 64-byte store (MOVDIR64B), the only way to submit to a DSA work-queue portal.
+ * Returns -EOPNOTSUPP where the CPU lacks the instruction (CPUID.7.0:ECX bit 28).
+ */
+static int vs_movdir64b(void *dst, const void *src)
+{
+#if defined(__x86_64__)
+	unsigned int eax = 7, ebx, ecx = 0, edx;
+
+	__asm__ volatile("cpuid" : "+a"(eax), "=b"(ebx), "+c"(ecx), "=d"(edx));
+	if (!(ecx & (1u << 28)))
+		return -EOPNOTSUPP;
+	__sync_synchronize();	/* the descriptor's bytes reach memory before the store */
+	/* movdir64b (%rdx), %rax, spelled out for assemblers that predate it */
+	__asm__ volatile(".byte 0x66, 0x0f, 0x38, 0xf8, 0x02" : : "a"(dst), "d"(src) : "memory");
+	return 0;
+#else
+	(void)dst;
+	(void)src;
+	return -EOPNOTSUPP;
+#endif
+}
+
+/*
  * Buffer patterns.  Byte i of a pattern depends only on (kind, seed, byte, i), so a
  * check of any sub-range can regenerate the expected bytes from the same index.
  */
