@@ -101,11 +101,12 @@ def map_dma(rt: Runtime, args: MapDma, step: Step) -> Mapping:
         iova = iova if iova is not None else space.alloc_iova(size)
         mapping = space.map(target.addr + args.offset, size, iova, args.read, args.write)
     else:
-        space = getattr(space, "ioas", space)  # an iommufd maps files through its default IOAS
-        if not hasattr(space, "map_file"):
+        # an iommufd maps files through its default IOAS; a type1 container cannot
+        ioas: Any = getattr(space, "ioas", space)
+        if not hasattr(ioas, "map_file"):
             raise VfioError(22, "map_dma", args.dmabuf or "",
                             "a DMABUF maps only into an iommufd IOAS (IOMMU_IOAS_MAP_FILE)")
-        mapping = space.map_file(target.fd, args.offset, size, iova, args.read, args.write)
+        mapping = ioas.map_file(target.fd, args.offset, size, iova, args.read, args.write)
     live_mappings(rt)[id(mapping)] = mapping
     rt.on_cleanup("mapping", lambda: _unmap_if_live(rt, mapping))
     return mapping
