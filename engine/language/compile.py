@@ -340,8 +340,8 @@ class _FileCompiler:
         if key not in self._made:
             name = raw.get("as")
             op_cls = next((OPERATIONS[k] for k in raw if k in OPERATIONS), None)
-            ok = isinstance(name, str) and op_cls is not None and op_cls.produces
-            self._made[key] = (name, op_cls.produces) if ok else None  # type: ignore[union-attr]
+            kind = op_cls.produces if op_cls is not None else None
+            self._made[key] = (name, kind) if isinstance(name, str) and kind else None
         return self._made[key]
 
     def render_step(self, spath: tuple[Any, ...], raw: dict[str, Any],

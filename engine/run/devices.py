@@ -22,7 +22,7 @@ def device_rows(show_all: bool) -> list[tuple[str, ...]]:
     from vfio_scenario.drivers.status import driver_status
 
     drivers = registered_drivers()
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for entry in sorted(PCI_DEVICES.iterdir()) if PCI_DEVICES.exists() else []:
         bdf = entry.name
         bound = sysfs.bound_driver(bdf)
