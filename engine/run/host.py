@@ -16,7 +16,7 @@ from typing import Any
 from vfio_scenario import __version__
 from vfio_scenario.commands import compile_or_raise
 from vfio_scenario.errors import EnvironmentProblem, NothingSelected, UsageError
-from vfio_scenario.language.compile import Case
+from vfio_scenario.language.compile import Case, compile_paths
 from vfio_scenario.results import CaseResult, RunResult
 from vfio_scenario.run.cli import in_guest
 from vfio_scenario.run.interpreter import RunOptions
@@ -113,6 +113,10 @@ def _run_local(cases: list[Case], args: argparse.Namespace, options: RunOptions,
 
     caps = probe_host(args.device or None)
     on_event({"event": "hello", "properties": {"kernel": caps.kernel_release}})
+    if caps.devices:
+        # templates see this host's BDFs (`devices[1]`), as in the guest, not placeholders
+        by_id = {c.id: c for c in compile_paths(args.paths, [d.bdf for d in caps.devices]).cases}
+        cases = [by_id.get(c.id, c) for c in cases]
     run_planned(plan(cases, caps, args.iommu_mode or None), caps, options, on_event,
                 fail_fast=args.fail_fast)
 
