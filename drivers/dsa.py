@@ -35,6 +35,7 @@ from vfio_scenario.drivers.base import (
     IrqHandle,
     PortalWriter,
 )
+from vfio_scenario.uapi.pci import PCI_COMMAND
 
 INTEL = 0x8086
 DSA_SPR0, DSA_GNRD, DSA_DMR = 0x0B25, 0x11FB, 0x1212
@@ -110,7 +111,6 @@ MSI_DST = MSI_SRC + 8
 REGION_SIZE = 0x11000  # MSI_DST + 8 rounded up to pages
 MSIX_VECTOR = 1
 COMMAND_TIMEOUT = 5.0
-PCI_COMMAND = 0x04
 PCI_COMMAND_ENABLE = (1 << 1) | (1 << 2) | (1 << 10)  # memory, bus master, INTx disable
 
 

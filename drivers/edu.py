@@ -19,6 +19,7 @@ import time
 from typing import Protocol, runtime_checkable
 
 from vfio_scenario.drivers.base import DeviceAccess, DmaRegion, Driver, DriverError
+from vfio_scenario.uapi.pci import PCI_COMMAND, PCI_COMMAND_MASTER
 
 REG_ID = 0x00
 REG_IRQ_STATUS = 0x24
@@ -37,8 +38,6 @@ MSI_SEND_BIT = 0x1
 BUFFER = 0x40000
 BUFFER_SIZE = 4096
 ID_VALUE = 0x010000ED
-PCI_COMMAND = 0x04
-PCI_COMMAND_MASTER = 1 << 2
 
 
 @runtime_checkable

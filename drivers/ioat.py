@@ -26,6 +26,12 @@ from vfio_scenario.drivers.base import (
     IrqControl,
     IrqHandle,
 )
+from vfio_scenario.uapi.pci import (
+    PCI_COMMAND,
+    PCI_COMMAND_INTX_DISABLE,
+    PCI_COMMAND_MASTER,
+    PCI_COMMAND_MEMORY,
+)
 
 INTEL = 0x8086
 IOAT_SKX = 0x2021
@@ -52,10 +58,6 @@ CHANSTS_STATUS = 0x7
 ACTIVE, DONE, SUSPENDED, HALTED = 0, 1, 2, 3
 STATUS_NAMES = {ACTIVE: "ACTIVE", DONE: "DONE", SUSPENDED: "SUSPENDED", HALTED: "HALTED"}
 # PCI config space
-PCI_COMMAND = 0x04
-PCI_COMMAND_MEMORY = 1 << 1
-PCI_COMMAND_MASTER = 1 << 2
-PCI_COMMAND_INTX_DISABLE = 1 << 10
 DMAUNCERRSTS = 0x148
 CHANERR_INT = 0x180
 

@@ -37,10 +37,9 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from vfio_scenario.drivers.base import DeviceAccess, DmaRegion, Driver, DriverError, Feature
+from vfio_scenario.uapi.pci import PCI_COMMAND, PCI_COMMAND_MASTER
 
 NVIDIA = 0x10DE
-PCI_COMMAND = 0x04
-PCI_COMMAND_MASTER = 1 << 2
 PCI_CLASS_BASE = 0x0B
 PCI_BASE_CLASS_DISPLAY = 0x03
 

@@ -42,12 +42,10 @@ from vfio_scenario.drivers.base import (
     IrqControl,
     IrqHandle,
 )
+from vfio_scenario.uapi.pci import PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY
 
 CLASS_NVME = 0x010802
 PCI_CLASS_REVISION = 0x08
-PCI_COMMAND = 0x04
-PCI_COMMAND_MEMORY = 1 << 1
-PCI_COMMAND_MASTER = 1 << 2
 
 REG_CAP = 0x00
 REG_VS = 0x08

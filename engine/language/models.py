@@ -216,14 +216,19 @@ class AllocBuffer(Op):
     backing: Literal["anonymous", "hugetlb-2M", "hugetlb-1G", "memfd"] = "anonymous"
 
 
-class Fill(Op):
-    op = "fill"
+class _BufferPattern(Op):
+    """A pattern over a range of a buffer (default: the rest of it from `offset`)."""
+
     area = "memory"
     buffer: BufferRef
     offset: Size = 0
     size: Size | None = None
     pattern: Pattern
     seed: Int = 0
+
+
+class Fill(_BufferPattern):
+    op = "fill"
 
 
 class MapDma(Op):
@@ -290,14 +295,8 @@ class AssertEqual(Op):
     size: Size
 
 
-class AssertPattern(Op):
+class AssertPattern(_BufferPattern):
     op = "assert_pattern"
-    area = "memory"
-    buffer: BufferRef
-    offset: Size = 0
-    size: Size | None = None
-    pattern: Pattern
-    seed: Int = 0
 
 
 class AssertSuperpages(Op):
