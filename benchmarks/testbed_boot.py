@@ -4,6 +4,8 @@ cold: a fresh Python process whose cache holds the built kernels but no initramf
       (so it is generated), importing the testbed, booting, running `true`;
 warm: reboots of a running testbed (everything cached), until `true` and until the
       host's Python (`python -c pass`) has run in the guest.
+run:  `vfio-scenario run` of a one-step case, from launch to the step (its result line
+      less the case's own duration): what a user waits for before the first step.
 Per accelerator that works here (KVM only when its probe boot succeeds). Target: warm
 first command under 6 s on TCG. Prints one line per measurement and the ratio to target.
 
@@ -77,6 +79,40 @@ def warm_seconds(kernel: str, accel: str, rounds: int) -> tuple[list[float], lis
     return first, python
 
 
+FIRST_STEP_SCENARIO = """\
+name: first-step
+requires: {devices: 0}
+steps:
+  - sleep: {duration: 1ms}
+"""
+
+
+def run_to_first_step_seconds(kernel: str, accel: str) -> float:
+    """`vfio-scenario run` of a one-step case: launch until its result line, less the case.
+
+    This is what a user waits for: booting, starting the engine in the guest, probing
+    the host (every device opened once) and planning, before the first step runs.
+    """
+    with tempfile.TemporaryDirectory(prefix="vfio-scenario-bench-", dir=Path.cwd()) as tmp:
+        scenario = Path(tmp) / "first-step.yaml"
+        scenario.write_text(FIRST_STEP_SCENARIO)
+        t0 = time.monotonic()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vfio_scenario", "run", os.path.relpath(scenario),
+             "--testbed", "always", "--kernel", kernel, "--accel", accel,
+             "--junit-xml", str(Path(tmp) / "junit.xml")],
+            stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        seen = None
+        for line in proc.stdout:
+            if line.startswith("[1/1]") and seen is None:
+                seen = time.monotonic() - t0
+                case_seconds = float(line.split()[-1].rstrip("s"))
+        if proc.wait() != 0 or seen is None:
+            raise BootFailed(f"vfio-scenario run exited {proc.returncode}")
+        return seen - case_seconds
+
+
 def working_accelerators() -> list[str]:
     """tcg, plus kvm when /dev/kvm opens and the cached probe verdict is kvm."""
     verdict = cached_verdict()
@@ -100,10 +136,14 @@ def main() -> int:
     for accel in working_accelerators():
         cold = cold_seconds(args.kernel, accel)
         first, python = warm_seconds(args.kernel, accel, args.rounds)
+        run_first = [run_to_first_step_seconds(args.kernel, accel) for _ in range(args.rounds)]
         warm = statistics.median(first)
         print(f"{accel}: cold start->first command {cold:.2f} s; warm {warm:.2f} s "
               f"(min {min(first):.2f}, max {max(first):.2f}, {args.rounds} boots); "
               f"warm start->guest python ran {statistics.median(python):.2f} s")
+        print(f"{accel}: `vfio-scenario run` -> first step {statistics.median(run_first):.2f} s "
+              f"(min {min(run_first):.2f}, max {max(run_first):.2f}; boot, guest engine "
+              f"start, host probe of every device, planning)")
         if accel == "tcg":
             print(f"tcg warm / target {TARGET_WARM_TCG:.0f} s = {warm / TARGET_WARM_TCG:.2f} "
                   f"({'met' if warm < TARGET_WARM_TCG else 'missed'})")
