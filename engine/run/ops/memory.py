@@ -145,34 +145,36 @@ def unmap_dma(rt: Runtime, args: UnmapDma, step: Step) -> None:
         raise CheckFailed(f"unmapped {unmapped:#x} bytes, expected {args.unmapped_size:#x}")
 
 
-@op("assert_unmapped")
-def assert_unmapped(rt: Runtime, args: AssertUnmapped, step: Step) -> None:
+def _leaves(rt: Runtime, name: str) -> tuple[Mapping, str, dict[int, int]]:
+    """(mapping, page-table source, page size → bytes of the mapping it maps); Skip where
+    the IOMMU page tables cannot be read."""
     from vfio_scenario.uapi import debugfs
 
-    mapping: Mapping = rt.handle(args.mapping)
+    mapping: Mapping = rt.handle(name)
     table = debugfs.page_table(rt.devices[0])
     if not table.available:
         raise Skip(f"IOMMU page tables not readable: {table.reason}")
-    sizes = table.page_sizes(mapping.iova, mapping.size)
+    return mapping, table.source, table.page_sizes(mapping.iova, mapping.size)
+
+
+def _describe(sizes: dict[int, int]) -> str:
+    return ", ".join(f"{format_size(n)} in {format_size(s)} pages" for s, n in sorted(sizes.items()))
+
+
+@op("assert_unmapped")
+def assert_unmapped(rt: Runtime, args: AssertUnmapped, step: Step) -> None:
+    mapping, source, sizes = _leaves(rt, args.mapping)
     if sizes:
-        shown = ", ".join(f"{format_size(n)} in {format_size(s)} pages" for s, n in sorted(sizes.items()))
         raise CheckFailed(f"{mapping.iova:#x}+{format_size(mapping.size)} is still in the IOMMU "
-                          f"page table ({table.source}): {shown}")
+                          f"page table ({source}): {_describe(sizes)}")
 
 
 @op("assert_superpages")
 def assert_superpages(rt: Runtime, args: AssertSuperpages, step: Step) -> None:
-    from vfio_scenario.uapi import debugfs
-
-    mapping: Mapping = rt.handle(args.mapping)
-    table = debugfs.page_table(rt.devices[0])
-    if not table.available:
-        raise Skip(f"IOMMU page tables not readable: {table.reason}")
-    sizes = table.page_sizes(mapping.iova, mapping.size)
+    mapping, source, sizes = _leaves(rt, args.mapping)
     covered = sum(sizes.values())
     wrong = [s for s in sizes if s < args.pgsize or (args.exact and s > args.pgsize)]
     if wrong or covered < mapping.size:
-        shown = ", ".join(f"{format_size(n)} in {format_size(s)} pages" for s, n in sorted(sizes.items()))
         raise CheckFailed(f"mapping {mapping.iova:#x}+{format_size(mapping.size)} is mapped as "
-                          f"{shown or 'nothing'} ({table.source}), not only "
+                          f"{_describe(sizes) or 'nothing'} ({source}), not only "
                           f"{format_size(args.pgsize)} {'pages' if args.exact else 'superpages'}")
