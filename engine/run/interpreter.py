@@ -99,8 +99,14 @@ def run_step(rt: Runtime, step: Step, ops: dict[str, Operation]) -> StepResult:
         if timeout:
             signal.setitimer(signal.ITIMER_REAL, timeout)
         made: Any = None
-        for _ in range(step.common.repeat):
-            actual, made, message = _attempt(rt, handler, step)
+        # An op may do all its repetitions in one call (its `repeat` attribute, e.g.
+        # map_dma's C loop): it returns the deciding attempt, the first whose outcome is
+        # not expected or else the last, or None to have them run one by one.
+        batched = getattr(handler, "repeat", None) if step.common.repeat > 1 else None
+        decided = batched(rt, step.args, step) if batched is not None else None
+        for actual, made, message in ((decided,) if decided is not None else
+                                      (_attempt(rt, handler, step)
+                                       for _ in range(step.common.repeat))):
             if actual not in expected:
                 result.actual = actual
                 # an unexpected fault is a crash the probe caught, not a wrong answer

@@ -66,6 +66,8 @@ class Container(Iommu):
         self.fd = open_fd(self.handle, "open_container")
         self.groups: dict[int, Group] = {}
         self.iommu_set = False
+        self._err = ffi.new("int *")
+        self._unmapped = ffi.new("uint64_t *")
         try:
             version = ioctl(self.fd, "VFIO_GET_API_VERSION", None, self.handle)
             if version != lib.VFIO_API_VERSION:
@@ -129,26 +131,51 @@ class Container(Iommu):
     def iova_ranges(self) -> list[IovaRange]:
         return self._info()[1]
 
+    # VFIO_IOMMU_MAP_DMA / UNMAP_DMA go through the C loops of the extension (one
+    # iteration for a single call): no struct is built in Python, the out-values land in
+    # two cells allocated once per container.
+
     def map(self, vaddr: int, size: int, iova: int, read: bool = True,
             write: bool = True) -> Mapping:
-        flags = (lib.VFIO_DMA_MAP_FLAG_READ if read else 0) | (
-            lib.VFIO_DMA_MAP_FLAG_WRITE if write else 0)
-        arg = new("struct vfio_iommu_type1_dma_map", flags=flags, vaddr=vaddr, iova=iova,
-                  size=size)
-        ioctl(self.fd, "VFIO_IOMMU_MAP_DMA", arg, self.handle)
+        if lib.vs_map_dma_n(self.fd, -1, vaddr, size, iova, 0, 1, read, write, self._err) != 1:
+            raise VfioError(self._err[0], "VFIO_IOMMU_MAP_DMA", self.handle)
         return Mapping(self, iova, size, vaddr)
 
+    def map_many(self, vaddr: int, size: int, iova: int, stride: int, count: int,
+                 read: bool = True, write: bool = True) -> tuple[int, VfioError | None]:
+        done: int = lib.vs_map_dma_n(self.fd, -1, vaddr, size, iova, stride, count, read, write,
+                                     self._err)
+        if done == count:
+            return done, None
+        return done, VfioError(self._err[0], "VFIO_IOMMU_MAP_DMA", self.handle)
+
     def unmap(self, iova: int, size: int) -> int:
-        arg = new("struct vfio_iommu_type1_dma_unmap", iova=iova, size=size)
-        ioctl(self.fd, "VFIO_IOMMU_UNMAP_DMA", arg, self.handle)
-        unmapped: int = arg.size
+        if lib.vs_unmap_dma_n(self.fd, -1, 0, iova, size, 0, 1, -1, self._unmapped,
+                              self._err) != 1:
+            raise VfioError(self._err[0], "VFIO_IOMMU_UNMAP_DMA", self.handle)
+        unmapped: int = self._unmapped[0]
         return unmapped
 
     def unmap_all(self) -> int:
-        arg = new("struct vfio_iommu_type1_dma_unmap", flags=lib.VFIO_DMA_UNMAP_FLAG_ALL)
-        ioctl(self.fd, "VFIO_IOMMU_UNMAP_DMA", arg, self.handle)
-        unmapped: int = arg.size
+        if lib.vs_unmap_dma_n(self.fd, -1, lib.VFIO_DMA_UNMAP_FLAG_ALL, 0, 0, 0, 1, -1,
+                              self._unmapped, self._err) != 1:
+            raise VfioError(self._err[0], "VFIO_IOMMU_UNMAP_DMA", self.handle)
+        unmapped: int = self._unmapped[0]
         return unmapped
+
+    def unmap_many(self, iova: int, size: int, count: int, stride: int = 0,
+                   expect: int | None = None, unmap_all: bool = False
+                   ) -> tuple[int, VfioError | None, int]:
+        flags = lib.VFIO_DMA_UNMAP_FLAG_ALL if unmap_all else 0
+        if unmap_all:
+            iova = size = stride = 0
+        done: int = lib.vs_unmap_dma_n(self.fd, -1, flags, iova, size, stride, count,
+                                       -1 if expect is None else expect, self._unmapped,
+                                       self._err)
+        error = None
+        if done < count and self._err[0]:
+            error = VfioError(self._err[0], "VFIO_IOMMU_UNMAP_DMA", self.handle)
+        return done, error, 0 if error else int(self._unmapped[0])
 
     def close(self) -> None:
         """Close every group, then the container; idempotent."""

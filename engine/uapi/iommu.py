@@ -51,6 +51,41 @@ class AddressSpace:
     def unmap_all(self) -> int:
         raise NotImplementedError
 
+    def map_many(self, vaddr: int, size: int, iova: int, stride: int, count: int,
+                 read: bool = True, write: bool = True) -> tuple[int, VfioError | None]:
+        """`count` maps of the same memory at iova, iova + stride …, exactly as `count`
+        calls of `map` would do them, stopping at the first failure.
+
+        Returns (how many succeeded, the failing one's error or None). The container and
+        iommufd spaces do the whole loop in C; this one is the reference.
+        """
+        for k in range(count):
+            try:
+                self.map(vaddr, size, iova + k * stride, read, write)
+            except VfioError as exc:
+                return k, exc
+        return count, None
+
+    def unmap_many(self, iova: int, size: int, count: int, stride: int = 0,
+                   expect: int | None = None, unmap_all: bool = False
+                   ) -> tuple[int, VfioError | None, int]:
+        """`count` unmaps of `size` bytes at iova, iova + stride … (or `count` unmap-alls),
+        as `count` calls of `unmap`/`unmap_all` would do them.
+
+        Stops at the first failure, or at the first that unmaps other than `expect` bytes
+        when `expect` is given (that one is not counted). Returns (how many completed as
+        asked, the failing one's error or None, bytes the last one unmapped).
+        """
+        unmapped = 0
+        for k in range(count):
+            try:
+                unmapped = self.unmap_all() if unmap_all else self.unmap(iova + k * stride, size)
+            except VfioError as exc:
+                return k, exc, 0
+            if expect is not None and unmapped != expect:
+                return k, None, unmapped
+        return count, None, unmapped
+
     def allocator(self, limit: int | None = None) -> IovaAllocator:
         """An allocator over this space's current IOVA ranges (below `limit` if given)."""
         return IovaAllocator(self.iova_ranges(), limit)
@@ -67,11 +102,15 @@ class AddressSpace:
             iova = self._alloc(size, limit)
         return self.map(buffer.addr + offset, size, iova, read, write)
 
-    def _alloc(self, size: int, limit: int | None) -> int:
-        # One allocator per space, created on first use, so IOVAs never repeat.
+    def own_allocator(self) -> IovaAllocator:
+        """The allocator of this space's `map_buffer`/`alloc_iova`: one per space, made on
+        first use, so IOVAs never repeat."""
         if self._allocator is None:
             self._allocator = self.allocator()
-        return self._allocator.alloc(size, limit=limit)
+        return self._allocator
+
+    def _alloc(self, size: int, limit: int | None) -> int:
+        return self.own_allocator().alloc(size, limit=limit)
 
     def alloc_iova(self, size: int, limit: int | None = None) -> int:
         """An unused IOVA for `size` bytes within the reported ranges."""

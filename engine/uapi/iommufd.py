@@ -8,8 +8,10 @@ from vfio_scenario.errors import VfioError
 from vfio_scenario.uapi._vfio import ffi, lib
 from vfio_scenario.uapi.ioctl import close_fd, ioctl, new, open_fd
 from vfio_scenario.uapi.iommu import AddressSpace, Iommu, Mapping
-from vfio_scenario.uapi.iova import IovaRange
+from vfio_scenario.uapi.iova import IovaAllocator, IovaRange
 from vfio_scenario.uapi.modes import IommuMode
+
+ALL = (1 << 64) - 1  # IOMMU_IOAS_UNMAP of iova 0 and this length: the uAPI's "unmap everything"
 
 
 class Ioas(AddressSpace):
@@ -21,6 +23,8 @@ class Ioas(AddressSpace):
         ioctl(iommufd.fd, "IOMMU_IOAS_ALLOC", arg, iommufd.handle)
         self.id: int = arg.out_ioas_id
         self.handle = f"ioas {self.id}"
+        self._err = ffi.new("int *")  # out-cells of the map/unmap loops, made once
+        self._unmapped = ffi.new("uint64_t *")
 
     @property
     def fd(self) -> int:
@@ -56,10 +60,23 @@ class Ioas(AddressSpace):
     def map(self, vaddr: int, size: int, iova: int | None, read: bool = True,
             write: bool = True) -> Mapping:
         """IOMMU_IOAS_MAP at a fixed IOVA (or, with iova None, where the kernel picks)."""
+        if iova is not None:  # the C loop of the extension, one iteration
+            if lib.vs_map_dma_n(self.fd, self.id, vaddr, size, iova, 0, 1, read, write,
+                                self._err) != 1:
+                raise VfioError(self._err[0], "IOMMU_IOAS_MAP", self.handle)
+            return Mapping(self, iova, size, vaddr)
         arg = new("struct iommu_ioas_map", flags=self._flags(iova, read, write),
-                  ioas_id=self.id, user_va=vaddr, length=size, iova=iova or 0)
+                  ioas_id=self.id, user_va=vaddr, length=size, iova=0)
         ioctl(self.fd, "IOMMU_IOAS_MAP", arg, self.handle)
         return Mapping(self, arg.iova, size, vaddr)
+
+    def map_many(self, vaddr: int, size: int, iova: int, stride: int, count: int,
+                 read: bool = True, write: bool = True) -> tuple[int, VfioError | None]:
+        done: int = lib.vs_map_dma_n(self.fd, self.id, vaddr, size, iova, stride, count, read,
+                                     write, self._err)
+        if done == count:
+            return done, None
+        return done, VfioError(self._err[0], "IOMMU_IOAS_MAP", self.handle)
 
     def map_file(self, fd: int, start: int, size: int, iova: int | None, read: bool = True,
                  write: bool = True) -> Mapping:
@@ -79,14 +96,27 @@ class Ioas(AddressSpace):
         return Mapping(self, arg.dst_iova, size, 0)
 
     def unmap(self, iova: int, size: int) -> int:
-        arg = new("struct iommu_ioas_unmap", ioas_id=self.id, iova=iova, length=size)
-        ioctl(self.fd, "IOMMU_IOAS_UNMAP", arg, self.handle)
-        unmapped: int = arg.length
+        if lib.vs_unmap_dma_n(self.fd, self.id, 0, iova, size, 0, 1, -1, self._unmapped,
+                              self._err) != 1:
+            raise VfioError(self._err[0], "IOMMU_IOAS_UNMAP", self.handle)
+        unmapped: int = self._unmapped[0]
         return unmapped
 
     def unmap_all(self) -> int:
-        # iova 0 with length UINT64_MAX is the uAPI's "unmap everything".
-        return self.unmap(0, (1 << 64) - 1)
+        return self.unmap(0, ALL)
+
+    def unmap_many(self, iova: int, size: int, count: int, stride: int = 0,
+                   expect: int | None = None, unmap_all: bool = False
+                   ) -> tuple[int, VfioError | None, int]:
+        if unmap_all:
+            iova, size, stride = 0, ALL, 0
+        done: int = lib.vs_unmap_dma_n(self.fd, self.id, 0, iova, size, stride, count,
+                                       -1 if expect is None else expect, self._unmapped,
+                                       self._err)
+        error = None
+        if done < count and self._err[0]:
+            error = VfioError(self._err[0], "IOMMU_IOAS_UNMAP", self.handle)
+        return done, error, 0 if error else int(self._unmapped[0])
 
     def destroy(self) -> None:
         """IOMMU_DESTROY of this IOAS (fails with EBUSY while a device is attached)."""
@@ -146,9 +176,18 @@ class Iommufd(Iommu):
     def unmap_all(self) -> int:
         return self.ioas.unmap_all()
 
-    def _alloc(self, size: int, limit: int | None) -> int:
+    def map_many(self, vaddr: int, size: int, iova: int, stride: int, count: int,
+                 read: bool = True, write: bool = True) -> tuple[int, VfioError | None]:
+        return self.ioas.map_many(vaddr, size, iova, stride, count, read, write)
+
+    def unmap_many(self, iova: int, size: int, count: int, stride: int = 0,
+                   expect: int | None = None, unmap_all: bool = False
+                   ) -> tuple[int, VfioError | None, int]:
+        return self.ioas.unmap_many(iova, size, count, stride, expect, unmap_all)
+
+    def own_allocator(self) -> IovaAllocator:
         # The default IOAS owns the allocator: mapping through either never collides.
-        return self.ioas._alloc(size, limit)
+        return self.ioas.own_allocator()
 
     def close(self) -> None:
         if self.fd >= 0:

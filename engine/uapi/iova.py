@@ -69,3 +69,31 @@ class IovaAllocator:
                 return iova
         raise VfioError(errno.ENOSPC, "iova_alloc", "",
                         f"no room for 0x{size:x} bytes aligned to 0x{align:x}")
+
+    def alloc_run(self, size: int, count: int, limit: int | None = None) -> tuple[int, int, int]:
+        """What up to `count` calls of `alloc(size, limit=limit)` hand out, in one go.
+
+        Returns (first, stride, n), 1 <= n <= count: the n IOVAs first + k * stride are
+        exactly those calls' first n answers (successive ones in one range). When
+        n < count, the next call starts where the next single `alloc` would look.
+        Raises VfioError(ENOSPC) as `alloc` does when not even one fits.
+        """
+        first = self.alloc(size, limit=limit)
+        if count == 1:
+            return first, 0, 1
+        align = _natural_align(size)
+        stride = -(-size // align) * align  # the next alloc: the end of this one, aligned
+        r = next(r for r in self.ranges if r.contains(first, size))
+        cap = min(x for x in (limit, self.limit, r.last + 1) if x is not None)
+        n = min(count, (cap - size - first) // stride + 1)
+        self._next[r.start] = first + (n - 1) * stride + size
+        return first, stride, n
+
+    def release_after(self, iova: int, size: int) -> None:
+        """Forget what was handed out above iova + size in the range of `iova` (a run
+        allocated ahead whose tail went unused), so the next `alloc` picks the IOVA it
+        would have picked after `iova` had been the last one."""
+        for r in self.ranges:
+            if r.contains(iova, size):
+                self._next[r.start] = min(self._next[r.start], iova + size)
+                return

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from vfio_scenario.errors import VfioError
 from vfio_scenario.language.compile import Step
@@ -36,9 +38,94 @@ def same_space(a: AddressSpace, b: AddressSpace) -> bool:
     return a is b or getattr(a, "ioas", None) is b or getattr(b, "ioas", None) is a
 
 
-def live_mappings(rt: Runtime) -> dict[int, Mapping]:
-    """Mappings made by this case and not unmapped yet, by id (released at the case's end)."""
-    found: dict[int, Mapping] = rt.state.setdefault("mappings", {})
+@dataclass(eq=False)
+class MappingRun:
+    """The mappings one map_dma step made: `count` of `size` bytes at first + k * stride
+    (a single map is a run of one); `live[k]` stays 1 while mapping k is mapped."""
+
+    space: AddressSpace
+    first: int
+    stride: int
+    size: int
+    live: bytearray
+
+    def iova(self, k: int) -> int:
+        return self.first + k * self.stride
+
+    def drop_within(self, start: int, end: int) -> None:
+        """Mark unmapped those lying wholly inside [start, end) (an unmap of that range)."""
+        n = len(self.live)
+        if self.stride <= 0:  # one IOVA for all (a fixed `iova:`)
+            if start <= self.first and self.first + self.size <= end:
+                self.live[:] = bytes(n)
+            return
+        lo = max(0, -(-(start - self.first) // self.stride))
+        hi = min(n, (end - self.size - self.first) // self.stride + 1)
+        if hi > lo:
+            self.live[lo:hi] = bytes(hi - lo)
+
+    def unmap_live(self) -> None:
+        """Unmap what is still mapped, newest first, each on its own (the case's end);
+        a failure does not stop the others, the first is raised at the end."""
+        failed: list[tuple[int, VfioError]] = []
+        end = len(self.live)
+        while (top := self.live.rfind(1, 0, end)) >= 0:
+            bottom = self.live.rfind(0, 0, top) + 1
+            done, error, _ = self.space.unmap_many(self.iova(top), self.size, top - bottom + 1,
+                                                   -self.stride)
+            self.live[top - done + 1:top + 1] = bytes(done)
+            end = bottom
+            if error is not None:
+                self.live[top - done] = 0
+                failed.append((self.iova(top - done), error))
+                end = top - done
+        if failed:
+            iova, exc = failed[0]
+            more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+            raise VfioError(exc.errno, exc.op, exc.handle,
+                            f"unmapping {iova:#x}+{self.size:#x}{more}")
+
+
+class LiveMappings:
+    """The case's mappings not unmapped yet, as runs; each run is unmapped at the case's
+    end (newest run first, like every handle). `handles` finds the run of a mapping a
+    step named with `as:`."""
+
+    def __init__(self) -> None:
+        self.runs: list[MappingRun] = []
+        self.handles: dict[int, tuple[Mapping, MappingRun, int]] = {}
+
+    def add(self, rt: Runtime, run: MappingRun) -> None:
+        self.runs.append(run)
+        rt.on_cleanup("mapping", run.unmap_live)
+
+    def name(self, mapping: Mapping, run: MappingRun, k: int) -> None:
+        self.handles[id(mapping)] = (mapping, run, k)
+
+    def drop(self, mapping: Mapping) -> None:
+        """`mapping` (a step's handle) was unmapped."""
+        found = self.handles.pop(id(mapping), None)
+        if found is not None:
+            found[1].live[found[2]] = 0
+
+    def drop_space(self, space: AddressSpace, start: int = 0, end: int = 1 << 64) -> None:
+        """What `space` mapped wholly inside [start, end) was unmapped."""
+        for run in self.runs:
+            if same_space(run.space, space):
+                run.drop_within(start, end)
+        self.runs = [run for run in self.runs if 1 in run.live]
+
+
+Attempt = tuple[str, Any, str]  # (outcome, what the op made, message), as run_step has it
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def live_mappings(rt: Runtime) -> LiveMappings:
+    """Mappings made by this case and not unmapped yet (released at the case's end)."""
+    found = rt.state.get("mappings")
+    if found is None:
+        found = rt.state["mappings"] = LiveMappings()
+    assert isinstance(found, LiveMappings)
     return found
 
 
@@ -107,18 +194,98 @@ def map_dma(rt: Runtime, args: MapDma, step: Step) -> Mapping:
             raise VfioError(22, "map_dma", args.dmabuf or "",
                             "a DMABUF maps only into an iommufd IOAS (IOMMU_IOAS_MAP_FILE)")
         mapping = ioas.map_file(target.fd, args.offset, size, iova, args.read, args.write)
-    live_mappings(rt)[id(mapping)] = mapping
-    rt.on_cleanup("mapping", lambda: _unmap_if_live(rt, mapping))
+    live = live_mappings(rt)
+    run = MappingRun(mapping.space, mapping.iova, 0, mapping.size, bytearray(b"\x01"))
+    live.add(rt, run)
+    if step.handle:
+        live.name(mapping, run, 0)
     return mapping
 
 
-def _unmap_if_live(rt: Runtime, mapping: Mapping) -> None:
-    if live_mappings(rt).pop(id(mapping), None) is not None:
+# Repetitions a batched step hands to the C loop at a time: Python signal handlers (the
+# step's timeout, Ctrl-C) run between two chunks.
+CHUNK = 4096
+
+
+def batches(operation: Callable[..., Any]) -> Callable[[F], F]:
+    """Register the decorated function as `operation`'s batched `repeat:`, the attribute
+    interpreter.run_step looks for: fn(rt, args, step) -> the deciding Attempt, or None
+    to run the repetitions one by one."""
+
+    def register(fn: F) -> F:
+        operation.__dict__["repeat"] = fn
+        return fn
+
+    return register
+
+
+@batches(map_dma)
+def map_dma_repeat(rt: Runtime, args: MapDma, step: Step) -> Attempt | None:
+    """All of a `repeat:`ed map_dma of a buffer or BAR in C loops: the same IOVAs, kernel
+    calls, mapping records and outcome as the repetitions one by one (see
+    interpreter.run_step). None (do them one by one) for a DMABUF, or when the step fails
+    before mapping anything (a missing handle, a range outside the buffer)."""
+    if args.dmabuf is not None:
+        return None
+    try:
+        space = space_of(rt, args)
+        target: Any = rt.handle(args.buffer or args.mmio or "")
+        size = target.size - args.offset if args.size is None else args.size
+        if args.buffer is not None and (args.offset < 0 or size <= 0
+                                        or args.offset + size > target.size):
+            return None
+        fixed = last_iova(space, size) if args.iova == "last" else args.iova
+    except (VfioError, CheckFailed):
+        return None
+    assert not isinstance(fixed, str)
+    from vfio_scenario.uapi.iommu import Mapping
+
+    expected = step.common.expect
+    allocator = space.own_allocator() if fixed is None else None
+    vaddr = target.addr + args.offset
+    live = live_mappings(rt)
+    # with `ok` not expected, the first repetition that maps decides the step
+    chunk = CHUNK if "ok" in expected else 1
+    left = step.common.repeat
+    outcome: Attempt = ("ok", None, "")
+    run: MappingRun | None = None
+    while left:
+        n = min(left, chunk)
         try:
-            mapping.unmap()
-        except VfioError as exc:
-            raise VfioError(exc.errno, exc.op, exc.handle,
-                            f"unmapping {mapping.iova:#x}+{mapping.size:#x}") from None
+            first, stride, n = (fixed, 0, n) if allocator is None else \
+                allocator.alloc_run(size, n)
+        except VfioError as exc:  # no IOVA left: this repetition's outcome
+            left -= 1
+            outcome = (exc.errno_name, None, str(exc))
+            if outcome[0] not in expected:
+                return outcome
+            continue
+        assert first is not None
+        done, error = space.map_many(vaddr, size, first, stride, n, args.read, args.write)
+        if done:
+            run = MappingRun(space, first, stride, size, bytearray(b"\x01") * done)
+            live.add(rt, run)
+            if "ok" not in expected:  # this one mapped: it decides the step
+                return "ok", None, ""
+            outcome = ("ok", None, "")
+        if error is None:
+            left -= n
+            continue
+        if allocator is not None:  # the failed repetition used its IOVA, the rest did not
+            allocator.release_after(first + done * stride, size)
+        left -= done + 1
+        outcome = (error.errno_name, None, str(error))
+        if outcome[0] not in expected:
+            return outcome
+    if outcome[0] == "ok" and run is not None:
+        # the last repetition's mapping is the step's handle
+        k = len(run.live) - 1
+        mapping = Mapping(space, run.iova(k), size, vaddr)
+        if step.handle:
+            live.name(mapping, run, k)
+        outcome = ("ok", mapping, "")
+    return outcome
+
 
 
 @op("unmap_dma")
@@ -127,22 +294,63 @@ def unmap_dma(rt: Runtime, args: UnmapDma, step: Step) -> None:
     if args.mapping is not None:
         mapping: Mapping = rt.handle(args.mapping)
         unmapped = mapping.unmap()
-        live.pop(id(mapping), None)
+        live.drop(mapping)
     else:
         space = space_of(rt, args)
         if args.all:
             unmapped = space.unmap_all()
-            for key in [k for k, m in live.items() if same_space(m.space, space)]:
-                del live[key]
+            live.drop_space(space)
         else:
             assert args.iova is not None and args.size is not None
             unmapped = space.unmap(args.iova, args.size)
-            start, end = args.iova, args.iova + args.size
-            for key in [k for k, m in live.items() if same_space(m.space, space)
-                        and start <= m.iova and m.iova + m.size <= end]:
-                del live[key]
+            live.drop_space(space, args.iova, args.iova + args.size)
     if args.unmapped_size is not None and unmapped != args.unmapped_size:
         raise CheckFailed(f"unmapped {unmapped:#x} bytes, expected {args.unmapped_size:#x}")
+
+
+@batches(unmap_dma)
+def unmap_dma_repeat(rt: Runtime, args: UnmapDma, step: Step) -> Attempt | None:
+    """All of a `repeat:`ed unmap_dma in one C loop: the same unmap, its `unmapped_size`
+    check and its outcome, repetition after repetition (see interpreter.run_step)."""
+    try:
+        if args.mapping is not None:
+            mapping: Mapping = rt.handle(args.mapping)
+            space, iova, size = mapping.space, mapping.iova, mapping.size
+        else:
+            space = space_of(rt, args)
+            iova, size = args.iova or 0, args.size or 0
+    except CheckFailed:
+        return None
+    expected = step.common.expect
+    live = live_mappings(rt)
+    chunk = CHUNK if "ok" in expected else 1
+    left = step.common.repeat
+    outcome: Attempt = ("ok", None, "")
+    while left:
+        n = min(left, chunk)
+        done, error, unmapped = space.unmap_many(iova, size, n, expect=args.unmapped_size,
+                                                 unmap_all=args.all)
+        if done or (error is None and done < n):  # at least one unmapped: forget them
+            if args.mapping is not None:
+                live.drop(mapping)
+            else:
+                live.drop_space(space, *((0, 1 << 64) if args.all else (iova, iova + size)))
+        if error is None and done < n:
+            message = f"unmapped {unmapped:#x} bytes, expected {args.unmapped_size:#x}"
+            if expected == ("ok",):
+                raise CheckFailed(message)
+            return "check failed", None, message
+        if done and "ok" not in expected:
+            return "ok", None, ""
+        left -= done
+        outcome = ("ok", None, "")
+        if error is not None:
+            left -= 1
+            outcome = (error.errno_name, None, str(error))
+            if outcome[0] not in expected:
+                return outcome
+    return outcome
+
 
 
 def _leaves(rt: Runtime, name: str) -> tuple[Mapping, str, dict[int, int]]:

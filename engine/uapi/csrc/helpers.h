@@ -67,6 +67,92 @@ static long vs_ioctl_val(int fd, unsigned long request, unsigned long arg)
 	return ret < 0 ? -(long)errno : ret;
 }
 
+/*
+ * DMA mapping in loops, for `repeat:` and for the single-call path alike: `n` maps of
+ * [vaddr, vaddr + size) at iova, iova + stride, iova + 2 * stride …, each one ioctl,
+ * exactly as n calls would do them.  ioas_id < 0: VFIO_IOMMU_MAP_DMA on a type1
+ * container (legacy or iommufd compat); else IOMMU_IOAS_MAP at a fixed IOVA on that
+ * IOAS of an iommufd.  Stops at the first failure: returns how many succeeded and sets
+ * *err to the failing one's errno (0 when all n succeeded).
+ */
+static long vs_map_dma_n(int fd, int64_t ioas_id, uint64_t vaddr, uint64_t size, uint64_t iova,
+			 int64_t stride, long n, int read, int write, int *err)
+{
+	long i;
+
+	*err = 0;
+	if (ioas_id < 0) {
+		struct vfio_iommu_type1_dma_map map = {
+			.argsz = sizeof(map), .vaddr = vaddr, .size = size,
+			.flags = (read ? VFIO_DMA_MAP_FLAG_READ : 0) | (write ? VFIO_DMA_MAP_FLAG_WRITE : 0),
+		};
+
+		for (i = 0; i < n; i++, iova += (uint64_t)stride) {
+			map.iova = iova;
+			if (ioctl(fd, VFIO_IOMMU_MAP_DMA, &map) < 0) {
+				*err = errno;
+				return i;
+			}
+		}
+	} else {
+		struct iommu_ioas_map map = {
+			.size = sizeof(map), .ioas_id = (uint32_t)ioas_id, .user_va = vaddr,
+			.length = size,
+			.flags = IOMMU_IOAS_MAP_FIXED_IOVA | (read ? IOMMU_IOAS_MAP_READABLE : 0) |
+				 (write ? IOMMU_IOAS_MAP_WRITEABLE : 0),
+		};
+
+		for (i = 0; i < n; i++, iova += (uint64_t)stride) {
+			map.iova = iova;
+			if (ioctl(fd, IOMMU_IOAS_MAP, &map) < 0) {
+				*err = errno;
+				return i;
+			}
+		}
+	}
+	return n;
+}
+
+/*
+ * `n` unmaps of `size` bytes at iova, iova + stride … (stride may be negative or 0):
+ * VFIO_IOMMU_UNMAP_DMA with `flags` (ioas_id < 0) or IOMMU_IOAS_UNMAP.  *unmapped gets
+ * the bytes the last one unmapped.  Stops at the first failure (*err = its errno) or,
+ * when expect >= 0, at the first that unmaps other than `expect` bytes (*err = 0, and
+ * that one is not counted): returns how many completed as asked.
+ */
+static long vs_unmap_dma_n(int fd, int64_t ioas_id, uint32_t flags, uint64_t iova, uint64_t size,
+			   int64_t stride, long n, int64_t expect, uint64_t *unmapped, int *err)
+{
+	struct vfio_iommu_type1_dma_unmap unmap = { .argsz = sizeof(unmap), .flags = flags };
+	struct iommu_ioas_unmap ioas = { .size = sizeof(ioas), .ioas_id = (uint32_t)ioas_id };
+	long i;
+
+	*err = 0;
+	*unmapped = 0;
+	for (i = 0; i < n; i++, iova += (uint64_t)stride) {
+		if (ioas_id < 0) {
+			unmap.iova = iova;
+			unmap.size = size;
+			if (ioctl(fd, VFIO_IOMMU_UNMAP_DMA, &unmap) < 0) {
+				*err = errno;
+				return i;
+			}
+			*unmapped = unmap.size;
+		} else {
+			ioas.iova = iova;
+			ioas.length = size;
+			if (ioctl(fd, IOMMU_IOAS_UNMAP, &ioas) < 0) {
+				*err = errno;
+				return i;
+			}
+			*unmapped = ioas.length;
+		}
+		if (expect >= 0 && *unmapped != (uint64_t)expect)
+			return i;
+	}
+	return n;
+}
+
 /* mmap returning NULL and setting *err instead of MAP_FAILED/errno. */
 static void *vs_mmap(size_t length, int prot, int flags, int fd, int64_t offset, int *err)
 {
