@@ -17,11 +17,11 @@ Third parties register drivers through the `vfio_scenario.drivers` entry-point g
 from __future__ import annotations
 
 import errno
+import importlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Flag, auto
-from importlib.metadata import entry_points
 from typing import ClassVar, Protocol, runtime_checkable
 
 from vfio_scenario.errors import VfioError
@@ -179,13 +179,39 @@ class Driver:
             time.sleep(interval)
 
 
+_registry: dict[str, type[Driver]] | None = None
+
+
+def driver_entry_points() -> dict[str, str]:
+    """Name → "module:attribute" of every driver of the entry-point group."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def use_drivers(spec: dict[str, str]) -> None:
+    """Take the registry from `spec` (as `driver_entry_points` gives it) instead of
+    scanning the installed distributions: the testbed's guest gets the host's list,
+    which spares it reading every package's metadata over 9p at each run."""
+    global _registry
+    found: dict[str, type[Driver]] = {}
+    for name, value in spec.items():
+        module, _, attr = value.partition(":")
+        obj: object = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        if not (isinstance(obj, type) and issubclass(obj, Driver)):
+            raise TypeError(f"driver entry point {name} = {value} is not a Driver class")
+        found[name] = obj
+    _registry = dict(sorted(found.items()))
+
+
 def registered_drivers() -> dict[str, type[Driver]]:
     """Every driver of the entry-point group, by name, in name order."""
-    found: dict[str, type[Driver]] = {}
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        cls = ep.load()
-        found[ep.name] = cls
-    return dict(sorted(found.items()))
+    if _registry is None:
+        use_drivers(driver_entry_points())
+    assert _registry is not None
+    return dict(_registry)
 
 
 def driver_for(device: DeviceAccess) -> type[Driver] | None:

@@ -7,7 +7,8 @@ import sys
 from typing import Any
 
 from vfio_scenario.errors import ExitCode, NothingSelected, ScenarioErrors
-from vfio_scenario.language.compile import Compiled, compile_paths
+from vfio_scenario.language.cases import Compiled
+from vfio_scenario.language.compile import compile_paths
 from vfio_scenario.language.schema import json_schema_text
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 _KERNEL_SPELLING = {_errno.EOPNOTSUPP: "EOPNOTSUPP", _errno.EAGAIN: "EAGAIN",
                     _errno.EDEADLK: "EDEADLK"}
 # Every errno name Python knows, aliases included, to its number.
+# The faults the probe turns into an outcome name, beside the errno names.
+SIGNALS = ("SIGBUS", "SIGSEGV")
 ERRNO_NUMBERS = {n: getattr(_errno, n) for n in dir(_errno)
                  if n.startswith("E") and isinstance(getattr(_errno, n), int)}
 

@@ -14,11 +14,11 @@ import gc
 import itertools
 import os
 import re
-from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from vfio_scenario.errors import Location, ScenarioError
+from vfio_scenario.language.cases import Case, Compiled, Step
 from vfio_scenario.language.loader import Document, find_scenario_files, load_file
 from vfio_scenario.language.models import (
     COMMON_KEYS,
@@ -26,7 +26,6 @@ from vfio_scenario.language.models import (
     OPERATIONS,
     SCENARIO_KEYS,
     Op,
-    Requires,
     ScenarioHeader,
     StepCommon,
     handle_fields,
@@ -44,55 +43,6 @@ RESERVED_AXES = ("iommu_mode",)
 _IOMMU_OPS = ("open_iommu", "open_device", "open_cdev", "bind_iommufd")
 _COMMON_MEMO: dict[str, StepCommon] = {}  # StepCommon is frozen, so sharing is safe
 PLACEHOLDER_DEVICES = ["0000:00:00.0", "0000:00:00.1", "0000:00:00.2", "0000:00:00.3"]
-
-
-@dataclass(frozen=True)
-class Step:
-    """One validated step of one case."""
-
-    index: int
-    op: str
-    args: Op
-    common: StepCommon
-    location: Location
-    teardown: bool = False
-
-    @property
-    def label(self) -> str:
-        return self.common.name or self.op
-
-    @property
-    def handle(self) -> str | None:
-        return self.common.as_
-
-
-@dataclass
-class Case:
-    """One runnable case: a scenario with one matrix assignment."""
-
-    id: str
-    file: str
-    scenario: str
-    description: str
-    tags: list[str]
-    requires: Requires
-    params: dict[str, Any]
-    timeout: float
-    steps: list[Step]
-    teardown: list[Step]
-    location: Location
-
-    @property
-    def iommu_mode(self) -> str | None:
-        mode = self.params.get("iommu_mode")
-        return mode if isinstance(mode, str) else None
-
-
-@dataclass
-class Compiled:
-    cases: list[Case] = field(default_factory=list)
-    errors: list[ScenarioError] = field(default_factory=list)
-    files: list[str] = field(default_factory=list)
 
 
 def display_path(path: str) -> str:
@@ -411,7 +361,8 @@ class _FileCompiler:
             self.error((*spath, "as"), f"`{op}` makes no handle, so `as:` names nothing", key=True)
             return None
         return Step(index=index, op=op, args=args, common=common,
-                    location=self._location(spath), teardown=teardown)
+                    location=self._location(spath), teardown=teardown,
+                    handle_paths=tuple(p for p, _ in handle_fields(cls)))
 
     def unknown_op(self, spath: tuple[Any, ...], key: Any) -> None:
         self.error((*spath, key),

@@ -22,7 +22,7 @@ from pydantic import (
     Field,
     model_validator,
 )
-from vfio_scenario.errors import ERRNO_NUMBERS, canonical_errno_name
+from vfio_scenario.errors import ERRNO_NUMBERS, SIGNALS, canonical_errno_name
 from vfio_scenario.language.units import parse_duration, parse_int, parse_size
 
 IommuMode = Literal[
@@ -50,7 +50,6 @@ Feature = Literal[
 ]
 FEATURES: tuple[str, ...] = get_args(Feature)
 HANDLE_KINDS = ("iommu", "ioas", "cdev", "device", "buffer", "mapping", "mmio", "irq", "dmabuf")
-SIGNALS = ("SIGBUS", "SIGSEGV")
 ERRNO_NAMES = frozenset(ERRNO_NUMBERS)
 HANDLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 BDF = re.compile(r"^([0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
@@ -121,7 +120,7 @@ MaxOr = Literal["max"]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class Op(Strict):

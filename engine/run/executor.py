@@ -16,13 +16,15 @@ import select
 import signal
 import tempfile
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vfio_scenario.errors import VfioError
-from vfio_scenario.language.compile import Case
 from vfio_scenario.results import CaseResult, Outcome
 from vfio_scenario.run.interpreter import Operation, RunOptions, run_case
 from vfio_scenario.uapi.kmsg import KernelLog
+
+if TYPE_CHECKING:
+    from vfio_scenario.language.cases import Case
 
 OUTPUT_TAIL = 4000  # characters of a case's own output kept in its result
 

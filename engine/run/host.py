@@ -16,7 +16,8 @@ from typing import Any
 from vfio_scenario import __version__
 from vfio_scenario.commands import compile_or_raise
 from vfio_scenario.errors import EnvironmentProblem, NothingSelected, UsageError
-from vfio_scenario.language.compile import Case, compile_paths
+from vfio_scenario.language.cases import Case
+from vfio_scenario.language.compile import compile_paths
 from vfio_scenario.results import CaseResult, RunResult
 from vfio_scenario.run.cli import in_guest
 from vfio_scenario.run.interpreter import RunOptions
@@ -107,7 +108,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 def _run_local(cases: list[Case], args: argparse.Namespace, options: RunOptions,
                on_event: Any) -> None:
-    from vfio_scenario.run.plan import plan
+    from vfio_scenario.run.plan import plan_each
     from vfio_scenario.run.probe import probe_host
     from vfio_scenario.run.session import run_planned
 
@@ -117,7 +118,7 @@ def _run_local(cases: list[Case], args: argparse.Namespace, options: RunOptions,
         # templates see this host's BDFs (`devices[1]`), as in the guest, not placeholders
         by_id = {c.id: c for c in compile_paths(args.paths, [d.bdf for d in caps.devices]).cases}
         cases = [by_id.get(c.id, c) for c in cases]
-    run_planned(plan(cases, caps, args.iommu_mode or None), caps, options, on_event,
+    run_planned(plan_each(cases, caps, args.iommu_mode or None), caps, options, on_event,
                 fail_fast=args.fail_fast)
 
 

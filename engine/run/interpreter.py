@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-from vfio_scenario.errors import VfioError, VfioScenarioError
-from vfio_scenario.language.compile import Case, Step
-from vfio_scenario.language.models import SIGNALS
+from vfio_scenario.errors import SIGNALS, VfioError, VfioScenarioError
+from vfio_scenario.language.cases import Case, Step
 from vfio_scenario.results import CaseResult, Outcome, StepResult
 
 
@@ -212,9 +211,7 @@ def run_case(case: Case, devices: list[str], ops: dict[str, Operation],
 
 
 def _handles_ready(rt: Runtime, step: Step) -> bool:
-    from vfio_scenario.language.models import handle_fields
-
-    for apath, _ in handle_fields(type(step.args)):
+    for apath in step.handle_paths:
         value: Any = step.args
         for part in apath:
             value = getattr(value, part, None)

@@ -7,9 +7,12 @@ in `probe.py`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from vfio_scenario.language.compile import Case
+if TYPE_CHECKING:  # the probe (in a thread of the guest) needs HostCaps, not the models
+    from vfio_scenario.language.cases import Case
 
 
 @dataclass
@@ -24,6 +27,17 @@ class DeviceCaps:
     scenario_driver: str | None = None  # name of the matching scenario driver
     features: dict[str, str | None] = field(default_factory=dict)  # msix → None or why not
     no_send_msi: bool = False
+    # fills `features` when one is first asked for: probing opens the device, which can
+    # cost a reset, so a run probes only the devices its cases consider, as they come
+    load_features: Callable[[], dict[str, str | None]] | None = field(
+        default=None, repr=False, compare=False)
+
+    def feature(self, name: str) -> str | None:
+        """None when the device has feature `name`, else why it has not."""
+        if self.load_features is not None:
+            load, self.load_features = self.load_features, None
+            self.features.update(load())
+        return self.features.get(name, "not probed")
 
     @property
     def ids(self) -> str:
@@ -56,7 +70,15 @@ class PlannedCase:
 
 def plan(cases: list[Case], caps: HostCaps, iommu_modes: list[str] | None = None) -> list[PlannedCase]:
     """Decide for every case: the devices it runs on, or why it is skipped."""
-    return [_plan_one(case, caps, iommu_modes) for case in cases]
+    return list(plan_each(cases, caps, iommu_modes))
+
+
+def plan_each(cases: Iterable[Case], caps: HostCaps,
+              iommu_modes: list[str] | None = None) -> Iterator[PlannedCase]:
+    """plan(), one case at a time: a run decides each case just before running it, so
+    the first case starts before every device has been probed."""
+    for case in cases:
+        yield _plan_one(case, caps, iommu_modes)
 
 
 def _plan_one(case: Case, caps: HostCaps, only_modes: list[str] | None) -> PlannedCase:
@@ -114,7 +136,7 @@ def _device_unfit(case: Case, dev: DeviceCaps) -> str | None:
             return f"its scenario driver is {dev.scenario_driver}, not {req.driver}"
     for feature in req.features:
         if feature in DEVICE_FEATURES:
-            why = dev.features.get(feature, "not probed")
+            why = dev.feature(feature)
             if why:
                 return f"no {feature}: {why}"
     if dev.no_send_msi and _needs_send_msi(case):

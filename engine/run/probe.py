@@ -1,12 +1,14 @@
 """Probing this host for the planner: the uapi layer's capability report, as HostCaps.
 
 Every answer comes from the kernel (vfio_scenario.uapi.capabilities opens each IOMMU
-mode and each device and asks); this module adds what only the engine knows, the
-matching scenario driver of each device, and keeps the reasons for what is missing.
+mode and, when the planner first needs it, each device, and asks); this module adds
+what only the engine knows, the matching scenario driver of each device, and keeps
+the reasons for what is missing.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +16,8 @@ from vfio_scenario.drivers.base import Driver, Feature, registered_drivers
 from vfio_scenario.errors import EnvironmentProblem, VfioError
 from vfio_scenario.run.plan import DEVICE_FEATURES, DeviceCaps, HostCaps
 from vfio_scenario.uapi import sysfs
-from vfio_scenario.uapi.capabilities import host_capabilities
+from vfio_scenario.uapi.capabilities import host_capabilities, preferred_mode, probe_device_in
+from vfio_scenario.uapi.modes import IommuMode
 
 PCI_DEVICES = Path("/sys/bus/pci/devices")
 
@@ -44,9 +47,11 @@ class _SysfsDevice:
         return 0
 
 
-def scenario_driver(bdf: str, drivers: dict[str, type[Driver]]) -> type[Driver] | None:
+def scenario_driver(bdf: str, drivers: dict[str, type[Driver]],
+                    config: bytes | None = None) -> type[Driver] | None:
     """The registered driver whose probe accepts the device (by its config space)."""
-    config = sysfs.config_space(bdf)
+    if config is None:
+        config = sysfs.config_space(bdf)
     dev = _SysfsDevice(bdf, int.from_bytes(config[0:2], "little"),
                        int.from_bytes(config[2:4], "little"), config)
     for cls in drivers.values():
@@ -65,14 +70,18 @@ def vfio_bound_devices() -> list[str]:
     """Functions bound to vfio-pci or one of its variant drivers."""
     found = []
     for entry in sorted(PCI_DEVICES.iterdir()) if PCI_DEVICES.exists() else []:
-        driver = sysfs.bound_driver(entry.name)
-        if driver == "vfio-pci" or driver.endswith("-vfio-pci"):
+        if sysfs.is_vfio_driver(sysfs.bound_driver(entry.name)):
             found.append(entry.name)
     return found
 
 
 def probe_host(devices: list[str] | None = None) -> HostCaps:
-    """Describe this host; `devices` limits it to those BDFs (default: every VFIO-bound one)."""
+    """Describe this host; `devices` limits it to those BDFs (default: every VFIO-bound one).
+
+    The host's IOMMU modes and features are probed now; each device's are probed when
+    the planner first asks (DeviceCaps.feature), since opening a device can cost a
+    reset. Identity, binding, group and scenario driver come from sysfs at once.
+    """
     if devices:
         bdfs = [sysfs.normalize_bdf(b) for b in devices]
         absent = [b for b in bdfs if not (PCI_DEVICES / b).exists()]
@@ -80,7 +89,7 @@ def probe_host(devices: list[str] | None = None) -> HostCaps:
             raise EnvironmentProblem(f"no PCI device {', '.join(absent)} on this host")
     else:
         bdfs = vfio_bound_devices()
-    report = host_capabilities(bdfs)
+    report = host_capabilities(())
     caps = HostCaps(
         kernel_release=report.kernel_release,
         iommu_modes={m.value: None if a else a.reason for m, a in report.iommu_modes.items()},
@@ -88,21 +97,32 @@ def probe_host(devices: list[str] | None = None) -> HostCaps:
         kconfig=report.kconfig if report.kconfig_source else None,
         kconfig_source=report.kconfig_source,
     )
+    mode = preferred_mode(report.iommu_modes)
     drivers = registered_drivers()
-    for bdf, dev in report.devices.items():
+    for bdf in bdfs:
         try:
-            cls = scenario_driver(bdf, drivers)
+            config: bytes | None = sysfs.config_space(bdf)
         except VfioError:
-            cls = None
+            config = None
+        cls = scenario_driver(bdf, drivers, config) if config else None
         try:
             group: str | None = str(sysfs.iommu_group(bdf))
         except VfioError:
             group = None
         caps.devices.append(DeviceCaps(
-            bdf=bdf, vendor_id=dev.vendor_id, device_id=dev.device_id,
-            vfio_driver=dev.vfio_driver or None, iommu_group=group,
+            bdf=bdf,
+            vendor_id=int.from_bytes(config[0:2], "little") if config else 0,
+            device_id=int.from_bytes(config[2:4], "little") if config else 0,
+            vfio_driver=sysfs.bound_driver(bdf) or None, iommu_group=group,
             scenario_driver=cls.name if cls else None,
-            features={n: None if a else a.reason for n, a in dev.features.items()
-                      if n in DEVICE_FEATURES},
-            no_send_msi=bool(cls and Feature.NO_SEND_MSI in cls.features)))
+            no_send_msi=bool(cls and Feature.NO_SEND_MSI in cls.features),
+            load_features=functools.partial(device_features, bdf, mode)))
     return caps
+
+
+def device_features(bdf: str, mode: IommuMode | None) -> dict[str, str | None]:
+    """The planner's device features of `bdf` (None or why not), from the kernel: the
+    device is opened in `mode` and closed again."""
+    probed = probe_device_in(bdf, mode)
+    return {n: None if a else a.reason for n, a in probed.features.items()
+            if n in DEVICE_FEATURES}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any
 
@@ -54,7 +54,7 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise _Interrupted(signal.Signals(signum).name)
 
 
-def run_planned(planned: list[PlannedCase], caps: HostCaps, options: RunOptions,
+def run_planned(planned: Iterable[PlannedCase], caps: HostCaps, options: RunOptions,
                 emit: Emit, fail_fast: bool = False) -> None:
     """Run every planned case; devices are restored afterwards, also on SIGINT/SIGTERM."""
     from vfio_scenario.run.ops import operations

@@ -1,7 +1,9 @@
 """Run selected cases inside the QEMU testbed and bring their results back.
 
-The guest runs `python -m vfio_scenario.run.guest` once over the whole selection
-(one Python start, one fork per case) and prints JSON-line events; a guest panic or
+The host compiles the selection against the guest's device list and hands it over as
+a payload file (vfio_scenario.run.payload); the guest runs `python -m
+vfio_scenario.run.guest PAYLOAD` once over it (one Python start, one fork per case)
+and prints JSON-line events; a guest panic or
 hang makes the case that was running an ERROR with the console tail, the testbed
 reboots, and the run goes on with the cases that had not run.
 """
@@ -11,31 +13,53 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vfio_scenario.errors import EnvironmentProblem
-from vfio_scenario.language.compile import Case
 from vfio_scenario.results import CaseResult, Outcome
+
+if TYPE_CHECKING:
+    from vfio_scenario.language.cases import Case
 
 OnEvent = Callable[[dict[str, Any]], None]
 MAX_REBOOTS = 5
 GUEST_START = 60.0  # seconds for the guest's Python to import the engine and probe, TCG
 
 
-def guest_command(paths: list[str], ids_file: str, devices: list[str], iommu_modes: list[str],
-                  timeout_multiplier: float, fail_fast: bool) -> list[str]:
-    argv = [sys.executable, "-m", "vfio_scenario.run.guest", "--ids", ids_file,
-            "--timeout-multiplier", str(timeout_multiplier)]
-    for d in devices:
-        argv += ["--device", d]
-    for m in iommu_modes:
-        argv += ["--iommu-mode", m]
-    if fail_fast:
-        argv.append("--fail-fast")
-    return argv + list(paths)  # as given: the guest runs in the same working directory
+# The guest's VFIO-bound functions, as probe.vfio_bound_devices() finds them there, in
+# one shell command of the agent with no process started per device (each costs tens of
+# milliseconds under TCG): the host compiles against them.
+_LIST_VFIO_DEVICES = r"""
+for d in /sys/bus/pci/drivers/vfio-pci/????:??:??.? \
+         /sys/bus/pci/drivers/*[-_]vfio[-_]pci/????:??:??.?; do
+  [ -e "$d" ] && echo "${d##*/}"
+done
+exit 0
+"""
+
+
+def guest_vfio_devices(testbed: Any) -> list[str]:
+    """BDFs of the functions bound to vfio-pci (or a variant) in the guest, sorted."""
+    out = testbed.run(["sh", "-c", _LIST_VFIO_DEVICES], timeout=GUEST_START)
+    if out.returncode != 0:
+        raise EnvironmentProblem(f"listing the testbed's VFIO devices failed: {out.stderr}")
+    return sorted(out.stdout.split())
+
+
+def compile_for_guest(cases: list[Case], paths: list[str], bdfs: list[str]) -> list[Case]:
+    """`cases` compiled again with the guest's BDFs, so that templates (`device`,
+    `devices[1]`) name the guest's functions rather than placeholders."""
+    from vfio_scenario.language.compile import compile_paths
+
+    if not bdfs:
+        return cases
+    compiled = compile_paths(paths, bdfs)
+    if compiled.errors:  # the same files compiled a moment ago; only the BDFs differ
+        raise EnvironmentProblem("\n".join(str(e) for e in compiled.errors))
+    by_id = {c.id: c for c in compiled.cases}
+    return [by_id.get(c.id, c) for c in cases]
 
 
 def crashed_result(case: Case, message: str, console: str, started: float) -> CaseResult:
@@ -53,23 +77,24 @@ def run_in_testbed(testbed: Any, cases: list[Case], paths: list[str], on_event: 
     After a guest crash or hang the testbed reboots, or `replace()` gives the one to
     go on with (for a VM of `testbed up`, which is not ours to reboot).
     """
+    from vfio_scenario.drivers.base import driver_entry_points
+    from vfio_scenario.run import payload
     from vfio_scenario.testbed import GuestCrashed, GuestHung
     from vfio_scenario.testbed.paths import sub_dir
 
     # the guest sees the host's root at the same paths, except its own /tmp
-    workdir = str(sub_dir("run", "ids"))
-
-    remaining = list(cases)
+    workdir = str(sub_dir("run", "payloads"))
+    bdfs = devices or guest_vfio_devices(testbed)
+    remaining = compile_for_guest(list(cases), paths, bdfs)
+    header = payload.Header(devices=bdfs, drivers=driver_entry_points(),
+                            iommu_modes=list(iommu_modes),
+                            timeout_multiplier=timeout_multiplier, fail_fast=fail_fast)
     reboots = 0
     longest = max(c.timeout for c in cases) * timeout_multiplier
     cwd = os.getcwd()
     while remaining:
-        with tempfile.NamedTemporaryFile("w", dir=workdir, prefix=".ids-", suffix=".txt",
-                                         delete=False) as f:
-            f.write("".join(c.id + "\n" for c in remaining))
-            ids_file = f.name
-        argv = guest_command(paths, ids_file, devices, iommu_modes, timeout_multiplier,
-                             fail_fast)
+        payload_file = payload.write(workdir, header, remaining)
+        argv = [sys.executable, "-m", "vfio_scenario.run.guest", payload_file]
         stream: Any = None
         current: Case | None = None
         started = time.time()
@@ -116,7 +141,7 @@ def run_in_testbed(testbed: Any, cases: list[Case], paths: list[str], on_event: 
             else:
                 testbed.reboot()
         finally:
-            os.unlink(ids_file)
+            os.unlink(payload_file)
         if fatal is not None:
             raise EnvironmentProblem(f"the run in the testbed failed: {fatal}")
         if finished:

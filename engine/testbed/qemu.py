@@ -106,6 +106,16 @@ def prepare_scratch(devices: tuple[str, ...], files: VmFiles) -> None:
                 f.truncate(NVME_IMAGE_BYTES)
 
 
+def fast_firmware() -> Path | None:
+    """qboot, where the QEMU install ships it: a minimal firmware that jumps straight to
+    the -kernel (q35 and QEMU's ACPI tables, the DMAR table included), skipping
+    SeaBIOS's device scan and option ROMs; about half a second less per boot under TCG.
+    None: boot with QEMU's default firmware (SeaBIOS)."""
+    share = Path(qemu_binary()).resolve().parent.parent / "share" / "qemu"
+    rom = share / "qboot.rom"
+    return rom if rom.is_file() else None
+
+
 def kernel_cmdline(extra: str = "") -> str:
     """The guest kernel's command line."""
     parts = [
@@ -119,9 +129,9 @@ def kernel_cmdline(extra: str = "") -> str:
 
 
 def command_line(*, accel: str, kernel: Path, initrd: Path, files: VmFiles,
-                 devices: tuple[str, ...], memory: str = "4G", extra_cmdline: str = "") \
-        -> list[str]:
-    """The full QEMU argv for one testbed VM."""
+                 devices: tuple[str, ...], memory: str = "4G", extra_cmdline: str = "",
+                 firmware: Path | None = None) -> list[str]:
+    """The full QEMU argv for one testbed VM (`firmware`: a -bios other than QEMU's)."""
     if accel == "kvm":
         accel_args = ["-accel", "kvm", "-cpu", "host", "-smp", "2",
                       "-machine", "q35,kernel-irqchip=split"]
@@ -131,7 +141,7 @@ def command_line(*, accel: str, kernel: Path, initrd: Path, files: VmFiles,
                       "-machine", "q35"]
     return [
         qemu_binary(), "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-        *accel_args, "-m", memory,
+        *accel_args, "-m", memory, *(["-bios", str(firmware)] if firmware else []),
         "-device", "intel-iommu,intremap=on,caching-mode=on",
         "-kernel", str(kernel), "-initrd", str(initrd), "-append", kernel_cmdline(extra_cmdline),
         "-chardev", f"file,id=console,path={files.console}", "-serial", "chardev:console",

@@ -37,6 +37,7 @@ from vfio_scenario.testbed.qemu import (
     VmFiles,
     bind_ids,
     check_devices,
+    fast_firmware,
     qemu_version,
 )
 from vfio_scenario.testbed.vm import BootFailed, GuestCrashed, GuestHung, Vm, console_tail
@@ -234,12 +235,14 @@ class Testbed:
             accel_mod.store_verdict("kvm", "probe boot reached the agent")
 
     def _boot(self, accel: str, timeout: float, detached: bool, attempts: int = 2) -> None:
-        # a second attempt: one rare failed boot must not end a whole run
+        # a second attempt: one rare failed boot must not end a whole run; it uses
+        # QEMU's default firmware, in case the faster one is what failed
         assert self._kernel is not None and self._initrd is not None
         for attempt in range(1, attempts + 1):
             self._vm = Vm(self.files, accel=accel, kernel=self._kernel.image,
                           initrd=self._initrd, devices=self.devices, memory=self.memory,
-                          extra_cmdline=self.extra_cmdline, detached=detached)
+                          extra_cmdline=self.extra_cmdline, detached=detached,
+                          firmware=fast_firmware() if attempt == 1 else None)
             try:
                 self._vm.start(timeout)
             except BootFailed as exc:
@@ -247,7 +250,8 @@ class Testbed:
                 self._vm = None
                 if attempt == attempts:
                     raise
-                self.report(f"boot failed ({exc.reason.splitlines()[0]}); trying once more")
+                self.report(f"boot failed ({exc.reason.splitlines()[0]}); trying once more"
+                            " with QEMU's default firmware")
             else:
                 break
         self._accel = accel

@@ -132,11 +132,12 @@ class Vm:
 
     def __init__(self, files: VmFiles, *, accel: str, kernel: Path, initrd: Path,
                  devices: tuple[str, ...], memory: str = "4G", extra_cmdline: str = "",
-                 detached: bool = False) -> None:
+                 detached: bool = False, firmware: Path | None = None) -> None:
         self.files = files
         self.accel = accel
         self.argv = command_line(accel=accel, kernel=kernel, initrd=initrd, files=files,
-                                 devices=devices, memory=memory, extra_cmdline=extra_cmdline)
+                                 devices=devices, memory=memory, extra_cmdline=extra_cmdline,
+                                 firmware=firmware)
         self.devices = devices
         self.detached = detached
         self.proc: subprocess.Popen[bytes] | None = None

@@ -226,17 +226,27 @@ def host_capabilities(bdfs: list[str] | tuple[str, ...] = ()) -> HostCapabilitie
     pools = {name: _hugetlb(name) for name in HUGEPAGE_DIRS}
     kconfig, source = kernel_config()
     devices = {}
-    # Prefer the cdev path: it is the one that exercises the newest uAPI.
-    preference = [IommuMode.IOMMUFD, IommuMode.VFIO_TYPE1V2, IommuMode.IOMMUFD_COMPAT_TYPE1V2,
-                  IommuMode.VFIO_TYPE1, IommuMode.IOMMUFD_COMPAT_TYPE1]
-    chosen = next((m for m in preference if modes[m]), None)
+    chosen = preferred_mode(modes)
     for bdf in bdfs:
-        iommu = open_iommu(chosen) if chosen else None
-        try:
-            caps = probe_device(bdf, iommu)
-        finally:
-            if iommu is not None:
-                iommu.close()
+        caps = probe_device_in(bdf, chosen)
         devices[caps.bdf] = caps
     return HostCapabilities(os.uname().release, modes, _host_features(modes, pools), pools,
                             kconfig, source, devices)
+
+
+def preferred_mode(modes: dict[IommuMode, Availability]) -> IommuMode | None:
+    """The available mode devices are probed in: the cdev path first, as it exercises
+    the newest uAPI; None when no mode works."""
+    preference = [IommuMode.IOMMUFD, IommuMode.VFIO_TYPE1V2, IommuMode.IOMMUFD_COMPAT_TYPE1V2,
+                  IommuMode.VFIO_TYPE1, IommuMode.IOMMUFD_COMPAT_TYPE1]
+    return next((m for m in preference if modes.get(m)), None)
+
+
+def probe_device_in(bdf: str, mode: IommuMode | None) -> DeviceCapabilities:
+    """probe_device() in an IOMMU of `mode` opened for it and closed after."""
+    iommu = open_iommu(mode) if mode else None
+    try:
+        return probe_device(bdf, iommu)
+    finally:
+        if iommu is not None:
+            iommu.close()

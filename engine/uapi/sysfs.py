@@ -54,6 +54,12 @@ def bound_driver(bdf: str) -> str:
         return ""
 
 
+def is_vfio_driver(name: str) -> bool:
+    """Whether kernel driver `name` is vfio-pci or one of its variant drivers, which
+    are named after their module (mlx5_vfio_pci, hisi_acc_vfio_pci, nvgrace_gpu_vfio_pci)."""
+    return name == "vfio-pci" or name.endswith(("_vfio_pci", "-vfio-pci"))
+
+
 def read_attr(bdf: str, name: str) -> str:
     """A sysfs attribute of the function, stripped; '' when absent or unreadable."""
     try:

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from vfio_scenario.language.compile import Case, compile_documents, compile_paths
+from vfio_scenario.language.cases import Case
+from vfio_scenario.language.compile import compile_documents, compile_paths
 from vfio_scenario.language.loader import load_text
 from vfio_scenario.results import Outcome
 from vfio_scenario.run.executor import execute_case

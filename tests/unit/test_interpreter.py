@@ -15,7 +15,8 @@ import time
 from typing import Any
 
 from vfio_scenario.errors import VfioError
-from vfio_scenario.language.compile import Case, compile_documents
+from vfio_scenario.language.cases import Case
+from vfio_scenario.language.compile import compile_documents
 from vfio_scenario.language.loader import load_text
 from vfio_scenario.results import Outcome
 from vfio_scenario.run.executor import execute_case

@@ -9,9 +9,10 @@ what the step says, and Skip when the host turns out to lack what the case needs
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from vfio_scenario.run.interpreter import Operation
+if TYPE_CHECKING:
+    from vfio_scenario.run.interpreter import Operation
 
 _OPS: dict[str, Operation] = {}
 F = TypeVar("F", bound=Callable[..., Any])

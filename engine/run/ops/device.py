@@ -4,37 +4,39 @@ from __future__ import annotations
 
 import errno
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vfio_scenario.errors import VfioError
-from vfio_scenario.language.compile import Step
-from vfio_scenario.language.models import (
-    Access,
-    BarMmap,
-    BarRead,
-    BarWrite,
-    ConfigRead,
-    ConfigWrite,
-    DeviceInfo,
-    EnableSriov,
-    ExpectIrq,
-    ExpectNoIrq,
-    IrqDisable,
-    IrqEnable,
-    IrqMask,
-    IrqTrigger,
-    IrqUnmask,
-    OpenDevice,
-    RegionInfo,
-    Reset,
-)
 from vfio_scenario.run.interpreter import CheckFailed, Runtime, Skip
 from vfio_scenario.run.ops import op
 from vfio_scenario.uapi import regions, sysfs
 from vfio_scenario.uapi._vfio import ffi
 from vfio_scenario.uapi.device import VfioDevice
-from vfio_scenario.uapi.irq import IrqSet
 from vfio_scenario.uapi.mmio import Mmio
+
+if TYPE_CHECKING:
+    from vfio_scenario.language.cases import Step
+    from vfio_scenario.language.models import (
+        Access,
+        BarMmap,
+        BarRead,
+        BarWrite,
+        ConfigRead,
+        ConfigWrite,
+        DeviceInfo,
+        EnableSriov,
+        ExpectIrq,
+        ExpectNoIrq,
+        IrqDisable,
+        IrqEnable,
+        IrqMask,
+        IrqTrigger,
+        IrqUnmask,
+        OpenDevice,
+        RegionInfo,
+        Reset,
+    )
+    from vfio_scenario.uapi.irq import IrqSet
 
 ENABLE_SRIOV_PARAM = "/sys/module/vfio_pci/parameters/enable_sriov"
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from vfio_scenario.language.compile import Step
-from vfio_scenario.language.models import ExportDmabuf, MmapDmabuf, RestoreDmabuf, RevokeDmabuf
+from typing import TYPE_CHECKING
+
 from vfio_scenario.run.interpreter import Runtime, Skip
 from vfio_scenario.run.ops import op
 from vfio_scenario.uapi import pci
-from vfio_scenario.uapi.dmabuf import DmaBuf
-from vfio_scenario.uapi.mmio import Mmio
+
+if TYPE_CHECKING:
+    from vfio_scenario.language.cases import Step
+    from vfio_scenario.language.models import ExportDmabuf, MmapDmabuf, RestoreDmabuf, RevokeDmabuf
+    from vfio_scenario.uapi.dmabuf import DmaBuf
+    from vfio_scenario.uapi.mmio import Mmio
 
 
 @op("export_dmabuf")

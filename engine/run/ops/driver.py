@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import errno
 import time
+from typing import TYPE_CHECKING
 
 from vfio_scenario.drivers.base import DmaRegion, Driver, driver_for
 from vfio_scenario.errors import VfioError
-from vfio_scenario.language.compile import Step
-from vfio_scenario.language.models import (
-    DriverInit,
-    DriverRemove,
-    ExpectNoMsi,
-    MemcpyStart,
-    MemcpyStorm,
-    MemcpyWait,
-    SendMsi,
-)
 from vfio_scenario.run.interpreter import CheckFailed, Runtime, Skip
 from vfio_scenario.run.ops import op
 from vfio_scenario.uapi.buffers import DmaBuffer
-from vfio_scenario.uapi.device import VfioDevice
+
+if TYPE_CHECKING:
+    from vfio_scenario.language.cases import Step
+    from vfio_scenario.language.models import (
+        DriverInit,
+        DriverRemove,
+        ExpectNoMsi,
+        MemcpyStart,
+        MemcpyStorm,
+        MemcpyWait,
+        SendMsi,
+    )
+    from vfio_scenario.uapi.device import VfioDevice
 
 DEFAULT_WAIT = 5.0  # seconds for memcpy_wait without a step timeout (before the multiplier)
 MSI_WITHIN = 1.0

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vfio_scenario.errors import VfioError
-from vfio_scenario.language.compile import Step
-from vfio_scenario.language.models import AssertNotTainted, ExpectDmesg, ExpectNoDmesg, Sleep
 from vfio_scenario.run.interpreter import CheckFailed, Runtime, Skip
 from vfio_scenario.run.ops import op
 from vfio_scenario.uapi.kmsg import KernelLog, tainted
+
+if TYPE_CHECKING:
+    from vfio_scenario.language.cases import Step
+    from vfio_scenario.language.models import AssertNotTainted, ExpectDmesg, ExpectNoDmesg, Sleep
 
 # bit → letter, as in Documentation/admin-guide/tainted-kernels.rst
 TAINT_FLAGS = "PFSRMBUDAWCIOELKXTN"

@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import errno
+from typing import TYPE_CHECKING
 
 from vfio_scenario.errors import VfioError
-from vfio_scenario.language.compile import Step
-from vfio_scenario.language.models import (
-    AllocIoas,
-    Attach,
-    BindIommufd,
-    Detach,
-    IommuInfo,
-    OpenCdev,
-    OpenIommu,
-)
 from vfio_scenario.language.units import format_size
 from vfio_scenario.run.interpreter import CheckFailed, Runtime
 from vfio_scenario.run.ops import op
 from vfio_scenario.uapi.iommu import Iommu, open_iommu
 from vfio_scenario.uapi.iommufd import Ioas, Iommufd
+
+if TYPE_CHECKING:
+    from vfio_scenario.language.cases import Step
+    from vfio_scenario.language.models import (
+        AllocIoas,
+        Attach,
+        BindIommufd,
+        Detach,
+        IommuInfo,
+        OpenCdev,
+        OpenIommu,
+    )
 
 
 def iommufd_of(rt: Runtime, name: str, what: str) -> Iommufd:

@@ -4,26 +4,28 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from vfio_scenario.errors import VfioError
-from vfio_scenario.language.compile import Step
-from vfio_scenario.language.models import (
-    AllocBuffer,
-    AssertEqual,
-    AssertPattern,
-    AssertSuperpages,
-    AssertUnmapped,
-    Fill,
-    MapDma,
-    UnmapDma,
-)
 from vfio_scenario.language.units import format_size
 from vfio_scenario.run.interpreter import CheckFailed, Runtime, Skip
 from vfio_scenario.run.ops import op
 from vfio_scenario.uapi.buffers import DmaBuffer
-from vfio_scenario.uapi.iommu import AddressSpace, Mapping
 from vfio_scenario.uapi.patterns import Pattern
+
+if TYPE_CHECKING:
+    from vfio_scenario.language.cases import Step
+    from vfio_scenario.language.models import (
+        AllocBuffer,
+        AssertEqual,
+        AssertPattern,
+        AssertSuperpages,
+        AssertUnmapped,
+        Fill,
+        MapDma,
+        UnmapDma,
+    )
+    from vfio_scenario.uapi.iommu import AddressSpace, Mapping
 
 
 def space_of(rt: Runtime, args: MapDma | UnmapDma) -> AddressSpace:

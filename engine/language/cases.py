@@ -1,0 +1,69 @@
+"""The compiled form of scenarios: cases of steps, each with its validated arguments.
+
+Kept apart from the compiler so that running cases (in the testbed's guest, from a
+payload the host compiled) needs the operation models only, not the YAML loader or
+the template engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from vfio_scenario.errors import Location, ScenarioError
+
+if TYPE_CHECKING:  # a payload's cases hold records, not models (vfio_scenario.run.payload)
+    from vfio_scenario.language.models import Op, Requires, StepCommon
+
+
+@dataclass(frozen=True)
+class Step:
+    """One validated step of one case."""
+
+    index: int
+    op: str
+    args: Op
+    common: StepCommon
+    location: Location
+    teardown: bool = False
+    # where handle names sit in `args` (("a", "buffer") for `a: {buffer: …}`), so the
+    # interpreter can tell whether a teardown step's handles were made without
+    # asking the models
+    handle_paths: tuple[tuple[str, ...], ...] = ()
+
+    @property
+    def label(self) -> str:
+        return self.common.name or self.op
+
+    @property
+    def handle(self) -> str | None:
+        return self.common.as_
+
+
+@dataclass
+class Case:
+    """One runnable case: a scenario with one matrix assignment."""
+
+    id: str
+    file: str
+    scenario: str
+    description: str
+    tags: list[str]
+    requires: Requires
+    params: dict[str, Any]
+    timeout: float
+    steps: list[Step]
+    teardown: list[Step]
+    location: Location
+
+    @property
+    def iommu_mode(self) -> str | None:
+        mode = self.params.get("iommu_mode")
+        return mode if isinstance(mode, str) else None
+
+
+@dataclass
+class Compiled:
+    cases: list[Case] = field(default_factory=list)
+    errors: list[ScenarioError] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)

@@ -1,0 +1,233 @@
+"""The payload the host hands to the guest engine, and the planner's lazy device probe.
+
+In the testbed the host compiles and the guest only loads the cases (run/payload.py):
+the guest must get every value the models held, run the cases exactly as the host
+would, and import neither pydantic, the YAML loader nor the template engine.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import pickle
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+from vfio_scenario import __version__
+from vfio_scenario.errors import EnvironmentProblem, VfioError
+from vfio_scenario.language.cases import Case
+from vfio_scenario.language.compile import compile_documents, compile_paths
+from vfio_scenario.language.loader import load_text
+from vfio_scenario.results import Outcome
+from vfio_scenario.run import payload
+from vfio_scenario.run.interpreter import Runtime, run_case
+from vfio_scenario.run.plan import DeviceCaps, HostCaps, plan_each
+from vfio_scenario.uapi.sysfs import is_vfio_driver
+
+ROOT = Path(__file__).resolve().parents[2]
+HEADER = payload.Header(devices=["0000:00:03.0"],
+                        drivers={"edu": "vfio_scenario.drivers.edu:EduDriver"},
+                        iommu_modes=["iommufd"], timeout_multiplier=2.5, fail_fast=True)
+
+
+def cases_of(text: str) -> list[Case]:
+    doc, errors = load_text(textwrap.dedent(text), "scen/p.yaml")
+    assert errors == []
+    compiled = compile_documents([doc])
+    assert compiled.errors == [], [str(e) for e in compiled.errors]
+    return compiled.cases
+
+
+def round_trip(cases: list[Case], tmp_path: Path) -> tuple[payload.Header, list[Case]]:
+    path = payload.write(str(tmp_path), HEADER, cases)
+    with open(path, "rb") as f:
+        return payload.read_header(f), payload.read_cases(f)
+
+
+def same_values(model: Any, record: Any) -> None:
+    """`record` holds what `model` holds, field by field, nested models included."""
+    if isinstance(model, BaseModel):
+        assert isinstance(record, payload.Record), record
+        cls = type(model)
+        for name in [*cls.model_fields, *cls.__class_vars__]:
+            same_values(getattr(model, name), getattr(record, name))
+    elif isinstance(model, (list, tuple)):
+        assert type(record) is type(model) and len(record) == len(model)
+        for m, r in zip(model, record, strict=True):
+            same_values(m, r)
+    elif isinstance(model, dict):
+        assert record.keys() == model.keys()
+        for k in model:
+            same_values(model[k], record[k])
+    else:
+        assert record == model and type(record) is type(model)
+
+
+def test_every_library_case_arrives_with_every_value(tmp_path: Path) -> None:
+    compiled = compile_paths([str(ROOT / "scenarios")])
+    assert compiled.errors == [] and len(compiled.cases) > 300
+    header, cases = round_trip(compiled.cases, tmp_path)
+    assert header == HEADER
+    assert [c.id for c in cases] == [c.id for c in compiled.cases]
+    for sent, got in zip(compiled.cases, cases, strict=True):
+        same_values(sent.requires, got.requires)
+        assert (got.timeout, got.params, got.tags, got.location) == \
+            (sent.timeout, sent.params, sent.tags, sent.location)
+        for s, g in zip([*sent.steps, *sent.teardown], [*got.steps, *got.teardown], strict=True):
+            assert (g.index, g.op, g.location, g.teardown, g.handle_paths) == \
+                (s.index, s.op, s.location, s.teardown, s.handle_paths)
+            same_values(s.args, g.args)
+            same_values(s.common, g.common)
+
+
+def test_the_guest_loads_a_payload_without_pydantic_yaml_or_templates(tmp_path: Path) -> None:
+    path = payload.write(str(tmp_path), HEADER, compile_paths([str(ROOT / "scenarios")]).cases)
+    program = textwrap.dedent(f"""
+        import sys
+        from vfio_scenario.run import payload, guest, plan, probe, session
+        from vfio_scenario.run.ops import operations
+        operations()
+        with open({path!r}, "rb") as f:
+            payload.read_header(f)
+            cases = payload.read_cases(f)
+        heavy = sorted(m for m in ("pydantic", "ruamel.yaml", "jinja2") if m in sys.modules)
+        print(len(cases), heavy)
+    """)
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                         check=True)
+    count, heavy = out.stdout.split(" ", 1)
+    assert int(count) > 300 and heavy.strip() == "[]"
+
+
+def test_a_record_is_read_only_and_names_what_it_lacks(tmp_path: Path) -> None:
+    (case,) = cases_of("""
+        name: r
+        steps:
+          - sleep: {duration: 2ms}
+    """)
+    _, (got,) = round_trip([case], tmp_path)
+    args = got.steps[0].args
+    assert args.duration == 0.002 and args.op == "sleep"
+    with pytest.raises(AttributeError, match="read-only"):
+        args.duration = 1  # type: ignore[misc]
+    with pytest.raises(AttributeError, match="Sleep has no attribute 'size'"):
+        _ = args.size  # type: ignore[attr-defined]
+    assert repr(args).startswith("Sleep(duration=0.002")
+
+
+def test_a_payload_case_runs_exactly_as_the_compiled_case(tmp_path: Path) -> None:
+    text = """
+        name: same
+        steps:
+          - alloc_buffer: {size: 4KiB}
+            as: a
+          - sleep: {duration: 1ms}
+            expect: EINVAL
+          - alloc_buffer: {size: 8KiB}
+            as: b
+        teardown:
+          - assert_equal: {a: {buffer: a}, b: {buffer: b}, size: 1}
+          - assert_equal: {a: {buffer: a}, b: {buffer: a}, size: 2}
+    """
+    (case,) = cases_of(text)
+    _, (got,) = round_trip([case], tmp_path)
+
+    def ops(log: list[str]) -> dict[str, Any]:
+        def alloc_buffer(rt: Runtime, args: Any, step: Any) -> object:
+            log.append(f"alloc {args.size}")
+            if args.size > 4096:
+                raise VfioError(errno.ENOMEM, "ALLOC", "fake")
+            return object()
+
+        def sleep(rt: Runtime, args: Any, step: Any) -> None:
+            log.append(f"sleep {args.duration}")
+            raise VfioError(errno.EINVAL, "SLEEP", "fake")
+
+        def assert_equal(rt: Runtime, args: Any, step: Any) -> None:
+            log.append(f"equal {args.a.buffer} {args.b.buffer} {args.size}")
+
+        return {"alloc_buffer": alloc_buffer, "sleep": sleep, "assert_equal": assert_equal}
+
+    runs = []
+    for c in (case, got):
+        log: list[str] = []
+        result = run_case(c, [], ops(log))
+        runs.append((log, result.outcome, [(s.outcome, s.actual, s.message) for s in result.steps]))
+    assert runs[0] == runs[1]
+    log, outcome, steps = runs[1]
+    # `b` was never made: the teardown step that needs it (nested, a: {buffer: b}) is
+    # not run, the other one is
+    assert outcome is Outcome.FAIL
+    assert log == ["alloc 4096", "sleep 0.001", "alloc 8192", "equal a a 2"]
+    assert steps[3][0] is Outcome.SKIP
+
+
+def test_a_file_that_is_no_payload_or_from_another_engine_is_an_environment_problem(
+        tmp_path: Path) -> None:
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"not a pickle")
+    with open(junk, "rb") as f, pytest.raises(EnvironmentProblem, match="not a vfio-scenario payload"):
+        payload.read_header(f)
+    other = {**HEADER.to_dict(), "version": __version__ + ".other"}
+    buf = io.BytesIO(pickle.dumps(other))
+    buf.name = "old"  # type: ignore[attr-defined]
+    with pytest.raises(EnvironmentProblem, match="must run one checkout"):
+        payload.read_header(buf)
+
+
+def test_vfio_variant_drivers_count_as_vfio() -> None:
+    assert is_vfio_driver("vfio-pci")
+    assert is_vfio_driver("mlx5_vfio_pci") and is_vfio_driver("nvgrace_gpu_vfio_pci")
+    assert not is_vfio_driver("nvme") and not is_vfio_driver("") and not is_vfio_driver("vfio")
+
+
+class Loads:
+    """Counts feature probes per device."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def loader(self, bdf: str, features: dict[str, str | None]) -> Any:
+        def load() -> dict[str, str | None]:
+            self.calls.append(bdf)
+            return features
+        return load
+
+
+def test_devices_are_probed_only_when_a_case_first_needs_their_features() -> None:
+    loads = Loads()
+    edu = DeviceCaps(bdf="0000:00:03.0", vendor_id=0x1234, device_id=0x11E8,
+                     vfio_driver="vfio-pci", scenario_driver="edu",
+                     load_features=loads.loader("edu", {"reset": "VFIO_DEVICE_FLAGS_RESET is clear",
+                                                        "msi": None}))
+    nvme = DeviceCaps(bdf="0000:00:06.0", vendor_id=0x1B36, device_id=0x0010,
+                      vfio_driver="vfio-pci", scenario_driver="nvme",
+                      load_features=loads.loader("nvme", {"reset": None, "msi": None}))
+    caps = HostCaps(kernel_release="7.2", iommu_modes={"iommufd": None}, devices=[edu, nvme])
+    cases = cases_of("""
+        - name: plain
+          requires: {driver: edu}
+          matrix: {iommu_mode: [iommufd]}
+          steps: [{sleep: {duration: 1ms}}]
+        - name: reset
+          requires: {features: [reset]}
+          matrix: {iommu_mode: [iommufd]}
+          steps: [{sleep: {duration: 1ms}}]
+        - name: msi
+          requires: {features: [msi]}
+          matrix: {iommu_mode: [iommufd]}
+          steps: [{sleep: {duration: 1ms}}]
+    """)
+    planned = plan_each(cases, caps)
+    first = next(planned)
+    assert first.devices == [edu] and loads.calls == []  # no feature asked: nothing opened
+    second = next(planned)
+    assert second.devices == [nvme] and loads.calls == ["edu", "nvme"]
+    third = next(planned)
+    assert third.devices == [edu] and loads.calls == ["edu", "nvme"]  # each probed once
+    assert edu.features["reset"] == "VFIO_DEVICE_FLAGS_RESET is clear"
