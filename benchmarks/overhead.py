@@ -3,7 +3,8 @@
 
   (a) a scenario: `map_dma` with `repeat: N` (4 KiB each), one `unmap_dma {all: true}`,
       and `memcpy_storm` of M edu copies of 4 KiB — run by the engine as usual (forked
-      case, every step reported);
+      case, every step reported; a repeated map_dma does its repetitions in the uapi
+      layer's C loop, with the IOVAs, records and expect: checks of N single steps);
   (b) a direct Python loop over the uapi layer and the edu driver;
   (c) a small C program built by this script (benchmarks/c/vfio_overhead.c).
 
@@ -121,6 +122,9 @@ def run_scenario(bdf: str, maps: int, copies: int, workdir: Path) -> dict[str, f
     result = execute_case(case, [bdf], operations(), RunOptions())
     if result.outcome is not Outcome.PASS:
         raise SystemExit(f"scenario {result.outcome.name}: {result.message}\n{result.log}")
+    # every step of the case ran and was reported; the phases are three of them
+    assert len(result.steps) == len(case.steps) + len(case.teardown), result.steps
+    assert all(s.outcome is Outcome.PASS for s in result.steps), result.steps
     return {s.name: s.duration for s in result.steps if s.name in ("map", "unmap", "memcpy")}
 
 
@@ -153,6 +157,9 @@ def inside(maps: int, copies: int, binary: Path, workdir: Path, rounds: int) -> 
     print(f"{'total':<8} {c:>10.4f} {b:>11.4f} {a:>13.4f} {b / c:>6.2f} {a / c:>6.2f}")
     print(f"ratio a/c (scenario / C): {a / c:.3f} (target <= 1.1: {'met' if a / c <= 1.1 else 'NOT met'})")
     print(f"ratio b/c (direct Python / C): {b / c:.3f}")
+    per = {k: rows[k]["map"] / maps * 1e6 for k in rows}
+    print(f"per map: C {per['c']:.1f} us, direct Python {per['direct']:.1f} us, "
+          f"scenario {per['scenario']:.1f} us")
 
 
 def main() -> None:
