@@ -9,11 +9,11 @@ repository). Then it boots the testbed once and, inside it, for every program:
 
   C      the program run end to end (all its cases), and each case alone (`-r`);
   ours   the guest engine (`vfio_scenario.run.guest`'s main, in a child forked from
-         this process, which has imported the engine once, as the testbed's agent
-         does) on the program's scenario file, end to end, with each case's own
-         duration from its events; and once over all the compared programs. The cold
-         start (Python importing the engine in the guest) is measured and printed
-         apart.
+         this process, which has imported the engine once) on the payload of the
+         program's scenario file (compiled first, untimed, as the host does before the
+         guest engine starts), end to end, with each case's own duration from its
+         events; and once over all the compared programs. The cold start (Python
+         importing the engine in the guest) is measured and printed apart.
 
 It prints per program: C and our end-to-end seconds and their ratio, the sums of
 per-case seconds and their ratio; the totals; and every case where the two disagree
@@ -244,18 +244,21 @@ def guest_engine(argv: list[str]) -> tuple[int, str]:
 
 def run_ours(programs: list[str], workdir: Path, bdfs: list[str]) -> tuple[float, dict[str, Side]]:
     """One guest-engine run over the programs' scenario files: its seconds, per-program results."""
+    from vfio_scenario.drivers.base import driver_entry_points
     from vfio_scenario.language.compile import compile_paths
+    from vfio_scenario.run import payload
 
+    # what the host does before the guest engine starts (compile against the guest's
+    # devices, write the payload) is not timed: on the host it takes a tenth of a second
     files = [str(SCENARIOS / f"{p}.yaml") for p in programs]
-    compiled = compile_paths(files)
+    compiled = compile_paths(files, bdfs)
     if compiled.errors:
         raise SystemExit("\n".join(map(str, compiled.errors)))
-    ids = workdir / "cases.ids"
-    ids.write_text("\n".join(c.id for c in compiled.cases) + "\n")
-    t0 = time.perf_counter()
     # the same devices as the C programs (the testbed may hold others: igb, nvme)
-    status, stdout = guest_engine([*files, "--ids", str(ids),
-                                   *(a for b in bdfs for a in ("--device", b))])
+    header = payload.Header(devices=bdfs, drivers=driver_entry_points())
+    work = payload.write(str(workdir), header, compiled.cases)
+    t0 = time.perf_counter()
+    status, stdout = guest_engine([work])
     seconds = time.perf_counter() - t0
     sides = {p: Side() for p in programs}
     for line in stdout.splitlines():

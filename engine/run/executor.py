@@ -14,7 +14,6 @@ import json
 import os
 import select
 import signal
-import tempfile
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +32,9 @@ def execute_case(case: Case, devices: list[str], ops: dict[str, Operation],
                  options: RunOptions) -> CaseResult:
     """Run `case` in a forked child and return its result, whatever happens to the child."""
     kmsg = _kernel_log()
-    out = tempfile.TemporaryFile(mode="w+b")  # noqa: SIM115 - the child writes to its fd
+    # an anonymous file the child's stdout/stderr go to (memfd: no tempfile module to
+    # import, no directory that must be writable)
+    out = os.fdopen(os.memfd_create("vfio-scenario-case-output"), "w+b")
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import os
-import uuid
 from dataclasses import dataclass
 from typing import Self
 
@@ -54,7 +53,7 @@ class Cdev:
         arg = new("struct vfio_device_bind_iommufd", iommufd=iommufd.fd)
         token = None
         if vf_token is not None:
-            token = ffi.new("uint8_t[16]", list(uuid.UUID(vf_token).bytes))
+            token = ffi.new("uint8_t[16]", list(_uuid_bytes(vf_token)))
             arg.flags = lib.VFIO_DEVICE_BIND_FLAG_TOKEN
             arg.token_uuid_ptr = int(ffi.cast("uintptr_t", token))
         ioctl(self.fd, "VFIO_DEVICE_BIND_IOMMUFD", arg, self.bdf)
@@ -286,7 +285,7 @@ class VfioDevice:
     def set_vf_token(self, token: str) -> None:
         """PCI_VF_TOKEN SET on a PF: VFs then open only with "vf_token=<token>"."""
         self.feature(lib.VFIO_DEVICE_FEATURE_PCI_VF_TOKEN, lib.VFIO_DEVICE_FEATURE_SET,
-                     uuid.UUID(token).bytes)
+                     _uuid_bytes(token))
 
     def export_dmabuf(self, region: str | int,
                       ranges: list[tuple[int, int]] | None = None) -> DmaBuf:
@@ -354,3 +353,10 @@ class VfioDevice:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _uuid_bytes(text: str) -> bytes:
+    """The 16 bytes of a VF token written as a UUID."""
+    import uuid  # here: only SR-IOV cases need it, and the guest's start is spared it
+
+    return uuid.UUID(text).bytes
