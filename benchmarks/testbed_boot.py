@@ -91,7 +91,8 @@ def run_to_first_step_seconds(kernel: str, accel: str) -> float:
     """`vfio-scenario run` of a one-step case: launch until its result line, less the case.
 
     This is what a user waits for: booting, starting the engine in the guest, probing
-    the host (every device opened once) and planning, before the first step runs.
+    the host (each device is opened when the planner first considers it) and planning,
+    before the first step runs.
     """
     with tempfile.TemporaryDirectory(prefix="vfio-scenario-bench-", dir=Path.cwd()) as tmp:
         scenario = Path(tmp) / "first-step.yaml"
@@ -143,7 +144,7 @@ def main() -> int:
               f"warm start->guest python ran {statistics.median(python):.2f} s")
         print(f"{accel}: `vfio-scenario run` -> first step {statistics.median(run_first):.2f} s "
               f"(min {min(run_first):.2f}, max {max(run_first):.2f}; boot, guest engine "
-              f"start, host probe of every device, planning)")
+              f"start, host probe, planning with the devices the first case needs probed)")
         if accel == "tcg":
             print(f"tcg warm / target {TARGET_WARM_TCG:.0f} s = {warm / TARGET_WARM_TCG:.2f} "
                   f"({'met' if warm < TARGET_WARM_TCG else 'missed'})")
