@@ -94,12 +94,14 @@ class AddressSpace:
                    size: int | None = None, read: bool = True, write: bool = True,
                    limit: int | None = None) -> Mapping:
         """Map (part of) a buffer, at `iova` or at one allocated within the ranges."""
-        size = buffer.size - offset if size is None else size
-        if offset < 0 or size <= 0 or offset + size > buffer.size:
+        whole = buffer.size
+        if size is None:
+            size = whole - offset
+        if offset < 0 or size <= 0 or offset + size > whole:
             raise VfioError(errno.EINVAL, "map_dma", self.handle,
-                            f"0x{offset:x}+0x{size:x} outside buffer of 0x{buffer.size:x}")
+                            f"0x{offset:x}+0x{size:x} outside buffer of 0x{whole:x}")
         if iova is None:
-            iova = self._alloc(size, limit)
+            iova = (self._allocator or self.own_allocator()).alloc(size, limit=limit)
         return self.map(buffer.addr + offset, size, iova, read, write)
 
     def own_allocator(self) -> IovaAllocator:

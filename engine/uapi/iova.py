@@ -31,10 +31,9 @@ def _natural_align(size: int) -> int:
 
     Aligning a mapping to its own size lets the IOMMU use superpages for it.
     """
-    align = PAGE
-    while align * 2 <= min(size, MAX_NATURAL_ALIGN):
-        align *= 2
-    return align
+    if size <= PAGE:
+        return PAGE
+    return 1 << (min(size, MAX_NATURAL_ALIGN).bit_length() - 1)
 
 
 class IovaAllocator:
@@ -55,17 +54,22 @@ class IovaAllocator:
 
         Raises VfioError(ENOSPC) when no range has room below the limit.
         """
+        # runs for every map_dma without an IOVA: plain arithmetic, no helper calls
         if size <= 0:
             raise VfioError(errno.EINVAL, "iova_alloc", "", f"size {size}")
         align = align or _natural_align(size)
-        cap = min(x for x in (limit, self.limit, 1 << 64) if x is not None)
+        cap = 1 << 64 if self.limit is None else self.limit
+        if limit is not None and limit < cap:
+            cap = limit
+        following = self._next
         for r in self.ranges:
-            iova = -(-max(self._next[r.start], r.start) // align) * align
+            iova = -(-following[r.start] // align) * align  # _next starts at r.start
             if iova == 0:
                 # IOVA 0 is legal but makes a NULL-pointer DMA indistinguishable.
                 iova = align
-            if r.contains(iova, size) and iova + size <= cap:
-                self._next[r.start] = iova + size
+            end = iova + size
+            if r.start <= iova and end - 1 <= r.last and end <= cap:
+                following[r.start] = end
                 return iova
         raise VfioError(errno.ENOSPC, "iova_alloc", "",
                         f"no room for 0x{size:x} bytes aligned to 0x{align:x}")
