@@ -55,6 +55,9 @@ class Case:
     steps: list[Step]
     teardown: list[Step]
     location: Location
+    # its templates read `device`/`devices` (the run's BDFs, in order): it must run on
+    # those very devices, the first `requires.devices` of the run
+    names_devices: bool = False
 
     @property
     def iommu_mode(self) -> str | None:

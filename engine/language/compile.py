@@ -35,6 +35,7 @@ from vfio_scenario.language.templates import (
     render,
     render_tree,
     substitute,
+    template_names,
     template_paths,
 )
 
@@ -42,6 +43,7 @@ RESERVED_AXES = ("iommu_mode",)
 # Operations whose presence makes a scenario depend on the IOMMU mode.
 _IOMMU_OPS = ("open_iommu", "open_device", "open_cdev", "bind_iommufd")
 _COMMON_MEMO: dict[str, StepCommon] = {}  # StepCommon is frozen, so sharing is safe
+DEVICE_NAMES = ("device", "devices")  # template variables naming the run's BDFs
 PLACEHOLDER_DEVICES = ["0000:00:00.0", "0000:00:00.1", "0000:00:00.2", "0000:00:00.3"]
 
 
@@ -140,13 +142,16 @@ class _FileCompiler:
                     self.error((*path, step_list, i),
                                "a step is a mapping with one operation key, e.g. `- sleep: {duration: 1s}`")
         seen: set[str] = set()
+        names_devices = any(n in DEVICE_NAMES for _, source in
+                            template_paths([header.vars, header.steps, header.teardown])
+                            for n in template_names(source))
         for params in combos:
             cid = case_id(self.path, name, params)
             if cid in seen:
                 self.error((*path, "matrix"), f"matrix gives case {cid} twice")
                 continue
             seen.add(cid)
-            case = self.case(path, header, name, cid, params)
+            case = self.case(path, header, name, cid, params, names_devices)
             if case is not None:
                 self.cases.append(case)
 
@@ -222,7 +227,7 @@ class _FileCompiler:
         return False
 
     def case(self, path: tuple[Any, ...], header: ScenarioHeader, name: str, cid: str,
-             params: dict[str, Any]) -> Case | None:
+             params: dict[str, Any], names_devices: bool) -> Case | None:
         context: dict[str, Any] = {"devices": self.devices, "device": self.devices[0]}
         context.update(params)
         problems: list[tuple[tuple[Any, ...], str]] = []
@@ -244,7 +249,7 @@ class _FileCompiler:
             id=cid, file=self.path, scenario=name, description=header.description,
             tags=list(header.tags), requires=header.requires, params=params,
             timeout=header.timeout, steps=steps, teardown=teardown,
-            location=self.doc.location(path),
+            location=self.doc.location(path), names_devices=names_devices,
         )
 
     def steps(self, path: tuple[Any, ...], key: str, raws: list[Any], context: dict[str, Any],

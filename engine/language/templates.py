@@ -67,6 +67,11 @@ _RESULTS: dict[tuple[Any, ...], Any] = {}
 _SCALAR_TYPES = (int, float, str, bool, type(None))
 
 
+def template_names(source: str) -> tuple[str, ...]:
+    """The variables a templated string reads."""
+    return _compiled(source)[2]
+
+
 def render(value: str, context: dict[str, Any]) -> Any:
     """Render one templated string with `context`; raises TemplateProblem."""
     try:

@@ -109,6 +109,8 @@ def _plan_one(case: Case, caps: HostCaps, only_modes: list[str] | None) -> Plann
     needed = req.devices
     if needed == 0:
         return PlannedCase(case, [])
+    if case.names_devices:
+        return _plan_named(case, caps, needed)
     chosen: list[DeviceCaps] = []
     reasons: list[str] = []
     for dev in caps.devices:
@@ -123,6 +125,22 @@ def _plan_one(case: Case, caps: HostCaps, only_modes: list[str] | None) -> Plann
         return PlannedCase(case, [], "no VFIO device on this host")
     have = f"{len(chosen)} suitable device(s) of {needed} needed"
     return PlannedCase(case, [], f"{have}: " + "; ".join(reasons) if reasons else have)
+
+
+def _plan_named(case: Case, caps: HostCaps, needed: int) -> PlannedCase:
+    """A case whose templates name the run's devices (`devices[1]`) runs on the run's
+    first `needed` devices, in order, or not at all: other devices would make its
+    named BDFs and its planned devices disagree."""
+    named = caps.devices[:needed]
+    if len(named) < needed:
+        return PlannedCase(case, [], f"its templates name the run's devices and it needs "
+                                     f"{needed}; the run has {len(named)}")
+    for dev in named:
+        why = _device_unfit(case, dev)
+        if why is not None:
+            return PlannedCase(case, [], f"its templates name the run's first {needed} "
+                                         f"device(s); {dev.bdf} ({dev.ids}): {why}")
+    return PlannedCase(case, list(named))
 
 
 def _device_unfit(case: Case, dev: DeviceCaps) -> str | None:

@@ -231,3 +231,44 @@ def test_devices_are_probed_only_when_a_case_first_needs_their_features() -> Non
     third = next(planned)
     assert third.devices == [edu] and loads.calls == ["edu", "nvme"]  # each probed once
     assert edu.features["reset"] == "VFIO_DEVICE_FLAGS_RESET is clear"
+
+
+def test_a_case_naming_devices_in_templates_runs_on_those_devices_or_is_skipped() -> None:
+    nvme = DeviceCaps(bdf="0000:00:02.0", vendor_id=0x1B36, device_id=0x0010,
+                      vfio_driver="vfio-pci", scenario_driver="nvme")
+    edu = [DeviceCaps(bdf=f"0000:00:0{i}.0", vendor_id=0x1234, device_id=0x11E8,
+                      vfio_driver="vfio-pci", scenario_driver="edu") for i in (3, 4)]
+    named, unnamed, in_vars = [c for c in cases_of("""
+        - name: named
+          requires: {driver: edu, devices: 2}
+          steps:
+            - open_iommu: {}
+              as: iommu
+            - open_device: {iommu: iommu, bdf: "{{ devices[1] }}"}
+              as: dev
+        - name: unnamed
+          requires: {driver: edu, devices: 2}
+          steps:
+            - open_iommu: {}
+              as: iommu
+            - open_device: {iommu: iommu}
+              as: dev
+        - name: in-vars
+          requires: {driver: edu}
+          vars: {where: "{{ device }}"}
+          steps:
+            - sleep: {duration: 1ms}
+    """) if c.iommu_mode in (None, "iommufd")]
+    assert (named.names_devices, unnamed.names_devices, in_vars.names_devices) == \
+        (True, False, True)
+    caps = HostCaps(kernel_release="7.2", iommu_modes={"iommufd": None}, devices=[*edu, nvme])
+    a, b, c = plan_each([named, unnamed, in_vars], caps)
+    assert a.devices == edu and b.devices == edu and c.devices == edu[:1]
+    # the nvme first: the planner must not hand the named case other devices than those
+    # its templates name, the unnamed one still finds the two edu
+    caps.devices = [nvme, *edu]
+    a, b, c = plan_each([named, unnamed, in_vars], caps)
+    assert a.skip == ("its templates name the run's first 2 device(s); 0000:00:02.0 "
+                      "(1b36:0010): its scenario driver is nvme, not edu")
+    assert b.devices == edu and b.skip is None
+    assert c.skip is not None and c.devices == []
