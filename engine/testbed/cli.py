@@ -85,7 +85,7 @@ def _status(args: argparse.Namespace) -> int:
     from vfio_scenario.testbed.assets import cached_kernels
     from vfio_scenario.testbed.paths import cache_dir
     from vfio_scenario.testbed.persistent import read_state
-    from vfio_scenario.testbed.qemu import qemu_version
+    from vfio_scenario.testbed.qemu import fast_firmware, qemu_version
 
     try:
         qemu = qemu_version()
@@ -93,6 +93,9 @@ def _status(args: argparse.Namespace) -> int:
         qemu = f"missing ({exc})"
     print(f"qemu          {qemu}")
     print(f"accelerator   {describe_verdict() if not qemu.startswith('missing') else '-'}")
+    if not qemu.startswith("missing"):
+        rom = fast_firmware()
+        print(f"firmware      {f'qboot ({rom})' if rom else 'SeaBIOS (QEMU default; no qboot.rom)'}")
     kernels = cached_kernels()
     if not kernels:
         print("kernels       none cached (vfio-scenario testbed fetch)")
