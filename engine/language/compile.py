@@ -86,6 +86,7 @@ class _FileCompiler:
         self._made: dict[int, tuple[str, str] | None] = {}
         self._locations: dict[tuple[Any, ...], Location] = {}
         self._tpaths: dict[int, list[tuple[tuple[Any, ...], str]]] = {}
+        self._listed: set[tuple[Any, ...]] = set()  # step lists whose locations are known
 
     def error(self, path: tuple[Any, ...], message: str, *, key: bool = False) -> None:
         loc = self.doc.location(path, key=key)
@@ -142,9 +143,10 @@ class _FileCompiler:
                     self.error((*path, step_list, i),
                                "a step is a mapping with one operation key, e.g. `- sleep: {duration: 1s}`")
         seen: set[str] = set()
-        names_devices = any(n in DEVICE_NAMES for _, source in
-                            template_paths([header.vars, header.steps, header.teardown])
-                            for n in template_names(source))
+        templated = [source for raw in (*header.steps, *header.teardown) if isinstance(raw, dict)
+                     for _, source in self._template_paths(raw)]
+        templated += [source for _, source in template_paths(header.vars)]
+        names_devices = any(n in DEVICE_NAMES for s in templated for n in template_names(s))
         for params in combos:
             cid = case_id(self.path, name, params)
             if cid in seen:
@@ -257,6 +259,10 @@ class _FileCompiler:
         handles = dict(handles)
         out: list[Step] = []
         ok = True
+        if (*path, key) not in self._listed:
+            self._listed.add((*path, key))
+            for i, loc in enumerate(self.doc.item_locations((*path, key))):
+                self._locations[(*path, key, i)] = loc
         for i, raw in enumerate(raws):
             spath = (*path, key, i)
             if not isinstance(raw, dict):
@@ -299,12 +305,17 @@ class _FileCompiler:
             self._made[key] = (name, kind) if isinstance(name, str) and kind else None
         return self._made[key]
 
-    def render_step(self, spath: tuple[Any, ...], raw: dict[str, Any],
-                    context: dict[str, Any]) -> tuple[dict[str, Any], list[Any]] | None:
-        """The step with its templates rendered, and the rendered values; None on errors."""
+    def _template_paths(self, raw: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
+        """template_paths() of a raw step, once per step of the file (every case shares it)."""
         tpaths = self._tpaths.get(id(raw))
         if tpaths is None:
             tpaths = self._tpaths[id(raw)] = template_paths(raw)
+        return tpaths
+
+    def render_step(self, spath: tuple[Any, ...], raw: dict[str, Any],
+                    context: dict[str, Any]) -> tuple[dict[str, Any], list[Any]] | None:
+        """The step with its templates rendered, and the rendered values; None on errors."""
+        tpaths = self._template_paths(raw)
         if not tpaths:
             return raw, []
         values = []

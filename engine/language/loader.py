@@ -51,6 +51,20 @@ class Document:
             return node.value[part], node.value[part]
         return None
 
+    def item_locations(self, path: Path_) -> list[Location]:
+        """The location of each item of the sequence at `path` (none when it is not one),
+        in one walk down the tree instead of one per item."""
+        node = self.root
+        for part in path:
+            found = self._child(node, part) if node is not None else None
+            if found is None:
+                return []
+            node = found[1]
+        if not isinstance(node, SequenceNode):
+            return []
+        return [Location(self.path, n.start_mark.line + 1, n.start_mark.column + 1)
+                for n in node.value]
+
     def location(self, path: Path_, *, key: bool = False) -> Location:
         """The location of `path` (its key with `key`), or of its nearest existing ancestor."""
         node = self.root
