@@ -91,7 +91,6 @@ def run_in_testbed(testbed: Any, cases: list[Case], paths: list[str], on_event: 
                             timeout_multiplier=timeout_multiplier, fail_fast=fail_fast)
     reboots = 0
     longest = max(c.timeout for c in cases) * timeout_multiplier
-    cwd = os.getcwd()
     while remaining:
         payload_file = payload.write(workdir, header, remaining)
         argv = [sys.executable, "-m", "vfio_scenario.run.guest", payload_file]
@@ -104,7 +103,10 @@ def run_in_testbed(testbed: Any, cases: list[Case], paths: list[str], on_event: 
         finished = crashed = False
         try:
             # a case's own limit is enforced in the guest; silence beyond it means a hang
-            stream = testbed.stream(argv, idle_timeout=longest + GUEST_START, cwd=cwd)
+            # the payload holds everything (no scenario file is read in the guest), so
+            # the engine runs in the payload's folder: the host's working directory may
+            # be one the guest cannot see (below /tmp, for a VM of `testbed up`)
+            stream = testbed.stream(argv, idle_timeout=longest + GUEST_START, cwd=workdir)
             for line in stream:
                 try:
                     event = json.loads(line)

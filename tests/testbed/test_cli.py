@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -49,6 +51,19 @@ def test_up_run_status_down_share_one_vm(private_cache: dict[str, str]) -> None:
         second = _cli(private_cache, "run", "--", "cat", "/tmp/mark")
         assert first.returncode == 0 and first.stdout.strip().endswith("-vfio-scenario")
         assert second.returncode == 0 and second.stdout.strip().isdigit()  # same VM's /tmp
+        # `run` uses the up VM, also from a folder that VM cannot see (a /tmp folder made
+        # after it booted: the guest's /tmp is its own)
+        elsewhere = Path(tempfile.mkdtemp(prefix="vfio-scenario-elsewhere-", dir="/tmp"))
+        try:
+            (elsewhere / "one.yaml").write_text("name: one\nsteps:\n  - sleep: {duration: 1ms}\n")
+            run = subprocess.run([sys.executable, "-m", "vfio_scenario", "run", "one.yaml"],
+                                 cwd=elsewhere, env=private_cache, capture_output=True,
+                                 text=True, timeout=300, check=False)
+            assert run.returncode == 0, run.stdout + run.stderr
+            assert "1 passed, 0 failed" in run.stdout
+            assert (elsewhere / "reports" / "junit.xml").exists()
+        finally:
+            shutil.rmtree(elsewhere)
     finally:
         down = _cli(private_cache, "down")
     assert down.stdout.strip() == f"testbed down: ended QEMU PID {pid}"
