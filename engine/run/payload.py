@@ -109,7 +109,7 @@ def read_header(f: IO[bytes]) -> Header:
     when the file is not one or was written by another engine version."""
     try:
         raw = pickle.load(f)
-    except (pickle.UnpicklingError, EOFError) as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever a stray file makes pickle raise
         raise EnvironmentProblem(f"{f.name} is not a vfio-scenario payload: {exc}") from None
     if not isinstance(raw, dict) or raw.get("magic") != MAGIC:
         raise EnvironmentProblem(f"{f.name} is not a vfio-scenario payload")
