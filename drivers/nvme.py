@@ -32,7 +32,9 @@ import errno
 import os
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from vfio_scenario.drivers.base import (
     DeviceAccess,
@@ -130,6 +132,12 @@ class Completion:
         return f"{name} (SCT {self.sct:#x} SC {self.sc:#04x})"
 
 
+class CqWords(Protocol):
+    """A completion queue as 32-bit words: each index is one load, never split."""
+
+    def __getitem__(self, index: int, /) -> int: ...
+
+
 @dataclass(frozen=True)
 class Scratch:
     """Where memcpy may write: `blocks` logical blocks from `lba` of namespace `nsid`."""
@@ -171,10 +179,21 @@ def _text(data: bytes) -> str:
 
 
 class QueuePair:
-    """A submission queue and its completion queue in the driver's region."""
+    """A submission queue and its completion queue in the driver's region.
 
-    def __init__(self, drv: NvmeDriver, qid: int, sq: int, cq: int, entries: int) -> None:
-        self.drv = drv
+    Completion entries are read the way the spec's phase-tag protocol needs when the
+    controller writes the queue while the CPU reads it: DW3 (command id, phase tag,
+    status) first, as one 32-bit load; DW2 and DW0 only once that phase tag is the
+    current one.  x86 keeps loads in program order, so the later loads see the entry the
+    phase tag belongs to and never an older one left in the slot from the previous lap.
+    Words are read in the CPU's byte order, which is NVMe's little-endian on x86.
+    """
+
+    def __init__(self, mem: memoryview, doorbell: Callable[[int, int], None], bdf: str,
+                 qid: int, sq: int, cq: int, entries: int) -> None:
+        self.mem = mem
+        self.ring = doorbell
+        self.bdf = bdf
         self.qid = qid
         self.sq = sq  # offsets in the region
         self.cq = cq
@@ -183,31 +202,77 @@ class QueuePair:
         self.head = 0
         self.phase = 1
         self.cid = 0
-        mem = drv.dma.mem
+        self.sq_head = 0  # the controller's SQ head, as its latest completion reported it
+        self.outstanding: set[int] = set()  # submitted, completion not yet taken
+        self.arrived: dict[int, Completion] = {}  # read while waiting for another command
         mem[sq:sq + PAGE] = bytes(PAGE)
         mem[cq:cq + PAGE] = bytes(PAGE)
+        self.cq_words: CqWords = mem[cq:cq + entries * CQE.size].cast("I")
 
     def submit(self, opcode: int, nsid: int = 0, dptr: tuple[int, int] = (0, 0),
                cdw: tuple[int, ...] = (), flags: int = 0) -> int:
-        """Write one entry and ring the tail doorbell; returns its command id."""
-        self.cid = (self.cid + 1) & 0xFFFF
+        """Write one entry and ring the tail doorbell; returns its command id.  EBUSY when
+        the queue is full (the tail would reach the head the controller last reported)."""
+        if (self.tail + 1) % self.entries == self.sq_head:
+            raise DriverError(errno.EBUSY, "nvme.submit", self.bdf,
+                              f"submission queue {self.qid} full ({self.entries - 1} commands "
+                              f"not yet fetched)")
+        cid = self._next_cid()
         words = (*cdw, 0, 0, 0, 0, 0, 0)[:6]
-        SQE.pack_into(self.drv.dma.mem, self.sq + self.tail * SQE.size, opcode, flags >> 8,
-                      self.cid, nsid, 0, dptr[0], dptr[1], *words)
+        SQE.pack_into(self.mem, self.sq + self.tail * SQE.size, opcode, flags >> 8,
+                      cid, nsid, 0, dptr[0], dptr[1], *words)
+        self.outstanding.add(cid)
         self.tail = (self.tail + 1) % self.entries
-        self.drv.doorbell(2 * self.qid, self.tail)
-        return self.cid
+        self.ring(2 * self.qid, self.tail)
+        return cid
+
+    def _next_cid(self) -> int:
+        """An id no outstanding command holds (ids are unique per queue); FFFFh is never
+        used, the Error Information log page's "no command"."""
+        while True:
+            self.cid = (self.cid + 1) & 0xFFFF
+            if self.cid != 0xFFFF and self.cid not in self.outstanding:
+                return self.cid
 
     def poll(self) -> Completion | None:
-        """The next completion when the device posted one (phase tag matches), else None."""
-        fields = CQE.unpack_from(self.drv.dma.mem, self.cq + self.head * CQE.size)
-        if (fields[5] & 1) != self.phase:
+        """The next entry the controller posted (its phase tag is the current one), else
+        None.  The head doorbell is rung once the whole entry has been read."""
+        word = self.head * (CQE.size // 4)
+        dw3 = self.cq_words[word + 3]
+        if (dw3 >> 16) & 1 != self.phase:
             return None
+        dw2 = self.cq_words[word + 2]
+        result = self.cq_words[word]
         self.head = (self.head + 1) % self.entries
         if self.head == 0:
             self.phase ^= 1
-        self.drv.doorbell(2 * self.qid + 1, self.head)
-        return Completion(fields[0], fields[2], fields[3], fields[4], fields[5] >> 1)
+        self.sq_head = dw2 & 0xFFFF
+        self.ring(2 * self.qid + 1, self.head)
+        return Completion(result, dw2 & 0xFFFF, dw2 >> 16, dw3 & 0xFFFF, dw3 >> 17)
+
+    def take(self, cid: int, op: str) -> Completion | None:
+        """The completion of outstanding command `cid` once the controller posted it, else
+        None.  Completions of other outstanding commands read meanwhile are kept for their
+        own `take`; an entry naming a command that is not outstanding is EIO."""
+        if cid not in self.outstanding:
+            raise DriverError(errno.EINVAL, op, self.bdf,
+                              f"command {cid} is not outstanding on queue {self.qid}")
+        done = self.arrived.pop(cid, None)
+        while done is None:
+            entry = self.poll()
+            if entry is None:
+                return None
+            if entry.cid not in self.outstanding or entry.cid in self.arrived:
+                raise DriverError(errno.EIO, op, self.bdf,
+                                  f"completion of command {entry.cid}, which is not "
+                                  f"outstanding (waiting for {cid}; {entry.describe()}, "
+                                  f"SQ head {entry.sqhd})")
+            if entry.cid == cid:
+                done = entry
+            else:
+                self.arrived[entry.cid] = entry
+        self.outstanding.discard(cid)
+        return done
 
 
 class NvmeDriver(Driver):
@@ -302,7 +367,8 @@ class NvmeDriver(Driver):
             self._set_enabled(False, "nvme.init")
             if msi_vector is not None:
                 self._enable_msix(msi_vector)
-            self.admin = QueuePair(self, 0, ADMIN_SQ, ADMIN_CQ, entries)
+            self.admin = QueuePair(region.mem, self.doorbell, dev.bdf, 0, ADMIN_SQ, ADMIN_CQ,
+                                   entries)
             dev.bar_write(0, REG_AQA, 4, (entries - 1) << 16 | (entries - 1))
             self.write64(REG_ASQ, region.iova + ADMIN_SQ)
             self.write64(REG_ACQ, region.iova + ADMIN_CQ)
@@ -377,7 +443,8 @@ class NvmeDriver(Driver):
         self.max_memcpy_size = limit
 
     def _create_io_queues(self, entries: int) -> None:
-        self.io = QueuePair(self, 1, IO_SQ, IO_CQ, entries)
+        self.io = QueuePair(self.dma.mem, self.doorbell, self.device.bdf, 1, IO_SQ, IO_CQ,
+                           entries)
         # CDW11: PC (physically contiguous), IEN clear: memcpy completions are polled and
         # raise no MSI, so the only MSI the driver causes is send_msi's (as in the selftests)
         self.admin_command("nvme.init", OPC_CREATE_IO_CQ, dptr=(self.dma.iova + IO_CQ, 0),
@@ -414,12 +481,8 @@ class NvmeDriver(Driver):
         """The completion of command `cid`; EIO when the controller stops being ready
         (a reset, a fatal status), ETIMEDOUT past the deadline."""
         while True:
-            done = queue.poll()
+            done = queue.take(cid, op)
             if done is not None:
-                if done.cid != cid:
-                    raise DriverError(errno.EIO, op, self.device.bdf,
-                                      f"completion of command {done.cid}, expected {cid} "
-                                      f"({done.describe()}, SQ head {done.sqhd})")
                 return done
             csts = self._csts()
             if csts & CSTS_CFS or not csts & CSTS_RDY:
