@@ -15,6 +15,8 @@ from collections.abc import Iterator
 import pytest
 from vfio_scenario.drivers.base import DmaRegion, driver_for
 from vfio_scenario.drivers.nvme import (
+    FID_ARBITRATION,
+    OPC_GET_FEATURES,
     OPC_IDENTIFY,
     OPC_READ,
     PSDT_SGL,
@@ -22,7 +24,9 @@ from vfio_scenario.drivers.nvme import (
     REGION_SIZE,
     SC_DATA_TRANSFER_ERROR,
     SGL_LAST_SEGMENT,
+    Completion,
     NvmeDriver,
+    QueuePair,
 )
 from vfio_scenario.errors import VfioError
 from vfio_scenario.uapi import sysfs
@@ -153,6 +157,62 @@ def test_send_msi_is_received_on_the_eventfd(nvme: NvmeDriver,
     for _ in range(3):
         nvme.send_msi()
         assert nvme_device.wait_irq(0, 1.0) == 1
+
+
+STORM_SIZES = [8, 511, 512, 513, 4096, 4097, 12345, 65536, 131072 + 3, 512 << 10]
+STORM_PATTERNS = [Pattern("random", seed=7), Pattern("incrementing"), Pattern(0xC3),
+                  Pattern("random", seed=1234)]
+
+
+def record_completions(queue: QueuePair, monkeypatch: pytest.MonkeyPatch
+                       ) -> list[tuple[int, Completion]]:
+    """Every (awaited command id, completion) the driver takes from `queue` from now on."""
+    taken: list[tuple[int, Completion]] = []
+    take = queue.take
+
+    def recording(cid: int, op: str) -> Completion | None:
+        done = take(cid, op)
+        if done is not None:
+            taken.append((cid, done))
+        return done
+
+    monkeypatch.setattr(queue, "take", recording)
+    return taken
+
+
+def test_back_to_back_copies_complete_with_their_own_command_ids(
+        nvme: NvmeDriver, buf: tuple[DmaBuffer, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue #10: 240 copies without a pause wrap the 32-entry I/O queues 15 times; each
+    Write and Read completes with its own command id and success, every destination byte
+    is right and nothing past the destination is written."""
+    buffer, iova = buf
+    assert nvme.io is not None and nvme.io.entries == 32
+    taken = record_completions(nvme.io, monkeypatch)
+    first = nvme.io.cid
+    for n in range(240):
+        size = STORM_SIZES[n % len(STORM_SIZES)]
+        buffer.fill(STORM_PATTERNS[n % len(STORM_PATTERNS)], size=size)
+        buffer.fill(Pattern(n & 0xFF), offset=DST, size=size + 512)
+        nvme.memcpy_start(iova, iova + DST, size)
+        nvme.memcpy_wait()
+        assert buffer.compare(DST, buffer, 0, size) is None, f"copy {n} of {size} bytes"
+        assert buffer.check(Pattern(n & 0xFF), offset=DST + size, size=512) is None
+    assert [cid for cid, _ in taken] == list(range(first + 1, first + 481))
+    assert [(done.cid, done.status, done.sqid) for _, done in taken] == \
+        [(cid, 0, 1) for cid in range(first + 1, first + 481)]
+    assert [done.sqhd for _, done in taken] == [(first + i) % 32 for i in range(1, 481)]
+    assert nvme.io.outstanding == set() and nvme.io.arrived == {}
+
+
+def test_admin_commands_wrap_the_admin_queue(nvme: NvmeDriver,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    assert nvme.admin is not None
+    taken = record_completions(nvme.admin, monkeypatch)
+    for _ in range(3 * nvme.admin.entries):
+        nvme.admin_command("test", OPC_GET_FEATURES, cdw=(FID_ARBITRATION,))
+    assert [cid for cid, done in taken if done.cid == cid and done.ok] == \
+        [cid for cid, _ in taken]
+    assert len(taken) == 3 * nvme.admin.entries and nvme.admin.outstanding == set()
 
 
 @pytest.mark.parametrize("nvme_iommu", [IommuMode.IOMMUFD], indirect=True)
