@@ -124,7 +124,10 @@ class _Builder:
         return Location(self.doc.path, node.start_mark.line + 1, node.start_mark.column + 1)
 
     def scalar(self, node: ScalarNode) -> Any:
-        key = (str(node.ctag), node.value)
+        tag = node.ctag
+        # a resolved tag is a full URI in `suffix` (no handle): the key needs no string
+        # built per scalar; a tag written with a handle (!!int, !e!x) goes through str()
+        key = (tag.suffix if tag.handle is None else str(tag), node.value)
         try:
             return _SCALAR_MEMO[key]
         except KeyError:
@@ -159,7 +162,7 @@ class _Builder:
             keys = self.doc.keys.setdefault(id(node), [])
             first_at: dict[Any, int] = {}
             for key_node, value_node in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
+                if key_node.value == "<<" and key_node.tag == "tag:yaml.org,2002:merge":
                     self.errors.append(
                         ScenarioError(self._loc(key_node), "merge keys (<<) are not supported")
                     )
