@@ -116,6 +116,8 @@ class _FileCompiler:
                 first = self.doc.location(names[str(name)]).line
                 self.error((*path, "name") if "name" in raw else path,
                            f"two scenarios named {name!r} in one file (first at line {first})")
+                # its body is still checked, but its cases would repeat the first one's ids
+                self.scenario(path, raw, str(name), keep=False)
                 continue
             else:
                 names[str(name)] = path
@@ -123,7 +125,8 @@ class _FileCompiler:
 
     # -- one scenario ------------------------------------------------------------
 
-    def scenario(self, path: tuple[Any, ...], raw: dict[str, Any], name: str) -> None:
+    def scenario(self, path: tuple[Any, ...], raw: dict[str, Any], name: str,
+                 keep: bool = True) -> None:
         for key in raw:
             if key not in SCENARIO_KEYS:
                 self.error((*path, key), f"unknown scenario key `{key}`{suggest(key, SCENARIO_KEYS)}",
@@ -133,7 +136,16 @@ class _FileCompiler:
             header = ScenarioHeader.model_validate(known)
         except ValidationError as exc:
             self.pydantic_errors(path, exc, ScenarioHeader)
-            return
+            # the steps are still checked (for errors only) when what failed does not feed them
+            bad = {err["loc"][0] for err in exc.errors() if err["loc"]}
+            if bad & {"matrix", "vars", "steps", "teardown"}:
+                return
+            try:
+                header = ScenarioHeader.model_validate({k: v for k, v in known.items()
+                                                        if k not in bad})
+            except ValidationError:
+                return
+            keep = False
         combos = self.matrix(path, header)
         if combos is None:
             return
@@ -154,7 +166,7 @@ class _FileCompiler:
                 continue
             seen.add(cid)
             case = self.case(path, header, name, cid, params, names_devices)
-            if case is not None:
+            if case is not None and keep:
                 self.cases.append(case)
 
     def matrix(self, path: tuple[Any, ...], header: ScenarioHeader) -> list[dict[str, Any]] | None:

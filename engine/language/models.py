@@ -356,7 +356,21 @@ class RegionInfo(Op):
     caps_include: list[Literal["sparse_mmap", "msix_mappable"]] = []
 
 
-class _ValueCheck(Strict):
+class _FitsWidth(Strict):
+    """Values of an access of `width` bytes: each of them must fit in that many bytes."""
+
+    @model_validator(mode="after")
+    def _values_fit_width(self) -> _FitsWidth:
+        width: int = getattr(self, "width")
+        for name in ("value", "equals", "mask"):
+            v = getattr(self, name, None)
+            if v is not None and not 0 <= v < 1 << (8 * width):
+                raise ValueError(f"`{name}` {v:#x} does not fit in a {width}-byte access "
+                                 f"(0 to {(1 << (8 * width)) - 1:#x})")
+        return self
+
+
+class _ValueCheck(_FitsWidth):
     equals: Int | None = None
     mask: Int | None = None
 
@@ -369,7 +383,7 @@ class ConfigRead(Op, _ValueCheck):
     width: ConfigWidth = 4
 
 
-class ConfigWrite(Op):
+class ConfigWrite(Op, _FitsWidth):
     op = "config_write"
     area = "device"
     device: DeviceRef
@@ -388,7 +402,7 @@ class BarRead(Op, _ValueCheck):
     via: Literal["mmap", "region"] = "mmap"
 
 
-class BarWrite(Op):
+class BarWrite(Op, _FitsWidth):
     op = "bar_write"
     area = "device"
     device: DeviceRef

@@ -68,8 +68,12 @@ _SCALAR_TYPES = (int, float, str, bool, type(None))
 
 
 def template_names(source: str) -> tuple[str, ...]:
-    """The variables a templated string reads."""
-    return _compiled(source)[2]
+    """The variables a templated string reads (none for a template that does not parse:
+    rendering it reports the syntax error where it stands)."""
+    try:
+        return _compiled(source)[2]
+    except TemplateError:
+        return ()
 
 
 def render(value: str, context: dict[str, Any]) -> Any:

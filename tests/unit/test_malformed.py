@@ -42,6 +42,7 @@ EXPECTED = {
     "syntax-unclosed-flow.yaml": (4, 10, "YAML syntax error: did not find expected ',' or '}' (while p"),
     "tab-indent.yaml": (3, 1, 'YAML syntax error: found character that cannot start any tok'),
     "template-file-access.yaml": (3, 11, 'templates cannot read files: {% include %}, {% import %} and'),
+    "template-syntax.yaml": (5, 26, "template error: unexpected 'end of template'"),
     "template-python-internals.yaml": (4, 17, "template refused by the sandbox: access to attribute '__clas"),
     "two-operations.yaml": (4, 5, 'a step has exactly one operation; found sleep, assert_not_ta'),
     "undefined-variable.yaml": (3, 23, "undefined template variable: 'pause' is undefined"),
@@ -52,6 +53,7 @@ EXPECTED = {
     "unknown-operation.yaml": (5, 5, 'unknown operation `map_dam` (did you mean `map_dma`?)'),
     "unknown-scenario-key.yaml": (2, 1, 'unknown scenario key `stepz` (did you mean `steps`?)'),
     "unmap-no-form.yaml": (5, 16, 'give `mapping`, or `iova` and `size`, or `all: true`'),
+    "value-too-wide.yaml": (7, 19, '`value` 0x10006 does not fit in a 2-byte access (0 to 0xffff)'),
     "wrong-type-timeout.yaml": (2, 10, '`timeout`: bad duration [1, 2]: use a number with us, ms, s,'),
 }
 
@@ -86,6 +88,29 @@ def test_whole_corpus_in_one_run_reports_every_file_and_exits_2() -> None:
     for name, (line, col, _) in EXPECTED.items():
         assert f"{CORPUS / name}:{line}:{col}: " in proc.stderr, name
     assert proc.stderr.rstrip().endswith(f"in {len(EXPECTED)} file(s)")
+
+
+def test_second_scenario_of_a_name_is_still_checked(tmp_path: Path) -> None:
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("- name: same\n  steps:\n    - sleep: {duration: 1s}\n"
+                     "- name: same\n  steps:\n    - sleep: {duration: 2 parsecs}\n")
+    proc = _cli("validate", str(twice))
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[:2] == [
+        f"{twice}:4:9: two scenarios named 'same' in one file (first at line 1)",
+        f"{twice}:6:25: `duration`: bad duration '2 parsecs': use a number with us, ms, s, m or h"
+        " (e.g. 500ms, 5s)",
+    ]
+
+
+def test_steps_are_checked_when_the_header_is_wrong(tmp_path: Path) -> None:
+    bad = tmp_path / "header.yaml"
+    bad.write_text("name: header\ntimeout: soon\nsteps:\n  - sleep: {duration: 1 parsec}\n")
+    proc = _cli("validate", str(bad))
+    assert proc.returncode == 2
+    assert [line.split(": ")[0] for line in proc.stderr.splitlines()[:2]] == [
+        f"{bad}:2:10", f"{bad}:4:23"]
+    assert "bad duration 'soon'" in proc.stderr and "bad duration '1 parsec'" in proc.stderr
 
 
 def test_file_that_is_not_utf8_points_at_the_bad_byte(tmp_path: Path) -> None:
