@@ -359,9 +359,11 @@ class RegionInfo(Op):
 class _FitsWidth(Strict):
     """Values of an access of `width` bytes: each of them must fit in that many bytes."""
 
+    width: Width = 4
+
     @model_validator(mode="after")
     def _values_fit_width(self) -> _FitsWidth:
-        width: int = getattr(self, "width")
+        width: int = self.width
         for name in ("value", "equals", "mask"):
             v = getattr(self, name, None)
             if v is not None and not 0 <= v < 1 << (8 * width):

@@ -98,8 +98,8 @@ def test_second_scenario_of_a_name_is_still_checked(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.splitlines()[:2] == [
         f"{twice}:4:9: two scenarios named 'same' in one file (first at line 1)",
-        f"{twice}:6:25: `duration`: bad duration '2 parsecs': use a number with us, ms, s, m or h"
-        " (e.g. 500ms, 5s)",
+        (f"{twice}:6:25: `duration`: bad duration '2 parsecs': use a number with us, ms, s, m or h"
+         " (e.g. 500ms, 5s)"),
     ]
 
 
