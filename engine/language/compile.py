@@ -146,7 +146,11 @@ class _FileCompiler:
             except ValidationError:
                 return
             keep = False
-        combos = self.matrix(path, header)
+        templated = [source for raw in (*header.steps, *header.teardown) if isinstance(raw, dict)
+                     for _, source in self._template_paths(raw)]
+        templated += [source for _, source in template_paths(header.vars)]
+        read = {n for s in templated for n in template_names(s)}
+        combos = self.matrix(path, header, fixed_mode(header, read))
         if combos is None:
             return
         for step_list in ("steps", "teardown"):
@@ -155,10 +159,7 @@ class _FileCompiler:
                     self.error((*path, step_list, i),
                                "a step is a mapping with one operation key, e.g. `- sleep: {duration: 1s}`")
         seen: set[str] = set()
-        templated = [source for raw in (*header.steps, *header.teardown) if isinstance(raw, dict)
-                     for _, source in self._template_paths(raw)]
-        templated += [source for _, source in template_paths(header.vars)]
-        names_devices = any(n in DEVICE_NAMES for s in templated for n in template_names(s))
+        names_devices = not read.isdisjoint(DEVICE_NAMES)
         for params in combos:
             cid = case_id(self.path, name, params)
             if cid in seen:
@@ -169,7 +170,8 @@ class _FileCompiler:
             if case is not None and keep:
                 self.cases.append(case)
 
-    def matrix(self, path: tuple[Any, ...], header: ScenarioHeader) -> list[dict[str, Any]] | None:
+    def matrix(self, path: tuple[Any, ...], header: ScenarioHeader,
+               fixed: str | None) -> list[dict[str, Any]] | None:
         axes: dict[str, list[Any]] = {}
         include = header.matrix.get("include", [])
         exclude = header.matrix.get("exclude", [])
@@ -202,7 +204,7 @@ class _FileCompiler:
         if not ok:
             return None
         if "iommu_mode" not in axes and self.uses_iommu(header):
-            modes: list[str] = list(header.requires.iommu_modes or IOMMU_MODES)
+            modes: list[str] = [fixed] if fixed else list(header.requires.iommu_modes or IOMMU_MODES)
             axes = {"iommu_mode": list(modes), **axes}
         elif "iommu_mode" in axes:
             for i, v in enumerate(axes["iommu_mode"]):
@@ -455,6 +457,25 @@ class _FileCompiler:
             seen_locs.add(clean)
             out.append((clean, _message(err, clean, model)))
         return out
+
+
+def fixed_mode(header: ScenarioHeader, read: set[str]) -> str | None:
+    """The IOMMU mode of a scenario whose `open_iommu` steps all name their mode literally
+    and whose templates never read `iommu_mode`: its implicit axis is that mode alone (the
+    first one named), not one case per mode that all run the same steps. The planner
+    checks every mode a case's steps open."""
+    if header.requires.iommu_modes or "iommu_mode" in read:
+        return None
+    first = None
+    for raw in (*header.steps, *header.teardown):
+        if not isinstance(raw, dict) or "open_iommu" not in raw:
+            continue
+        args = raw["open_iommu"]
+        mode = args.get("mode") if isinstance(args, dict) else None
+        if mode not in IOMMU_MODES:
+            return None  # the case's own mode (no `mode:`), a template, or an error reported later
+        first = first or mode
+    return first
 
 
 def _is_branch_label(p: Any) -> bool:

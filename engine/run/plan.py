@@ -92,6 +92,13 @@ def _plan_one(case: Case, caps: HostCaps, only_modes: list[str] | None) -> Plann
         why = caps.iommu_modes[mode]
         if why:
             return PlannedCase(case, [], f"IOMMU mode {mode} unavailable: {why}")
+    for step in (*case.steps, *case.teardown):
+        named = getattr(step.args, "mode", None) if step.op == "open_iommu" else None
+        if named is not None and named != mode:
+            why = caps.iommu_modes.get(named, "not probed on this host")
+            if why:
+                return PlannedCase(case, [], f"IOMMU mode {named} (opened at {step.location}) "
+                                             f"unavailable: {why}")
     for feature in req.features:
         if feature in DEVICE_FEATURES:
             continue

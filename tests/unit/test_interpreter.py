@@ -316,6 +316,21 @@ def test_planner_without_devices_or_config_says_so() -> None:
     assert skips["kconfig"].startswith("kernel config not readable")
 
 
+def test_planner_skips_a_case_whose_step_opens_a_mode_the_host_lacks() -> None:
+    (case,) = cases_of("""
+        name: two-modes
+        steps:
+          - open_iommu: {mode: vfio_type1v2_iommu}
+            as: a
+          - open_iommu: {mode: iommufd_compat_type1}
+            as: b
+    """)
+    assert case.iommu_mode == "vfio_type1v2_iommu"
+    (planned,) = plan([case], _caps())
+    assert planned.skip == ("IOMMU mode iommufd_compat_type1 (opened at scen/x.yaml:6:5) "
+                            "unavailable: /dev/iommu does not exist")
+
+
 def test_unexpected_fault_caught_by_the_probe_is_an_error() -> None:
     (case,) = cases_of("""
         name: f

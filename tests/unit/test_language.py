@@ -129,6 +129,28 @@ def test_every_mode_is_an_axis_when_requires_names_none() -> None:
     assert isinstance(compiled.cases[0].steps[0].args, OpenIommu)
 
 
+def test_literal_modes_make_one_case_not_one_per_mode() -> None:
+    compiled = compile_text("""
+        name: fixed
+        steps:
+          - open_iommu: {mode: iommufd}
+            as: i
+          - open_iommu: {mode: vfio_type1_iommu}
+            as: j
+    """)
+    assert [c.id for c in compiled.cases] == ["s.yaml::fixed[iommu_mode=iommufd]"]
+
+
+@pytest.mark.parametrize("why_every_mode", [
+    "steps:\n  - open_iommu: {mode: iommufd}\n    as: i\n  - open_iommu: {}\n    as: j\n",
+    "vars: {m: '{{ iommu_mode }}'}\nsteps:\n  - open_iommu: {mode: iommufd}\n    as: i\n",
+])
+def test_a_step_that_follows_the_case_mode_keeps_every_mode(why_every_mode: str) -> None:
+    compiled = compile_text("name: follows\n" + why_every_mode)
+    assert compiled.errors == []
+    assert len(compiled.cases) == 5
+
+
 def test_ids_are_stable_across_compilations() -> None:
     text = "name: s\nmatrix: {b: [2, 1], a: [x]}\nsteps:\n  - sleep: {duration: 1ms}\n"
     first = [c.id for c in compile_text(text).cases]
