@@ -376,6 +376,12 @@ class _ValueCheck(_FitsWidth):
     equals: Int | None = None
     mask: Int | None = None
 
+    @model_validator(mode="after")
+    def _mask_with_equals(self) -> _ValueCheck:
+        if self.mask is not None and self.equals is None:
+            raise ValueError("`mask` needs `equals` to compare with")
+        return self
+
 
 class ConfigRead(Op, _ValueCheck):
     op = "config_read"

@@ -14,6 +14,7 @@ import textwrap
 import time
 from typing import Any
 
+import pytest
 from vfio_scenario.errors import VfioError
 from vfio_scenario.language.cases import Case
 from vfio_scenario.language.compile import compile_documents
@@ -390,3 +391,15 @@ def test_mappings_left_at_the_end_are_unmapped_once_each_newest_first() -> None:
     assert first == 0x100000  # the explicit unmap
     assert len(rest) == 299 and rest == sorted(rest, reverse=True)
     assert 0x100000 not in rest
+
+
+def test_value_check_messages_show_the_mask_only_when_there_is_one() -> None:
+    from vfio_scenario.run.ops.device import check_value
+
+    check_value("config[0x0]", 0x11E81234, 0x1234, 0xFFFF, 4)
+    with pytest.raises(CheckFailed) as plain:
+        check_value("config[0x0]", 0x11E81234, 0xDEADBEEF, None, 4)
+    assert str(plain.value) == "config[0x0]: read 0x11e81234, expected 0xdeadbeef"
+    with pytest.raises(CheckFailed) as masked:
+        check_value("bar0[0x8]", 0x00F0, 0x0F, 0x0F, 2)
+    assert str(masked.value) == "bar0[0x8]: read 0x00f0 & 0x000f = 0x0000, expected 0x000f"

@@ -30,6 +30,7 @@ EXPECTED = {
     "handle-wrong-kind.yaml": (5, 24, 'handle `buf` is a buffer, but `device` needs a device'),
     "list-without-names.yaml": (1, 3, 'scenarios in a list need a `name`'),
     "map-two-sources.yaml": (11, 14, 'give only one of `buffer` or `mmio` or `dmabuf`, not buffer '),
+    "mask-without-equals.yaml": (7, 18, '`mask` needs `equals` to compare with'),
     "matrix-all-excluded.yaml": (3, 3, 'matrix expands to no case (every combination is excluded)'),
     "matrix-empty-axis.yaml": (3, 9, 'matrix axis `size` has no values'),
     "missing-required.yaml": (3, 19, 'missing required argument `size`'),
