@@ -37,6 +37,31 @@ def atomic_write(path: str | os.PathLike[str], text: str) -> None:
     fsync_dir(target.parent)
 
 
+def check_writable(option: str, path: str | os.PathLike[str]) -> None:
+    """Make `path`'s folder and check that a report can be written there, before any case
+    runs: a run must not end in an unwritable report. Raises UsageError naming `option`."""
+    from vfio_scenario.errors import UsageError
+
+    target = Path(path)
+    if target.is_dir():
+        raise UsageError(f"{option} {path}: is a folder; name the file to write")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UsageError(f"{option} {path}: cannot create {target.parent}: a file is in "
+                         "the way") from None
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: cannot create {target.parent}: "
+                         f"{exc.strerror}") from None
+    try:  # what atomic_write will do (access() says yes to root even on /sys)
+        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.",
+                                         suffix=".tmp"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: cannot write in {target.parent}: "
+                         f"{exc.strerror}") from None
+
+
 def fsync_dir(folder: str | os.PathLike[str]) -> None:
     """fsync a folder so a rename or a new file in it is durable."""
     dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 from typing import Any
 
 from vfio_scenario import __version__
@@ -59,15 +58,18 @@ def select(cases: list[Case], args: argparse.Namespace) -> list[Case]:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    from vfio_scenario.report.files import check_writable
     from vfio_scenario.report.sink import ReportSink, default_journal
 
     compiled = compile_or_raise(args.paths, need_cases=True)
     cases = select(compiled.cases, args)
     if not cases:
         raise NothingSelected("the filters selected no case")
+    for option, path in (("--junit-xml", args.junit_xml), ("--json", args.json),
+                         ("--html", args.html)):
+        if path:
+            check_writable(option, path)
     where = _where(args)
-    reports_dir = Path(args.junit_xml).resolve().parent
-    reports_dir.mkdir(parents=True, exist_ok=True)
     sink = ReportSink(junit_xml=args.junit_xml, json_path=args.json, html_path=args.html,
                       journal=default_journal(args.junit_xml), resume=args.resume,
                       total=len(cases), fmt=args.format, planned=[c.id for c in cases])

@@ -98,3 +98,12 @@ def test_merging_nothing_exits_5(tmp_path: Path) -> None:
     assert main(["report", "merge", str(empty), "--junit-xml", str(tmp_path / "o.xml")]) == 5
     assert_valid_junit(tmp_path / "o.xml")
     assert load_results(empty).cases == []
+
+
+def test_merge_refuses_an_unwritable_output_before_reading(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    files = shards_on_disk(tmp_path)
+    (tmp_path / "file").write_text("")
+    assert main(["report", "merge", *files, "--html", str(tmp_path / "file" / "r.html")]) == 2
+    assert "--html" in capsys.readouterr().err
+    assert not (tmp_path / "file").read_text()

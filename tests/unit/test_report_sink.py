@@ -250,3 +250,21 @@ def test_a_case_added_again_replaces_its_result(tmp_path: Path) -> None:
     doc = json.loads((tmp_path / "r.json").read_text())
     assert [c["case_id"] for c in doc["cases"]] == [run.cases[i].case_id for i in (0, 2, 3, 4, 1)]
     assert doc["counts"] == {"pass": 3, "fail": 0, "skip": 1, "error": 1}
+
+
+@pytest.mark.parametrize("option", ["--junit-xml", "--json", "--html"])
+def test_run_refuses_an_unwritable_report_before_any_case(tmp_path: Path, option: str) -> None:
+    from vfio_scenario.cli import main
+
+    scenario = tmp_path / "nap.yaml"
+    scenario.write_text("steps:\n  - sleep: {duration: 1ms}\n")
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    proc = subprocess.run([sys.executable, "-m", "vfio_scenario", "run", "--testbed", "never",
+                           option, str(blocker / "out"), str(scenario)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    # exit 2 (usage), not 3 (--testbed never, no device): the outputs are checked first
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == (f"vfio-scenario: {option} {blocker / 'out'}: cannot create "
+                           f"{blocker}: a file is in the way\n")
+    assert main(["run", "--junit-xml", str(tmp_path), str(scenario)]) == 2
