@@ -28,6 +28,7 @@ from typing import Any, NoReturn, Self
 
 from vfio_scenario.testbed import accel as accel_mod
 from vfio_scenario.testbed.assets import GuestKernel, resolve_kernel
+from vfio_scenario.testbed.bytecode import compile_engine
 from vfio_scenario.testbed.channel import AgentChannel, ChannelClosed
 from vfio_scenario.testbed.initramfs import GuestSetup, build_initramfs
 from vfio_scenario.testbed.paths import run_dir
@@ -199,6 +200,7 @@ class Testbed:
         if self._kernel is None:
             self._kernel = resolve_kernel(self.kernel_spec, self.report)
             self._initrd = build_initramfs(guest_setup(self._kernel, self.devices))
+        compile_engine()
 
     def start(self, detached: bool = False) -> Self:
         """Boot the VM (if not running) and wait for its agent; BootFailed if it cannot."""
