@@ -22,11 +22,10 @@ def test_every_module_of_the_engine_gets_current_bytecode_despite_dontwritebytec
     stale = Path(importlib.util.cache_from_source(str(guest_module)))
     stale.unlink(missing_ok=True)
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    subprocess.run([sys.executable, "-c", "from vfio_scenario.testbed.bytecode import "
-                    "compile_engine; compile_engine()"], env=env, check=True, timeout=120)
-    missing = [str(src) for src in _sources()
-               if not Path(importlib.util.cache_from_source(str(src))).exists()
-               or Path(importlib.util.cache_from_source(str(src))).stat().st_mtime
-               < src.stat().st_mtime]
+    program = "from vfio_scenario.testbed.bytecode import compile_engine; compile_engine()"
+    subprocess.run([sys.executable, "-c", program], env=env, check=True, timeout=120)
+    cached = {src: Path(importlib.util.cache_from_source(str(src))) for src in _sources()}
+    missing = [str(src) for src, pyc in cached.items()
+               if not pyc.exists() or pyc.stat().st_mtime < src.stat().st_mtime]
     assert missing == []
     assert stale.exists()
