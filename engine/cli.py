@@ -48,6 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return ExitCode.OK
+    except OSError as exc:  # what no command foresaw (a full disk): a message, not a traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"vfio-scenario: {where}{exc.strerror or exc}", file=sys.stderr)
+        return ExitCode.ENVIRONMENT
     return status
 
 

@@ -88,8 +88,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_schema(args: argparse.Namespace) -> int:
     text = json_schema_text()
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write(text)
+        from vfio_scenario.report.files import atomic_write, check_writable
+
+        check_writable("-o", args.output)
+        atomic_write(args.output, text)
     else:
         sys.stdout.write(text)
     return ExitCode.OK

@@ -154,3 +154,24 @@ def test_missing_path_is_located(tmp_path: Path) -> None:
     proc = _cli("validate", str(tmp_path / "absent.yaml"))
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"{tmp_path / 'absent.yaml'}: no such file or directory")
+
+
+def test_schema_to_an_unwritable_file_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    proc = _cli("schema", "-o", str(tmp_path / "file" / "s.json"))
+    assert proc.returncode == 2
+    assert proc.stderr == (f"vfio-scenario: -o {tmp_path / 'file' / 's.json'}: cannot create "
+                           f"{tmp_path / 'file'}: a file is in the way\n")
+
+
+def test_an_unforeseen_os_error_is_a_message_and_exit_3(monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from vfio_scenario import commands
+
+    def full_disk(args: object) -> int:
+        raise OSError(28, "No space left on device", "/reports/junit.xml")
+
+    monkeypatch.setattr(commands, "cmd_validate", full_disk)
+    assert main(["validate", "x.yaml"]) == 3
+    assert capsys.readouterr().err == \
+        "vfio-scenario: /reports/junit.xml: No space left on device\n"
