@@ -21,6 +21,9 @@ def load_results(path: str | os.PathLike[str]) -> RunResult:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"{p}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{p}: neither a vfio-scenario JSON report nor a journal (byte "
+                         f"{exc.object[exc.start]:#04x} at offset {exc.start} is not UTF-8)") from None
     try:
         doc = json.loads(text)
     except ValueError:

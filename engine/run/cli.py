@@ -6,7 +6,23 @@ import argparse
 import os
 from typing import Any
 
-from vfio_scenario.language.models import IOMMU_MODES
+from vfio_scenario.language.models import BDF, IOMMU_MODES
+
+
+def _bdf(value: str) -> str:
+    if not BDF.match(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a PCI address like 0000:00:03.0")
+    return value
+
+
+def _multiplier(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        x = 0.0
+    if not x > 0 or x == float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive number")
+    return x
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -25,7 +41,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                    help="select cases whose id or tags match: words with and/or/not/()")
     p.add_argument("--tag", action="append", default=[], metavar="T",
                    help="select cases carrying tag T (repeatable: any of them)")
-    p.add_argument("--device", action="append", default=[], metavar="BDF",
+    p.add_argument("--device", action="append", default=[], metavar="BDF", type=_bdf,
                    help="run on this host's device (repeatable); no testbed")
     p.add_argument("--iommu-mode", action="append", default=[], choices=IOMMU_MODES,
                    metavar="MODE", help="run only these IOMMU modes (repeatable)")
@@ -41,7 +57,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--format", choices=("text", "ktap"), default="text",
                    help="console output: progress lines, or KTAP v1 for kernel CI")
     p.add_argument("--shard", metavar="I/N", help="run only shard I of N (1-based)")
-    p.add_argument("--timeout-multiplier", type=float, default=1.0, metavar="X",
+    p.add_argument("--timeout-multiplier", type=_multiplier, default=1.0, metavar="X",
                    help="scale every timeout (slow emulation)")
     p.add_argument("--fail-fast", action="store_true", help="stop after the first failure")
     p.add_argument("--resume", action="store_true",

@@ -175,3 +175,16 @@ def test_an_unforeseen_os_error_is_a_message_and_exit_3(monkeypatch: pytest.Monk
     assert main(["validate", "x.yaml"]) == 3
     assert capsys.readouterr().err == \
         "vfio-scenario: /reports/junit.xml: No space left on device\n"
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--timeout-multiplier", "-1", "'-1' is not a positive number"),
+    ("--timeout-multiplier", "0", "'0' is not a positive number"),
+    ("--timeout-multiplier", "nan", "'nan' is not a positive number"),
+    ("--device", "00:zz", "'00:zz' is not a PCI address like 0000:00:03.0"),
+])
+def test_run_options_are_checked_before_anything_runs(option: str, value: str,
+                                                      message: str) -> None:
+    proc = _cli("run", "--testbed", "never", f"{option}={value}", str(CORPUS))
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[-1] == f"vfio-scenario run: error: argument {option}: {message}"

@@ -107,3 +107,13 @@ def test_merge_refuses_an_unwritable_output_before_reading(tmp_path: Path,
     assert main(["report", "merge", *files, "--html", str(tmp_path / "file" / "r.html")]) == 2
     assert "--html" in capsys.readouterr().err
     assert not (tmp_path / "file").read_text()
+
+
+def test_input_that_is_not_utf8_is_a_usage_error(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(b'{"a": "\xff"}')
+    assert main(["report", "merge", str(bad), "--json", str(tmp_path / "o.json")]) == 2
+    assert capsys.readouterr().err == (f"vfio-scenario: {bad}: neither a vfio-scenario JSON "
+                                       "report nor a journal (byte 0xff at offset 7 is not "
+                                       "UTF-8)\n")
