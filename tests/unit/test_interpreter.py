@@ -403,3 +403,27 @@ def test_value_check_messages_show_the_mask_only_when_there_is_one() -> None:
     with pytest.raises(CheckFailed) as masked:
         check_value("bar0[0x8]", 0x00F0, 0x0F, 0x0F, 2)
     assert str(masked.value) == "bar0[0x8]: read 0x00f0 & 0x000f = 0x0000, expected 0x000f"
+
+
+@pytest.mark.parametrize(("pattern", "want", "described"), [
+    ("0xAA", 0xAA, "byte pattern 0xaa"),
+    ("random", 0x8E, "random pattern, seed 7"),  # byte 0x10 of Pattern("random", 7)
+])
+def test_assert_pattern_names_the_first_bad_byte_and_the_pattern(pattern: str, want: int,
+                                                                  described: str) -> None:
+    from vfio_scenario.run.ops import operations
+
+    (case,) = cases_of(f"""
+        name: pattern
+        requires: {{devices: 0}}
+        steps:
+          - alloc_buffer: {{size: 4KiB}}
+            as: buf
+          - fill: {{buffer: buf, pattern: {pattern}, seed: 7}}
+          - fill: {{buffer: buf, offset: 0x10, size: 1, pattern: 0x00}}
+          - assert_pattern: {{buffer: buf, pattern: {pattern}, seed: 7}}
+    """)
+    result = run_case(case, [], operations())
+    assert result.outcome is Outcome.FAIL
+    assert result.message == (f"step 4 `assert_pattern` (scen/x.yaml:9): buf[0x10] is 0x00, "
+                              f"expected {want:#04x} ({described})")

@@ -152,8 +152,10 @@ def assert_pattern(rt: Runtime, args: AssertPattern, step: Step) -> None:
     if bad is not None:
         at = args.offset + bad
         want = pattern.expected(bad + 1)[bad]
+        what = f"byte pattern {pattern.kind:#04x}" if isinstance(pattern.kind, int) else \
+            f"{pattern.kind} pattern, seed {args.seed}"
         raise CheckFailed(f"{args.buffer}[{at:#x}] is {buf.mem[at]:#04x}, expected {want:#04x} "
-                          f"({pattern.kind} pattern, seed {args.seed})")
+                          f"({what})")
 
 
 @op("assert_equal")
