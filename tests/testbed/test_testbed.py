@@ -99,6 +99,47 @@ def test_guest_panic_raises_guest_crashed_and_the_next_command_reboots(testbed: 
     assert testbed.pid != old_pid
 
 
+def test_a_guest_panic_during_a_case_is_that_cases_error_and_the_run_goes_on(
+        testbed: Any, tmp_path: Path) -> None:
+    from vfio_scenario.language.compile import compile_paths
+    from vfio_scenario.run.testbed_run import run_in_testbed
+
+    scenario = tmp_path / "panic.yaml"
+    scenario.write_text(textwrap.dedent("""
+        - name: sleeper
+          requires: {devices: 0}
+          steps:
+            - sleep: {duration: 20s}
+        - name: after
+          requires: {devices: 0}
+          steps:
+            - assert_not_tainted: {}
+    """))
+    compiled = compile_paths([str(scenario)])
+    assert not compiled.errors
+    old_pid = testbed.pid
+    results: list[dict[str, Any]] = []
+    warnings: list[str] = []
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event.get("event") == "start" and event["id"].endswith("::sleeper"):
+            # the panic comes from outside the case, while it runs: no scenario can do it
+            testbed.run(["sh", "-c", "echo c > /proc/sysrq-trigger; sleep 30"], timeout=120)
+        elif event.get("event") == "result":
+            results.append(event["result"])
+        elif event.get("event") == "warning":
+            warnings.append(event["message"])
+
+    run_in_testbed(testbed, compiled.cases, [str(scenario)], on_event, devices=[],
+                   iommu_modes=[], timeout_multiplier=1.0, fail_fast=False)
+    assert [(r["scenario"], r["outcome"]) for r in results] == [("sleeper", "error"),
+                                                                ("after", "pass")]
+    assert results[0]["message"].startswith("guest kernel crashed while the case ran")
+    assert "sysrq" in results[0]["log"].lower()  # the console tail is attached
+    assert warnings == ["guest kernel crashed; rebooting the testbed"]
+    assert _pid_gone(old_pid) and testbed.pid != old_pid
+
+
 def test_silent_command_raises_guest_hung_and_reboot_recovers(testbed: Any) -> None:
     old_pid = testbed.pid
     with pytest.raises(GuestHung):
