@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     from vfio_scenario.report.console import exit_code, summary_line
-    from vfio_scenario.report.files import atomic_write, check_writable
+    from vfio_scenario.report.files import atomic_write, check_outputs
     from vfio_scenario.report.ktap import ktap_document
     from vfio_scenario.report.merge import load_results, merge_runs
     from vfio_scenario.report.sink import write_reports, writers
@@ -39,10 +39,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
     if not targets and not args.ktap:
         raise UsageError("report merge: name at least one output (--junit-xml, --html, --json, "
                          "--ktap)")
-    for option, path in (("--junit-xml", args.junit_xml), ("--json", args.json),
-                         ("--html", args.html), ("--ktap", args.ktap)):
-        if path:
-            check_writable(option, path)
+    check_outputs({"--junit-xml": args.junit_xml, "--json": args.json, "--html": args.html,
+                   "--ktap": args.ktap})
     run = merge_runs([load_results(f) for f in args.files])
     write_reports(run, targets)
     if args.ktap:

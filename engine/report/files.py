@@ -62,6 +62,13 @@ def check_writable(option: str, path: str | os.PathLike[str]) -> None:
                          f"{exc.strerror}") from None
 
 
+def check_outputs(outputs: dict[str, str | None]) -> None:
+    """check_writable() of every output given, by option name ({"--json": path or None})."""
+    for option, path in outputs.items():
+        if path:
+            check_writable(option, path)
+
+
 def fsync_dir(folder: str | os.PathLike[str]) -> None:
     """fsync a folder so a rename or a new file in it is durable."""
     dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)

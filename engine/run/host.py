@@ -58,17 +58,14 @@ def select(cases: list[Case], args: argparse.Namespace) -> list[Case]:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from vfio_scenario.report.files import check_writable
+    from vfio_scenario.report.files import check_outputs
     from vfio_scenario.report.sink import ReportSink, default_journal
 
     compiled = compile_or_raise(args.paths, need_cases=True)
     cases = select(compiled.cases, args)
     if not cases:
         raise NothingSelected("the filters selected no case")
-    for option, path in (("--junit-xml", args.junit_xml), ("--json", args.json),
-                         ("--html", args.html)):
-        if path:
-            check_writable(option, path)
+    check_outputs({"--junit-xml": args.junit_xml, "--json": args.json, "--html": args.html})
     where = _where(args)
     sink = ReportSink(junit_xml=args.junit_xml, json_path=args.json, html_path=args.html,
                       journal=default_journal(args.junit_xml), resume=args.resume,
