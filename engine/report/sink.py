@@ -174,8 +174,9 @@ class ReportSink:
             now = time.monotonic()
             self._last_write, self._write_cost = now, now - t0
 
-    def close(self) -> None:
-        """Final rewrite, run facts to the journal, summary (or KTAP totals); idempotent."""
+    def close(self, summary: bool = True) -> None:
+        """Final rewrite, run facts to the journal, summary (unless told not to) or KTAP
+        totals; idempotent."""
         with self._lock:
             if self._closed:
                 return
@@ -191,7 +192,7 @@ class ReportSink:
             self.journal.close()
         if self.ktap:
             self.ktap.finish(self.run)
-        else:
+        elif summary:
             self.console.summary(self.run)
 
     def exit_code(self) -> int:

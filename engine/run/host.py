@@ -100,8 +100,12 @@ def run_command(args: argparse.Namespace) -> int:
             _run_local(cases, args, options, on_event)
         else:
             _run_testbed(cases, args, options, on_event, run)
-    finally:
-        sink.close()
+    except BaseException:
+        # the reports are written either way; a summary of nothing would only precede
+        # the error that says why nothing ran
+        sink.close(summary=bool(run.cases))
+        raise
+    sink.close()
     return sink.exit_code()
 
 

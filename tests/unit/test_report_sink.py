@@ -268,3 +268,17 @@ def test_run_refuses_an_unwritable_report_before_any_case(tmp_path: Path, option
     assert proc.stderr == (f"vfio-scenario: {option} {blocker / 'out'}: cannot create "
                            f"{blocker}: a file is in the way\n")
     assert main(["run", "--junit-xml", str(tmp_path), str(scenario)]) == 2
+
+
+def test_a_run_that_cannot_start_prints_no_empty_summary_but_writes_its_reports(
+        tmp_path: Path) -> None:
+    scenario = tmp_path / "nap.yaml"
+    scenario.write_text("steps:\n  - sleep: {duration: 1ms}\n")
+    junit = tmp_path / "junit.xml"
+    proc = subprocess.run([sys.executable, "-m", "vfio_scenario", "run", "--device",
+                           "ffff:ff:1f.7", "--junit-xml", str(junit), str(scenario)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 3
+    assert proc.stderr == "vfio-scenario: no PCI device ffff:ff:1f.7 on this host\n"
+    assert "passed" not in proc.stdout
+    assert_valid_junit(junit)
