@@ -1,4 +1,4 @@
-"""`vfio-scenario testbed fetch|up|shell|run|status|down`."""
+"""`vfio-scenario testbed fetch|kconfig|up|shell|run|status|down`."""
 
 from __future__ import annotations
 
@@ -34,6 +34,12 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     q.add_argument("--kernel", default="default", metavar="default|debian|PATH")
     q.set_defaults(func=_fetch)
 
+    q = tsub.add_parser("kconfig", help="print the kernel config fragment of the default kernel",
+                        description="Print the config fragment the default guest kernel is built "
+                        "with (on top of `make tinyconfig`), to build a kernel of your own for "
+                        "`--kernel PATH`: see docs/testbed.md.")
+    q.set_defaults(func=_kconfig)
+
     q = tsub.add_parser("status", help="cached kernels, QEMU, accelerator, free space, VM")
     q.set_defaults(func=_status)
 
@@ -64,6 +70,13 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 def _reporter() -> Any:
     from vfio_scenario.testbed.progress import stderr_reporter
     return stderr_reporter
+
+
+def _kconfig(args: argparse.Namespace) -> int:
+    from vfio_scenario.testbed.assets import FRAGMENT
+
+    sys.stdout.write(FRAGMENT.read_text())
+    return 0
 
 
 def _fetch(args: argparse.Namespace) -> int:

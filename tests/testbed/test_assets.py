@@ -27,6 +27,14 @@ def test_repo_fragment_keeps_the_options_the_testbed_relies_on() -> None:
     assert "CONFIG_IOMMUFD_VFIO_CONTAINER" in off  # excludes the real VFIO_CONTAINER
 
 
+def test_kconfig_command_prints_the_fragment_the_default_kernel_is_built_with(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from vfio_scenario.cli import main
+
+    assert main(["testbed", "kconfig"]) == 0
+    assert capsys.readouterr().out == assets.FRAGMENT.read_text()
+
+
 def test_resolve_modules_orders_dependencies_first_and_skips_builtins() -> None:
     modules_dep = ("kernel/drivers/vfio/pci/vfio-pci.ko.xz: kernel/drivers/vfio/pci/"
                    "vfio-pci-core.ko.xz kernel/drivers/vfio/vfio.ko.xz\n"
