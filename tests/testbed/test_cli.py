@@ -51,6 +51,17 @@ def test_up_run_status_down_share_one_vm(private_cache: dict[str, str]) -> None:
         second = _cli(private_cache, "run", "--", "cat", "/tmp/mark")
         assert first.returncode == 0 and first.stdout.strip().endswith("-vfio-scenario")
         assert second.returncode == 0 and second.stdout.strip().isdigit()  # same VM's /tmp
+        # a file of the checkout changed after the guest read it is seen as it is now
+        # (9p cache=loose never revalidates; attaching drops the guest's caches)
+        edited = Path(__file__).resolve().parents[2] / "reports" / f"up-view-{pid}.txt"
+        edited.parent.mkdir(exist_ok=True)
+        try:
+            for text in ("before\n", "after the edit\n"):
+                edited.write_text(text)
+                seen = _cli(private_cache, "run", "--", "cat", str(edited))
+                assert (seen.returncode, seen.stdout) == (0, text)
+        finally:
+            edited.unlink(missing_ok=True)
         # `run` uses the up VM, also from a folder that VM cannot see (a /tmp folder made
         # after it booted: the guest's /tmp is its own)
         elsewhere = Path(tempfile.mkdtemp(prefix="vfio-scenario-elsewhere-", dir="/tmp"))
