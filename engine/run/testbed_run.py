@@ -80,10 +80,7 @@ def run_in_testbed(testbed: Any, cases: list[Case], paths: list[str], on_event: 
     from vfio_scenario.drivers.base import driver_entry_points
     from vfio_scenario.run import payload
     from vfio_scenario.testbed import GuestCrashed, GuestHung
-    from vfio_scenario.testbed.bytecode import compile_engine
     from vfio_scenario.testbed.paths import sub_dir
-
-    compile_engine()  # a VM of `testbed up` booted before the last edit of the checkout
 
     # the guest sees the host's root at the same paths, except its own /tmp
     workdir = str(sub_dir("run", "payloads"))

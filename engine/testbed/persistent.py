@@ -63,8 +63,9 @@ def up(kernel: str, accel: str, devices: Sequence[str], report: Reporter = quiet
 
 # The guest mounts the host's root with 9p cache=loose (1.5-2x faster Python starts), which
 # never revalidates: a file the guest read once keeps those contents until its inode is
-# evicted. A command in a VM that has been up for a while drops the guest's caches first,
-# so it sees the checkout as it is now (Python starts some 0.5 s slower right after).
+# evicted. Every attach drops the guest's caches, so what runs next sees the checkout as it
+# is now (Python starts some 0.5 s slower right after). A VM we boot ourselves compiles
+# the engine before it boots (Testbed.prepare).
 _DROP_CACHES = ["sh", "-c", "echo 3 > /proc/sys/vm/drop_caches"]
 
 
