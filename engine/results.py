@@ -77,11 +77,14 @@ class CaseResult:
     properties: dict[str, str] = field(default_factory=dict)
     log: str = ""  # console / dmesg tail for errors, captured output
     started: float = 0.0  # wall-clock epoch seconds
+    # the kernel watch's finds (run/kernel_watch.py): {kind, title, text, allowed} each
+    kernel_splats: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         d = _fields_of(self)
         d.update(outcome=self.outcome.value, params=dict(self.params), tags=list(self.tags),
-                 steps=[s.to_dict() for s in self.steps], properties=dict(self.properties))
+                 steps=[s.to_dict() for s in self.steps], properties=dict(self.properties),
+                 kernel_splats=[dict(s) for s in self.kernel_splats])
         return d
 
     @classmethod

@@ -58,6 +58,8 @@ class Case:
     # its templates read `device`/`devices` (the run's BDFs, in order): it must run on
     # those very devices, the first `requires.devices` of the run
     names_devices: bool = False
+    # splat kinds its scenario's `kernel_watch: {allow: …}` declares (run/kernel_watch.py)
+    kernel_watch_allow: tuple[str, ...] = ()
 
     @property
     def iommu_mode(self) -> str | None:

@@ -266,6 +266,7 @@ class _FileCompiler:
             tags=list(header.tags), requires=header.requires, params=params,
             timeout=header.timeout, steps=steps, teardown=teardown,
             location=self.doc.location(path), names_devices=names_devices,
+            kernel_watch_allow=tuple(header.kernel_watch.allow),
         )
 
     def steps(self, path: tuple[Any, ...], key: str, raws: list[Any], context: dict[str, Any],

@@ -24,6 +24,7 @@ from pydantic import (
 )
 from vfio_scenario.errors import ERRNO_NUMBERS, SIGNALS, canonical_errno_name
 from vfio_scenario.language.units import parse_duration, parse_int, parse_size
+from vfio_scenario.run.kernel_watch import SPLAT_KINDS
 
 IommuMode = Literal[
     "vfio_type1_iommu",
@@ -733,6 +734,24 @@ class Requires(Strict):
     devices: Int = Field(1, ge=0)
 
 
+def _splat_kind(name: str) -> str:
+    if name not in SPLAT_KINDS:
+        import difflib
+
+        close = difflib.get_close_matches(name, SPLAT_KINDS, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ValueError(f"{name!r} is not a kind of kernel splat{hint}; the kernel watch "
+                         f"knows {', '.join(SPLAT_KINDS)}")
+    return name
+
+
+class KernelWatchKey(Strict):
+    """`kernel_watch:` of a scenario: the splats its cases provoke on purpose."""
+
+    allow: list[Annotated[str, AfterValidator(_splat_kind),
+                          Field(json_schema_extra={"enum": list(SPLAT_KINDS)})]] = []
+
+
 class ScenarioHeader(Strict):
     """A scenario with its steps still raw: they are checked one by one per case."""
 
@@ -743,6 +762,7 @@ class ScenarioHeader(Strict):
     matrix: dict[str, list[Any]] = {}
     vars: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], Any] = {}
     timeout: Duration = 30.0
+    kernel_watch: KernelWatchKey = KernelWatchKey()
     steps: list[Any] = Field(min_length=1)
     teardown: list[Any] = []
 

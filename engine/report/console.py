@@ -13,7 +13,12 @@ from typing import TextIO
 
 from vfio_scenario import __version__
 from vfio_scenario.errors import ExitCode
-from vfio_scenario.report.describe import counts_line, failure_message, ordered_properties
+from vfio_scenario.report.describe import (
+    counts_line,
+    failure_message,
+    ordered_properties,
+    splat_lines,
+)
 from vfio_scenario.results import CaseResult, Outcome, RunResult
 
 # Run properties worth a word in the header line, in this order.
@@ -76,4 +81,9 @@ class Console:
         self._print(f"warning: {message}")
 
     def summary(self, run: RunResult) -> None:
+        splats = splat_lines(run)
+        if splats:
+            self._print(f"{len(splats)} kernel splat(s) (whole reports in the case logs):")
+            for line in splats:
+                self._print(f"  {line}")
         self._print(summary_line(run))

@@ -5,6 +5,8 @@ Kept in one place so JUnit, KTAP, HTML and the console say the same thing.
 
 from __future__ import annotations
 
+from typing import Any
+
 from vfio_scenario.results import CaseResult, Outcome, RunResult, StepResult
 
 # Properties shown first, in this order, wherever a report lists them (DESIGN §7).
@@ -37,8 +39,11 @@ def failure_message(case: CaseResult) -> str:
     """One line naming what went wrong: the step, its file:line, expected vs actual.
 
     For a skip this is the reason; for a case with no failing step (a crash before any
-    step, a release problem) it is the case's own message."""
+    step, a release problem) or one the kernel watch made an error it is the case's own
+    message."""
     step = failing_step(case) if case.outcome in (Outcome.FAIL, Outcome.ERROR) else None
+    if case.outcome is Outcome.ERROR and undeclared_splats(case):
+        step = None
     if step is None:
         text = case.message or case.outcome.label
         if case.location and case.location not in text:
@@ -52,6 +57,20 @@ def failure_message(case: CaseResult) -> str:
     if detail and not detail.startswith("expected "):
         text += f": {detail}"
     return text
+
+
+def undeclared_splats(case: CaseResult) -> list[dict[str, Any]]:
+    """The kernel watch's finds in the case that its scenario did not declare."""
+    return [s for s in case.kernel_splats if not s.get("allowed")]
+
+
+def splat_lines(run: RunResult) -> list[str]:
+    """One line per undeclared kernel splat of the run, naming its case (empty if none)."""
+    lines = []
+    for case in run.cases:
+        for s in undeclared_splats(case):
+            lines.append(f"kernel {s['kind']} in {case.case_id}: {s['title']}")
+    return lines
 
 
 def step_line(step: StepResult) -> str:

@@ -34,7 +34,13 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from vfio_scenario import __version__
-from vfio_scenario.report.describe import failure_message, name_in_suite, suite_of, tail
+from vfio_scenario.report.describe import (
+    failure_message,
+    name_in_suite,
+    splat_lines,
+    suite_of,
+    tail,
+)
 from vfio_scenario.report.junit import xml_safe
 from vfio_scenario.results import CaseResult, Outcome, RunResult
 
@@ -182,7 +188,7 @@ class KtapStream:
         n = run.counts()
         totals = (f"# Totals: pass:{n[Outcome.PASS]} fail:{n[Outcome.FAIL]} xfail:0 xpass:0 "
                   f"skip:{n[Outcome.SKIP]} error:{n[Outcome.ERROR]}")
-        self._write([totals])
+        self._write([f"# {_safe_text(line)}" for line in splat_lines(run)] + [totals])
 
 
 def ktap_document(run: RunResult) -> str:

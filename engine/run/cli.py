@@ -60,6 +60,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--timeout-multiplier", type=_multiplier, default=1.0, metavar="X",
                    help="scale every timeout (slow emulation)")
     p.add_argument("--fail-fast", action="store_true", help="stop after the first failure")
+    p.add_argument("--no-kernel-watch", dest="kernel_watch", action="store_false",
+                   help="do not scan each case's kernel log for splats (WARN, BUG, KASAN, "
+                        "lockdep …) nor compare its taint")
     p.add_argument("--resume", action="store_true",
                    help="skip cases the journal of the previous run already holds")
     p.set_defaults(func=cmd_run)

@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
                          "iommu_modes": ",".join(m for m, why in caps.iommu_modes.items() if not why),
                          "devices": ",".join(f"{d.bdf}={d.ids}" for d in caps.devices)}})
     planned = plan_each(cases, caps, header.iommu_modes or None)
-    run_planned(planned, caps, RunOptions(timeout_multiplier=header.timeout_multiplier), emit,
+    run_planned(planned, caps, RunOptions(timeout_multiplier=header.timeout_multiplier,
+                                         kernel_watch=header.kernel_watch), emit,
                 fail_fast=header.fail_fast)
     emit({"event": "done"})
     return 0

@@ -79,12 +79,19 @@ def run_command(args: argparse.Namespace) -> int:
             return sink.exit_code()
     run = sink.run
     run.properties.update({"engine_version": __version__, "where": where})
-    options = RunOptions(timeout_multiplier=args.timeout_multiplier)
+    options = RunOptions(timeout_multiplier=args.timeout_multiplier,
+                         kernel_watch=getattr(args, "kernel_watch", True))
+
+    # where a splat's stack can be decoded: our testbed kernel's vmlinux, or the host's
+    # debug vmlinux (set by _run_testbed / _run_local; made when a first splat comes)
+    kernel: dict[str, Any] = {}
 
     def on_event(event: dict[str, Any]) -> None:
         kind = event.get("event")
         if kind == "result":
             result = CaseResult.from_dict(event["result"])
+            if result.kernel_splats:
+                _symbolize(result, kernel)
             for key in ("accelerator", "testbed_kernel"):
                 if key in run.properties:
                     result.properties.setdefault(key, run.properties[key])
@@ -97,9 +104,10 @@ def run_command(args: argparse.Namespace) -> int:
 
     try:
         if where == "local":
+            kernel["release"] = os.uname().release
             _run_local(cases, args, options, on_event)
         else:
-            _run_testbed(cases, args, options, on_event, run)
+            _run_testbed(cases, args, options, on_event, run, kernel)
     except BaseException:
         # the reports are written either way; a summary of nothing would only precede
         # the error that says why nothing ran
@@ -107,6 +115,15 @@ def run_command(args: argparse.Namespace) -> int:
         raise
     sink.close()
     return sink.exit_code()
+
+
+def _symbolize(result: CaseResult, kernel: dict[str, Any]) -> None:
+    from vfio_scenario.run.symbolize import symbolize_result, symbolizer
+
+    if "decode" not in kernel:
+        kernel["decode"] = symbolizer(kernel.get("vmlinux"), kernel.get("release", ""))
+    if kernel["decode"] is not None:
+        symbolize_result(result, kernel["decode"])
 
 
 def _run_local(cases: list[Case], args: argparse.Namespace, options: RunOptions,
@@ -126,7 +143,7 @@ def _run_local(cases: list[Case], args: argparse.Namespace, options: RunOptions,
 
 
 def _run_testbed(cases: list[Case], args: argparse.Namespace, options: RunOptions,
-                 on_event: Any, run: RunResult) -> None:
+                 on_event: Any, run: RunResult, kernel: dict[str, Any]) -> None:
     """Run in the VM of `testbed up` when one runs, else in a testbed of our own."""
     from vfio_scenario.run.testbed_run import run_in_testbed
     from vfio_scenario.testbed import Testbed
@@ -140,6 +157,7 @@ def _run_testbed(cases: list[Case], args: argparse.Namespace, options: RunOption
         return testbed
 
     testbed = attach() or fresh()
+    kernel["vmlinux"] = testbed.vmlinux
     try:
         run.properties.update({"accelerator": testbed.accelerator,
                                "testbed_kernel": testbed.kernel_release,
@@ -147,7 +165,8 @@ def _run_testbed(cases: list[Case], args: argparse.Namespace, options: RunOption
                                "testbed": "testbed up" if not owned else "own VM"})
         run_in_testbed(testbed, cases, args.paths, on_event, devices=[],
                        iommu_modes=args.iommu_mode, timeout_multiplier=options.timeout_multiplier,
-                       fail_fast=args.fail_fast, replace=None if owned else fresh)
+                       fail_fast=args.fail_fast, replace=None if owned else fresh,
+                       kernel_watch=options.kernel_watch)
     finally:
         for t in owned:
             t.stop()

@@ -37,6 +37,7 @@ class StepTimeout(VfioScenarioError):
 class RunOptions:
     timeout_multiplier: float = 1.0
     default_step_timeout: float = 0.0  # 0: only the case timeout applies
+    kernel_watch: bool = True  # scan each case's kernel log for splats (--no-kernel-watch)
 
 
 @dataclass

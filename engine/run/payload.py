@@ -39,11 +39,13 @@ class Header:
     iommu_modes: list[str] = field(default_factory=list)
     timeout_multiplier: float = 1.0
     fail_fast: bool = False
+    kernel_watch: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {"magic": MAGIC, "version": __version__, "devices": self.devices,
                 "drivers": self.drivers, "iommu_modes": self.iommu_modes,
-                "timeout_multiplier": self.timeout_multiplier, "fail_fast": self.fail_fast}
+                "timeout_multiplier": self.timeout_multiplier, "fail_fast": self.fail_fast,
+                "kernel_watch": self.kernel_watch}
 
 
 class Record:
@@ -119,7 +121,8 @@ def read_header(f: IO[bytes]) -> Header:
     return Header(devices=list(raw["devices"]), drivers=dict(raw["drivers"]),
                   iommu_modes=list(raw["iommu_modes"]),
                   timeout_multiplier=float(raw["timeout_multiplier"]),
-                  fail_fast=bool(raw["fail_fast"]))
+                  fail_fast=bool(raw["fail_fast"]),
+                  kernel_watch=bool(raw.get("kernel_watch", True)))
 
 
 def read_cases(f: IO[bytes]) -> list[Case]:

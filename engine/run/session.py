@@ -56,28 +56,53 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 def run_planned(planned: Iterable[PlannedCase], caps: HostCaps, options: RunOptions,
                 emit: Emit, fail_fast: bool = False) -> None:
-    """Run every planned case; devices are restored afterwards, also on SIGINT/SIGTERM."""
+    """Run every planned case; devices are restored afterwards, also on SIGINT/SIGTERM.
+
+    With the kernel watch on, a case's result is sent when the next case starts (or the
+    run ends): the kernel lines logged until then are its own (run/kernel_watch.py)."""
+    from vfio_scenario.run.kernel_watch import KernelWatch
     from vfio_scenario.run.ops import operations
 
     ops = operations()
+    watch = KernelWatch.open() if options.kernel_watch else None
+    pending: list[tuple[CaseResult, PlannedCase]] = []
+
+    def settle() -> CaseResult | None:
+        if not pending:
+            return None
+        result, pc = pending.pop()
+        if watch is not None:
+            result = watch.finish(result, pc.case)
+        emit({"event": "result", "result": result.to_dict()})
+        return result
+
     states = devstate.record([d.bdf for d in caps.devices])
     old = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         for pc in planned:
+            settle()
+            if watch is not None:
+                watch.begin()
             emit({"event": "start", "id": pc.case.id})
             if pc.skip:
                 result = skipped(pc)
             else:
                 result = execute_case(pc.case, [d.bdf for d in pc.devices], ops, options)
             result.properties.update(case_properties(pc, caps))
-            emit({"event": "result", "result": result.to_dict()})
-            if fail_fast and result.outcome in (Outcome.FAIL, Outcome.ERROR):
-                break
+            pending.append((result, pc))
+            if fail_fast:
+                done = settle()
+                if done is not None and done.outcome in (Outcome.FAIL, Outcome.ERROR):
+                    break
+        settle()
     except _Interrupted as exc:
+        settle()
         emit({"event": "interrupted", "signal": str(exc)})
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
+        if watch is not None:
+            watch.close()
         problems = devstate.restore(states)
         if problems:
             emit({"event": "warning", "message": "device state not restored: " + "; ".join(problems)})

@@ -71,7 +71,8 @@ def crashed_result(case: Case, message: str, console: str, started: float) -> Ca
 
 def run_in_testbed(testbed: Any, cases: list[Case], paths: list[str], on_event: OnEvent, *,
                    devices: list[str], iommu_modes: list[str], timeout_multiplier: float,
-                   fail_fast: bool, replace: Callable[[], Any] | None = None) -> None:
+                   fail_fast: bool, replace: Callable[[], Any] | None = None,
+                   kernel_watch: bool = True) -> None:
     """Run `cases` in `testbed` (started), calling `on_event` with each guest event.
 
     After a guest crash or hang the testbed reboots, or `replace()` gives the one to
@@ -88,7 +89,8 @@ def run_in_testbed(testbed: Any, cases: list[Case], paths: list[str], on_event: 
     remaining = compile_for_guest(list(cases), paths, bdfs)
     header = payload.Header(devices=bdfs, drivers=driver_entry_points(),
                             iommu_modes=list(iommu_modes),
-                            timeout_multiplier=timeout_multiplier, fail_fast=fail_fast)
+                            timeout_multiplier=timeout_multiplier, fail_fast=fail_fast,
+                            kernel_watch=kernel_watch)
     reboots = 0
     longest = max(c.timeout for c in cases) * timeout_multiplier
     while remaining:

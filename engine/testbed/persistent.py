@@ -55,7 +55,7 @@ def up(kernel: str, accel: str, devices: Sequence[str], report: Reporter = quiet
              "release": testbed.kernel_release, "kernel": kernel,
              "devices": list(testbed.devices), "qemu": testbed.qemu_version,
              "started": time.time(), "boot_seconds": round(testbed.boot_seconds, 2),
-             "console": str(testbed.files.console)}
+             "console": str(testbed.files.console), "vmlinux": str(testbed.vmlinux or "")}
     testbed.detach()
     _state_path().write_text(json.dumps(state, indent=1))
     return state
@@ -76,7 +76,8 @@ def attach() -> Testbed | None:
     if state is None:
         return None
     testbed = Testbed.attach(NAME, int(state["pid"]), accel=state["accel"],
-                             release=state["release"], devices=state["devices"])
+                             release=state["release"], devices=state["devices"],
+                             vmlinux=state.get("vmlinux", ""))
     compile_engine()
     testbed.run(_DROP_CACHES, timeout=60)
     return testbed

@@ -170,11 +170,12 @@ class Testbed:
         self._vm: Vm | None = None
         self._last_console = ""
         self._owned = True      # False for a handle on a `testbed up` VM
+        self._vmlinux: Path | None = None  # of an attached VM's kernel, from its state
         self.boots = 0
 
     @classmethod
     def attach(cls, name: str, pid: int, *, accel: str, release: str,
-               devices: Sequence[str]) -> Testbed:
+               devices: Sequence[str], vmlinux: str = "") -> Testbed:
         """A handle on a detached VM already running under run/<name> (`testbed up`).
 
         Commands run in that VM; stop() only disconnects; a crash is reported and not
@@ -184,6 +185,7 @@ class Testbed:
                                 devices=testbed.devices)
         testbed._accel = accel
         testbed._owned = False
+        testbed._vmlinux = Path(vmlinux) if vmlinux else None
         return testbed
 
     # --- lifecycle --------------------------------------------------------------------
@@ -402,6 +404,15 @@ class Testbed:
     def accelerator(self) -> str:
         """"kvm" or "tcg" (after start)."""
         return self._accel
+
+    @property
+    def vmlinux(self) -> Path | None:
+        """The guest kernel's vmlinux when we built that kernel (None otherwise): the
+        kernel watch's splats are symbolized with it."""
+        if self._kernel is not None and self._kernel.kind == "default":
+            path = self._kernel.image.with_name("vmlinux")
+            return path if path.exists() else None
+        return self._vmlinux
 
     @property
     def kernel_release(self) -> str:

@@ -10,8 +10,62 @@ import errno
 import os
 import re
 import time
+from typing import NamedTuple
 
 from vfio_scenario.errors import VfioError
+
+
+class Record(NamedTuple):
+    """One /dev/kmsg record: "level,seq,usec,flags[,...];text" (Documentation/ABI/testing/
+    dev-kmsg). Device messages add "\n KEY=value" lines, left out of `text`."""
+
+    level: int  # syslog priority, facility bits masked off
+    seq: int
+    usec: int  # since boot
+    text: str  # as the kernel escapes it: bytes < 0x20, 0x7f and backslash as \xNN
+
+
+def parse_record(record: str) -> Record:
+    head, _, body = record.partition(";")
+    text = body.split("\n", 1)[0]
+    fields = head.split(",")
+    try:
+        return Record(int(fields[0]) & 7, int(fields[1]), int(fields[2]), text)
+    except (IndexError, ValueError):
+        return Record(6, -1, 0, text)
+
+
+class KmsgReader:
+    """Every record logged after it opened, read without blocking, across any number of
+    cases (the kernel watch keeps one for a whole run)."""
+
+    def __init__(self) -> None:
+        try:
+            self.fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as e:
+            raise VfioError(e.errno or 0, "open", "/dev/kmsg") from None
+        os.lseek(self.fd, 0, os.SEEK_END)
+        self.lost = 0  # records overwritten in the ring buffer before we read them
+
+    def read(self) -> list[Record]:
+        """The records logged since the last call."""
+        out: list[Record] = []
+        while True:
+            try:
+                raw = os.read(self.fd, 8192).decode(errors="replace")
+            except BlockingIOError:
+                return out
+            except OSError as e:
+                if e.errno == errno.EPIPE:
+                    self.lost += 1
+                    continue
+                raise VfioError(e.errno or 0, "read", "/dev/kmsg") from None
+            out.append(parse_record(raw))
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 class KernelLog:
@@ -36,7 +90,7 @@ class KernelLog:
                 if e.errno == errno.EPIPE:  # older records were overwritten: go on
                     continue
                 raise VfioError(e.errno or 0, "read", "/dev/kmsg") from None
-            self.lines.append(record.split(";", 1)[-1].rstrip("\n"))
+            self.lines.append(parse_record(record).text)
 
     def wait_for(self, pattern: str, within: float = 2.0) -> str | None:
         """The first message since creation matching `pattern`, waiting up to `within` s."""

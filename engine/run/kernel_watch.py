@@ -1,0 +1,257 @@
+"""The kernel watch (DESIGN.md §11): every case's kernel log scanned for splats, its taint compared.
+
+One /dev/kmsg reader lives as long as the run. A case's window opens when the case
+starts and closes when the next one starts (or the run ends), so lines that arrive
+after a case ended but before the next began belong to it. In the window the log is
+cut into splats — a WARN from `------------[ cut here ]` to `---[ end trace ]---`, a
+KASAN report between its `====` lines, a lockdep or hung-task report up to the end of
+its stack — each of a named kind (`SPLAT_KINDS`, the names `kernel_watch: {allow: …}`
+takes). A splat the case did not declare (its kind in `kernel_watch.allow`, or a line
+of it matching one of the case's `expect_dmesg` patterns), or a taint bit no splat of
+the window explains, makes the case an ERROR carrying the whole splat.
+
+This runs where the cases run (the testbed's guest, or the host with `--device`), with
+the standard library only; symbolizing with the kernel's vmlinux is the host's part
+(`symbolize`), as only the host knows which kernel it built.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from vfio_scenario.errors import VfioError
+from vfio_scenario.results import CaseResult, Outcome
+from vfio_scenario.uapi.kmsg import KmsgReader, Record, tainted
+
+if TYPE_CHECKING:
+    from vfio_scenario.language.cases import Case
+
+# bit → letter, as kernel/panic.c's taint_flags (Documentation/admin-guide/tainted-kernels.rst)
+TAINT_FLAGS = "PFSRMBUDAWCIOELKXTNJ"
+
+# kind → what a report of that kind looks like: the line it starts with (kernel sources,
+# 7.2: kernel/panic.c, kernel/locking/lockdep.c, mm/kasan/report.c, mm/kfence/report.c,
+# lib/ubsan.c, kernel/hung_task.c, kernel/rcu/tree_stall.h, kernel/watchdog.c,
+# mm/kmemleak.c, arch/x86/kernel/dumpstack.c). First match wins.
+_HEADERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("lockdep", (
+        r"^WARNING: (possible circular locking dependency|possible recursive locking",
+        r"inconsistent lock state|possible irq lock inversion|\S+-safe -> \S+-unsafe",
+        r"bad unlock balance|held lock freed|suspicious RCU usage",
+        r"lock held when returning to user space|\S+ still has locks held",
+        r"Nested lock was not taken|chain_key collision|bad contention)",
+        r"^INFO: trying to register non-static key")),
+    ("atomic_sleep",
+     (r"^BUG: (sleeping function called from invalid context|scheduling while atomic)",)),
+    ("kasan", (r"^BUG: KASAN: ",)),
+    ("kfence", (r"^BUG: KFENCE: ",)),
+    ("ubsan", (r"^UBSAN: ",)),
+    ("hung_task", (r"^INFO: task \S+ blocked for more than",)),
+    ("rcu_stall", (r"^rcu: INFO: \S+ (detected stalls|self-detected stall)",)),
+    ("lockup", (r"BUG: soft lockup", r"Watchdog detected hard LOCKUP")),
+    ("oops", (r"^Oops: ", r"^BUG: (kernel NULL pointer dereference|unable to handle)",
+              r"^kernel BUG at ", r"general protection fault")),
+    ("bug", (r"^BUG: ",)),
+    ("warning", (r"^WARNING: ",)),
+    ("kmemleak", (r"^kmemleak: \d+ new suspected memory leaks?",)),
+    ("call_trace", (r"^Call Trace:",)),
+)
+# the alternatives of one kind are joined with `|` (a group may span two of them)
+_HEADER_RX = [(kind, re.compile("|".join(alts))) for kind, alts in _HEADERS]
+
+#: Every kind of splat the watch reports, plus `taint` (a taint bit no splat explains):
+#: the names `kernel_watch: {allow: […]}` accepts.
+SPLAT_KINDS = (*(kind for kind, _ in _HEADERS), "taint")
+
+# taint bits a splat of a kind sets (so an allowed WARN's `W` is no second problem)
+_KIND_TAINT = {"warning": "W", "oops": "D", "bug": "BD", "kasan": "B", "kfence": "B",
+               "lockup": "L", "atomic_sleep": "W"}
+
+_OPENER_CUT = re.compile(r"^-+\[ cut here \]-+$")
+_OPENER_RULE = re.compile(r"^={20,}$")
+_END_TRACE = re.compile(r"^---\[ end (trace|Kernel panic)")
+_END_OF_STACK = re.compile(r"^\s*</TASK>\s*$")
+_STACK_ENDS = {"lockdep", "atomic_sleep", "hung_task", "rcu_stall", "lockup", "bug",
+               "call_trace"}
+_DUMP_PREFIX = re.compile(r"^(CPU: \d+ |Hardware name: )")
+GAP_USEC = 2_000_000  # a quiet log for this long ends a splat that had no end marker
+MAX_LINES = 600
+_ESCAPE = re.compile(r"\\x([0-9a-f]{2})")
+
+
+def _unescape(text: str) -> list[str]:
+    """/dev/kmsg text as printed: \\xNN escapes undone, embedded newlines split."""
+    return _ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text).split("\n")
+
+
+@dataclass
+class Splat:
+    kind: str
+    title: str  # the line that says what happened
+    text: str  # the whole report, one log line per line
+    allowed: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "title": self.title, "text": self.text,
+                "allowed": self.allowed}
+
+
+def _header_kind(line: str) -> str | None:
+    for kind, rx in _HEADER_RX:
+        if rx.search(line):
+            return kind
+    return None
+
+
+def find_splats(records: Iterable[Record]) -> list[Splat]:
+    """The splats in a stretch of kernel log, in order."""
+    splats: list[Splat] = []
+    current: list[str] = []
+    kind = ""
+    ruled = False  # opened by a `====` line: a KASAN/KFENCE/UBSAN report closes with one
+    opener: str | None = None
+    before: list[str] = []  # recent lines outside a splat (dump_stack's CPU:/Hardware name:)
+    last_usec = -1
+
+    def close() -> None:
+        nonlocal current, kind
+        if current:
+            title = next((ln for ln in current if _header_kind(ln) == kind), current[0])
+            splats.append(Splat(kind, title.strip(), "\n".join(current)))
+        current, kind = [], ""
+
+    for record in records:
+        gap = last_usec >= 0 and record.usec - last_usec > GAP_USEC
+        last_usec = record.usec
+        if gap and current:
+            close()
+        for line in _unescape(record.text):
+            found = _header_kind(line)
+            if current and found and found != "call_trace" and \
+                    not (kind == found and line in current[-1:]):
+                close()  # a new report begins
+            if not current:
+                if _OPENER_CUT.match(line) or _OPENER_RULE.match(line):
+                    opener = line
+                    continue
+                if found is None:
+                    if opener is not None:
+                        before.append(opener)
+                        opener = None
+                    before = (before + [line])[-3:]
+                    continue
+                kind = found
+                ruled = opener is not None and _OPENER_RULE.match(opener) is not None
+                lead = [ln for ln in before if _DUMP_PREFIX.match(ln)] \
+                    if found == "call_trace" else []
+                current = [*lead, *([opener] if opener else []), line]
+                opener, before = None, []
+                if found == "kmemleak":
+                    close()
+                continue
+            current.append(line)
+            if _END_TRACE.match(line) or (ruled and kind in ("kasan", "kfence", "ubsan")
+                                          and _OPENER_RULE.match(line)) \
+                    or (kind in _STACK_ENDS and _END_OF_STACK.match(line)) \
+                    or len(current) >= MAX_LINES:
+                close()
+    close()
+    return splats
+
+
+def taint_letters(mask: int) -> str:
+    return "".join(letter for bit, letter in enumerate(TAINT_FLAGS) if mask & (1 << bit)) or "-"
+
+
+def _taint_mask(letters: str) -> int:
+    return sum(1 << TAINT_FLAGS.index(c) for c in letters)
+
+
+def declared(case: Case) -> tuple[set[str], list[re.Pattern[str]]]:
+    """What the case says it provokes: kinds it allows, its `expect_dmesg` patterns."""
+    kinds = set(getattr(case, "kernel_watch_allow", ()) or ())
+    patterns = [re.compile(getattr(s.args, "pattern", "")) for s in (*case.steps, *case.teardown)
+                if s.op == "expect_dmesg"]
+    return kinds, patterns
+
+
+def judge(splats: list[Splat], taint_before: int | None, taint_after: int | None,
+          case: Case) -> list[Splat]:
+    """Every splat of the window, marked allowed or not; a new taint bit no splat
+    explains is a `taint` splat of its own."""
+    kinds, patterns = declared(case)
+    out = list(splats)
+    if taint_before is not None and taint_after is not None:
+        added = taint_after & ~taint_before
+        explained = 0
+        for s in splats:
+            explained |= _taint_mask(_KIND_TAINT.get(s.kind, ""))
+        unexplained = added & ~explained
+        if unexplained:
+            title = (f"kernel tainted during the case: {taint_letters(unexplained)} "
+                     f"(mask {taint_before:#x} -> {taint_after:#x})")
+            out.append(Splat("taint", title, title))
+    for s in out:
+        s.allowed = s.kind in kinds or any(p.search(line) for p in patterns
+                                           for line in s.text.split("\n"))
+    return out
+
+
+def apply(result: CaseResult, splats: list[Splat]) -> CaseResult:
+    """`result` with the window's splats attached; one not allowed makes it an ERROR."""
+    if not splats:
+        return result
+    result.kernel_splats = [s.to_dict() for s in splats]
+    bad = [s for s in splats if not s.allowed]
+    for s in splats:
+        state = "allowed by the scenario" if s.allowed else "not declared by the scenario"
+        result.log += f"--- kernel {s.kind} ({state}) ---\n{s.text}\n"
+    if bad:
+        first = bad[0]
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        earlier = ""
+        if result.outcome in (Outcome.FAIL, Outcome.ERROR) and result.message:
+            earlier = f"; the case also {result.outcome.value}ed: {result.message}"
+        result.outcome = Outcome.ERROR
+        result.message = f"kernel {first.kind} during the case: {first.title}{more}{earlier}"
+    return result
+
+
+class KernelWatch:
+    """The run's watch: `begin()` when a case starts, `finish(result, case)` when the next
+    starts (or the run ends)."""
+
+    def __init__(self) -> None:
+        self.reader = KmsgReader()
+        self.taint = _read_taint()
+
+    @classmethod
+    def open(cls) -> KernelWatch | None:
+        try:
+            return cls()
+        except VfioError:
+            return None  # no /dev/kmsg here (or no permission): nothing to watch
+
+    def begin(self) -> None:
+        """A case starts: its window opens (the previous one closed in `finish`)."""
+        self.taint = _read_taint()
+
+    def finish(self, result: CaseResult, case: Case) -> CaseResult:
+        records = self.reader.read()
+        after = _read_taint()
+        splats = judge(find_splats(records), self.taint, after, case)
+        self.taint = after
+        return apply(result, splats)
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+def _read_taint() -> int | None:
+    try:
+        return tainted()
+    except (OSError, ValueError):
+        return None

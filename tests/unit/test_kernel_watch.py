@@ -1,0 +1,323 @@
+"""The kernel watch's own logic: cutting a log into splats, what a case declares, taint,
+the result it makes, the order results are sent in, and how reports show it.
+
+The samples follow the kernel's printk formats (7.2: kernel/panic.c __warn,
+kernel/locking/lockdep.c, mm/kasan/report.c, kernel/hung_task.c, mm/kmemleak.c);
+tests/data/kmsg/ holds splats recorded in the testbed (LKDTM). That the watch catches
+real splats while a case runs is tested in the testbed (tests/testbed/test_kernel_watch.py).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from vfio_scenario.language.cases import Case
+from vfio_scenario.language.compile import compile_documents
+from vfio_scenario.language.loader import load_text
+from vfio_scenario.report.console import Console
+from vfio_scenario.report.describe import failure_message
+from vfio_scenario.report.junit import junit_document
+from vfio_scenario.report.ktap import ktap_document
+from vfio_scenario.results import CaseResult, Outcome, RunResult
+from vfio_scenario.run import kernel_watch
+from vfio_scenario.run.kernel_watch import Splat, apply, find_splats, judge
+from vfio_scenario.uapi.kmsg import Record, parse_record
+
+from tests.helpers.reports import assert_valid_junit
+
+DATA = Path(__file__).resolve().parent.parent / "data" / "kmsg"
+
+
+def records(text: str, start_usec: int = 1_000_000, step_usec: int = 100) -> list[Record]:
+    lines = textwrap.dedent(text).strip("\n").split("\n")
+    return [Record(4, i, start_usec + i * step_usec, line) for i, line in enumerate(lines)]
+
+
+def recorded(name: str) -> list[Record]:
+    """A /dev/kmsg capture from the testbed: one raw record per line."""
+    return [parse_record(line) for line in (DATA / name).read_text().splitlines() if line]
+
+
+WARN = """\
+    vfio-pci 0000:00:03.0: enabling device (0000 -> 0003)
+    ------------[ cut here ]------------
+    WARNING: drivers/vfio/vfio_main.c:123 at vfio_thing+0x1f/0x40, CPU#0: python3/93
+    CPU: 0 UID: 0 PID: 93 Comm: python3 Not tainted 7.2.13-vfio-scenario #1
+    RIP: 0010:vfio_thing+0x1f/0x40
+    Call Trace:
+     <TASK>
+     vfio_device_fops_unl_ioctl+0x50/0x80
+     __x64_sys_ioctl+0x8a/0xc0
+     </TASK>
+    ---[ end trace 0000000000000000 ]---
+    vfio-pci 0000:00:03.0: resetting
+"""
+
+LOCKDEP = """\
+    ======================================================
+    WARNING: possible circular locking dependency detected
+    7.2.13-vfio-scenario #1 Not tainted
+    ------------------------------------------------------
+    python3/93 is trying to acquire lock:
+    ffff8880041e4a28 (&vdev->memory_lock){++++}-{4:4}, at: vfio_pci_mmap_huge_fault+0x4a/0x1b0
+    stack backtrace:
+    Call Trace:
+     <TASK>
+     dump_stack_lvl+0x5d/0x80
+     </TASK>
+    vfio-pci 0000:00:03.0: something after
+"""
+
+KASAN = """\
+    ==================================================================
+    BUG: KASAN: slab-out-of-bounds in lkdtm_SLAB_LINEAR_OVERFLOW+0x2b/0x40
+    Write of size 1 at addr ffff888004a8a800 by task sh/101
+    Call Trace:
+     <TASK>
+     kasan_report+0xa7/0xe0
+     </TASK>
+    Allocated by task 101:
+     kasan_save_stack+0x1c/0x40
+    ==================================================================
+    Disabling lock debugging due to kernel taint
+"""
+
+
+def test_a_warn_is_one_splat_from_cut_here_to_end_trace() -> None:
+    [splat] = find_splats(records(WARN))
+    assert splat.kind == "warning"
+    assert splat.title == ("WARNING: drivers/vfio/vfio_main.c:123 at vfio_thing+0x1f/0x40, "
+                           "CPU#0: python3/93")
+    lines = splat.text.split("\n")
+    assert lines[0] == "------------[ cut here ]------------"
+    assert lines[-1] == "---[ end trace 0000000000000000 ]---"
+    assert "resetting" not in splat.text and "enabling device" not in splat.text
+
+
+def test_lockdep_ends_with_its_stack_and_kasan_with_its_closing_rule() -> None:
+    [lockdep] = find_splats(records(LOCKDEP))
+    assert lockdep.kind == "lockdep"
+    assert lockdep.title == "WARNING: possible circular locking dependency detected"
+    assert lockdep.text.startswith("=====") and lockdep.text.endswith("</TASK>")
+    [kasan] = find_splats(records(KASAN))
+    assert kasan.kind == "kasan"
+    assert kasan.text.split("\n")[-1].startswith("=====")
+    assert "Allocated by task 101" in kasan.text and "Disabling" not in kasan.text
+
+
+@pytest.mark.parametrize(("line", "kind"), [
+    ("INFO: task python3:93 blocked for more than 2 seconds.", "hung_task"),
+    ("kmemleak: 2 new suspected memory leaks (see /sys/kernel/debug/kmemleak)", "kmemleak"),
+    ("rcu: INFO: rcu_preempt self-detected stall on CPU", "rcu_stall"),
+    ("BUG: sleeping function called from invalid context at mm/slab.h:1", "atomic_sleep"),
+    ("UBSAN: array-index-out-of-bounds in drivers/misc/lkdtm/bugs.c:400:16", "ubsan"),
+    ("BUG: KFENCE: out-of-bounds read in lkdtm_x+0x1/0x2", "kfence"),
+    ("Oops: general protection fault, probably for non-canonical address", "oops"),
+    ("BUG: kernel NULL pointer dereference, address: 0000000000000000", "oops"),
+    ("watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [sh:1]", "lockup"),
+    ("BUG: Bad page state in process sh  pfn:04a8a", "bug"),
+    ("WARNING: suspicious RCU usage", "lockdep"),
+    ("WARNING: held lock freed!", "lockdep"),
+])
+def test_each_kind_is_named_by_its_first_line(line: str, kind: str) -> None:
+    [splat] = find_splats(records(f"unrelated\n{line}\nmore detail"))
+    assert (splat.kind, splat.title) == (kind, line)
+
+
+def test_a_bare_call_trace_takes_the_dump_stack_lines_before_it() -> None:
+    [splat] = find_splats(records("""\
+        something harmless
+        CPU: 0 UID: 0 PID: 1 Comm: sh Not tainted 7.2.13 #1
+        Hardware name: QEMU Standard PC (Q35 + ICH9, 2009)
+        Call Trace:
+         <TASK>
+         dump_stack_lvl+0x5d/0x80
+         </TASK>
+        after"""))
+    assert splat.kind == "call_trace"
+    assert splat.text.split("\n")[0].startswith("CPU: 0") and splat.text.endswith("</TASK>")
+
+
+def test_quiet_log_ends_a_report_without_an_end_marker_and_ordinary_lines_are_no_splat() -> None:
+    recs = records("WARNING: at foo+0x1/0x2, CPU#0: sh/1\nRIP: 0010:foo+0x1/0x2")
+    recs.append(Record(6, 99, recs[-1].usec + 3_000_000, "vfio-pci 0000:00:03.0: later"))
+    [splat] = find_splats(recs)
+    assert "later" not in splat.text
+    assert find_splats(records("vfio-pci 0000:00:03.0: enabling\nDMAR: DRHD: handling fault")) \
+        == []
+
+
+def test_kmsg_escapes_and_device_dictionaries_are_undone() -> None:
+    rec = parse_record("4,57,1234567,-;first\\x0asecond\n SUBSYSTEM=pci\n DEVICE=+pci:0000:00:03.0\n")
+    assert rec == Record(4, 57, 1234567, "first\\x0asecond")
+    [splat] = find_splats([Record(4, 1, 1, "WARNING: at x+0x1/0x2\\x0aRIP: 0010:x")])
+    assert splat.text == "WARNING: at x+0x1/0x2\nRIP: 0010:x"
+
+
+def case_of(text: str) -> Case:
+    doc, errors = load_text(text, "scen/w.yaml")
+    assert errors == []
+    compiled = compile_documents([doc])
+    assert compiled.errors == [], [str(e) for e in compiled.errors]
+    return compiled.cases[0]
+
+
+PLAIN = """\
+name: plain
+requires: {devices: 0}
+steps:
+  - sleep: {duration: 1ms}
+"""
+
+
+def test_a_declared_kind_or_an_expect_dmesg_pattern_allows_a_splat() -> None:
+    warn = find_splats(records(WARN))
+    assert [s.allowed for s in judge(warn, 0, 0x200, case_of(PLAIN))] == [False]
+    allowing = case_of(PLAIN.replace("steps:", "kernel_watch: {allow: [warning]}\nsteps:"))
+    assert allowing.kernel_watch_allow == ("warning",)
+    assert [s.allowed for s in judge(find_splats(records(WARN)), 0, 0x200, allowing)] == [True]
+    expecting = case_of(PLAIN + "  - expect_dmesg: {pattern: 'at vfio_thing'}\n")
+    assert [s.allowed for s in judge(find_splats(records(WARN)), 0, 0x200, expecting)] == [True]
+    other = case_of(PLAIN + "  - expect_dmesg: {pattern: 'DMAR'}\n")
+    assert [s.allowed for s in judge(find_splats(records(WARN)), 0, 0x200, other)] == [False]
+
+
+def test_new_taint_no_splat_explains_is_a_taint_splat() -> None:
+    warn = find_splats(records(WARN))
+    # the WARN explains W (bit 9); an O (bit 12) nobody printed is its own finding
+    judged = judge(warn, 0, (1 << 9) | (1 << 12), case_of(PLAIN))
+    assert [(s.kind, s.title) for s in judged] == [
+        ("warning", warn[0].title),
+        ("taint", "kernel tainted during the case: O (mask 0x0 -> 0x1200)")]
+    assert judge([], 1 << 9, 1 << 9, case_of(PLAIN)) == []  # an old taint is no news
+
+
+def test_the_located_error_for_an_unknown_kind() -> None:
+    doc, _ = load_text(PLAIN.replace(
+        "steps:", "kernel_watch:\n  allow: [warning, lockdepp]\nsteps:"), "scen/w.yaml")
+    compiled = compile_documents([doc])
+    [error] = [str(e) for e in compiled.errors]
+    assert error.startswith("scen/w.yaml:4:20: `allow`: 'lockdepp' is not a kind of kernel "
+                            "splat (did you mean lockdep?)")
+
+
+def result(outcome: Outcome = Outcome.PASS, message: str = "") -> CaseResult:
+    return CaseResult(case_id="scen/w.yaml::plain", file="scen/w.yaml", scenario="plain",
+                      outcome=outcome, message=message)
+
+
+def test_an_undeclared_splat_makes_the_case_an_error_carrying_the_whole_splat() -> None:
+    splats = judge(find_splats(records(WARN)), 0, 0x200, case_of(PLAIN))
+    r = apply(result(), splats)
+    assert r.outcome is Outcome.ERROR
+    assert r.message == ("kernel warning during the case: WARNING: drivers/vfio/vfio_main.c:123 "
+                         "at vfio_thing+0x1f/0x40, CPU#0: python3/93")
+    assert splats[0].text in r.log
+    assert r.kernel_splats == [splats[0].to_dict()]
+    assert CaseResult.from_dict(json.loads(json.dumps(r.to_dict()))) == r
+    failed = apply(result(Outcome.FAIL, "step 1 `x` (w.yaml:3): expected ok, got EINVAL"),
+                   judge(find_splats(records(WARN)), 0, 0x200, case_of(PLAIN)))
+    assert failed.outcome is Outcome.ERROR
+    assert failed.message.endswith("; the case also failed: step 1 `x` (w.yaml:3): expected ok, "
+                                   "got EINVAL")
+
+
+def test_an_allowed_splat_is_recorded_and_the_case_keeps_its_outcome() -> None:
+    allowing = case_of(PLAIN.replace("steps:", "kernel_watch: {allow: [warning]}\nsteps:"))
+    r = apply(result(), judge(find_splats(records(WARN)), 0, 0x200, allowing))
+    assert r.outcome is Outcome.PASS and r.kernel_splats[0]["allowed"] is True
+    assert "--- kernel warning (allowed by the scenario) ---" in r.log
+
+
+def splat_run() -> RunResult:
+    bad = apply(result(), judge(find_splats(records(WARN)), 0, 0x200, case_of(PLAIN)))
+    good = CaseResult(case_id="scen/w.yaml::next", file="scen/w.yaml", scenario="next",
+                      outcome=Outcome.PASS)
+    return RunResult(cases=[bad, good], duration=1.0)
+
+
+def test_reports_name_the_splat_and_its_case_and_junit_stays_valid(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    run = splat_run()
+    assert failure_message(run.cases[0]).startswith("kernel warning during the case: WARNING:")
+    root = assert_valid_junit(junit_document(run))
+    error = root.find(".//testcase[@name='plain']/error")
+    assert error is not None and error.get("message", "").startswith("kernel warning during")
+    assert "---[ end trace 0000000000000000 ]---" in (error.text or "")
+    ktap = ktap_document(run).splitlines()
+    assert ("# kernel warning in scen/w.yaml::plain: WARNING: drivers/vfio/vfio_main.c:123 at "
+            "vfio_thing+0x1f/0x40, CPU#0: python3/93") in ktap
+    console = Console(sys.stdout, total=2)
+    console.summary(run)
+    out = capsys.readouterr().out.splitlines()
+    assert out[:2] == ["1 kernel splat(s) (whole reports in the case logs):",
+                       ("  kernel warning in scen/w.yaml::plain: WARNING: drivers/vfio/"
+                        "vfio_main.c:123 at vfio_thing+0x1f/0x40, CPU#0: python3/93")]
+
+
+class FakeWatch:
+    """Stands in for /dev/kmsg: `finish` marks the case it is told to."""
+
+    log: ClassVar[list[str]] = []
+    splat_in: ClassVar[str] = ""
+
+    @classmethod
+    def open(cls) -> FakeWatch:
+        return cls()
+
+    def begin(self) -> None:
+        self.log.append("begin")
+
+    def finish(self, r: CaseResult, case: Case) -> CaseResult:
+        self.log.append(f"finish {case.scenario}")
+        if case.scenario == self.splat_in:
+            return apply(r, [Splat("warning", "WARNING: at x", "WARNING: at x")])
+        return r
+
+    def close(self) -> None:
+        self.log.append("close")
+
+
+def run_two(monkeypatch: pytest.MonkeyPatch, watch: bool) -> list[dict[str, Any]]:
+    from vfio_scenario.run.interpreter import RunOptions
+    from vfio_scenario.run.plan import HostCaps, PlannedCase
+    from vfio_scenario.run.session import run_planned
+
+    monkeypatch.setattr(kernel_watch, "KernelWatch", FakeWatch)
+    FakeWatch.log.clear()
+    FakeWatch.splat_in = "first"
+    cases = [case_of(PLAIN.replace("plain", name)) for name in ("first", "second")]
+    events: list[dict[str, Any]] = []
+    caps = HostCaps(kernel_release="7.2", devices=[])
+    run_planned([PlannedCase(c, []) for c in cases], caps, RunOptions(kernel_watch=watch),
+                events.append)
+    return events
+
+
+def test_a_result_is_sent_when_the_next_case_starts_with_the_lines_until_then(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    events = run_two(monkeypatch, watch=True)
+    assert [(e["event"], e.get("id") or e["result"]["scenario"]) for e in events] == [
+        ("start", "scen/w.yaml::first"), ("result", "first"),
+        ("start", "scen/w.yaml::second"), ("result", "second")]
+    assert [e["result"]["outcome"] for e in events if e["event"] == "result"] == ["error", "pass"]
+    assert FakeWatch.log == ["begin", "finish first", "begin", "finish second", "close"]
+
+
+def test_no_kernel_watch_opens_no_watch(monkeypatch: pytest.MonkeyPatch) -> None:
+    events = run_two(monkeypatch, watch=False)
+    assert [e["result"]["outcome"] for e in events if e["event"] == "result"] == ["pass", "pass"]
+    assert FakeWatch.log == []
+
+
+def test_run_command_line_has_no_kernel_watch_switch() -> None:
+    from vfio_scenario.cli import build_parser
+
+    args = build_parser().parse_args(["run", "x.yaml"])
+    assert args.kernel_watch is True
+    assert build_parser().parse_args(["run", "--no-kernel-watch", "x.yaml"]).kernel_watch is False
