@@ -3,7 +3,7 @@
 Everything lives under the cache directory and is keyed by content, so a second `fetch`
 (or a second test session) finds it at once:
 - linux-source/<debian version>/linux-source-7.x : the extracted source tree,
-- kernels/own-<source version>-<fragment hash>/ : our kernel (bzImage, config, release),
+- kernels/own-<source version>-<fragment hash>/ : our kernel (bzImage, vmlinux, config, release),
 - kernels/debian-<package version>/ : Debian's kernel and the VFIO modules it needs,
 - a user's bzImage is used where it is.
 """
@@ -200,6 +200,8 @@ def _build_own_kernel(tree: Path, report: Reporter, jobs: int) -> GuestKernel:
     release = (build / "include/config/kernel.release").read_text().strip()
     shutil.copy2(build / "arch/x86/boot/bzImage", out / "bzImage")
     shutil.copy2(build / ".config", out / "config")
+    # the kernel watch symbolizes splats with it (scripts/decode_stacktrace.sh, addr2line)
+    shutil.copy2(build / "vmlinux", out / "vmlinux")
     _write_json(done, {"release": release, "source": source_version(tree),
                        "build_seconds": round(ticker.elapsed(), 1)})
     report(f"guest kernel {release} built in {ticker.elapsed():.0f}s")
