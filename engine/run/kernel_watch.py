@@ -49,7 +49,7 @@ _HEADERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("kasan", (r"^BUG: KASAN: ",)),
     ("kfence", (r"^BUG: KFENCE: ",)),
     ("ubsan", (r"^UBSAN: ",)),
-    ("hung_task", (r"^INFO: task \S+ blocked for more than",)),
+    ("hung_task", (r"^INFO: task .+ blocked.* for more than",)),
     ("rcu_stall", (r"^rcu: INFO: \S+ (detected stalls|self-detected stall)",)),
     ("lockup", (r"BUG: soft lockup", r"Watchdog detected hard LOCKUP")),
     ("oops", (r"^Oops: ", r"^BUG: (kernel NULL pointer dereference|unable to handle)",

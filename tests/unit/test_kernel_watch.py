@@ -112,6 +112,7 @@ def test_lockdep_ends_with_its_stack_and_kasan_with_its_closing_rule() -> None:
 
 @pytest.mark.parametrize(("line", "kind"), [
     ("INFO: task python3:93 blocked for more than 2 seconds.", "hung_task"),
+    ("INFO: task sh:101 blocked in I/O wait for more than 1 seconds.", "hung_task"),
     ("kmemleak: 2 new suspected memory leaks (see /sys/kernel/debug/kmemleak)", "kmemleak"),
     ("rcu: INFO: rcu_preempt self-detected stall on CPU", "rcu_stall"),
     ("BUG: sleeping function called from invalid context at mm/slab.h:1", "atomic_sleep"),
@@ -185,6 +186,9 @@ def test_a_declared_kind_or_an_expect_dmesg_pattern_allows_a_splat() -> None:
     assert [s.allowed for s in judge(find_splats(records(WARN)), 0, 0x200, expecting)] == [True]
     other = case_of(PLAIN + "  - expect_dmesg: {pattern: 'DMAR'}\n")
     assert [s.allowed for s in judge(find_splats(records(WARN)), 0, 0x200, other)] == [False]
+    # a line logged around the splat (in the window, not in the splat) declares nothing
+    around = case_of(PLAIN + "  - expect_dmesg: {pattern: 'enabling device'}\n")
+    assert [s.allowed for s in judge(find_splats(records(WARN)), 0, 0x200, around)] == [False]
 
 
 def test_new_taint_no_splat_explains_is_a_taint_splat() -> None:
@@ -195,6 +199,17 @@ def test_new_taint_no_splat_explains_is_a_taint_splat() -> None:
         ("warning", warn[0].title),
         ("taint", "kernel tainted during the case: O (mask 0x0 -> 0x1200)")]
     assert judge([], 1 << 9, 1 << 9, case_of(PLAIN)) == []  # an old taint is no news
+
+
+@pytest.mark.parametrize(("kind", "letters"), [
+    ("warning", "W"), ("oops", "D"), ("kasan", "B"), ("kfence", "B"), ("lockup", "L"),
+    ("atomic_sleep", "W")])
+def test_a_splat_explains_the_taint_it_sets(kind: str, letters: str) -> None:
+    mask = sum(1 << kernel_watch.TAINT_FLAGS.index(c) for c in letters)
+    splat = Splat(kind, "x", "x")
+    assert [s.kind for s in judge([splat], 0, mask, case_of(PLAIN))] == [kind]
+    other = Splat("lockdep", "x", "x")  # lockdep sets no taint bit
+    assert [s.kind for s in judge([other], 0, mask, case_of(PLAIN))] == ["lockdep", "taint"]
 
 
 def test_the_located_error_for_an_unknown_kind() -> None:
