@@ -3,7 +3,8 @@ the result it makes, the order results are sent in, and how reports show it.
 
 The samples follow the kernel's printk formats (7.2: kernel/panic.c __warn,
 kernel/locking/lockdep.c, mm/kasan/report.c, kernel/hung_task.c, mm/kmemleak.c);
-tests/data/kmsg/ holds splats recorded in the testbed (LKDTM). That the watch catches
+tests/data/kmsg/ holds splats recorded in the testbed (LKDTM WARNING and HUNG_TASK,
+our default kernel, 2026-12-05). That the watch catches
 real splats while a case runs is tested in the testbed (tests/testbed/test_kernel_watch.py).
 """
 
@@ -39,8 +40,8 @@ def records(text: str, start_usec: int = 1_000_000, step_usec: int = 100) -> lis
 
 
 def recorded(name: str) -> list[Record]:
-    """A /dev/kmsg capture from the testbed: one raw record per line."""
-    return [parse_record(line) for line in (DATA / name).read_text().splitlines() if line]
+    """A /dev/kmsg capture from the testbed: each raw record as a JSON string per line."""
+    return [parse_record(json.loads(line)) for line in (DATA / name).read_text().splitlines()]
 
 
 WARN = """\
@@ -97,6 +98,25 @@ def test_a_warn_is_one_splat_from_cut_here_to_end_trace() -> None:
     assert lines[0] == "------------[ cut here ]------------"
     assert lines[-1] == "---[ end trace 0000000000000000 ]---"
     assert "resetting" not in splat.text and "enabling device" not in splat.text
+
+
+def test_a_recorded_lkdtm_warning_is_one_warning_without_lkdtms_own_line() -> None:
+    [splat] = find_splats(recorded("lkdtm-warning.jsonl"))
+    assert (splat.kind, splat.title) == (
+        "warning", ("WARNING: drivers/misc/lkdtm/bugs.c:164 at lkdtm_WARNING+0x8/0xb, CPU#0: "
+        "python/58"))
+    lines = splat.text.split("\n")
+    assert lines[0] == "------------[ cut here ]------------"
+    assert lines[-1] == "---[ end trace 0000000000000000 ]---" and " </TASK>" in lines
+    assert "Performing direct entry" not in splat.text
+
+
+def test_a_recorded_hung_task_reported_four_times_is_four_splats() -> None:
+    splats = find_splats(recorded("lkdtm-hung-task.jsonl"))
+    assert [(s.kind, s.title) for s in splats] == [
+        ("hung_task", f"INFO: task sh:60 blocked for more than {n} seconds.") for n in (1, 2, 3, 4)]
+    for s in splats:
+        assert s.text.endswith(" </TASK>") and " ? lkdtm_HUNG_TASK+0x15/0x17" in s.text
 
 
 def test_lockdep_ends_with_its_stack_and_kasan_with_its_closing_rule() -> None:
@@ -280,6 +300,7 @@ class FakeWatch:
 
     log: ClassVar[list[str]] = []
     splat_in: ClassVar[str] = ""
+    leaked: ClassVar[str] = ""
 
     @classmethod
     def open(cls) -> FakeWatch:
@@ -294,11 +315,16 @@ class FakeWatch:
             return apply(r, [Splat("warning", "WARNING: at x", "WARNING: at x")])
         return r
 
+    def leaks(self) -> str:
+        self.log.append("leaks")
+        return self.leaked
+
     def close(self) -> None:
         self.log.append("close")
 
 
-def run_two(monkeypatch: pytest.MonkeyPatch, watch: bool) -> list[dict[str, Any]]:
+def run_two(monkeypatch: pytest.MonkeyPatch, watch: bool,
+            leaked: str = "") -> list[dict[str, Any]]:
     from vfio_scenario.run.interpreter import RunOptions
     from vfio_scenario.run.plan import HostCaps, PlannedCase
     from vfio_scenario.run.session import run_planned
@@ -306,6 +332,7 @@ def run_two(monkeypatch: pytest.MonkeyPatch, watch: bool) -> list[dict[str, Any]
     monkeypatch.setattr(kernel_watch, "KernelWatch", FakeWatch)
     FakeWatch.log.clear()
     FakeWatch.splat_in = "first"
+    FakeWatch.leaked = leaked
     cases = [case_of(PLAIN.replace("plain", name)) for name in ("first", "second")]
     events: list[dict[str, Any]] = []
     caps = HostCaps(kernel_release="7.2", devices=[])
@@ -321,7 +348,17 @@ def test_a_result_is_sent_when_the_next_case_starts_with_the_lines_until_then(
         ("start", "scen/w.yaml::first"), ("result", "first"),
         ("start", "scen/w.yaml::second"), ("result", "second")]
     assert [e["result"]["outcome"] for e in events if e["event"] == "result"] == ["error", "pass"]
-    assert FakeWatch.log == ["begin", "finish first", "begin", "finish second", "close"]
+    assert FakeWatch.log == ["begin", "finish first", "begin", "finish second", "leaks",
+                             "close"]
+
+
+def test_kmemleak_finds_at_the_end_of_the_run_are_a_warning_of_the_run(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    leak = ('unreferenced object 0xffff888004a8a800 (size 64):\n  comm "sh", pid 101\n'
+            'unreferenced object 0xffff888004a8a900 (size 64):\n  comm "sh", pid 101')
+    events = run_two(monkeypatch, watch=True, leaked=leak)
+    assert events[-1] == {"event": "warning", "message": "kmemleak: 2 object(s) leaked during "
+                          f"the run (not tied to one case):\n{leak}"}
 
 
 def test_no_kernel_watch_opens_no_watch(monkeypatch: pytest.MonkeyPatch) -> None:
