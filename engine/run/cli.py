@@ -47,8 +47,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                    metavar="MODE", help="run only these IOMMU modes (repeatable)")
     p.add_argument("--testbed", choices=("auto", "never", "always"), default="auto",
                    help="auto: boot the testbed when no --device and no VFIO device here")
-    p.add_argument("--kernel", default="default", metavar="default|debian|PATH",
-                   help="testbed guest kernel (default: the project's own build)")
+    p.add_argument("--kernel", default="default", metavar="default|debug|debian|PATH",
+                   help="testbed guest kernel (default: the project's own build; debug: it "
+                        "with lockdep, KASAN, UBSAN, kmemleak … on)")
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
                    help="testbed accelerator (auto: KVM when a probe boot proves it works)")
     p.add_argument("--junit-xml", default="reports/junit.xml", metavar="F")

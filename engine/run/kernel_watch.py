@@ -220,13 +220,19 @@ def apply(result: CaseResult, splats: list[Splat]) -> CaseResult:
     return result
 
 
+KMEMLEAK = "/sys/kernel/debug/kmemleak"
+
+
 class KernelWatch:
     """The run's watch: `begin()` when a case starts, `finish(result, case)` when the next
-    starts (or the run ends)."""
+    starts (or the run ends), `leaks()` when the run ends."""
 
     def __init__(self) -> None:
         self.reader = KmsgReader()
         self.taint = _read_taint()
+        # a kernel with kmemleak (--kernel debug): what it suspected before the run is
+        # not the run's (`clear`); its automatic scan is off in that kernel's config
+        self.kmemleak = _kmemleak("clear")
 
     @classmethod
     def open(cls) -> KernelWatch | None:
@@ -246,8 +252,29 @@ class KernelWatch:
         self.taint = after
         return apply(result, splats)
 
+    def leaks(self) -> str:
+        """kmemleak's report of the objects leaked since the run began ("" when none, or
+        no kmemleak here). kmemleak reports an object once it is 5 s old, so a run that
+        ends sooner may show its leaks only in a later run."""
+        if not self.kmemleak or not _kmemleak("scan"):
+            return ""
+        try:
+            with open(KMEMLEAK) as f:
+                return f.read().strip()
+        except OSError:
+            return ""
+
     def close(self) -> None:
         self.reader.close()
+
+
+def _kmemleak(command: str) -> bool:
+    try:
+        with open(KMEMLEAK, "w") as f:
+            f.write(command)
+        return True
+    except OSError:
+        return False
 
 
 def _read_taint() -> int | None:

@@ -102,6 +102,11 @@ def run_planned(planned: Iterable[PlannedCase], caps: HostCaps, options: RunOpti
         for s, handler in old.items():
             signal.signal(s, handler)
         if watch is not None:
+            leaks = watch.leaks()
+            if leaks:
+                count = leaks.count("unreferenced object")
+                emit({"event": "warning", "message": f"kmemleak: {count} object(s) leaked "
+                      f"during the run (not tied to one case):\n{leaks}"})
             watch.close()
         problems = devstate.restore(states)
         if problems:

@@ -32,7 +32,7 @@ SOURCE_PACKAGE_RX = r"linux-source-7\.[0-9]+"
 class GuestKernel:
     """A bootable guest kernel and what the initramfs must load for it."""
 
-    kind: str                     # "default", "debian" or "path"
+    kind: str                     # "default", "debug", "debian" or "path"
     image: Path                   # bzImage / vmlinuz
     release: str                  # uname -r of the guest ("" when unknown)
     modules: tuple[Path, ...] = field(default=())  # .ko files to insmod, in order
@@ -118,6 +118,17 @@ def source_version(tree: Path) -> str:
 # --- our own kernel -----------------------------------------------------------------
 
 FRAGMENT = Path(__file__).with_name("kernel.fragment")
+#: `--kernel debug`: the default kernel plus the kernel's bug detectors
+DEBUG_FRAGMENT = Path(__file__).with_name("kernel-debug.fragment")
+VARIANTS = ("default", "debug")
+
+
+def fragment_text(variant: str = "default") -> str:
+    """The config fragment of our kernel `variant` (debug: the default one, then its own)."""
+    text = FRAGMENT.read_text()
+    if variant == "debug":
+        text += "\n" + DEBUG_FRAGMENT.read_text()
+    return text
 
 
 def fragment_options(text: str) -> tuple[dict[str, str], list[str]]:
@@ -127,11 +138,13 @@ def fragment_options(text: str) -> tuple[dict[str, str], list[str]]:
     for line in text.splitlines():
         line = line.strip()
         match = re.fullmatch(r"# (CONFIG_\w+) is not set", line)
-        if match:
+        if match:  # a later line overrides an earlier one (the debug fragment's)
             off.append(match.group(1))
+            wanted.pop(match.group(1), None)
         elif line and not line.startswith("#"):
             name, _, value = line.partition("=")
             wanted[name] = value
+            off = [o for o in off if o != name]
     return wanted, off
 
 
@@ -148,30 +161,39 @@ def missing_options(config_text: str, fragment_text: str) -> list[str]:
     return missing
 
 
-def own_kernel_dir(tree: Path) -> Path:
-    """Cache folder of our kernel built from `tree` with the current fragment."""
-    digest = hashlib.sha256(FRAGMENT.read_bytes()).hexdigest()[:12]
-    return sub_dir("kernels", f"own-{source_version(tree)}-{digest}")
+def _prefix(variant: str) -> str:
+    return "" if variant == "default" else f"{variant}-"
 
 
-def build_own_kernel(report: Reporter = quiet, jobs: int = 2) -> GuestKernel:
-    """Our kernel from Debian's source + kernel.fragment, built once and cached by content."""
+def own_kernel_dir(tree: Path, variant: str = "default") -> Path:
+    """Cache folder of our kernel `variant` built from `tree` with the current fragment(s)."""
+    digest = hashlib.sha256(fragment_text(variant).encode()).hexdigest()[:12]
+    if variant == "default":  # the hash of kernel.fragment's bytes, as before
+        digest = hashlib.sha256(FRAGMENT.read_bytes()).hexdigest()[:12]
+    return sub_dir("kernels", f"own-{_prefix(variant)}{source_version(tree)}-{digest}")
+
+
+def build_own_kernel(report: Reporter = quiet, jobs: int = 2,
+                     variant: str = "default") -> GuestKernel:
+    """Our kernel from Debian's source + kernel.fragment (+ kernel-debug.fragment for
+    the debug variant), built once and cached by content."""
     tree = linux_source_dir(report)
     with locked("own-kernel"):
-        return _build_own_kernel(tree, report, jobs)
+        return _build_own_kernel(tree, report, jobs, variant)
 
 
-def _build_own_kernel(tree: Path, report: Reporter, jobs: int) -> GuestKernel:
-    out = own_kernel_dir(tree)
+def _build_own_kernel(tree: Path, report: Reporter, jobs: int, variant: str) -> GuestKernel:
+    out = own_kernel_dir(tree, variant)
     done = out / "kernel.json"
     if done.exists():
         meta = json.loads(done.read_text())
-        return GuestKernel("default", out / "bzImage", meta["release"])
-    # one build folder per source version: a changed fragment rebuilds incrementally
-    build = sub_dir("kernels", f"build-{source_version(tree)}")
-    fragment = FRAGMENT.read_text()
+        return GuestKernel(variant, out / "bzImage", meta["release"])
+    # one build folder per source version and variant: a changed fragment rebuilds
+    # incrementally, and the two variants do not rebuild each other's objects
+    build = sub_dir("kernels", f"build-{_prefix(variant)}{source_version(tree)}")
+    fragment = fragment_text(variant)
     make = ["make", "-C", str(tree), f"O={build}", "ARCH=x86_64", f"-j{jobs}",
-            "LOCALVERSION=-vfio-scenario"]
+            f"LOCALVERSION=-vfio-scenario{'' if variant == 'default' else '-' + variant}"]
     log = out / "build.log"
     with log.open("w") as log_file:
         _run_logged([*make, "tinyconfig"], log_file)
@@ -181,8 +203,9 @@ def _build_own_kernel(tree: Path, report: Reporter, jobs: int) -> GuestKernel:
         _run_logged([*make, "olddefconfig"], log_file)
     missing = missing_options((build / ".config").read_text(), fragment)
     if missing:
-        raise EnvironmentProblem("the guest kernel config lacks options of kernel.fragment "
-                                 f"(dependencies not met in this source?): {', '.join(missing)}")
+        raise EnvironmentProblem(f"the {variant} guest kernel's config lacks options of its "
+                                 "fragment (dependencies or compiler support not met here?): "
+                                 f"{', '.join(missing)}")
     report(f"building the guest kernel in {build} (log {log}), -j{jobs}")
     ticker = Ticker(report)
     with log.open("a") as log_file:
@@ -204,8 +227,8 @@ def _build_own_kernel(tree: Path, report: Reporter, jobs: int) -> GuestKernel:
     shutil.copy2(build / "vmlinux", out / "vmlinux")
     _write_json(done, {"release": release, "source": source_version(tree),
                        "build_seconds": round(ticker.elapsed(), 1)})
-    report(f"guest kernel {release} built in {ticker.elapsed():.0f}s")
-    return GuestKernel("default", out / "bzImage", release)
+    report(f"{variant} guest kernel {release} built in {ticker.elapsed():.0f}s")
+    return GuestKernel(variant, out / "bzImage", release)
 
 
 def _run_logged(argv: list[str], log_file: IO[str], cwd: Path | None = None) -> None:
@@ -219,7 +242,9 @@ def cached_kernels() -> list[tuple[str, Path, str]]:
     """(kind, folder, release) of every kernel in the cache."""
     found = []
     for meta in sorted(sub_dir("kernels").glob("*/kernel.json")):
-        kind = "default" if meta.parent.name.startswith("own-") else "debian"
+        name = meta.parent.name
+        kind = "debian" if name.startswith("debian-") else \
+            "debug" if name.startswith("own-debug-") else "default"
         found.append((kind, meta.parent, json.loads(meta.read_text())["release"]))
     return found
 
@@ -360,9 +385,10 @@ def bzimage_release(image: Path) -> str:
 
 
 def resolve_kernel(spec: str, report: Reporter = quiet) -> GuestKernel:
-    """"default" (our build), "debian" (Debian's newest) or a path to a bzImage."""
-    if spec == "default":
-        return build_own_kernel(report)
+    """"default" (our build), "debug" (our build with the kernel's bug detectors),
+    "debian" (Debian's newest) or a path to a bzImage."""
+    if spec in VARIANTS:
+        return build_own_kernel(report, variant=spec)
     if spec == "debian":
         return fetch_debian_kernel(report)
     return user_kernel(spec)

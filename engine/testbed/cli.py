@@ -22,8 +22,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     tsub = p.add_subparsers(dest="testbed_command", required=True, metavar="COMMAND")
 
     def vm_options(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--kernel", default="default", metavar="default|debian|PATH",
-                       help="guest kernel: our build (default), Debian's newest, or a bzImage")
+        q.add_argument("--kernel", default="default", metavar="default|debug|debian|PATH",
+                       help="guest kernel: our build (default), our build with the kernel's "
+                            "bug detectors (debug), Debian's newest, or a bzImage")
         q.add_argument("--accel", choices=ACCELERATORS, default="auto",
                        help="auto: KVM when a probe boot proves it works, else TCG")
         q.add_argument("--device", dest="devices", action="append", choices=sorted(MODEL_IDS),
@@ -31,13 +32,15 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                        f"{' '.join(DEFAULT_DEVICES)})")
 
     q = tsub.add_parser("fetch", help="download and build the testbed's assets")
-    q.add_argument("--kernel", default="default", metavar="default|debian|PATH")
+    q.add_argument("--kernel", default="default", metavar="default|debug|debian|PATH")
     q.set_defaults(func=_fetch)
 
-    q = tsub.add_parser("kconfig", help="print the kernel config fragment of the default kernel",
-                        description="Print the config fragment the default guest kernel is built "
+    q = tsub.add_parser("kconfig", help="print the kernel config fragment of our guest kernel",
+                        description="Print the config fragment our guest kernel is built "
                         "with (on top of `make tinyconfig`), to build a kernel of your own for "
                         "`--kernel PATH`: see docs/testbed.md.")
+    q.add_argument("--kernel", choices=("default", "debug"), default="default",
+                   help="debug: the default fragment followed by the debug kernel's own")
     q.set_defaults(func=_kconfig)
 
     q = tsub.add_parser("status", help="cached kernels, QEMU, accelerator, free space, VM")
@@ -73,9 +76,9 @@ def _reporter() -> Any:
 
 
 def _kconfig(args: argparse.Namespace) -> int:
-    from vfio_scenario.testbed.assets import FRAGMENT
+    from vfio_scenario.testbed.assets import fragment_text
 
-    sys.stdout.write(FRAGMENT.read_text())
+    sys.stdout.write(fragment_text(args.kernel))
     return 0
 
 

@@ -409,7 +409,7 @@ class Testbed:
     def vmlinux(self) -> Path | None:
         """The guest kernel's vmlinux when we built that kernel (None otherwise): the
         kernel watch's splats are symbolized with it."""
-        if self._kernel is not None and self._kernel.kind == "default":
+        if self._kernel is not None and self._kernel.kind in ("default", "debug"):
             path = self._kernel.image.with_name("vmlinux")
             return path if path.exists() else None
         return self._vmlinux
