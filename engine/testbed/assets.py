@@ -178,7 +178,9 @@ def build_own_kernel(report: Reporter = quiet, jobs: int = 2,
     """Our kernel from Debian's source + kernel.fragment (+ kernel-debug.fragment for
     the debug variant), built once and cached by content."""
     tree = linux_source_dir(report)
-    with locked("own-kernel"):
+    # one lock per variant (they build in their own folders): a debug build in progress
+    # does not hold up a run on the default kernel
+    with locked("own-kernel" if variant == "default" else f"own-kernel-{variant}"):
         return _build_own_kernel(tree, report, jobs, variant)
 
 
