@@ -22,6 +22,8 @@ from vfio_scenario.language.compile import compile_documents
 from vfio_scenario.language.loader import load_text
 from vfio_scenario.report.console import Console
 from vfio_scenario.report.describe import failure_message
+from vfio_scenario.report.html import html_document
+from vfio_scenario.report.jsonout import json_document
 from vfio_scenario.report.junit import junit_document
 from vfio_scenario.report.ktap import ktap_document
 from vfio_scenario.results import CaseResult, Outcome, RunResult
@@ -287,6 +289,11 @@ def test_reports_name_the_splat_and_its_case_and_junit_stays_valid(
     ktap = ktap_document(run).splitlines()
     assert ("# kernel warning in scen/w.yaml::plain: WARNING: drivers/vfio/vfio_main.c:123 at "
             "vfio_thing+0x1f/0x40, CPU#0: python3/93") in ktap
+    page = html_document(run)
+    assert "kernel warning during the case: WARNING: drivers/vfio/vfio_main.c:123" in page
+    assert "---[ end trace 0000000000000000 ]---" in page
+    [case] = [c for c in json.loads(json_document(run))["cases"] if c["scenario"] == "plain"]
+    assert case["kernel_splats"][0]["title"].startswith("WARNING: drivers/vfio/vfio_main.c:123")
     console = Console(sys.stdout, total=2)
     console.summary(run)
     out = capsys.readouterr().out.splitlines()
