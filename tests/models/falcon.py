@@ -269,6 +269,8 @@ class FalconGpuModel(ModelDevice):
         bar.reg(b + MAILBOX_TEST, 4, on_read=self._mailbox_read,
                 on_write=self._read_only("mailbox"))
         if self.product.fsp:
+            # the OFA's engine reset offset (0x844000 + 0x3c0) is hw.h's OFA DMA support
+            # check register: on Hopper it is that, read only
             self._fsp(bar)
         return bar
 

@@ -143,7 +143,7 @@ def test_pmc_enable_writes_touch_only_the_falcons_bits() -> None:
 
 
 @pytest.mark.parametrize("product,value,match", [
-    ("H100", 1, "without outside reset"), ("P100", 1, "reset through PMC"), ("T4", 2, "value"),
+    ("H100", 1, "OFA DMA support"), ("P100", 1, "reset through PMC"), ("T4", 2, "value"),
 ])
 def test_engine_reset_only_where_and_as_the_description_says(product: str, value: int,
                                                             match: str) -> None:
