@@ -59,6 +59,7 @@ def test_init_configures_wq0_and_derives_limits(ready: tuple[DsaModel, DsaDriver
 
 
 def test_small_wq_limits_the_batch_count() -> None:
+    """Differs from the C driver: its 1 << (WQ size + 5) would allow 32 batches here."""
     model = DsaModel(wq_size=4, max_batch_shift=3)
     drv, _, _ = setup(model)
     drv.init()
