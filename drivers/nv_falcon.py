@@ -417,11 +417,13 @@ class NvFalconDriver(Driver):
             raise self._error(errno.EINVAL, "memcpy_wait", "no memcpy started")
         src, dst, size, count = self._pending
         self._pending = None
-        # differs from v10: v10 cuts the copy by size alone (the lowest set bit of what is
-        # left), so an unaligned src/dst crosses a 256-byte block; the driver merged
-        # upstream cuts it so no DMA crosses one, as we do.  A chunk that cannot be encoded
-        # (a size, or with it an address, not a multiple of 4) is EINVAL before any DMA,
-        # as v10's size_to_dma_encoding answers for the size.
+        # differs from v10: v10 cuts the copy by size alone, each DMA the lowest set bit
+        # of what is left (60 bytes: 4, 8, 16, 32), so an unaligned src/dst crosses a
+        # 256-byte block; the driver merged upstream (nv_falcon.c) takes the largest power
+        # of two left, limited so no DMA crosses a block (60 bytes: 32, 16, 8, 4), as we
+        # do.  A chunk that cannot be encoded (a size, or with it an address, not a
+        # multiple of 4) is EINVAL before any DMA, as v10's size_to_dma_encoding answers
+        # for the size.
         chunks = dma_chunks(src, dst, size)
         bad = [c for c in chunks if c[2] < MIN_DMA]
         if bad:
