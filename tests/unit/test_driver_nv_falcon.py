@@ -35,6 +35,19 @@ SUPPORTED = ["K520", "K80", "GT635", "GTX750", "M60", "P100", "P4", "P40", "V100
 ENABLE = (0x22, [1])  # the FSP command v10 sends: NVDM FBDMA, subcommand ENABLE
 
 
+TIMEOUTS = ("BOOT_TIMEOUT", "ENABLE_TIMEOUT", "DMA_TIMEOUT", "FSP_DRAIN_TIMEOUT",
+            "FSP_SEND_TIMEOUT", "FSP_TIMEOUT")
+AS_SHIPPED = {name: getattr(nv_falcon, name) for name in TIMEOUTS}  # before any patching
+
+
+def test_timeouts_are_v10s() -> None:
+    """gpu_poll_register's 5000 ms (FSP boot, boot complete, memory clear) and 1000 ms
+    (DMACTL ready, each DMA); fsp_poll_queue's 5000 ms drain and response, 1000 ms send."""
+    assert AS_SHIPPED == {"BOOT_TIMEOUT": 5.0, "ENABLE_TIMEOUT": 1.0, "DMA_TIMEOUT": 1.0,
+                          "FSP_DRAIN_TIMEOUT": 5.0, "FSP_SEND_TIMEOUT": 1.0,
+                          "FSP_TIMEOUT": 5.0}
+
+
 @pytest.fixture(autouse=True)
 def short_timeouts(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """v10's 1 s and 5 s waits, shortened; the tests that measure them set their own."""
