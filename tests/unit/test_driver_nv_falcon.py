@@ -457,3 +457,21 @@ def test_hopper_command_queue_that_stays_busy_is_etimedout_before_sending() -> N
         NvFalconDriver(model).init()
     assert exc.value.errno_name == "ETIMEDOUT" and "command queue not empty" in str(exc.value)
     assert emem_writes == []
+
+
+@pytest.mark.parametrize("product", ["P100", "T4", "H100"])
+def test_the_gpu_model_has_no_msi_to_send(product: str) -> None:
+    """NO_SEND_MSI: nothing the driver does makes the model signal, even with a vector
+    enabled and copies that succeed and fail."""
+    model = FalconGpuModel(product)
+    model.iommu.map(BUF_IOVA, BUF_SIZE)
+    model.enable_irq("msix", 1)
+    drv = NvFalconDriver(model)
+    drv.init()
+    drv.memcpy_start(BUF_IOVA, BUF_IOVA + 0x100, 256)
+    drv.memcpy_wait()
+    drv.memcpy_start(0x7000_0000, BUF_IOVA, 16)
+    with pytest.raises(DriverError):
+        drv.memcpy_wait()
+    drv.remove()
+    assert model.pending == {} and model.lost_msis == [] and drv.msi_vector is None
