@@ -427,3 +427,53 @@ def test_assert_pattern_names_the_first_bad_byte_and_the_pattern(pattern: str, w
     assert result.outcome is Outcome.FAIL
     assert result.message == (f"step 4 `assert_pattern` (scen/x.yaml:9): buf[0x10] is 0x00, "
                               f"expected {want:#04x} ({described})")
+
+
+def test_a_dmabuf_in_a_type1_container_is_skipped_before_any_ioctl() -> None:
+    """The type1 uAPI has no call that takes a DMABUF: the engine refuses the step itself
+    and reports a skip naming that, never an errno a scenario could take for the kernel's."""
+    from vfio_scenario.run.ops import memory, operations
+    from vfio_scenario.uapi.iommu import AddressSpace, Mapping
+    from vfio_scenario.uapi.iova import IovaRange
+
+    calls: list[str] = []
+
+    class FakeContainer(AddressSpace):  # no map_file: what a type1 container offers
+        handle = "fake container"
+
+        def iova_ranges(self) -> list[IovaRange]:
+            return [IovaRange(0, (1 << 40) - 1)]
+
+        def map(self, vaddr: int, size: int, iova: int, read: bool = True,
+                write: bool = True) -> Mapping:
+            calls.append("map")
+            return Mapping(self, iova, size, vaddr)
+
+        def unmap(self, iova: int, size: int) -> int:
+            calls.append("unmap")
+            return size
+
+    class FakeDmabuf:
+        fd, size = 99, 4096
+
+    (case,) = cases_of("""
+        name: type1-dmabuf
+        requires: {devices: 0}
+        matrix: {iommu_mode: [vfio_type1v2_iommu]}
+        steps:
+          - open_iommu: {}
+            as: iommu
+          - open_device: {iommu: iommu}
+            as: dev
+          - export_dmabuf: {device: dev}
+            as: regs
+          - map_dma: {iommu: iommu, dmabuf: regs, iova: 0x100000}
+            expect: EINVAL
+    """)
+    ops = operations()
+    ops["open_iommu"] = lambda rt, a, s: FakeContainer()
+    ops["open_device"] = lambda rt, a, s: object()
+    ops["export_dmabuf"] = lambda rt, a, s: FakeDmabuf()
+    result = run_case(case, [], ops)
+    assert (result.outcome, result.message) == (Outcome.SKIP, memory.TYPE1_DMABUF)
+    assert calls == []
