@@ -10,6 +10,7 @@ import pytest
 from vfio_scenario.drivers.edu import ID_VALUE as EDU_ID_REGISTER
 from vfio_scenario.errors import VfioError
 from vfio_scenario.uapi._vfio import lib
+from vfio_scenario.uapi.buffers import mmap_raw
 from vfio_scenario.uapi.capabilities import MEMATTR_ABSENT, REVOKE_ABSENT, HostCapabilities
 from vfio_scenario.uapi.device import REVOKE_FEATURE, VfioDevice
 from vfio_scenario.uapi.ioctl import ioctl, new
@@ -129,5 +130,19 @@ def test_memattr_probe_and_set(dma_buf: None, device: VfioDevice,
         device.set_dmabuf_memattr(buf, wc)
         if caps.feature("dma_buf_mmap"):
             assert buf.mmap(0, 4096).read(0, 4) == EDU_ID_REGISTER
+    finally:
+        buf.close()
+
+
+def test_dmabuf_mmap_must_be_shared(dma_buf: None, device: VfioDevice,
+                                    caps: HostCapabilities) -> None:
+    if not caps.feature("dma_buf_mmap"):
+        pytest.skip(f"no DMABUF mmap: {caps.feature('dma_buf_mmap').reason}")
+    buf = device.export_dmabuf("bar0", [(0, 4096)])
+    try:
+        # the series' mmap refuses a private mapping (no VM_SHARED): EINVAL
+        with pytest.raises(VfioError) as info:
+            mmap_raw(4096, lib.PROT_READ, lib.MAP_PRIVATE, buf.fd, 0, "mmap", buf.handle)
+        assert info.value.errno_name == "EINVAL"
     finally:
         buf.close()
