@@ -100,10 +100,17 @@ class Container(Iommu):
         return self.groups[number]
 
     def release_group(self, bdf: str) -> None:
-        """Close the group of a function (its devices must be closed); no-op if not held."""
+        """Close the group of a function (its devices must be closed); no-op if not held.
+
+        When the last group leaves, the kernel releases the container's IOMMU (legacy
+        VFIO detaches its IOMMU driver); the next group to join sets it again, as the
+        kernel selftests do (SET_CONTAINER, then SET_IOMMU).
+        """
         group = self.groups.pop(sysfs.iommu_group(bdf), None)
         if group is not None:
             group.close()
+            if not self.groups:
+                self.iommu_set = False
 
     def _info(self) -> tuple[int, list[IovaRange]]:
         info = new("struct vfio_iommu_type1_info")
