@@ -66,6 +66,18 @@ def test_library_passes_or_skips_with_reasons_and_junit_is_valid(
             in passed
         assert f"scenarios/driver/iommu-faults.yaml::dma-to-unmapped-iova[iommu_mode={mode}]" \
             in passed
+    # where scenarios/README.md says the reset and MSI-X cases run: the testbed's nvme
+    ran_on: dict[str, set[str]] = {}
+    for c in results:
+        if c.outcome is Outcome.PASS:
+            ran_on.setdefault(c.case_id.split("[")[0], set()).add(
+                c.properties.get("vendor_device", ""))
+    for name in ("kselftest/vfio_pci_device_test.yaml::device-reset",
+                 "kselftest/vfio_pci_device_test.yaml::irq-msix-enable-trigger-disable",
+                 "device/reset.yaml::reset", "device/interrupts.yaml::msix"):
+        assert ran_on.get(f"scenarios/{name}") == {"1b36:0010"}, name
+    assert ran_on.get("scenarios/sriov/vf-token.yaml::sriov-vf-interrupts-and-reset") == \
+        {"8086:10c9"}
     root = assert_valid_junit(junit)
     assert int(root.get("tests", "0")) == len(cases)
     assert int(root.get("failures", "0")) == 0 and int(root.get("errors", "0")) == 0

@@ -13,7 +13,7 @@ from tests.helpers import skips
 
 ROOT = Path(__file__).resolve().parents[2]
 IDS = ["a.yaml::x[iommu_mode=iommufd]", "a.yaml::x[iommu_mode=vfio_type1_iommu]", "b.yaml::y"]
-PINNED = {"skips": {"default": {"a.yaml::x[iommu_mode=iommufd]": "IOMMU mode iommufd unavailable"},
+PINNED = {"skips": {"default": {"a.yaml::x[iommu_mode=iommufd]": "IOMMU mode iommufd unavailable:"},
                     "debian": {}},
           "case_counts": {"a.yaml": 2, "b.yaml": 1}}
 REASON = "IOMMU mode iommufd unavailable: /dev/iommu does not exist"
@@ -63,7 +63,7 @@ def test_regenerating_from_a_json_report_round_trips(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     report = {"cases": [{"case_id": c, "outcome": o, "message": m} for c, o, m in results()]}
     again = skips.regenerate(report, "default", IDS, {"skips": {"debian": {"q": "r"}}})
-    assert again == {"skips": {"default": {IDS[0]: "IOMMU mode iommufd unavailable"},
+    assert again == {"skips": {"default": {IDS[0]: REASON},
                                "debian": {"q": "r"}},
                      "case_counts": {"a.yaml": 2, "b.yaml": 1}}
     pinned_file = tmp_path / "expected-skips.yaml"
@@ -85,3 +85,10 @@ def test_the_committed_list_counts_every_file_of_the_library(
     for kernel in skips.KERNELS:
         listed = set(pinned["skips"][kernel])
         assert listed <= set(ids), sorted(listed - set(ids))
+
+
+def test_a_reason_is_pinned_by_its_first_100_characters() -> None:
+    long = ("0 suitable device(s) of 1 needed: 0000:00:03.0 (1234:11e8): no dma_buf_mmap: "
+            "mmap of a DMABUF: EINVAL; 0000:00:04.0 (1234:11e8): no dma_buf_mmap")
+    assert skips.reason_prefix(long) == long[:100]
+    assert skips.reason_prefix("two\nlines  here") == "two lines here"
