@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,16 +141,20 @@ def _raise(signum: int, frame: FrameType | None) -> None:
 
 
 @contextmanager
-def held(bdfs: list[str], problems: list[str]) -> Iterator[None]:
+def held(bdfs: list[str], problems: list[str],
+         note: Callable[[str], object] = lambda message: None) -> Iterator[None]:
     """Record `bdfs`, bind those no VFIO driver holds to vfio-pci, and restore them all
     when the block ends, whether it ends normally, by an exception or by SIGINT/SIGTERM
     (which end the block with `Interrupted`). What could not be restored is appended to
-    `problems`."""
+    `problems`; `note` is told of every device rebound."""
     old = {s: signal.signal(s, _raise) for s in (signal.SIGINT, signal.SIGTERM)}
     states: list[DeviceState] = []
     try:
         states = record(bdfs)
-        bind_vfio(states)
+        for bdf in bind_vfio(states):
+            was = next(st.driver for st in states if st.bdf == bdf)
+            note(f"{bdf} bound to vfio-pci for the run (was {was or 'bound to no driver'}); "
+                 "it is restored at the end")
         yield
     finally:
         # no second signal may cut the restore short

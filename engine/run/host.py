@@ -129,7 +129,8 @@ def _run_local(cases: list[Case], args: argparse.Namespace, options: RunOptions,
     # the run; everything named is put back as it was, also on SIGINT/SIGTERM
     problems: list[str] = []
     try:
-        with devstate.held([normalize_bdf(b) for b in args.device], problems):
+        with devstate.held([normalize_bdf(b) for b in args.device], problems,
+                           lambda message: on_event({"event": "warning", "message": message})):
             caps = probe_host(args.device or None)
             on_event({"event": "hello", "properties": {"kernel": caps.kernel_release}})
             if caps.devices:

@@ -99,6 +99,9 @@ def test_a_normal_end_restores_driver_override_and_vfs(
     assert run.returncode == 0, output
     assert "1 passed, 0 failed, 0 skipped, 0 errors" in output
     assert "not restored" not in output
+    # the user is told when the run rebinds a device
+    assert (f"{pf} bound to vfio-pci for the run (was bound to no driver)" in output) == \
+        (driver is None), output
     assert state(pf) == before
     assert not (sysfs.device_dir(pf) / "virtfn0").exists()
 
