@@ -15,9 +15,11 @@ import time
 from typing import Any
 
 import pytest
+from vfio_scenario.drivers.base import registered_drivers
 from vfio_scenario.errors import VfioError
 from vfio_scenario.language.cases import Case
 from vfio_scenario.language.compile import compile_documents
+from vfio_scenario.language.devices import DeviceName
 from vfio_scenario.language.loader import load_text
 from vfio_scenario.results import Outcome
 from vfio_scenario.run.executor import execute_case
@@ -25,10 +27,11 @@ from vfio_scenario.run.interpreter import CheckFailed, RunOptions, Runtime, Skip
 from vfio_scenario.run.plan import DeviceCaps, HostCaps, plan
 
 
-def cases_of(text: str, path: str = "scen/x.yaml") -> list[Case]:
+def cases_of(text: str, path: str = "scen/x.yaml",
+             devices: list[str] | None = None) -> list[Case]:
     doc, errors = load_text(textwrap.dedent(text), path)
     assert errors == []
-    compiled = compile_documents([doc])
+    compiled = compile_documents([doc], devices)
     assert compiled.errors == [], [str(e) for e in compiled.errors]
     return compiled.cases
 
@@ -286,19 +289,24 @@ def _caps(**kw: Any) -> HostCaps:
 
 
 def _plan(caps: HostCaps) -> dict[str, str | None]:
-    return {pc.case.id.split("::")[1]: pc.skip for pc in plan(cases_of(PLANNED), caps)}
+    # compiled for the host's devices, as a run compiles: the `driver` axis holds theirs
+    drivers = registered_drivers()
+    devices = [DeviceName(d.bdf, drivers[d.scenario_driver].facts() if d.scenario_driver
+                          else None) for d in caps.devices]
+    cases = cases_of(PLANNED, devices=devices or None)
+    return {pc.case.id.split("::")[1]: pc.skip for pc in plan(cases, caps)}
 
 
 def test_planner_skips_with_the_reason_and_never_drops_a_case() -> None:
     skips = _plan(_caps())
     assert len(skips) == 5 + 5 + 1 + 1 + 1
-    assert skips["any-driver[iommu_mode=vfio_type1v2_iommu]"] is None
-    assert skips["any-driver[iommu_mode=iommufd_compat_type1]"] == \
+    assert skips["any-driver[driver=edu,iommu_mode=vfio_type1v2_iommu]"] is None
+    assert skips["any-driver[driver=edu,iommu_mode=iommufd_compat_type1]"] == \
         "IOMMU mode iommufd_compat_type1 unavailable: /dev/iommu does not exist"
     assert skips["needs-msix[iommu_mode=iommufd]"] == \
         "0 suitable device(s) of 1 needed: 0000:00:03.0 (1234:11e8): no msix: msix has 0 vectors"
     assert skips["needs-two[iommu_mode=iommufd]"].startswith("1 suitable device(s) of 2 needed")
-    assert skips["sends-msi[iommu_mode=iommufd]"] is None
+    assert skips["sends-msi[driver=edu,iommu_mode=iommufd]"] is None
     assert skips["kconfig"] == "kernel lacks CONFIG_VFIO_PCI_DMABUF (from /proc/config.gz)"
 
 
@@ -307,13 +315,18 @@ def test_planner_skips_send_msi_cases_on_a_no_send_msi_driver() -> None:
     caps.devices[0].no_send_msi = True
     caps.devices[0].scenario_driver = "nv_falcon"
     skips = _plan(caps)
-    assert "NO_SEND_MSI" in (skips["sends-msi[iommu_mode=iommufd]"] or "")
-    assert skips["any-driver[iommu_mode=iommufd]"] is None
+    assert skips["sends-msi[driver=nv_falcon,iommu_mode=iommufd]"] == (
+        "0 suitable device(s) of 1 needed: 0000:00:03.0 (1234:11e8): driver nv_falcon has "
+        "NO_SEND_MSI: send_msi is EOPNOTSUPP (the device cannot raise an MSI on demand)")
+    assert skips["any-driver[driver=nv_falcon,iommu_mode=iommufd]"] is None
 
 
 def test_planner_without_devices_or_config_says_so() -> None:
     skips = _plan(_caps(devices=[], kconfig=None))
-    assert skips["any-driver[iommu_mode=iommufd]"] == "no VFIO device on this host"
+    # without devices the `driver` axis holds every registered driver, each skipped
+    assert skips["any-driver[driver=edu,iommu_mode=iommufd]"] == "no VFIO device on this host"
+    assert skips["any-driver[driver=nv_falcon,iommu_mode=iommufd]"] == \
+        "no VFIO device on this host"
     assert skips["kconfig"].startswith("kernel config not readable")
 
 

@@ -111,8 +111,33 @@ def test_matrix_with_include_and_exclude_and_implicit_iommu_mode() -> None:
         "dma/m.yaml::m[iommu_mode=vfio_type1v2_iommu,label=small,size=8]",
         "dma/m.yaml::m[iommu_mode=vfio_type1v2_iommu,size=4096]",
         "dma/m.yaml::m[iommu_mode=iommufd,label=small,size=8]",
-        "dma/m.yaml::m[size=256]",
+        # an include of its own runs in every mode of the implicit axis, too
+        "dma/m.yaml::m[iommu_mode=vfio_type1v2_iommu,size=256]",
+        "dma/m.yaml::m[iommu_mode=iommufd,size=256]",
     ]
+    assert all(c.iommu_mode for c in compiled.cases)
+
+
+def test_an_include_reading_iommu_mode_gets_the_implicit_axes() -> None:
+    # issue 16: "'iommu_mode' is undefined" for the included combination
+    compiled = compile_text("""
+        name: m
+        requires: {driver: any}
+        matrix:
+          size: [8]
+          include:
+            - {size: 64, label: extra}
+        steps:
+          - open_iommu: {mode: "{{ iommu_mode }}"}
+            name: "{{ size }} bytes on {{ driver.name }} in {{ iommu_mode }}"
+    """, path="dma/m.yaml")
+    assert compiled.errors == []
+    extra = [c for c in compiled.cases if c.params.get("label") == "extra"]
+    assert {c.iommu_mode for c in extra} == {
+        "vfio_type1_iommu", "vfio_type1v2_iommu", "iommufd_compat_type1",
+        "iommufd_compat_type1v2", "iommufd"}
+    assert {c.params["driver"] for c in extra} == {"dsa", "edu", "ioat", "nv_falcon", "nvme"}
+    assert extra[0].steps[0].common.name.startswith("64 bytes on dsa in ")
 
 
 def test_scenario_without_iommu_steps_has_no_mode_axis_and_plain_id() -> None:
