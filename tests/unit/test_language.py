@@ -344,8 +344,8 @@ def test_devices_carry_their_driver_in_multi_device_cases() -> None:
 
 
 @pytest.mark.parametrize(("expr", "message"), [
-    ("driver.max_size", "a driver has no attribute `max_size` (it has name, max_memcpy_size, "
-                        "max_memcpy_count, features)"),
+    ("driver.max_size", ("a driver has no attribute `max_size` (it has name, max_memcpy_size, "
+                        "max_memcpy_count, features)")),
     ("device.drivr", "a device has no attribute `drivr` (it has `driver`)"),
 ])
 def test_a_driver_attribute_that_does_not_exist_is_a_located_error(expr: str,
@@ -368,8 +368,8 @@ def test_driver_is_undefined_in_a_scenario_without_one() -> None:
             name: "{{ driver.name }}"
     """)
     assert [e.message for e in compiled.errors] == [
-        "undefined template variable: 'driver' is undefined (only a scenario that requires "
-        "a driver has one: `requires: {driver: any}` or a driver's name)"]
+        ("undefined template variable: 'driver' is undefined (only a scenario that requires "
+        "a driver has one: `requires: {driver: any}` or a driver's name)")]
 
 
 def test_a_named_driver_gives_its_declared_limits_without_devices() -> None:
