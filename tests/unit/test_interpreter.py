@@ -440,3 +440,72 @@ def test_assert_pattern_names_the_first_bad_byte_and_the_pattern(pattern: str, w
     assert result.outcome is Outcome.FAIL
     assert result.message == (f"step 4 `assert_pattern` (scen/x.yaml:9): buf[0x10] is 0x00, "
                               f"expected {want:#04x} ({described})")
+
+
+NAMED_DRIVER = """
+- name: on-falcon
+  requires: {driver: nv_falcon, iommu_modes: [iommufd]}
+  steps:
+    - open_iommu: {}
+      as: iommu
+- name: send-or-not
+  requires: {driver: any, iommu_modes: [iommufd]}
+  steps:
+    - open_iommu: {}
+      as: iommu
+    - open_device: {iommu: iommu}
+      as: dev
+    - send_msi: {device: dev}
+      expect: [ok, EOPNOTSUPP]
+"""
+
+
+def test_planner_skips_a_named_driver_no_device_has_with_the_reason() -> None:
+    (case, _) = cases_of(NAMED_DRIVER, devices=[DeviceName(
+        "0000:00:03.0", registered_drivers()["edu"].facts())])
+    (pc,) = plan([case], _caps())
+    assert pc.skip == "no device here is served by scenario driver nv_falcon (the devices' " \
+                      "drivers: edu)"
+
+
+def test_planner_runs_a_send_msi_that_accepts_eopnotsupp_on_a_no_send_msi_driver() -> None:
+    caps = _caps()
+    caps.devices[0].no_send_msi = True
+    caps.devices[0].scenario_driver = "nv_falcon"
+    cases = cases_of(NAMED_DRIVER, devices=[DeviceName(
+        "0000:00:03.0", registered_drivers()["nv_falcon"].facts())])
+    assert [(pc.case.id, pc.skip) for pc in plan(cases, caps)] == [
+        ("scen/x.yaml::on-falcon[iommu_mode=iommufd]", None),
+        ("scen/x.yaml::send-or-not[driver=nv_falcon,iommu_mode=iommufd]", None)]
+
+
+def test_run_selects_by_driver_among_the_cases_compiled_for_the_devices() -> None:
+    import argparse
+
+    from vfio_scenario.run.host import select
+
+    cases = cases_of(PLANNED)  # no devices: every registered driver
+    args = argparse.Namespace(keyword=None, tag=[], shard=None, driver="nvme")
+    chosen = select(cases, args)
+    assert chosen and {c.driver for c in chosen} == {"nvme"}
+    assert {c.scenario for c in chosen} == {"any-driver", "sends-msi"}
+
+
+def test_a_passing_step_carries_its_note() -> None:
+    (case,) = cases_of("""
+        name: noted
+        requires: {devices: 0}
+        steps:
+          - sleep: {duration: 1ms}
+          - sleep: {duration: 2ms}
+    """)
+    calls = []
+
+    def sleep(rt: Runtime, args: Any, step: Any) -> None:
+        calls.append(step.index)
+        if step.index == 0:
+            rt.note("nothing to check")
+
+    result = run_case(case, [], {"sleep": sleep})
+    assert [s.message for s in result.steps] == ["nothing to check", ""]
+    assert result.outcome is Outcome.PASS and calls == [0, 1]
