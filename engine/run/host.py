@@ -130,13 +130,15 @@ def _run_local(cases: list[Case], args: argparse.Namespace, options: RunOptions,
     from vfio_scenario.run.plan import plan_each
     from vfio_scenario.run.probe import probe_host
     from vfio_scenario.run.session import run_planned
+    from vfio_scenario.run.testbed_run import needs_driver_facts
 
     caps = probe_host(args.device or None)
     if caps.devices:
         # templates see this host's BDFs (`devices[1]`) and the limits their drivers' init
         # sets (`driver.max_memcpy_size`), as in the guest, not placeholders
-        names = [DeviceName(d.bdf, driver_facts(d.bdf)[0] if d.scenario_driver else None)
-                 for d in caps.devices]
+        facts = needs_driver_facts(cases)
+        names = [DeviceName(d.bdf, driver_facts(d.bdf)[0] if facts and d.scenario_driver
+                            else None) for d in caps.devices]
         compiled = compile_paths(args.paths, names)
         if compiled.errors:
             raise ScenarioErrors(compiled.errors)

@@ -72,6 +72,12 @@ def guest_driver_facts(testbed: Any, bdfs: list[str], drivers: dict[str, str]
     return [DeviceName(b, facts.get(b)) for b in bdfs]
 
 
+def needs_driver_facts(cases: list[Case]) -> bool:
+    """Whether a case's templates may read a driver: it requires one (its `driver`
+    axis, `driver.*`) or names the run's devices (`devices[N].driver`)."""
+    return any(c.requires.driver is not None or c.names_devices for c in cases)
+
+
 def compile_for_guest(cases: list[Case], paths: list[str], bdfs: list[str],
                       reselect: Callable[[list[Case]], list[Case]] | None = None) -> list[Case]:
     """`cases` compiled again for the guest's devices, so that templates (`device`,
@@ -116,8 +122,10 @@ def run_in_testbed(testbed: Any, cases: list[Case], paths: list[str], on_event: 
     workdir = str(sub_dir("run", "payloads"))
     bdfs = devices or guest_vfio_devices(testbed)
     drivers = driver_entry_points()
-    remaining = compile_for_guest(list(cases), paths,
-                                  guest_driver_facts(testbed, bdfs, drivers), reselect)
+    # each driver's init in the guest costs a Python start there: only for runs with a
+    # case that reads a driver
+    named = guest_driver_facts(testbed, bdfs, drivers) if needs_driver_facts(cases) else bdfs
+    remaining = compile_for_guest(list(cases), paths, named, reselect)
     # the cases of this run, now that the guest's drivers gave the `driver` axis
     on_event({"event": "plan", "ids": [c.id for c in remaining]})
     if not remaining:

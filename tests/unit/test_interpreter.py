@@ -509,3 +509,22 @@ def test_a_passing_step_carries_its_note() -> None:
     result = run_case(case, [], {"sleep": sleep})
     assert [s.message for s in result.steps] == ["nothing to check", ""]
     assert result.outcome is Outcome.PASS and calls == [0, 1]
+
+
+def test_a_run_reads_driver_facts_only_for_cases_that_may_read_a_driver() -> None:
+    from vfio_scenario.run.testbed_run import needs_driver_facts
+
+    assert needs_driver_facts(cases_of(PLANNED))  # requires a driver
+    assert needs_driver_facts(cases_of("""
+        name: two
+        requires: {devices: 2}
+        steps:
+          - sleep: {duration: 1ms}
+            name: "{{ devices[1] }}"
+    """))
+    assert not needs_driver_facts(cases_of("""
+        name: host
+        requires: {devices: 0}
+        steps:
+          - sleep: {duration: 1ms}
+    """))
