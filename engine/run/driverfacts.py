@@ -20,7 +20,8 @@ from typing import Any
 
 from vfio_scenario.drivers.base import DmaRegion, Driver, driver_for
 from vfio_scenario.errors import VfioError
-from vfio_scenario.language.devices import DriverFacts
+from vfio_scenario.language.devices import DeviceName, DriverFacts
+from vfio_scenario.run.plan import DeviceCaps
 from vfio_scenario.uapi.modes import IommuMode
 
 # the IOMMU modes tried, in order, to open a device for its driver's init
@@ -87,6 +88,12 @@ def driver_facts(bdf: str) -> tuple[DriverFacts | None, str]:
         finally:
             iommu.close()
     return None, problem
+
+
+def device_names(devices: list[DeviceCaps]) -> list[DeviceName]:
+    """The host's devices as a run compiles for them: each BDF with its driver's facts."""
+    return [DeviceName(d.bdf, driver_facts(d.bdf)[0] if d.scenario_driver else None)
+            for d in devices]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -126,7 +126,7 @@ def _reselect(args: argparse.Namespace, done: set[str]) -> Any:
 def _run_local(cases: list[Case], args: argparse.Namespace, options: RunOptions,
                on_event: Any, done: set[str]) -> None:
     from vfio_scenario.language.devices import DeviceName
-    from vfio_scenario.run.driverfacts import driver_facts
+    from vfio_scenario.run.driverfacts import device_names
     from vfio_scenario.run.plan import plan_each
     from vfio_scenario.run.probe import probe_host
     from vfio_scenario.run.session import run_planned
@@ -136,9 +136,8 @@ def _run_local(cases: list[Case], args: argparse.Namespace, options: RunOptions,
     if caps.devices:
         # templates see this host's BDFs (`devices[1]`) and the limits their drivers' init
         # sets (`driver.max_memcpy_size`), as in the guest, not placeholders
-        facts = needs_driver_facts(cases)
-        names = [DeviceName(d.bdf, driver_facts(d.bdf)[0] if facts and d.scenario_driver
-                            else None) for d in caps.devices]
+        names = device_names(caps.devices) if needs_driver_facts(cases) else \
+            [DeviceName(d.bdf) for d in caps.devices]
         compiled = compile_paths(args.paths, names)
         if compiled.errors:
             raise ScenarioErrors(compiled.errors)
