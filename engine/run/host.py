@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 from typing import Any
 
 from vfio_scenario import __version__
@@ -83,6 +84,7 @@ def run_command(args: argparse.Namespace) -> int:
     run = sink.run
     run.properties.update({"engine_version": __version__, "where": where})
     options = RunOptions(timeout_multiplier=args.timeout_multiplier)
+    interrupted: list[str] = []  # the signal that ended the run early, if one did
 
     def on_event(event: dict[str, Any]) -> None:
         kind = event.get("event")
@@ -100,6 +102,8 @@ def run_command(args: argparse.Namespace) -> int:
         elif kind == "plan":
             # compiled for the real devices: the `driver` axis holds their drivers
             sink.replan(event["ids"])
+        elif kind == "interrupted":
+            interrupted.append(str(event.get("signal", "SIGINT")))
 
     try:
         done = sink.finished_ids() if args.resume else set()
@@ -112,7 +116,11 @@ def run_command(args: argparse.Namespace) -> int:
         # the error that says why nothing ran
         sink.close(summary=bool(run.cases))
         raise
+    if interrupted:
+        sink.warn(f"run interrupted by {interrupted[0]}; the cases not run are missing")
     sink.close()
+    if interrupted:  # as a shell reports a process its signal ended: 128 + the signal
+        return 128 + int(getattr(signal, interrupted[0], signal.SIGINT))
     return sink.exit_code()
 
 
@@ -126,26 +134,39 @@ def _reselect(args: argparse.Namespace, done: set[str]) -> Any:
 def _run_local(cases: list[Case], args: argparse.Namespace, options: RunOptions,
                on_event: Any, done: set[str]) -> None:
     from vfio_scenario.language.devices import DeviceName
+    from vfio_scenario.run import devstate
     from vfio_scenario.run.driverfacts import device_names
     from vfio_scenario.run.plan import plan_each
     from vfio_scenario.run.probe import probe_host
     from vfio_scenario.run.session import run_planned
     from vfio_scenario.run.testbed_run import needs_driver_facts
+    from vfio_scenario.uapi.sysfs import normalize_bdf
 
-    caps = probe_host(args.device or None)
-    if caps.devices:
-        # templates see this host's BDFs (`devices[1]`) and the limits their drivers' init
-        # sets (`driver.max_memcpy_size`), as in the guest, not placeholders
-        names = device_names(caps.devices) if needs_driver_facts(cases) else \
-            [DeviceName(d.bdf) for d in caps.devices]
-        compiled = compile_paths(args.paths, names)
-        if compiled.errors:
-            raise ScenarioErrors(compiled.errors)
-        cases = _reselect(args, done)(compiled.cases)
-        on_event({"event": "plan", "ids": [c.id for c in cases]})
-    on_event({"event": "hello", "properties": {"kernel": caps.kernel_release}})
-    run_planned(plan_each(cases, caps, args.iommu_mode or None), caps, options, on_event,
-                fail_fast=args.fail_fast)
+    # devices named with --device that no VFIO driver holds are bound to vfio-pci for
+    # the run; everything named is put back as it was, also on SIGINT/SIGTERM
+    problems: list[str] = []
+    try:
+        with devstate.held([normalize_bdf(b) for b in args.device], problems,
+                           lambda message: on_event({"event": "warning", "message": message})):
+            caps = probe_host(args.device or None)
+            if caps.devices:
+                # templates see this host's BDFs (`devices[1]`) and the limits their
+                # drivers' init sets (`driver.max_memcpy_size`), as in the guest
+                names = device_names(caps.devices) if needs_driver_facts(cases) else \
+                    [DeviceName(d.bdf) for d in caps.devices]
+                compiled = compile_paths(args.paths, names)
+                if compiled.errors:
+                    raise ScenarioErrors(compiled.errors)
+                cases = _reselect(args, done)(compiled.cases)
+                on_event({"event": "plan", "ids": [c.id for c in cases]})
+            on_event({"event": "hello", "properties": {"kernel": caps.kernel_release}})
+            run_planned(plan_each(cases, caps, args.iommu_mode or None), caps, options,
+                        on_event, fail_fast=args.fail_fast)
+    except devstate.Interrupted as exc:
+        on_event({"event": "interrupted", "signal": str(exc)})
+    if problems:
+        on_event({"event": "warning",
+                  "message": "device state not restored: " + "; ".join(problems)})
 
 
 def _run_testbed(cases: list[Case], args: argparse.Namespace, options: RunOptions,
