@@ -102,6 +102,9 @@ def run_command(args: argparse.Namespace) -> int:
         elif kind == "plan":
             # compiled for the real devices: the `driver` axis holds their drivers
             sink.replan(event["ids"])
+            if not event["ids"]:
+                sink.warn("no selected case runs on these devices (the `driver` axis holds "
+                          "the scenario drivers of the devices here)")
         elif kind == "interrupted":
             interrupted.append(str(event.get("signal", "SIGINT")))
 
