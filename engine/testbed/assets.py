@@ -178,8 +178,12 @@ def build_own_kernel(report: Reporter = quiet, jobs: int = 2,
     """Our kernel from Debian's source + kernel.fragment (+ kernel-debug.fragment for
     the debug variant), built once and cached by content."""
     tree = linux_source_dir(report)
+    done = own_kernel_dir(tree, variant) / "kernel.json"
+    if done.exists():  # built: no wait for the lock while a build of another fragment runs
+        return GuestKernel(variant, done.parent / "bzImage",
+                           json.loads(done.read_text())["release"])
     # one lock per variant (they build in their own folders): a debug build in progress
-    # does not hold up a run on the default kernel
+    # does not hold up a first build of the default kernel
     with locked("own-kernel" if variant == "default" else f"own-kernel-{variant}"):
         return _build_own_kernel(tree, report, jobs, variant)
 
