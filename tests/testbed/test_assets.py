@@ -33,6 +33,9 @@ def test_kconfig_command_prints_the_fragment_the_default_kernel_is_built_with(
 
     assert main(["testbed", "kconfig"]) == 0
     assert capsys.readouterr().out == assets.FRAGMENT.read_text()
+    assert main(["testbed", "kconfig", "--kernel", "debug"]) == 0
+    assert capsys.readouterr().out == \
+        assets.FRAGMENT.read_text() + "\n" + assets.DEBUG_FRAGMENT.read_text()
 
 
 def test_resolve_modules_orders_dependencies_first_and_skips_builtins() -> None:
