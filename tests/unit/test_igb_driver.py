@@ -145,3 +145,26 @@ def test_refusals(driver: IgbDriver) -> None:
     with pytest.raises(VfioError) as no_irq:
         driver.send_msi()
     assert no_irq.value.errno == errno.EINVAL
+
+
+def test_a_copy_without_any_write_back_is_etimedout_and_reinitialises(
+        driver: IgbDriver, regs: Registers) -> None:
+    driver.memcpy_start(0x1000, 0x2000, 100)
+    with pytest.raises(VfioError) as info:
+        driver.memcpy_wait(timeout=0.05)
+    assert info.value.errno == errno.ETIMEDOUT
+    ctrl_writes = [value for offset, value in regs.writes if offset == hw.CTRL]
+    assert ctrl_writes[0] & hw.CTRL_RST
+    assert regs.regs[hw.RCTL] & hw.RCTL_EN and regs.regs[hw.TXDCTL] == hw.QUEUE_ENABLE
+
+
+def test_init_fails_when_the_link_never_comes_up(regs: Registers,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hw, "LINK_TIMEOUT", 0.05)
+    regs.regs[hw.STATUS] = 0
+    drv = IgbDriver(regs, DmaRegion(memoryview(bytearray(hw.REGION_SIZE)), IOVA,
+                                    hw.REGION_SIZE))
+    with pytest.raises(VfioError) as info:
+        drv.init(msi_vector=None)
+    assert info.value.errno == errno.ETIMEDOUT and "STATUS.LU" in str(info.value)
+    assert regs.command == 0x0002  # remove ran: the command register is as found
