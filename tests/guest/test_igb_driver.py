@@ -222,6 +222,7 @@ def test_remove_leaves_the_device_quiet(igb_device: VfioDevice, region: DmaRegio
     assert igb_device.bar_read(0, TCTL, 4) & TCTL_EN == 0
     assert igb_device.bar_read(0, TDLEN, 4) == 0  # rings forgotten by the reset
     assert igb_device.bar_read(0, EIMS, 4) == 0
+    assert igb_device.bar_read(0, STATUS, 4) & STATUS_LU == 0  # link down after the reset
     assert igb_device.config_read(PCI_COMMAND, 2) == before
 
 
