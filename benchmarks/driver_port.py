@@ -15,7 +15,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -36,12 +35,15 @@ FIND = (
 )
 
 
-def run_port(bed: Testbed, bdf: str, out: Path) -> dict[str, Any]:
+def run_port(bed: Testbed, bdf: str, name: str) -> dict[str, Any]:
+    """The JSON report of the port run on `bdf` (reports go to the guest's /tmp: the
+    checkout is read-only there)."""
+    out = f"/tmp/driver-port-{name}.json"
     result = bed.run([sys.executable, "-m", "vfio_scenario", "run", "--device", bdf,
-                      "--json", str(out), PORT], timeout=1800, cwd=str(REPO))
+                      "--json", out, str(REPO / PORT)], timeout=1800, cwd="/tmp")
     if result.returncode not in (0, 1):
         raise SystemExit(f"run on {bdf} exited {result.returncode}:\n{result.stderr[-3000:]}")
-    doc: dict[str, Any] = json.loads(out.read_text())
+    doc: dict[str, Any] = json.loads(bed.run(["cat", out], timeout=60).stdout)
     return doc
 
 
@@ -51,10 +53,16 @@ def summary(doc: dict[str, Any]) -> tuple[dict[str, float], dict[str, int], floa
     counts: dict[str, int] = defaultdict(int)
     for case in doc["cases"]:
         counts[case["outcome"]] += 1
-        if case["outcome"] in ("passed", "failed", "error"):
+        if case["outcome"] in ("pass", "fail", "error"):
             times[case["scenario"]].append(case["duration"])
     return ({s: statistics.mean(t) for s, t in times.items()}, dict(counts),
             float(doc["duration"]))
+
+
+def failures(doc: dict[str, Any]) -> list[str]:
+    """"case id: message" of every case that failed or errored."""
+    return [f"{c['case_id']}: {c['message'][:300]}" for c in doc["cases"]
+            if c["outcome"] in ("fail", "error")]
 
 
 def main() -> None:
@@ -62,6 +70,8 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kernel", default="default")
     parser.add_argument("--json", type=Path, help="also write the per-driver summaries here")
+    parser.add_argument("--driver", action="append", choices=sorted(DRIVER_IDS.values()),
+                        help="only these drivers (repeatable; default: every one present)")
     args = parser.parse_args()
     bed = Testbed(kernel=args.kernel).start()
     try:
@@ -69,11 +79,14 @@ def main() -> None:
                         cwd=str(REPO)).stdout.split("\n")
         devices = dict(line.split() for line in found if line.strip())
         results: dict[str, Any] = {}
-        with tempfile.TemporaryDirectory(dir=REPO, prefix=".bench-driver-port-") as tmp:
-            for name, bdf in devices.items():
-                means, counts, wall = summary(run_port(bed, bdf, Path(tmp) / f"{name}.json"))
-                results[name] = {"device": bdf, "wall": wall, "counts": counts,
-                                 "scenarios": means}
+        for name, bdf in devices.items():
+            if args.driver and name not in args.driver:
+                continue
+            doc = run_port(bed, bdf, name)
+            means, counts, wall = summary(doc)
+            results[name] = {"device": bdf, "wall": wall, "counts": counts, "scenarios": means,
+                             "failures": failures(doc)}
+            print(f"{name}: {json.dumps(results[name])}", flush=True)
     finally:
         bed.stop()
     scenarios = sorted({s for r in results.values() for s in r["scenarios"]})
@@ -88,6 +101,8 @@ def main() -> None:
         per = statistics.mean(memcpy) if memcpy else float("nan")
         print(f"{n}: {results[n]['device']}, memcpy cases {per:.2f} s each (mean of "
               f"{len(memcpy)} scenarios), run {results[n]['wall']:.1f} s, {results[n]['counts']}")
+        for line in results[n]["failures"]:
+            print(f"  {line}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 
