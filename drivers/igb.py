@@ -159,6 +159,7 @@ class IgbDriver(Driver):
     name = "igb"
     ids = ((INTEL, DEVICE_82576),)
     region_size = REGION_SIZE
+    # differs from C (docs/drivers.md): 1450 and 511, where C has 1024 and 4095
     max_memcpy_size = MAX_FRAME - HEADER
     # two transmit descriptors a copy; a ring keeps one slot free
     max_memcpy_count = (TX_ENTRIES - 1) // 2
@@ -218,7 +219,7 @@ class IgbDriver(Driver):
         if region.iova % 128 or region.size < REGION_SIZE:
             raise DriverError(errno.EINVAL, "igb.init", dev.bdf,
                               f"DMA region must be {REGION_SIZE} bytes, 128-byte aligned")
-        command = dev.config_read(PCI_COMMAND, 2)
+        command = dev.config_read(PCI_COMMAND, 2)  # restored by remove (C does not)
         self._saved_command = command
         dev.config_write(PCI_COMMAND, 2, command | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER)
         try:
@@ -253,18 +254,20 @@ class IgbDriver(Driver):
         self.write(GCR, self.read(GCR) & ~GCR_CMPL_TMOUT_RESEND)
         self._tx_ring()
         self._rx_ring()
+        # differs from C (docs/drivers.md): no RCTL.LBM_MAC, the PHY loops back
         self.write(RCTL, RCTL_EN | RCTL_UPE | RCTL_MPE | RCTL_BAM | RCTL_SECRC)
         self.write(TCTL, TCTL_EN | TCTL_PSP)
         self.poll("igb.init", "TXDCTL and RXDCTL queue enable",
                   lambda: bool(self.read(TXDCTL) & self.read(RXDCTL) & QUEUE_ENABLE),
                   time.monotonic() + 0.02)
         if self.msi_vector is not None:
-            # MSI-X mode: EICR bit n is vector n; bit 0 clears itself when its MSI-X is
+            # differs from C (docs/drivers.md): no IVAR, EIAM or GPIE.EIAME.  MSI-X mode: EICR bit n is vector n; bit 0 clears itself when its MSI-X is
             # sent, so every EICS write raises one.  No queue is mapped to a vector
             # (IVAR stays invalid): copies raise no interrupt.
             self.write(GPIE, GPIE_MSIX_MODE)
             self.write(EIAC, VECTOR_MASK)
             self.write(EIMS, VECTOR_MASK)
+        # differs from C (docs/drivers.md): polled, where C sleeps 50 ms and 500 ms
         self.poll("igb.init", "link up (STATUS.LU)",
                   lambda: bool(self.read(STATUS) & STATUS_LU),
                   time.monotonic() + LINK_TIMEOUT, interval=0.005)
@@ -331,7 +334,7 @@ class IgbDriver(Driver):
 
     # ---- memcpy ----
     def check_memcpy(self, src: int, dst: int, size: int, count: int) -> None:
-        if dst == 0:
+        if dst == 0:  # differs from C (docs/drivers.md)
             raise DriverError(errno.EINVAL, "igb.memcpy_start", self.device.bdf,
                               "the 82576 skips receive descriptors whose buffer address is 0")
         super().check_memcpy(src, dst, size, count)
@@ -358,6 +361,8 @@ class IgbDriver(Driver):
                               command | HEADER, (HEADER + size) << ADVTXD_PAYLEN_SHIFT)
             self.tx_tail = (self.tx_tail + 1) % TX_ENTRIES
             last_tx = self.tx_tail
+            # differs from C (docs/drivers.md): a header frames the data (C: size >= 60),
+            # and the last descriptor asks for its write-back (RS) to tell a lost frame
             eop = command | ADVTXD_DCMD_EOP | (ADVTXD_DCMD_RS if n == count - 1 else 0)
             TX_DESC.pack_into(mem, TX_RING + self.tx_tail * DESC_SIZE, src, eop | size, 0)
             self.tx_tail = (self.tx_tail + 1) % TX_ENTRIES
