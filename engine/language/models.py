@@ -628,6 +628,24 @@ class ExpectNoDmesg(Op):
     pattern: Regex
 
 
+class ExpectIommuFault(Op):
+    op = "expect_iommu_fault"
+    area = "host"
+    device: DeviceRef
+    address: Int | None = Field(None, ge=0)  # compared by 4 KiB page, as VT-d records it
+    access: Literal["read", "write"] | None = None
+    within: Duration = 2.0
+
+
+class ExpectNoIommuFault(Op):
+    op = "expect_no_iommu_fault"
+    area = "host"
+    device: DeviceRef
+    address: Int | None = Field(None, ge=0)
+    access: Literal["read", "write"] | None = None
+    within: Duration = 0.0
+
+
 class AssertNotTainted(Op):
     op = "assert_not_tainted"
     area = "host"
@@ -650,7 +668,8 @@ OPERATIONS: dict[str, type[Op]] = {
         ExpectIrq, ExpectNoIrq, EnableSriov,
         DriverInit, DriverRemove, MemcpyStart, MemcpyWait, SendMsi, ExpectNoMsi, MemcpyStorm,
         ExportDmabuf, MmapDmabuf, RevokeDmabuf, RestoreDmabuf,
-        ExpectDmesg, ExpectNoDmesg, AssertNotTainted, Sleep,
+        ExpectDmesg, ExpectNoDmesg, ExpectIommuFault, ExpectNoIommuFault, AssertNotTainted,
+        Sleep,
     )
 }
 
