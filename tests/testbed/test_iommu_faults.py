@@ -8,12 +8,14 @@ no pause, two faulting copies each, in all five IOMMU modes, and each asserts bo
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 from vfio_scenario.language.compile import compile_paths
 from vfio_scenario.results import CaseResult, Outcome
+from vfio_scenario.run import faultlog
 from vfio_scenario.run.testbed_run import run_in_testbed
 
 MODES = ("vfio_type1_iommu", "vfio_type1v2_iommu", "iommufd_compat_type1",
@@ -83,6 +85,7 @@ SCENARIOS = """\
 
 
 def run_scenarios(testbed: Any, folder: Path) -> dict[str, CaseResult]:
+    """Run SCENARIOS in the testbed; results by `scenario/mode`."""
     path = folder / "faults.yaml"
     path.write_text(SCENARIOS)
     compiled = compile_paths([str(path)])
@@ -102,6 +105,7 @@ def run_scenarios(testbed: Any, folder: Path) -> dict[str, CaseResult]:
 @pytest.mark.testbed
 def test_five_back_to_back_fault_cases_one_per_mode_each_see_their_faults(
         testbed: Any, tmp_path: Path) -> None:
+    recorded = testbed.files.iommu_faults.stat().st_size
     results = run_scenarios(testbed, tmp_path)
     for mode in MODES:
         case = results[f"faults-back-to-back/{mode}"]
@@ -118,6 +122,14 @@ def test_five_back_to_back_fault_cases_one_per_mode_each_see_their_faults(
         in wrong.message, wrong.message
     assert "read fault by 0000:00:03.0 at 0x7000000 (reason 0x06: PTE read access not set)" \
         in wrong.message, wrong.message
+    # QEMU recorded every access of every refused copy: 1,024 4-byte reads or writes each
+    with testbed.files.iommu_faults.open("rb") as f:
+        f.seek(recorded)
+        faults = [faultlog.parse_qemu_record(line) for line in f.read().decode().splitlines()]
+    pages = Counter((f.bdf, f.access, f.address // faultlog.PAGE * faultlog.PAGE, f.reason)
+                    for f in faults if f is not None)
+    assert pages == {("0000:00:03.0", "read", 0x7000000, 6): 1024 * (len(MODES) + 1),
+                     ("0000:00:03.0", "write", 0x9000000, 6): 1024 * len(MODES)}
 
 
 @pytest.mark.testbed
