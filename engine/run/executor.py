@@ -44,7 +44,18 @@ def execute_case(case: Case, devices: list[str], ops: dict[str, Operation],
     limit = case.timeout * options.timeout_multiplier
     started = time.time()
     t0 = time.monotonic()
-    events, status, timed_out = _collect(pid, r, t0 + limit)
+    try:
+        events, status, timed_out = _collect(pid, r, t0 + limit)
+    except BaseException:
+        # the run was interrupted (SIGINT/SIGTERM to this process only): the case's
+        # process goes too, so that nothing holds the devices while they are restored
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(r)
+        out.close()
+        if kmsg is not None:
+            kmsg.close()
+        raise
     os.close(r)
     result = next((CaseResult.from_dict(e["result"]) for e in events if e["event"] == "result"),
                   None)
