@@ -127,8 +127,8 @@ def expect_no_iommu_fault(rt: Runtime, args: ExpectNoIommuFault, step: Step) -> 
                           f"{faultlog.summary(hits)}")
     suppressed = log.suppressed()
     if suppressed:
-        raise CheckFailed(f"the kernel's DMAR fault log suppressed {suppressed} messages "
-                          "since the case began (printk rate limit of dmar_fault, `callbacks "
+        raise CheckFailed(f"since the case began the kernel log says it suppressed {suppressed} "
+                          "DMAR fault messages (printk rate limit of dmar_fault, `callbacks "
                           f"suppressed`): no line proves there was no {unwanted.describe()}")
 
 
