@@ -37,6 +37,7 @@ Feature = Literal[
     "dma_buf",
     "dma_buf_mmap",
     "dma_buf_revoke",
+    "dma_buf_memattr",
     "iommufd",
     "cdev",
     "msi",
@@ -624,7 +625,7 @@ class MmapDmabuf(Op):
     dmabuf: DmabufRef
     offset: Size = 0
     size: Size | None = None
-    attrs: Literal["uc", "wc"] | None = None
+    attrs: Literal["nc", "wc"] | None = None  # VFIO_DEVICE_FEATURE_DMA_BUF_MEMATTR (proposed)
 
 
 class RevokeDmabuf(Op):
@@ -656,6 +657,24 @@ class ExpectNoDmesg(Op):
     pattern: Regex
 
 
+class ExpectIommuFault(Op):
+    op = "expect_iommu_fault"
+    area = "host"
+    device: DeviceRef
+    address: Int | None = Field(None, ge=0)  # compared by 4 KiB page, as VT-d records it
+    access: Literal["read", "write"] | None = None
+    within: Duration = 2.0
+
+
+class ExpectNoIommuFault(Op):
+    op = "expect_no_iommu_fault"
+    area = "host"
+    device: DeviceRef
+    address: Int | None = Field(None, ge=0)
+    access: Literal["read", "write"] | None = None
+    within: Duration = 0.0
+
+
 class AssertNotTainted(Op):
     op = "assert_not_tainted"
     area = "host"
@@ -678,7 +697,8 @@ OPERATIONS: dict[str, type[Op]] = {
         ExpectIrq, ExpectNoIrq, EnableSriov, SetVfToken, CloseDevice,
         DriverInit, DriverRemove, MemcpyStart, MemcpyWait, SendMsi, ExpectNoMsi, MemcpyStorm,
         ExportDmabuf, MmapDmabuf, RevokeDmabuf, RestoreDmabuf,
-        ExpectDmesg, ExpectNoDmesg, AssertNotTainted, Sleep,
+        ExpectDmesg, ExpectNoDmesg, ExpectIommuFault, ExpectNoIommuFault, AssertNotTainted,
+        Sleep,
     )
 }
 

@@ -60,7 +60,7 @@ class HostCaps:
 
 # features that belong to a device rather than to the host
 DEVICE_FEATURES = frozenset({"msi", "msix", "intx", "reset", "sriov", "dma_buf", "dma_buf_mmap",
-                             "dma_buf_revoke"})
+                             "dma_buf_revoke", "dma_buf_memattr"})
 
 
 NO_SEND_MSI_REASON = ("driver {driver} has NO_SEND_MSI: send_msi is EOPNOTSUPP (the device "

@@ -168,7 +168,7 @@ class Vm:
 
     def start(self, boot_timeout: float) -> None:
         """Start QEMU and wait until the agent answers; BootFailed with the console if not."""
-        self.files.folder.mkdir(parents=True, exist_ok=True)
+        self.files.iommu_dir.mkdir(parents=True, exist_ok=True)
         for stale in (self.files.agent_socket, self.files.console):
             stale.unlink(missing_ok=True)
         prepare_scratch(self.devices, self.files)

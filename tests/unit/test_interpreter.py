@@ -442,6 +442,160 @@ def test_assert_pattern_names_the_first_bad_byte_and_the_pattern(pattern: str, w
                               f"expected {want:#04x} ({described})")
 
 
+def test_a_dmabuf_in_a_type1_container_is_skipped_before_any_ioctl() -> None:
+    """The type1 uAPI has no call that takes a DMABUF: the engine refuses the step itself
+    and reports a skip naming that, never an errno a scenario could take for the kernel's."""
+    from vfio_scenario.run.ops import memory, operations
+    from vfio_scenario.uapi.iommu import AddressSpace, Mapping
+    from vfio_scenario.uapi.iova import IovaRange
+
+    calls: list[str] = []
+
+    class FakeContainer(AddressSpace):  # no map_file: what a type1 container offers
+        handle = "fake container"
+
+        def iova_ranges(self) -> list[IovaRange]:
+            return [IovaRange(0, (1 << 40) - 1)]
+
+        def map(self, vaddr: int, size: int, iova: int, read: bool = True,
+                write: bool = True) -> Mapping:
+            calls.append("map")
+            return Mapping(self, iova, size, vaddr)
+
+        def unmap(self, iova: int, size: int) -> int:
+            calls.append("unmap")
+            return size
+
+    class FakeDmabuf:
+        fd, size = 99, 4096
+
+    (case,) = cases_of("""
+        name: type1-dmabuf
+        requires: {devices: 0}
+        matrix: {iommu_mode: [vfio_type1v2_iommu]}
+        steps:
+          - open_iommu: {}
+            as: iommu
+          - open_device: {iommu: iommu}
+            as: dev
+          - export_dmabuf: {device: dev}
+            as: regs
+          - map_dma: {iommu: iommu, dmabuf: regs, iova: 0x100000}
+            expect: EINVAL
+    """)
+    ops = operations()
+    ops["open_iommu"] = lambda rt, a, s: FakeContainer()
+    ops["open_device"] = lambda rt, a, s: object()
+    ops["export_dmabuf"] = lambda rt, a, s: FakeDmabuf()
+    result = run_case(case, [], ops)
+    assert (result.outcome, result.message) == (Outcome.SKIP, memory.TYPE1_DMABUF)
+    assert calls == []
+
+
+class _FakeRevokeDevice:
+    """What revoke_dmabuf/mmap_dmabuf ask of a device, answers chosen by the test."""
+
+    bdf = "0000:00:03.0"
+
+    def __init__(self, revoke: str | None, memattr: bool) -> None:
+        self.revoke, self.memattr = revoke, memattr
+        self.calls: list[str] = []
+
+    def revoke_support(self) -> str | None:
+        self.calls.append("probe revoke")
+        return self.revoke
+
+    def revoke_dmabuf(self, dmabuf: Any, method: str) -> None:
+        self.calls.append(f"revoke {method}")
+
+    def set_command_bits(self, bits: int, on: bool) -> None:
+        self.calls.append(f"memory {'on' if on else 'off'}")
+
+    def memattr_support(self) -> bool:
+        self.calls.append("probe memattr")
+        return self.memattr
+
+    def set_dmabuf_memattr(self, dmabuf: Any, memattr: int) -> None:
+        self.calls.append(f"memattr {memattr}")
+
+
+def _run_dmabuf_steps(device: _FakeRevokeDevice, steps: str) -> Any:
+    from vfio_scenario.run.ops import operations
+
+    class FakeDmabuf:
+        fd, size, handle = 99, 4096, "fake dmabuf"
+
+        def __init__(self) -> None:
+            self.device = device
+
+        def mmap(self, offset: int, size: int | None) -> Any:
+            device.calls.append("mmap")
+
+            class View:
+                handle = "view"
+
+                def close(self) -> None:
+                    pass
+            return View()
+
+    (case,) = cases_of("""
+        name: revoke
+        requires: {devices: 0}
+        matrix: {iommu_mode: [iommufd]}
+        steps:
+          - open_iommu: {}
+            as: iommu
+          - open_device: {iommu: iommu}
+            as: dev
+          - export_dmabuf: {device: dev}
+            as: regs
+    """ + textwrap.indent(textwrap.dedent(steps), "      "))
+    ops = operations()
+    ops["open_iommu"] = lambda rt, a, s: object()
+    ops["open_device"] = lambda rt, a, s: object()
+    ops["export_dmabuf"] = lambda rt, a, s: FakeDmabuf()
+    return run_case(case, [], ops)
+
+
+@pytest.mark.parametrize(("support", "method", "calls"), [
+    ("feature", "ioctl", ["probe revoke", "revoke feature"]),
+    ("ioctl", "auto", ["probe revoke", "revoke ioctl"]),
+    (None, "auto", ["probe revoke", "memory off", "memory on"]),  # on: the case's cleanup
+    (None, "memory-disable", ["memory off", "memory on"]),
+])
+def test_revoke_dmabuf_uses_the_uapi_the_kernel_has(support: str | None, method: str,
+                                                    calls: list[str]) -> None:
+    device = _FakeRevokeDevice(support, memattr=False)
+    result = _run_dmabuf_steps(device, f"- revoke_dmabuf: {{dmabuf: regs, method: {method}}}")
+    assert result.outcome is Outcome.PASS, result.message
+    assert device.calls == calls
+
+
+def test_revoke_ioctl_skips_naming_the_missing_revoke_uapi() -> None:
+    from vfio_scenario.uapi.capabilities import REVOKE_ABSENT
+
+    device = _FakeRevokeDevice(None, memattr=False)
+    result = _run_dmabuf_steps(device, "- revoke_dmabuf: {dmabuf: regs, method: ioctl}")
+    assert (result.outcome, result.message) == (Outcome.SKIP, REVOKE_ABSENT)
+    assert "mmap" not in REVOKE_ABSENT and device.calls == ["probe revoke"]
+
+
+@pytest.mark.parametrize(("offered", "outcome", "calls"), [
+    (True, Outcome.PASS, ["probe memattr", "memattr 1", "mmap"]),
+    (False, Outcome.SKIP, ["probe memattr"]),
+])
+def test_mmap_attrs_are_probed_and_set_before_mapping(offered: bool, outcome: Outcome,
+                                                      calls: list[str]) -> None:
+    from vfio_scenario.uapi.capabilities import MEMATTR_ABSENT
+
+    device = _FakeRevokeDevice(None, memattr=offered)
+    result = _run_dmabuf_steps(device, "- mmap_dmabuf: {dmabuf: regs, attrs: wc}")
+    assert result.outcome is outcome, result.message
+    assert device.calls == calls
+    if outcome is Outcome.SKIP:
+        assert result.message == MEMATTR_ABSENT
+
+
 NAMED_DRIVER = """
 - name: on-falcon
   requires: {driver: nv_falcon, iommu_modes: [iommufd]}
