@@ -266,6 +266,9 @@ class _FileCompiler:
             tags=list(header.tags), requires=header.requires, params=params,
             timeout=header.timeout, steps=steps, teardown=teardown,
             location=self.doc.location(path), names_devices=names_devices,
+            known_issues=[{**k.model_dump(), "source": str(loc)} for k, loc in
+                          zip(header.known_issues,
+                              self.doc.item_locations((*path, "known_issues")))],
         )
 
     def steps(self, path: tuple[Any, ...], key: str, raws: list[Any], context: dict[str, Any],

@@ -761,6 +761,23 @@ class Requires(Strict):
     devices: Int = Field(1, ge=0)
 
 
+class KnownIssue(Strict):
+    """One entry of a known-issues list (`--known-issues FILE`, vfio_scenario.known_issues):
+    the cases it covers, why they fail, and the kernels it applies to."""
+
+    case: Annotated[str, Field(min_length=1)]  # id pattern: `*` any text, `?` one character
+    reason: Annotated[str, Field(min_length=1)]
+    url: str | None = None
+    kernels: list[Annotated[str, Field(min_length=1)]] = []  # uname -r patterns; [] = any
+
+
+class ScenarioKnownIssue(KnownIssue):
+    """A scenario's own `known_issues:` entry; `case` is matched against the part of its
+    cases' ids after `::` (`map-unmap[iommu_mode=*]`) and defaults to all of them."""
+
+    case: Annotated[str, Field(min_length=1)] = "*"
+
+
 class ScenarioHeader(Strict):
     """A scenario with its steps still raw: they are checked one by one per case."""
 
@@ -773,6 +790,7 @@ class ScenarioHeader(Strict):
     timeout: Duration = 30.0
     steps: list[Any] = Field(min_length=1)
     teardown: list[Any] = []
+    known_issues: list[ScenarioKnownIssue] = []
 
 
 SCENARIO_KEYS = tuple(ScenarioHeader.model_fields)

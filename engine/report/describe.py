@@ -90,10 +90,27 @@ def ordered_properties(props: dict[str, str]) -> list[tuple[str, str]]:
 
 
 def counts_line(run: RunResult) -> str:
-    """`N passed, N failed, N skipped, N errors` (always all four)."""
-    n = run.counts()
-    return (f"{n[Outcome.PASS]} passed, {n[Outcome.FAIL]} failed, "
-            f"{n[Outcome.SKIP]} skipped, {n[Outcome.ERROR]} errors")
+    """`N passed, N failed, N skipped, N errors` (always all four), then `N xfail, N xpass`
+    when a known issue matched (the counts are then disjoint, as kselftest's totals)."""
+    n = run.status_counts()
+    line = f"{n['pass']} passed, {n['fail']} failed, {n['skip']} skipped, {n['error']} errors"
+    if n["xfail"] or n["xpass"]:
+        line += f", {n['xfail']} xfail, {n['xpass']} xpass"
+    return line
+
+
+def known_issue_text(case: CaseResult) -> str:
+    """`known issue: REASON (URL)` of a case that matched one ("" when none did); an xpass
+    adds that it passed, so the list gets cleaned."""
+    issue = case.known_issue
+    if issue is None:
+        return ""
+    text = f"known issue: {issue.get('reason', '')}"
+    if issue.get("url"):
+        text += f" ({issue['url']})"
+    if case.status == "xpass":
+        text += " - passed now (xpass): the entry can go"
+    return text
 
 
 def suite_of(case: CaseResult) -> str:
