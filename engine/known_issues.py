@@ -62,7 +62,7 @@ def load_file(path: str) -> list[dict[str, Any]]:
     """The entries of a known-issues file, each with its `source` (file:line:col).
 
     Raises ScenarioErrors (exit 2) with every problem, located."""
-    from pydantic import TypeAdapter, ValidationError
+    from pydantic import ValidationError
     from vfio_scenario.errors import Location
     from vfio_scenario.language.compile import _FileCompiler
     from vfio_scenario.language.loader import load_file as load_yaml
@@ -88,13 +88,17 @@ def load_file(path: str) -> list[dict[str, Any]]:
         raise ScenarioErrors([ScenarioError(doc.location(prefix),
                                             "a known-issues file holds a list of entries, each "
                                             "with `case` and `reason`")])
-    try:
-        entries = TypeAdapter(list[KnownIssue]).validate_python(data)
-    except ValidationError as exc:
-        problems = _FileCompiler.describe(exc, KnownIssue)
-        raise ScenarioErrors([
-            ScenarioError(doc.location((*prefix, *p), key=msg.startswith("unknown")), msg)
-            for p, msg in problems]) from None
+    entries: list[KnownIssue] = []
+    problems: list[ScenarioError] = []
+    for i, raw in enumerate(data):  # one by one, so that a message names the entry's keys
+        try:
+            entries.append(KnownIssue.model_validate(raw))
+        except ValidationError as exc:
+            problems += [ScenarioError(doc.location((*prefix, i, *p),
+                                                  key=msg.startswith("unknown")), msg)
+                       for p, msg in _FileCompiler.describe(exc, KnownIssue)]
+    if problems:
+        raise ScenarioErrors(problems)
     locations = doc.item_locations(prefix)
     return [{**e.model_dump(), "source": str(loc)} for e, loc in zip(entries, locations)]
 

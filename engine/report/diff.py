@@ -61,9 +61,14 @@ _CASE_FIELDS = {f.name for f in fields(CaseResult)}
 
 def case_splats(case: dict[str, Any]) -> list[str]:
     """The kernel splats the kernel watch recorded in a case (its `kernel_splats`, absent
-    in runs without the watch) that its scenario did not declare, as `kind: title`."""
-    return [f"{s.get('kind', 'splat')}: {s.get('title', '')}"
-            for s in case.get("kernel_splats") or [] if not s.get("allowed")]
+    in runs without the watch) that its scenario did not declare: each its title, headed
+    by its kind when the title does not start with it."""
+    out = []
+    for s in case.get("kernel_splats") or []:
+        if not s.get("allowed"):
+            kind, title = str(s.get("kind", "")), str(s.get("title", ""))
+            out.append(title if title.startswith(kind) else f"{kind}: {title}")
+    return out
 
 
 # A splat's title carries what differs from boot to boot (CPU, PID, addresses, offsets).
@@ -323,8 +328,8 @@ def classify(base: CaseResult | None, patched: CaseResult | None, base_splats: l
     known = {splat_key(s) for s in base_splats}
     new = [s for s in patched_splats if splat_key(s) not in known] if patched else []
     if new:
-        classes.insert(1 if classes[:1] == [REGRESSION] else 0, NEW_SPLAT)
-    return classes, new
+        classes.append(NEW_SPLAT)
+    return sorted(classes, key=CLASSES.index), new  # the failing classes first
 
 
 def compare(base: LoadedRun, patched: LoadedRun, factor: float = DEFAULT_FACTOR,

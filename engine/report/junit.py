@@ -22,8 +22,8 @@ import xml.etree.ElementTree as ET
 from junit_xml import TestCase, TestSuite
 from vfio_scenario.report.describe import (
     failure_message,
-    known_issue_text,
     group_by_suite,
+    known_issue_text,
     name_in_suite,
     ordered_properties,
     step_log,
