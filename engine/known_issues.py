@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from vfio_scenario.errors import ScenarioError, ScenarioErrors
 from vfio_scenario.results import CaseResult
-from vfio_scenario.select import normalize_case_id
+from vfio_scenario.select import normalize_case_id, parse_case_id
 
 if TYPE_CHECKING:
     from vfio_scenario.language.cases import Case
@@ -103,12 +103,20 @@ def load_file(path: str) -> list[dict[str, Any]]:
     return [{**e.model_dump(), "source": str(loc)} for e, loc in zip(entries, locations)]
 
 
+def _scenario_of(case_id: str) -> str:
+    """`file::scenario` of a case id (its matrix parameters left out)."""
+    file, name, _ = parse_case_id(case_id)
+    return f"{file}::{name}"
+
+
 @dataclass
 class KnownIssues:
     """The entries a run applies: the file's, and each selected case's scenario's."""
 
     file_entries: list[dict[str, Any]] = field(default_factory=list)
-    own: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # case id → entries
+    # `file::scenario` → that scenario's entries (ids can change when the host compiles the
+    # cases again for the real devices: the scenario stays)
+    own: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     unmatched: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
@@ -122,7 +130,7 @@ class KnownIssues:
         by_source: dict[str, tuple[dict[str, Any], bool]] = {}
         for c in cases:
             if c.known_issues:
-                known.own[c.id] = c.known_issues
+                known.own[_scenario_of(c.id)] = c.known_issues
             name = c.id.partition("::")[2] or c.id
             for e in c.known_issues:
                 hit = id_matches(e["case"], name)
@@ -141,7 +149,7 @@ class KnownIssues:
     def entry_for(self, case_id: str, release: str) -> dict[str, Any] | None:
         """The first entry covering the case on kernel `release` (its scenario's first)."""
         name = case_id.partition("::")[2] or case_id
-        for e in self.own.get(case_id, []):
+        for e in self.own.get(_scenario_of(case_id), []):
             if id_matches(e["case"], name) and kernel_matches(e, release):
                 return e
         for e in self.file_entries:

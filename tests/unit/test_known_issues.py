@@ -255,3 +255,15 @@ def test_outcome_survives_the_journal(tmp_path: Path) -> None:
     back = read_journal(tmp_path / "j.jsonl")
     assert [c.status for c in back.cases] == [c.status for c in run.cases]
     assert Outcome.FAIL in [c.outcome for c in back.cases]
+
+
+def test_a_scenarios_entries_follow_its_cases_compiled_again(tmp_path: Path) -> None:
+    """The host compiles the cases again for the real devices (the driver axis may then
+    hold other values): a scenario's entries still apply to its cases."""
+    scen = tmp_path / "s.yaml"
+    scen.write_text("name: one\nmatrix: {size: [1]}\nknown_issues:\n  - reason: all broken\n"
+                    "steps:\n  - sleep: {duration: 1ms}\n")
+    cases = compile_paths([str(scen)]).cases
+    known = KnownIssues.for_run(cases, None)
+    other = cases[0].id.replace("[size=1]", "[driver=edu,size=1]")
+    assert known.entry_for(other, "7.2")["reason"] == "all broken"  # type: ignore[index]
