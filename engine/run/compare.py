@@ -66,6 +66,9 @@ def run_compare(args: argparse.Namespace) -> int:
         raise UsageError("--baseline-kernel prints two runs and their comparison; KTAP on "
                          "stdout holds one run: use --format text and the report files")
     check_kernels(args.kernel, args.baseline_kernel)
+    from vfio_scenario.report.files import check_outputs
+
+    check_outputs({"--json": suffixed(args.json, "diff") if args.json else None})
     journals = {}
     statuses = {}
     for side, kernel in ((BASE, args.baseline_kernel), (PATCHED, args.kernel)):
