@@ -63,6 +63,13 @@ class Case:
     known_issues: list[dict[str, Any]] = field(default_factory=list)
 
     @property
+    def driver(self) -> str | None:
+        """The scenario driver the case runs on: its `driver` axis value or the driver it
+        requires by name (None without one)."""
+        name = self.params.get("driver", self.requires.driver)
+        return name if isinstance(name, str) and name != "any" else None
+
+    @property
     def iommu_mode(self) -> str | None:
         mode = self.params.get("iommu_mode")
         return mode if isinstance(mode, str) else None

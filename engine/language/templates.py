@@ -82,7 +82,9 @@ def render(value: str, context: dict[str, Any]) -> Any:
         single, compiled, names = _compiled(value)
         key: tuple[Any, ...] | None = None
         inputs = tuple(context.get(n, _RESULTS) for n in names)
-        if all(isinstance(v, _SCALAR_TYPES) for v in inputs):
+        # exact types: a device name (a str with its driver) must not share a result
+        # with the same BDF served by another driver
+        if all(type(v) in _SCALAR_TYPES for v in inputs):
             key = (value, inputs)
             if key in _RESULTS:
                 return _RESULTS[key]
@@ -94,7 +96,7 @@ def render(value: str, context: dict[str, Any]) -> Any:
     except SecurityError as exc:
         raise TemplateProblem(f"template refused by the sandbox: {exc}") from None
     except UndefinedError as exc:
-        raise TemplateProblem(f"undefined template variable: {exc.message}") from None
+        raise TemplateProblem(_undefined_message(exc.message or "")) from None
     except TemplateError as exc:
         raise TemplateProblem(f"template error: {exc}") from None
     except TypeError as exc:
@@ -107,6 +109,27 @@ def render(value: str, context: dict[str, Any]) -> Any:
     except (ArithmeticError, ValueError, LookupError, AttributeError) as exc:
         raise TemplateProblem(f"template failed: {type(exc).__name__}: {exc}") from None
     return result
+
+
+_NO_ATTRIBUTE = re.compile(r"^'(?P<obj>[\w.]+) object' has no attribute '(?P<attr>\w+)'$")
+
+
+def _undefined_message(message: str) -> str:
+    """The user's words for an undefined name or attribute (a driver's, a device's)."""
+    from vfio_scenario.language.devices import DRIVER_ATTRIBUTES
+
+    m = _NO_ATTRIBUTE.match(message)
+    if m and m.group("obj").endswith("DriverFacts"):
+        return (f"a driver has no attribute `{m.group('attr')}` "
+                f"(it has {', '.join(DRIVER_ATTRIBUTES)})")
+    if m and m.group("obj").endswith("DeviceName"):
+        return f"a device has no attribute `{m.group('attr')}` (it has `driver`)"
+    if message == "'None' has no attribute 'name'" or message.startswith("'None' has no attr"):
+        return f"undefined template variable: {message} (a device without a scenario driver)"
+    if message == "'driver' is undefined":
+        return ("undefined template variable: 'driver' is undefined (only a scenario that "
+                "requires a driver has one: `requires: {driver: any}` or a driver's name)")
+    return f"undefined template variable: {message}"
 
 
 def render_tree(value: Any, context: dict[str, Any], path: tuple[Any, ...],
