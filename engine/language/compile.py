@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import gc
 import itertools
+import math
 import os
 import re
 from typing import Any
@@ -38,8 +39,10 @@ from vfio_scenario.language.templates import (
     template_names,
     template_paths,
 )
+from vfio_scenario.language.units import show
 
 RESERVED_AXES = ("iommu_mode",)
+MAX_CASES = 10_000  # cases of one scenario's matrix (the library has a few hundred in all)
 # Operations whose presence makes a scenario depend on the IOMMU mode.
 _IOMMU_OPS = ("open_iommu", "open_device", "open_cdev", "bind_iommufd")
 _COMMON_MEMO: dict[str, StepCommon] = {}  # StepCommon is frozen, so sharing is safe
@@ -215,6 +218,9 @@ class _FileCompiler:
         if not ok:
             return None
         names = list(axes)
+        if math.prod(len(v) for v in axes.values()) > MAX_CASES:
+            self.error((*path, "matrix"), f"matrix expands to more than {MAX_CASES:,} cases")
+            return None
         combos = [dict(zip(names, values)) for values in itertools.product(*axes.values())]
         for entry in include:
             matched = False
@@ -523,9 +529,9 @@ def _message(err: Any, loc: tuple[Any, ...], model: type[BaseModel]) -> str:
     where = f"`{field_name}`: " if field_name else ""
     if kind in ("literal_error", "enum"):
         allowed = re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", "")))
-        return f"{where}{msg}, got {got!r}{suggest(got, allowed)}"
+        return f"{where}{msg}, got {show(got)}{suggest(got, allowed)}"
     if kind.endswith(("_type", "_parsing")):
-        return f"{where}{msg}, got {_kind(got)} {got!r}"
+        return f"{where}{msg}, got {_kind(got)} {show(got)}"
     return f"{where}{msg}"
 
 
