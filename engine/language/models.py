@@ -24,8 +24,8 @@ from pydantic import (
     GetJsonSchemaHandler,
     model_validator,
 )
-from vfio_scenario.errors import ERRNO_NUMBERS, SIGNALS, canonical_errno_name
 from pydantic_core import core_schema
+from vfio_scenario.errors import ERRNO_NUMBERS, SIGNALS, canonical_errno_name
 from vfio_scenario.language.units import C_TYPES, fits, parse_duration, parse_int, parse_size
 
 IommuMode = Literal[
