@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -351,12 +352,15 @@ def find_scenario_files(paths: list[str]) -> tuple[list[str], list[ScenarioError
     found: list[str] = []
     errors: list[ScenarioError] = []
     for p in paths:
-        if os.path.isdir(p):
+        try:
+            is_dir = stat.S_ISDIR(os.stat(p).st_mode)
+        except OSError as exc:  # absent, or a symlink loop (ELOOP)
+            errors.append(ScenarioError(Location(p), (exc.strerror or str(exc)).lower()))
+            continue
+        if is_dir:
             found.extend(sorted(_walk(p)))
-        elif os.path.exists(p):
-            found.append(p)
         else:
-            errors.append(ScenarioError(Location(p), "no such file or directory"))
+            found.append(p)
     seen: set[str] = set()
     unique = []
     for f in found:

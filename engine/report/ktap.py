@@ -34,7 +34,13 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from vfio_scenario import __version__
-from vfio_scenario.report.describe import failure_message, name_in_suite, suite_of, tail
+from vfio_scenario.report.describe import (
+    failure_message,
+    name_in_suite,
+    split_case_id,
+    suite_of,
+    tail,
+)
 from vfio_scenario.report.junit import xml_safe
 from vfio_scenario.results import CaseResult, Outcome, RunResult
 
@@ -98,7 +104,7 @@ class KtapStream:
         self.planned = planned
         self._groups: dict[str, list[str]] = {}  # file -> planned case names, in order
         for case_id in planned or ():
-            head, _, name = case_id.partition("::")
+            head, name = split_case_id(case_id) or (case_id, "")
             self._groups.setdefault(head, []).append(name)
         self._names = {f: set(names) for f, names in self._groups.items()}
         self._results: dict[str, dict[str, CaseResult]] = {}  # file -> name -> result
