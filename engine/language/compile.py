@@ -453,14 +453,20 @@ class _FileCompiler:
     @staticmethod
     def describe(exc: ValidationError, model: type[BaseModel]) -> list[tuple[tuple[Any, ...], str]]:
         out: list[tuple[tuple[Any, ...], str]] = []
-        seen_locs: set[tuple[Any, ...]] = set()
+        seen_locs: dict[tuple[Any, ...], tuple[int, str]] = {}  # → (index in out, type)
         for err in exc.errors(include_url=False):
             loc = tuple(err["loc"])
-            # union branches report one error each; keep the first per location
+            # union branches report one error each; keep the first per location, unless a
+            # later branch took the value's type and said why it is wrong (an integer out
+            # of its C type in `region: bar0 | <u32>`), which beats "should be 'bar0'…"
             clean = tuple(p for p in loc if not _is_branch_label(p))
             if clean in seen_locs and err["type"] not in ("missing", "extra_forbidden"):
+                index, kind = seen_locs[clean]
+                if kind == "literal_error" and err["type"] == "value_error":
+                    out[index] = (clean, _message(err, clean, model))
+                    seen_locs[clean] = (index, "value_error")
                 continue
-            seen_locs.add(clean)
+            seen_locs[clean] = (len(out), err["type"])
             out.append((clean, _message(err, clean, model)))
         return out
 

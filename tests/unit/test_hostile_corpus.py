@@ -109,3 +109,85 @@ def test_a_scenario_folder_reached_through_a_symlink_loop(tmp_path: Path) -> Non
     proc = _validate(deep, cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.splitlines()[0] == f"{deep}: too many levels of symbolic links"
+
+
+# --- every integer argument against its C type, after templates render ----------------
+
+BASE = """\
+requires: {devices: DEVICES}
+steps:
+  - open_iommu: {}
+    as: i
+  - open_device: {iommu: i}
+    as: d
+  - alloc_buffer: {size: 4KiB}
+    as: b
+  - irq_enable: {device: d, type: msix}
+    as: q
+  - open_cdev: {}
+    as: c
+  - STEP
+"""
+
+# (C type, the step with `{{ X }}` where the value goes, the argument's name)
+TYPED = [
+    ("u64", "map_dma: {iommu: i, buffer: b, iova: '{{ X }}'}", "iova"),
+    ("u64", "unmap_dma: {iommu: i, iova: '{{ X }}', size: 4KiB}", "iova"),
+    ("u64", "memcpy_start: {device: d, src: '{{ X }}', dst: 0, size: 8}", "src"),
+    ("u64", "memcpy_storm: {device: d, src: 0, dst: '{{ X }}', size: 8, iterations: 1}", "dst"),
+    ("u64", "fill: {buffer: b, pattern: random, seed: '{{ X }}'}", "seed"),
+    ("u64", "bar_read: {device: d, offset: '{{ X }}'}", "offset"),
+    ("u64", "expect_irq: {irq: q, count: '{{ X }}'}", "count"),
+    ("u64", "alloc_buffer: {size: '{{ X }}'}", "size"),
+    ("u64", "bar_mmap: {device: d, offset: '{{ X }}'}", "offset"),
+    ("u32", "irq_enable: {device: d, type: msi, start: '{{ X }}'}", "start"),
+    ("u32", "irq_trigger: {irq: q, vector: '{{ X }}'}", "vector"),
+    ("u32", "region_info: {device: d, region: '{{ X }}'}", "region"),
+    ("u32", "attach: {device: d, ioas: '{{ X }}'}", "ioas"),
+    ("u32", "device_info: {device: d, num_regions: '{{ X }}'}", "num_regions"),
+    ("u32", "device_info: {device: d, num_irqs: '{{ X }}'}", "num_irqs"),
+    ("u16", "enable_sriov: {device: d, num_vfs: '{{ X }}'}", "num_vfs"),
+    ("u16", "open_device: {iommu: i, pf: d, vf: '{{ X }}'}", "vf"),
+    ("s32", "bind_iommufd: {cdev: c, iommufd_fd: '{{ X }}'}", "iommufd_fd"),
+]
+BOUNDS = {"u64": (0, 2**64 - 1), "u32": (0, 2**32 - 1), "u16": (0, 2**16 - 1),
+          "s32": (-(2**31), 2**31 - 1)}
+
+
+def _errors(text: str) -> list[str]:
+    from vfio_scenario.language.compile import compile_documents
+    from vfio_scenario.language.loader import load_text
+
+    doc, errors = load_text(text, "t.yaml")
+    assert errors == []
+    return [e.message for e in compile_documents([doc]).errors]
+
+
+@pytest.mark.parametrize(("ctype", "step", "arg"), TYPED, ids=[f"{s.split(':')[0]}.{a}"
+                                                                for _, s, a in TYPED])
+def test_each_integer_argument_is_checked_for_its_c_type(ctype: str, step: str, arg: str) -> None:
+    low, high = BOUNDS[ctype]
+    text = BASE.replace("DEVICES", "1")
+    assert _errors(text.replace("STEP", step.replace("X", str(high)))) == []
+    span = f"0 to {high:#x}" if low == 0 else f"{low} to {high}"
+    shown = f"{high + 1:#x}" if high + 1 > 0xffff else str(high + 1)
+    assert _errors(text.replace("STEP", step.replace("X", str(high + 1)))) == [
+        f"`{arg}`: {shown} does not fit in {ctype} ({span})"]
+    # below the type: this message, or the argument's own narrower minimum's
+    (below,) = _errors(text.replace("STEP", step.replace("X", str(low - 1))))
+    assert below.startswith(f"`{arg}`: "), below
+
+
+def test_requires_devices_is_a_u32() -> None:
+    text = BASE.replace("STEP", "assert_not_tainted: {}")
+    assert _errors(text.replace("DEVICES", str(2**32))) == [
+        "`devices`: 0x100000000 does not fit in u32 (0 to 0xffffffff)"]
+
+
+@pytest.mark.parametrize("duration", ["86401", "86400.5s", "1441m", "24.01h", "{{ 86400 + 1 }}"])
+def test_durations_are_at_most_a_day(duration: str) -> None:
+    text = BASE.replace("DEVICES", "1").replace("STEP", f"sleep: {{duration: '{duration}'}}")
+    (message,) = _errors(text)
+    assert message.startswith("`duration`: duration ")
+    assert message.endswith(" is longer than the maximum of 24h (86400 s)")
+    assert _errors(text.replace(duration, "24h")) == []
