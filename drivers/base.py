@@ -136,7 +136,9 @@ class Driver:
         """Bring the device to a state where memcpy and send_msi work."""
 
     def remove(self) -> None:
-        """Leave the device as init found it."""
+        """Undo init.  Our drivers leave the device as init found it, except nv_falcon,
+        which leaves it as the kernel's C driver (v10) does: Falcon disabled, bus
+        mastering off."""
 
     def memcpy_start(self, src: int, dst: int, size: int, count: int = 1) -> None:
         raise self.unsupported("memcpy_start")

@@ -16,8 +16,22 @@ ETIMEDOUT, after aborting what WQ 0 still holds (the selftest waits forever inst
 memmove that requests a completion interrupt on MSI-X vector 1 (vector 0 is the
 device's own error/command interrupt).
 
-Limits, as the selftest derives them at init: size up to 1 << GENCAP.max_xfer_shift,
-count up to min(WQ size, 32) batches × min(1 << GENCAP.max_batch_shift, 1024) copies.
+Limits: size up to 1 << GENCAP.max_xfer_shift, count up to min(WQ size, 32) batches ×
+min(1 << GENCAP.max_batch_shift, 1024) copies.
+
+Differences from the C driver (7.2's dsa.c), each kept on purpose (docs/drivers.md):
+init ORs memory/bus master/INTx-disable into PCI_COMMAND where C overwrites it, and
+remove restores it; MSI-X vectors 0..1 are enabled (C: vector 1 alone) because our
+IrqControl counts eventfds from vector 0, and only when the step asks for interrupts;
+the batch count is bounded by the WQ's size, where C's 1 << (WQ size + 5) shifts by a
+count (a 4-entry WQ would be handed 32 batches); a SWERR is EIO naming it and is
+acknowledged (VALID|OVERFLOW written back, as the kernel's idxd driver does) where C
+aborts the test; every wait is bounded (C polls forever) and a copy that never completes
+is ETIMEDOUT after an ABORT_WQ (a command the DSA specification and registers.h define,
+C never sends); completion status is compared under its 0x7f mask (bit 7 is the fault's
+read/write flag); a batch writes only the copy descriptors it hands the device (C fills
+all 1024 identically); a start while one is pending (EBUSY) or a wait without a start
+(EINVAL) is refused where C's library asserts.
 """
 
 from __future__ import annotations
@@ -209,6 +223,9 @@ class DsaDriver(Driver):
         self.device.bar_write(0, grpcfg, 8, 1)  # wqs[0]: WQ 0
         self.device.bar_write(0, grpcfg + GRPCFG_ENGINES, 8, 1)  # engine 0
         self.max_copies_per_batch = min(1 << max_batch_shift, MAX_COPIES)
+        # differs from C's min(1U << (total_wq_size + IDXD_WQCFG_MIN), 32), which shifts
+        # by the WQ's size: a dedicated WQ holds wq_size descriptors, so at most that many
+        # batches can be queued at once
         max_batches = min(wq_size, MAX_BATCHES)
         self.max_memcpy_size = 1 << max_xfer_shift
         self.max_memcpy_count = max_batches * self.max_copies_per_batch
@@ -229,6 +246,8 @@ class DsaDriver(Driver):
         self._command("init", CMD_ENABLE_DEVICE)
         self._command("init", CMD_ENABLE_WQ, 0)
         if msi_vector is not None and isinstance(self.device, IrqControl):
+            # differs from C's vfio_pci_msix_enable(device, 1, 1): eventfds are counted
+            # from vector 0 here, so vectors 0..1 are enabled and vector 1 is waited on
             self._irq = self.device.enable_irq("msix", MSIX_VECTOR + 1, 0)
         self.msi_vector = MSIX_VECTOR if msi_vector is not None else None
 
@@ -312,6 +331,7 @@ class DsaDriver(Driver):
         except DriverError as e:
             if e.errno == errno.ETIMEDOUT:
                 # abort what WQ 0 still holds, so no late completion lands on the next memcpy
+                # (differs from C, which waits forever and never sends ABORT_WQ)
                 self._command(op, CMD_ABORT_WQ, 1)
             raise
         status, _, _, _, completed, fault_addr = COMPLETION.unpack_from(region.mem, offset)

@@ -10,6 +10,15 @@ the two config-space error registers, after which the channel is reset.  send_ms
 
 Limits as the selftest declares them: size up to 1 << XFERCAP (read at init), count up to
 65535 (DMACOUNT is 16 bits).
+
+Differences from the C driver (7.2's ioat.c), each kept on purpose (docs/drivers.md):
+init ORs memory/bus master/INTx-disable into PCI_COMMAND where C overwrites it, and
+remove restores it and INTRCTRL (our drivers leave the device as found); MSI-X is
+enabled only when the step asks for interrupts (`irq: none`); XFERCAP 0 (32 GB) gives
+0xFFFFFFFF, not C's 1 << 0; error clearing writes DMAUNCERRSTS back to DMAUNCERRSTS (C
+writes it to CHANERR_INT); every wait is bounded (C polls forever), and a channel that
+does not finish is reset and ETIMEDOUT; a start while one is pending (EBUSY) or a wait
+without a start (EINVAL) is refused where C's library asserts.
 """
 
 from __future__ import annotations
@@ -130,7 +139,10 @@ class IoatDriver(Driver):
 
     def _clear_errors(self) -> None:
         chanerr, chanerr_int, uncerr = self._errors()
-        # the config registers are write-one-to-clear; each takes its own value back
+        # the config registers are write-one-to-clear; each takes its own value back.
+        # Differs from the C driver, which writes DMAUNCERRSTS's value to CHANERR_INT
+        # (a typo: DMAUNCERRSTS is never cleared); the kernel's ioat driver (dma.c)
+        # clears DMAUNCERRSTS in place, as we do.
         self.device.config_write(CHANERR_INT, 4, chanerr_int)
         self.device.config_write(DMAUNCERRSTS, 4, uncerr)
         self.device.bar_write(0, CHANERR, 4, chanerr)
@@ -156,6 +168,8 @@ class IoatDriver(Driver):
         command = self.device.config_read(PCI_COMMAND, 2)
         intrctrl = self.device.bar_read(0, INTRCTRL, 1)
         self._saved = (command, intrctrl)
+        # differs from C (which writes exactly these three bits): OR them in, so remove
+        # can put the register back as found
         self.device.config_write(PCI_COMMAND, 2, command | PCI_COMMAND_MEMORY
                                  | PCI_COMMAND_MASTER | PCI_COMMAND_INTX_DISABLE)
         self._reset("init")
@@ -165,7 +179,8 @@ class IoatDriver(Driver):
             self._irq = self.device.enable_irq("msix", count, 0)
         self.msi_vector = 0 if msi_vector is not None else None
         xfercap = self.device.bar_read(0, XFERCAP, 1)
-        # XFERCAP 0 means 32 GB, beyond what the descriptor's 32-bit size field can ask
+        # XFERCAP 0 means 32 GB, beyond what the descriptor's 32-bit size field can ask.
+        # Differs from C, whose 1UL << XFERCAP makes it 1 byte
         self.max_memcpy_size = 1 << xfercap if xfercap else 0xFFFFFFFF
 
     def remove(self) -> None:
@@ -185,6 +200,7 @@ class IoatDriver(Driver):
     def _start(self, src: int, dst: int, size: int, count: int, interrupt: bool) -> None:
         region = self._region("memcpy_start")
         if self._busy:
+            # C's library asserts here (memcpy_in_progress); without an abort we refuse
             raise self._error(errno.EBUSY, "memcpy_start", "previous memcpy not waited for")
         desc_iova = region.iova + DESC_OFFSET
         region.mem[DESC_OFFSET:DESC_OFFSET + DESC_SIZE] = bytes(DESC_SIZE)
@@ -218,6 +234,7 @@ class IoatDriver(Driver):
                                   f"({chanerr_names(chanerr)}), CHANERR_INT 0x{chanerr_int:x}, "
                                   f"DMAUNCERRSTS 0x{uncerr:x}")
             if time.monotonic() > deadline:
+                # differs from C, which polls forever: a step must end
                 self._reset("memcpy_wait")
                 raise self._error(errno.ETIMEDOUT, "memcpy_wait",
                                   f"channel still {STATUS_NAMES.get(status, status)} "

@@ -14,6 +14,12 @@ address; a refused destination write is dropped (posted) and only recorded; a co
 record the IOMMU refuses, or a descriptor sent to a disabled WQ, is a SWERR with the
 model's codes below.
 
+Commands the description defines but this model does not implement (DRAIN_ALL,
+ABORT_ALL, DISABLE_WQ, DRAIN_WQ, RESET_WQ, DRAIN_PASID, ABORT_PASID, REQUEST_INT_HANDLE,
+...), command codes it does not define, and descriptors whose opcode WQCFG allows but the
+model does not run, raise `UndefinedCommand` rather than being answered with a guess.  An
+opcode WQCFG does not allow completes with BAD_OPCODE, as the specification says.
+
 Failure knobs: `hang` (queued work never runs), `inject_status` (the next descriptor
 completes with that status), `command_stuck` (CMDSTS stays active).
 """
@@ -25,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tests.models.iommu import IommuFault
-from tests.models.pci import Bar, ModelDevice, UnmodelledAccess, Window
+from tests.models.pci import Bar, ModelDevice, UndefinedCommand, UnmodelledAccess, Window
 
 INTEL = 0x8086
 DSA_SPR0 = 0x0B25
@@ -189,7 +195,8 @@ class DsaModel(ModelDevice):
             self.queue.clear()  # dropped: no completion records
             self.aborts += 1
             return 0
-        return ERR_INVAL_CMD
+        raise UndefinedCommand(f"dsa model: command {cmd} operand 0x{operand:x} (modelled: "
+                               "ENABLE_DEVICE, DISABLE_DEVICE, RESET_DEVICE, ENABLE_WQ, ABORT_WQ)")
 
     def _cmdsts(self) -> int:
         self._tick()
@@ -257,9 +264,11 @@ class DsaModel(ModelDevice):
             status, self.inject_status = self.inject_status, 0
             self._complete(desc, status, 0)
             return status
-        if not self._op_allowed(desc.opcode) or desc.opcode not in (OP_MEMMOVE, OP_BATCH):
+        if not self._op_allowed(desc.opcode):
             self._complete(desc, BAD_OPCODE, 0)
             return BAD_OPCODE
+        if desc.opcode not in (OP_MEMMOVE, OP_BATCH):
+            raise UndefinedCommand(f"dsa model: opcode {desc.opcode} (modelled: MEMMOVE, BATCH)")
         if desc.opcode == OP_BATCH:
             return self._batch(desc)
         status, fault = self._memmove(desc)

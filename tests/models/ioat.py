@@ -8,6 +8,12 @@ The work happens when the driver next reads CHANSTS after `latency` reads, so a 
 that does not wait sees ACTIVE.  A descriptor with int_en raises MSI-X vector 0 when
 INTRCTRL enables MSI-X vector control and CHANCTRL is re-armed.
 
+Commands and values the description (registers.h, hw.h) does not define, or defines but
+this model does not implement, raise `UndefinedCommand` instead of being guessed at:
+CHANCMD other than RESET or SUSPEND alone, CHANCTRL bits other than INT_REARM and
+ANY_ERR_ABORT_EN, INTRCTRL other than 0 or MSIX_VECTOR_CONTROL, a descriptor whose
+operation is not COPY or whose control sets bits other than int_en.
+
 Failure knobs: `hang` (the channel stays ACTIVE), `inject_chanerr` (the next descriptor
 fails with those CHANERR bits), `reset_stuck` (CHANCMD.RESET never clears).  An IOMMU
 fault on a descriptor or source read halts the channel with CHANERR; a faulting
@@ -19,7 +25,7 @@ from __future__ import annotations
 import struct
 
 from tests.models.iommu import IommuFault
-from tests.models.pci import Bar, ModelDevice, Register
+from tests.models.pci import Bar, ModelDevice, Register, UndefinedCommand
 
 INTEL = 0x8086
 IOAT_SKX = 0x2021
@@ -48,7 +54,6 @@ CMD_SUSPEND = 0x04
 ACTIVE, DONE, SUSPENDED, HALTED = 0, 1, 2, 3
 ERR_NEXT_ADDR = 0x0004
 ERR_READ_DATA = 0x0100
-ERR_CONTROL = 0x0400
 ERR_LENGTH = 0x0800
 OP_COPY = 0x00
 DESC = struct.Struct("<IIQQQ")  # size, ctl, src, dst, next (then 24 unused bytes)
@@ -78,9 +83,9 @@ class IoatModel(ModelDevice):
         bar = Bar(0x4000)
         bar.reg(CHANCNT, 1, 1, on_write=self._read_only)
         bar.reg(XFERCAP, 1, xfercap, on_write=self._read_only)
-        bar.reg(INTRCTRL, 1)
+        bar.reg(INTRCTRL, 1, on_write=self._intrctrl_write)
         bar.reg(VER, 1, version, on_write=self._read_only)
-        bar.reg(CHANCTRL, 2)
+        bar.reg(CHANCTRL, 2, on_write=self._chanctrl_write)
         bar.reg(CHANCMD, 1, on_read=self._chancmd_read, on_write=self._chancmd_write)
         bar.reg(DMACOUNT, 2, on_write=self._dmacount_write)
         bar.reg(CHANSTS, 8, on_read=self._chansts_read, on_write=self._read_only)
@@ -105,7 +110,24 @@ class IoatModel(ModelDevice):
             return CMD_RESET
         return 0
 
+    def _intrctrl_write(self, value: int) -> None:
+        if value not in (0, INTRCTRL_MSIX_VECTOR_CONTROL):
+            raise UndefinedCommand(f"ioat model: INTRCTRL 0x{value:x} (modelled: 0, "
+                                   "MSIX_VECTOR_CONTROL)")
+        self.bars[0].regs[INTRCTRL].value = value
+
+    def _chanctrl_write(self, value: int) -> None:
+        if value & ~(CHANCTRL_INT_REARM | CHANCTRL_ANY_ERR_ABORT_EN):
+            raise UndefinedCommand(f"ioat model: CHANCTRL 0x{value:x} (modelled: INT_REARM, "
+                                   "ANY_ERR_ABORT_EN)")
+        self.bars[0].regs[CHANCTRL].value = value
+
     def _chancmd_write(self, value: int) -> None:
+        if value not in (CMD_RESET, CMD_SUSPEND):
+            # RESUME, ABORT, APPEND, START are defined but not modelled; 0x40/0x80 are not
+            # defined at all
+            raise UndefinedCommand(f"ioat model: CHANCMD 0x{value:x} (modelled: RESET 0x20, "
+                                   "SUSPEND 0x04, one at a time)")
         if value & CMD_RESET:
             self.status = HALTED
             self.completed = self.target = 0
@@ -168,8 +190,9 @@ class IoatModel(ModelDevice):
         if self.inject_chanerr:
             error, self.inject_chanerr = self.inject_chanerr, 0
             return error
-        if ctl >> 24 != OP_COPY:
-            return ERR_CONTROL
+        if ctl >> 24 != OP_COPY or ctl & 0x00FFFFFE:
+            raise UndefinedCommand(f"ioat model: descriptor control 0x{ctl:08x} at IOVA "
+                                   f"0x{iova:x} (modelled: COPY, int_en)")
         if size > 1 << self.bars[0].regs[XFERCAP].value:
             return ERR_LENGTH
         try:

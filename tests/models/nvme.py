@@ -8,6 +8,10 @@ Features, Create I/O CQ/SQ; NVM Write and Read of one namespace held in memory. 
 pointers are PRPs (with PRP lists) or SGLs (data blocks, last segment).  Each
 completion is posted with the phase tag and raises MSI-X vector IV of its CQ.
 
+Admin or NVM opcodes other than the ones above raise `UndefinedCommand`: the model does
+not guess how a controller answers a command it does not implement (a real one may
+support it, or answer Invalid Command Opcode).
+
 Failure knobs: `hang` (commands are taken but never completed), `reset()` (an FLR: every
 register and queue back to the power-on state).  A DMA that touches an unmapped IOVA
 completes the command with Data Transfer Error (SCT 0, SC 4), as the spec asks of a
@@ -22,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tests.models.iommu import IommuFault
-from tests.models.pci import Bar, ModelDevice
+from tests.models.pci import Bar, ModelDevice, UndefinedCommand
 
 QEMU_VENDOR = 0x1B36
 QEMU_NVME = 0x0010
@@ -37,7 +41,6 @@ CQE = struct.Struct("<IIHHHH")
 SGL_DESC = struct.Struct("<QI3xB")
 
 SC_SUCCESS = 0x00
-SC_INVALID_OPCODE = 0x01
 SC_INVALID_FIELD = 0x02
 SC_DATA_TRANSFER_ERROR = 0x04
 SC_INVALID_NAMESPACE = 0x0B
@@ -287,7 +290,8 @@ class NvmeModel(ModelDevice):
                 raise CommandFailed(SC_INVALID_FIELD)
             self.sqs[qid] = Queue(qid, cmd[5], size, cqid=cdw11 >> 16)
             return 0
-        raise CommandFailed(SC_INVALID_OPCODE)
+        raise UndefinedCommand(f"nvme model: admin opcode {opcode:#04x} (modelled: Identify, "
+                               "Get Features, Create I/O CQ/SQ)")
 
     @staticmethod
     def _invalid() -> int:
@@ -308,5 +312,6 @@ class NvmeModel(ModelDevice):
         elif opcode == 0x02:
             self._to_host(cmd, ns.read(lba, count))
         else:
-            raise CommandFailed(SC_INVALID_OPCODE)
+            raise UndefinedCommand(f"nvme model: NVM opcode {opcode:#04x} (modelled: Write, "
+                                   "Read)")
         return 0

@@ -30,6 +30,12 @@ class UnmodelledAccess(AssertionError):
     """The driver touched something the model does not have (or with the wrong width)."""
 
 
+class UndefinedCommand(UnmodelledAccess):
+    """The driver sent a command, subcommand or register value that the hardware
+    description the model is written from does not define.  The model refuses it rather
+    than guess what the hardware would do; a driver that sends one is a test failure."""
+
+
 Reader = Callable[[], int]
 Writer = Callable[[int], None]
 

@@ -7,7 +7,7 @@ import os
 
 import pytest
 from vfio_scenario.drivers.base import DmaRegion, DriverError
-from vfio_scenario.drivers.dsa import COPY_COMPLETION, MSI_SRC, DsaDriver
+from vfio_scenario.drivers.dsa import COPY_COMPLETION, COPY_OFFSET, MSI_SRC, DsaDriver
 
 from tests.models.dsa import BATCH_FAIL, XFER_ERANGE, DsaModel
 from tests.models.pci import ModelDevice
@@ -59,6 +59,7 @@ def test_init_configures_wq0_and_derives_limits(ready: tuple[DsaModel, DsaDriver
 
 
 def test_small_wq_limits_the_batch_count() -> None:
+    """Differs from the C driver: its 1 << (WQ size + 5) would allow 32 batches here."""
     model = DsaModel(wq_size=4, max_batch_shift=3)
     drv, _, _ = setup(model)
     drv.init()
@@ -227,3 +228,42 @@ def test_device_access_without_64_byte_stores_is_refused() -> None:
     # errno.errorcode names 95 ENOTSUP; EOPNOTSUPP is the same number on Linux
     assert exc.value.errno == errno.EOPNOTSUPP
     assert "MOVDIR64B" in str(exc.value)
+
+
+def test_completion_status_is_read_under_its_0x7f_mask(
+        ready: tuple[DsaModel, DsaDriver, bytearray]) -> None:
+    """Bit 7 of the status is the fault's read/write flag (idxd.h): 0x83 is a page fault
+    on a write, named as PAGE_FAULT_NOBOF."""
+    model, drv, _ = ready
+    model.inject_status = 0x83
+    drv.memcpy_start(BUF_IOVA, BUF_IOVA + 0x1000, 64)
+    with pytest.raises(DriverError, match=r"0x83 \(PAGE_FAULT_NOBOF\)"):
+        drv.memcpy_wait()
+
+
+def test_wait_without_start_and_start_while_busy(
+        ready: tuple[DsaModel, DsaDriver, bytearray]) -> None:
+    """C's library asserts in both places (memcpy_in_progress); we refuse the step."""
+    _, drv, _ = ready
+    with pytest.raises(DriverError) as exc:
+        drv.memcpy_wait()
+    assert exc.value.errno_name == "EINVAL"
+    drv.memcpy_start(BUF_IOVA, BUF_IOVA + 0x1000, 8)
+    with pytest.raises(DriverError) as busy:
+        drv.memcpy_start(BUF_IOVA, BUF_IOVA + 0x1000, 8)
+    assert busy.value.errno_name == "EBUSY"
+    with pytest.raises(DriverError) as msi:
+        drv.send_msi()
+    assert msi.value.errno_name == "EBUSY"
+
+
+def test_a_batch_writes_only_the_copy_descriptors_it_hands_the_device(
+        ready: tuple[DsaModel, DsaDriver, bytearray]) -> None:
+    """C fills all 1024 copy descriptors alike; the device reads only the first n."""
+    _, drv, _ = ready
+    assert drv.region is not None
+    drv.memcpy_start(BUF_IOVA, BUF_IOVA + 0x1000, 64, count=4)
+    drv.memcpy_wait()
+    mem = drv.region.mem
+    assert all(mem[COPY_OFFSET + i * 64 + 7] == 3 for i in range(4))  # MEMMOVE opcode
+    assert not any(mem[COPY_OFFSET + 4 * 64:COPY_OFFSET + 1024 * 64])

@@ -198,3 +198,21 @@ def test_init_needs_a_dma_region(model: IoatModel) -> None:
         IoatDriver(model).init()
     assert exc.value.errno_name == "EINVAL"
     assert model.config_read(PCI_COMMAND, 2) == 0
+
+
+def test_xfercap_0_is_32_gb_capped_by_the_descriptor_size_field() -> None:
+    """Differs from the C driver, whose 1 << XFERCAP makes XFERCAP 0 (32 GB) a 1-byte limit."""
+    model = IoatModel(xfercap=0)
+    drv, _, _ = setup(model)
+    drv.init()
+    assert drv.max_memcpy_size == 0xFFFFFFFF
+
+
+def test_reset_clears_dmauncerrsts_itself(model: IoatModel) -> None:
+    """Differs from the C driver, which writes DMAUNCERRSTS's bits to CHANERR_INT (0x180)
+    and so never clears DMAUNCERRSTS (0x148); the kernel's ioat driver clears it in place."""
+    model.set_config(0x148, 4, 0x10)
+    model.set_config(CHANERR_INT, 4, 0x100)
+    drv, _, _ = setup(model)
+    drv.init()
+    assert model.config_read(0x148, 4) == 0 and model.config_read(CHANERR_INT, 4) == 0

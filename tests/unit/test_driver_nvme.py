@@ -19,7 +19,7 @@ from vfio_scenario.drivers.nvme import (
 )
 
 from tests.models.nvme import SC_DATA_TRANSFER_ERROR, NvmeModel
-from tests.models.pci import PCI_COMMAND
+from tests.models.pci import PCI_COMMAND, UndefinedCommand
 
 REGION_IOVA = 0x10_0000
 BUF_IOVA = 0x40_0000
@@ -273,3 +273,12 @@ def test_init_restores_the_command_register_when_enable_fails(model: NvmeModel) 
         drv.init()
     assert e.value.errno == errno.ETIMEDOUT
     assert model.config_read(PCI_COMMAND, 2) == before
+
+
+@pytest.mark.parametrize("opcode", [0x00, 0x04, 0x09, 0x0C, 0x7F])
+def test_the_model_refuses_admin_opcodes_it_does_not_implement(
+        ready: tuple[NvmeModel, NvmeDriver, bytearray], opcode: int) -> None:
+    """The model does not guess a controller's answer (Delete SQ, Set Features, AER, ...)."""
+    _, drv, _ = ready
+    with pytest.raises(UndefinedCommand, match=f"admin opcode {opcode:#04x}"):
+        drv.admin_command("test", opcode)
