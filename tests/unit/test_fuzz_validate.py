@@ -208,3 +208,49 @@ def test_the_generators_reach_both_errors_and_cases() -> None:
                      else "cases" if compiled and compiled.cases else "nothing")
     probe()
     assert {"error", "cases"} <= outcomes, outcomes
+
+
+# --- templates: expressions built from jinja's operators, filters and methods ----------
+
+ATOMS = ["0", "1", "2", "-1", "7", "4096", "10**9", "2**63", "0xffffffffffffffff", "1e308",
+         "'a'", "'ab'", "''", "'%d'", "'{}'", "'nan'", "[1, 2]", "[]", "{'k': 1}", "n", "s",
+         "range(5)", "none", "true", "('9' * 30)"]
+BINOPS = ["+", "-", "*", "/", "//", "%", "**", "~", "and", "or", "==", "<", "in"]
+FILTERS = ["int", "float", "string", "list", "length", "join", "first", "last", "sum",
+           "reverse", "sort", "unique", "abs", "round", "trim", "upper", "center(n)",
+           "indent(n)", "format(n)", "replace('a', s)", "batch(n)", "map('string')",
+           "select", "wordcount", "truncate(n)", "default(s)", "tojson", "items",
+           "dictsort", "slice(n)", "max", "min", "striptags", "urlencode"]
+METHODS = ["ljust(n)", "zfill(n)", "split()", "replace('a', 'b')", "count('a')", "upper()",
+           "format(n)", "join(s)", "center(n)", "expandtabs(n)", "strip()"]
+
+
+@st.composite
+def expressions(draw: st.DrawFn, depth: int = 0) -> str:
+    if depth > 3 or draw(st.integers(0, 3)) == 0:
+        return draw(st.sampled_from(ATOMS))
+    kind = draw(st.integers(0, 3))
+    inner = draw(expressions(depth + 1))
+    if kind == 0:
+        return f"({inner} {draw(st.sampled_from(BINOPS))} {draw(expressions(depth + 1))})"
+    if kind == 1:
+        return f"({inner})|{draw(st.sampled_from(FILTERS))}"
+    if kind == 2:
+        return f"({inner}).{draw(st.sampled_from(METHODS))}"
+    return f"[{inner}, {draw(expressions(depth + 1))}][{draw(st.integers(-2, 2))}]"
+
+
+SHAPES = ["{{ X }}", "x{{ X }}y", "{% for i in range(3) %}{{ X }}{% endfor %}",
+          "{% set v = X %}{{ v }}"]
+
+
+@FUZZ
+@given(expressions(), st.sampled_from(SHAPES),
+       st.sampled_from([0, 3, 10**6, 2**40]), st.sampled_from(["a", "", "x" * 1000]))
+def test_templates_render_or_give_a_problem(expr: str, shape: str, n: int, s: str) -> None:
+    from vfio_scenario.language.templates import TemplateProblem, render
+
+    try:
+        render(shape.replace("X", expr), {"n": n, "s": s})
+    except TemplateProblem as exc:
+        assert str(exc)
