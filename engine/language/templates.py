@@ -230,7 +230,9 @@ def _compile(source: str) -> tuple[bool, Any, tuple[str, ...]]:
 # --- limits on time and memory ----------------------------------------------------
 
 def _out_of_time(signum: int, frame: FrameType | None) -> None:
-    raise _OutOfTime
+    guard = getattr(_LIMITS, "guard", None)  # the main thread's: only it arms the timer
+    if guard is not None and guard.armed:
+        raise _OutOfTime
 
 
 _STATM: dict[int, int] = {}  # pid → an open /proc/self/statm (pread regenerates it: 3 µs)
@@ -256,6 +258,7 @@ class _Limits:
         self.old_as = (0, 0)
         self.old_handler: Any = None
         self.timer = False
+        self.armed = False  # SIGPROF raises only while this is set
 
     def __enter__(self) -> None:
         self.depth += 1
@@ -270,18 +273,24 @@ class _Limits:
         self.timer = threading.current_thread() is threading.main_thread()
         if self.timer:
             self.old_handler = signal.signal(signal.SIGPROF, _out_of_time)
-            signal.setitimer(signal.ITIMER_PROF, CPU_SECONDS)
+            self.armed = True
+            # past the limit it fires again every 50 ms: a raise that lands where Python
+            # ignores it (a gc callback, a __del__) is followed by one that is not
+            signal.setitimer(signal.ITIMER_PROF, CPU_SECONDS, 0.05)
 
     def __exit__(self, *exc: object) -> None:
         self.depth -= 1
         if self.depth:
             return
-        try:
-            if self.timer:
-                signal.setitimer(signal.ITIMER_PROF, 0)  # first: it fires at most once
+        while self.timer:
+            try:
+                self.armed = False  # from here on the handler raises nothing
+                signal.setitimer(signal.ITIMER_PROF, 0)
                 signal.signal(signal.SIGPROF, self.old_handler)
-        finally:
-            resource.setrlimit(resource.RLIMIT_AS, self.old_as)
+                break
+            except _OutOfTime:  # fired before `armed` was cleared: the render ends anyway
+                continue
+        resource.setrlimit(resource.RLIMIT_AS, self.old_as)
 
 
 _LIMITS = threading.local()
