@@ -191,3 +191,34 @@ def test_durations_are_at_most_a_day(duration: str) -> None:
     assert message.startswith("`duration`: duration ")
     assert message.endswith(" is longer than the maximum of 24h (86400 s)")
     assert _errors(text.replace(duration, "24h")) == []
+
+
+def test_the_cpu_limit_holds_when_its_first_signal_lands_in_a_gc_callback() -> None:
+    """Python ignores an exception raised in a gc callback: past the limit the signal
+    fires again until one lands in the template."""
+    import gc
+    import time
+
+    from vfio_scenario.language.templates import TemplateProblem, render
+
+    # a list kept per outer turn makes the collector run every few hundred turns
+    loop = ("{% set kept = [] %}{% for i in range(n) %}{% if kept.append([i]) %}{% endif %}"
+            "{% for j in range(200) %}{% endfor %}{% endfor %}")
+    assert render(loop, {"n": 1}) == ""  # compiled now: what follows is the render alone
+    start = time.process_time()
+
+    def busy_gc(phase: str, info: dict[str, int]) -> None:
+        while phase == "start" and time.process_time() - start < 1.3:  # the limit is 1 s
+            pass
+    gc.callbacks.append(busy_gc)
+    was_enabled = gc.isenabled()
+    gc.enable()
+    try:
+        with pytest.raises(TemplateProblem) as caught:
+            render(loop, {"n": 100_000})  # some 20 s of CPU if nothing stopped it
+    finally:
+        gc.callbacks.remove(busy_gc)
+        if not was_enabled:
+            gc.disable()
+    assert str(caught.value) == "template exceeds a limit: it ran past 1 s of CPU"
+    assert time.process_time() - start < 5
