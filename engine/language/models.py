@@ -535,9 +535,37 @@ class ExpectNoIrq(_IrqVector):
 class EnableSriov(Op):
     op = "enable_sriov"
     area = "device"
-    device: DeviceRef
+    # the open PF; or, with `bdf` (default: the case's device), a PF nobody opened yet
+    # (the kernel selftest creates its VF before it opens the PF)
+    device: DeviceRef | None = None
+    bdf: Bdf | None = None
     num_vfs: U16
     vf_token: Uuid | None = None
+
+    @model_validator(mode="after")
+    def _token_needs_device(self) -> EnableSriov:
+        _exactly_one(self, ("device", "bdf"), required=False)
+        if self.vf_token is not None and self.device is None:
+            raise ValueError("`vf_token` is set through the open PF: give `device`, "
+                             "or set it with `set_vf_token` once the PF is open")
+        return self
+
+
+class SetVfToken(Op):
+    """VFIO_DEVICE_FEATURE SET PCI_VF_TOKEN on an open PF (replaces the token)."""
+
+    op = "set_vf_token"
+    area = "device"
+    device: DeviceRef
+    vf_token: Uuid
+
+
+class CloseDevice(Op):
+    """Close an open device before the case ends (in a container mode, its group too)."""
+
+    op = "close_device"
+    area = "device"
+    device: DeviceRef
 
 
 # --- Driver ---------------------------------------------------------------------
@@ -678,7 +706,7 @@ OPERATIONS: dict[str, type[Op]] = {
         AssertUnmapped,
         OpenDevice, DeviceInfo, RegionInfo, ConfigRead, ConfigWrite, BarRead, BarWrite,
         BarMmap, Access, Reset, IrqEnable, IrqTrigger, IrqMask, IrqUnmask, IrqDisable,
-        ExpectIrq, ExpectNoIrq, EnableSriov,
+        ExpectIrq, ExpectNoIrq, EnableSriov, SetVfToken, CloseDevice,
         DriverInit, DriverRemove, MemcpyStart, MemcpyWait, SendMsi, ExpectNoMsi, MemcpyStorm,
         ExportDmabuf, MmapDmabuf, RevokeDmabuf, RestoreDmabuf,
         ExpectDmesg, ExpectNoDmesg, AssertNotTainted, Sleep,

@@ -15,8 +15,17 @@ One subtest group per scenario file, one subtest per case:
       …
     # Totals: pass:1 fail:1 xfail:0 xpass:0 skip:0 error:0
 
-A skip is `ok N name # SKIP reason`; a failure or an error (crash, timeout) is
-`not ok` preceded by diagnostic lines naming the step and the console tail. KTAP has
+Each case's result line is preceded by one diagnostic line per step that ran (number,
+outcome, duration, label, file:line; expected vs actual where it did not pass), the
+same line the console's and JUnit's step logs show:
+
+      #   1 PASS     0.0012s  open_iommu  [scenarios/dma/map.yaml:9]
+      #   4 FAIL     0.0003s  map_dma  [scenarios/dma/map.yaml:14]  expected ok, got EINVAL
+
+kunit_tool files these lines in the case's own log (Test.log). A skip is
+`ok N name # SKIP reason`; a failure or an error (crash, timeout) is `not ok`
+preceded, after its step lines, by diagnostic lines naming the step and the console
+tail. KTAP has
 no separate "error" result, so errors read as failures there (the totals line keeps
 them apart).
 
@@ -38,6 +47,7 @@ from vfio_scenario.report.describe import (
     failure_message,
     name_in_suite,
     split_case_id,
+    step_line,
     suite_of,
     tail,
 )
@@ -71,6 +81,11 @@ def test_name(text: str) -> str:
     """A name usable on a KTAP result line: one line, no '#', not blank."""
     name = _safe_text(" ".join(text.split())).replace("#", "%23").strip()
     return name or "unnamed"
+
+
+def _step_lines(case: CaseResult) -> list[str]:
+    """One diagnostic line per step that ran: its outcome and duration (describe.step_line)."""
+    return [" ".join(_safe_text(step_line(step)).split("\n")).rstrip() for step in case.steps]
 
 
 def _diagnostics(case: CaseResult) -> list[str]:
@@ -173,6 +188,7 @@ class KtapStream:
                 lines.append(_result_line(True, i, test_name(name),
                                           skip="not run: the run stopped before this case"))
                 continue
+            lines += [f"# {d}" for d in _step_lines(case)]
             lines += [f"# {d}" if d else "#" for d in _diagnostics(case)]
             bad = case.outcome in (Outcome.FAIL, Outcome.ERROR)
             failed |= bad

@@ -30,7 +30,7 @@ def device_rows(show_all: bool) -> list[tuple[str, ...]]:
             cls = scenario_driver(bdf, drivers)
         except VfioError:
             cls = None
-        vfio = sysfs.is_vfio_driver(bound)
+        vfio = bool(sysfs.vfio_driver(bdf))
         if not (show_all or cls or vfio):
             continue
         try:

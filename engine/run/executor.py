@@ -51,11 +51,16 @@ def execute_case(case: Case, devices: list[str], ops: dict[str, Operation],
     try:
         events, status, timed_out = _collect(pid, r, t0 + limit)
     except BaseException:
-        os.kill(pid, signal.SIGKILL)  # the child must not outlive a case we stopped watching
+        # the run was interrupted (SIGINT/SIGTERM to this process only): the case's
+        # process goes too, so that nothing holds the devices while they are restored
+        os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-        raise
-    finally:
         os.close(r)
+        out.close()
+        if kmsg is not None:
+            kmsg.close()
+        raise
+    os.close(r)
     result = next((CaseResult.from_dict(e["result"]) for e in events if e["event"] == "result"),
                   None)
     if result is None:

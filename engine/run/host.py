@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 from typing import Any
 
 from vfio_scenario import __version__
@@ -80,6 +81,7 @@ def run_command(args: argparse.Namespace) -> int:
     run = sink.run
     run.properties.update({"engine_version": __version__, "where": where})
     options = RunOptions(timeout_multiplier=args.timeout_multiplier)
+    interrupted: list[str] = []  # the signal that ended the run early, if one did
 
     def on_event(event: dict[str, Any]) -> None:
         kind = event.get("event")
@@ -94,6 +96,8 @@ def run_command(args: argparse.Namespace) -> int:
             sink.header()
         elif kind == "warning":
             sink.warn(event.get("message", ""))
+        elif kind == "interrupted":
+            interrupted.append(str(event.get("signal", "SIGINT")))
 
     try:
         if where == "local":
@@ -105,24 +109,42 @@ def run_command(args: argparse.Namespace) -> int:
         # the error that says why nothing ran
         sink.close(summary=bool(run.cases))
         raise
+    if interrupted:
+        sink.warn(f"run interrupted by {interrupted[0]}; the cases not run are missing")
     sink.close()
+    if interrupted:  # as a shell reports a process its signal ended: 128 + the signal
+        return 128 + int(getattr(signal, interrupted[0], signal.SIGINT))
     return sink.exit_code()
 
 
 def _run_local(cases: list[Case], args: argparse.Namespace, options: RunOptions,
                on_event: Any) -> None:
+    from vfio_scenario.run import devstate
     from vfio_scenario.run.plan import plan_each
     from vfio_scenario.run.probe import probe_host
     from vfio_scenario.run.session import run_planned
+    from vfio_scenario.uapi.sysfs import normalize_bdf
 
-    caps = probe_host(args.device or None)
-    on_event({"event": "hello", "properties": {"kernel": caps.kernel_release}})
-    if caps.devices:
-        # templates see this host's BDFs (`devices[1]`), as in the guest, not placeholders
-        by_id = {c.id: c for c in compile_paths(args.paths, [d.bdf for d in caps.devices]).cases}
-        cases = [by_id.get(c.id, c) for c in cases]
-    run_planned(plan_each(cases, caps, args.iommu_mode or None), caps, options, on_event,
-                fail_fast=args.fail_fast)
+    # devices named with --device that no VFIO driver holds are bound to vfio-pci for
+    # the run; everything named is put back as it was, also on SIGINT/SIGTERM
+    problems: list[str] = []
+    try:
+        with devstate.held([normalize_bdf(b) for b in args.device], problems,
+                           lambda message: on_event({"event": "warning", "message": message})):
+            caps = probe_host(args.device or None)
+            on_event({"event": "hello", "properties": {"kernel": caps.kernel_release}})
+            if caps.devices:
+                # templates see this host's BDFs (`devices[1]`), as in the guest
+                by_id = {c.id: c for c in
+                         compile_paths(args.paths, [d.bdf for d in caps.devices]).cases}
+                cases = [by_id.get(c.id, c) for c in cases]
+            run_planned(plan_each(cases, caps, args.iommu_mode or None), caps, options,
+                        on_event, fail_fast=args.fail_fast)
+    except devstate.Interrupted as exc:
+        on_event({"event": "interrupted", "signal": str(exc)})
+    if problems:
+        on_event({"event": "warning",
+                  "message": "device state not restored: " + "; ".join(problems)})
 
 
 def _run_testbed(cases: list[Case], args: argparse.Namespace, options: RunOptions,

@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from vfio_scenario.uapi.sysfs import same_driver
+
 if TYPE_CHECKING:  # the probe (in a thread of the guest) needs HostCaps, not the models
     from vfio_scenario.language.cases import Case
 
@@ -152,7 +154,7 @@ def _plan_named(case: Case, caps: HostCaps, needed: int) -> PlannedCase:
 
 def _device_unfit(case: Case, dev: DeviceCaps) -> str | None:
     req = case.requires
-    if req.vfio_driver and dev.vfio_driver != req.vfio_driver:
+    if req.vfio_driver and not same_driver(dev.vfio_driver or "", req.vfio_driver):
         return f"bound to {dev.vfio_driver or 'no driver'}, not {req.vfio_driver}"
     if req.driver is not None:
         if dev.scenario_driver is None:

@@ -70,7 +70,7 @@ def vfio_bound_devices() -> list[str]:
     """Functions bound to vfio-pci or one of its variant drivers."""
     found = []
     for entry in sorted(PCI_DEVICES.iterdir()) if PCI_DEVICES.exists() else []:
-        if sysfs.is_vfio_driver(sysfs.bound_driver(entry.name)):
+        if sysfs.vfio_driver(entry.name):
             found.append(entry.name)
     return found
 

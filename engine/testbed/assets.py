@@ -161,6 +161,10 @@ def own_kernel_dir(tree: Path) -> Path:
 def build_own_kernel(report: Reporter = quiet, jobs: int = 2) -> GuestKernel:
     """Our kernel from Debian's source + kernel.fragment, built once and cached by content."""
     tree = linux_source_dir(report)
+    done = own_kernel_dir(tree) / "kernel.json"
+    if done.exists():  # built: no wait for the lock while a build of another fragment runs
+        return GuestKernel("default", done.parent / "bzImage",
+                           json.loads(done.read_text())["release"])
     with locked("own-kernel"):
         return _build_own_kernel(tree, report, jobs)
 

@@ -100,10 +100,19 @@ class Container(Iommu):
         return self.groups[number]
 
     def release_group(self, bdf: str) -> None:
-        """Close the group of a function (its devices must be closed); no-op if not held."""
+        """Close the group of a function (its devices must be closed); no-op if not held.
+
+        When the last group leaves, legacy VFIO returns the container to the unset
+        state (its IOMMU driver detached; SET_IOMMU is EINVAL until a group joins);
+        iommufd's compat container keeps its IOAS. Either way the next group to join
+        sets the type again, as the kernel selftests do (SET_CONTAINER, then SET_IOMMU),
+        and both accept it (tests/guest/test_uapi_sriov.py).
+        """
         group = self.groups.pop(sysfs.iommu_group(bdf), None)
         if group is not None:
             group.close()
+            if not self.groups:
+                self.iommu_set = False
 
     def _info(self) -> tuple[int, list[IovaRange]]:
         info = new("struct vfio_iommu_type1_info")

@@ -54,10 +54,62 @@ def bound_driver(bdf: str) -> str:
         return ""
 
 
+# The names vfio-pci and its variant drivers register (struct pci_driver .name, Linux
+# 7.2 drivers/vfio/pci/), as /sys/bus/pci/drivers/ and a device's `driver` link spell
+# them. Most are KBUILD_MODNAME, the module's file name with '-' made '_'
+# (mlx5-vfio-pci.o → mlx5_vfio_pci); vfio-pci and xe-vfio-pci are literals with dashes,
+# qat_vfio_pci a literal with underscores.
+VFIO_PCI_DRIVERS = frozenset({
+    "vfio-pci",              # vfio_pci.c
+    "nvgrace_gpu_vfio_pci",  # nvgrace-gpu/main.c (KBUILD_MODNAME)
+    "mlx5_vfio_pci",         # mlx5/main.c (KBUILD_MODNAME)
+    "virtio_vfio_pci",       # virtio/main.c (KBUILD_MODNAME)
+    "pds_vfio_pci",          # pds/pci_drv.c (KBUILD_MODNAME)
+    "hisi_acc_vfio_pci",     # hisilicon/hisi_acc_vfio_pci.c (KBUILD_MODNAME)
+    "xe-vfio-pci",           # xe/main.c
+    "qat_vfio_pci",          # qat/main.c
+    "ism_vfio_pci",          # ism/main.c (KBUILD_MODNAME)
+})
+PCI_DRIVERS = Path("/sys/bus/pci/drivers")
+SYS_MODULE = Path("/sys/module")
+
+
+def driver_key(name: str) -> str:
+    """A kernel driver name compared the way a user may write it: `mlx5-vfio-pci`
+    (Kconfig help, docs) and `mlx5_vfio_pci` (sysfs) are the same driver."""
+    return name.strip().replace("-", "_")
+
+
+def same_driver(a: str, b: str) -> bool:
+    return bool(a) and driver_key(a) == driver_key(b)
+
+
+def _holds_vfio_pci_core(name: str) -> bool:
+    """The driver's module uses vfio_pci_core (a modular kernel lists it as a holder)."""
+    try:
+        module = os.path.basename(os.readlink(PCI_DRIVERS / name / "module"))
+    except OSError:
+        return False
+    return (SYS_MODULE / "vfio_pci_core" / "holders" / module).exists()
+
+
 def is_vfio_driver(name: str) -> bool:
-    """Whether kernel driver `name` is vfio-pci or one of its variant drivers, which
-    are named after their module (mlx5_vfio_pci, hisi_acc_vfio_pci, nvgrace_gpu_vfio_pci)."""
-    return name == "vfio-pci" or name.endswith(("_vfio_pci", "-vfio-pci"))
+    """Whether kernel driver `name` (as sysfs spells it) is vfio-pci or a variant driver:
+    one of the names the kernel's own drivers register, or a module that holds
+    vfio_pci_core (a variant this list does not know yet)."""
+    return bool(name) and (name in VFIO_PCI_DRIVERS or _holds_vfio_pci_core(name))
+
+
+def vfio_driver(bdf: str) -> str:
+    """The VFIO driver the function is bound to, as sysfs spells it; '' when its driver
+    is none or not a VFIO one. A function with a `vfio-dev` folder has a VFIO device
+    registered (VFIO cdev), whatever its driver is called."""
+    name = bound_driver(bdf)
+    if not name:
+        return ""
+    if is_vfio_driver(name) or (PCI_DEVICES / bdf / "vfio-dev").is_dir():
+        return name
+    return ""
 
 
 def read_attr(bdf: str, name: str) -> str:

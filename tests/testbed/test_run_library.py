@@ -20,6 +20,7 @@ from vfio_scenario.report.sink import ReportSink
 from vfio_scenario.results import CaseResult, Outcome
 from vfio_scenario.run.testbed_run import run_in_testbed
 
+from tests.helpers import skips
 from tests.helpers.reports import assert_valid_junit
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,6 +51,13 @@ def test_library_passes_or_skips_with_reasons_and_junit_is_valid(
     assert bad == [], "\n".join(bad)
     skipped = [c for c in results if c.outcome is Outcome.SKIP]
     assert all(c.message for c in skipped), "a skip without its reason"
+    # every skip, and every file's case count, as pinned in tests/data/expected-skips.yaml
+    # (how to regenerate it: tests/helpers/skips.py); a kernel given as a PATH has no list
+    kernel = os.environ.get("VFIO_SCENARIO_TESTBED_KERNEL", "default")
+    if kernel in skips.KERNELS:
+        problems = skips.check([(c.case_id, c.outcome.value, c.message) for c in results],
+                               kernel, [c.id for c in cases])
+        assert problems == [], "\n".join(problems)
     passed = {c.case_id for c in results if c.outcome is Outcome.PASS}
     # the DESIGN example and the IOMMU fault checks run in every mode of the default kernel
     for mode in ("vfio_type1_iommu", "vfio_type1v2_iommu", "iommufd_compat_type1",
@@ -58,6 +66,18 @@ def test_library_passes_or_skips_with_reasons_and_junit_is_valid(
             in passed
         assert f"scenarios/driver/iommu-faults.yaml::dma-to-unmapped-iova[iommu_mode={mode}]" \
             in passed
+    # where scenarios/README.md says the reset and MSI-X cases run: the testbed's nvme
+    ran_on: dict[str, set[str]] = {}
+    for c in results:
+        if c.outcome is Outcome.PASS:
+            ran_on.setdefault(c.case_id.split("[")[0], set()).add(
+                c.properties.get("vendor_device", ""))
+    for name in ("kselftest/vfio_pci_device_test.yaml::device-reset",
+                 "kselftest/vfio_pci_device_test.yaml::irq-msix-enable-trigger-disable",
+                 "device/reset.yaml::reset", "device/interrupts.yaml::msix"):
+        assert ran_on.get(f"scenarios/{name}") == {"1b36:0010"}, name
+    assert ran_on.get("scenarios/sriov/vf-token.yaml::sriov-vf-interrupts-and-reset") == \
+        {"8086:10c9"}
     root = assert_valid_junit(junit)
     assert int(root.get("tests", "0")) == len(cases)
     assert int(root.get("failures", "0")) == 0 and int(root.get("errors", "0")) == 0

@@ -137,3 +137,29 @@ def test_a_10_mb_console_tail_gives_a_few_diagnostic_lines() -> None:
     j = lines.index("  not ok 2 driver-memcpy[iommu_mode=iommufd,size=4096]")
     assert lines[j - 1] == "  # [  599999] line 599999"
     assert parse_ktap(text).counts.errors == 0
+
+
+def test_every_step_is_a_diagnostic_line_in_its_cases_kunit_log() -> None:
+    run = sample_run()
+    run.cases[0].steps[1].name = "PF # Subtest: not a header\nok 9 not a result"
+    test = parse_ktap(ktap_document(run))
+    assert test.counts.errors == 0
+    assert (test.counts.passed, test.counts.failed, test.counts.skipped) == (2, 2, 1)
+    cases = [t for g in test.subtests for t in g.subtests]
+    assert len(cases) == len(run.cases)
+    for case, parsed in zip(run.cases, cases, strict=True):
+        steps = [line.strip() for line in parsed.log if line.strip().startswith("# ")
+                 and line.split()[1].lstrip("T").isdigit()]
+        assert len(steps) == len(case.steps), parsed.log
+        for step, line in zip(case.steps, steps, strict=True):
+            number = f"T{step.index + 1}" if step.teardown else str(step.index + 1)
+            words = line.split()
+            assert words[1:4] == [number, step.outcome.label, f"{step.duration:.4f}s"], line
+            assert f"[{step.location}]" in line
+            if step.outcome is not Outcome.PASS:
+                assert f"expected {step.expected}, got {step.actual}" in line
+    named = [line for line in cases[0].log if "open_device" in line]
+    # a step's name cannot open a group or end the case: one line, defanged
+    assert [line.strip() for line in named] == [
+        ("#   2 PASS     0.1200s  PF # Subtest - not a header ok 9 not a result (open_device)  "
+         "[scenarios/dma/map.yaml:11]")]

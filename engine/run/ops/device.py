@@ -11,6 +11,7 @@ from vfio_scenario.run.interpreter import CheckFailed, Runtime, Skip
 from vfio_scenario.run.ops import op
 from vfio_scenario.uapi import regions, sysfs
 from vfio_scenario.uapi._vfio import ffi
+from vfio_scenario.uapi.container import Container
 from vfio_scenario.uapi.device import VfioDevice
 from vfio_scenario.uapi.mmio import Mmio
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
         BarMmap,
         BarRead,
         BarWrite,
+        CloseDevice,
         ConfigRead,
         ConfigWrite,
         DeviceInfo,
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
         OpenDevice,
         RegionInfo,
         Reset,
+        SetVfToken,
     )
     from vfio_scenario.uapi.irq import IrqSet
 
@@ -247,13 +250,14 @@ def expect_no_irq(rt: Runtime, args: ExpectNoIrq, step: Step) -> None:
 
 @op("enable_sriov")
 def enable_sriov(rt: Runtime, args: EnableSriov, step: Step) -> None:
-    device: VfioDevice = rt.handle(args.device)
+    device: VfioDevice | None = rt.handle(args.device) if args.device is not None else None
+    bdf = device.bdf if device is not None else (args.bdf or rt.devices[0])
     try:
-        total = sysfs.sriov_totalvfs(device.bdf)
+        total = sysfs.sriov_totalvfs(bdf)
     except OSError:
         total = 0
     if not total:
-        raise Skip(f"{device.bdf} has no SR-IOV capability")
+        raise Skip(f"{bdf} has no SR-IOV capability")
     try:
         with open(ENABLE_SRIOV_PARAM) as f:
             allowed = f.read().strip() == "Y"
@@ -261,9 +265,30 @@ def enable_sriov(rt: Runtime, args: EnableSriov, step: Step) -> None:
         allowed = False
     if not allowed:
         raise Skip(f"vfio-pci's enable_sriov parameter is not Y ({ENABLE_SRIOV_PARAM})")
-    if args.vf_token is not None:
+    if args.vf_token is not None and device is not None:
         device.set_vf_token(args.vf_token)
-    sysfs.set_sriov_numvfs(device.bdf, args.num_vfs)
+    sysfs.set_sriov_numvfs(bdf, args.num_vfs)
     if args.num_vfs:
-        rt.on_cleanup(f"SR-IOV VFs of {device.bdf}",
-                      lambda: sysfs.set_sriov_numvfs(device.bdf, 0))
+        rt.on_cleanup(f"SR-IOV VFs of {bdf}", lambda: sysfs.set_sriov_numvfs(bdf, 0))
+
+
+@op("set_vf_token")
+def set_vf_token(rt: Runtime, args: SetVfToken, step: Step) -> None:
+    rt.handle(args.device).set_vf_token(args.vf_token)
+
+
+@op("close_device")
+def close_device(rt: Runtime, args: CloseDevice, step: Step) -> None:
+    """Close the device now, as the kernel selftest's device_cleanup() does: the device
+    fd, and in a container mode its group (which leaves the container), unless another
+    device of this case still holds that group. The handle keeps its BDF (`pf:` of a
+    later `open_device` still names the closed PF's VFs); its later release is a no-op."""
+    device: VfioDevice = rt.handle(args.device)
+    device.close()
+    group = device.group
+    if group is None or not isinstance(device.iommu, Container):
+        return
+    others = [h for h in rt.handles.values() if isinstance(h, VfioDevice) and h is not device
+              and h.fd >= 0 and h.group is group]
+    if not others:
+        device.iommu.release_group(device.bdf)
