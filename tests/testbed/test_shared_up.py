@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,14 +24,17 @@ pytestmark = pytest.mark.testbed
 
 
 @pytest.fixture
-def private_cache(tmp_path: Path) -> dict[str, str]:
+def private_cache() -> Iterator[dict[str, str]]:
+    """A short path: a VM's agent socket lives below it (AF_UNIX paths hold 107 bytes)."""
     build_own_kernel()
-    cache = tmp_path / "cache" / "vfio-scenario"
-    cache.mkdir(parents=True)
+    base = Path(tempfile.mkdtemp(prefix="vs-up-", dir="/tmp"))
+    cache = base / "vfio-scenario"
+    cache.mkdir()
     for shared in ("kernels", "linux-source", "accel.json"):
         if (cache_dir() / shared).exists():
             (cache / shared).symlink_to(cache_dir() / shared)
-    return {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    yield {**os.environ, "XDG_CACHE_HOME": str(base)}
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
