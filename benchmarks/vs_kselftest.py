@@ -251,7 +251,11 @@ def run_ours(programs: list[str], workdir: Path, bdfs: list[str]) -> tuple[float
     # what the host does before the guest engine starts (compile against the guest's
     # devices, write the payload) is not timed: on the host it takes a tenth of a second
     files = [str(SCENARIOS / f"{p}.yaml") for p in programs]
-    compiled = compile_paths(files, bdfs)
+    # each device with its driver's limits, as a run compiles (the `driver` axis)
+    from vfio_scenario.language.devices import DeviceName
+    from vfio_scenario.run.driverfacts import driver_facts
+
+    compiled = compile_paths(files, [DeviceName(b, driver_facts(b)[0]) for b in bdfs])
     if compiled.errors:
         raise SystemExit("\n".join(map(str, compiled.errors)))
     # the same devices as the C programs (the testbed may hold others: igb, nvme)

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from enum import Flag, auto
 from typing import ClassVar, Protocol, runtime_checkable
 
-from vfio_scenario.errors import VfioError
+from vfio_scenario.errors import EnvironmentProblem, VfioError
+from vfio_scenario.language.devices import DriverFacts
 
 ENTRY_POINT_GROUP = "vfio_scenario.drivers"
 
@@ -110,10 +111,13 @@ class Driver:
     # (vendor, device) pairs, None as device matching any device of the vendor.
     ids: ClassVar[tuple[tuple[int, int | None], ...]] = ()
     features: ClassVar[Feature] = Feature.NONE
-    # Limits of memcpy_start; a driver whose device reports them (ioat's XFERCAP, dsa's
-    # GENCAP) sets them on the instance at init, as the kernel selftests' drivers do.
+    # Limits of memcpy_start.  The class declares them (positive: registration refuses a
+    # driver without); a driver whose device reports them (ioat's XFERCAP, dsa's GENCAP,
+    # nvme's MDTS and scratch range) sets the device's on the instance at init, as the
+    # kernel selftests' drivers do.  A run's templates read the instance's, after init
+    # (`driver.max_memcpy_size`); `validate` and `list`, without a device, the class's.
     max_memcpy_size: int = 0
-    max_memcpy_count: int = 1
+    max_memcpy_count: int = 0
     # Size of the DMA region the driver needs for its own structures (0: none).
     region_size: ClassVar[int] = 0
     # Address bits the device can drive (edu: 28); IOVAs above are refused.
@@ -131,6 +135,21 @@ class Driver:
             device.vendor_id == vendor and (dev is None or device.device_id == dev)
             for vendor, dev in cls.ids
         )
+
+    @classmethod
+    def feature_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in Feature if f in cls.features and f.name)
+
+    @classmethod
+    def facts(cls) -> DriverFacts:
+        """What templates read of this driver when no device is at hand: the declared limits."""
+        return DriverFacts(cls.name, cls.max_memcpy_size, cls.max_memcpy_count,
+                           cls.feature_names())
+
+    def device_facts(self) -> DriverFacts:
+        """What templates read of this driver on its device: the limits init set."""
+        return DriverFacts(self.name, self.max_memcpy_size, self.max_memcpy_count,
+                           self.feature_names())
 
     def init(self, msi_vector: int | None = 0) -> None:
         """Bring the device to a state where memcpy and send_msi work."""
@@ -203,9 +222,31 @@ def use_drivers(spec: dict[str, str]) -> None:
         for part in attr.split("."):
             obj = getattr(obj, part)
         if not (isinstance(obj, type) and issubclass(obj, Driver)):
-            raise TypeError(f"driver entry point {name} = {value} is not a Driver class")
+            raise DriverRegistrationError(
+                f"scenario driver {name} ({value}) is not a Driver class")
+        check_declaration(name, value, obj)
         found[name] = obj
     _registry = dict(sorted(found.items()))
+
+
+class DriverRegistrationError(EnvironmentProblem):
+    """An installed scenario driver that cannot be registered as it declares itself."""
+
+
+def check_declaration(name: str, value: str, cls: type[Driver]) -> None:
+    """Refuse a driver whose name differs from its entry point's or whose declared
+    limits are not positive: templates (`driver.max_memcpy_size`) and the `driver` axis
+    rely on both."""
+    if cls.name != name:
+        raise DriverRegistrationError(
+            f"scenario driver {name} ({value}) calls itself {cls.name!r}; the entry point "
+            "and the class's `name` must agree")
+    for limit in ("max_memcpy_size", "max_memcpy_count"):
+        declared = getattr(cls, limit)
+        if not isinstance(declared, int) or declared <= 0:
+            raise DriverRegistrationError(
+                f"scenario driver {name} ({value}) declares {limit} = {declared!r}; a "
+                "driver declares positive limits (the most its devices take)")
 
 
 def registered_drivers() -> dict[str, type[Driver]]:

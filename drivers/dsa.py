@@ -140,6 +140,10 @@ class DsaDriver(Driver):
     name = "dsa"
     ids = ((INTEL, DSA_SPR0), (INTEL, DSA_GNRD), (INTEL, DSA_DMR))
     region_size = REGION_SIZE
+    # declared: GENCAP's 5-bit transfer-size shift at most, the batches and copies our
+    # region holds; init sets the device's
+    max_memcpy_size = 1 << 31
+    max_memcpy_count = MAX_BATCHES * MAX_COPIES
 
     def __init__(self, device: DeviceAccess, region: DmaRegion | None = None) -> None:
         super().__init__(device, region)

@@ -103,6 +103,8 @@ def chanerr_names(bits: int) -> str:
 class IoatDriver(Driver):
     name = "ioat"
     ids = ((INTEL, IOAT_SKX),)
+    # declared: the most a descriptor's 32-bit size field asks; init reads XFERCAP
+    max_memcpy_size = 0xFFFFFFFF
     max_memcpy_count = 0xFFFF
     region_size = 4096
 

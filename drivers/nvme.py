@@ -278,11 +278,12 @@ class QueuePair:
 class NvmeDriver(Driver):
     name = "nvme"
     region_size = REGION_SIZE
-    max_memcpy_size = 0  # set at init: 0 until a scratch range allows copies
+    max_memcpy_size = MAX_COPY  # declared; init sets the device's (MDTS, scratch range)
     max_memcpy_count = 1
 
     def __init__(self, device: DeviceAccess, region: DmaRegion | None = None) -> None:
         super().__init__(device, region)
+        self.max_memcpy_size = 0  # until init finds a scratch range copies may write
         self._saved: dict[str, int] | None = None
         self._irq: IrqHandle | None = None
         self.admin: QueuePair | None = None

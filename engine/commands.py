@@ -26,11 +26,14 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser(
         "list",
         help="print the case ids after matrix expansion",
-        description="Expand scenarios (matrix, implicit iommu_mode axis) and print one case id "
+        description="Expand scenarios (matrix, implicit iommu_mode and driver axes) and print one case id "
         "per line. Exits 5 when the paths hold no scenario.",
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="scenario files or directories")
     p.add_argument("--tags", action="store_true", help="show each case's tags after its id")
+    p.add_argument("--driver", metavar="NAME",
+                   help="only the cases that run on scenario driver NAME (without devices, "
+                   "the `driver` axis holds every registered driver)")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser(
@@ -79,7 +82,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     compiled = compile_or_raise(args.paths, need_cases=True)
-    for case in compiled.cases:
+    cases = compiled.cases
+    if args.driver:
+        cases = [c for c in cases if c.driver == args.driver]
+        if not cases:
+            raise NothingSelected(f"no case runs on scenario driver {args.driver}")
+    for case in cases:
         suffix = f"  [{', '.join(case.tags)}]" if args.tags and case.tags else ""
         print(f"{case.id}{suffix}")
     return ExitCode.OK

@@ -60,6 +60,13 @@ class Case:
     names_devices: bool = False
 
     @property
+    def driver(self) -> str | None:
+        """The scenario driver the case runs on: its `driver` axis value or the driver it
+        requires by name (None without one)."""
+        name = self.params.get("driver", self.requires.driver)
+        return name if isinstance(name, str) and name != "any" else None
+
+    @property
     def iommu_mode(self) -> str | None:
         mode = self.params.get("iommu_mode")
         return mode if isinstance(mode, str) else None

@@ -1,7 +1,7 @@
 """Documents → validated, expanded cases.
 
 For each scenario of a file: check the scenario keys, expand the matrix (with the
-implicit `iommu_mode` axis), render every templated value per case, validate each
+implicit `iommu_mode` and `driver` axes), render every templated value per case, validate each
 step against its operation's model, and check handles statically (defined earlier,
 of the right kind). Every problem of every file is collected with its location;
 nothing touches the host.
@@ -15,11 +15,13 @@ import itertools
 import math
 import os
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from vfio_scenario.errors import Location, ScenarioError
 from vfio_scenario.language.cases import Case, Compiled, Step
+from vfio_scenario.language.devices import DeviceName, DriverFacts, device_names, driver_axis
 from vfio_scenario.language.loader import Document, find_scenario_files, load_file
 from vfio_scenario.language.models import (
     COMMON_KEYS,
@@ -41,7 +43,7 @@ from vfio_scenario.language.templates import (
 )
 from vfio_scenario.language.units import show
 
-RESERVED_AXES = ("iommu_mode",)
+RESERVED_AXES = ("iommu_mode", "driver")  # implicit axes: the engine fills them
 MAX_CASES = 10_000  # cases of one scenario's matrix (the library has a few hundred in all)
 # Operations whose presence makes a scenario depend on the IOMMU mode.
 _IOMMU_OPS = ("open_iommu", "open_device", "open_cdev", "bind_iommufd")
@@ -77,10 +79,12 @@ def suggest(word: str, choices: Any) -> str:
 
 
 class _FileCompiler:
-    def __init__(self, doc: Document, devices: list[str]) -> None:
+    def __init__(self, doc: Document, devices: list[DeviceName], placeholders: bool) -> None:
         self.doc = doc
         self.path = display_path(doc.path)
         self.devices = devices
+        self.placeholders = placeholders
+        self._drivers: dict[str, DriverFacts] | None = None
         self.errors: dict[tuple[str, str], ScenarioError] = {}
         self.cases: list[Case] = []
         # (op, args json) → validated args, so matrix cases share unchanged steps' work
@@ -90,6 +94,24 @@ class _FileCompiler:
         self._locations: dict[tuple[Any, ...], Location] = {}
         self._tpaths: dict[int, list[tuple[tuple[Any, ...], str]]] = {}
         self._listed: set[tuple[Any, ...]] = set()  # step lists whose locations are known
+
+    @property
+    def drivers(self) -> dict[str, DriverFacts]:
+        """Every driver a case may name, by name: the devices' own (limits their init
+        set), then the registered classes' declared limits (drivers no device here has).
+        Read only by scenarios that require a driver: the others never import one."""
+        if self._drivers is None:
+            found = {d.driver.name: d.driver for d in self.devices if d.driver is not None}
+            for name, facts in registered_driver_facts().items():
+                found.setdefault(name, facts)
+            self._drivers = found
+        return self._drivers
+
+    @property
+    def driver_axis(self) -> list[str]:
+        """The implicit `driver` axis: the drivers the devices have; without devices (or
+        when none has a driver), every registered driver."""
+        return driver_axis(self.devices) or sorted(self.drivers)
 
     def error(self, path: tuple[Any, ...], message: str, *, key: bool = False) -> None:
         loc = self.doc.location(path, key=key)
@@ -200,16 +222,20 @@ class _FileCompiler:
             return None
         for i, entry in enumerate(exclude):
             for k in entry:
-                if k not in axes and k != "iommu_mode":
+                if k not in axes and k not in RESERVED_AXES:
                     self.error((*path, "matrix", "exclude", i, k),
                                f"exclude names unknown axis `{k}`{suggest(k, axes)}", key=True)
                     ok = False
         if not ok:
             return None
+        implicit: dict[str, list[Any]] = {}
+        if "driver" not in axes and header.requires.driver == "any":
+            implicit["driver"] = list(self.driver_axis)
         if "iommu_mode" not in axes and self.uses_iommu(header):
             modes: list[str] = [fixed] if fixed else list(header.requires.iommu_modes or IOMMU_MODES)
-            axes = {"iommu_mode": list(modes), **axes}
-        elif "iommu_mode" in axes:
+            implicit["iommu_mode"] = list(modes)
+        axes = {**implicit, **axes}
+        if "iommu_mode" in axes and "iommu_mode" not in implicit:
             for i, v in enumerate(axes["iommu_mode"]):
                 if v not in IOMMU_MODES:
                     self.error((*path, "matrix", "iommu_mode", i),
@@ -230,7 +256,11 @@ class _FileCompiler:
                     combo.update({k: v for k, v in entry.items() if k not in axes})
                     matched = True
             if not matched:
-                combos.append(dict(entry))
+                # a combination of its own still runs on every value of the implicit
+                # axes it does not name (each IOMMU mode, each driver)
+                free = {k: v for k, v in implicit.items() if k not in entry}
+                for free_values in itertools.product(*free.values()):
+                    combos.append({**dict(zip(free, free_values)), **entry})
         combos = [c for c in combos
                   if not any(all(c.get(k) == v for k, v in e.items()) for e in exclude)]
         if not combos:
@@ -250,8 +280,15 @@ class _FileCompiler:
 
     def case(self, path: tuple[Any, ...], header: ScenarioHeader, name: str, cid: str,
              params: dict[str, Any], names_devices: bool) -> Case | None:
-        context: dict[str, Any] = {"devices": self.devices, "device": self.devices[0]}
+        facts = self.case_driver(header, params)
+        devices = self.devices
+        if self.placeholders and facts is not None:
+            # no real device: the placeholders are served by the case's driver
+            devices = [DeviceName(d, facts) for d in devices]
+        context: dict[str, Any] = {"devices": devices, "device": devices[0]}
         context.update(params)
+        if facts is not None:
+            context["driver"] = facts  # the axis value's facts, not just its name
         problems: list[tuple[tuple[Any, ...], str]] = []
         for var, value in header.vars.items():
             context[var] = render_tree(value, context, (*path, "vars", var), problems)
@@ -273,6 +310,18 @@ class _FileCompiler:
             timeout=header.timeout, steps=steps, teardown=teardown,
             location=self.doc.location(path), names_devices=names_devices,
         )
+
+    def case_driver(self, header: ScenarioHeader, params: dict[str, Any]) -> DriverFacts | None:
+        """The facts `driver` names in the case's templates: its `driver` axis value or
+        the driver it requires; the first device served by that driver gives them, else
+        the registered driver's declared limits."""
+        name = params.get("driver") if "driver" in params else header.requires.driver
+        if not isinstance(name, str) or name == "any":
+            return None
+        for dev in self.devices:
+            if dev.driver is not None and dev.driver.name == name:
+                return dev.driver
+        return self.drivers.get(name)
 
     def steps(self, path: tuple[Any, ...], key: str, raws: list[Any], context: dict[str, Any],
               handles: dict[str, str], *, teardown: bool) -> tuple[list[Step] | None, dict[str, str]]:
@@ -541,10 +590,20 @@ def _message(err: Any, loc: tuple[Any, ...], model: type[BaseModel]) -> str:
     return f"{where}{msg}"
 
 
-def compile_documents(docs: list[Document], devices: list[str] | None = None) -> Compiled:
+def registered_driver_facts() -> dict[str, DriverFacts]:
+    """Every registered scenario driver's declared limits and features, by name."""
+    from vfio_scenario.drivers.base import registered_drivers
+
+    return {name: cls.facts() for name, cls in registered_drivers().items()}
+
+
+def compile_documents(docs: list[Document], devices: Sequence[str] | None = None) -> Compiled:
+    """Compile `docs` for `devices` (BDFs, or DeviceNames that carry their driver's
+    facts); without devices, for placeholder BDFs served by each case's driver."""
     result = Compiled()
+    names = device_names(devices or PLACEHOLDER_DEVICES)
     for doc in docs:
-        fc = _FileCompiler(doc, devices or PLACEHOLDER_DEVICES)
+        fc = _FileCompiler(doc, names, placeholders=not devices)
         fc.run()
         result.cases.extend(fc.cases)
         result.errors.extend(fc.errors.values())
@@ -552,7 +611,7 @@ def compile_documents(docs: list[Document], devices: list[str] | None = None) ->
     return result
 
 
-def compile_paths(paths: list[str], devices: list[str] | None = None) -> Compiled:
+def compile_paths(paths: list[str], devices: Sequence[str] | None = None) -> Compiled:
     """Load every scenario file under `paths` and compile it; errors of all files collected."""
     # Loading allocates many small acyclic objects; the cycle collector's passes over
     # them cost a third of the time and would free nothing.
@@ -565,7 +624,7 @@ def compile_paths(paths: list[str], devices: list[str] | None = None) -> Compile
             gc.enable()
 
 
-def _compile_paths(paths: list[str], devices: list[str] | None) -> Compiled:
+def _compile_paths(paths: list[str], devices: Sequence[str] | None) -> Compiled:
     files, errors = find_scenario_files(paths)
     docs = []
     for f in files:

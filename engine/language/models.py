@@ -40,6 +40,7 @@ Feature = Literal[
     "dma_buf",
     "dma_buf_mmap",
     "dma_buf_revoke",
+    "dma_buf_memattr",
     "iommufd",
     "cdev",
     "msi",
@@ -655,7 +656,7 @@ class MmapDmabuf(Op):
     dmabuf: DmabufRef
     offset: Size = 0
     size: Size | None = None
-    attrs: Literal["uc", "wc"] | None = None
+    attrs: Literal["nc", "wc"] | None = None  # VFIO_DEVICE_FEATURE_DMA_BUF_MEMATTR (proposed)
 
 
 class RevokeDmabuf(Op):

@@ -338,7 +338,9 @@ def render(value: str, context: dict[str, Any]) -> Any:
     try:
         single, compiled, names = _compile(value)
         inputs = tuple(context.get(n, _RESULTS) for n in names)
-        if all(isinstance(v, _SCALAR_TYPES) for v in inputs):
+        # exact types: a device name (a str with its driver) must not share a result
+        # with the same BDF served by another driver
+        if all(type(v) in _SCALAR_TYPES for v in inputs):
             key = (value, inputs)
             if key in _RESULTS:
                 return _RESULTS[key]
@@ -363,9 +365,7 @@ def render(value: str, context: dict[str, Any]) -> Any:
         message = _problem(exc)
         if message is None:
             raise
-        if key is None:
-            key = (value, None)
-        if len(_FAILED) < 10_000:
+        if key is not None and len(_FAILED) < 10_000:
             _FAILED[key] = message
         raise TemplateProblem(message) from None
 
@@ -386,7 +386,7 @@ def _problem(exc: BaseException) -> str | None:
     if isinstance(exc, SecurityError):
         return f"template refused by the sandbox: {exc}"
     if isinstance(exc, UndefinedError):
-        return f"undefined template variable: {exc.message}"
+        return _undefined_message(exc.message or "")
     if isinstance(exc, TemplateError):
         return f"template error: {exc}"
     if isinstance(exc, TypeError) and "no loader" in str(exc):
@@ -401,6 +401,27 @@ def _problem(exc: BaseException) -> str | None:
 
 def _int_digits() -> int:
     return sys.get_int_max_str_digits()
+
+
+_NO_ATTRIBUTE = re.compile(r"^'(?P<obj>[\w.]+) object' has no attribute '(?P<attr>\w+)'$")
+
+
+def _undefined_message(message: str) -> str:
+    """The user's words for an undefined name or attribute (a driver's, a device's)."""
+    from vfio_scenario.language.devices import DRIVER_ATTRIBUTES
+
+    m = _NO_ATTRIBUTE.match(message)
+    if m and m.group("obj").endswith("DriverFacts"):
+        return (f"a driver has no attribute `{m.group('attr')}` "
+                f"(it has {', '.join(DRIVER_ATTRIBUTES)})")
+    if m and m.group("obj").endswith("DeviceName"):
+        return f"a device has no attribute `{m.group('attr')}` (it has `driver`)"
+    if message == "'None' has no attribute 'name'" or message.startswith("'None' has no attr"):
+        return f"undefined template variable: {message} (a device without a scenario driver)"
+    if message == "'driver' is undefined":
+        return ("undefined template variable: 'driver' is undefined (only a scenario that "
+                "requires a driver has one: `requires: {driver: any}` or a driver's name)")
+    return f"undefined template variable: {message}"
 
 
 def render_tree(value: Any, context: dict[str, Any], path: tuple[Any, ...],

@@ -90,6 +90,16 @@ class ReportSink:
         self._header_done = False
         self.write_error = ""  # why the last rewrite failed ("" when it worked)
 
+    def replan(self, ids: Sequence[str]) -> None:
+        """The run's cases are now these (compiled for the real devices: the `driver` axis
+        holds their drivers); call before the header is printed."""
+        resumed = [c for c in self.run.cases if c.case_id in self._resumed]
+        self.console.total = len(resumed) + len(ids)
+        if self.ktap and not self._header_done:
+            self.ktap = KtapStream(self.ktap.out, [*(c.case_id for c in resumed), *ids])
+            for case in resumed:
+                self.ktap.case(case)
+
     def finished_ids(self) -> set[str]:
         """Ids of the cases the resumed journal already holds."""
         return set(self._resumed)

@@ -45,6 +45,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                    help="run on this host's device (repeatable); no testbed")
     p.add_argument("--iommu-mode", action="append", default=[], choices=IOMMU_MODES,
                    metavar="MODE", help="run only these IOMMU modes (repeatable)")
+    p.add_argument("--driver", metavar="NAME",
+                   help="select the cases that run on scenario driver NAME (its `driver` "
+                   "axis value, or `requires: {driver: NAME}`)")
     p.add_argument("--testbed", choices=("auto", "never", "always"), default="auto",
                    help="auto: boot the testbed when no --device and no VFIO device here")
     p.add_argument("--kernel", default="default", metavar="default|debian|PATH",

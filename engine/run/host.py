@@ -15,7 +15,7 @@ from typing import Any
 
 from vfio_scenario import __version__
 from vfio_scenario.commands import compile_or_raise
-from vfio_scenario.errors import EnvironmentProblem, NothingSelected, UsageError
+from vfio_scenario.errors import EnvironmentProblem, NothingSelected, ScenarioErrors, UsageError
 from vfio_scenario.language.cases import Case
 from vfio_scenario.language.compile import compile_paths
 from vfio_scenario.results import CaseResult, RunResult
@@ -47,6 +47,9 @@ def select(cases: list[Case], args: argparse.Namespace) -> list[Case]:
     from vfio_scenario import select as sel
 
     chosen = cases
+    driver = getattr(args, "driver", None)
+    if driver:
+        chosen = [c for c in chosen if c.driver == driver]
     if args.keyword:
         expr = sel.parse_keyword(args.keyword)
         chosen = [c for c in chosen if expr.matches(c.id, c.tags)]
@@ -96,14 +99,21 @@ def run_command(args: argparse.Namespace) -> int:
             sink.header()
         elif kind == "warning":
             sink.warn(event.get("message", ""))
+        elif kind == "plan":
+            # compiled for the real devices: the `driver` axis holds their drivers
+            sink.replan(event["ids"])
+            if not event["ids"]:
+                sink.warn("no selected case runs on these devices (the `driver` axis holds "
+                          "the scenario drivers of the devices here)")
         elif kind == "interrupted":
             interrupted.append(str(event.get("signal", "SIGINT")))
 
     try:
+        done = sink.finished_ids() if args.resume else set()
         if where == "local":
-            _run_local(cases, args, options, on_event)
+            _run_local(cases, args, options, on_event, done)
         else:
-            _run_testbed(cases, args, options, on_event, run)
+            _run_testbed(cases, args, options, on_event, run, done)
     except BaseException:
         # the reports are written either way; a summary of nothing would only precede
         # the error that says why nothing ran
@@ -117,12 +127,22 @@ def run_command(args: argparse.Namespace) -> int:
     return sink.exit_code()
 
 
+def _reselect(args: argparse.Namespace, done: set[str]) -> Any:
+    """The run's selection applied again to the cases compiled for the real devices."""
+    def reselect(cases: list[Case]) -> list[Case]:
+        return [c for c in select(cases, args) if c.id not in done]
+    return reselect
+
+
 def _run_local(cases: list[Case], args: argparse.Namespace, options: RunOptions,
-               on_event: Any) -> None:
+               on_event: Any, done: set[str]) -> None:
+    from vfio_scenario.language.devices import DeviceName
     from vfio_scenario.run import devstate
+    from vfio_scenario.run.driverfacts import device_names
     from vfio_scenario.run.plan import plan_each
     from vfio_scenario.run.probe import probe_host
     from vfio_scenario.run.session import run_planned
+    from vfio_scenario.run.testbed_run import needs_driver_facts
     from vfio_scenario.uapi.sysfs import normalize_bdf
 
     # devices named with --device that no VFIO driver holds are bound to vfio-pci for
@@ -132,12 +152,17 @@ def _run_local(cases: list[Case], args: argparse.Namespace, options: RunOptions,
         with devstate.held([normalize_bdf(b) for b in args.device], problems,
                            lambda message: on_event({"event": "warning", "message": message})):
             caps = probe_host(args.device or None)
-            on_event({"event": "hello", "properties": {"kernel": caps.kernel_release}})
             if caps.devices:
-                # templates see this host's BDFs (`devices[1]`), as in the guest
-                by_id = {c.id: c for c in
-                         compile_paths(args.paths, [d.bdf for d in caps.devices]).cases}
-                cases = [by_id.get(c.id, c) for c in cases]
+                # templates see this host's BDFs (`devices[1]`) and the limits their
+                # drivers' init sets (`driver.max_memcpy_size`), as in the guest
+                names = device_names(caps.devices) if needs_driver_facts(cases) else \
+                    [DeviceName(d.bdf) for d in caps.devices]
+                compiled = compile_paths(args.paths, names)
+                if compiled.errors:
+                    raise ScenarioErrors(compiled.errors)
+                cases = _reselect(args, done)(compiled.cases)
+                on_event({"event": "plan", "ids": [c.id for c in cases]})
+            on_event({"event": "hello", "properties": {"kernel": caps.kernel_release}})
             run_planned(plan_each(cases, caps, args.iommu_mode or None), caps, options,
                         on_event, fail_fast=args.fail_fast)
     except devstate.Interrupted as exc:
@@ -148,7 +173,7 @@ def _run_local(cases: list[Case], args: argparse.Namespace, options: RunOptions,
 
 
 def _run_testbed(cases: list[Case], args: argparse.Namespace, options: RunOptions,
-                 on_event: Any, run: RunResult) -> None:
+                 on_event: Any, run: RunResult, done: set[str]) -> None:
     """Run in the VM of `testbed up` when one runs, else in a testbed of our own."""
     from vfio_scenario.run.testbed_run import run_in_testbed
     from vfio_scenario.testbed import Testbed
@@ -170,7 +195,8 @@ def _run_testbed(cases: list[Case], args: argparse.Namespace, options: RunOption
                                "testbed": "testbed up" if not owned else "own VM"})
         run_in_testbed(testbed, cases, args.paths, on_event, devices=[],
                        iommu_modes=args.iommu_mode, timeout_multiplier=options.timeout_multiplier,
-                       fail_fast=args.fail_fast, replace=None if owned else fresh)
+                       fail_fast=args.fail_fast, replace=None if owned else fresh,
+                       reselect=_reselect(args, done))
     finally:
         for t in owned:
             t.stop()

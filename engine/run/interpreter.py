@@ -51,6 +51,13 @@ class Runtime:
     cleanups: list[tuple[str, Callable[[], object]]] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     state: dict[str, Any] = field(default_factory=dict)  # per-case scratch for op modules
+    notes: list[str] = field(default_factory=list)  # what the running step says of a pass
+
+    def note(self, message: str) -> None:
+        """Say why the running step passed (its message in the reports), e.g. that it had
+        nothing to check."""
+        if message not in self.notes:
+            self.notes.append(message)
 
     def handle(self, name: str) -> Any:
         try:
@@ -94,6 +101,7 @@ def run_step(rt: Runtime, step: Step, ops: dict[str, Operation]) -> StepResult:
     timeout = (step.common.timeout or rt.options.default_step_timeout) * rt.options.timeout_multiplier
     previous = signal.signal(signal.SIGALRM, _alarm) if timeout else None
     t0 = time.perf_counter()
+    rt.notes.clear()
     try:
         if timeout:
             signal.setitimer(signal.ITIMER_REAL, timeout)
@@ -114,6 +122,8 @@ def run_step(rt: Runtime, step: Step, ops: dict[str, Operation]) -> StepResult:
                 break
         else:
             result.actual = expected[0] if len(expected) == 1 else actual
+            if rt.notes:
+                result.message = "; ".join(rt.notes)
         if made is not None and step.handle and result.outcome is Outcome.PASS:
             rt.handles[step.handle] = made
             rt.kinds[step.handle] = step.args.produces or ""

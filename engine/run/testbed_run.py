@@ -48,18 +48,53 @@ def guest_vfio_devices(testbed: Any) -> list[str]:
     return sorted(out.stdout.split())
 
 
-def compile_for_guest(cases: list[Case], paths: list[str], bdfs: list[str]) -> list[Case]:
-    """`cases` compiled again with the guest's BDFs, so that templates (`device`,
-    `devices[1]`) name the guest's functions rather than placeholders."""
+def guest_driver_facts(testbed: Any, bdfs: list[str], drivers: dict[str, str]
+                       ) -> list[str]:
+    """The guest's devices as templates see them: each BDF with the facts of the
+    scenario driver serving it, from its init in the guest (vfio_scenario.run.driverfacts)."""
+    from vfio_scenario.language.devices import DeviceName, DriverFacts
+
+    if not bdfs:
+        return []
+    argv = [sys.executable, "-m", "vfio_scenario.run.driverfacts", "--drivers",
+            json.dumps(drivers), *bdfs]
+    out = testbed.run(argv, timeout=GUEST_START)
+    if out.returncode != 0:
+        raise EnvironmentProblem(f"reading the testbed's scenario drivers failed: {out.stderr}")
+    facts: dict[str, DriverFacts] = {}
+    for line in out.stdout.splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(entry, dict) and entry.get("driver"):
+            facts[entry["bdf"]] = DriverFacts.from_dict(entry["driver"])
+    return [DeviceName(b, facts.get(b)) for b in bdfs]
+
+
+def needs_driver_facts(cases: list[Case]) -> bool:
+    """Whether a case's templates may read a driver: it requires one (its `driver`
+    axis, `driver.*`) or names the run's devices (`devices[N].driver`)."""
+    return any(c.requires.driver is not None or c.names_devices for c in cases)
+
+
+def compile_for_guest(cases: list[Case], paths: list[str], bdfs: list[str],
+                      reselect: Callable[[list[Case]], list[Case]] | None = None) -> list[Case]:
+    """`cases` compiled again for the guest's devices, so that templates (`device`,
+    `devices[1]`, `driver`) name the guest's functions and drivers rather than
+    placeholders.  The `driver` axis then holds the drivers the guest's devices have:
+    `reselect` picks the run's cases among those (default: the ones of `cases`)."""
     from vfio_scenario.language.compile import compile_paths
 
     if not bdfs:
         return cases
     compiled = compile_paths(paths, bdfs)
-    if compiled.errors:  # the same files compiled a moment ago; only the BDFs differ
+    if compiled.errors:  # the same files compiled a moment ago; only the devices differ
         raise EnvironmentProblem("\n".join(str(e) for e in compiled.errors))
+    if reselect is not None:
+        return reselect(compiled.cases)
     by_id = {c.id: c for c in compiled.cases}
-    return [by_id.get(c.id, c) for c in cases]
+    return [by_id[c.id] for c in cases if c.id in by_id]
 
 
 def crashed_result(case: Case, message: str, console: str, started: float) -> CaseResult:
@@ -71,7 +106,8 @@ def crashed_result(case: Case, message: str, console: str, started: float) -> Ca
 
 def run_in_testbed(testbed: Any, cases: list[Case], paths: list[str], on_event: OnEvent, *,
                    devices: list[str], iommu_modes: list[str], timeout_multiplier: float,
-                   fail_fast: bool, replace: Callable[[], Any] | None = None) -> None:
+                   fail_fast: bool, replace: Callable[[], Any] | None = None,
+                   reselect: Callable[[list[Case]], list[Case]] | None = None) -> None:
     """Run `cases` in `testbed` (started), calling `on_event` with each guest event.
 
     After a guest crash or hang the testbed reboots, or `replace()` gives the one to
@@ -85,8 +121,16 @@ def run_in_testbed(testbed: Any, cases: list[Case], paths: list[str], on_event: 
     # the guest sees the host's root at the same paths, except its own /tmp
     workdir = str(sub_dir("run", "payloads"))
     bdfs = devices or guest_vfio_devices(testbed)
-    remaining = compile_for_guest(list(cases), paths, bdfs)
-    header = payload.Header(devices=bdfs, drivers=driver_entry_points(),
+    drivers = driver_entry_points()
+    # each driver's init in the guest costs a Python start there: only for runs with a
+    # case that reads a driver
+    named = guest_driver_facts(testbed, bdfs, drivers) if needs_driver_facts(cases) else bdfs
+    remaining = compile_for_guest(list(cases), paths, named, reselect)
+    # the cases of this run, now that the guest's drivers gave the `driver` axis
+    on_event({"event": "plan", "ids": [c.id for c in remaining]})
+    if not remaining:
+        return
+    header = payload.Header(devices=bdfs, drivers=drivers,
                             iommu_modes=list(iommu_modes),
                             timeout_multiplier=timeout_multiplier, fail_fast=fail_fast)
     reboots = 0

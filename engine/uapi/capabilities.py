@@ -20,8 +20,8 @@ from vfio_scenario.uapi.kconfig import kernel_config
 from vfio_scenario.uapi.modes import ALL_MODES, IommuMode
 
 HOST_FEATURES = ("iommufd", "cdev", "hugetlb-2M", "hugetlb-1G", "iommu_debugfs")
-DEVICE_FEATURES = ("dma_buf", "dma_buf_mmap", "dma_buf_revoke", "msi", "msix", "intx",
-                   "reset", "sriov")
+DEVICE_FEATURES = ("dma_buf", "dma_buf_mmap", "dma_buf_revoke", "dma_buf_memattr", "msi", "msix",
+                   "intx", "reset", "sriov")
 HUGEPAGE_DIRS = {"hugetlb-2M": "hugepages-2048kB", "hugetlb-1G": "hugepages-1048576kB"}
 
 
@@ -195,7 +195,7 @@ def _probe_dmabuf(device: Any) -> dict[str, Availability]:
     if bar is None:
         reason = "the device has no mmappable BAR to export"
         return {n: Availability(False, reason) for n in ("dma_buf", "dma_buf_mmap")} | {
-            "dma_buf_revoke": _revoke(device)}
+            "dma_buf_revoke": _revoke(device), "dma_buf_memattr": _memattr(device)}
     try:
         dmabuf = device.export_dmabuf(bar, [(0, 4096)])
     except VfioError as e:
@@ -210,14 +210,25 @@ def _probe_dmabuf(device: Any) -> dict[str, Availability]:
             found["dma_buf_mmap"] = Availability(False, f"mmap of a DMABUF: {e.errno_name}")
         dmabuf.close()
     found["dma_buf_revoke"] = _revoke(device)
+    found["dma_buf_memattr"] = _memattr(device)
     return found
+
+
+REVOKE_ABSENT = ("no DMABUF revoke uAPI: VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE (13) and "
+                 "VFIO_DEVICE_PCI_DMABUF_REVOKE answer ENOTTY")
+MEMATTR_ABSENT = ("no DMABUF mmap attribute uAPI: VFIO_DEVICE_FEATURE_DMA_BUF_MEMATTR (14) "
+                  "answers ENOTTY")
 
 
 def _revoke(device: Any) -> Availability:
     method = device.revoke_support()
     if method is None:
-        return Availability(False, "the kernel has no DMABUF revoke uAPI (ENOTTY)")
+        return Availability(False, REVOKE_ABSENT)
     return Availability(True, method)
+
+
+def _memattr(device: Any) -> Availability:
+    return Availability(True) if device.memattr_support() else Availability(False, MEMATTR_ABSENT)
 
 
 def host_capabilities(bdfs: list[str] | tuple[str, ...] = ()) -> HostCapabilities:

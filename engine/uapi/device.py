@@ -24,6 +24,7 @@ from vfio_scenario.uapi.mmio import WIDTHS, Mmio
 from vfio_scenario.uapi.regions import DeviceInfo, IrqInfo, RegionInfo, region_index
 
 REVOKE_FEATURE = lib.VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE
+MEMATTR_FEATURE = lib.VFIO_DEVICE_FEATURE_DMA_BUF_MEMATTR
 
 
 @dataclass(frozen=True)
@@ -308,28 +309,46 @@ class VfioDevice:
     def revoke_support(self) -> str | None:
         """Which proposed DMABUF revoke uAPI the kernel has: "feature", "ioctl" or None.
 
-        Neither is in a released kernel; both answer ENOTTY where absent.
+        "feature": VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE (13), SET (the series' v3 onwards),
+        found by a PROBE of SET. "ioctl": VFIO_DEVICE_PCI_DMABUF_REVOKE (RFC v2), found by
+        calling it on fd 0xffffffff: the RFC answers EBADF (dma_buf_get of a bad fd), a
+        kernel without it ENOTTY. Neither is in a released kernel.
         """
         if self.probe_feature(REVOKE_FEATURE, set=True):
             return "feature"
-        arg = new("struct vfio_pci_dmabuf_revoke", dmabuf_fd=-1)
+        arg = new("struct vfio_pci_dmabuf_revoke", dmabuf_fd=0xFFFFFFFF)
         try:
             ioctl(self.fd, "VFIO_DEVICE_PCI_DMABUF_REVOKE", arg, self.bdf)
         except VfioError as e:
             return None if e.errno == errno.ENOTTY else "ioctl"
         return "ioctl"
 
-    def revoke_dmabuf(self, dmabuf: DmaBuf, method: str) -> None:
-        """Permanently revoke a DMABUF through the proposed "feature" or "ioctl" uAPI."""
+    def revoke_dmabuf(self, dmabuf: DmaBuf | int, method: str) -> None:
+        """Permanently revoke a DMABUF (or any fd) through the proposed "feature" or
+        "ioctl" uAPI; the kernel's errno (EBADFD when already revoked) as VfioError."""
+        fd = dmabuf if isinstance(dmabuf, int) else dmabuf.fd
         if method == "feature":
-            body = new("struct vfio_device_feature_dma_buf_revoke", dmabuf_fd=dmabuf.fd)
+            body = new("struct vfio_device_feature_dma_buf_revoke", dmabuf_fd=fd)
             self.feature(REVOKE_FEATURE, lib.VFIO_DEVICE_FEATURE_SET, bytes(ffi.buffer(body)))
         elif method == "ioctl":
-            arg = new("struct vfio_pci_dmabuf_revoke", dmabuf_fd=dmabuf.fd)
+            arg = new("struct vfio_pci_dmabuf_revoke", dmabuf_fd=fd & 0xFFFFFFFF)
             ioctl(self.fd, "VFIO_DEVICE_PCI_DMABUF_REVOKE", arg, self.bdf)
         else:
             raise VfioError(errno.EINVAL, "revoke_dmabuf", self.bdf, f"method {method!r}")
-        dmabuf.revoked = True
+        if not isinstance(dmabuf, int):
+            dmabuf.revoked = True
+
+    def memattr_support(self) -> bool:
+        """True where the kernel takes VFIO_DEVICE_FEATURE_DMA_BUF_MEMATTR (14) SET (the
+        series' v3 9/9): a PROBE of SET succeeds. Absent from every released kernel."""
+        return self.probe_feature(MEMATTR_FEATURE, set=True)
+
+    def set_dmabuf_memattr(self, dmabuf: DmaBuf, memattr: int) -> None:
+        """SET the memory attribute later mmaps of `dmabuf` get (NC 0, WC 1); the kernel
+        answers ENOENT for a value it does not know, ENOTTY where the feature is absent."""
+        body = new("struct vfio_device_feature_dma_buf_memattr", dmabuf_fd=dmabuf.fd,
+                   memattr=memattr)
+        self.feature(MEMATTR_FEATURE, lib.VFIO_DEVICE_FEATURE_SET, bytes(ffi.buffer(body)))
 
     def close(self) -> None:
         """Disable interrupts, unmap BARs, close DMABUFs and the device fd; idempotent."""

@@ -86,3 +86,42 @@ def test_malformed_record_names_the_file(tmp_path: Path) -> None:
 
 def test_committed_record_is_a_valid_list() -> None:
     assert isinstance(status.real_runs(), list)
+
+
+
+def _bad_driver(**attrs: object) -> type:
+    from vfio_scenario.drivers.base import Driver
+
+    return type("Bad", (Driver,), {"name": "bad", "max_memcpy_size": 4096,
+                                   "max_memcpy_count": 1, **attrs})
+
+
+@pytest.mark.parametrize(("attrs", "message"), [
+    ({"max_memcpy_size": 0}, ("scenario driver bad (tests:Bad) declares max_memcpy_size = 0; "
+                             "a driver declares positive limits")),
+    ({"max_memcpy_count": 0}, "scenario driver bad (tests:Bad) declares max_memcpy_count = 0"),
+    ({"name": "other"}, "scenario driver bad (tests:Bad) calls itself 'other'"),
+])
+def test_a_driver_without_positive_limits_is_refused_when_it_registers(
+        attrs: dict[str, object], message: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    from vfio_scenario.drivers import base
+    from vfio_scenario.errors import ExitCode
+
+    module = types.ModuleType("tests")
+    module.Bad = _bad_driver(**attrs)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "tests", module)
+    monkeypatch.setattr(base, "_registry", None)
+    with pytest.raises(base.DriverRegistrationError) as exc:
+        base.use_drivers({"bad": "tests:Bad"})
+    assert str(exc.value).startswith(message)
+    assert exc.value.exit_code == ExitCode.ENVIRONMENT
+    monkeypatch.setattr(base, "_registry", None)
+
+
+def test_every_registered_driver_declares_positive_limits() -> None:
+    for name, cls in registered_drivers().items():
+        facts = cls.facts()
+        assert facts.name == name and facts.max_memcpy_size > 0 and facts.max_memcpy_count > 0

@@ -15,9 +15,11 @@ import time
 from typing import Any
 
 import pytest
+from vfio_scenario.drivers.base import registered_drivers
 from vfio_scenario.errors import VfioError
 from vfio_scenario.language.cases import Case
 from vfio_scenario.language.compile import compile_documents
+from vfio_scenario.language.devices import DeviceName
 from vfio_scenario.language.loader import load_text
 from vfio_scenario.results import Outcome
 from vfio_scenario.run.executor import execute_case
@@ -25,10 +27,11 @@ from vfio_scenario.run.interpreter import CheckFailed, RunOptions, Runtime, Skip
 from vfio_scenario.run.plan import DeviceCaps, HostCaps, plan
 
 
-def cases_of(text: str, path: str = "scen/x.yaml") -> list[Case]:
+def cases_of(text: str, path: str = "scen/x.yaml",
+             devices: list[str] | None = None) -> list[Case]:
     doc, errors = load_text(textwrap.dedent(text), path)
     assert errors == []
-    compiled = compile_documents([doc])
+    compiled = compile_documents([doc], devices)
     assert compiled.errors == [], [str(e) for e in compiled.errors]
     return compiled.cases
 
@@ -286,19 +289,24 @@ def _caps(**kw: Any) -> HostCaps:
 
 
 def _plan(caps: HostCaps) -> dict[str, str | None]:
-    return {pc.case.id.split("::")[1]: pc.skip for pc in plan(cases_of(PLANNED), caps)}
+    # compiled for the host's devices, as a run compiles: the `driver` axis holds theirs
+    drivers = registered_drivers()
+    devices = [DeviceName(d.bdf, drivers[d.scenario_driver].facts() if d.scenario_driver
+                          else None) for d in caps.devices]
+    cases = cases_of(PLANNED, devices=devices or None)
+    return {pc.case.id.split("::")[1]: pc.skip for pc in plan(cases, caps)}
 
 
 def test_planner_skips_with_the_reason_and_never_drops_a_case() -> None:
     skips = _plan(_caps())
     assert len(skips) == 5 + 5 + 1 + 1 + 1
-    assert skips["any-driver[iommu_mode=vfio_type1v2_iommu]"] is None
-    assert skips["any-driver[iommu_mode=iommufd_compat_type1]"] == \
+    assert skips["any-driver[driver=edu,iommu_mode=vfio_type1v2_iommu]"] is None
+    assert skips["any-driver[driver=edu,iommu_mode=iommufd_compat_type1]"] == \
         "IOMMU mode iommufd_compat_type1 unavailable: /dev/iommu does not exist"
     assert skips["needs-msix[iommu_mode=iommufd]"] == \
         "0 suitable device(s) of 1 needed: 0000:00:03.0 (1234:11e8): no msix: msix has 0 vectors"
     assert skips["needs-two[iommu_mode=iommufd]"].startswith("1 suitable device(s) of 2 needed")
-    assert skips["sends-msi[iommu_mode=iommufd]"] is None
+    assert skips["sends-msi[driver=edu,iommu_mode=iommufd]"] is None
     assert skips["kconfig"] == "kernel lacks CONFIG_VFIO_PCI_DMABUF (from /proc/config.gz)"
 
 
@@ -307,13 +315,18 @@ def test_planner_skips_send_msi_cases_on_a_no_send_msi_driver() -> None:
     caps.devices[0].no_send_msi = True
     caps.devices[0].scenario_driver = "nv_falcon"
     skips = _plan(caps)
-    assert "NO_SEND_MSI" in (skips["sends-msi[iommu_mode=iommufd]"] or "")
-    assert skips["any-driver[iommu_mode=iommufd]"] is None
+    assert skips["sends-msi[driver=nv_falcon,iommu_mode=iommufd]"] == (
+        "0 suitable device(s) of 1 needed: 0000:00:03.0 (1234:11e8): driver nv_falcon has "
+        "NO_SEND_MSI: send_msi is EOPNOTSUPP (the device cannot raise an MSI on demand)")
+    assert skips["any-driver[driver=nv_falcon,iommu_mode=iommufd]"] is None
 
 
 def test_planner_without_devices_or_config_says_so() -> None:
     skips = _plan(_caps(devices=[], kconfig=None))
-    assert skips["any-driver[iommu_mode=iommufd]"] == "no VFIO device on this host"
+    # without devices the `driver` axis holds every registered driver, each skipped
+    assert skips["any-driver[driver=edu,iommu_mode=iommufd]"] == "no VFIO device on this host"
+    assert skips["any-driver[driver=nv_falcon,iommu_mode=iommufd]"] == \
+        "no VFIO device on this host"
     assert skips["kconfig"].startswith("kernel config not readable")
 
 
@@ -427,3 +440,245 @@ def test_assert_pattern_names_the_first_bad_byte_and_the_pattern(pattern: str, w
     assert result.outcome is Outcome.FAIL
     assert result.message == (f"step 4 `assert_pattern` (scen/x.yaml:9): buf[0x10] is 0x00, "
                               f"expected {want:#04x} ({described})")
+
+
+def test_a_dmabuf_in_a_type1_container_is_skipped_before_any_ioctl() -> None:
+    """The type1 uAPI has no call that takes a DMABUF: the engine refuses the step itself
+    and reports a skip naming that, never an errno a scenario could take for the kernel's."""
+    from vfio_scenario.run.ops import memory, operations
+    from vfio_scenario.uapi.iommu import AddressSpace, Mapping
+    from vfio_scenario.uapi.iova import IovaRange
+
+    calls: list[str] = []
+
+    class FakeContainer(AddressSpace):  # no map_file: what a type1 container offers
+        handle = "fake container"
+
+        def iova_ranges(self) -> list[IovaRange]:
+            return [IovaRange(0, (1 << 40) - 1)]
+
+        def map(self, vaddr: int, size: int, iova: int, read: bool = True,
+                write: bool = True) -> Mapping:
+            calls.append("map")
+            return Mapping(self, iova, size, vaddr)
+
+        def unmap(self, iova: int, size: int) -> int:
+            calls.append("unmap")
+            return size
+
+    class FakeDmabuf:
+        fd, size = 99, 4096
+
+    (case,) = cases_of("""
+        name: type1-dmabuf
+        requires: {devices: 0}
+        matrix: {iommu_mode: [vfio_type1v2_iommu]}
+        steps:
+          - open_iommu: {}
+            as: iommu
+          - open_device: {iommu: iommu}
+            as: dev
+          - export_dmabuf: {device: dev}
+            as: regs
+          - map_dma: {iommu: iommu, dmabuf: regs, iova: 0x100000}
+            expect: EINVAL
+    """)
+    ops = operations()
+    ops["open_iommu"] = lambda rt, a, s: FakeContainer()
+    ops["open_device"] = lambda rt, a, s: object()
+    ops["export_dmabuf"] = lambda rt, a, s: FakeDmabuf()
+    result = run_case(case, [], ops)
+    assert (result.outcome, result.message) == (Outcome.SKIP, memory.TYPE1_DMABUF)
+    assert calls == []
+
+
+class _FakeRevokeDevice:
+    """What revoke_dmabuf/mmap_dmabuf ask of a device, answers chosen by the test."""
+
+    bdf = "0000:00:03.0"
+
+    def __init__(self, revoke: str | None, memattr: bool) -> None:
+        self.revoke, self.memattr = revoke, memattr
+        self.calls: list[str] = []
+
+    def revoke_support(self) -> str | None:
+        self.calls.append("probe revoke")
+        return self.revoke
+
+    def revoke_dmabuf(self, dmabuf: Any, method: str) -> None:
+        self.calls.append(f"revoke {method}")
+
+    def set_command_bits(self, bits: int, on: bool) -> None:
+        self.calls.append(f"memory {'on' if on else 'off'}")
+
+    def memattr_support(self) -> bool:
+        self.calls.append("probe memattr")
+        return self.memattr
+
+    def set_dmabuf_memattr(self, dmabuf: Any, memattr: int) -> None:
+        self.calls.append(f"memattr {memattr}")
+
+
+def _run_dmabuf_steps(device: _FakeRevokeDevice, steps: str) -> Any:
+    from vfio_scenario.run.ops import operations
+
+    class FakeDmabuf:
+        fd, size, handle = 99, 4096, "fake dmabuf"
+
+        def __init__(self) -> None:
+            self.device = device
+
+        def mmap(self, offset: int, size: int | None) -> Any:
+            device.calls.append("mmap")
+
+            class View:
+                handle = "view"
+
+                def close(self) -> None:
+                    pass
+            return View()
+
+    (case,) = cases_of("""
+        name: revoke
+        requires: {devices: 0}
+        matrix: {iommu_mode: [iommufd]}
+        steps:
+          - open_iommu: {}
+            as: iommu
+          - open_device: {iommu: iommu}
+            as: dev
+          - export_dmabuf: {device: dev}
+            as: regs
+    """ + textwrap.indent(textwrap.dedent(steps), "      "))
+    ops = operations()
+    ops["open_iommu"] = lambda rt, a, s: object()
+    ops["open_device"] = lambda rt, a, s: object()
+    ops["export_dmabuf"] = lambda rt, a, s: FakeDmabuf()
+    return run_case(case, [], ops)
+
+
+@pytest.mark.parametrize(("support", "method", "calls"), [
+    ("feature", "ioctl", ["probe revoke", "revoke feature"]),
+    ("ioctl", "auto", ["probe revoke", "revoke ioctl"]),
+    (None, "auto", ["probe revoke", "memory off", "memory on"]),  # on: the case's cleanup
+    (None, "memory-disable", ["memory off", "memory on"]),
+])
+def test_revoke_dmabuf_uses_the_uapi_the_kernel_has(support: str | None, method: str,
+                                                    calls: list[str]) -> None:
+    device = _FakeRevokeDevice(support, memattr=False)
+    result = _run_dmabuf_steps(device, f"- revoke_dmabuf: {{dmabuf: regs, method: {method}}}")
+    assert result.outcome is Outcome.PASS, result.message
+    assert device.calls == calls
+
+
+def test_revoke_ioctl_skips_naming_the_missing_revoke_uapi() -> None:
+    from vfio_scenario.uapi.capabilities import REVOKE_ABSENT
+
+    device = _FakeRevokeDevice(None, memattr=False)
+    result = _run_dmabuf_steps(device, "- revoke_dmabuf: {dmabuf: regs, method: ioctl}")
+    assert (result.outcome, result.message) == (Outcome.SKIP, REVOKE_ABSENT)
+    assert "mmap" not in REVOKE_ABSENT and device.calls == ["probe revoke"]
+
+
+@pytest.mark.parametrize(("offered", "outcome", "calls"), [
+    (True, Outcome.PASS, ["probe memattr", "memattr 1", "mmap"]),
+    (False, Outcome.SKIP, ["probe memattr"]),
+])
+def test_mmap_attrs_are_probed_and_set_before_mapping(offered: bool, outcome: Outcome,
+                                                      calls: list[str]) -> None:
+    from vfio_scenario.uapi.capabilities import MEMATTR_ABSENT
+
+    device = _FakeRevokeDevice(None, memattr=offered)
+    result = _run_dmabuf_steps(device, "- mmap_dmabuf: {dmabuf: regs, attrs: wc}")
+    assert result.outcome is outcome, result.message
+    assert device.calls == calls
+    if outcome is Outcome.SKIP:
+        assert result.message == MEMATTR_ABSENT
+
+
+NAMED_DRIVER = """
+- name: on-falcon
+  requires: {driver: nv_falcon, iommu_modes: [iommufd]}
+  steps:
+    - open_iommu: {}
+      as: iommu
+- name: send-or-not
+  requires: {driver: any, iommu_modes: [iommufd]}
+  steps:
+    - open_iommu: {}
+      as: iommu
+    - open_device: {iommu: iommu}
+      as: dev
+    - send_msi: {device: dev}
+      expect: [ok, EOPNOTSUPP]
+"""
+
+
+def test_planner_skips_a_named_driver_no_device_has_with_the_reason() -> None:
+    (case, _) = cases_of(NAMED_DRIVER, devices=[DeviceName(
+        "0000:00:03.0", registered_drivers()["edu"].facts())])
+    (pc,) = plan([case], _caps())
+    assert pc.skip == "no device here is served by scenario driver nv_falcon (the devices' " \
+                      "drivers: edu)"
+
+
+def test_planner_runs_a_send_msi_that_accepts_eopnotsupp_on_a_no_send_msi_driver() -> None:
+    caps = _caps()
+    caps.devices[0].no_send_msi = True
+    caps.devices[0].scenario_driver = "nv_falcon"
+    cases = cases_of(NAMED_DRIVER, devices=[DeviceName(
+        "0000:00:03.0", registered_drivers()["nv_falcon"].facts())])
+    assert [(pc.case.id, pc.skip) for pc in plan(cases, caps)] == [
+        ("scen/x.yaml::on-falcon[iommu_mode=iommufd]", None),
+        ("scen/x.yaml::send-or-not[driver=nv_falcon,iommu_mode=iommufd]", None)]
+
+
+def test_run_selects_by_driver_among_the_cases_compiled_for_the_devices() -> None:
+    import argparse
+
+    from vfio_scenario.run.host import select
+
+    cases = cases_of(PLANNED)  # no devices: every registered driver
+    args = argparse.Namespace(keyword=None, tag=[], shard=None, driver="nvme")
+    chosen = select(cases, args)
+    assert chosen and {c.driver for c in chosen} == {"nvme"}
+    assert {c.scenario for c in chosen} == {"any-driver", "sends-msi"}
+
+
+def test_a_passing_step_carries_its_note() -> None:
+    (case,) = cases_of("""
+        name: noted
+        requires: {devices: 0}
+        steps:
+          - sleep: {duration: 1ms}
+          - sleep: {duration: 2ms}
+    """)
+    calls = []
+
+    def sleep(rt: Runtime, args: Any, step: Any) -> None:
+        calls.append(step.index)
+        if step.index == 0:
+            rt.note("nothing to check")
+
+    result = run_case(case, [], {"sleep": sleep})
+    assert [s.message for s in result.steps] == ["nothing to check", ""]
+    assert result.outcome is Outcome.PASS and calls == [0, 1]
+
+
+def test_a_run_reads_driver_facts_only_for_cases_that_may_read_a_driver() -> None:
+    from vfio_scenario.run.testbed_run import needs_driver_facts
+
+    assert needs_driver_facts(cases_of(PLANNED))  # requires a driver
+    assert needs_driver_facts(cases_of("""
+        name: two
+        requires: {devices: 2}
+        steps:
+          - sleep: {duration: 1ms}
+            name: "{{ devices[1] }}"
+    """))
+    assert not needs_driver_facts(cases_of("""
+        name: host
+        requires: {devices: 0}
+        steps:
+          - sleep: {duration: 1ms}
+    """))

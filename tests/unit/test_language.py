@@ -111,8 +111,33 @@ def test_matrix_with_include_and_exclude_and_implicit_iommu_mode() -> None:
         "dma/m.yaml::m[iommu_mode=vfio_type1v2_iommu,label=small,size=8]",
         "dma/m.yaml::m[iommu_mode=vfio_type1v2_iommu,size=4096]",
         "dma/m.yaml::m[iommu_mode=iommufd,label=small,size=8]",
-        "dma/m.yaml::m[size=256]",
+        # an include of its own runs in every mode of the implicit axis, too
+        "dma/m.yaml::m[iommu_mode=vfio_type1v2_iommu,size=256]",
+        "dma/m.yaml::m[iommu_mode=iommufd,size=256]",
     ]
+    assert all(c.iommu_mode for c in compiled.cases)
+
+
+def test_an_include_reading_iommu_mode_gets_the_implicit_axes() -> None:
+    # issue 16: "'iommu_mode' is undefined" for the included combination
+    compiled = compile_text("""
+        name: m
+        requires: {driver: any}
+        matrix:
+          size: [8]
+          include:
+            - {size: 64, label: extra}
+        steps:
+          - open_iommu: {mode: "{{ iommu_mode }}"}
+            name: "{{ size }} bytes on {{ driver.name }} in {{ iommu_mode }}"
+    """, path="dma/m.yaml")
+    assert compiled.errors == []
+    extra = [c for c in compiled.cases if c.params.get("label") == "extra"]
+    assert {c.iommu_mode for c in extra} == {
+        "vfio_type1_iommu", "vfio_type1v2_iommu", "iommufd_compat_type1",
+        "iommufd_compat_type1v2", "iommufd"}
+    assert {c.params["driver"] for c in extra} == {"dsa", "edu", "ioat", "nv_falcon", "nvme"}
+    assert extra[0].steps[0].common.name.startswith("64 bytes on dsa in ")
 
 
 def test_scenario_without_iommu_steps_has_no_mode_axis_and_plain_id() -> None:
@@ -257,3 +282,140 @@ def test_errno_aliases_compare_equal_in_the_kernels_spelling() -> None:
     """)
     assert compiled.cases[0].steps[0].common.expect == ("EOPNOTSUPP", "EAGAIN")
     assert VfioError(95, "X").errno_name == "EOPNOTSUPP"
+
+
+# --- the driver in templates, the driver axis (issue 15) -----------------------------
+
+DRIVER_TEXT = """
+    name: d
+    requires: {driver: any}
+    vars:
+      size: "{{ [driver.max_memcpy_size, 0x100000] | min }}"
+    steps:
+      - open_iommu: {}
+        as: iommu
+      - alloc_buffer: {size: "{{ 2 * size }}"}
+        name: "{{ driver }} takes {{ driver.max_memcpy_count }}, {{ driver.features | join(',') }}"
+"""
+
+
+def test_without_devices_the_driver_axis_holds_every_registered_driver() -> None:
+    from vfio_scenario.drivers.base import registered_drivers
+
+    compiled = compile_text(DRIVER_TEXT)
+    assert compiled.errors == []
+    assert {c.params["driver"] for c in compiled.cases} == set(registered_drivers())
+    falcon = next(c for c in compiled.cases if c.params["driver"] == "nv_falcon")
+    assert falcon.id == "s.yaml::d[driver=nv_falcon,iommu_mode=vfio_type1_iommu]"
+    assert falcon.steps[1].args.size == 512  # type: ignore[attr-defined]
+    assert falcon.steps[1].common.name == "nv_falcon takes 1, NO_SEND_MSI"
+
+
+def test_with_devices_the_axis_holds_their_drivers_and_their_limits() -> None:
+    from vfio_scenario.language.devices import DeviceName, DriverFacts
+
+    nvme = DriverFacts("nvme", 1 << 19, 1)
+    devices = [DeviceName("0000:00:03.0", DriverFacts("edu", 4096, 1)),
+               DeviceName("0000:00:04.0", DriverFacts("edu", 4096, 1)),
+               DeviceName("0000:00:05.0"), DeviceName("0000:00:06.0", nvme)]
+    doc, _ = load_text(textwrap.dedent(DRIVER_TEXT), "s.yaml")
+    compiled = compile_documents([doc], devices)
+    assert compiled.errors == []
+    assert sorted({c.params["driver"] for c in compiled.cases}) == ["edu", "nvme"]
+    on_nvme = next(c for c in compiled.cases if c.params["driver"] == "nvme")
+    # the limit init reported (QEMU's MDTS), not the class's declared 1 MiB
+    assert on_nvme.steps[1].args.size == 1 << 20  # type: ignore[attr-defined]
+
+
+def test_devices_carry_their_driver_in_multi_device_cases() -> None:
+    from vfio_scenario.language.devices import DeviceName, DriverFacts
+
+    compiled = compile_documents([load_text(textwrap.dedent("""
+        name: two
+        requires: {devices: 2}
+        steps:
+          - sleep: {duration: 1ms}
+            name: "{{ devices[1] }} {{ devices[1].driver.name }} {{ devices[1].driver.max_memcpy_size }}"
+    """), "s.yaml")[0]], [DeviceName("0000:00:03.0", DriverFacts("edu", 4096, 1)),
+                          DeviceName("0000:00:06.0", DriverFacts("nvme", 1 << 19, 1))])
+    assert compiled.errors == []
+    assert compiled.cases[0].steps[0].common.name == "0000:00:06.0 nvme 524288"
+    assert compiled.cases[0].names_devices
+
+
+@pytest.mark.parametrize(("expr", "message"), [
+    ("driver.max_size", ("a driver has no attribute `max_size` (it has name, max_memcpy_size, "
+                        "max_memcpy_count, features)")),
+    ("device.drivr", "a device has no attribute `drivr` (it has `driver`)"),
+])
+def test_a_driver_attribute_that_does_not_exist_is_a_located_error(expr: str,
+                                                                   message: str) -> None:
+    compiled = compile_text(f"""
+        name: d
+        requires: {{driver: edu}}
+        steps:
+          - sleep: {{duration: 1ms}}
+            name: "{{{{ {expr} }}}}"
+    """)
+    assert [str(e) for e in compiled.errors] == [f"s.yaml:6:11: {message}"]
+
+
+def test_driver_is_undefined_in_a_scenario_without_one() -> None:
+    compiled = compile_text("""
+        name: d
+        steps:
+          - sleep: {duration: 1ms}
+            name: "{{ driver.name }}"
+    """)
+    assert [e.message for e in compiled.errors] == [
+        ("undefined template variable: 'driver' is undefined (only a scenario that requires "
+        "a driver has one: `requires: {driver: any}` or a driver's name)")]
+
+
+def test_a_named_driver_gives_its_declared_limits_without_devices() -> None:
+    compiled = compile_text("""
+        name: d
+        requires: {driver: nv_falcon}
+        steps:
+          - sleep: {duration: 1ms}
+            name: "max {{ driver.max_memcpy_size }}"
+    """)
+    assert compiled.errors == []
+    assert [c.id for c in compiled.cases] == ["s.yaml::d"]
+    assert compiled.cases[0].steps[0].common.name == "max 256"
+    assert compiled.cases[0].driver == "nv_falcon"
+
+
+def test_list_selects_by_driver(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list", "--driver", "nv_falcon", str(ROOT / "scenarios" / "driver")]) == 0
+    ids = capsys.readouterr().out.split()
+    assert ids and all("driver=nv_falcon," in i for i in ids)
+    assert main(["list", "--driver", "nope", str(ROOT / "scenarios" / "driver")]) == 5
+
+
+def test_no_driver_any_scenario_names_edus_copy_size() -> None:
+    # issue 15: a `driver: any` case copies what its driver takes, never edu's 4 KiB
+    import re
+
+    for path in sorted((ROOT / "scenarios").rglob("*.yaml")):
+        doc, errors = load_text(path.read_text(), str(path))
+        assert errors == []
+        scenarios = doc.data if isinstance(doc.data, list) else [doc.data]
+        for scenario in scenarios:
+            if scenario.get("requires", {}).get("driver") != "any":
+                continue
+            text = json.dumps(scenario)
+            assert not re.search(r"\b(4096|4 ?KiB|0x1000)\b", text), \
+                f"{path}: {scenario.get('name')} names 4 KiB"
+
+
+def test_the_readme_example_validates() -> None:
+    readme = (ROOT / "README.md").read_text()
+    example = readme.split("## A scenario")[1].split("```yaml\n")[1].split("```")[0]
+    compiled = compile_text(example)
+    assert compiled.errors == []
+    ids = [c.id for c in compiled.cases]
+    assert "s.yaml::driver-memcpy[driver=edu,iommu_mode=iommufd,size=max]" in ids
+    edu = next(c for c in compiled.cases if c.id == ids[ids.index(
+        "s.yaml::driver-memcpy[driver=edu,iommu_mode=iommufd,size=max]")])
+    assert edu.steps[6].args.size == 4096  # type: ignore[attr-defined]

@@ -24,6 +24,8 @@ EXPECTED = {
     "bad-size-unit.yaml": (4, 13, "`size`: bad size '2MB': unit 'MB' is not one of B, KiB, MiB,"),
     "bad-vf-token.yaml": (5, 43, "`vf_token`: 'not-a-uuid' is not a UUID"),
     "bad-width.yaml": (7, 47, '`width`: Input should be 1, 2, 4 or 8, got 3'),
+    "driver-attribute-unknown.yaml": (4, 26, "a driver has no attribute `max_size` (it has name, m"),
+    "driver-without-requires.yaml": (3, 26, "undefined template variable: 'driver' is undefined (o"),
     "duplicate-key.yaml": (3, 1, "duplicate key 'name' (first defined at line 1)"),
     "duplicate-scenario-name.yaml": (4, 9, "two scenarios named 'same' in one file (first at line 1)"),
     "handle-undefined.yaml": (3, 24, 'handle `dev` is not defined by an earlier step'),
@@ -75,6 +77,17 @@ def test_malformed_file_reports_line_and_column(name: str, capsys: pytest.Captur
     assert first.startswith(f"{path}:{line}:{col}: "), first
     assert message in first
     assert "Traceback" not in err
+
+
+VALID = Path(__file__).parent.parent / "data" / "valid"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in VALID.glob("*.yaml")))
+def test_valid_corpus_file_validates(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(["validate", str(VALID / name)])
+    out = capsys.readouterr()
+    assert status == 0, out.err
+    assert out.out.endswith("case(s): ok\n")
 
 
 def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -88,6 +88,29 @@ def test_ktap_format_streams_parseable_ktap(tmp_path: Path) -> None:
     assert (test.counts.passed, test.counts.failed, test.counts.skipped) == (2, 2, 1)
 
 
+def test_replan_sets_the_count_and_the_ktap_plan_before_the_header(tmp_path: Path) -> None:
+    # the run compiled for its real devices: the `driver` axis gave other cases
+    run = sample_run()
+    ids = [c.case_id for c in run.cases]
+    for fmt in ("text", "ktap"):
+        out = io.StringIO()
+        with ReportSink(**paths(tmp_path), total=99, stream=out, fmt=fmt,
+                        planned=[*ids, "scenarios/x.yaml::gone[driver=dsa]"]) as sink:
+            sink.replan(ids[:3])
+            sink.header()
+            for case in run.cases[:3]:
+                sink.add(case)
+        text = out.getvalue()
+        if fmt == "text":
+            assert text.splitlines()[0].startswith("vfio-scenario 0.1.0: 3 cases")
+            assert text.splitlines()[1].startswith("[1/3] ")
+        else:
+            assert "gone" not in text
+            test = parse_ktap(text)
+            assert test.counts.errors == 0
+            assert sum((test.counts.passed, test.counts.failed, test.counts.skipped)) == 3
+
+
 def test_rewrites_are_throttled_but_every_case_lands(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []

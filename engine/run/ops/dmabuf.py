@@ -6,13 +6,18 @@ from typing import TYPE_CHECKING
 
 from vfio_scenario.run.interpreter import Runtime, Skip
 from vfio_scenario.run.ops import op
-from vfio_scenario.uapi import pci
+from vfio_scenario.uapi import capabilities, pci
+from vfio_scenario.uapi._vfio import lib
 
 if TYPE_CHECKING:
     from vfio_scenario.language.cases import Step
     from vfio_scenario.language.models import ExportDmabuf, MmapDmabuf, RestoreDmabuf, RevokeDmabuf
     from vfio_scenario.uapi.dmabuf import DmaBuf
     from vfio_scenario.uapi.mmio import Mmio
+
+# `mmap_dmabuf: {attrs}` → the memattr value of VFIO_DEVICE_FEATURE_DMA_BUF_MEMATTR
+MEMATTRS = {"nc": lib.VFIO_DEVICE_FEATURE_DMA_BUF_MEMATTR_NC,
+            "wc": lib.VFIO_DEVICE_FEATURE_DMA_BUF_MEMATTR_WC}
 
 
 @op("export_dmabuf")
@@ -27,7 +32,9 @@ def export_dmabuf(rt: Runtime, args: ExportDmabuf, step: Step) -> DmaBuf:
 def mmap_dmabuf(rt: Runtime, args: MmapDmabuf, step: Step) -> Mmio:
     dmabuf: DmaBuf = rt.handle(args.dmabuf)
     if args.attrs is not None:
-        raise Skip(f"DMABUF mmap attributes ({args.attrs}) are not offered by this kernel's uAPI")
+        if not dmabuf.device.memattr_support():
+            raise Skip(capabilities.MEMATTR_ABSENT)
+        dmabuf.device.set_dmabuf_memattr(dmabuf, MEMATTRS[args.attrs])
     mmio = dmabuf.mmap(args.offset, args.size)
     rt.on_cleanup(mmio.handle, mmio.close)
     return mmio
@@ -44,8 +51,7 @@ def revoke_dmabuf(rt: Runtime, args: RevokeDmabuf, step: Step) -> None:
             device.revoke_dmabuf(dmabuf, support)
             return
         if method == "ioctl":
-            raise Skip("the proposed DMABUF revoke uAPI (VFIO_DEVICE_PCI_DMABUF_REVOKE or its "
-                       "device feature) is not in this kernel")
+            raise Skip(capabilities.REVOKE_ABSENT)
         method = "memory-disable"
     if method == "memory-disable":
         device.set_command_bits(pci.PCI_COMMAND_MEMORY, False)

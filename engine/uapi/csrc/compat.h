@@ -135,22 +135,33 @@ struct vfio_device_feature_dma_buf {
 #endif
 
 /*
- * Proposed, not in any released kernel (vfio-dmabuf-mmap-revoke RFC): v2 revokes
- * through an ioctl on the device fd, the later respin through a device feature.
- * The capability probe tries both and reports "unsupported" where the kernel
- * answers ENOTTY.
+ * Proposed, not in any released kernel: the DMABUF mmap/revoke series by Matt Evans.
+ * RFC v2 (<20260312184613.3710705-1-mattev@meta.com>, patch 08/10) revokes through an
+ * ioctl on the device fd; v3 (<20260610154327.37758-1-matt@ozlabs.org>) through device
+ * feature 13 (patch 8/9) and sets mmap attributes through feature 14 (patch 9/9).
+ * Layouts as the patches' include/uapi/linux/vfio.h hunks declare them; the capability
+ * probe reports each one absent where the kernel answers ENOTTY.
  */
 #ifndef VFIO_DEVICE_PCI_DMABUF_REVOKE
 #define VFIO_DEVICE_PCI_DMABUF_REVOKE	_IO(VFIO_TYPE, VFIO_BASE + 22)
 struct vfio_pci_dmabuf_revoke {
 	__u32 argsz;
-	__s32 dmabuf_fd;
+	__u32 dmabuf_fd;
 };
 #endif
 #ifndef VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE
 #define VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE 13
 struct vfio_device_feature_dma_buf_revoke {
 	__s32 dmabuf_fd;
+};
+#endif
+#ifndef VFIO_DEVICE_FEATURE_DMA_BUF_MEMATTR
+#define VFIO_DEVICE_FEATURE_DMA_BUF_MEMATTR 14
+#define VFIO_DEVICE_FEATURE_DMA_BUF_MEMATTR_NC 0
+#define VFIO_DEVICE_FEATURE_DMA_BUF_MEMATTR_WC 1
+struct vfio_device_feature_dma_buf_memattr {
+	__s32 dmabuf_fd;
+	__u32 memattr;
 };
 #endif
 
