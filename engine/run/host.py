@@ -186,7 +186,8 @@ def _run_testbed(cases: list[Case], args: argparse.Namespace, options: RunOption
         owned.append(testbed)
         return testbed
 
-    testbed = attach() or fresh()
+    attached = attach()  # waits while another command uses the `up` VM
+    testbed = attached or fresh()
     try:
         run.properties.update({"accelerator": testbed.accelerator,
                                "testbed_kernel": testbed.kernel_release,
@@ -199,3 +200,5 @@ def _run_testbed(cases: list[Case], args: argparse.Namespace, options: RunOption
     finally:
         for t in owned:
             t.stop()
+        if attached is not None:
+            attached.stop()  # disconnects and lets the next command have the VM
