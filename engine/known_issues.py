@@ -103,6 +103,14 @@ def load_file(path: str) -> list[dict[str, Any]]:
     return [{**e.model_dump(), "source": str(loc)} for e, loc in zip(entries, locations)]
 
 
+def _name_of(case_id: str) -> str:
+    """The part of a case id after its scenario file (the whole id when it has none)."""
+    from vfio_scenario.report.describe import split_case_id
+
+    parts = split_case_id(case_id)
+    return parts[1] if parts else case_id
+
+
 def _scenario_of(case_id: str) -> str:
     """`file::scenario` of a case id (its matrix parameters left out)."""
     file, name, _ = parse_case_id(case_id)
@@ -131,7 +139,7 @@ class KnownIssues:
         for c in cases:
             if c.known_issues:
                 known.own[_scenario_of(c.id)] = c.known_issues
-            name = c.id.partition("::")[2] or c.id
+            name = _name_of(c.id)
             for e in c.known_issues:
                 hit = id_matches(e["case"], name)
                 seen = by_source.get(e["source"])
@@ -148,7 +156,7 @@ class KnownIssues:
 
     def entry_for(self, case_id: str, release: str) -> dict[str, Any] | None:
         """The first entry covering the case on kernel `release` (its scenario's first)."""
-        name = case_id.partition("::")[2] or case_id
+        name = _name_of(case_id)
         for e in self.own.get(_scenario_of(case_id), []):
             if id_matches(e["case"], name) and kernel_matches(e, release):
                 return e

@@ -253,9 +253,13 @@ def parse_case_id(case_id: str) -> tuple[str, str, dict[str, str]]:
 
     Ids are written with their parameters sorted by name (language.compile.case_id);
     a value may itself hold commas or brackets (a list prints as `[1, 2]`), so a
-    parameter starts only at `,name=`. An id without `::` has no file part ("")."""
-    head, sep, rest = case_id.partition("::")
-    file, rest = (head, rest) if sep else ("", case_id)
+    parameter starts only at `,name=`. The file is split off as the reports do
+    (report.describe.split_case_id: its name may hold `::`); an id without `::` has
+    no file part ("")."""
+    from vfio_scenario.report.describe import split_case_id
+
+    parts = split_case_id(case_id)
+    file, rest = parts if parts else ("", case_id)
     if not rest.endswith("]") or "[" not in rest:
         return file, rest, {}
     name, _, inner = rest[:-1].partition("[")

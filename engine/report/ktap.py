@@ -47,6 +47,7 @@ from vfio_scenario.report.describe import (
     failure_message,
     known_issue_text,
     name_in_suite,
+    split_case_id,
     step_line,
     suite_of,
     tail,
@@ -120,7 +121,7 @@ class KtapStream:
         self.planned = planned
         self._groups: dict[str, list[str]] = {}  # file -> planned case names, in order
         for case_id in planned or ():
-            head, _, name = case_id.partition("::")
+            head, name = split_case_id(case_id) or (case_id, "")
             self._groups.setdefault(head, []).append(name)
         self._names = {f: set(names) for f, names in self._groups.items()}
         self._results: dict[str, dict[str, CaseResult]] = {}  # file -> name -> result

@@ -202,7 +202,10 @@ def _run_testbed(cases: list[Case], args: argparse.Namespace, options: RunOption
         owned.append(testbed)
         return testbed
 
-    testbed = (None if getattr(args, "own_testbed", False) else attach()) or fresh()
+    # waits while another command uses the `up` VM; a --baseline-kernel run never takes
+    # it (it boots a kernel of its own choosing)
+    attached = None if getattr(args, "own_testbed", False) else attach()
+    testbed = attached or fresh()
     try:
         run.properties.update({"accelerator": testbed.accelerator,
                                "testbed_kernel": testbed.kernel_release,
@@ -215,3 +218,5 @@ def _run_testbed(cases: list[Case], args: argparse.Namespace, options: RunOption
     finally:
         for t in owned:
             t.stop()
+        if attached is not None:
+            attached.stop()  # disconnects and lets the next command have the VM

@@ -276,3 +276,9 @@ def test_thresholds_from_the_command_line(tmp_path: Path) -> None:
     assert main(["report", "diff", str(BASE), str(DEBIAN), "--json", str(out),
                  "--duration-min", "500ms"]) == 0
     assert json.loads(out.read_text())["counts"]["faster"] == 0
+
+
+def test_a_file_name_holding_double_colons_is_split_as_the_reports_do() -> None:
+    cid = "odd/brack[et]::x.yaml::n[size=1,a=2]"
+    assert parse_case_id(cid) == ("odd/brack[et]::x.yaml", "n", {"size": "1", "a": "2"})
+    assert normalize_case_id(cid) == "odd/brack[et]::x.yaml::n[a=2,size=1]"
