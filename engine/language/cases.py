@@ -58,6 +58,9 @@ class Case:
     # its templates read `device`/`devices` (the run's BDFs, in order): it must run on
     # those very devices, the first `requires.devices` of the run
     names_devices: bool = False
+    # its scenario's `known_issues:` entries, as plain values with their `source`
+    # (file:line:col); applied on the host (vfio_scenario.known_issues)
+    known_issues: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def driver(self) -> str | None:

@@ -47,6 +47,11 @@ class GuestCrashed(TestbedError):
     """The guest kernel panicked or QEMU died while a command ran."""
 
 
+class VmStopped(GuestCrashed):
+    """QEMU ended while a command ran, with no kernel crash on the guest's console: stopped
+    from outside (a signal, a QMP quit, `testbed down --force`), not a guest crash."""
+
+
 class GuestHung(TestbedError):
     """The guest sent nothing for longer than the caller allowed."""
 
