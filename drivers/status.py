@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 REAL_RUNS = Path(__file__).with_name("real-runs.json")
-# the testbed runs these drivers for real, on QEMU's edu and nvme devices, every CI run
-TESTBED_DRIVERS = frozenset({"edu", "nvme"})
+# the testbed runs these drivers for real, on QEMU's edu, igb and nvme devices, every CI run
+TESTBED_DRIVERS = frozenset({"edu", "igb", "nvme"})
 # drivers whose unit tests drive a register model of their device (tests/models/)
 MODEL_TESTED_DRIVERS = frozenset({"ioat", "dsa", "nv_falcon"})
 

@@ -21,13 +21,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from vfio_scenario import __version__
 from vfio_scenario.errors import ExitCode, VfioScenarioError
 from vfio_scenario.results import CaseResult, RunResult
 
 SCHEMA_VERSION = 1
 
 
-_HEADER = json.dumps({"type": "journal", "schema_version": SCHEMA_VERSION}).encode() + b"\n"
+# the engine's version too, so a reader of another version can say who wrote it
+_HEADER = json.dumps({"type": "journal", "schema_version": SCHEMA_VERSION,
+                      "engine_version": __version__}).encode() + b"\n"
+_HEADERS = (_HEADER, json.dumps({"type": "journal", "schema_version": SCHEMA_VERSION}).encode()
+            + b"\n")  # and the header of the engines before it
 
 
 class JournalError(VfioScenarioError):
@@ -98,7 +103,8 @@ def _read(path: Path) -> tuple[RunResult, int]:
         elif kind == "journal" and record.get("schema_version", 0) > SCHEMA_VERSION:
             raise JournalError(f"{path}: journal schema {record['schema_version']} is newer "
                                f"than this engine's ({SCHEMA_VERSION})")
-    if not valid and data.strip() and not _HEADER.startswith(data[: len(_HEADER)].rstrip(b"\n")):
+    if not valid and data.strip() and not any(h.startswith(data[: len(h)].rstrip(b"\n"))
+                                              for h in _HEADERS):
         # not even the start of a header (a journal killed at birth holds a piece of one)
         raise JournalError(f"{path}: not a vfio-scenario journal")
     run.cases = list(cases.values())

@@ -29,6 +29,9 @@ class Outcome(str, Enum):
         return self.name
 
 
+STATUSES = ("pass", "fail", "skip", "error", "xfail", "xpass")
+
+
 @dataclass
 class StepResult:
     """One executed (or not executed) step of a case."""
@@ -79,12 +82,32 @@ class CaseResult:
     started: float = 0.0  # wall-clock epoch seconds
     # the kernel watch's finds (run/kernel_watch.py): {kind, title, text, allowed} each
     kernel_splats: list[dict[str, Any]] = field(default_factory=list)
+    # the known-issue entry the case matched (reason, url, pattern, source), when one did
+    known_issue: dict[str, str] | None = None
+
+    @property
+    def status(self) -> str:
+        """The outcome as reported: `xfail` for a failed or errored case of a known issue,
+        `xpass` for a passed one, else the outcome's value."""
+        if self.known_issue is not None:
+            if self.outcome in (Outcome.FAIL, Outcome.ERROR):
+                return "xfail"
+            if self.outcome is Outcome.PASS:
+                return "xpass"
+        return self.outcome.value
+
+    @property
+    def failed(self) -> bool:
+        """A failure or error that is not a known issue: what fails a run."""
+        return self.outcome in (Outcome.FAIL, Outcome.ERROR) and self.known_issue is None
 
     def to_dict(self) -> dict[str, Any]:
         d = _fields_of(self)
         d.update(outcome=self.outcome.value, params=dict(self.params), tags=list(self.tags),
                  steps=[s.to_dict() for s in self.steps], properties=dict(self.properties),
                  kernel_splats=[dict(s) for s in self.kernel_splats])
+        if self.known_issue is None:
+            del d["known_issue"]  # journals and reports of runs without a list stay as they were
         return d
 
     @classmethod
@@ -111,6 +134,14 @@ class RunResult:
         out = {o: 0 for o in Outcome}
         for c in self.cases:
             out[c.outcome] += 1
+        return out
+
+    def status_counts(self) -> dict[str, int]:
+        """Cases per reported status, disjoint as in kselftest's totals: pass, fail, skip,
+        error, xfail, xpass (a known issue's cases count as xfail/xpass only)."""
+        out = {s: 0 for s in STATUSES}
+        for c in self.cases:
+            out[c.status] += 1
         return out
 
     def to_dict(self) -> dict[str, Any]:

@@ -241,3 +241,43 @@ def shard(case_ids: Sequence[str], index: int, count: int,
     if items is None:
         return [case_ids[i] for i in mine]
     return [items[i] for i in mine]
+
+
+# -- case ids ----------------------------------------------------------------------
+
+_PARAM = re.compile(r"(?:^|,)([A-Za-z_][A-Za-z0-9_]*)=")
+
+
+def parse_case_id(case_id: str) -> tuple[str, str, dict[str, str]]:
+    """(file, scenario name, matrix parameters as written) of `path::name[k=v,…]`.
+
+    Ids are written with their parameters sorted by name (language.compile.case_id);
+    a value may itself hold commas or brackets (a list prints as `[1, 2]`), so a
+    parameter starts only at `,name=`. The file is split off as the reports do
+    (report.describe.split_case_id: its name may hold `::`); an id without `::` has
+    no file part ("")."""
+    from vfio_scenario.report.describe import split_case_id
+
+    parts = split_case_id(case_id)
+    file, rest = parts if parts else ("", case_id)
+    if not rest.endswith("]") or "[" not in rest:
+        return file, rest, {}
+    name, _, inner = rest[:-1].partition("[")
+    starts = list(_PARAM.finditer(inner))
+    if not starts or starts[0].start() != 0:
+        return file, rest, {}
+    params: dict[str, str] = {}
+    for m, nxt in zip(starts, [*starts[1:], None]):
+        end = nxt.start() if nxt is not None else len(inner)
+        params[m.group(1)] = inner[m.end():end]
+    return file, name, params
+
+
+def normalize_case_id(case_id: str) -> str:
+    """The id with its matrix parameters in name order: two ids that differ only in the
+    order of their parameters normalize to the same text."""
+    file, name, params = parse_case_id(case_id)
+    if not params:
+        return case_id
+    inner = ",".join(f"{k}={params[k]}" for k in sorted(params))
+    return f"{file}::{name}[{inner}]" if file else f"{name}[{inner}]"

@@ -60,6 +60,9 @@ class Case:
     names_devices: bool = False
     # splat kinds its scenario's `kernel_watch: {allow: …}` declares (run/kernel_watch.py)
     kernel_watch_allow: tuple[str, ...] = ()
+    # its scenario's `known_issues:` entries, as plain values with their `source`
+    # (file:line:col); applied on the host (vfio_scenario.known_issues)
+    known_issues: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def driver(self) -> str | None:

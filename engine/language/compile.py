@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import gc
 import itertools
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -40,8 +41,10 @@ from vfio_scenario.language.templates import (
     template_names,
     template_paths,
 )
+from vfio_scenario.language.units import show
 
 RESERVED_AXES = ("iommu_mode", "driver")  # implicit axes: the engine fills them
+MAX_CASES = 10_000  # cases of one scenario's matrix (the library has a few hundred in all)
 # Operations whose presence makes a scenario depend on the IOMMU mode.
 _IOMMU_OPS = ("open_iommu", "open_device", "open_cdev", "bind_iommufd")
 _COMMON_MEMO: dict[str, StepCommon] = {}  # StepCommon is frozen, so sharing is safe
@@ -241,6 +244,9 @@ class _FileCompiler:
         if not ok:
             return None
         names = list(axes)
+        if math.prod(len(v) for v in axes.values()) > MAX_CASES:
+            self.error((*path, "matrix"), f"matrix expands to more than {MAX_CASES:,} cases")
+            return None
         combos = [dict(zip(names, values)) for values in itertools.product(*axes.values())]
         for entry in include:
             matched = False
@@ -304,6 +310,9 @@ class _FileCompiler:
             timeout=header.timeout, steps=steps, teardown=teardown,
             location=self.doc.location(path), names_devices=names_devices,
             kernel_watch_allow=tuple(header.kernel_watch.allow),
+            known_issues=[{**k.model_dump(), "source": str(loc)} for k, loc in
+                          zip(header.known_issues,
+                              self.doc.item_locations((*path, "known_issues")))],
         )
 
     def case_driver(self, header: ScenarioHeader, params: dict[str, Any]) -> DriverFacts | None:
@@ -497,14 +506,20 @@ class _FileCompiler:
     @staticmethod
     def describe(exc: ValidationError, model: type[BaseModel]) -> list[tuple[tuple[Any, ...], str]]:
         out: list[tuple[tuple[Any, ...], str]] = []
-        seen_locs: set[tuple[Any, ...]] = set()
+        seen_locs: dict[tuple[Any, ...], tuple[int, str]] = {}  # → (index in out, type)
         for err in exc.errors(include_url=False):
             loc = tuple(err["loc"])
-            # union branches report one error each; keep the first per location
+            # union branches report one error each; keep the first per location, unless a
+            # later branch took the value's type and said why it is wrong (an integer out
+            # of its C type in `region: bar0 | <u32>`), which beats "should be 'bar0'…"
             clean = tuple(p for p in loc if not _is_branch_label(p))
             if clean in seen_locs and err["type"] not in ("missing", "extra_forbidden"):
+                index, kind = seen_locs[clean]
+                if kind == "literal_error" and err["type"] == "value_error":
+                    out[index] = (clean, _message(err, clean, model))
+                    seen_locs[clean] = (index, "value_error")
                 continue
-            seen_locs.add(clean)
+            seen_locs[clean] = (len(out), err["type"])
             out.append((clean, _message(err, clean, model)))
         return out
 
@@ -573,9 +588,9 @@ def _message(err: Any, loc: tuple[Any, ...], model: type[BaseModel]) -> str:
     where = f"`{field_name}`: " if field_name else ""
     if kind in ("literal_error", "enum"):
         allowed = re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", "")))
-        return f"{where}{msg}, got {got!r}{suggest(got, allowed)}"
+        return f"{where}{msg}, got {show(got)}{suggest(got, allowed)}"
     if kind.endswith(("_type", "_parsing")):
-        return f"{where}{msg}, got {_kind(got)} {got!r}"
+        return f"{where}{msg}, got {_kind(got)} {show(got)}"
     return f"{where}{msg}"
 
 

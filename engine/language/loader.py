@@ -4,12 +4,19 @@ ruamel.yaml composes the node graph (its C composer where installed); this modul
 turns nodes into dicts, lists and scalars itself so that it can
 - remember the position of every value and every mapping key (by path),
 - report every duplicate key instead of stopping at the first,
-- cap alias expansion ("billion laughs") and file size before any work explodes.
+- cap alias expansion ("billion laughs") and file size before any work explodes,
+- bound nesting before the C composer (which recurses on the C stack) sees a deep file,
+- refuse tags outside the YAML core schema, integers no argument can hold (checked on
+  the literal's length, before Python's int-from-string digit limit is reached) and
+  floats that are not finite.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +29,21 @@ from vfio_scenario.errors import Location, ScenarioError
 
 MAX_FILE_BYTES = 1 << 20  # a scenario file is a few KiB; anything near this is a mistake
 MAX_NODES = 200_000  # nodes after alias expansion; a library file has a few hundred
+MAX_DEPTH = 100  # nesting of mappings and sequences; a scenario needs fewer than 10
+# Each level of nesting takes at least one of these characters, so a text with fewer of
+# them is shallower than that and is composed at once (the C composer recurses once per
+# level on the C stack, safely to well beyond this); a text with more is first scanned
+# as an event stream (iterative) that stops at the first node nested too deep.
+_NESTING_CHARS = "[{-:?"
+_SCAN_ABOVE_C = 2_000
+_SCAN_ABOVE_PURE = MAX_DEPTH  # the pure-Python composer recurses in Python frames
+INT_MIN, INT_MAX = -(1 << 63), (1 << 64) - 1  # no argument holds more than a u64 or an s64
+_INT_LITERAL_MAX = 70  # characters of the longest spelling of a 64-bit value (0b + 64 bits)
+_YAML_TAG = "tag:yaml.org,2002:"
+# the YAML 1.2 core schema, plus the timestamp plain dates resolve to
+SCALAR_TAGS = frozenset(_YAML_TAG + t for t in ("str", "int", "float", "bool", "null",
+                                                "timestamp"))
+SEQUENCE_TAG, MAPPING_TAG = _YAML_TAG + "seq", _YAML_TAG + "map"
 SCENARIO_SUFFIXES = (".yaml", ".yml")
 
 Path_ = tuple[Any, ...]  # path of a value inside a document: keys and list indexes
@@ -123,6 +145,13 @@ class _Builder:
     def _loc(self, node: Node) -> Location:
         return Location(self.doc.path, node.start_mark.line + 1, node.start_mark.column + 1)
 
+    def _check_tag(self, node: Node, allowed: frozenset[str] | str) -> None:
+        tag = str(node.tag)
+        if tag != allowed and tag not in allowed:
+            raise ScenarioError(self._loc(node), f"tag {_show_tag(tag)} is not allowed: scenario "
+                                "files use plain YAML (strings, numbers, booleans, null, "
+                                "lists, mappings)")
+
     def scalar(self, node: ScalarNode) -> Any:
         tag = node.ctag
         # a resolved tag is a full URI in `suffix` (no handle): the key needs no string
@@ -132,13 +161,25 @@ class _Builder:
             return _SCALAR_MEMO[key]
         except KeyError:
             pass
+        self._check_tag(node, SCALAR_TAGS)
+        if node.tag == _YAML_TAG + "int":
+            _check_int_literal(node.value, self._loc(node))
         constructor = self.yaml.constructor
         try:
             value = constructor.construct_object(node, deep=True)
         except YAMLError as exc:
             raise ScenarioError(self._loc(node), f"bad scalar: {exc}") from None
+        except ValueError as exc:  # the constructor's own int()/float() on a bad literal
+            raise ScenarioError(self._loc(node), f"bad scalar {_clip(node.value)}: {exc}") \
+                from None
         finally:
             constructor.constructed_objects.clear()
+        if isinstance(value, int) and not isinstance(value, bool) \
+                and not INT_MIN <= value <= INT_MAX:
+            raise ScenarioError(self._loc(node), _int_message(node.value))
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ScenarioError(self._loc(node), f"{_clip(node.value)} is not a finite number: "
+                                "no argument takes NaN or infinity")
         if isinstance(value, (str, int, float, bool, type(None))) and len(_SCALAR_MEMO) < 100_000:
             _SCALAR_MEMO[key] = value
         return value
@@ -154,10 +195,14 @@ class _Builder:
             raise ScenarioError(self._loc(node), "recursive alias: a node contains itself")
         if isinstance(node, ScalarNode):
             return self.scalar(node)
+        if len(stack) >= MAX_DEPTH:
+            raise ScenarioError(self._loc(node), _DEPTH_MESSAGE)
         inner = (*stack, id(node))
         if isinstance(node, SequenceNode):
+            self._check_tag(node, SEQUENCE_TAG)
             return [self.build(item, inner) for item in node.value]
         if isinstance(node, MappingNode):
+            self._check_tag(node, MAPPING_TAG)
             out: dict[Any, Any] = {}
             keys = self.doc.keys.setdefault(id(node), [])
             first_at: dict[Any, int] = {}
@@ -190,12 +235,66 @@ class _Builder:
         raise ScenarioError(self._loc(node), f"unsupported YAML node {node.tag}")
 
 
+_DEPTH_MESSAGE = f"document nested deeper than {MAX_DEPTH} levels"
+
+
+def _show_tag(tag: str) -> str:
+    return _clip("!!" + tag.removeprefix(_YAML_TAG) if tag.startswith(_YAML_TAG) else tag)
+
+
+def _clip(text: str, keep: int = 40) -> str:
+    """A literal as shown in a message: long ones cut, with their length."""
+    return text if len(text) <= keep else f"{text[:keep]}… ({len(text)} characters)"
+
+
+def _int_message(literal: str) -> str:
+    return (f"integer {_clip(literal)} does not fit in 64 bits: no argument holds more than "
+            f"a u64 (0 to {INT_MAX:#x}) or an s64 (from {INT_MIN})")
+
+
+_INT_NOISE = re.compile(r"[_+\-\s]")
+
+
+def _check_int_literal(literal: str, loc: Location) -> None:
+    """Refuse an int literal too long for 64 bits before anything converts it."""
+    if len(literal) > _INT_LITERAL_MAX and len(_INT_NOISE.sub("", literal)) > _INT_LITERAL_MAX:
+        raise ScenarioError(loc, _int_message(literal))
+
+
+def _too_deep(text: str, yaml: YAML, path: str) -> ScenarioError | None:
+    """The first node nested deeper than MAX_DEPTH, found without composing (see above)."""
+    limit = _SCAN_ABOVE_PURE if yaml.Parser.__module__.startswith("ruamel.yaml.parser") \
+        else _SCAN_ABOVE_C
+    if sum(map(text.count, _NESTING_CHARS)) <= limit:
+        return None
+    depth = 0
+    try:
+        for event in yaml.parse(text):
+            kind = type(event).__name__
+            if kind in ("SequenceStartEvent", "MappingStartEvent"):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    mark = event.start_mark
+                    return ScenarioError(Location(path, mark.line + 1, mark.column + 1),
+                                         _DEPTH_MESSAGE)
+            elif kind in ("SequenceEndEvent", "MappingEndEvent"):
+                depth -= 1
+    except YAMLError:
+        return None  # a syntax error: compose reports it with its position
+    return None
+
+
 def load_text(text: str, path: str) -> tuple[Document, list[ScenarioError]]:
     """Parse YAML text; returns the document and every problem found in it."""
     doc = Document(path=path, data=None)
     yaml = _YAML_VERSIONED if "%YAML" in text else _YAML
+    deep = _too_deep(text, yaml, path)
+    if deep is not None:
+        return doc, [deep]
     try:
         node = yaml.compose(text)
+    except RecursionError:
+        return doc, [ScenarioError(Location(path, 1, 1), _DEPTH_MESSAGE)]
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
@@ -213,7 +312,7 @@ def load_text(text: str, path: str) -> tuple[Document, list[ScenarioError]]:
     except ScenarioError as exc:
         return doc, [*builder.errors, exc]
     except RecursionError:
-        return doc, [ScenarioError(Location(path, 1, 1), "document nested too deeply")]
+        return doc, [ScenarioError(Location(path, 1, 1), _DEPTH_MESSAGE)]
     return doc, builder.errors
 
 
@@ -253,12 +352,15 @@ def find_scenario_files(paths: list[str]) -> tuple[list[str], list[ScenarioError
     found: list[str] = []
     errors: list[ScenarioError] = []
     for p in paths:
-        if os.path.isdir(p):
+        try:
+            is_dir = stat.S_ISDIR(os.stat(p).st_mode)
+        except OSError as exc:  # absent, or a symlink loop (ELOOP)
+            errors.append(ScenarioError(Location(p), (exc.strerror or str(exc)).lower()))
+            continue
+        if is_dir:
             found.extend(sorted(_walk(p)))
-        elif os.path.exists(p):
-            found.append(p)
         else:
-            errors.append(ScenarioError(Location(p), "no such file or directory"))
+            found.append(p)
     seen: set[str] = set()
     unique = []
     for f in found:

@@ -20,10 +20,13 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
     model_validator,
 )
+from pydantic_core import core_schema
 from vfio_scenario.errors import ERRNO_NUMBERS, SIGNALS, canonical_errno_name
-from vfio_scenario.language.units import parse_duration, parse_int, parse_size
+from vfio_scenario.language.units import C_TYPES, fits, parse_duration, parse_int, parse_size
 from vfio_scenario.run.kernel_watch import SPLAT_KINDS
 
 IommuMode = Literal[
@@ -56,9 +59,37 @@ ERRNO_NAMES = frozenset(ERRNO_NUMBERS)
 HANDLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 BDF = re.compile(r"^([0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
 
-Int = Annotated[int, BeforeValidator(parse_int)]
-Size = Annotated[int, BeforeValidator(parse_size)]
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+class _CType:
+    """Annotation: the integer must fit in the C type `ctype`; the JSON Schema shows its range."""
+
+    def __init__(self, ctype: str) -> None:
+        self.ctype = ctype
+        self.low, self.high = C_TYPES[ctype]
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> Any:
+        return core_schema.no_info_after_validator_function(
+            lambda v: fits(self.ctype, v), handler(source))
+
+    def __get_pydantic_json_schema__(self, schema: Any,
+                                     handler: GetJsonSchemaHandler) -> dict[str, Any]:
+        js: dict[str, Any] = handler(schema)
+        js["minimum"] = max(js.get("minimum", self.low), self.low)
+        js["maximum"] = min(js.get("maximum", self.high), self.high)
+        return js
+
+
+def _c_type(ctype: str) -> _CType:
+    return _CType(ctype)
+
+
+# Integers by the C type of the uAPI field (or C argument) each one ends up in: checked
+# after templates render, so `iova: "{{ base + size }}"` cannot pass 64 bits either.
+Int = Annotated[int, BeforeValidator(parse_int), _c_type("u64")]
+U16 = Annotated[int, BeforeValidator(parse_int), _c_type("u16")]
+U32 = Annotated[int, BeforeValidator(parse_int), _c_type("u32")]
+S32 = Annotated[int, BeforeValidator(parse_int), _c_type("s32")]
+Size = Annotated[int, BeforeValidator(parse_size), _c_type("u64")]
+Duration = Annotated[float, BeforeValidator(parse_duration)]  # finite, at most 24h
 Width = Literal[1, 2, 4, 8]
 ConfigWidth = Literal[1, 2, 4]
 
@@ -117,7 +148,7 @@ Regex = Annotated[str, AfterValidator(_regex)]
 Pattern = (Literal["zero", "ones", "incrementing", "random"]
            | Annotated[int, BeforeValidator(parse_int), Field(ge=0, le=255)])
 RegionName = (Literal["bar0", "bar1", "bar2", "bar3", "bar4", "bar5", "rom", "config", "vga"]
-              | Annotated[int, Field(ge=0)])
+              | Annotated[int, _c_type("u32")])  # a region index
 MaxOr = Literal["max"]
 
 
@@ -185,7 +216,7 @@ class BindIommufd(Op):
     area = "iommu"
     cdev: CdevRef
     iommu: IommuRef | None = None
-    iommufd_fd: Int | None = None  # a raw fd number instead of `iommu` (e.g. -2: a bad fd)
+    iommufd_fd: S32 | None = None  # a raw fd number instead of `iommu` (e.g. -2: a bad fd)
 
     @model_validator(mode="after")
     def _one_iommufd(self) -> BindIommufd:
@@ -197,7 +228,7 @@ class Attach(Op):
     op = "attach"
     area = "iommu"
     device: DeviceRef
-    ioas: Annotated[int, Field(ge=0)] | IoasRef
+    ioas: Annotated[int, _c_type("u32")] | IoasRef  # an IOAS id
 
 
 class Detach(Op):
@@ -327,7 +358,7 @@ class OpenDevice(Op):
     vf_token: Uuid | None = None
     # VF number `vf` of the PF handle `pf` (its BDF is known only once enable_sriov ran)
     pf: DeviceRef | None = None
-    vf: Int | None = Field(default=None, ge=0)
+    vf: U16 | None = None
 
     @model_validator(mode="after")
     def _one_iommu(self) -> OpenDevice:
@@ -344,8 +375,8 @@ class DeviceInfo(Op):
     area = "device"
     device: DeviceOrCdevRef
     flags_include: list[Literal["reset", "pci", "platform", "amba", "ccw", "ap", "fsl_mc", "cdx"]] = []
-    num_regions: Int | None = None
-    num_irqs: Int | None = None
+    num_regions: U32 | None = None
+    num_irqs: U32 | None = None
 
 
 class RegionInfo(Op):
@@ -464,14 +495,14 @@ class IrqEnable(Op):
     area = "device"
     device: DeviceRef
     type: Literal["intx", "msi", "msix"]
-    count: Int = Field(1, ge=1, le=2048)
-    start: Int = Field(0, ge=0)
+    count: U32 = Field(1, ge=1, le=2048)
+    start: U32 = 0
 
 
 class _IrqVector(Op):
     area = "device"
     irq: IrqRef
-    vector: Int = Field(0, ge=0)
+    vector: U32 = 0
 
 
 class IrqTrigger(_IrqVector):
@@ -510,7 +541,7 @@ class EnableSriov(Op):
     # (the kernel selftest creates its VF before it opens the PF)
     device: DeviceRef | None = None
     bdf: Bdf | None = None
-    num_vfs: Int = Field(ge=0)
+    num_vfs: U16
     vf_token: Uuid | None = None
 
     @model_validator(mode="after")
@@ -591,7 +622,7 @@ class MemcpyStorm(Op):
     src: Int = Field(ge=0)
     dst: Int = Field(ge=0)
     size: MaxOr | Size
-    count: MaxOr | Annotated[int, BeforeValidator(parse_int), Field(ge=1)] = 1
+    count: MaxOr | Annotated[int, BeforeValidator(parse_int), _c_type("u64"), Field(ge=1)] = 1
     duration: Duration | None = None
     iterations: Int | None = Field(None, ge=1)
 
@@ -658,6 +689,24 @@ class ExpectNoDmesg(Op):
     pattern: Regex
 
 
+class ExpectIommuFault(Op):
+    op = "expect_iommu_fault"
+    area = "host"
+    device: DeviceRef
+    address: Int | None = Field(None, ge=0)  # compared by 4 KiB page, as VT-d records it
+    access: Literal["read", "write"] | None = None
+    within: Duration = 2.0
+
+
+class ExpectNoIommuFault(Op):
+    op = "expect_no_iommu_fault"
+    area = "host"
+    device: DeviceRef
+    address: Int | None = Field(None, ge=0)
+    access: Literal["read", "write"] | None = None
+    within: Duration = 0.0
+
+
 class AssertNotTainted(Op):
     op = "assert_not_tainted"
     area = "host"
@@ -680,7 +729,8 @@ OPERATIONS: dict[str, type[Op]] = {
         ExpectIrq, ExpectNoIrq, EnableSriov, SetVfToken, CloseDevice,
         DriverInit, DriverRemove, MemcpyStart, MemcpyWait, SendMsi, ExpectNoMsi, MemcpyStorm,
         ExportDmabuf, MmapDmabuf, RevokeDmabuf, RestoreDmabuf,
-        ExpectDmesg, ExpectNoDmesg, AssertNotTainted, Sleep,
+        ExpectDmesg, ExpectNoDmesg, ExpectIommuFault, ExpectNoIommuFault, AssertNotTainted,
+        Sleep,
     )
 }
 
@@ -741,6 +791,9 @@ def _expect(value: Any) -> tuple[str, ...]:
 Expect = Annotated[tuple[str, ...], BeforeValidator(_expect)]
 
 
+MAX_REPEAT = 10_000_000  # repetitions of one step (docs/language.md)
+
+
 class StepCommon(Strict):
     """Keys every step may carry besides its one operation key."""
 
@@ -748,7 +801,7 @@ class StepCommon(Strict):
     as_: Annotated[str, AfterValidator(_handle_name)] | None = Field(None, alias="as")
     expect: Expect = ("ok",)
     timeout: Duration | None = None
-    repeat: Int = Field(1, ge=1, le=10_000_000)
+    repeat: Int = Field(1, ge=1, le=MAX_REPEAT)
 
 
 COMMON_KEYS = tuple(f.alias or n for n, f in StepCommon.model_fields.items())
@@ -760,7 +813,24 @@ class Requires(Strict):
     features: list[Feature] = []
     kconfig: list[Annotated[str, Field(pattern=r"^CONFIG_[A-Z0-9_]+$")]] = []
     vfio_driver: str | None = None
-    devices: Int = Field(1, ge=0)
+    devices: U32 = 1
+
+
+class KnownIssue(Strict):
+    """One entry of a known-issues list (`--known-issues FILE`, vfio_scenario.known_issues):
+    the cases it covers, why they fail, and the kernels it applies to."""
+
+    case: Annotated[str, Field(min_length=1)]  # id pattern: `*` any text, `?` one character
+    reason: Annotated[str, Field(min_length=1)]
+    url: str | None = None
+    kernels: list[Annotated[str, Field(min_length=1)]] = []  # uname -r patterns; [] = any
+
+
+class ScenarioKnownIssue(KnownIssue):
+    """A scenario's own `known_issues:` entry; `case` is matched against the part of its
+    cases' ids after `::` (`map-unmap[iommu_mode=*]`) and defaults to all of them."""
+
+    case: Annotated[str, Field(min_length=1)] = "*"
 
 
 def _splat_kind(name: str) -> str:
@@ -787,13 +857,14 @@ class ScenarioHeader(Strict):
     name: str | None = None
     description: str = ""
     tags: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]+$")]] = []
-    requires: Requires = Requires()  # type: ignore[call-arg]
+    requires: Requires = Requires()
     matrix: dict[str, list[Any]] = {}
     vars: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], Any] = {}
     timeout: Duration = 30.0
     kernel_watch: KernelWatchKey = KernelWatchKey()
     steps: list[Any] = Field(min_length=1)
     teardown: list[Any] = []
+    known_issues: list[ScenarioKnownIssue] = []
 
 
 SCENARIO_KEYS = tuple(ScenarioHeader.model_fields)

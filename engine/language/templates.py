@@ -5,19 +5,173 @@ keeps its type (an int stays an int); any other string with `{{`/`{%` renders to
 string. Undefined names are errors (StrictUndefined); the sandbox refuses access to
 Python internals (`''.__class__`), and no loader is configured, so templates cannot
 read files (`{% include %}` has nothing to include from).
+
+Templates run with limits (LIMITS below): a rendered value and every string or list
+built on the way are at most MAX_SIZE characters or items (checked before `*`, `+`,
+`%` and `**` compute, and on what every filter and method call returns), integers at
+most MAX_INT_BITS bits, CPU time per template at most CPU_SECONDS (SIGPROF, in the main
+thread), and the process may grow by at most MEMORY_MARGIN while one renders
+(RLIMIT_AS): what a check before an operation cannot see fails fast as a MemoryError.
+Exceeding one is a TemplateProblem naming the limit, located like any other.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import re
-from functools import lru_cache
+import resource
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from types import FrameType
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateError, UndefinedError, meta
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
-_ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+MAX_SIZE = 1 << 20          # characters of a string, items of a list or mapping
+MAX_INT_BITS = 1024         # bits of an integer (an argument takes at most 64)
+CPU_SECONDS = 1.0           # CPU time of one template
+MEMORY_MARGIN = 64 << 20    # bytes the process may grow by while a template renders
+LIMITS = {"size": f"{MAX_SIZE >> 20} MiB ({MAX_SIZE:,} characters or items)",
+          "integer": f"{MAX_INT_BITS} bits", "time": f"{CPU_SECONDS:g} s of CPU",
+          "memory": f"{MEMORY_MARGIN >> 20} MiB"}
+
+
+class LimitExceeded(SecurityError):
+    """A template went past one of the limits; the message names it."""
+
+
+class _OutOfTime(BaseException):
+    """Raised by SIGPROF in the middle of a template (BaseException: nothing swallows it)."""
+
+
+def _size_error(what: str, n: int) -> LimitExceeded:
+    return LimitExceeded(f"{what} would hold {n:,} characters or items: over the limit of "
+                         f"{LIMITS['size']}")
+
+
+def _int_error(bits: int) -> LimitExceeded:
+    return LimitExceeded(f"an integer of about {bits:,} bits: over the limit of "
+                         f"{LIMITS['integer']}")
+
+
+def _bits(v: Any) -> int:
+    return v.bit_length() if isinstance(v, int) else 0
+
+
+_SEQUENCES = (str, bytes, list, tuple)
+_WIDTH = re.compile(r"%[#0 +\-]*(\*|\d+)?(?:\.(\*|\d+))?")
+
+
+def _check_operands(op: str, left: Any, right: Any) -> None:
+    """Refuse an operation whose result would exceed a limit, before computing it."""
+    if op == "*":
+        if isinstance(left, _SEQUENCES) and isinstance(right, int):
+            if len(left) * right > MAX_SIZE:
+                raise _size_error(f"{type(left).__name__} * {right}", len(left) * right)
+        elif isinstance(right, _SEQUENCES) and isinstance(left, int):
+            if len(right) * left > MAX_SIZE:
+                raise _size_error(f"{left} * {type(right).__name__}", len(right) * left)
+        elif _bits(left) + _bits(right) - 1 > MAX_INT_BITS:
+            raise _int_error(_bits(left) + _bits(right) - 1)
+    elif op == "**":
+        if isinstance(left, int) and isinstance(right, int) and right > 0 and abs(left) > 1:
+            bits = (_bits(left) - 1) * min(right, 1 << 40) + 1  # the fewest the result has
+            if bits > MAX_INT_BITS:
+                raise _int_error(bits)
+    elif op == "+":
+        if isinstance(left, _SEQUENCES) and isinstance(right, _SEQUENCES) \
+                and len(left) + len(right) > MAX_SIZE:
+            raise _size_error(f"{type(left).__name__} + {type(right).__name__}",
+                              len(left) + len(right))
+    elif op == "%" and isinstance(left, str):
+        for m in _WIDTH.finditer(left):
+            for n in m.groups():
+                if n == "*" or (n is not None and (len(n) > 7 or int(n) > MAX_SIZE)):
+                    raise LimitExceeded(f"a %-format width or precision of {n}: over the limit "
+                                        f"of {LIMITS['size']}")
+
+
+def _check_value(value: Any, what: str = "a value") -> Any:
+    """`value` if it is within the size and integer limits (strings, lists and mappings
+    inside it counted together), else LimitExceeded."""
+    budget = MAX_SIZE
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, bool):
+            continue
+        if isinstance(v, int):
+            if v.bit_length() > MAX_INT_BITS:
+                raise _int_error(v.bit_length())
+            continue
+        if isinstance(v, (str, bytes)):
+            budget -= len(v)
+        elif isinstance(v, (list, tuple, dict, set, frozenset)):
+            budget -= len(v)
+            if budget >= 0:
+                stack.extend(v.values() if isinstance(v, dict) else v)
+        if budget < 0:
+            raise LimitExceeded(f"{what} holds more than {LIMITS['size']}")
+    return value
+
+
+class _LimitedSandbox(SandboxedEnvironment):
+    """The sandbox with the size and integer checks on operators and calls."""
+
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        _check_operands(operator, left, right)
+        return _check_value(self.binop_table[operator](left, right), "a result")
+
+    def call(self, context: Any, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
+        owner = getattr(obj, "__self__", None)
+        if isinstance(owner, _SEQUENCES) and getattr(obj, "__name__", "") in _WIDENING:
+            _check_widths(f"str.{obj.__name__}", (*args, *kwargs.values()))
+        result = super().call(context, obj, *args, **kwargs)
+        if isinstance(owner, (list, dict, set)) and len(owner) > MAX_SIZE:  # append, update
+            raise _size_error(f"a {type(owner).__name__}", len(owner))
+        return _check_value(result, "a call's result")
+
+
+# methods and filters whose integer arguments say how long their result is
+_WIDENING = frozenset({"ljust", "rjust", "center", "zfill", "expandtabs", "indent"})
+
+
+def _check_widths(what: str, args: tuple[Any, ...]) -> None:
+    for a in args:
+        if isinstance(a, int) and not isinstance(a, bool) and abs(a) > MAX_SIZE:
+            raise LimitExceeded(f"{what} with a width of {a}: over the limit of "
+                                f"{LIMITS['size']}")
+
+
+def _checked_filter(name: str, f: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(f)  # keeps jinja's pass_context/pass_environment marks
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if name in _WIDENING:
+            _check_widths(f"the filter {name}", (*args, *kwargs.values()))
+        elif name == "format" and args:
+            value = next((a for a in args if isinstance(a, str)), "")
+            _check_operands("%", value, None)
+        result = f(*args, **kwargs)
+        if isinstance(result, Iterator):  # a lazy filter (map, select): materialised, bounded
+            items = []
+            for item in result:
+                items.append(item)
+                if len(items) > MAX_SIZE:
+                    raise _size_error(f"the filter {name}'s result", len(items))
+            result = iter(items)
+        return _check_value(result, f"the filter {name}'s result")
+    return wrapper
+
+
+_ENV = _LimitedSandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+_ENV.filters = {name: _checked_filter(name, f) for name, f in _ENV.filters.items()}
 _SINGLE = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\}\}).)*)\}\}\s*$", re.DOTALL)
 
 
@@ -45,20 +199,109 @@ class _Lookup:
             raise UndefinedError(f"'{self.name}' is undefined") from None
 
 
-@lru_cache(maxsize=4096)
-def _compiled(source: str) -> tuple[bool, Any, tuple[str, ...]]:
-    """(single expression?, callable, the variables the template reads)."""
+# compiled templates by source: (single expression?, callable, the variables it reads)
+_COMPILED: dict[str, tuple[bool, Any, tuple[str, ...]]] = {}
+
+
+def _compile(source: str) -> tuple[bool, Any, tuple[str, ...]]:
+    found = _COMPILED.get(source)
+    if found is not None:
+        return found
     m = _SINGLE.match(source)
     if m and _NAME.match(m.group("expr")):
         name = m.group("expr").strip()
-        return True, _Lookup(name), (name,)
+        found = True, _Lookup(name), (name,)
+    else:
+        with _limits():  # jinja folds constant expressions while compiling
+            try:
+                names = tuple(sorted(meta.find_undeclared_variables(_ENV.parse(source))))
+            except TemplateError:
+                names = ()
+            if m:
+                found = True, _ENV.compile_expression(m.group("expr"), undefined_to_none=False), \
+                    names
+            else:
+                found = False, _ENV.from_string(source), names
+    if len(_COMPILED) < 4096:
+        _COMPILED[source] = found
+    return found
+
+
+# --- limits on time and memory ----------------------------------------------------
+
+def _out_of_time(signum: int, frame: FrameType | None) -> None:
+    guard = getattr(_LIMITS, "guard", None)  # the main thread's: only it arms the timer
+    if guard is not None and guard.armed:
+        raise _OutOfTime
+
+
+_STATM: dict[int, int] = {}  # pid → an open /proc/self/statm (pread regenerates it: 3 µs)
+_PAGE = resource.getpagesize()
+
+
+def _address_space() -> int:
+    """The process's current size in bytes (VmSize)."""
+    pid = os.getpid()
+    fd = _STATM.get(pid)
+    if fd is None:  # first use, or a forked child (the fd names its parent)
+        _STATM.clear()
+        fd = _STATM[pid] = os.open(f"/proc/{pid}/statm", os.O_RDONLY | os.O_CLOEXEC)
+    return int(os.pread(fd, 64, 0).split()[0]) * _PAGE
+
+
+class _Limits:
+    """CPU time (SIGPROF; in the main thread only, where signals are delivered) and address
+    space while a template compiles or renders; nested uses keep the outer limits."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.old_as = (0, 0)
+        self.old_handler: Any = None
+        self.timer = False
+        self.armed = False  # SIGPROF raises only while this is set
+
+    def __enter__(self) -> None:
+        self.depth += 1
+        if self.depth > 1:
+            return
+        self.old_as = old = resource.getrlimit(resource.RLIMIT_AS)
+        cap = _address_space() + MEMORY_MARGIN
+        if old[1] != resource.RLIM_INFINITY:
+            cap = min(cap, old[1])
+        if old[0] == resource.RLIM_INFINITY or cap < old[0]:
+            resource.setrlimit(resource.RLIMIT_AS, (cap, old[1]))
+        self.timer = threading.current_thread() is threading.main_thread()
+        if self.timer:
+            self.old_handler = signal.signal(signal.SIGPROF, _out_of_time)
+            self.armed = True
+            # past the limit it fires again every 50 ms: a raise that lands where Python
+            # ignores it (a gc callback, a __del__) is followed by one that is not
+            signal.setitimer(signal.ITIMER_PROF, CPU_SECONDS, 0.05)
+
+    def __exit__(self, *exc: object) -> None:
+        self.depth -= 1
+        if self.depth:
+            return
+        while self.timer:
+            try:
+                self.armed = False  # from here on the handler raises nothing
+                signal.setitimer(signal.ITIMER_PROF, 0)
+                signal.signal(signal.SIGPROF, self.old_handler)
+                break
+            except _OutOfTime:  # fired before `armed` was cleared: the render ends anyway
+                continue
+        resource.setrlimit(resource.RLIMIT_AS, self.old_as)
+
+
+_LIMITS = threading.local()
+
+
+def _limits() -> _Limits:
     try:
-        names = tuple(sorted(meta.find_undeclared_variables(_ENV.parse(source))))
-    except TemplateError:
-        names = ()
-    if m:
-        return True, _ENV.compile_expression(m.group("expr"), undefined_to_none=False), names
-    return False, _ENV.from_string(source), names
+        return _LIMITS.guard  # type: ignore[no-any-return]
+    except AttributeError:
+        guard = _LIMITS.guard = _Limits()
+        return guard
 
 
 # Results of templates by (source, values of the variables they read): the cases of a
@@ -68,19 +311,32 @@ _SCALAR_TYPES = (int, float, str, bool, type(None))
 
 
 def template_names(source: str) -> tuple[str, ...]:
-    """The variables a templated string reads (none for a template that does not parse:
-    rendering it reports the syntax error where it stands)."""
+    """The variables a templated string reads (none for a template that does not parse or
+    exceeds a limit while compiling: rendering it reports the problem where it stands)."""
     try:
-        return _compiled(source)[2]
-    except TemplateError:
+        return _compile(source)[2]
+    except (TemplateError, _OutOfTime, MemoryError, RecursionError, ArithmeticError,
+            ValueError, TypeError, LookupError, AttributeError):
         return ()
+
+
+def _render_text(compiled: Any, context: dict[str, Any]) -> str:
+    """A whole template's output, refused as soon as it passes the size limit."""
+    parts = []
+    size = 0
+    for part in compiled.generate(**context):
+        size += len(part)
+        if size > MAX_SIZE:
+            raise LimitExceeded(f"the rendered text holds more than {LIMITS['size']}")
+        parts.append(part)
+    return "".join(parts)
 
 
 def render(value: str, context: dict[str, Any]) -> Any:
     """Render one templated string with `context`; raises TemplateProblem."""
+    key: tuple[Any, ...] | None = None
     try:
-        single, compiled, names = _compiled(value)
-        key: tuple[Any, ...] | None = None
+        single, compiled, names = _compile(value)
         inputs = tuple(context.get(n, _RESULTS) for n in names)
         # exact types: a device name (a str with its driver) must not share a result
         # with the same BDF served by another driver
@@ -88,27 +344,63 @@ def render(value: str, context: dict[str, Any]) -> Any:
             key = (value, inputs)
             if key in _RESULTS:
                 return _RESULTS[key]
-        result = compiled(**context) if single else compiled.render(**context)
-        if single and isinstance(result, StrictUndefined):
-            str(result)  # raises UndefinedError with the name
+            if key in _FAILED:  # a template at a limit fails once, not once per case
+                raise TemplateProblem(_FAILED[key])
+        if isinstance(compiled, _Lookup):
+            result = compiled(**context)
+        else:
+            with _limits():
+                if single:
+                    result = _check_value(compiled(**context), "the value")
+                    if isinstance(result, StrictUndefined):
+                        str(result)  # raises UndefinedError with the name
+                else:
+                    result = _render_text(compiled, context)
         if key is not None and isinstance(result, _SCALAR_TYPES) and len(_RESULTS) < 100_000:
             _RESULTS[key] = result
-    except SecurityError as exc:
-        raise TemplateProblem(f"template refused by the sandbox: {exc}") from None
-    except UndefinedError as exc:
-        raise TemplateProblem(_undefined_message(exc.message or "")) from None
-    except TemplateError as exc:
-        raise TemplateProblem(f"template error: {exc}") from None
-    except TypeError as exc:
-        if "no loader" in str(exc):
-            raise TemplateProblem(
-                "templates cannot read files: {% include %}, {% import %} and {% extends %} "
-                "are not available"
-            ) from None
-        raise TemplateProblem(f"template failed: TypeError: {exc}") from None
-    except (ArithmeticError, ValueError, LookupError, AttributeError) as exc:
-        raise TemplateProblem(f"template failed: {type(exc).__name__}: {exc}") from None
-    return result
+        return result
+    except TemplateProblem:
+        raise
+    except (Exception, _OutOfTime) as exc:  # each kind becomes a message in _problem()
+        message = _problem(exc)
+        if message is None:
+            raise
+        if key is not None and len(_FAILED) < 10_000:
+            _FAILED[key] = message
+        raise TemplateProblem(message) from None
+
+
+_FAILED: dict[tuple[Any, ...], str] = {}
+
+
+def _problem(exc: BaseException) -> str | None:
+    """The user's message for what a template raised (None: a bug of ours, not theirs)."""
+    if isinstance(exc, LimitExceeded):
+        return f"template exceeds a limit: {exc}"
+    if isinstance(exc, _OutOfTime):
+        return f"template exceeds a limit: it ran past {LIMITS['time']}"
+    if isinstance(exc, MemoryError):
+        return f"template exceeds a limit: it needs more memory than {LIMITS['memory']}"
+    if isinstance(exc, RecursionError):
+        return "template nests or recurses too deeply"
+    if isinstance(exc, SecurityError):
+        return f"template refused by the sandbox: {exc}"
+    if isinstance(exc, UndefinedError):
+        return _undefined_message(exc.message or "")
+    if isinstance(exc, TemplateError):
+        return f"template error: {exc}"
+    if isinstance(exc, TypeError) and "no loader" in str(exc):
+        return ("templates cannot read files: {% include %}, {% import %} and {% extends %} "
+                "are not available")
+    if isinstance(exc, ValueError) and "integer string conversion" in str(exc):
+        return f"template exceeds a limit: an integer of more than {_int_digits()} digits"
+    if isinstance(exc, Exception):  # jinja's own slips too: '{{ "nan"|float }}' folds to
+        return f"template failed: {type(exc).__name__}: {exc}"  # code naming `nan` (NameError)
+    return None
+
+
+def _int_digits() -> int:
+    return sys.get_int_max_str_digits()
 
 
 _NO_ATTRIBUTE = re.compile(r"^'(?P<obj>[\w.]+) object' has no attribute '(?P<attr>\w+)'$")

@@ -26,6 +26,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     m.add_argument("--json", metavar="OUT", help="write the merged JSON report here")
     m.add_argument("--ktap", metavar="OUT", help="write the merged results as KTAP here")
     m.set_defaults(func=cmd_merge)
+    from vfio_scenario.report import diff_cli
+
+    diff_cli.register(rsub)
 
 
 def cmd_merge(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ from vfio_scenario.errors import ExitCode
 from vfio_scenario.report.describe import (
     counts_line,
     failure_message,
+    known_issue_text,
     ordered_properties,
     splat_lines,
 )
@@ -29,8 +30,8 @@ def exit_code(run: RunResult) -> int:
     """DESIGN §7: 0 all passed or skipped, 1 any failure or error, 5 no case at all."""
     if not run.cases:
         return ExitCode.NOTHING_SELECTED
-    counts = run.counts()
-    return ExitCode.FAILED if counts[Outcome.FAIL] or counts[Outcome.ERROR] else ExitCode.OK
+    # a known issue's failure (xfail) does not fail the run
+    return ExitCode.FAILED if any(c.failed for c in run.cases) else ExitCode.OK
 
 
 def progress_line(case: CaseResult, position: int, total: int) -> str:
@@ -38,10 +39,15 @@ def progress_line(case: CaseResult, position: int, total: int) -> str:
 
     The position is padded to the width of the total so the ids line up."""
     width = len(str(max(total, position)))
-    head = f"[{position:>{width}}/{total}] {case.case_id} {case.outcome.label} {case.duration:.2f}s"
+    head = f"[{position:>{width}}/{total}] {case.case_id} {case.status.upper()} {case.duration:.2f}s"
+    indent = " " * (width * 2 + 4)
+    if case.known_issue is not None:  # xfail / xpass: which issue, then what went wrong
+        why = known_issue_text(case)
+        if case.outcome is not Outcome.PASS:
+            why += f"\n{indent}" + failure_message(case).strip().split("\n", 1)[0]
+        return f"{head}\n{indent}{why}"
     if case.outcome is Outcome.PASS:
         return head
-    indent = " " * (width * 2 + 4)
     why = failure_message(case).strip().split("\n", 1)[0] or case.outcome.label
     return f"{head}\n{indent}{why}"
 

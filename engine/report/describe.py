@@ -5,6 +5,7 @@ Kept in one place so JUnit, KTAP, HTML and the console say the same thing.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from vfio_scenario.results import CaseResult, Outcome, RunResult, StepResult
@@ -109,22 +110,57 @@ def ordered_properties(props: dict[str, str]) -> list[tuple[str, str]]:
 
 
 def counts_line(run: RunResult) -> str:
-    """`N passed, N failed, N skipped, N errors` (always all four)."""
-    n = run.counts()
-    return (f"{n[Outcome.PASS]} passed, {n[Outcome.FAIL]} failed, "
-            f"{n[Outcome.SKIP]} skipped, {n[Outcome.ERROR]} errors")
+    """`N passed, N failed, N skipped, N errors` (always all four), then `N xfail, N xpass`
+    when a known issue matched (the counts are then disjoint, as kselftest's totals)."""
+    n = run.status_counts()
+    line = f"{n['pass']} passed, {n['fail']} failed, {n['skip']} skipped, {n['error']} errors"
+    if n["xfail"] or n["xpass"]:
+        line += f", {n['xfail']} xfail, {n['xpass']} xpass"
+    return line
+
+
+def known_issue_text(case: CaseResult) -> str:
+    """`known issue: REASON (URL)` of a case that matched one ("" when none did); an xpass
+    adds that it passed, so the list gets cleaned."""
+    issue = case.known_issue
+    if issue is None:
+        return ""
+    text = f"known issue: {issue.get('reason', '')}"
+    if issue.get("url"):
+        text += f" ({issue['url']})"
+    if case.status == "xpass":
+        text += " - passed now (xpass): the entry can go"
+    return text
+
+
+_ID_FILE = re.compile(r"(.*?\.ya?ml)::(.*)\Z", re.DOTALL)
+
+
+def split_case_id(case_id: str, file: str = "") -> tuple[str, str] | None:
+    """(scenario file, case name) of `path::name[params]`; None without '::'.
+
+    The file's own name may hold '::' (`brack[et]::x.yaml`): the split is after `file`
+    when the id starts with it, else after the first `.yaml::`/`.yml::`, else at the
+    first '::'."""
+    if file and case_id.startswith(file + "::"):
+        return file, case_id[len(file) + 2:]
+    m = _ID_FILE.match(case_id)
+    if m:
+        return m.group(1), m.group(2)
+    head, sep, rest = case_id.partition("::")
+    return (head, rest) if sep else None
 
 
 def suite_of(case: CaseResult) -> str:
-    """The scenario file a case belongs to (its id's part before '::', else `file`)."""
-    head, sep, _ = case.case_id.partition("::")
-    return head if sep else (case.file or case.case_id)
+    """The scenario file a case belongs to (from its id, else `file`)."""
+    parts = split_case_id(case.case_id, case.file)
+    return parts[0] if parts else (case.file or case.case_id)
 
 
 def name_in_suite(case: CaseResult) -> str:
-    """The case id's part after '::' (the whole id when it has none)."""
-    _, sep, rest = case.case_id.partition("::")
-    return rest if sep else case.case_id
+    """The case id's part after the scenario file (the whole id when it has none)."""
+    parts = split_case_id(case.case_id, case.file)
+    return parts[1] if parts else case.case_id
 
 
 def group_by_suite(cases: list[CaseResult]) -> dict[str, list[CaseResult]]:

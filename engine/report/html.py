@@ -18,6 +18,7 @@ import jinja2
 from vfio_scenario import __version__
 from vfio_scenario.report.describe import (
     failure_message,
+    known_issue_text,
     ordered_properties,
     step_label,
     step_number,
@@ -71,23 +72,32 @@ def case_view(case: CaseResult) -> CaseView:
                               share=100.0 * s.duration / total if total > 0 else 0.0,
                               location=_clean(s.location), detail=_clean(detail)))
     message = "" if case.outcome is Outcome.PASS else failure_message(case)
+    if case.known_issue is not None:  # xfail / xpass: the known issue first
+        message = f"{known_issue_text(case)}" + (f"; {message}" if message else "")
     return CaseView(case_id=_clean(case.case_id), suite=_clean(suite_of(case)),
-                    outcome=case.outcome.value, duration=case.duration, message=_clean(message),
+                    outcome=case.status, duration=case.duration, message=_clean(message),
                     steps=steps, log=_clean(tail(case.log, LOG_LIMIT)),
                     properties=[(_clean(k), _clean(v))
                                 for k, v in ordered_properties(case.properties)])
 
 
 def _template() -> jinja2.Template:
-    source = resources.files("vfio_scenario.report").joinpath("templates/report.html.j2")
-    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined,
-                             trim_blocks=True, lstrip_blocks=True)
-    return env.from_string(source.read_text(encoding="utf-8"))
+    folder = resources.files("vfio_scenario.report").joinpath("templates")
+
+    def load(name: str) -> str:
+        return folder.joinpath(name).read_text(encoding="utf-8")
+
+    env = jinja2.Environment(loader=jinja2.FunctionLoader(load), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True,
+                             lstrip_blocks=True)
+    return env.get_template("report.html.j2")
 
 
-def html_context(run: RunResult) -> dict[str, Any]:
-    """Everything the template needs."""
+def html_context(run: RunResult, comparison: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything the template needs; `comparison` is report.diff's section, if any."""
     counts = run.counts()
+    status = run.status_counts()
+    known = [(s, s.upper(), status[s]) for s in ("xfail", "xpass") if status[s]]
     started = (time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(run.started))
                if run.started else "")
     return {
@@ -95,12 +105,14 @@ def html_context(run: RunResult) -> dict[str, Any]:
         "started": started,
         "duration": run.duration,
         "total": len(run.cases),
-        "outcomes": [(o.value, o.label, counts[o]) for o in Outcome],
+        "outcomes": [(o.value, o.label, status[o.value] if known else counts[o])
+                     for o in Outcome] + known,
+        "comparison": comparison,
         "properties": [(_clean(k), _clean(v)) for k, v in ordered_properties(run.properties)],
         "cases": [case_view(c) for c in run.cases],
     }
 
 
-def html_document(run: RunResult) -> str:
-    """The report page as text."""
-    return _template().render(**html_context(run))
+def html_document(run: RunResult, comparison: dict[str, Any] | None = None) -> str:
+    """The report page as text (with report.diff's comparison section first, if given)."""
+    return _template().render(**html_context(run, comparison))

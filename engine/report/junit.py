@@ -23,6 +23,7 @@ from junit_xml import TestCase, TestSuite
 from vfio_scenario.report.describe import (
     failure_message,
     group_by_suite,
+    known_issue_text,
     name_in_suite,
     ordered_properties,
     step_log,
@@ -67,6 +68,8 @@ def classname(suite: str) -> str:
 def _case_header(case: CaseResult, common: dict[str, str]) -> str:
     own = [(k, v) for k, v in ordered_properties(case.properties) if common.get(k) != v]
     lines = [f"case: {case.case_id}", f"outcome: {case.outcome.label} in {case.duration:.3f}s"]
+    if case.known_issue is not None:
+        lines.append(f"{case.status}: {known_issue_text(case)}")
     lines += [f"{k}: {v}" for k, v in own]
     return "\n".join(lines)
 
@@ -98,6 +101,10 @@ def _testcase(case: CaseResult, suite: str, common: dict[str, str]) -> TestCase:
     tc = TestCase(name=xml_safe(name_in_suite(case)), classname=xml_safe(classname(suite)),
                   elapsed_sec=round(case.duration, 3) or None, stdout=_system_out(case, common))
     message = xml_safe(failure_message(case))
+    if case.status == "xfail":  # a known issue's failure: skipped, saying which issue
+        tc.add_skipped_info(message=_short(xml_safe(known_issue_text(case))),
+                            output=message)
+        return tc
     if case.outcome is Outcome.FAIL:
         tc.add_failure_info(message=_short(message), output=message)
     elif case.outcome is Outcome.ERROR:

@@ -45,8 +45,10 @@ from typing import TextIO
 from vfio_scenario import __version__
 from vfio_scenario.report.describe import (
     failure_message,
+    known_issue_text,
     name_in_suite,
     splat_lines,
+    split_case_id,
     step_line,
     suite_of,
     tail,
@@ -67,7 +69,7 @@ _DEFANG = [
 ]
 
 
-_DIRECTIVE = re.compile(r"#(\s*(?:SKIP|TODO))", re.IGNORECASE)
+_DIRECTIVE = re.compile(r"#(\s*(?:SKIP|TODO|XFAIL|XPASS))", re.IGNORECASE)
 
 
 def _safe_text(text: str) -> str:
@@ -98,12 +100,13 @@ def _diagnostics(case: CaseResult) -> list[str]:
     return [line.rstrip() for line in lines]
 
 
-def _result_line(ok: bool, number: int, name: str, skip: str | None = None) -> str:
+def _result_line(ok: bool, number: int, name: str, skip: str | None = None,
+                 directive: str = "SKIP") -> str:
     line = f"{'ok' if ok else 'not ok'} {number} {name}"
     if skip is not None:
         # a second "# SKIP" (or "# TODO") in the reason would be read as the directive
         reason = _DIRECTIVE.sub(r"%23\1", " ".join(_safe_text(skip).split()))
-        line += f" # SKIP {reason}".rstrip()
+        line += f" # {directive} {reason}".rstrip()
     return line
 
 
@@ -119,7 +122,7 @@ class KtapStream:
         self.planned = planned
         self._groups: dict[str, list[str]] = {}  # file -> planned case names, in order
         for case_id in planned or ():
-            head, _, name = case_id.partition("::")
+            head, name = split_case_id(case_id) or (case_id, "")
             self._groups.setdefault(head, []).append(name)
         self._names = {f: set(names) for f, names in self._groups.items()}
         self._results: dict[str, dict[str, CaseResult]] = {}  # file -> name -> result
@@ -190,8 +193,12 @@ class KtapStream:
                 continue
             lines += [f"# {d}" for d in _step_lines(case)]
             lines += [f"# {d}" if d else "#" for d in _diagnostics(case)]
-            bad = case.outcome in (Outcome.FAIL, Outcome.ERROR)
+            bad = case.failed
             failed |= bad
+            if case.status in ("xfail", "xpass"):  # kselftest's `ok N # XFAIL reason`
+                lines.append(_result_line(True, i, test_name(name), skip=known_issue_text(case),
+                                          directive=case.status.upper()))
+                continue
             skip = (case.message or "skipped") if case.outcome is Outcome.SKIP else None
             lines.append(_result_line(not bad, i, test_name(name), skip=skip))
         return [INDENT + line for line in lines] + [_result_line(not failed, number, group)]
@@ -201,9 +208,9 @@ class KtapStream:
         self._ready = len(self._order)
         self.start(run)
         self._flush()
-        n = run.counts()
-        totals = (f"# Totals: pass:{n[Outcome.PASS]} fail:{n[Outcome.FAIL]} xfail:0 xpass:0 "
-                  f"skip:{n[Outcome.SKIP]} error:{n[Outcome.ERROR]}")
+        n = run.status_counts()
+        totals = (f"# Totals: pass:{n['pass']} fail:{n['fail']} xfail:{n['xfail']} "
+                  f"xpass:{n['xpass']} skip:{n['skip']} error:{n['error']}")
         self._write([f"# {_safe_text(line)}" for line in splat_lines(run)] + [totals])
 
 

@@ -69,6 +69,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                         "lockdep …) nor compare its taint")
     p.add_argument("--resume", action="store_true",
                    help="skip cases the journal of the previous run already holds")
+    _compare_options(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(
@@ -79,6 +80,21 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument("--all", action="store_true", help="also devices no scenario driver matches")
     p.set_defaults(func=cmd_devices)
+
+
+def _compare_options(p: argparse.ArgumentParser) -> None:
+    """--baseline-kernel (with the comparison's thresholds) and --known-issues."""
+    from vfio_scenario.report.diff_cli import add_threshold_options
+
+    g = p.add_argument_group("comparing two kernels, known issues")
+    g.add_argument("--baseline-kernel", metavar="default|debian|PATH",
+                   help="also run the selection on this kernel first (in a VM of its own), "
+                   "then on --kernel, and compare: reports get -base/-patched suffixes, the "
+                   "comparison -diff; exit 1 on a regression or a new kernel splat")
+    add_threshold_options(g)  # type: ignore[arg-type]  # a group takes the same arguments
+    g.add_argument("--known-issues", metavar="FILE",
+                   help="YAML list of known issues (case id pattern, reason, url, kernels): "
+                   "a listed case that fails is reported as xfail and does not fail the run")
 
 
 def cmd_run(args: argparse.Namespace) -> int:

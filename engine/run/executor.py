@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import faulthandler
 import json
+import math
 import os
 import select
 import signal
@@ -31,6 +32,10 @@ OUTPUT_TAIL = 4000  # characters of a case's own output kept in its result
 def execute_case(case: Case, devices: list[str], ops: dict[str, Operation],
                  options: RunOptions) -> CaseResult:
     """Run `case` in a forked child and return its result, whatever happens to the child."""
+    limit = case.timeout * options.timeout_multiplier
+    if not (math.isfinite(limit) and limit > 0):  # select() takes no NaN; never wait forever
+        return cannot_run(case, f"its time limit is not a finite positive number of seconds "
+                                f"({case.timeout!r} × multiplier {options.timeout_multiplier!r})")
     kmsg = _kernel_log()
     # an anonymous file the child's stdout/stderr go to (memfd: no tempfile module to
     # import, no directory that must be writable)
@@ -41,7 +46,6 @@ def execute_case(case: Case, devices: list[str], ops: dict[str, Operation],
         os.close(r)
         _child(case, devices, ops, options, w, out.fileno())
     os.close(w)
-    limit = case.timeout * options.timeout_multiplier
     started = time.time()
     t0 = time.monotonic()
     try:
@@ -84,6 +88,13 @@ def execute_case(case: Case, devices: list[str], ops: dict[str, Operation],
         kmsg.close()
     out.close()
     return result
+
+
+def cannot_run(case: Case, why: str) -> CaseResult:
+    """The result of a case the engine could not run: that case's error, not the run's end."""
+    return CaseResult(case_id=case.id, file=case.file, scenario=case.scenario,
+                      outcome=Outcome.ERROR, params=dict(case.params), tags=list(case.tags),
+                      message=f"the engine could not run this case: {why}", started=time.time())
 
 
 def _kernel_log() -> KernelLog | None:

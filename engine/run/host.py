@@ -61,18 +61,31 @@ def select(cases: list[Case], args: argparse.Namespace) -> list[Case]:
     return chosen
 
 
+def known_issues_for(cases: list[Case], path: str | None) -> Any:
+    """The known issues of --known-issues FILE and of the cases' scenarios."""
+    from vfio_scenario.known_issues import KnownIssues
+
+    return KnownIssues.for_run(cases, path)
+
+
 def run_command(args: argparse.Namespace) -> int:
     from vfio_scenario.report.files import check_outputs
     from vfio_scenario.report.sink import ReportSink, default_journal
 
+    if getattr(args, "baseline_kernel", None):
+        from vfio_scenario.run.compare import run_compare
+
+        return run_compare(args)
     compiled = compile_or_raise(args.paths, need_cases=True)
     cases = select(compiled.cases, args)
     if not cases:
         raise NothingSelected("the filters selected no case")
+    known = known_issues_for(cases, getattr(args, "known_issues", None))
     check_outputs({"--junit-xml": args.junit_xml, "--json": args.json, "--html": args.html})
     where = _where(args)
     sink = ReportSink(junit_xml=args.junit_xml, json_path=args.json, html_path=args.html,
-                      journal=default_journal(args.junit_xml), resume=args.resume,
+                      journal=getattr(args, "journal", None) or default_journal(args.junit_xml),
+                      resume=args.resume,
                       total=len(cases), fmt=args.format, planned=[c.id for c in cases])
     if args.resume:
         done = sink.finished_ids()
@@ -83,6 +96,8 @@ def run_command(args: argparse.Namespace) -> int:
             return sink.exit_code()
     run = sink.run
     run.properties.update({"engine_version": __version__, "where": where})
+    for warning in known.unmatched_warnings():
+        sink.warn(warning)
     options = RunOptions(timeout_multiplier=args.timeout_multiplier,
                          kernel_watch=getattr(args, "kernel_watch", True))
     interrupted: list[str] = []  # the signal that ended the run early, if one did
@@ -99,6 +114,7 @@ def run_command(args: argparse.Namespace) -> int:
             for key in ("accelerator", "testbed_kernel"):
                 if key in run.properties:
                     result.properties.setdefault(key, run.properties[key])
+            known.apply(result, run.properties)
             sink.add(result)
         elif kind == "hello":
             run.properties.update({k: str(v) for k, v in event.get("properties", {}).items()})
@@ -202,7 +218,10 @@ def _run_testbed(cases: list[Case], args: argparse.Namespace, options: RunOption
         owned.append(testbed)
         return testbed
 
-    testbed = attach() or fresh()
+    # waits while another command uses the `up` VM; a --baseline-kernel run never takes
+    # it (it boots a kernel of its own choosing)
+    attached = None if getattr(args, "own_testbed", False) else attach()
+    testbed = attached or fresh()
     kernel["vmlinux"] = testbed.vmlinux
     try:
         run.properties.update({"accelerator": testbed.accelerator,
@@ -216,3 +235,5 @@ def _run_testbed(cases: list[Case], args: argparse.Namespace, options: RunOption
     finally:
         for t in owned:
             t.stop()
+        if attached is not None:
+            attached.stop()  # disconnects and lets the next command have the VM

@@ -18,7 +18,7 @@ from typing import Any
 from vfio_scenario import __version__
 from vfio_scenario.results import CaseResult, Outcome
 from vfio_scenario.run import devstate
-from vfio_scenario.run.executor import execute_case
+from vfio_scenario.run.executor import cannot_run, execute_case
 from vfio_scenario.run.interpreter import RunOptions
 from vfio_scenario.run.plan import HostCaps, PlannedCase
 
@@ -87,7 +87,12 @@ def run_planned(planned: Iterable[PlannedCase], caps: HostCaps, options: RunOpti
             if pc.skip:
                 result = skipped(pc)
             else:
-                result = execute_case(pc.case, [d.bdf for d in pc.devices], ops, options)
+                try:
+                    result = execute_case(pc.case, [d.bdf for d in pc.devices], ops, options)
+                except _Interrupted:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - this case's error, not the run's end
+                    result = cannot_run(pc.case, f"{type(exc).__name__}: {exc}")
             result.properties.update(case_properties(pc, caps))
             pending.append((result, pc))
             if fail_fast:

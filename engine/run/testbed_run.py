@@ -116,7 +116,7 @@ def run_in_testbed(testbed: Any, cases: list[Case], paths: list[str], on_event: 
     """
     from vfio_scenario.drivers.base import driver_entry_points
     from vfio_scenario.run import payload
-    from vfio_scenario.testbed import GuestCrashed, GuestHung
+    from vfio_scenario.testbed import GuestCrashed, GuestHung, VmStopped
     from vfio_scenario.testbed.paths import sub_dir
 
     # the guest sees the host's root at the same paths, except its own /tmp
@@ -172,8 +172,9 @@ def run_in_testbed(testbed: Any, cases: list[Case], paths: list[str], on_event: 
                 on_event(event)
         except (GuestCrashed, GuestHung) as exc:
             crashed = True
-            what = "guest kernel crashed" if isinstance(exc, GuestCrashed) else \
-                "guest stopped answering"
+            what = ("the testbed VM was stopped" if isinstance(exc, VmStopped) else
+                    "guest kernel crashed" if isinstance(exc, GuestCrashed) else
+                    "guest stopped answering")
             console = getattr(exc, "console_tail", "") or ""
             if current is not None:
                 done.add(current.id)

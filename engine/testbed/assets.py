@@ -24,6 +24,7 @@ from vfio_scenario.errors import EnvironmentProblem
 from vfio_scenario.testbed.aptalt import PrivateApt, extract_deb
 from vfio_scenario.testbed.paths import locked, sub_dir
 from vfio_scenario.testbed.progress import Reporter, Ticker, quiet
+from vfio_scenario.testbed.safetar import UnsafeMember, extract_all
 
 SOURCE_PACKAGE_RX = r"linux-source-7\.[0-9]+"
 
@@ -101,8 +102,11 @@ def _fetch_linux_source(report: Reporter) -> Path:
         raise EnvironmentProblem(f"{deb.name} holds no usr/src/linux-source-*.tar.*")
     report(f"extracting {tarballs[0].name}")
     shutil.rmtree(tree, ignore_errors=True)
-    with tarfile.open(tarballs[0]) as tar:
-        tar.extractall(version_dir, filter="fully_trusted")
+    try:
+        with tarfile.open(tarballs[0]) as tar:
+            extract_all(tar, version_dir)
+    except UnsafeMember as exc:
+        raise EnvironmentProblem(f"{tarballs[0].name} has an unsafe member: {exc}") from None
     shutil.rmtree(staging)
     if not tree.is_dir():
         raise EnvironmentProblem(f"{tarballs[0].name} did not unpack to {tree}")

@@ -67,6 +67,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     q.set_defaults(func=_shell)
 
     q = tsub.add_parser("down", help="stop the VM `testbed up` started")
+    q.add_argument("--force", action="store_true",
+                   help="stop it even while a run uses it (that run's case is an error)")
     q.set_defaults(func=_down)
 
 
@@ -192,6 +194,6 @@ def _shell(args: argparse.Namespace) -> int:
 def _down(args: argparse.Namespace) -> int:
     from vfio_scenario.testbed.persistent import down
 
-    pid = down()
+    pid = down(force=args.force)
     print(f"testbed down: ended QEMU PID {pid}" if pid else "testbed down: no VM was up")
     return 0

@@ -2,7 +2,8 @@
 
 init mounts proc/sys/devtmpfs, debugfs and hugetlbfs (2M and 1G), loads the modules the
 kernel needs (Debian's kernel only), mounts the host's root read-only over 9p at /host,
-binds every testbed device to vfio-pci (driver_override) so /dev/vfio/<group> exists, and
+mounts the VM's IOMMU fault log share (uncached) at faultlog.QEMU_FAULTS_MOUNT, binds
+every testbed device to vfio-pci (driver_override) so /dev/vfio/<group> exists, and
 chroots into /host to start the agent with the Python the host runs (sys.executable).
 The archive is written here (newc cpio, gzip) and cached by content.
 """
@@ -22,7 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vfio_scenario.errors import EnvironmentProblem
+from vfio_scenario.run.faultlog import QEMU_FAULTS_MOUNT
 from vfio_scenario.testbed.paths import sub_dir
+from vfio_scenario.testbed.qemu import IOMMU_FAULTS_TAG
 
 NINEP_TAG = "hostroot"
 GUEST_ENV = {
@@ -114,6 +117,8 @@ mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=512000 {NINEP_
 {keep_before}
 mount -t tmpfs -o mode=1777 tmpfs /host/tmp || die "no tmpfs on /host/tmp"
 [ -d /host/run ] && mount -t tmpfs -o mode=755 tmpfs /host/run
+mkdir -p /host{QEMU_FAULTS_MOUNT} && mount -t 9p -o trans=virtio,version=9p2000.L,ro \\
+    {IOMMU_FAULTS_TAG} /host{QEMU_FAULTS_MOUNT} || say "no IOMMU fault log share"
 {keep_after}
 for d in /sys/bus/pci/devices/*; do
     id="$(cat "$d/vendor"):$(cat "$d/device")"

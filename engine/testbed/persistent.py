@@ -2,16 +2,25 @@
 
 Its state file (run/up/state.json) records QEMU's PID, the accelerator, the kernel and
 the devices; `down` ends QEMU by that PID after checking the PID is still that QEMU.
+
+One command at a time uses it: attaching takes an exclusive lock (run/up/attached.lock,
+which names the holder's PID), held until that command's testbed handle stops or its
+process ends. A second `run` says "testbed busy: … waiting" and waits its turn; `down`
+refuses while the lock is held, unless forced.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+from vfio_scenario.errors import UsageError
 from vfio_scenario.testbed.bytecode import compile_engine
 from vfio_scenario.testbed.paths import run_dir
 from vfio_scenario.testbed.progress import Reporter, quiet
@@ -69,26 +78,79 @@ def up(kernel: str, accel: str, devices: Sequence[str], report: Reporter = quiet
 _DROP_CACHES = ["sh", "-c", "echo 3 > /proc/sys/vm/drop_caches"]
 
 
-def attach() -> Testbed | None:
+def _lock_file() -> IO[str]:
+    folder = _files().folder
+    folder.mkdir(parents=True, exist_ok=True)
+    return open(folder / "attached.lock", "a+")
+
+
+def _holder(lock: IO[str]) -> str:
+    """Who holds the lock, as it wrote itself down ("run PID 123", "testbed shell PID 9")."""
+    lock.seek(0)
+    text = lock.read().strip()
+    return text or "another command"
+
+
+def _take(lock: IO[str], notify: Callable[[str], None]) -> None:
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        notify(f"testbed busy: {_holder(lock)} is using it; waiting")
+        fcntl.flock(lock, fcntl.LOCK_EX)
+    lock.seek(0)
+    lock.truncate()
+    command = " ".join(sys.argv[1:3]) if sys.argv[1:2] == ["testbed"] else "".join(sys.argv[1:2])
+    lock.write(f"{command or 'a command'} PID {os.getpid()}")
+    lock.flush()
+
+
+def _to_stderr(message: str) -> None:
+    print(f"vfio-scenario: {message}", file=sys.stderr, flush=True)
+
+
+def attach(notify: Callable[[str], None] = _to_stderr) -> Testbed | None:
     """A handle on the running `up` VM, or None when there is none; the guest's view of the
-    host's files is refreshed (engine bytecode written, guest caches dropped)."""
-    state = read_state()
-    if state is None:
+    host's files is refreshed (engine bytecode written, guest caches dropped).
+
+    Waits (saying so through `notify`) while another command uses the VM; the handle
+    holds it until it stops."""
+    if read_state() is None:
         return None
-    testbed = Testbed.attach(NAME, int(state["pid"]), accel=state["accel"],
-                             release=state["release"], devices=state["devices"],
-                             vmlinux=state.get("vmlinux", ""))
+    lock = _lock_file()
+    try:
+        _take(lock, notify)
+        state = read_state()  # it may have gone down while we waited
+        if state is None:
+            lock.close()
+            return None
+        testbed = Testbed.attach(NAME, int(state["pid"]), accel=state["accel"],
+                                 release=state["release"], devices=state["devices"],
+                                 vmlinux=state.get("vmlinux", ""))
+    except BaseException:
+        lock.close()
+        raise
+    testbed.hold(lock)
     compile_engine()
     testbed.run(_DROP_CACHES, timeout=60)
     return testbed
 
 
-def down() -> int:
-    """End the `up` VM by its PID; returns that PID (0 when none was running)."""
+def down(force: bool = False) -> int:
+    """End the `up` VM by its PID; returns that PID (0 when none was running).
+
+    Refuses (UsageError) while a command uses the VM, unless `force`."""
     state = read_state()
     if state is None:
         return 0
-    pid = int(state["pid"])
-    kill_foreign(pid, _files())
-    _state_path().unlink(missing_ok=True)
+    with _lock_file() as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not force:
+                raise UsageError(f"testbed busy: {_holder(lock)} is using the VM; wait for "
+                                 "it to end, or `testbed down --force` stops the VM under "
+                                 "it") from None
+        pid = int(state["pid"])
+        kill_foreign(pid, _files())
+        _state_path().unlink(missing_ok=True)
     return pid

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vfio_scenario.errors import EnvironmentProblem
+from vfio_scenario.run.faultlog import QEMU_FAULTS_FILE
 
 QEMU = "qemu-system-x86_64"
 AGENT_PORT = "vfio-scenario.agent"
@@ -24,6 +25,7 @@ FIRST_DEVICE_SLOT = 3
 MODEL_IDS = {"edu": "1234:11e8", "igb": "8086:10c9", "nvme": "1b36:0010"}
 DEFAULT_DEVICES: tuple[str, ...] = ("edu", "edu", "igb", "nvme")
 NVME_IMAGE_BYTES = 64 << 20
+IOMMU_FAULTS_TAG = "iommufaults"
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,16 @@ class VmFiles:
     @property
     def agent_socket(self) -> Path:
         return self.folder / "agent.sock"
+
+    @property
+    def iommu_dir(self) -> Path:
+        """The folder the guest sees (read-only, uncached) at faultlog.QEMU_FAULTS_MOUNT."""
+        return self.folder / "iommu"
+
+    @property
+    def iommu_faults(self) -> Path:
+        """QEMU's log of the DMAR faults its intel-iommu raises (trace event vtd_dmar_fault)."""
+        return self.iommu_dir / QEMU_FAULTS_FILE
 
     def nvme_image(self, index: int) -> Path:
         return self.folder / f"nvme{index}.img"
@@ -128,6 +140,16 @@ def kernel_cmdline(extra: str = "") -> str:
     return " ".join(parts + ([extra] if extra else []))
 
 
+def fault_log_args(files: VmFiles) -> list[str]:
+    """QEMU logs every DMAR fault its intel-iommu raises (trace event vtd_dmar_fault, before
+    the fault registers may drop one) to `files.iommu_faults`; a second 9p share at 00:01.1
+    hands that folder, and only it, to the guest, without cache (vfio_scenario.run.faultlog)."""
+    share = f"local,id={IOMMU_FAULTS_TAG},path={files.iommu_dir},security_model=none,readonly=on"
+    device = f"virtio-9p-pci,fsdev={IOMMU_FAULTS_TAG},mount_tag={IOMMU_FAULTS_TAG},addr=0x1.1"
+    return ["-trace", "enable=vtd_dmar_fault", "-D", str(files.iommu_faults),
+            "-fsdev", share, "-device", device]
+
+
 def command_line(*, accel: str, kernel: Path, initrd: Path, files: VmFiles,
                  devices: tuple[str, ...], memory: str = "4G", extra_cmdline: str = "",
                  firmware: Path | None = None) -> list[str]:
@@ -146,7 +168,8 @@ def command_line(*, accel: str, kernel: Path, initrd: Path, files: VmFiles,
         "-kernel", str(kernel), "-initrd", str(initrd), "-append", kernel_cmdline(extra_cmdline),
         "-chardev", f"file,id=console,path={files.console}", "-serial", "chardev:console",
         "-fsdev", "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap",
-        "-device", "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot,addr=0x1.0",
+        "-device", "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot,addr=0x1.0,multifunction=on",
+        *fault_log_args(files),
         "-device", "virtio-serial-pci,id=vser,addr=0x2.0",
         "-chardev", f"socket,id=agent,path={files.agent_socket},server=on,wait=off",
         "-device", f"virtserialport,bus=vser.0,chardev=agent,name={AGENT_PORT}",

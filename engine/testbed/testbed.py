@@ -16,6 +16,7 @@ import itertools
 import os
 import select
 import shutil
+import signal
 import sys
 import termios
 import time
@@ -24,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NoReturn, Self
+from typing import IO, Any, NoReturn, Self
 
 from vfio_scenario.testbed import accel as accel_mod
 from vfio_scenario.testbed.assets import GuestKernel, resolve_kernel
@@ -41,7 +42,14 @@ from vfio_scenario.testbed.qemu import (
     fast_firmware,
     qemu_version,
 )
-from vfio_scenario.testbed.vm import BootFailed, GuestCrashed, GuestHung, Vm, console_tail
+from vfio_scenario.testbed.vm import (
+    BootFailed,
+    GuestCrashed,
+    GuestHung,
+    Vm,
+    VmStopped,
+    console_tail,
+)
 
 TCG_BOOT_TIMEOUT = 180.0
 _instances = itertools.count()
@@ -136,6 +144,16 @@ class CommandStream:
                     pass
 
 
+
+def _how_qemu_ended(vm: Vm) -> str:
+    """"QEMU ended (SIGKILL)" for our own child; a `testbed up` VM's status is not ours."""
+    code = vm.proc.poll() if vm.proc is not None else None
+    if code is not None and code < 0:
+        return f"QEMU ended ({signal.Signals(-code).name})"
+    if code is not None:
+        return f"QEMU exited (status {code})"
+    return "QEMU ended"
+
 class Testbed:
     """A QEMU testbed VM: q35, emulated Intel IOMMU, devices bound to vfio-pci in the guest.
 
@@ -171,6 +189,7 @@ class Testbed:
         self._last_console = ""
         self._owned = True      # False for a handle on a `testbed up` VM
         self._vmlinux: Path | None = None  # of an attached VM's kernel, from its state
+        self._held: IO[str] | None = None  # the `up` VM's attach lock, while we use it
         self.boots = 0
 
     @classmethod
@@ -187,6 +206,15 @@ class Testbed:
         testbed._owned = False
         testbed._vmlinux = Path(vmlinux) if vmlinux else None
         return testbed
+
+    def hold(self, lock: IO[str]) -> None:
+        """Keep `lock` (an attached VM's) until this handle stops or detaches."""
+        self._held = lock
+
+    def _release(self) -> None:
+        if self._held is not None:
+            self._held.close()
+            self._held = None
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -271,6 +299,7 @@ class Testbed:
             self._vm = None
         if self._owned:
             shutil.rmtree(self.files.folder, ignore_errors=True)
+        self._release()
 
     def reboot(self) -> None:
         """Stop the VM (whatever state it is in) and boot a fresh one."""
@@ -283,6 +312,7 @@ class Testbed:
         pid = self._vm.pid
         self._vm.detach()
         self._vm = None
+        self._release()
         return pid
 
     # --- commands ---------------------------------------------------------------------
@@ -362,8 +392,8 @@ class Testbed:
 
     def _ensure_running(self) -> AgentChannel:
         if not self._owned and (self._vm is None or not self._vm.alive()):
-            raise GuestCrashed("the testbed VM started by `testbed up` is gone",
-                               console_tail(self.files.console, 60))
+            raise VmStopped("the testbed VM started by `testbed up` is gone",
+                            console_tail(self.files.console, 60))
         if self._vm is None or not self._vm.alive() or self._vm.channel is None:
             self.stop()
             self.start()
@@ -394,6 +424,9 @@ class Testbed:
         vm = self._vm
         if vm is not None and kind is GuestCrashed and vm.alive():
             time.sleep(0.5)  # let the panic's last lines reach the console
+        if vm is not None and kind is GuestCrashed and not vm.alive() and not vm.panicked():
+            kind = VmStopped
+            message = f"{_how_qemu_ended(vm)}; no kernel panic on the guest console"
         tail = vm.tail() if vm is not None else self._last_console
         self.stop()
         raise kind(message, tail)

@@ -47,6 +47,11 @@ class GuestCrashed(TestbedError):
     """The guest kernel panicked or QEMU died while a command ran."""
 
 
+class VmStopped(GuestCrashed):
+    """QEMU ended while a command ran, with no kernel crash on the guest's console: stopped
+    from outside (a signal, a QMP quit, `testbed down --force`), not a guest crash."""
+
+
 class GuestHung(TestbedError):
     """The guest sent nothing for longer than the caller allowed."""
 
@@ -168,7 +173,7 @@ class Vm:
 
     def start(self, boot_timeout: float) -> None:
         """Start QEMU and wait until the agent answers; BootFailed with the console if not."""
-        self.files.folder.mkdir(parents=True, exist_ok=True)
+        self.files.iommu_dir.mkdir(parents=True, exist_ok=True)
         for stale in (self.files.agent_socket, self.files.console):
             stale.unlink(missing_ok=True)
         prepare_scratch(self.devices, self.files)

@@ -9,6 +9,7 @@ import pytest
 from vfio_scenario.drivers.base import driver_for
 from vfio_scenario.drivers.edu import EduDriver
 from vfio_scenario.errors import VfioError
+from vfio_scenario.run import faultlog
 from vfio_scenario.uapi.buffers import DmaBuffer
 from vfio_scenario.uapi.device import VfioDevice
 from vfio_scenario.uapi.iommu import Iommu
@@ -88,6 +89,7 @@ def test_limits_are_refused_before_touching_the_device(edu: EduDriver) -> None:
 
 def test_dma_from_an_unmapped_iova_faults_in_the_iommu(
         iommu: Iommu, edu: EduDriver, edu_bdf: str, dmar_fault_window: KernelLog) -> None:
+    qemu = faultlog.qemu_fault_log()
     with DmaBuffer(4096) as primer, DmaBuffer(4096) as dst:
         # Leave a known pattern in edu's internal buffer first.
         primer.fill(Pattern(0xA5))
@@ -103,6 +105,10 @@ def test_dma_from_an_unmapped_iova_faults_in_the_iommu(
             rf"DMAR: \[DMA Read NO_PASID\] Request device {_requester(edu_bdf)} "
             rf"fault addr 0x{unmapped:x} \[fault reason 0x06\] PTE Read access is not set")
         assert line is not None
+        # expect_iommu_fault's two sources see it: the kernel's line, QEMU's record
+        fault = faultlog.Fault(edu_bdf, unmapped, "read", 6)
+        assert fault in faultlog.KernelFaultLog(dmar_fault_window.read).read()
+        assert qemu is not None and fault in qemu.read()
         # What the refused read returned replaced edu's buffer, and edu copied it on:
         # zeros on QEMU 10.0.2 (the measurement, on another QEMU, saw all-ones).
         assert dst.check(Pattern("zero")) is None
@@ -122,4 +128,6 @@ def test_dma_to_an_unmapped_iova_leaves_the_old_buffer_untouched(
             rf"DMAR: \[DMA Write NO_PASID\] Request device {_requester(edu_bdf)} "
             rf"fault addr 0x{stale.iova:x}")
         assert line is not None
+        assert faultlog.Fault(edu_bdf, stale.iova, "write", 5) \
+            in faultlog.KernelFaultLog(dmar_fault_window.read).read()
         assert old.check(Pattern(0x5A)) is None

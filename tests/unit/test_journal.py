@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from vfio_scenario import __version__
 from vfio_scenario.journal import Journal, JournalError, finished_cases, read_journal
 from vfio_scenario.results import Outcome
 
@@ -32,7 +33,8 @@ def test_each_record_is_on_disk_when_write_case_returns(tmp_path: Path) -> None:
     j.write_case(case)
     # read through a separate open file, with the journal still open
     lines = path.read_text().splitlines()
-    assert json.loads(lines[0]) == {"type": "journal", "schema_version": 1}
+    assert json.loads(lines[0]) == {"type": "journal", "schema_version": 1,
+                                    "engine_version": __version__}
     assert json.loads(lines[1]) == {"type": "case", "case": case.to_dict()}
     j.close()
 
@@ -122,7 +124,8 @@ def test_a_file_that_is_no_journal_is_refused(tmp_path: Path, content: bytes) ->
         read_journal(path)
 
 
-@pytest.mark.parametrize("content", [b"", b'{"type": "jou', b'{"type": "journal", "schema_version": 1}'])
+@pytest.mark.parametrize("content", [b"", b'{"type": "jou', b'{"type": "journal", "schema_version": 1}',
+                                     b'{"type": "journal", "schema_version": 1, "engine_ver'])
 def test_a_journal_killed_at_birth_is_empty(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "journal.jsonl"
     path.write_bytes(content)

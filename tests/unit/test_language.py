@@ -136,7 +136,7 @@ def test_an_include_reading_iommu_mode_gets_the_implicit_axes() -> None:
     assert {c.iommu_mode for c in extra} == {
         "vfio_type1_iommu", "vfio_type1v2_iommu", "iommufd_compat_type1",
         "iommufd_compat_type1v2", "iommufd"}
-    assert {c.params["driver"] for c in extra} == {"dsa", "edu", "ioat", "nv_falcon", "nvme"}
+    assert {c.params["driver"] for c in extra} == {"dsa", "edu", "igb", "ioat", "nv_falcon", "nvme"}
     assert extra[0].steps[0].common.name.startswith("64 bytes on dsa in ")
 
 

@@ -34,7 +34,7 @@ def test_vf_of_a_pf_handle_with_its_token_compiles() -> None:
     ("- open_device: {iommu: iommu, pf: pf}\n", "`pf` and `vf` go together"),
     ("- open_device: {iommu: iommu, pf: pf, vf: 0, bdf: '0000:00:03.0'}\n",
      "give either `bdf` or `pf` with `vf`, not both"),
-    ("- open_device: {iommu: iommu, pf: pf, vf: -1}\n", "greater than or equal to 0"),
+    ("- open_device: {iommu: iommu, pf: pf, vf: -1}\n", "`vf`: -1 does not fit in u16 (0 to 0xffff)"),
     ("- open_device: {iommu: iommu, pf: nopf, vf: 0}\n", "nopf"),
 ])
 def test_vf_arguments_are_checked_before_anything_runs(step: str, error: str) -> None:

@@ -51,6 +51,7 @@ EXPECTED = {
     "undefined-variable.yaml": (3, 23, "undefined template variable: 'pause' is undefined"),
     "unknown-argument.yaml": (5, 42, 'unknown argument `sise` (did you mean `size`?)'),
     "unknown-exclude-axis.yaml": (5, 8, 'exclude names unknown axis `sise` (did you mean `size`?)'),
+    "unknown-fault-access.yaml": (7, 67, "`access`: Input should be 'read' or 'write', got 'execu"),
     "unknown-feature.yaml": (3, 23, "got 'dmabuf_revoke' (did you mean `dma_buf_revoke`?)"),
     "unknown-iommu-mode.yaml": (3, 37, "got 'iommufdd' (did you mean `iommufd`?)"),
     "unknown-operation.yaml": (5, 5, 'unknown operation `map_dam` (did you mean `map_dma`?)'),

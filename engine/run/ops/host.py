@@ -1,4 +1,4 @@
-"""Host operations: the kernel log, taint, sleeping."""
+"""Host operations: the kernel log, IOMMU faults, taint, sleeping."""
 
 from __future__ import annotations
 
@@ -7,13 +7,22 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from vfio_scenario.errors import VfioError
+from vfio_scenario.run import faultlog
 from vfio_scenario.run.interpreter import CheckFailed, Runtime, Skip
 from vfio_scenario.run.ops import op
 from vfio_scenario.uapi.kmsg import KernelLog, tainted
 
 if TYPE_CHECKING:
     from vfio_scenario.language.cases import Step
-    from vfio_scenario.language.models import AssertNotTainted, ExpectDmesg, ExpectNoDmesg, Sleep
+    from vfio_scenario.language.models import (
+        AssertNotTainted,
+        ExpectDmesg,
+        ExpectIommuFault,
+        ExpectNoDmesg,
+        ExpectNoIommuFault,
+        Sleep,
+    )
+    from vfio_scenario.uapi.device import VfioDevice
 
 # bit → letter, as in Documentation/admin-guide/tainted-kernels.rst
 TAINT_FLAGS = "PFSRMBUDAWCIOELKXTN"
@@ -42,6 +51,7 @@ def begin_case(rt: Runtime) -> None:
         rt.state["taint"] = tainted()
     except OSError:
         rt.state["taint"] = None
+    rt.state["qemu_faults"] = faultlog.qemu_fault_log()
 
 
 def end_case(rt: Runtime) -> None:
@@ -67,6 +77,59 @@ def expect_no_dmesg(rt: Runtime, args: ExpectNoDmesg, step: Step) -> None:
     if hits:
         raise CheckFailed(f"kernel log matches /{args.pattern}/ since the case began: {hits[0]!r}"
                           + (f" (and {len(hits) - 1} more)" if len(hits) > 1 else ""))
+
+
+def fault_log(rt: Runtime) -> faultlog.FaultSource:
+    """Where this case's IOMMU faults are read: QEMU's record in the testbed, else the
+    kernel log."""
+    qemu = rt.state.get("qemu_faults")
+    if isinstance(qemu, faultlog.QemuFaultLog):
+        return qemu
+    log = rt.state.get("kmsg")
+    if log is None:
+        raise Skip("IOMMU faults are not readable here: no QEMU fault log and no kernel log "
+                   f"({rt.state.get('kmsg_error')})")
+    assert isinstance(log, KernelLog)
+    return faultlog.KernelFaultLog(log.read)
+
+
+def _fault_filter(rt: Runtime, args: ExpectIommuFault | ExpectNoIommuFault) -> faultlog.FaultFilter:
+    device: VfioDevice = rt.handle(args.device)
+    return faultlog.FaultFilter(device.bdf, args.address, args.access)
+
+
+@op("expect_iommu_fault")
+def expect_iommu_fault(rt: Runtime, args: ExpectIommuFault, step: Step) -> None:
+    log = fault_log(rt)
+    wanted = _fault_filter(rt, args)
+    within = args.within * rt.options.timeout_multiplier
+    if faultlog.wait_for(log, wanted, within) is not None:
+        return
+    message = (f"{log.source} shows no {wanted.describe()} within {within:g}s; "
+               f"faults since the case began: {faultlog.summary(log.read())}")
+    suppressed = log.suppressed()
+    if suppressed:
+        message += (f". The kernel's DMAR fault log says it suppressed {suppressed} messages "
+                    "(printk rate limit of dmar_fault, `callbacks suppressed`): the fault may "
+                    "have happened without a line")
+    raise CheckFailed(message)
+
+
+@op("expect_no_iommu_fault")
+def expect_no_iommu_fault(rt: Runtime, args: ExpectNoIommuFault, step: Step) -> None:
+    log = fault_log(rt)
+    unwanted = _fault_filter(rt, args)
+    within = args.within * rt.options.timeout_multiplier
+    found = faultlog.wait_for(log, unwanted, within)
+    if found is not None:
+        hits = [f for f in log.read() if unwanted(f)]
+        raise CheckFailed(f"{log.source} shows a {unwanted.describe()} since the case began: "
+                          f"{faultlog.summary(hits)}")
+    suppressed = log.suppressed()
+    if suppressed:
+        raise CheckFailed(f"since the case began the kernel log says it suppressed {suppressed} "
+                          "DMAR fault messages (printk rate limit of dmar_fault, `callbacks "
+                          f"suppressed`): no line proves there was no {unwanted.describe()}")
 
 
 @op("assert_not_tainted")

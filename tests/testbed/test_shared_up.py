@@ -1,0 +1,122 @@
+"""Several commands and one `testbed up` VM: they take turns, `down` waits for none of
+them unless forced, and a VM stopped under a run is reported as stopped, not crashed.
+
+In a private cache (its own run/ folder and `up` VM), sharing only the built kernels.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from vfio_scenario.testbed.assets import build_own_kernel
+from vfio_scenario.testbed.paths import cache_dir
+
+pytestmark = pytest.mark.testbed
+
+
+@pytest.fixture
+def private_cache() -> Iterator[dict[str, str]]:
+    """A short path: a VM's agent socket lives below it (AF_UNIX paths hold 107 bytes)."""
+    build_own_kernel()
+    base = Path(tempfile.mkdtemp(prefix="vs-up-", dir="/tmp"))
+    cache = base / "vfio-scenario"
+    cache.mkdir()
+    for shared in ("kernels", "linux-source", "accel.json"):
+        if (cache_dir() / shared).exists():
+            (cache / shared).symlink_to(cache_dir() / shared)
+    yield {**os.environ, "XDG_CACHE_HOME": str(base)}
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vfio_scenario", *args], env=env,
+                          capture_output=True, text=True, timeout=600, check=False)
+
+
+def _start_run(env: dict[str, str], scenario: Path, report: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "vfio_scenario", "run", str(scenario),
+                             "--json", str(report), "--junit-xml", str(report.with_suffix(".xml"))],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_holder(env: dict[str, str], pid: int, timeout: float = 300.0) -> None:
+    """Until run PID `pid` holds the `up` VM (its attach lock names it)."""
+    lock = Path(env["XDG_CACHE_HOME"]) / "vfio-scenario" / "run" / "up" / "attached.lock"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if lock.exists() and lock.read_text() == f"run PID {pid}":
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"run PID {pid} never attached")
+
+
+@pytest.fixture
+def up_vm(private_cache: dict[str, str]) -> Iterator[dict[str, str]]:
+    up = _cli(private_cache, "testbed", "up")
+    assert up.returncode == 0, up.stderr
+    yield private_cache
+    _cli(private_cache, "testbed", "down", "--force")
+
+
+def _scenario(tmp_path: Path, name: str, seconds: float) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"- name: {name}\n  steps:\n    - sleep: {{duration: {seconds}s}}\n"
+                    f"- name: {name}-after\n  steps:\n    - assert_not_tainted: {{}}\n")
+    return path
+
+
+def _results(report: Path) -> dict[str, dict[str, str]]:
+    cases = json.loads(report.read_text())["cases"]
+    return {c["scenario"]: {"outcome": c["outcome"], "message": c["message"]} for c in cases}
+
+
+def test_a_second_run_waits_for_the_first_and_says_so(up_vm: dict[str, str],
+                                                       tmp_path: Path) -> None:
+    first = _start_run(up_vm, _scenario(tmp_path, "first", 8), tmp_path / "first.json")
+    _wait_for_holder(up_vm, first.pid)
+    second = _start_run(up_vm, _scenario(tmp_path, "second", 0.1), tmp_path / "second.json")
+    _, first_err = first.communicate(timeout=600)
+    _, second_err = second.communicate(timeout=600)
+    assert first.returncode == 0, first_err
+    assert second.returncode == 0, second_err
+    assert f"testbed busy: run PID {first.pid} is using it; waiting" in second_err
+    assert "testbed busy" not in first_err
+    for name in ("first", "second"):
+        assert {r["outcome"] for r in _results(tmp_path / f"{name}.json").values()} == {"pass"}
+    # the second one's cases ran after the first run let go of the VM
+    first_cases = json.loads((tmp_path / "first.json").read_text())["cases"]
+    second_cases = json.loads((tmp_path / "second.json").read_text())["cases"]
+    assert min(c["started"] for c in second_cases) >= \
+        max(c["started"] + c["duration"] for c in first_cases)
+
+
+def test_down_refuses_while_a_run_uses_the_vm_and_force_is_reported_as_a_stop(
+        up_vm: dict[str, str], tmp_path: Path) -> None:
+    run = _start_run(up_vm, _scenario(tmp_path, "long", 60), tmp_path / "long.json")
+    _wait_for_holder(up_vm, run.pid)
+    time.sleep(5)  # into the long sleep step
+    refused = _cli(up_vm, "testbed", "down")
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.strip().endswith(
+        f"testbed busy: run PID {run.pid} is using the VM; wait for it to end, or "
+        "`testbed down --force` stops the VM under it")
+    assert "vm            up, PID" in _cli(up_vm, "testbed", "status").stdout
+    forced = _cli(up_vm, "testbed", "down", "--force")
+    assert forced.returncode == 0, forced.stderr
+    _, err = run.communicate(timeout=600)
+    assert run.returncode == 1, err
+    results = _results(tmp_path / "long.json")
+    assert results["long"]["outcome"] == "error"
+    first_line = results["long"]["message"].splitlines()[0]  # the console's tail follows
+    assert first_line == ("the testbed VM was stopped while the case ran: QEMU ended; "
+                          "no kernel panic on the guest console")
+    assert results["long-after"]["outcome"] == "pass"  # on a VM of the run's own
