@@ -173,6 +173,12 @@ class Driver:
     def _send_msi(self) -> None:
         raise self.unsupported("send_msi")
 
+    def memcpy_refusal(self) -> str:
+        """Why this device makes no copies here ("" when it does): a reason about the host
+        (e.g. no scratch range named for a real NVMe), which makes a case that copies
+        skipped with it; memcpy_start still answers EPERM to a step that expects it."""
+        return ""
+
     def check_memcpy(self, src: int, dst: int, size: int, count: int) -> None:
         """Refuse a request beyond the driver's declared limits with EINVAL."""
         limit = (1 << self.dma_mask_bits) - 1

@@ -523,6 +523,10 @@ class NvmeDriver(Driver):
                            keep_irq=True)
 
     # ---- memcpy ----
+    def memcpy_refusal(self) -> str:
+        """After init: why memcpy is refused (no scratch range), "" when it is allowed."""
+        return self.refusal if self.scratch is None and self.refusal else ""
+
     def check_memcpy(self, src: int, dst: int, size: int, count: int) -> None:
         """EPERM when no scratch range allows copies; then the declared limits."""
         if self.scratch is None:

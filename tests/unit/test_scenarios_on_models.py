@@ -384,3 +384,58 @@ def test_scenarios_on_models_table(capsys: pytest.CaptureFixture[str]) -> None:
     with capsys.disabled():
         print("\n" + table)
     assert "driver-memcpy-success" in table
+
+
+def test_scenarios_on_models_a_real_nvme_without_a_scratch_range_skips_copies(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real controller (not QEMU's) with no VFIO_SCENARIO_NVME_SCRATCH makes no copies:
+    a case that copies is skipped naming the variable, not failed with EPERM; a step
+    that expects EPERM gets it."""
+    from vfio_scenario.drivers.nvme import SCRATCH_ENV
+
+    from tests.models.nvme import NvmeModel
+
+    monkeypatch.delenv(SCRATCH_ENV, raising=False)
+    monkeypatch.setitem(MODELS, "nvme-real", lambda: NvmeModel(
+        vendor_id=0x144D, device_id=0xA808, model="Samsung SSD 980"))
+    text = """
+        - name: copy
+          requires: {driver: any, iommu_modes: [iommufd]}
+          steps:
+            - open_iommu: {}
+              as: iommu
+            - open_device: {iommu: iommu}
+              as: dev
+            - alloc_buffer: {size: 2MiB}
+              as: buf
+            - map_dma: {iommu: iommu, buffer: buf, iova: 0x100000}
+            - driver_init: {device: dev}
+            - memcpy_start: {device: dev, src: 0x100000, dst: 0x140000, size: 512}
+          teardown:
+            - driver_remove: {device: dev}
+        - name: copy-refused
+          requires: {driver: any, iommu_modes: [iommufd]}
+          steps:
+            - open_iommu: {}
+              as: iommu
+            - open_device: {iommu: iommu}
+              as: dev
+            - driver_init: {device: dev}
+            - memcpy_start: {device: dev, src: 0x100000, dst: 0x140000, size: 512}
+              expect: EPERM
+          teardown:
+            - driver_remove: {device: dev}
+    """
+
+    def cases_of(devices: list[DeviceName]) -> list[Case]:
+        import textwrap
+
+        doc, errors = load_text(textwrap.dedent(text), "nvme-real.yaml")
+        assert errors == []
+        return compile_documents([doc], devices).cases
+
+    copy, refused = run_on_model("nvme-real", cases_of)
+    assert copy.outcome is Outcome.SKIP, copy.message
+    assert SCRATCH_ENV in copy.message and "makes no copies here" in copy.message
+    assert refused.outcome is Outcome.PASS, refused.message
+    assert refused.steps[3].actual == "EPERM"
