@@ -5,7 +5,7 @@ The samples follow the kernel's printk formats (7.2: kernel/panic.c __warn,
 kernel/locking/lockdep.c, mm/kasan/report.c, kernel/hung_task.c, mm/kmemleak.c);
 tests/data/kmsg/ holds splats recorded in the testbed (LKDTM WARNING and HUNG_TASK,
 our default kernel, 2026-12-05). That the watch catches
-real splats while a case runs is tested in the testbed (tests/testbed/test_kernel_watch.py).
+real splats while a case runs is tested in the testbed (tests/testbed/test_kernel_watch_in_testbed.py).
 """
 
 from __future__ import annotations
