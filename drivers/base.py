@@ -26,6 +26,7 @@ from typing import ClassVar, Protocol, runtime_checkable
 
 from vfio_scenario.errors import EnvironmentProblem, VfioError
 from vfio_scenario.language.devices import DriverFacts
+from vfio_scenario.uapi.pci import PCI_COMMAND
 
 ENTRY_POINT_GROUP = "vfio_scenario.drivers"
 
@@ -127,6 +128,32 @@ class Driver:
         self.device = device
         self.region = region
         self.msi_vector: int | None = None
+        self._saved_command: int | None = None  # PCI_COMMAND as init found it
+        self._irq: IrqHandle | None = None  # the interrupt init enabled
+
+    @property
+    def dma(self) -> DmaRegion:
+        """The DMA region the driver asked for (region_size), EINVAL without one."""
+        if self.region is None:
+            raise DriverError(errno.EINVAL, f"{self.name}.init", self.device.bdf,
+                              f"the driver needs a DMA region of {self.region_size} bytes")
+        return self.region
+
+    def enable_command(self, bits: int) -> None:
+        """Set `bits` in PCI_COMMAND, keeping what was there for restore_command."""
+        command = self.device.config_read(PCI_COMMAND, 2)
+        self._saved_command = command
+        self.device.config_write(PCI_COMMAND, 2, command | bits)
+
+    def release_irq_and_command(self) -> None:
+        """Disable the interrupt init enabled and put PCI_COMMAND back as init found it."""
+        if self._irq is not None:
+            self._irq.disable()
+            self._irq = None
+        self.msi_vector = None
+        if self._saved_command is not None:
+            self.device.config_write(PCI_COMMAND, 2, self._saved_command)
+            self._saved_command = None
 
     @classmethod
     def probe(cls, device: DeviceAccess) -> bool:

@@ -46,10 +46,8 @@ from vfio_scenario.drivers.base import (
     Driver,
     DriverError,
     IrqControl,
-    IrqHandle,
     PortalWriter,
 )
-from vfio_scenario.uapi.pci import PCI_COMMAND
 
 INTEL = 0x8086
 DSA_SPR0, DSA_GNRD, DSA_DMR = 0x0B25, 0x11FB, 0x1212
@@ -147,8 +145,6 @@ class DsaDriver(Driver):
 
     def __init__(self, device: DeviceAccess, region: DmaRegion | None = None) -> None:
         super().__init__(device, region)
-        self._saved_command: int | None = None
-        self._irq: IrqHandle | None = None
         self._in_flight = 0  # count of the started memcpy, 0 when none
         self.max_copies_per_batch = 0
 
@@ -242,9 +238,7 @@ class DsaDriver(Driver):
         if not isinstance(self.device, PortalWriter):
             raise self._error(errno.EOPNOTSUPP, "init",
                               "the device access has no 64-byte portal store (MOVDIR64B)")
-        command = self.device.config_read(PCI_COMMAND, 2)
-        self._saved_command = command
-        self.device.config_write(PCI_COMMAND, 2, command | PCI_COMMAND_ENABLE)
+        self.enable_command(PCI_COMMAND_ENABLE)
         self._command("init", CMD_RESET_DEVICE)
         self._configure()
         self._command("init", CMD_ENABLE_DEVICE)
@@ -259,13 +253,7 @@ class DsaDriver(Driver):
         """Reset the device (drops WQ/group config), free MSI-X, restore PCI command."""
         self._command("remove", CMD_RESET_DEVICE)
         self._in_flight = 0
-        if self._irq is not None:
-            self._irq.disable()
-            self._irq = None
-        self.msi_vector = None
-        if self._saved_command is not None:
-            self.device.config_write(PCI_COMMAND, 2, self._saved_command)
-            self._saved_command = None
+        self.release_irq_and_command()
 
     def _submit(self, region: DmaRegion, offset: int) -> None:
         portal = self.device

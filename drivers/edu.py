@@ -18,8 +18,8 @@ import errno
 import time
 from typing import Protocol, runtime_checkable
 
-from vfio_scenario.drivers.base import DeviceAccess, DmaRegion, Driver, DriverError
-from vfio_scenario.uapi.pci import PCI_COMMAND, PCI_COMMAND_MASTER
+from vfio_scenario.drivers.base import DeviceAccess, DmaRegion, Driver, DriverError, IrqHandle
+from vfio_scenario.uapi.pci import PCI_COMMAND_MASTER
 
 REG_ID = 0x00
 REG_IRQ_STATUS = 0x24
@@ -44,7 +44,7 @@ ID_VALUE = 0x010000ED
 class MsiCapable(Protocol):
     """The part of the uapi device that enables and disables interrupt vectors."""
 
-    def enable_irq(self, irq: str, count: int = 1, start: int = 0) -> object: ...
+    def enable_irq(self, irq: str, count: int = 1, start: int = 0) -> IrqHandle: ...
 
 
 class EduDriver(Driver):
@@ -56,15 +56,11 @@ class EduDriver(Driver):
 
     def __init__(self, device: DeviceAccess, region: DmaRegion | None = None) -> None:
         super().__init__(device, region)
-        self._saved_command: int | None = None
-        self._irq: object | None = None
         self._pending: tuple[int, int] | None = None  # (dst, size) of phase two
 
     def init(self, msi_vector: int | None = 0) -> None:
         """Enable Bus Master and, when msi_vector is not None, MSI vector 0."""
-        command = self.device.config_read(PCI_COMMAND, 2)
-        self._saved_command = command
-        self.device.config_write(PCI_COMMAND, 2, command | PCI_COMMAND_MASTER)
+        self.enable_command(PCI_COMMAND_MASTER)
         if msi_vector is not None:
             if msi_vector != 0:
                 raise DriverError(errno.EINVAL, "edu.init", self.device.bdf,
@@ -76,15 +72,8 @@ class EduDriver(Driver):
 
     def remove(self) -> None:
         """Disable the MSI init enabled and restore the command register."""
-        disable = getattr(self._irq, "disable", None)
-        if disable is not None:
-            disable()
-        self._irq = None
-        self.msi_vector = None
         self.device.bar_write(0, REG_IRQ_ACK, 4, 0xFFFFFFFF)
-        if self._saved_command is not None:
-            self.device.config_write(PCI_COMMAND, 2, self._saved_command)
-            self._saved_command = None
+        self.release_irq_and_command()
 
     def _start(self, src: int, dst: int, size: int, command: int) -> None:
         self.device.bar_write(0, REG_DMA_SRC, 8, src)

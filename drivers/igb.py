@@ -43,9 +43,8 @@ from vfio_scenario.drivers.base import (
     Driver,
     DriverError,
     IrqControl,
-    IrqHandle,
 )
-from vfio_scenario.uapi.pci import PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY
+from vfio_scenario.uapi.pci import PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY
 
 INTEL = 0x8086
 DEVICE_82576 = 0x10C9
@@ -166,18 +165,9 @@ class IgbDriver(Driver):
 
     def __init__(self, device: DeviceAccess, region: DmaRegion | None = None) -> None:
         super().__init__(device, region)
-        self._irq: IrqHandle | None = None
-        self._saved_command: int | None = None
         self.tx_tail = 0
         self.rx_tail = 0
         self._pending: tuple[int, int, int, int] | None = None  # rx first, count, size, tx last
-
-    @property
-    def dma(self) -> DmaRegion:
-        if self.region is None:
-            raise DriverError(errno.EINVAL, "igb.init", self.device.bdf,
-                              f"the driver needs a DMA region of {REGION_SIZE} bytes")
-        return self.region
 
     # ---- registers ----
     def read(self, reg: int) -> int:
@@ -219,9 +209,8 @@ class IgbDriver(Driver):
         if region.iova % 128 or region.size < REGION_SIZE:
             raise DriverError(errno.EINVAL, "igb.init", dev.bdf,
                               f"DMA region must be {REGION_SIZE} bytes, 128-byte aligned")
-        command = dev.config_read(PCI_COMMAND, 2)  # restored by remove (C does not)
-        self._saved_command = command
-        dev.config_write(PCI_COMMAND, 2, command | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER)
+        # restored by remove (C does not)
+        self.enable_command(PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER)
         try:
             self.reset("igb.init")
             if msi_vector is not None:
@@ -316,13 +305,7 @@ class IgbDriver(Driver):
                 self.write(TCTL, 0)
                 self.reset("igb.remove")
         finally:
-            if self._irq is not None:
-                self._irq.disable()
-                self._irq = None
-            self.msi_vector = None
-            if self._saved_command is not None:
-                self.device.config_write(PCI_COMMAND, 2, self._saved_command)
-                self._saved_command = None
+            self.release_irq_and_command()
 
     # ---- interrupts ----
     def _send_msi(self) -> None:

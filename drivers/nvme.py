@@ -306,13 +306,6 @@ class NvmeDriver(Driver):
         """Any function whose class code is 01:08:02 (NVM Express I/O controller)."""
         return device.config_read(PCI_CLASS_REVISION, 4) >> 8 == CLASS_NVME
 
-    @property
-    def dma(self) -> DmaRegion:
-        if self.region is None:
-            raise DriverError(errno.EINVAL, "nvme.init", self.device.bdf,
-                              f"the driver needs a DMA region of {REGION_SIZE} bytes")
-        return self.region
-
     # ---- registers ----
     def read64(self, offset: int) -> int:
         low = self.device.bar_read(0, offset, 4)
