@@ -25,6 +25,7 @@ and copies at most its 256 bytes; ioat and dsa copy what their devices report.
 from __future__ import annotations
 
 import errno
+import textwrap
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -249,6 +250,17 @@ def library_cases(devices: list[DeviceName]) -> list[Case]:
     return compiled.cases
 
 
+def text_cases(text: str, name: str) -> Callable[[list[DeviceName]], list[Case]]:
+    """The cases of a scenario written in the test (indented text), compiled for the devices."""
+
+    def cases_of(devices: list[DeviceName]) -> list[Case]:
+        doc, errors = load_text(textwrap.dedent(text), name)
+        assert errors == []
+        return compile_documents([doc], devices).cases
+
+    return cases_of
+
+
 _RESULTS: dict[str, list[CaseResult]] = {}
 
 
@@ -346,17 +358,10 @@ def test_scenarios_on_models_send_msi_expecting_eopnotsupp_gets_it_on_nv_falcon(
           - driver_remove: {device: dev}
     """
 
-    def cases_of(devices: list[DeviceName]) -> list[Case]:
-        import textwrap
-
-        doc, errors = load_text(textwrap.dedent(text), "msi.yaml")
-        assert errors == []
-        return compile_documents([doc], devices).cases
-
-    (falcon,) = run_on_model("nv_falcon", cases_of)
+    (falcon,) = run_on_model("nv_falcon", text_cases(text, "msi.yaml"))
     assert falcon.outcome is Outcome.PASS, falcon.message
     assert falcon.steps[3].actual == "EOPNOTSUPP"
-    (ioat,) = run_on_model("ioat", cases_of)  # a driver with MSI sends it: not the errno
+    (ioat,) = run_on_model("ioat", text_cases(text, "msi.yaml"))  # a driver with MSI sends it: not the errno
     assert ioat.outcome is Outcome.FAIL and ioat.steps[3].actual == "ok"
 
 
@@ -427,14 +432,7 @@ def test_scenarios_on_models_a_real_nvme_without_a_scratch_range_skips_copies(
             - driver_remove: {device: dev}
     """
 
-    def cases_of(devices: list[DeviceName]) -> list[Case]:
-        import textwrap
-
-        doc, errors = load_text(textwrap.dedent(text), "nvme-real.yaml")
-        assert errors == []
-        return compile_documents([doc], devices).cases
-
-    copy, refused = run_on_model("nvme-real", cases_of)
+    copy, refused = run_on_model("nvme-real", text_cases(text, "nvme-real.yaml"))
     assert copy.outcome is Outcome.SKIP, copy.message
     assert SCRATCH_ENV in copy.message and "makes no copies here" in copy.message
     assert refused.outcome is Outcome.PASS, refused.message
