@@ -69,6 +69,15 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                         "lockdep …) nor compare its taint")
     p.add_argument("--resume", action="store_true",
                    help="skip cases the journal of the previous run already holds")
+    g = p.add_argument_group("kernel line coverage (a gcov kernel: --kernel coverage)")
+    g.add_argument("--coverage", metavar="DIR",
+                   help="reset the testbed kernel's gcov counters before the first case, "
+                   "collect them after the last and write DIR/coverage.info (lcov), "
+                   "DIR/html/index.html and a per-file summary (console, JSON report)")
+    g.add_argument("--coverage-per-case", action="store_true",
+                   help="with --coverage: reset and collect around each case (slower), so the "
+                   "HTML says which cases reach a line and the JSON has each scenario file's "
+                   "numbers")
     _compare_options(p)
     p.set_defaults(func=cmd_run)
 

@@ -42,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
             cases = payload.read_cases(f)
         use_drivers(header.drivers)
         caps = probe_host(header.devices or None)
+        events = emit
+        if header.coverage_per_case:
+            from vfio_scenario.run import gcov
+
+            events = gcov.PerCase(emit)
     except (OSError, VfioScenarioError) as exc:
         emit({"event": "fatal", "message": str(exc)})
         return 3
@@ -51,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                          "devices": ",".join(f"{d.bdf}={d.ids}" for d in caps.devices)}})
     planned = plan_each(cases, caps, header.iommu_modes or None)
     run_planned(planned, caps, RunOptions(timeout_multiplier=header.timeout_multiplier,
-                                         kernel_watch=header.kernel_watch), emit,
+                                         kernel_watch=header.kernel_watch), events,
                 fail_fast=header.fail_fast)
     emit({"event": "done"})
     return 0

@@ -75,6 +75,8 @@ def run_command(args: argparse.Namespace) -> int:
     if getattr(args, "baseline_kernel", None):
         from vfio_scenario.run.compare import run_compare
 
+        if getattr(args, "coverage", None):
+            raise UsageError("--coverage cannot be used with --baseline-kernel")
         return run_compare(args)
     compiled = compile_or_raise(args.paths, need_cases=True)
     cases = select(compiled.cases, args)
@@ -83,6 +85,7 @@ def run_command(args: argparse.Namespace) -> int:
     known = known_issues_for(cases, getattr(args, "known_issues", None))
     check_outputs({"--junit-xml": args.junit_xml, "--json": args.json, "--html": args.html})
     where = _where(args)
+    coverage = _coverage_setup(args, where)
     sink = ReportSink(junit_xml=args.junit_xml, json_path=args.json, html_path=args.html,
                       journal=getattr(args, "journal", None) or default_journal(args.junit_xml),
                       resume=args.resume,
@@ -121,6 +124,8 @@ def run_command(args: argparse.Namespace) -> int:
             sink.header()
         elif kind == "warning":
             sink.warn(event.get("message", ""))
+            if coverage is not None:
+                coverage.on_warning(event.get("message", ""))
         elif kind == "plan":
             # compiled for the real devices: the `driver` axis holds their drivers
             sink.replan(event["ids"])
@@ -129,6 +134,8 @@ def run_command(args: argparse.Namespace) -> int:
                           "the scenario drivers of the devices here)")
         elif kind == "interrupted":
             interrupted.append(str(event.get("signal", "SIGINT")))
+        elif kind == "coverage" and coverage is not None:
+            coverage.add_case_event(event)
 
     try:
         done = sink.finished_ids() if args.resume else set()
@@ -136,7 +143,7 @@ def run_command(args: argparse.Namespace) -> int:
             kernel["release"] = os.uname().release
             _run_local(cases, args, options, on_event, done)
         else:
-            _run_testbed(cases, args, options, on_event, run, done, kernel)
+            _run_testbed(cases, args, options, on_event, run, done, kernel, coverage)
     except BaseException:
         # the reports are written either way; a summary of nothing would only precede
         # the error that says why nothing ran
@@ -144,7 +151,12 @@ def run_command(args: argparse.Namespace) -> int:
         raise
     if interrupted:
         sink.warn(f"run interrupted by {interrupted[0]}; the cases not run are missing")
+    html_problem = coverage.write(run, sink.warn) if coverage is not None else None
     sink.close()
+    if coverage is not None:
+        coverage.print_summary()
+    if html_problem is not None:
+        raise html_problem  # exit 3 naming the file; the other reports are written
     if interrupted:  # as a shell reports a process its signal ended: 128 + the signal
         return 128 + int(getattr(signal, interrupted[0], signal.SIGINT))
     return sink.exit_code()
@@ -204,9 +216,27 @@ def _run_local(cases: list[Case], args: argparse.Namespace, options: RunOptions,
                   "message": "device state not restored: " + "; ".join(problems)})
 
 
+def _coverage_setup(args: argparse.Namespace, where: str) -> Any:
+    """The run's coverage collector (run/coverage.py) for --coverage DIR, else None."""
+    if getattr(args, "coverage_per_case", False) and not getattr(args, "coverage", None):
+        raise UsageError("--coverage-per-case needs --coverage DIR")
+    if not getattr(args, "coverage", None):
+        return None
+    from vfio_scenario.run.coverage import CoverageCollector
+
+    if where != "testbed":
+        raise UsageError("--coverage collects the testbed kernel's gcov counters; it cannot "
+                         "be used with --device or on a host with VFIO devices (add "
+                         "--testbed always)")
+    return CoverageCollector.for_run(args)
+
+
 def _run_testbed(cases: list[Case], args: argparse.Namespace, options: RunOptions,
-                 on_event: Any, run: RunResult, done: set[str], kernel: dict[str, Any]) -> None:
-    """Run in the VM of `testbed up` when one runs, else in a testbed of our own."""
+                 on_event: Any, run: RunResult, done: set[str], kernel: dict[str, Any],
+                 coverage: Any = None) -> None:
+    """Run in the VM of `testbed up` when one runs, else in a testbed of our own (always
+    with --coverage: the counters are reset and read, and the kernel must be the one
+    asked for)."""
     from vfio_scenario.run.testbed_run import run_in_testbed
     from vfio_scenario.testbed import Testbed
     from vfio_scenario.testbed.persistent import attach
@@ -220,10 +250,13 @@ def _run_testbed(cases: list[Case], args: argparse.Namespace, options: RunOption
 
     # waits while another command uses the `up` VM; a --baseline-kernel run never takes
     # it (it boots a kernel of its own choosing)
-    attached = None if getattr(args, "own_testbed", False) else attach()
+    own = getattr(args, "own_testbed", False) or coverage is not None
+    attached = None if own else attach()
     testbed = attached or fresh()
     kernel["vmlinux"] = testbed.vmlinux
     try:
+        if coverage is not None:
+            coverage.begin(testbed)
         run.properties.update({"accelerator": testbed.accelerator,
                                "testbed_kernel": testbed.kernel_release,
                                "qemu": testbed.qemu_version,
@@ -231,7 +264,10 @@ def _run_testbed(cases: list[Case], args: argparse.Namespace, options: RunOption
         run_in_testbed(testbed, cases, args.paths, on_event, devices=[],
                        iommu_modes=args.iommu_mode, timeout_multiplier=options.timeout_multiplier,
                        fail_fast=args.fail_fast, replace=None if owned else fresh,
-                       reselect=_reselect(args, done), kernel_watch=options.kernel_watch)
+                       reselect=_reselect(args, done), kernel_watch=options.kernel_watch,
+                       coverage_per_case=coverage is not None and coverage.per_case)
+        if coverage is not None:
+            coverage.end(testbed)
     finally:
         for t in owned:
             t.stop()

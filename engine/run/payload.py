@@ -40,12 +40,13 @@ class Header:
     timeout_multiplier: float = 1.0
     fail_fast: bool = False
     kernel_watch: bool = True
+    coverage_per_case: bool = False  # --coverage-per-case: gcov counters sent after each case
 
     def to_dict(self) -> dict[str, Any]:
         return {"magic": MAGIC, "version": __version__, "devices": self.devices,
                 "drivers": self.drivers, "iommu_modes": self.iommu_modes,
                 "timeout_multiplier": self.timeout_multiplier, "fail_fast": self.fail_fast,
-                "kernel_watch": self.kernel_watch}
+                "kernel_watch": self.kernel_watch, "coverage_per_case": self.coverage_per_case}
 
 
 class Record:
@@ -122,7 +123,8 @@ def read_header(f: IO[bytes]) -> Header:
                   iommu_modes=list(raw["iommu_modes"]),
                   timeout_multiplier=float(raw["timeout_multiplier"]),
                   fail_fast=bool(raw["fail_fast"]),
-                  kernel_watch=bool(raw.get("kernel_watch", True)))
+                  kernel_watch=bool(raw.get("kernel_watch", True)),
+                  coverage_per_case=bool(raw.get("coverage_per_case", False)))
 
 
 def read_cases(f: IO[bytes]) -> list[Case]:
