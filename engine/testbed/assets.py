@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import tarfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -291,14 +292,26 @@ def _seed_build_folder(build: Path, tree: Path, report: Reporter) -> None:
     Both share kernel.fragment; kbuild's per-option dependencies (fixdep) and command-line
     checks then recompile only the profiled objects and the few users of the gcov options,
     not the whole kernel. Skipped when the folder has been built before or there is no
-    default build to copy."""
+    default build to copy.
+
+    The default kernel may be rebuilding meanwhile (another fragment): the copy does not
+    wait for its lock. A file written while the copy ran may be half written, so every file
+    the default build touched since just before the copy is deleted from the copy; kbuild
+    rebuilds what is missing or was built with other options, as after an interrupted make."""
     seed = sub_dir("kernels", f"build-{source_version(tree)}")
     if (build / "vmlinux").exists() or not (seed / "vmlinux").exists():
         return
     report(f"seeding {build} from {seed}")
-    with locked("own-kernel"):  # not while the default kernel is being rebuilt in it
-        shutil.rmtree(build)
-        subprocess.run(["cp", "-a", "--reflink=auto", str(seed), str(build)], check=True)
+    shutil.rmtree(build)
+    started = time.time() - 2.0
+    subprocess.run(["cp", "-a", "--reflink=auto", str(seed), str(build)], check=True)
+    for path in seed.rglob("*"):
+        try:
+            recent = path.lstat().st_mtime >= started
+        except OSError:  # removed meanwhile
+            continue
+        if recent and not path.is_dir():
+            (build / path.relative_to(seed)).unlink(missing_ok=True)
 
 
 def _keep_gcno(build: Path, tree: Path, out: Path) -> dict[str, str]:
