@@ -50,9 +50,10 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                    "axis value, or `requires: {driver: NAME}`)")
     p.add_argument("--testbed", choices=("auto", "never", "always"), default="auto",
                    help="auto: boot the testbed when no --device and no VFIO device here")
-    p.add_argument("--kernel", default="default", metavar="default|debug|debian|PATH",
+    p.add_argument("--kernel", default="default", metavar="default|debug|coverage|debian|PATH",
                    help="testbed guest kernel (default: the project's own build; debug: it "
-                        "with lockdep, KASAN, UBSAN, kmemleak … on)")
+                        "with lockdep, KASAN, UBSAN, kmemleak … on; coverage: it with gcov "
+                        "on VFIO, iommufd and the IOMMU drivers, for --coverage)")
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
                    help="testbed accelerator (auto: KVM when a probe boot proves it works)")
     p.add_argument("--junit-xml", default="reports/junit.xml", metavar="F")

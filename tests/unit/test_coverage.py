@@ -268,3 +268,24 @@ def test_coverage_per_case_needs_coverage(tmp_path: Path,
                    "--junit-xml", str(tmp_path / "j.xml"), "scenarios/host"])
     assert status == 2
     assert "--coverage-per-case needs --coverage DIR" in capsys.readouterr().err
+
+
+@needs_lcov
+def test_a_reboot_during_the_run_is_a_warning_of_the_coverage(
+        fake: tuple[cov.GcovBuild, dict[str, bytes]], tmp_path: Path) -> None:
+    from vfio_scenario.results import RunResult
+    from vfio_scenario.run.coverage import CoverageCollector
+
+    build, counters = fake
+    collector = CoverageCollector(str(tmp_path / "cov"), "coverage", per_case=False)
+    collector.collected = cov.RunCoverage(tmp_path / "cov", build)
+    collector.collected.add_run(counters)
+    collector.on_warning("guest kernel crashed; rebooting the testbed")
+    warnings: list[str] = []
+    run = RunResult()
+    assert collector.write(run, warnings.append) is None
+    assert warnings == ["coverage: the testbed rebooted 1 time(s); only the counters since "
+                        "the last boot are in the coverage report"]
+    assert run.coverage is not None
+    assert run.coverage["files"]["drivers/vfio/fake.c"]["lines_hit"] == 5
+    assert (tmp_path / "cov/html/index.html").is_file()
