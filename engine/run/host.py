@@ -151,12 +151,17 @@ def run_command(args: argparse.Namespace) -> int:
         raise
     if interrupted:
         sink.warn(f"run interrupted by {interrupted[0]}; the cases not run are missing")
-    html_problem = coverage.write(run, sink.warn) if coverage is not None else None
+    coverage_problem: Exception | None = None
+    if coverage is not None:
+        try:  # the HTML's write error comes back; the other reports are written first
+            coverage_problem = coverage.write(run, sink.warn)
+        except EnvironmentProblem as exc:
+            coverage_problem = exc
     sink.close()
     if coverage is not None:
         coverage.print_summary()
-    if html_problem is not None:
-        raise html_problem  # exit 3 naming the file; the other reports are written
+    if coverage_problem is not None:
+        raise coverage_problem  # exit 3 naming the file
     if interrupted:  # as a shell reports a process its signal ended: 128 + the signal
         return 128 + int(getattr(signal, interrupted[0], signal.SIGINT))
     return sink.exit_code()

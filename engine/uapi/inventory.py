@@ -154,8 +154,8 @@ PROPOSED_FEATURES = ("VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE", "VFIO_DEVICE_FEATURE_
 
 # --- the headers ---------------------------------------------------------------------------
 
-_IOCTL_RX = re.compile(r"^#define\s+(\w+)\s+_IO\w*\(\s*(?:VFIO_TYPE|IOMMUFD_TYPE)\b", re.M)
-_FEATURE_RX = re.compile(r"^#define\s+(VFIO_DEVICE_FEATURE_\w+)\s+\(?\s*(\d+)\s*\)?\s*$", re.M)
+_IOCTL_RX = re.compile(r"^#define\s+(\w+)\s+_IO\w*\(\s*(?:VFIO_TYPE|IOMMUFD_TYPE)\b", re.MULTILINE)
+_FEATURE_RX = re.compile(r"^#define\s+(VFIO_DEVICE_FEATURE_\w+)\s+\(?\s*(\d+)\s*\)?\s*$", re.MULTILINE)
 
 
 def _joined(text: str) -> str:

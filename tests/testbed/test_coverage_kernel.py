@@ -107,7 +107,7 @@ def test_run_coverage_writes_tracefile_html_and_summary(
     assert files["drivers/vfio/vfio_main.c"]["lines_hit"] > 0
     assert files["drivers/iommu/iommufd/device.c"]["lines_hit"] > 0  # the cdev's bind
     assert all(not p.startswith("include/") for p in files)
-    assert re.search(r"^\s+\d+\.\d%\s+\d+/\d+\s+drivers/vfio/pci/$", console, re.M), console
+    assert re.search(r"^\s+\d+\.\d%\s+\d+/\d+\s+drivers/vfio/pci/$", console, re.MULTILINE), console
     assert doc["coverage"]["folders"]["drivers/vfio/pci"]["lines_found"] > 1000
     page = _browse(out / "html" / "index.html", tmp_path / "profile")
     assert "LCOV - code coverage report" in page

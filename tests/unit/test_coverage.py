@@ -284,8 +284,8 @@ def test_a_reboot_during_the_run_is_a_warning_of_the_coverage(
     warnings: list[str] = []
     run = RunResult()
     assert collector.write(run, warnings.append) is None
-    assert warnings == ["coverage: the testbed rebooted 1 time(s); only the counters since "
-                        "the last boot are in the coverage report"]
+    assert warnings == [("coverage: the testbed rebooted 1 time(s); only the counters since "
+                         "the last boot are in the coverage report")]
     assert run.coverage is not None
     assert run.coverage["files"]["drivers/vfio/fake.c"]["lines_hit"] == 5
     assert (tmp_path / "cov/html/index.html").is_file()

@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from vfio_scenario.language.compile import compile_paths
 from vfio_scenario.run.ops import operations
 from vfio_scenario.testbed.assets import cached_source_tree
