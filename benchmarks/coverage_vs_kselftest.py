@@ -18,7 +18,8 @@ the library on the default kernel and prints both wall times (target: the covera
 at most 2x the default one).
 
 Run on the host: `.venv/bin/python benchmarks/coverage_vs_kselftest.py [--ours FILE]
-[--wall] [--markdown]`.
+[--wall] [--markdown]`; or in parallel, `--c-only --out DIR` beside the library's run,
+then `--c-info DIR/c.info --ours FILE` for the table.
 """
 
 from __future__ import annotations
@@ -171,6 +172,10 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ours", type=Path, help="the library's tracefile of an earlier "
                         "`run --kernel coverage --coverage DIR scenarios/` (DIR/coverage.info)")
+    parser.add_argument("--c-info", type=Path, help="the C programs' tracefile of an earlier "
+                        "run of this script (OUT/c.info) instead of running them again")
+    parser.add_argument("--c-only", action="store_true",
+                        help="only run the C programs (OUT/c.info), e.g. beside a library run")
     parser.add_argument("--wall", action="store_true",
                         help="also run the library on the default kernel: both wall times")
     parser.add_argument("--markdown", action="store_true", help="the table in Markdown")
@@ -184,11 +189,18 @@ def main() -> None:
         return
     out = args.out or Path(tempfile.mkdtemp(prefix="coverage-vs-kselftest-"))
     out.mkdir(parents=True, exist_ok=True)
-    c_info, c_runs = c_tracefile(out)
+    if args.c_info is not None:
+        c_info = args.c_info
+        c_runs = json.loads(c_info.with_suffix(".json").read_text())
+    else:
+        c_info, c_runs = c_tracefile(out)
+        c_info.with_suffix(".json").write_text(json.dumps(c_runs))
     print(f"C programs on {c_runs['release']} ({', '.join(c_runs['bdfs'])}):")
     for program, run in c_runs["runs"].items():
         print(f"  {program}: exit {run['exit']}, {run['ok']} ok, {run['not_ok']} not ok, "
               f"{run['seconds']} s")
+    if args.c_only:
+        return
     walls: dict[str, float] = {}
     ours = args.ours
     if ours is None:
