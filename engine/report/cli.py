@@ -6,6 +6,35 @@ import argparse
 from typing import Any
 
 from vfio_scenario.errors import UsageError
+from vfio_scenario.report.junit import DEFAULT_MAX_BYTES, JunitOptions
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def byte_size(value: str) -> int:
+    """`20M`, `512K`, `1G`, `30000000` or `0` as a number of bytes (K/M/G: powers of 1024)."""
+    text = value.strip().upper().removesuffix("B").removesuffix("I")
+    unit = text[-1:] if text[-1:] in "KMG" else ""
+    number = text[: len(text) - len(unit)]
+    if not number.isdigit():
+        raise argparse.ArgumentTypeError(f"{value!r} is not a size like 20M, 512K or 0")
+    return int(number) * _UNITS[unit]
+
+
+def add_junit_options(p: argparse.ArgumentParser) -> None:
+    """The options of the JUnit document (run and report merge take them)."""
+    p.add_argument("--junit-file-attribute", action="store_true",
+                   help="add a `file` attribute (the scenario file) to every testcase, as "
+                   "GitLab reads it (Jenkins' schema allows it on suites only)")
+    p.add_argument("--junit-max-size", type=byte_size, default=DEFAULT_MAX_BYTES,
+                   metavar="SIZE",
+                   help="cut logs in the JUnit file so that it stays under SIZE bytes (K, M, G "
+                   f"suffixes; 0: no cap; default {DEFAULT_MAX_BYTES >> 20}M, GitLab refuses "
+                   "files over 30 MB)")
+
+
+def junit_options(args: argparse.Namespace) -> JunitOptions:
+    return JunitOptions(case_file=args.junit_file_attribute, max_bytes=args.junit_max_size)
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -25,6 +54,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     m.add_argument("--html", metavar="OUT", help="write the merged HTML report here")
     m.add_argument("--json", metavar="OUT", help="write the merged JSON report here")
     m.add_argument("--ktap", metavar="OUT", help="write the merged results as KTAP here")
+    add_junit_options(m)
     m.set_defaults(func=cmd_merge)
     from vfio_scenario.report import diff_cli
 
@@ -38,7 +68,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from vfio_scenario.report.merge import load_results, merge_runs
     from vfio_scenario.report.sink import write_reports, writers
 
-    targets = writers(args.junit_xml, args.json, args.html)
+    targets = writers(args.junit_xml, args.json, args.html, junit_options(args))
     if not targets and not args.ktap:
         raise UsageError("report merge: name at least one output (--junit-xml, --html, --json, "
                          "--ktap)")

@@ -18,6 +18,7 @@ from vfio_scenario.commands import compile_or_raise
 from vfio_scenario.errors import EnvironmentProblem, NothingSelected, ScenarioErrors, UsageError
 from vfio_scenario.language.cases import Case
 from vfio_scenario.language.compile import compile_paths
+from vfio_scenario.report.cli import junit_options
 from vfio_scenario.results import CaseResult, RunResult
 from vfio_scenario.run.cli import in_guest
 from vfio_scenario.run.interpreter import RunOptions
@@ -86,7 +87,8 @@ def run_command(args: argparse.Namespace) -> int:
     sink = ReportSink(junit_xml=args.junit_xml, json_path=args.json, html_path=args.html,
                       journal=getattr(args, "journal", None) or default_journal(args.junit_xml),
                       resume=args.resume,
-                      total=len(cases), fmt=args.format, planned=[c.id for c in cases])
+                      total=len(cases), fmt=args.format, planned=[c.id for c in cases],
+                      junit_options=junit_options(args))
     if args.resume:
         done = sink.finished_ids()
         cases = [c for c in cases if c.id not in done]
