@@ -11,8 +11,10 @@ submitted are given: then only tests) and one test per case:
   parameter in the case id's order; every other character becomes `_`, and a path two
   cases would share gets `-2`, `-3` … on its last node;
 - `status`: PASS, FAIL, ERROR or SKIP from the outcome (a known issue's case keeps its
-  real outcome, the known issue goes to `misc`); MISS for every expected case (ids from
-  `vfio-scenario list`) that no input reported, e.g. because its shard never ran;
+  real outcome, the known issue goes to `misc`); MISS for every expected case that no
+  input reported, and, without a list of expected cases, one MISS test per shard that
+  never reported (path `vfio_scenario.shard-I-of-N`): a run with `--shard I/N` records
+  `shard` in its properties, and a merge of shards lists every value;
 - `log_excerpt`: the failure message, the step log and the tail of the log, at most
   16384 characters (KCIDB's limit);
 - `misc`: the case id, file, scenario, matrix values, tags and properties.
@@ -170,8 +172,32 @@ def kcidb_document(run: RunResult, options: KcidbOptions | None = None,
             t["status"] = "MISS"
             t["misc"] = {"case_id": case_id, "reason": "expected, but no input reported it"}
             tests.append(t)
+    if expected is None:
+        for index, count in missing_shards(run):
+            t = _test(f"shard-{index}-of-{count}", build_id, prefix, o.origin,
+                      f"{PATH_ROOT}.shard-{index}-of-{count}")
+            t.update(status="MISS", comment=f"shard {index}/{count} never reported: which "
+                     "cases it held, and how they went, is unknown",
+                     misc={"shard": f"{index}/{count}"})
+            tests.append(t)
     doc["tests"] = tests
     return doc
+
+
+def missing_shards(run: RunResult) -> list[tuple[int, int]]:
+    """(I, N) of every shard of the run's `shard` property (`1/4, 2/4, 4/4` after a
+    merge) that no input came from; [] when the run was not sharded or its shards
+    disagree on N."""
+    seen = set()
+    for value in run.properties.get("shard", "").split(","):
+        m = re.fullmatch(r"\s*(\d+)/(\d+)\s*", value)
+        if m:
+            seen.add((int(m.group(1)), int(m.group(2))))
+    counts = {n for _, n in seen}
+    if len(counts) != 1:
+        return []
+    count = counts.pop()
+    return [(i, count) for i in range(1, count + 1) if (i, count) not in seen]
 
 
 def _checkout(run: RunResult, o: KcidbOptions, checkout_id: str) -> dict[str, Any]:

@@ -69,6 +69,17 @@ def known_issues_for(cases: list[Case], path: str | None) -> Any:
     return KnownIssues.for_run(cases, path)
 
 
+def run_facts(args: argparse.Namespace, where: str) -> dict[str, str]:
+    """The run properties the command line decides: engine version, where, and the
+    shard (`I/N`, so a merge of the shards can tell which one never reported)."""
+    facts = {"engine_version": __version__, "where": where}
+    if args.shard:
+        from vfio_scenario.select import parse_shard
+
+        facts["shard"] = "{}/{}".format(*parse_shard(args.shard))
+    return facts
+
+
 def run_command(args: argparse.Namespace) -> int:
     from vfio_scenario.report.files import check_outputs
     from vfio_scenario.report.sink import ReportSink, default_journal
@@ -97,7 +108,7 @@ def run_command(args: argparse.Namespace) -> int:
             sink.close()
             return sink.exit_code()
     run = sink.run
-    run.properties.update({"engine_version": __version__, "where": where})
+    run.properties.update(run_facts(args, where))
     for warning in known.unmatched_warnings():
         sink.warn(warning)
     options = RunOptions(timeout_multiplier=args.timeout_multiplier,

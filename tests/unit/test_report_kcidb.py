@@ -8,6 +8,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 from kcidb_io import schema as kcidb_schema
+from vfio_scenario import __version__
 from vfio_scenario.cli import main
 from vfio_scenario.report.jsonout import json_document
 from vfio_scenario.report.kcidb import (
@@ -175,3 +176,36 @@ def test_the_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
                       (["--expected", str(tmp_path / "nope")], "cannot read")]:
         assert main(["report", "kcidb", str(shard1), *bad]) == 2
         assert says in capsys.readouterr().err
+
+
+def test_a_shard_that_never_reported_is_one_miss_test(tmp_path: Path) -> None:
+    """Each shard's run records `shard: I/N`; the merge lists the values it saw."""
+    run = sample_run()
+    shards = []
+    for index, cases in ((1, run.cases[:2]), (2, run.cases[2:3]), (4, run.cases[3:])):
+        path = tmp_path / f"shard{index}.json"
+        path.write_text(json_document(RunResult(cases=cases, started=run.started,
+                                                properties={**run.properties,
+                                                            "shard": f"{index}/4"})))
+        shards.append(str(path))
+    out = tmp_path / "kcidb.json"
+    assert main(["report", "kcidb", *shards, "-o", str(out), "--run-id", "r"]) == 0
+    tests = valid(json.loads(out.read_text()))["tests"]
+    assert [t["status"] for t in tests] == ["PASS", "FAIL", "SKIP", "PASS", "ERROR", "MISS"]
+    assert (tests[-1]["id"], tests[-1]["path"]) == ("vfio_scenario:r:shard-3-of-4",
+                                                    "vfio_scenario.shard-3-of-4")
+    assert tests[-1]["comment"].startswith("shard 3/4 never reported")
+    # all shards there, or no shards at all: no MISS
+    assert main(["report", "kcidb", shards[0], "-o", str(out)]) == 0
+    assert "MISS" in {t["status"] for t in json.loads(out.read_text())["tests"]}
+    assert all(t["status"] != "MISS" for t in valid(kcidb_document(run))["tests"])
+
+
+def test_a_sharded_run_records_its_shard() -> None:
+    from vfio_scenario.cli import build_parser
+    from vfio_scenario.run.host import run_facts
+
+    args = build_parser().parse_args(["run", "--shard", "03/4"])
+    assert run_facts(args, "testbed") == {"engine_version": __version__, "where": "testbed",
+                                          "shard": "3/4"}
+    assert "shard" not in run_facts(build_parser().parse_args(["run"]), "host")
