@@ -78,13 +78,22 @@ def gitlab_commands(job: dict[str, Any], **values: str) -> list[list[str]]:
 # GitLab
 
 
-def test_gitlab_installs_as_the_readme_says() -> None:
+def test_gitlab_installs_as_the_readme_says(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from vfio_scenario.testbed.paths import cache_dir
+
     doc = load("gitlab-ci.yml")
-    assert BOOTSTRAP in " ".join(doc["default"]["before_script"])
+    assert doc["default"]["image"] == "debian:bookworm"
+    apt, bootstrap = doc["default"]["before_script"]
+    assert apt.endswith("apt-get install -y -qq --no-install-recommends python3 sudo")
+    assert bootstrap == BOOTSTRAP
     assert f"{BOOTSTRAP} && .venv/bin/vfio-scenario run scenarios/" in \
         (REPO / "README.md").read_text()
+    # the job cache holds the folder the testbed keeps its kernels in
     assert doc["variables"]["XDG_CACHE_HOME"] == "$CI_PROJECT_DIR/.cache"
-    assert doc["cache"]["paths"] == [".cache/vfio-scenario/"]
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / ".cache"))
+    [cached] = doc["cache"]["paths"]
+    assert cache_dir() == tmp_path / cached.rstrip("/")
 
 
 def test_gitlab_shards_with_parallel_and_keeps_the_journal_always() -> None:
