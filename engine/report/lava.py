@@ -15,7 +15,7 @@ POSIX shell script the test definition runs (docs/ci/lava-vfio-scenario.yaml):
   `map-unmap.iommu_mode-iommufd.size-4096`; a set is its file with `/` as `_`;
 - case names are unique in the whole run (LAVA rejects a repeated name in one
   definition's results, whatever the set): a repeat gets `-2`, `-3` …; a name longer
-  than 100 characters (LAVA's limit) keeps 91 and a digest of the case id.
+  than 100 characters (LAVA's limit) keeps 91 and a digest of the whole name.
 """
 
 from __future__ import annotations

@@ -91,6 +91,11 @@ def test_matrix_values_and_properties_go_to_misc() -> None:
     assert t["misc"]["properties"]["scenario_driver"] == "edu"
     assert t["environment"]["misc"] == {"device": "0000:00:03.0", "vendor_device": "1234:11e8",
                                         "vfio_driver": "vfio-pci"}
+    assert t["misc"]["tags"] == ["dma"] and t["misc"]["scenario"] == "driver-memcpy"
+    run = sample_run()
+    run.cases[4].kernel_splats = [{"kind": "warning", "title": "WARNING: x", "text": "long",
+                                   "allowed": False}]
+    assert valid(kcidb_document(run))["tests"][4]["misc"]["kernel_splats"] == ["WARNING: x"]
 
 
 def test_log_excerpt_holds_message_steps_and_log_tail_within_16_kib() -> None:

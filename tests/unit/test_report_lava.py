@@ -7,6 +7,7 @@ characters at most, sets of 200)."""
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -128,6 +129,9 @@ def test_odd_names_are_slugged_unique_and_within_lavas_limits(tmp_path: Path) ->
     assert case_slug("t[p=a b,q=x/y:z,r=[1, 2]]") == "t.p-a_b.q-x_y_z.r-.1._2_"
     long = [n for n in results if n.startswith("long")]
     assert len(long) == 4 and all(len(n) <= NAME_LIMIT for n in long)
+    # a name over 100 characters: its first 91, `-` and 8 hex digits of the name's digest
+    cut = case_slug(names[4])
+    assert len(cut) == 100 and re.fullmatch(r"long\.param0-value0\..{72}-[0-9a-f]{8}", cut)
     assert len(set(long)) == 4
     script = lava_script(run)
     for line in script.splitlines()[3:]:
