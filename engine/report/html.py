@@ -3,7 +3,7 @@
 A summary (counts per outcome, run properties, the kernel splats the watch found and
 the skip reasons with their counts, the slowest cases as a bar chart), then the cases
 grouped by scenario file, each file a collapsible section (unfolded when a case of it
-failed or errored) headed by one grid per scenario: matrix values × IOMMU mode, each
+failed or errored) headed by one grid per scenario: matrix values by IOMMU mode, each
 cell coloured by its case's outcome and linking to it. Each case is a row: outcome,
 id, duration and, unfolded, its step timeline (bars proportional to step durations),
 step table, properties and log tail. Buttons filter the rows by outcome and a search

@@ -237,8 +237,8 @@ def test_cases_are_grouped_by_file_with_a_grid_per_scenario() -> None:
     page, parts = Page(text), Parts(text)
     assert ["open" in f for f in page.files] == [False, False]
     assert parts.grids[0]["rows"][1:] == [
-        [("", "size=4096"), ("cell bg-pass", "#case-1", "PASS"), ("none", "–")],
-        [("", "size=8192"), ("none", "–"), ("cell bg-skip", "#case-2", "SKIP")]]
+        [("", "size=4096"), ("cell bg-pass", "#case-1", "PASS"), ("none", "\u2013")],
+        [("", "size=8192"), ("none", "\u2013"), ("cell bg-skip", "#case-2", "SKIP")]]
     assert parts.grids[1]["rows"] == [
         [("",), ("", "no IOMMU mode")],
         [("", "(no other matrix values)"), ("cell bg-pass", "#case-3", "PASS")]]
