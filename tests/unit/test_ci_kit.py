@@ -274,3 +274,20 @@ def test_lava_run_steps_report_every_case(tmp_path: Path) -> None:
     assert len(results_seen) == 5
     assert {r["set"] for r in results_seen.values()} == {"scenarios_dma_map.yaml",
                                                          "scenarios_driver_memcpy.yaml"}
+
+
+@pytest.mark.parametrize(("status", "goes_on"), [(0, True), (1, True), (2, False), (3, False),
+                                                 (5, False)])
+def test_lava_run_step_goes_on_after_failed_cases_only(tmp_path: Path, status: int,
+                                                       goes_on: bool) -> None:
+    """LAVA runs the steps under `set -e`: the run step's status 1 (a case failed) is a
+    result; a usage error (2), no device (3) or nothing selected (5) stops the definition."""
+    step = load("lava-vfio-scenario.yaml")["run"]["steps"][0]
+    tool = tmp_path / ".venv" / "bin" / "vfio-scenario"
+    tool.parent.mkdir(parents=True)
+    tool.write_text(f"#!/bin/sh\nexit {status}\n")
+    tool.chmod(0o755)
+    out = subprocess.run(["sh", "-e", "-c", f"{step}\necho went-on"], cwd=tmp_path,
+                         env={**os.environ, "DEVICE": "0000:01:00.0", "SCENARIOS": "scenarios/"},
+                         capture_output=True, text=True, timeout=30, check=False)
+    assert ("went-on" in out.stdout) is goes_on
