@@ -229,7 +229,7 @@ def console_lines(summary: dict[str, Any], files: bool = True) -> list[str]:
 
 
 def write_html(tracefile: Path, html_dir: Path, title: str,
-               descriptions: dict[str, str] | None = None) -> None:
+               descriptions: dict[str, str] | None = None, source_tree: str = "") -> None:
     """genhtml's report of `tracefile` in `html_dir` (per-test details when the tracefile
     has several test names). CoverageWriteError names the file that could not be written.
 
@@ -238,6 +238,8 @@ def write_html(tracefile: Path, html_dir: Path, title: str,
     ends with </html>."""
     argv = ["genhtml", "--quiet", "--title", title, "--output-directory", str(html_dir),
             "--legend"]
+    if source_tree:  # pages named as in the kernel tree: drivers/vfio/pci/index.html
+        argv += ["--prefix", source_tree]
     try:
         html_dir.mkdir(parents=True, exist_ok=True)
         if descriptions:
@@ -363,7 +365,7 @@ class RunCoverage:
 
     def write_html_report(self, title: str) -> None:
         write_html(self.out / "coverage.info", self.out / "html", title,
-                   getattr(self, "descriptions", None) or None)
+                   getattr(self, "descriptions", None) or None, self.build.source_tree)
 
 
 # --- merging (report merge --coverage, shards) ---------------------------------------------
@@ -396,7 +398,7 @@ def merge_coverage(inputs: list[Path], out_dir: Path, title: str
                                **summarize(read_tracefile(text, tree))}
     problem: CoverageWriteError | None = None
     try:
-        write_html(tracefile, out_dir / "html", title)
+        write_html(tracefile, out_dir / "html", title, source_tree=tree)
     except CoverageWriteError as exc:
         problem = exc
         summary["html"] = None

@@ -127,6 +127,7 @@ def test_report_merge_writes_the_merged_coverage(
                    "--json", str(tmp_path / "merged.json")])
     assert status == 5  # no case: as `run` says it
     assert (out / "html/index.html").is_file()
+    assert (out / "html/drivers/vfio/index.html").is_file()  # named as in the kernel tree
     assert not cov.incomplete_files(out / "html")
     doc = json.loads((tmp_path / "merged.json").read_text())
     assert doc["coverage"]["files"]["drivers/vfio/fake.c"] == {
