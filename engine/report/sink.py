@@ -179,7 +179,7 @@ class ReportSink:
             run = self.run
             duration = run.duration or max(0.0, time.time() - run.started)
             return RunResult(cases=list(run.cases), started=run.started, duration=duration,
-                             properties=dict(run.properties))
+                             properties=dict(run.properties), coverage=run.coverage)
 
     def flush(self) -> None:
         """Rewrite every report file now."""

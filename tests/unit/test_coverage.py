@@ -290,3 +290,15 @@ def test_a_reboot_during_the_run_is_a_warning_of_the_coverage(
     assert run.coverage is not None
     assert run.coverage["files"]["drivers/vfio/fake.c"]["lines_hit"] == 5
     assert (tmp_path / "cov/html/index.html").is_file()
+
+
+def test_the_run_s_json_report_carries_the_coverage_summary(tmp_path: Path) -> None:
+    from vfio_scenario.report.sink import ReportSink
+
+    with open(os.devnull, "w") as quiet:
+        sink = ReportSink(junit_xml=str(tmp_path / "j.xml"), json_path=str(tmp_path / "r.json"),
+                          journal=str(tmp_path / "journal.jsonl"), total=0, stream=quiet)
+        sink.run.coverage = {"total": {"lines_hit": 1, "lines_found": 2, "percent": 50.0}}
+        sink.close()
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["coverage"]["total"]["percent"] == 50.0
