@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
-from vfio_scenario.errors import Location, ScenarioError
+from vfio_scenario.errors import Location, NothingSelected, ScenarioError, ScenarioErrors
 from vfio_scenario.language.cases import Case, Compiled, Step
 from vfio_scenario.language.devices import DeviceName, DriverFacts, device_names, driver_axis
 from vfio_scenario.language.loader import Document, find_scenario_files, load_file
@@ -626,6 +626,20 @@ def compile_paths(paths: list[str], devices: Sequence[str] | None = None) -> Com
     finally:
         if gc_was_enabled:
             gc.enable()
+
+
+def compile_or_raise(paths: list[str], devices: Sequence[str] | None = None, *,
+                     need_cases: bool) -> Compiled:
+    """Compile `paths`; scenario errors raise (exit 2), no files/cases raise (exit 5)."""
+    compiled = compile_paths(paths, devices)
+    if compiled.errors:
+        raise ScenarioErrors(compiled.errors)
+    if need_cases and not compiled.cases:
+        where = ", ".join(paths)
+        if not compiled.files:
+            raise NothingSelected(f"no scenario files (*.yaml, *.yml) found in {where}")
+        raise NothingSelected(f"no cases in {where}")
+    return compiled
 
 
 def _compile_paths(paths: list[str], devices: Sequence[str] | None) -> Compiled:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
 from vfio_scenario.language.models import BDF, IOMMU_MODES
@@ -98,7 +97,7 @@ def _compare_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from vfio_scenario.run.host import run_command
+    from vfio_scenario.run.dispatch import run_command
 
     status: int = run_command(args)
     return status
@@ -109,6 +108,3 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
     return list_devices(show_all=args.all)
 
-
-def in_guest() -> bool:
-    return os.environ.get("VFIO_SCENARIO_GUEST") == "1"

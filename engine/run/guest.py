@@ -13,10 +13,16 @@ probed (opened, which can cost a reset) only when the planner first considers it
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
 from vfio_scenario.run import payload
+
+
+def in_guest() -> bool:
+    """True inside the testbed's guest (every command run there has VFIO_SCENARIO_GUEST=1)."""
+    return os.environ.get("VFIO_SCENARIO_GUEST") == "1"
 
 
 def emit(event: dict[str, Any]) -> None:

@@ -636,7 +636,7 @@ def test_planner_runs_a_send_msi_that_accepts_eopnotsupp_on_a_no_send_msi_driver
 def test_run_selects_by_driver_among_the_cases_compiled_for_the_devices() -> None:
     import argparse
 
-    from vfio_scenario.run.host import select
+    from vfio_scenario.run.dispatch import select
 
     cases = cases_of(PLANNED)  # no devices: every registered driver
     args = argparse.Namespace(keyword=None, tag=[], shard=None, driver="nvme")

@@ -14,12 +14,11 @@ import signal
 from typing import Any
 
 from vfio_scenario import __version__
-from vfio_scenario.commands import compile_or_raise
 from vfio_scenario.errors import EnvironmentProblem, NothingSelected, ScenarioErrors, UsageError
 from vfio_scenario.language.cases import Case
-from vfio_scenario.language.compile import compile_paths
+from vfio_scenario.language.compile import compile_or_raise, compile_paths
 from vfio_scenario.results import CaseResult, RunResult
-from vfio_scenario.run.cli import in_guest
+from vfio_scenario.run.guest import in_guest
 from vfio_scenario.run.interpreter import RunOptions
 
 
