@@ -612,6 +612,7 @@ def compile_documents(docs: list[Document], devices: Sequence[str] | None = None
         result.cases.extend(fc.cases)
         result.errors.extend(fc.errors.values())
         result.files.append(doc.path)
+    result.documents = list(docs)
     return result
 
 
@@ -654,5 +655,6 @@ def _compile_paths(paths: list[str], devices: Sequence[str] | None) -> Compiled:
     result = compile_documents(docs, devices)
     result.errors[:0] = errors
     result.files = files
+    result.documents = docs
     result.errors.sort(key=lambda e: (e.location.path, e.location.line, e.location.col))
     return result

@@ -16,7 +16,8 @@ from typing import Any
 from vfio_scenario import __version__
 from vfio_scenario.errors import EnvironmentProblem, NothingSelected, ScenarioErrors, UsageError
 from vfio_scenario.language.cases import Case
-from vfio_scenario.language.compile import compile_or_raise, compile_paths
+from vfio_scenario.language.compile import compile_documents, compile_or_raise
+from vfio_scenario.language.loader import Document
 from vfio_scenario.results import CaseResult, RunResult
 from vfio_scenario.run.guest import in_guest
 from vfio_scenario.run.interpreter import RunOptions
@@ -133,9 +134,9 @@ def run_command(args: argparse.Namespace) -> int:
         done = sink.finished_ids() if args.resume else set()
         if where == "local":
             kernel["release"] = os.uname().release
-            _run_local(cases, args, options, on_event, done)
+            _run_local(cases, compiled.documents, args, options, on_event, done)
         else:
-            _run_testbed(cases, args, options, on_event, run, done, kernel)
+            _run_testbed(cases, compiled.documents, args, options, on_event, run, done, kernel)
     except BaseException:
         # the reports are written either way; a summary of nothing would only precede
         # the error that says why nothing ran
@@ -165,8 +166,8 @@ def _reselect(args: argparse.Namespace, done: set[str]) -> Any:
     return reselect
 
 
-def _run_local(cases: list[Case], args: argparse.Namespace, options: RunOptions,
-               on_event: Any, done: set[str]) -> None:
+def _run_local(cases: list[Case], documents: list[Document], args: argparse.Namespace,
+               options: RunOptions, on_event: Any, done: set[str]) -> None:
     from vfio_scenario.language.devices import DeviceName
     from vfio_scenario.run import devstate
     from vfio_scenario.run.driverfacts import device_names
@@ -188,7 +189,7 @@ def _run_local(cases: list[Case], args: argparse.Namespace, options: RunOptions,
                 # drivers' init sets (`driver.max_memcpy_size`), as in the guest
                 names = device_names(caps.devices) if needs_driver_facts(cases) else \
                     [DeviceName(d.bdf) for d in caps.devices]
-                compiled = compile_paths(args.paths, names)
+                compiled = compile_documents(documents, names)
                 if compiled.errors:
                     raise ScenarioErrors(compiled.errors)
                 cases = _reselect(args, done)(compiled.cases)
@@ -203,8 +204,9 @@ def _run_local(cases: list[Case], args: argparse.Namespace, options: RunOptions,
                   "message": "device state not restored: " + "; ".join(problems)})
 
 
-def _run_testbed(cases: list[Case], args: argparse.Namespace, options: RunOptions,
-                 on_event: Any, run: RunResult, done: set[str], kernel: dict[str, Any]) -> None:
+def _run_testbed(cases: list[Case], documents: list[Document], args: argparse.Namespace,
+                 options: RunOptions, on_event: Any, run: RunResult, done: set[str],
+                 kernel: dict[str, Any]) -> None:
     """Run in the VM of `testbed up` when one runs, else in a testbed of our own."""
     from vfio_scenario.run.testbed_run import run_in_testbed
     from vfio_scenario.testbed import Testbed
@@ -227,7 +229,7 @@ def _run_testbed(cases: list[Case], args: argparse.Namespace, options: RunOption
                                "testbed_kernel": testbed.kernel_release,
                                "qemu": testbed.qemu_version,
                                "testbed": "testbed up" if not owned else "own VM"})
-        run_in_testbed(testbed, cases, args.paths, on_event, devices=[],
+        run_in_testbed(testbed, cases, documents, on_event, devices=[],
                        iommu_modes=args.iommu_mode, timeout_multiplier=options.timeout_multiplier,
                        fail_fast=args.fail_fast, replace=None if owned else fresh,
                        reselect=_reselect(args, done), kernel_watch=options.kernel_watch)

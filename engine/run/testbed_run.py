@@ -22,6 +22,7 @@ from vfio_scenario.results import CaseResult, Outcome
 
 if TYPE_CHECKING:
     from vfio_scenario.language.cases import Case
+    from vfio_scenario.language.loader import Document
 
 OnEvent = Callable[[dict[str, Any]], None]
 MAX_REBOOTS = 5
@@ -78,17 +79,18 @@ def needs_driver_facts(cases: list[Case]) -> bool:
     return any(c.requires.driver is not None or c.names_devices for c in cases)
 
 
-def compile_for_guest(cases: list[Case], paths: list[str], bdfs: list[str],
+def compile_for_guest(cases: list[Case], documents: list[Document], bdfs: list[str],
                       reselect: Callable[[list[Case]], list[Case]] | None = None) -> list[Case]:
-    """`cases` compiled again for the guest's devices, so that templates (`device`,
-    `devices[1]`, `driver`) name the guest's functions and drivers rather than
-    placeholders.  The `driver` axis then holds the drivers the guest's devices have:
-    `reselect` picks the run's cases among those (default: the ones of `cases`)."""
-    from vfio_scenario.language.compile import compile_paths
+    """`cases` compiled again, from the `documents` they were loaded from, for the
+    guest's devices, so that templates (`device`, `devices[1]`, `driver`) name the
+    guest's functions and drivers rather than placeholders.  The `driver` axis then
+    holds the drivers the guest's devices have: `reselect` picks the run's cases among
+    those (default: the ones of `cases`)."""
+    from vfio_scenario.language.compile import compile_documents
 
     if not bdfs:
         return cases
-    compiled = compile_paths(paths, bdfs)
+    compiled = compile_documents(documents, bdfs)
     if compiled.errors:  # the same files compiled a moment ago; only the devices differ
         raise EnvironmentProblem("\n".join(str(e) for e in compiled.errors))
     if reselect is not None:
@@ -104,12 +106,14 @@ def crashed_result(case: Case, message: str, console: str, started: float) -> Ca
                       started=started, duration=time.time() - started)
 
 
-def run_in_testbed(testbed: Any, cases: list[Case], paths: list[str], on_event: OnEvent, *,
+def run_in_testbed(testbed: Any, cases: list[Case], documents: list[Document],
+                   on_event: OnEvent, *,
                    devices: list[str], iommu_modes: list[str], timeout_multiplier: float,
                    fail_fast: bool, replace: Callable[[], Any] | None = None,
                    reselect: Callable[[list[Case]], list[Case]] | None = None,
                    kernel_watch: bool = True) -> None:
-    """Run `cases` in `testbed` (started), calling `on_event` with each guest event.
+    """Run `cases` in `testbed` (started), calling `on_event` with each guest event;
+    `documents` are the scenario files they were compiled from (Compiled.documents).
 
     After a guest crash or hang the testbed reboots, or `replace()` gives the one to
     go on with (for a VM of `testbed up`, which is not ours to reboot).
@@ -126,7 +130,7 @@ def run_in_testbed(testbed: Any, cases: list[Case], paths: list[str], on_event: 
     # each driver's init in the guest costs a Python start there: only for runs with a
     # case that reads a driver
     named = guest_driver_facts(testbed, bdfs, drivers) if needs_driver_facts(cases) else bdfs
-    remaining = compile_for_guest(list(cases), paths, named, reselect)
+    remaining = compile_for_guest(list(cases), documents, named, reselect)
     # the cases of this run, now that the guest's drivers gave the `driver` axis
     on_event({"event": "plan", "ids": [c.id for c in remaining]})
     if not remaining:

@@ -97,7 +97,7 @@ def run_scenarios(testbed: Any, folder: Path) -> dict[str, CaseResult]:
             result = CaseResult.from_dict(event["result"])
             results[result.scenario + "/" + result.params.get("iommu_mode", "")] = result
 
-    run_in_testbed(testbed, compiled.cases, [str(path)], on_event, devices=[], iommu_modes=[],
+    run_in_testbed(testbed, compiled.cases, compiled.documents, on_event, devices=[], iommu_modes=[],
                    timeout_multiplier=1.0, fail_fast=False)
     return results
 

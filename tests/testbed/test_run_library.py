@@ -31,7 +31,8 @@ REPO = Path(__file__).resolve().parents[2]
 def test_library_passes_or_skips_with_reasons_and_junit_is_valid(
         testbed: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
-    cases = compile_paths(["scenarios"]).cases
+    compiled = compile_paths(["scenarios"])
+    cases = compiled.cases
     junit = tmp_path / "junit.xml"
     with open(os.devnull, "w") as quiet:
         sink = ReportSink(junit_xml=str(junit), json_path=str(tmp_path / "run.json"),
@@ -46,7 +47,7 @@ def test_library_passes_or_skips_with_reasons_and_junit_is_valid(
             elif event["event"] == "plan":
                 planned.extend(event["ids"])
 
-        run_in_testbed(testbed, cases, ["scenarios"], on_event, devices=[], iommu_modes=[],
+        run_in_testbed(testbed, cases, compiled.documents, on_event, devices=[], iommu_modes=[],
                        timeout_multiplier=1.0, fail_fast=False)
         sink.close()
     results = sink.run.cases
