@@ -43,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 
-from vfio_scenario.drivers.base import DeviceAccess, DmaRegion, Driver, DriverError, Feature
+from vfio_scenario.drivers.base import DeviceAccess, DmaRegion, Driver, DriverError, Feature, Status
 from vfio_scenario.uapi.pci import PCI_COMMAND, PCI_COMMAND_MASTER
 
 log = logging.getLogger(__name__)
@@ -202,6 +202,7 @@ def dma_chunks(src: int, dst: int, size: int) -> list[tuple[int, int, int]]:
 
 class NvFalconDriver(Driver):
     name = "nv_falcon"
+    status = Status.MODEL_TESTED
     ids = ((NVIDIA, None),)
     features = Feature.NO_SEND_MSI
     max_memcpy_size = MAX_DMA

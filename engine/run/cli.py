@@ -75,7 +75,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "devices",
         help="list PCI devices with IOMMU group, bound driver and scenario driver",
         description="List this host's PCI devices: IOMMU group, bound kernel driver, the "
-        "scenario driver that matches and its status (testbed, model-tested, real-device).",
+        "scenario driver that matches and how far it is proven (real-device, testbed, model-tested, untested).",
     )
     p.add_argument("--all", action="store_true", help="also devices no scenario driver matches")
     p.set_defaults(func=cmd_devices)
