@@ -1,6 +1,6 @@
 """docs/extending.md followed to the letter: its examples are read from the page and run.
 
-A scenario driver: the page's driver file and entry point, installed in a folder of
+An operation: the page's model and function make an operation. A scenario driver: the page's driver file and entry point, installed in a folder of
 this test (a package and its dist-info, no pyproject of ours touched), register the
 driver, which is untested by itself and serves the `driver` axis. A report format:
 every report file a run writes is offered by `run` and `report merge` alike. A testbed
@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import errno
 import re
+import sys
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -35,7 +37,52 @@ def section(title: str) -> str:
 
 
 def blocks(text: str, language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", text, re.S)
+    return re.findall(rf"```{language}\n(.*?)```", text, re.DOTALL)
+
+
+def test_an_operation_is_the_pages_model_and_function(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The page's two blocks, as they stand, with the imports their files have, make an
+    operation the compiler checks and the interpreter runs."""
+    import importlib
+
+    from vfio_scenario.language.compile import compile_documents
+    from vfio_scenario.language.loader import load_text
+    from vfio_scenario.language.models import OPERATIONS
+    from vfio_scenario.run.interpreter import RunOptions, run_case
+    from vfio_scenario.run.ops import operations, registry_problems
+
+    from tests.helpers.toy_ops import scratch_operations
+
+    model, function = blocks(section("An operation"), "python")
+    assert model.startswith("# engine/language/models.py\n")
+    assert function.startswith("# engine/run/ops/host.py\n")
+    (tmp_path / "extending_example.py").write_text(
+        "from vfio_scenario.language.cases import Step\n"
+        "from vfio_scenario.language.models import Int, Op\n"
+        "from vfio_scenario.run.interpreter import CheckFailed, Runtime\n"
+        "from vfio_scenario.run.ops import op\n\n" + model + "\n" + function)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "extending_example", raising=False)
+
+    def run(step: str) -> tuple[str, str]:
+        doc, errors = load_text(f"name: even\nsteps:\n  - {step}\n", "even.yaml")
+        assert errors == []
+        compiled = compile_documents([doc])
+        if compiled.errors:
+            return "error", str(compiled.errors[0])
+        result = run_case(compiled.cases[0], [], operations(), RunOptions(kernel_watch=False))
+        return result.outcome.value, result.message
+
+    with scratch_operations():
+        importlib.import_module("extending_example")
+        assert registry_problems() == []
+        assert run("expect_even: {value: 4}") == ("pass", "")
+        assert run("expect_even: {value: 3}") == (
+            "fail", "step 1 `expect_even` (even.yaml:3): 3 is odd")
+        outcome, message = run("expect_even: {valu: 4}")
+        assert outcome == "error" and message.startswith("even.yaml:3:")
+    assert "expect_even" not in OPERATIONS
 
 
 @pytest.fixture
@@ -83,8 +130,9 @@ def test_the_toy_driver_makes_no_copies_it_does_not_implement(
     assert device is not None
     driver = toy_driver(ModelDevice(vendor, device, 0xFF0000, 1))
     driver.init()
-    for verb in (lambda: driver.memcpy_start(0x1000, 0x2000, 64), driver.memcpy_wait,
-                 driver.send_msi):
+    verbs: list[Callable[[], None]] = [lambda: driver.memcpy_start(0x1000, 0x2000, 64),
+                                       driver.memcpy_wait, driver.send_msi]
+    for verb in verbs:
         with pytest.raises(VfioError) as exc:
             verb()
         assert exc.value.errno == errno.EOPNOTSUPP
