@@ -21,13 +21,14 @@ from pydantic import BaseModel
 from vfio_scenario import __version__
 from vfio_scenario.errors import EnvironmentProblem, VfioError
 from vfio_scenario.language.cases import Case
-from vfio_scenario.language.compile import compile_documents, compile_paths
-from vfio_scenario.language.loader import load_text
+from vfio_scenario.language.compile import compile_paths
 from vfio_scenario.results import Outcome
 from vfio_scenario.run import payload
 from vfio_scenario.run.interpreter import Runtime, run_case
 from vfio_scenario.run.plan import DeviceCaps, HostCaps, plan_each
 from vfio_scenario.uapi.sysfs import is_vfio_driver
+
+from tests.helpers.scenarios import compile_text
 
 ROOT = Path(__file__).resolve().parents[2]
 HEADER = payload.Header(devices=["0000:00:03.0"],
@@ -36,11 +37,7 @@ HEADER = payload.Header(devices=["0000:00:03.0"],
 
 
 def cases_of(text: str) -> list[Case]:
-    doc, errors = load_text(textwrap.dedent(text), "scen/p.yaml")
-    assert errors == []
-    compiled = compile_documents([doc])
-    assert compiled.errors == [], [str(e) for e in compiled.errors]
-    return compiled.cases
+    return compile_text(text, "scen/p.yaml")
 
 
 def round_trip(cases: list[Case], tmp_path: Path) -> tuple[payload.Header, list[Case]]:
@@ -117,12 +114,12 @@ def test_a_record_is_read_only_and_names_what_it_lacks(tmp_path: Path) -> None:
           - sleep: {duration: 2ms}
     """)
     _, (got,) = round_trip([case], tmp_path)
-    args = got.steps[0].args
+    args: Any = got.steps[0].args
     assert args.duration == 0.002 and args.op == "sleep"
     with pytest.raises(AttributeError, match="read-only"):
-        args.duration = 1  # type: ignore[misc]
+        args.duration = 1
     with pytest.raises(AttributeError, match="Sleep has no attribute 'size'"):
-        _ = args.size  # type: ignore[attr-defined]
+        _ = args.size
     assert repr(args).startswith("Sleep(duration=0.002")
 
 
@@ -181,7 +178,7 @@ def test_a_file_that_is_no_payload_or_from_another_engine_is_an_environment_prob
         payload.read_header(f)
     other = {**HEADER.to_dict(), "version": __version__ + ".other"}
     buf = io.BytesIO(pickle.dumps(other))
-    buf.name = "old"  # type: ignore[attr-defined]
+    buf.name = "old"
     with pytest.raises(EnvironmentProblem, match="must run one checkout"):
         payload.read_header(buf)
 

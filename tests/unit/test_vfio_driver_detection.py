@@ -13,11 +13,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from vfio_scenario.language.compile import compile_documents
-from vfio_scenario.language.loader import load_text
 from vfio_scenario.run import probe
 from vfio_scenario.run.plan import DeviceCaps, HostCaps, plan
 from vfio_scenario.uapi import sysfs
+
+from tests.helpers.scenarios import compile_text
 
 # BDF → the driver name sysfs shows for it (Linux 7.2: KBUILD_MODNAME, or a literal)
 BOUND = {
@@ -114,11 +114,7 @@ def _case_requiring(vfio_driver: str):  # type: ignore[no-untyped-def]
             as: iommu
           - open_device: {{iommu: iommu}}
     """)
-    doc, errors = load_text(text, "s.yaml")
-    assert errors == []
-    compiled = compile_documents([doc])
-    assert compiled.errors == []
-    [case] = compiled.cases
+    [case] = compile_text(text, "s.yaml")
     return case
 
 
