@@ -267,7 +267,7 @@ def parse_case_id(case_id: str) -> tuple[str, str, dict[str, str]]:
     if not starts or starts[0].start() != 0:
         return file, rest, {}
     params: dict[str, str] = {}
-    for m, nxt in zip(starts, [*starts[1:], None]):
+    for m, nxt in zip(starts, [*starts[1:], None], strict=True):
         end = nxt.start() if nxt is not None else len(inner)
         params[m.group(1)] = inner[m.end():end]
     return file, name, params

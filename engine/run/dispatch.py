@@ -100,35 +100,9 @@ def run_command(args: argparse.Namespace) -> int:
         sink.warn(warning)
     options = RunOptions(timeout_multiplier=args.timeout_multiplier,
                          kernel_watch=getattr(args, "kernel_watch", True))
-    interrupted: list[str] = []  # the signal that ended the run early, if one did
-    # where a splat's stack can be decoded: our testbed kernel's vmlinux, or the host's
-    # debug vmlinux (set by _run_testbed / _run_local; made when a first splat comes)
-    kernel: dict[str, Any] = {}
-
-    def on_event(event: dict[str, Any]) -> None:
-        kind = event.get("event")
-        if kind == "result":
-            result = CaseResult.from_dict(event["result"])
-            if result.kernel_splats:
-                _symbolize(result, kernel)
-            for key in ("accelerator", "testbed_kernel"):
-                if key in run.properties:
-                    result.properties.setdefault(key, run.properties[key])
-            known.apply(result, run.properties)
-            sink.add(result)
-        elif kind == "hello":
-            run.properties.update({k: str(v) for k, v in event.get("properties", {}).items()})
-            sink.header()
-        elif kind == "warning":
-            sink.warn(event.get("message", ""))
-        elif kind == "plan":
-            # compiled for the real devices: the `driver` axis holds their drivers
-            sink.replan(event["ids"])
-            if not event["ids"]:
-                sink.warn("no selected case runs on these devices (the `driver` axis holds "
-                          "the scenario drivers of the devices here)")
-        elif kind == "interrupted":
-            interrupted.append(str(event.get("signal", "SIGINT")))
+    on_event = RunEvents(sink, known)
+    kernel = on_event.kernel
+    interrupted = on_event.interrupted
 
     try:
         done = sink.finished_ids() if args.resume else set()
@@ -148,6 +122,48 @@ def run_command(args: argparse.Namespace) -> int:
     if interrupted:  # as a shell reports a process its signal ended: 128 + the signal
         return 128 + int(getattr(signal, interrupted[0], signal.SIGINT))
     return sink.exit_code()
+
+
+class RunEvents:
+    """Where a run's events go: each result (its splats decoded, known issues applied,
+    the testbed's properties added) to the report sink, the rest to the console."""
+
+    def __init__(self, sink: Any, known: Any) -> None:
+        self.sink = sink
+        self.known = known
+        self.run: RunResult = sink.run
+        # where a splat's stack can be decoded: our testbed kernel's vmlinux, or the host's
+        # debug vmlinux (set by _run_testbed / _run_local; made when a first splat comes)
+        self.kernel: dict[str, Any] = {}
+        self.interrupted: list[str] = []  # the signal that ended the run early, if one did
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "result":
+            self.result(CaseResult.from_dict(event["result"]))
+        elif kind == "hello":
+            self.run.properties.update({k: str(v)
+                                        for k, v in event.get("properties", {}).items()})
+            self.sink.header()
+        elif kind == "warning":
+            self.sink.warn(event.get("message", ""))
+        elif kind == "plan":
+            # compiled for the real devices: the `driver` axis holds their drivers
+            self.sink.replan(event["ids"])
+            if not event["ids"]:
+                self.sink.warn("no selected case runs on these devices (the `driver` axis "
+                               "holds the scenario drivers of the devices here)")
+        elif kind == "interrupted":
+            self.interrupted.append(str(event.get("signal", "SIGINT")))
+
+    def result(self, result: CaseResult) -> None:
+        if result.kernel_splats:
+            _symbolize(result, self.kernel)
+        for key in ("accelerator", "testbed_kernel"):
+            if key in self.run.properties:
+                result.properties.setdefault(key, self.run.properties[key])
+        self.known.apply(result, self.run.properties)
+        self.sink.add(result)
 
 
 def _symbolize(result: CaseResult, kernel: dict[str, Any]) -> None:

@@ -116,9 +116,10 @@ def run_step(rt: Runtime, step: Step, ops: dict[str, Operation]) -> StepResult:
         # not expected or else the last, or None to have them run one by one.
         batched = getattr(handler, "repeat", None) if step.common.repeat > 1 else None
         decided = batched(rt, step.args, step) if batched is not None else None
-        for actual, made, message in ((decided,) if decided is not None else
-                                      (_attempt(rt, handler, step)
-                                       for _ in range(step.common.repeat))):
+        attempts = ((decided,) if decided is not None else
+                    (_attempt(rt, handler, step) for _ in range(step.common.repeat)))
+        for attempt in attempts:
+            actual, made, message = attempt  # `made` of the last attempt names the handle
             if actual not in expected:
                 result.actual = actual
                 # an unexpected fault is a crash the probe caught, not a wrong answer
@@ -210,6 +211,14 @@ def run_case(case: Case, devices: list[str], ops: dict[str, Operation],
         problems = rt.release_all()
         if end:
             end(rt)
+    _conclude(result, failed, problems)
+    result.duration = time.perf_counter() - t0
+    return result
+
+
+def _conclude(result: CaseResult, failed: StepResult | None, problems: list[str]) -> None:
+    """The case's outcome and message from its first failed step (body, else teardown)
+    and from what could not be released."""
     if result.outcome is not Outcome.SKIP and failed is not None:
         result.outcome = failed.outcome
         kind = "teardown step" if failed.teardown else "step"
@@ -221,8 +230,6 @@ def run_case(case: Case, devices: list[str], ops: dict[str, Operation],
         if result.outcome is Outcome.PASS:
             result.outcome = Outcome.ERROR
             result.message = "releasing the case's resources failed: " + "; ".join(problems)
-    result.duration = time.perf_counter() - t0
-    return result
 
 
 def _handles_ready(rt: Runtime, step: Step) -> bool:

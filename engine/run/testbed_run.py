@@ -120,7 +120,7 @@ def run_in_testbed(testbed: Any, cases: list[Case], documents: list[Document],
     """
     from vfio_scenario.drivers.base import driver_entry_points
     from vfio_scenario.run import payload
-    from vfio_scenario.testbed import GuestCrashed, GuestHung, VmStopped
+    from vfio_scenario.testbed import GuestCrashed, GuestHung
     from vfio_scenario.testbed.paths import sub_dir
 
     # the guest sees the host's root at the same paths, except its own /tmp
@@ -145,59 +145,28 @@ def run_in_testbed(testbed: Any, cases: list[Case], documents: list[Document],
         payload_file = payload.write(workdir, header, remaining)
         argv = [sys.executable, "-m", "vfio_scenario.run.guest", payload_file]
         stream: Any = None
-        current: Case | None = None
-        started = time.time()
-        by_id = {c.id: c for c in remaining}
-        done: set[str] = set()
-        fatal: str | None = None
-        finished = crashed = False
+        seen = _GuestEvents({c.id: c for c in remaining})
+        crashed = False
         try:
             # a case's own limit is enforced in the guest; silence beyond it means a hang
             # the payload holds everything (no scenario file is read in the guest), so
             # the engine runs in the payload's folder: the host's working directory may
             # be one the guest cannot see (below /tmp, for a VM of `testbed up`)
             stream = testbed.stream(argv, idle_timeout=longest + GUEST_START, cwd=workdir)
-            for line in stream:
-                try:
-                    event = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # the guest's Python printing something else; not an event
-                kind = event.get("event")
-                if kind == "start":
-                    current = by_id.get(event["id"])
-                    started = time.time()
-                elif kind == "result":
-                    done.add(event["result"]["case_id"])
-                    current = None
-                elif kind == "fatal":
-                    fatal = event.get("message", "guest failed")
-                elif kind == "done":
-                    finished = True
-                on_event(event)
+            seen.follow(stream, on_event)
         except (GuestCrashed, GuestHung) as exc:
             crashed = True
-            what = ("the testbed VM was stopped" if isinstance(exc, VmStopped) else
-                    "guest kernel crashed" if isinstance(exc, GuestCrashed) else
-                    "guest stopped answering")
-            console = getattr(exc, "console_tail", "") or ""
-            if current is not None:
-                done.add(current.id)
-                on_event({"event": "result", "result": crashed_result(
-                    current, f"{what} while the case ran: {exc}", console, started).to_dict()})
             reboots += 1
-            if reboots > MAX_REBOOTS:
-                raise EnvironmentProblem(f"testbed failed {reboots} times; giving up: {exc}") \
-                    from None
-            on_event({"event": "warning", "message": f"{what}; rebooting the testbed"})
+            seen.crashed(exc, reboots, on_event)
             if replace is not None:
                 testbed = replace()
             else:
                 testbed.reboot()
         finally:
             os.unlink(payload_file)
-        if fatal is not None:
-            raise EnvironmentProblem(f"the run in the testbed failed: {fatal}")
-        if finished:
+        if seen.fatal is not None:
+            raise EnvironmentProblem(f"the run in the testbed failed: {seen.fatal}")
+        if seen.finished:
             break  # the guest went through its list (or stopped on --fail-fast)
         if not crashed:
             status = getattr(stream, "returncode", None)
@@ -205,4 +174,56 @@ def run_in_testbed(testbed: Any, cases: list[Case], documents: list[Document],
             raise EnvironmentProblem(
                 f"the engine in the testbed stopped without finishing (exit status {status})"
                 + (f":\n{stderr[-3000:]}" if stderr else ""))
-        remaining = [c for c in remaining if c.id not in done]
+        remaining = [c for c in remaining if c.id not in seen.done]
+
+
+class _GuestEvents:
+    """What one start of the guest's engine said: the case running, the cases done,
+    whether it finished its list or failed."""
+
+    def __init__(self, by_id: dict[str, Case]) -> None:
+        self.by_id = by_id
+        self.current: Case | None = None
+        self.started = time.time()
+        self.done: set[str] = set()
+        self.fatal: str | None = None
+        self.finished = False
+
+    def follow(self, lines: Any, on_event: OnEvent) -> None:
+        """Note each event of the guest's stdout lines and pass it on."""
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the guest's Python printing something else; not an event
+            kind = event.get("event")
+            if kind == "start":
+                self.current = self.by_id.get(event["id"])
+                self.started = time.time()
+            elif kind == "result":
+                self.done.add(event["result"]["case_id"])
+                self.current = None
+            elif kind == "fatal":
+                self.fatal = event.get("message", "guest failed")
+            elif kind == "done":
+                self.finished = True
+            on_event(event)
+
+    def crashed(self, exc: Exception, reboots: int, on_event: OnEvent) -> None:
+        """The case that was running is an ERROR with the console's tail; past
+        MAX_REBOOTS the run gives up."""
+        from vfio_scenario.testbed import GuestCrashed, VmStopped
+
+        what = ("the testbed VM was stopped" if isinstance(exc, VmStopped) else
+                "guest kernel crashed" if isinstance(exc, GuestCrashed) else
+                "guest stopped answering")
+        console = getattr(exc, "console_tail", "") or ""
+        if self.current is not None:
+            self.done.add(self.current.id)
+            on_event({"event": "result", "result": crashed_result(
+                self.current, f"{what} while the case ran: {exc}", console,
+                self.started).to_dict()})
+        if reboots > MAX_REBOOTS:
+            raise EnvironmentProblem(f"testbed failed {reboots} times; giving up: {exc}") \
+                from None
+        on_event({"event": "warning", "message": f"{what}; rebooting the testbed"})

@@ -22,6 +22,7 @@ Text is UTF-8 decoded with surrogateescape so bytes round-trip.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -231,10 +232,8 @@ def _take_terminal() -> None:
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def main() -> None:

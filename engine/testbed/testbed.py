@@ -12,6 +12,7 @@ command (or `reboot()`) boots a fresh one.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import select
@@ -138,10 +139,8 @@ class CommandStream:
                     return
         finally:
             if not finished and testbed._vm is not None and testbed._vm.channel is channel:
-                try:
+                with contextlib.suppress(ChannelClosed):
                     channel.send({"op": "kill", "id": ident})
-                except ChannelClosed:
-                    pass
 
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Self
 
 from vfio_scenario.errors import VfioError
@@ -15,7 +15,7 @@ MiB = 1 << 20
 GiB = 1 << 30
 
 
-class Backing(str, Enum):
+class Backing(StrEnum):
     ANONYMOUS = "anonymous"
     HUGETLB_2M = "hugetlb-2M"
     HUGETLB_1G = "hugetlb-1G"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 
 from vfio_scenario.errors import VfioError
@@ -44,10 +45,8 @@ class Group:
     def close(self) -> None:
         """Leave the container and close; idempotent."""
         if self.fd >= 0:
-            try:
+            with contextlib.suppress(VfioError):
                 ioctl(self.fd, "VFIO_GROUP_UNSET_CONTAINER", None, self.path)
-            except VfioError:
-                pass
             close_fd(self.fd)
             self.fd = -1
 

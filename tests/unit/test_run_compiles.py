@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from vfio_scenario import cli
 from vfio_scenario.language import compile as compile_mod
+from vfio_scenario.language import loader
 from vfio_scenario.results import CaseResult, Outcome
 from vfio_scenario.run import payload
 
@@ -90,7 +91,7 @@ def counted(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, list[A
     monkeypatch.setattr(persistent, "attach", lambda *a, **k: None)
     monkeypatch.setattr(testbed, "Testbed", FakeTestbed)
     calls: dict[str, list[Any]] = {"load": [], "compile": []}
-    load, compile_documents = compile_mod.load_file, compile_mod.compile_documents
+    load, compile_documents = loader.load_file, compile_mod.compile_documents
 
     def counting_load(path: str) -> Any:
         calls["load"].append(path)

@@ -225,12 +225,9 @@ def batches(operation: Callable[..., Any]) -> Callable[[F], F]:
     return register
 
 
-@batches(map_dma)
-def map_dma_repeat(rt: Runtime, args: MapDma, step: Step) -> Attempt | None:
-    """All of a `repeat:`ed map_dma of a buffer or BAR in C loops: the same IOVAs, kernel
-    calls, mapping records and outcome as the repetitions one by one (see
-    interpreter.run_step). None (do them one by one) for a DMABUF, or when the step fails
-    before mapping anything (a missing handle, a range outside the buffer)."""
+def _repeat_target(rt: Runtime, args: MapDma) -> tuple[Any, Any, int, int | None] | None:
+    """(IOVA space, buffer or BAR, size, fixed IOVA or None) of a map_dma that
+    map_dma_repeat can batch; None for a DMABUF or a step that fails before mapping."""
     if args.dmabuf is not None:
         return None
     try:
@@ -244,6 +241,19 @@ def map_dma_repeat(rt: Runtime, args: MapDma, step: Step) -> Attempt | None:
     except (VfioError, CheckFailed):
         return None
     assert not isinstance(fixed, str)
+    return space, target, size, fixed
+
+
+@batches(map_dma)
+def map_dma_repeat(rt: Runtime, args: MapDma, step: Step) -> Attempt | None:
+    """All of a `repeat:`ed map_dma of a buffer or BAR in C loops: the same IOVAs, kernel
+    calls, mapping records and outcome as the repetitions one by one (see
+    interpreter.run_step). None (do them one by one) for a DMABUF, or when the step fails
+    before mapping anything (a missing handle, a range outside the buffer)."""
+    resolved = _repeat_target(rt, args)
+    if resolved is None:
+        return None
+    space, target, size, fixed = resolved
     from vfio_scenario.uapi.iommu import Mapping
 
     expected = step.common.expect
