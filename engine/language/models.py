@@ -3,8 +3,8 @@
 Each operation is a model of its arguments (a subclass of `Op`) that names its
 operation key (`op`), the kind of handle it makes (`produces`) and, through
 `Ref[...]` annotations, the kind of handle each argument must name. The step
-keys common to every operation are in `StepCommon`. LANGUAGE.md in shared/ is the
-reference these models implement; docs/language.md lists our additions.
+keys common to every operation are in `StepCommon`. docs/language.md is the
+language's reference.
 """
 
 from __future__ import annotations

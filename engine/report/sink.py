@@ -206,7 +206,7 @@ class ReportSink:
             self.console.summary(self.run)
 
     def exit_code(self) -> int:
-        """DESIGN §7 exit status of the results so far (0, 1, or 5 for no case); 3 when
+        """The run's exit status from the results so far (0, 1, or 5 for no case); 3 when
         the report files could not be written at the end (CI would miss the results)."""
         if self.write_error:
             return ExitCode.ENVIRONMENT

@@ -1,4 +1,4 @@
-"""The kernel watch (DESIGN.md §11): every case's kernel log scanned for splats, its taint compared.
+"""The kernel watch: every case's kernel log scanned for splats, its taint compared.
 
 One /dev/kmsg reader lives as long as the run. A case's window opens when the case
 starts and closes when the next one starts (or the run ends), so lines that arrive

@@ -67,7 +67,7 @@ def test_library_passes_or_skips_with_reasons_and_junit_is_valid(
                                kernel, planned)
         assert problems == [], "\n".join(problems)
     passed = {c.case_id for c in results if c.outcome is Outcome.PASS}
-    # the DESIGN example and the IOMMU fault checks run in every mode of the default kernel
+    # the README's example and the IOMMU fault checks run in every mode of the default kernel
     drivers = ["edu", "nvme"] + (["igb"] if "igb" in registered_drivers() else [])
     for mode in ("vfio_type1_iommu", "vfio_type1v2_iommu", "iommufd_compat_type1",
                  "iommufd_compat_type1v2", "iommufd"):

@@ -2,7 +2,7 @@
 `requires: vfio_driver` matches it.
 
 The tree holds functions bound to vfio-pci and to the variant drivers of Linux 7.2's
-drivers/vfio/pci/ (the Makefile history in shared/reference lists nvgrace-gpu, mlx5,
+drivers/vfio/pci/ (its Makefile's history lists nvgrace-gpu, mlx5,
 virtio, pds and hisi_acc; xe and qat came later), each under the name its struct
 pci_driver registers, i.e. as /sys/bus/pci/drivers/ spells it.
 """
@@ -33,7 +33,7 @@ BOUND = {
     "0000:0a:00.0": "nvme",
 }
 UNBOUND = "0000:0b:00.0"
-# how LANGUAGE.md, Kconfig help and docs write each name → the sysfs spelling
+# how scenarios, Kconfig help and docs write each name → the sysfs spelling
 WRITTEN = {
     "vfio-pci": "vfio-pci",
     "vfio_pci": "vfio-pci",
