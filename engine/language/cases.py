@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from vfio_scenario.errors import Location, ScenarioError
 
-if TYPE_CHECKING:  # a payload's cases hold records, not models (vfio_scenario.run.payload)
+if TYPE_CHECKING:  # types only: this module needs no model to hold or run a case
     from vfio_scenario.language.loader import Document
     from vfio_scenario.language.models import Op, Requires, StepCommon
 

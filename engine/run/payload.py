@@ -7,11 +7,12 @@ never builds a model's validator, and never re-reads the scenario files over 9p.
 
 Both sides run the same checkout (the guest sees the host's root), so the file is a
 pickle: a small header of plain values, read first so the guest can start probing
-devices, then the cases. In the cases every pydantic model (a step's arguments, its
-common keys, a scenario's `requires`) is written as a `Record`: the same values
-under the same attribute names, plus the model class's own constants (`op`,
-`produces`, `area`), without the validator. The operations only read attributes, so
-they run unchanged on either; validation happened on the host.
+devices, then the cases. The cases hold the real models (a step's arguments, its
+common keys, a scenario's `requires`): pickle restores a pydantic model's values
+without validating them (validation happened on the host), so the guest's operations
+get the very classes their signatures name, methods and properties included. The
+models build their validators only when they first validate (`defer_build`), which
+the guest never does: it pays for importing them, not for their validators.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from vfio_scenario.errors import EnvironmentProblem
 if TYPE_CHECKING:  # the guest reads the header before the models import
     from vfio_scenario.language.cases import Case
 
-MAGIC = "vfio-scenario payload 1"
+MAGIC = "vfio-scenario payload 2"  # 2: the cases hold the models themselves
 
 
 @dataclass
@@ -48,53 +49,6 @@ class Header:
                 "kernel_watch": self.kernel_watch}
 
 
-class Record:
-    """A validated model's values as read-only attributes, without pydantic."""
-
-    __slots__ = ("_kind", "_values")
-    _kind: str
-    _values: dict[str, Any]
-
-    def __init__(self, kind: str, values: dict[str, Any]) -> None:
-        object.__setattr__(self, "_kind", kind)
-        object.__setattr__(self, "_values", values)
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self._values[name]
-        except KeyError:
-            raise AttributeError(f"{self._kind} has no attribute {name!r}") from None
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError(f"{self._kind} is read-only")
-
-    def __eq__(self, other: object) -> bool:
-        return (isinstance(other, Record) and self._kind == other._kind
-                and self._values == other._values)
-
-    __hash__ = None  # type: ignore[assignment]  # like a dict of values
-
-    def __repr__(self) -> str:
-        return f"{self._kind}({', '.join(f'{k}={v!r}' for k, v in self._values.items())})"
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (Record, (self._kind, self._values))
-
-
-class _Pickler(pickle.Pickler):
-    """Writes every pydantic model as a Record."""
-
-    def reducer_override(self, obj: Any) -> Any:
-        from pydantic import BaseModel
-
-        if not isinstance(obj, BaseModel):
-            return NotImplemented
-        cls = type(obj)
-        values = {name: getattr(obj, name) for name in cls.model_fields}
-        values.update({name: getattr(cls, name) for name in sorted(cls.__class_vars__)})
-        return (Record, (cls.__name__, values))
-
-
 def write(directory: str, header: Header, cases: list[Case]) -> str:
     """Write a payload file in `directory`; returns its path."""
     import tempfile  # here: the guest, which only reads, is spared its import
@@ -102,7 +56,7 @@ def write(directory: str, header: Header, cases: list[Case]) -> str:
     fd, path = tempfile.mkstemp(dir=directory, prefix=".payload-", suffix=".pickle")
     with os.fdopen(fd, "wb") as f:
         pickle.dump(header.to_dict(), f, protocol=pickle.HIGHEST_PROTOCOL)
-        _Pickler(f, protocol=pickle.HIGHEST_PROTOCOL).dump(cases)
+        pickle.dump(cases, f, protocol=pickle.HIGHEST_PROTOCOL)
     return path
 
 
@@ -126,7 +80,7 @@ def read_header(f: IO[bytes]) -> Header:
 
 
 def read_cases(f: IO[bytes]) -> list[Case]:
-    """The cases after the header, their models as Records."""
+    """The cases after the header, with their models."""
     from vfio_scenario.language.cases import Case
 
     cases = pickle.load(f)

@@ -142,9 +142,9 @@ def run_on(step: str, *, kernel: list[str] | None = None,
         return SimpleNamespace(bdf=args.bdf)
 
     def begin(rt: Runtime) -> None:
-        rt.state["kmsg"] = LinesLog(kernel) if kernel is not None else None
-        rt.state["kmsg_error"] = "no /dev/kmsg"
-        rt.state["qemu_faults"] = qemu
+        rt.kernel_log = LinesLog(kernel) if kernel is not None else None
+        rt.kernel_log_error = "no /dev/kmsg"
+        rt.qemu_faults = qemu
 
     ops: dict[str, Operation] = {"open_iommu": open_iommu, "open_device": open_device,
            "expect_iommu_fault": host.expect_iommu_fault,

@@ -264,10 +264,13 @@ def test_library_uses_every_operation() -> None:
     assert sorted(set(OPERATIONS) - used) == []
 
 
-def test_language_reference_documents_every_operation() -> None:
+def test_language_reference_tables_are_made_from_the_models() -> None:
     from vfio_scenario.language.models import OPERATIONS
+    from vfio_scenario.language.reference import with_tables
 
     text = (ROOT / "docs" / "language.md").read_text()
+    assert text == with_tables(text), \
+        "run: python -m vfio_scenario.language.reference docs/language.md"
     assert [op for op in OPERATIONS if f"| `{op}` |" not in text] == []
 
 

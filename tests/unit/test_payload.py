@@ -1,8 +1,9 @@
 """The payload the host hands to the guest engine, and the planner's lazy device probe.
 
 In the testbed the host compiles and the guest only loads the cases (run/payload.py):
-the guest must get every value the models held, run the cases exactly as the host
-would, and import neither pydantic, the YAML loader nor the template engine.
+the guest must get the models themselves with every value they held (their methods
+and properties work there), run the cases exactly as the host would, and import
+neither the YAML loader nor the template engine, nor build a model's validator.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from vfio_scenario import __version__
 from vfio_scenario.errors import EnvironmentProblem, VfioError
 from vfio_scenario.language.cases import Case
 from vfio_scenario.language.compile import compile_paths
+from vfio_scenario.language.models import MapDma, Sleep
 from vfio_scenario.results import Outcome
 from vfio_scenario.run import payload
 from vfio_scenario.run.interpreter import Runtime, run_case
@@ -47,12 +49,14 @@ def round_trip(cases: list[Case], tmp_path: Path) -> tuple[payload.Header, list[
 
 
 def same_values(model: Any, record: Any) -> None:
-    """`record` holds what `model` holds, field by field, nested models included."""
+    """`record` is what `model` is: the same class, field by field, nested models
+    included (and so the same class constants, methods and properties)."""
     if isinstance(model, BaseModel):
-        assert isinstance(record, payload.Record), record
-        cls = type(model)
-        for name in [*cls.model_fields, *cls.__class_vars__]:
+        assert type(record) is type(model), record
+        assert record.model_fields_set == model.model_fields_set
+        for name in type(model).model_fields:
             same_values(getattr(model, name), getattr(record, name))
+        assert record == model
     elif isinstance(model, (list, tuple)):
         assert type(record) is type(model) and len(record) == len(model)
         for m, r in zip(model, record, strict=True):
@@ -94,7 +98,9 @@ def test_the_guest_loads_a_payload_without_yaml_templates_or_validators(tmp_path
         with open({path!r}, "rb") as f:
             payload.read_header(f)
             cases = payload.read_cases(f)
-        from vfio_scenario.language.models import OPERATIONS, Requires, StepCommon
+        from vfio_scenario.language.models import OPERATIONS, MapDma, Requires, StepCommon
+        maps = [s.args for c in cases for s in c.steps if s.op == "map_dma"]
+        assert maps and all(type(a) is MapDma and a.space in ("iommu", "ioas") for a in maps)
         built = sorted(c.__name__ for c in [*OPERATIONS.values(), Requires, StepCommon]
                        if type(c.__pydantic_validator__).__name__ != "MockValSer")
         heavy = sorted(m for m in ("ruamel.yaml", "jinja2", "importlib.metadata")
@@ -107,20 +113,31 @@ def test_the_guest_loads_a_payload_without_yaml_templates_or_validators(tmp_path
     assert int(count) > 300 and rest.strip() == "[] []"
 
 
-def test_a_record_is_read_only_and_names_what_it_lacks(tmp_path: Path) -> None:
+def test_the_guest_gets_the_models_with_their_methods_and_constants(tmp_path: Path) -> None:
     (case,) = cases_of("""
         name: r
+        matrix: {iommu_mode: [iommufd]}
         steps:
+          - open_iommu: {}
+            as: iommu
+          - alloc_ioas: {iommu: iommu}
+            as: ioas
+          - alloc_buffer: {size: 4KiB}
+            as: buf
+          - map_dma: {ioas: ioas, buffer: buf, iova: 0x10000}
           - sleep: {duration: 2ms}
     """)
     _, (got,) = round_trip([case], tmp_path)
-    args: Any = got.steps[0].args
-    assert args.duration == 0.002 and args.op == "sleep"
-    with pytest.raises(AttributeError, match="read-only"):
-        args.duration = 1
-    with pytest.raises(AttributeError, match="Sleep has no attribute 'size'"):
-        _ = args.size
-    assert repr(args).startswith("Sleep(duration=0.002")
+    open_iommu, _, _, map_dma, sleep = (s.args for s in got.steps)
+    assert isinstance(map_dma, MapDma) and isinstance(sleep, Sleep)
+    assert (map_dma.space, map_dma.target) == ("ioas", "buf")  # properties of the model
+    assert open_iommu.opens_iommu and open_iommu.iommu_mode_argument == "mode"
+    assert sleep.duration == 0.002 and sleep.op == "sleep"
+    with pytest.raises(ValidationError, match="frozen"):
+        sleep.duration = 1
+    with pytest.raises(AttributeError, match="'Sleep' object has no attribute 'size'"):
+        _ = sleep.size  # type: ignore[attr-defined]
+    assert repr(sleep) == "Sleep(duration=0.002)"
 
 
 def test_a_payload_case_runs_exactly_as_the_compiled_case(tmp_path: Path) -> None:

@@ -238,7 +238,7 @@ def run_on_model(name: str, cases_of: Callable[[list[DeviceName]], list[Case]]
         model = make()
 
         def begin(rt: Runtime, model: ModelDevice = model) -> None:
-            rt.state["kmsg"] = ModelKernelLog(model)
+            rt.kernel_log = ModelKernelLog(model)
 
         results.append(run_case(pc.case, [model.bdf], model_ops(model), RunOptions(),
                                 begin=begin))

@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 
 
 def space_of(rt: Runtime, args: MapDma | UnmapDma) -> AddressSpace:
-    name = args.ioas if args.ioas is not None else args.iommu
-    assert name is not None  # the model requires one of them
+    name = args.space
+    assert name is not None  # the unmap of a `mapping` asks its mapping instead
     space: AddressSpace = rt.handle(name)
     return space
 
@@ -124,11 +124,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def live_mappings(rt: Runtime) -> LiveMappings:
     """Mappings made by this case and not unmapped yet (released at the case's end)."""
-    found = rt.state.get("mappings")
-    if found is None:
-        found = rt.state["mappings"] = LiveMappings()
-    assert isinstance(found, LiveMappings)
-    return found
+    if rt.mappings is None:
+        rt.mappings = LiveMappings()
+    return rt.mappings
 
 
 @op(AllocBuffer)
@@ -184,7 +182,7 @@ def last_iova(space: AddressSpace, size: int) -> int:
 @op(MapDma)
 def map_dma(rt: Runtime, args: MapDma, step: Step) -> Mapping:
     space = space_of(rt, args)
-    target: Any = rt.handle(args.buffer or args.mmio or args.dmabuf or "")
+    target: Any = rt.handle(args.target)
     size = target.size - args.offset if args.size is None else args.size
     iova = last_iova(space, size) if args.iova == "last" else args.iova
     assert not isinstance(iova, str)
