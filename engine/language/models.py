@@ -1,8 +1,11 @@
 """pydantic models of the scenario language: scenario keys and every operation.
 
-Each operation is a model of its arguments (a subclass of `Op`) that names its
-operation key (`op`), the kind of handle it makes (`produces`) and, through
-`Ref[...]` annotations, the kind of handle each argument must name. The step
+Each operation is a model of its arguments (a subclass of `Op`, registered in
+OPERATIONS when it is defined) that names its operation key (`op`), the kind of handle
+it makes (`produces`), what the compiler and planner need to know of it (class
+attributes such as `opens_iommu`), its description (its docstring, shown in
+docs/language.md) and, through `Ref[...]` annotations, the kind of handle each
+argument must name. The step
 keys common to every operation are in `StepCommon`. LANGUAGE.md in shared/ is the
 reference these models implement; docs/language.md lists our additions.
 """
@@ -155,9 +158,7 @@ MaxOr = Literal["max"]
 
 
 class Strict(BaseModel):
-    # defer_build: a model's validator is built when it first validates (on the host),
-    # not when its class is defined: the guest imports the models only to read them
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 _REGISTERED: dict[str, type[Op]] = {}
@@ -1035,12 +1036,11 @@ class ScenarioHeader(Strict):
     name: str | None = None
     description: str = ""
     tags: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]+$")]] = []
-    # model_construct: defaults that do not build their model's validator at import
-    requires: Requires = Requires.model_construct()
+    requires: Requires = Requires()
     matrix: dict[str, list[Any]] = {}
     vars: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], Any] = {}
     timeout: Duration = 30.0
-    kernel_watch: KernelWatchKey = KernelWatchKey.model_construct()
+    kernel_watch: KernelWatchKey = KernelWatchKey()
     steps: list[Any] = Field(min_length=1)
     teardown: list[Any] = []
     known_issues: list[ScenarioKnownIssue] = []
