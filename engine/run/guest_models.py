@@ -16,12 +16,13 @@ own model and the builtins, not the models module's helpers.
 """
 
 from __future__ import annotations
+import __future__
 
 import sys
 import textwrap
 from collections.abc import Iterable, Mapping
 from dataclasses import make_dataclass
-from types import MappingProxyType, ModuleType
+from types import CodeType, MappingProxyType, ModuleType
 from typing import Any
 
 MODULE = "vfio_scenario.language.models"
@@ -96,7 +97,7 @@ def build(specs: list[Spec]) -> ModuleType:
         for name, source in spec["methods"].items():
             scope = dict(namespace)
             # the source of the host's own model, from this very checkout
-            exec(compile(source, f"<model {spec['name']}.{name}>", "exec"), scope)  # noqa: S102
+            exec(_compile(spec["name"], name, source), scope)  # noqa: S102
             body[name] = scope[name]
         base = Op if "op" in spec["class_vars"] else Frozen
         cls = make_dataclass(spec["name"], [(f, Any) for f in spec["fields"]], bases=(base,),
@@ -119,6 +120,37 @@ def install(specs: list[Spec]) -> ModuleType:
     module = build(specs)
     sys.modules[MODULE] = module
     return module
+
+
+def _compile(model: str, name: str, source: str) -> CodeType:
+    # annotations stay strings, as in the models module (`from __future__ import annotations`)
+    code: CodeType = compile(source, f"<model {model}.{name}>", "exec",
+                             flags=__future__.annotations.compiler_flag, dont_inherit=True)
+    return code
+
+
+def unresolved(specs: list[Spec]) -> list[str]:
+    """The global names a model's method reads that the guest does not have (a helper
+    of the models module): such a method would fail only in the testbed, so a unit
+    test asks this of every model."""
+    import builtins
+    import dis
+
+    known = set(vars(builtins)) | {spec["name"] for spec in specs}
+    problems = []
+    for spec in specs:
+        for name, source in spec["methods"].items():
+            code = _compile(spec["name"], name, source)
+            stack = [code]
+            while stack:
+                c = stack.pop()
+                stack.extend(k for k in c.co_consts if hasattr(k, "co_code"))
+                problems += [f"{spec['name']}.{name} reads `{i.argval}`, which the guest's "
+                             "models do not have (only builtins and the models)"
+                             for i in dis.get_instructions(c)
+                             if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")
+                             and i.argval not in known]
+    return problems
 
 
 def classes(module: ModuleType) -> Mapping[str, type[Any]]:

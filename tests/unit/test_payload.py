@@ -26,12 +26,14 @@ from vfio_scenario.errors import EnvironmentProblem, VfioError
 from vfio_scenario.language.cases import Case
 from vfio_scenario.language.compile import compile_documents, compile_paths
 from vfio_scenario.language.loader import load_text
-from vfio_scenario.language.models import OPERATIONS, Strict
+from vfio_scenario.language.models import OPERATIONS, Op, Strict, _exactly_one
 from vfio_scenario.results import Outcome
 from vfio_scenario.run import guest_models, payload
 from vfio_scenario.run.interpreter import Runtime, run_case
 from vfio_scenario.run.plan import DeviceCaps, HostCaps, plan_each
 from vfio_scenario.uapi.sysfs import is_vfio_driver
+
+from tests.helpers.toy_ops import scratch_operations
 
 ROOT = Path(__file__).resolve().parents[2]
 HEADER = payload.Header(devices=["0000:00:03.0"],
@@ -321,3 +323,26 @@ def test_a_case_naming_devices_in_templates_runs_on_those_devices_or_is_skipped(
                       "(1b36:0010): its scenario driver is nvme, not edu")
     assert b.devices == edu and b.skip is None
     assert c.skip is not None and c.devices == []
+
+
+def test_every_models_method_runs_in_the_guest_and_a_helper_is_caught() -> None:
+    """A model's method is recompiled in the guest with builtins and the models only: a
+    method reading a helper of the models module is found here, not in the testbed."""
+    assert guest_models.unresolved(guest_models.describe([])) == []
+    with scratch_operations():
+
+        class Helped(Op):
+            """A toy whose property reads a helper of the models module."""
+
+            op = "helped"
+            area = "host"
+            a: int | None = None
+
+            @property
+            def checked(self) -> bool:
+                _exactly_one(self, ("a",))
+                return True
+
+        problems = guest_models.unresolved(guest_models.describe([Helped]))
+    assert problems == [("Helped.checked reads `_exactly_one`, which the guest's models do "
+                         "not have (only builtins and the models)")]
