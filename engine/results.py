@@ -47,6 +47,9 @@ class StepResult:
     actual: str = "ok"
     message: str = ""
     teardown: bool = False
+    # the process that ran the step when the case hands over (`handover`):
+    # "predecessor (pid N)" or "successor (pid M)"; "" otherwise
+    process: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         d = _fields_of(self)
