@@ -144,7 +144,8 @@ class _Pickler(pickle.Pickler):
         if isinstance(obj, Runtime):
             state = {k: v for k, v in vars(obj).items()
                      if k not in ("listener", "end", "handover", "result")}
-            return _runtime, (state,)
+            # (made first, filled after: cleanups hold partials of the Runtime itself)
+            return _new, (Runtime,), state, None, None, _set_runtime
         if isinstance(obj, ffi.CData):
             raise HandoverError(f"a C object ({ffi.typeof(obj).cname}) that does not cross "
                                 "a process boundary")
@@ -159,7 +160,9 @@ class _Pickler(pickle.Pickler):
                 state.pop(attr, None)
             if name == "vfio_scenario.uapi.mmio.Mmio":
                 state.pop("ptr", None)
-            return _rebuild, (type(obj), name, state)
+            # made first, filled after: handles point at each other (an IOAS at its
+            # iommufd, the iommufd at its default IOAS)
+            return _new, (type(obj),), (name, state), None, None, _rebuild
         return NotImplemented
 
     def _buffer(self, buf: Any) -> Any:
@@ -191,8 +194,12 @@ def _resolve(value: Any) -> Any:
     return _State.fds[value.index] if isinstance(value, FdRef) else value
 
 
-def _rebuild(cls: type, name: str, state: dict[str, Any]) -> Any:
-    obj = cls.__new__(cls)
+def _new(cls: type) -> Any:
+    return cls.__new__(cls)
+
+
+def _rebuild(obj: Any, name_state: tuple[str, dict[str, Any]]) -> None:
+    name, state = name_state
     for attr in FD_FIELDS.get(name, ()):
         state[attr] = _resolve(state[attr])
     for attr in FD_LISTS.get(name, ()):
@@ -210,7 +217,6 @@ def _rebuild(cls: type, name: str, state: dict[str, Any]) -> Any:
         else:
             state["ptr"] = ffi.NULL
     obj.__dict__.update(state)
-    return obj
 
 
 def _buffer(fd: Any, size: int, backing: str, name: str, old_addr: int) -> Any:
@@ -241,13 +247,9 @@ def _view(buf: Any, offset: int, nbytes: int, fmt: str, readonly: bool) -> memor
     return view.toreadonly() if readonly else view
 
 
-def _runtime(state: dict[str, Any]) -> Any:
-    from vfio_scenario.run.interpreter import Runtime
-
-    rt = Runtime.__new__(Runtime)
+def _set_runtime(rt: Any, state: dict[str, Any]) -> None:
     rt.__dict__.update(state)
     rt.listener = rt.end = rt.handover = rt.result = None
-    return rt
 
 
 # ---- the two processes ------------------------------------------------------------

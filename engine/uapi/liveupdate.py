@@ -84,7 +84,7 @@ def dirty_bitmap(container: Container, iova: int, size: int, pgsize: int = PAGE,
     if bitmap_bytes is None:
         pages = size // pgsize if pgsize > 0 else 0
         bitmap_bytes = max(8, -(-pages // 64) * 8)
-    data = ffi.new("uint64_t[]", max(1, -(-bitmap_bytes // 8)))
+    data = ffi.new("__u64[]", max(1, -(-bitmap_bytes // 8)))
     fixed = ffi.sizeof("struct vfio_iommu_type1_dirty_bitmap")
     get_size = ffi.sizeof("struct vfio_iommu_type1_dirty_bitmap_get")
     arg = new("struct vfio_iommu_type1_dirty_bitmap", get_size,

@@ -60,7 +60,14 @@ def driver_init(rt: Runtime, args: DriverInit, step: Step) -> None:
         buf = DmaBuffer(cls.region_size, Backing.MEMFD, name=f"{cls.name} region")
         rt.on_cleanup(f"{cls.name} driver region", buf.close)
         limit = 1 << cls.dma_mask_bits if cls.dma_mask_bits < 64 else None
-        mapping = device.iommu.map_buffer(buf, limit=limit)
+        ioas = getattr(device.iommu, "ioas", None)
+        if ioas is not None:
+            # iommufd maps the memfd itself (IOMMU_IOAS_MAP_FILE): the mapping
+            # IOMMU_IOAS_CHANGE_PROCESS can move to a successor
+            iova = device.iommu.own_allocator().alloc(buf.size, limit=limit)
+            mapping = ioas.map_file(buf.fd, 0, buf.size, iova)
+        else:
+            mapping = device.iommu.map_buffer(buf, limit=limit)
         # one of the case's live mappings (unmapped at its end; update_vaddr finds it)
         from vfio_scenario.run.ops.memory import MappingRun, live_mappings
 

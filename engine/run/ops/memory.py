@@ -98,6 +98,11 @@ class LiveMappings:
         self.runs: list[MappingRun] = []
         self.handles: dict[int, tuple[Mapping, MappingRun, int]] = {}
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # unpickled in a handover's successor: the mappings are new objects there
+        self.__dict__.update(state)
+        self.handles = {id(m): (m, run, k) for m, run, k in self.handles.values()}
+
     def add(self, rt: Runtime, run: MappingRun) -> None:
         self.runs.append(run)
         rt.on_cleanup("mapping", run.unmap_live)
