@@ -54,6 +54,8 @@ class StepResult:
     def to_dict(self) -> dict[str, Any]:
         d = _fields_of(self)
         d["outcome"] = self.outcome.value
+        if not self.process:  # only a case that hands over says which process ran a step
+            del d["process"]
         return d
 
     @classmethod

@@ -9,6 +9,7 @@ the step that was running, with the kernel log of the case attached.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import faulthandler
 import json
@@ -42,17 +43,7 @@ def execute_case(case: Case, devices: list[str], ops: dict[str, Operation],
     # import, no directory that must be writable)
     out = os.fdopen(os.memfd_create("vfio-scenario-case-output"), "w+b")
     r, w = os.pipe()
-    _become_subreaper()
-    pid = os.fork()
-    if pid == 0:  # child
-        os.close(r)
-        _child(case, devices, ops, options, w, out.fileno())
-    # the case's own process group: a successor it hands over to (`handover`) is in it,
-    # and a timeout or an interrupt ends them all
-    try:
-        os.setpgid(pid, pid)
-    except OSError:
-        pass  # the child did it first (or has gone already)
+    pid = _fork_case(case, devices, ops, options, r, w, out.fileno())
     os.close(w)
     started = time.time()
     t0 = time.monotonic()
@@ -113,6 +104,21 @@ def _kernel_log() -> KernelLog | None:
         return None  # not readable here (no /dev/kmsg, no permission): no log attached
 
 
+def _fork_case(case: Case, devices: list[str], ops: dict[str, Operation],
+               options: RunOptions, r: int, w: int, out_fd: int) -> int:
+    """Fork the case's process (`_child`); returns its pid, also its process group's id."""
+    _become_subreaper()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(r)
+        _child(case, devices, ops, options, w, out_fd)
+    # the case's own process group: a successor it hands over to (`handover`) is in it,
+    # and a timeout or an interrupt ends them all (the child did it first, or has gone)
+    with contextlib.suppress(OSError):
+        os.setpgid(pid, pid)
+    return pid
+
+
 def _become_subreaper() -> None:
     """Orphans of a case (the successor of a predecessor that exited) become this
     process's children, reaped with the case (PR_SET_CHILD_SUBREAPER); best effort."""
@@ -128,10 +134,8 @@ def _kill_group(pid: int) -> None:
     try:
         os.killpg(pid, signal.SIGKILL)
     except OSError:
-        try:
+        with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
 
 
 def _reap_group(pid: int) -> None:
@@ -165,10 +169,8 @@ def _child(case: Case, devices: list[str], ops: dict[str, Operation], options: R
            w: int, out_fd: int) -> None:
     code = 0
     try:
-        try:
+        with contextlib.suppress(OSError):
             os.setpgid(0, 0)
-        except OSError:
-            pass
         os.dup2(out_fd, 1)
         os.dup2(out_fd, 2)
         # a crash's Python traceback goes into the case's own output, not the runner's

@@ -37,7 +37,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from vfio_scenario.errors import VfioScenarioError
 from vfio_scenario.uapi._vfio import ffi, lib
@@ -133,7 +133,7 @@ class _Pickler(pickle.Pickler):
             self.fds.append(fd)
         return FdRef(self.index[fd])
 
-    def reducer_override(self, obj: Any) -> Any:  # noqa: C901 - one dispatch over kinds
+    def reducer_override(self, obj: Any) -> Any:
         from vfio_scenario.run.interpreter import Runtime
         from vfio_scenario.uapi.buffers import DmaBuffer
 
@@ -186,16 +186,16 @@ class _Pickler(pickle.Pickler):
 class _State:
     """What the unpickling successor fills in (module-level: pickle calls functions)."""
 
-    fds: list[int] = []
-    moved: Moved = Moved()
+    fds: ClassVar[list[int]] = []
+    moved: ClassVar[Moved] = Moved()
 
 
 def _resolve(value: Any) -> Any:
     return _State.fds[value.index] if isinstance(value, FdRef) else value
 
 
-def _new(cls: type) -> Any:
-    return cls.__new__(cls)
+def _new(cls: type[Any]) -> Any:
+    return object.__new__(cls)
 
 
 def _rebuild(obj: Any, name_state: tuple[str, dict[str, Any]]) -> None:
@@ -241,9 +241,9 @@ def _buffer(fd: Any, size: int, backing: str, name: str, old_addr: int) -> Any:
 
 
 def _view(buf: Any, offset: int, nbytes: int, fmt: str, readonly: bool) -> memoryview:
-    view = buf.mem[offset:offset + nbytes]
+    view: memoryview = buf.mem[offset:offset + nbytes]
     if fmt not in ("B", "b", "c"):
-        view = view.cast(fmt)
+        view = view.cast(fmt)  # type: ignore[call-overload]  # any format pickled
     return view.toreadonly() if readonly else view
 
 

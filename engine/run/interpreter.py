@@ -34,7 +34,7 @@ class StepTimeout(VfioScenarioError):
     """A step ran past its `timeout:`."""
 
 
-class HandedOver(BaseException):  # noqa: N818 - a control-flow signal, not an error
+class HandedOver(BaseException):  # a control-flow signal, not an error
     """The case's handles went to a successor process (the `handover` operation), which
     runs the rest of the case: this process stops without teardown or releases.
     `wait` is the successor to wait for before exiting (`predecessor: stays`), or None."""

@@ -166,36 +166,45 @@ def change_process(rt: Runtime, args: ChangeProcess, step: Step) -> None:
     lu.change_process(iommu, args.reserved)
 
 
-def locked_vm() -> int:
-    """VmLck of this process, in bytes."""
+def _status_kib(field: str) -> int:
+    """A /proc/self/status counter in bytes, read as the signed number the kernel keeps
+    (it prints the u64: a counter that went below 0 reads 2^64 - n kB)."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmLck:"):
-                return int(line.split()[1]) * 1024
+            if line.startswith(field + ":"):
+                kib = int(line.split()[1])
+                return (kib - (1 << 64) if kib >= 1 << 63 else kib) * 1024
     return 0
+
+
+def locked_vm() -> int:
+    """VmLck of this process, in bytes (type1 charges mm->locked_vm)."""
+    return _status_kib("VmLck")
 
 
 def pinned_vm() -> int:
-    """VmPin of this process, in bytes (iommufd charges mm->pinned_vm)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmPin:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    """VmPin of this process, in bytes (iommufd adds mm->pinned_vm)."""
+    return _status_kib("VmPin")
+
+
+def _bytes(n: int) -> str:
+    return format_size(n) if n >= 0 else f"-{format_size(-n)}"
 
 
 @op("assert_locked_vm")
 def assert_locked_vm(rt: Runtime, args: AssertLockedVm, step: Step) -> None:
     """This process's locked plus pinned memory within the bounds: type1 charges
     locked_vm, iommufd pinned_vm (both per mm)."""
-    have = locked_vm() + pinned_vm()
+    lck, pin = locked_vm(), pinned_vm()
+    have = lck + pin
+    what = f"VmLck {_bytes(lck)} + VmPin {_bytes(pin)}"
     if args.at_least is not None and have < args.at_least:
-        raise CheckFailed(f"this process has {format_size(have)} locked/pinned "
-                          f"(VmLck + VmPin), expected at least {format_size(args.at_least)}")
+        raise CheckFailed(f"this process has {what}, expected at least "
+                          f"{format_size(args.at_least)}")
     if args.at_most is not None and have > args.at_most:
-        raise CheckFailed(f"this process has {format_size(have)} locked/pinned "
-                          f"(VmLck + VmPin), expected at most {format_size(args.at_most)}")
-    rt.note(f"VmLck + VmPin = {format_size(have)}")
+        raise CheckFailed(f"this process has {what}, expected at most "
+                          f"{format_size(args.at_most)}")
+    rt.note(what)
 
 
 # ---- type1 dirty pages ------------------------------------------------------------------
