@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         from vfio_scenario.drivers.base import use_drivers
 
         use_drivers(payload["drivers"])
-    except Exception as exc:  # any: told to the predecessor, which fails the step
+    except Exception as exc:  # noqa: BLE001 - told to the predecessor, which fails the step
         sock.sendall(f"error {type(exc).__name__}: {exc}\n".encode())
         return 1
     sock.sendall(f"ready {os.getpid()}\n".encode())
