@@ -17,6 +17,17 @@ import select
 from typing import TYPE_CHECKING, Any
 
 from vfio_scenario.errors import VfioError
+from vfio_scenario.language.models import (
+    AssertLockedVm,
+    ChangeProcess,
+    DirtyBitmap,
+    DirtyPages,
+    ExpectWakeup,
+    Handover,
+    LowPower,
+    MemcpyStream,
+    UpdateVaddr,
+)
 from vfio_scenario.language.units import format_size
 from vfio_scenario.run.interpreter import CheckFailed, HandedOver, Runtime, Skip
 from vfio_scenario.run.ops import op
@@ -28,19 +39,7 @@ from vfio_scenario.uapi.iommufd import Iommufd
 
 if TYPE_CHECKING:
     from vfio_scenario.language.cases import Step
-    from vfio_scenario.language.models import (
-        AssertLockedVm,
-        ChangeProcess,
-        DirtyBitmap,
-        DirtyPages,
-        ExpectWakeup,
-        Handover,
-        LowPower,
-        MapDma,
-        MemcpyStream,
-        UnmapDma,
-        UpdateVaddr,
-    )
+    from vfio_scenario.language.models import MapDma, UnmapDma
     from vfio_scenario.run.handover import Moved
     from vfio_scenario.uapi.device import VfioDevice
 
@@ -132,7 +131,7 @@ def moved(rt: Runtime) -> Moved:
     return result
 
 
-@op("update_vaddr")
+@op(UpdateVaddr)
 def update_vaddr(rt: Runtime, args: UpdateVaddr, step: Step) -> None:
     """VFIO_DMA_MAP_FLAG_VADDR for every live mapping of `iommu` whose memory moved."""
     container = _container(rt, args.iommu, step, NO_VADDR_IOMMUFD)
@@ -157,7 +156,7 @@ def update_vaddr(rt: Runtime, args: UpdateVaddr, step: Step) -> None:
 
 # ---- iommufd CHANGE_PROCESS ------------------------------------------------------------
 
-@op("change_process")
+@op(ChangeProcess)
 def change_process(rt: Runtime, args: ChangeProcess, step: Step) -> None:
     iommu = rt.handle(args.iommu)
     if not isinstance(iommu, Iommufd):
@@ -191,7 +190,7 @@ def _bytes(n: int) -> str:
     return format_size(n) if n >= 0 else f"-{format_size(-n)}"
 
 
-@op("assert_locked_vm")
+@op(AssertLockedVm)
 def assert_locked_vm(rt: Runtime, args: AssertLockedVm, step: Step) -> None:
     """This process's locked plus pinned memory within the bounds: type1 charges
     locked_vm, iommufd pinned_vm (both per mm)."""
@@ -209,13 +208,13 @@ def assert_locked_vm(rt: Runtime, args: AssertLockedVm, step: Step) -> None:
 
 # ---- type1 dirty pages ------------------------------------------------------------------
 
-@op("dirty_pages")
+@op(DirtyPages)
 def dirty_pages(rt: Runtime, args: DirtyPages, step: Step) -> None:
     container = _container(rt, args.iommu, step, NO_DIRTY_IOMMUFD)
     (lu.dirty_start if args.action == "start" else lu.dirty_stop)(container)
 
 
-@op("dirty_bitmap")
+@op(DirtyBitmap)
 def dirty_bitmap(rt: Runtime, args: DirtyBitmap, step: Step) -> None:
     container = _container(rt, args.iommu, step, NO_DIRTY_IOMMUFD)
     bitmap = lu.dirty_bitmap(container, args.iova, args.size, args.pgsize, args.bitmap_size)
@@ -253,7 +252,7 @@ def _wakeups(rt: Runtime) -> dict[str, int]:
     return found
 
 
-@op("low_power")
+@op(LowPower)
 def low_power(rt: Runtime, args: LowPower, step: Step) -> None:
     device: VfioDevice = rt.handle(args.device)
     if args.action == "entry":
@@ -269,7 +268,7 @@ def low_power(rt: Runtime, args: LowPower, step: Step) -> None:
         lu.low_power_entry_with_wakeup(device, fd)
 
 
-@op("expect_wakeup")
+@op(ExpectWakeup)
 def expect_wakeup(rt: Runtime, args: ExpectWakeup, step: Step) -> None:
     fd = _wakeups(rt).get(args.device)
     if fd is None:
@@ -286,7 +285,7 @@ def expect_wakeup(rt: Runtime, args: ExpectWakeup, step: Step) -> None:
 
 # ---- driver stream ---------------------------------------------------------------------
 
-@op("memcpy_stream")
+@op(MemcpyStream)
 def memcpy_stream(rt: Runtime, args: MemcpyStream, step: Step) -> int:
     from vfio_scenario.run.ops.driver import DEFAULT_WAIT, driver_of
 
@@ -310,7 +309,7 @@ def memcpy_stream(rt: Runtime, args: MemcpyStream, step: Step) -> int:
 
 # ---- handover ----------------------------------------------------------------------------
 
-@op("handover")
+@op(Handover)
 def handover(rt: Runtime, args: Handover, step: Step) -> None:
     from vfio_scenario.drivers.base import registered_drivers
     from vfio_scenario.run import handover as ho
