@@ -107,6 +107,7 @@ def build(specs: list[Spec]) -> ModuleType:
         setattr(module, spec["name"], cls)
         if base is Op:
             registered[spec["class_vars"]["op"]] = cls
+    module.SPECS = specs  # type: ignore[attr-defined]  # for a handover's successor
     module.Op = Op  # type: ignore[attr-defined]
     module.OPERATIONS = MappingProxyType(registered)  # type: ignore[attr-defined]
     return module
@@ -151,6 +152,24 @@ def unresolved(specs: list[Spec]) -> list[str]:
                              if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")
                              and i.argval not in known]
     return problems
+
+
+class Reinstall:
+    """The guest's models in a handover's pickle (run/handover.py): pickled before the
+    case, it installs them in the successor before the case's models are read."""
+
+    def __init__(self, specs: list[Spec]) -> None:
+        self.specs = specs
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return install, (self.specs,)
+
+
+def for_handover() -> Reinstall | None:
+    """What a handover sends first: the guest's models when this process runs on them
+    (None with the real models, which the successor imports itself)."""
+    specs = getattr(sys.modules.get(MODULE), "SPECS", None)
+    return Reinstall(specs) if specs is not None else None
 
 
 def classes(module: ModuleType) -> Mapping[str, type[Any]]:
