@@ -346,3 +346,42 @@ def test_every_models_method_runs_in_the_guest_and_a_helper_is_caught() -> None:
         problems = guest_models.unresolved(guest_models.describe([Helped]))
     assert problems == [("Helped.checked reads `_exactly_one`, which the guest's models do "
                          "not have (only builtins and the models)")]
+
+
+def test_a_handover_successor_gets_the_guests_models_first(tmp_path: Path) -> None:
+    """A guest process hands its case over (run/handover.py pickles the payload with
+    `models` first); the successor, a fresh process, installs the guest's models before
+    it reads the case's, and imports no pydantic either."""
+    (case,) = cases_of("""
+        name: h
+        matrix: {iommu_mode: [iommufd]}
+        steps:
+          - open_iommu: {}
+            as: iommu
+          - alloc_buffer: {size: 4KiB}
+            as: buf
+          - map_dma: {iommu: iommu, buffer: buf}
+    """)
+    path = payload.write(str(tmp_path), HEADER, [case])
+    sent = tmp_path / "handover.pickle"
+    predecessor = textwrap.dedent(f"""
+        import pickle
+        from vfio_scenario.run import guest_models, payload
+        with open({path!r}, "rb") as f:
+            models = guest_models.install(payload.read_header(f).models)
+            (case,) = payload.read_cases(f, models)
+        data = {{"models": guest_models.for_handover(), "case": case}}
+        with open({str(sent)!r}, "wb") as f:
+            pickle.dump(data, f)
+    """)
+    successor = textwrap.dedent(f"""
+        import pickle, sys
+        with open({str(sent)!r}, "rb") as f:
+            case = pickle.load(f)["case"]
+        args = case.steps[2].args
+        print(type(args).__module__, type(args).__name__, args.space, "pydantic" in sys.modules)
+    """)
+    for program in (predecessor, successor):
+        out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                             check=True)
+    assert out.stdout.split() == ["vfio_scenario.language.models", "MapDma", "iommu", "False"]
