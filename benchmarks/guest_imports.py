@@ -4,12 +4,11 @@
 Boots the testbed once and, inside it (a fresh Python process per round, median of
 `--rounds`), times:
 
-  engine       the guest engine's imports and its operations' registration
-               (`vfio_scenario.run.guest`, then `operations()`);
+  start        the guest engine's start before it probes the host: its imports, a
+               payload of scenarios/kselftest/ compiled on the host (its header and
+               its cases, the models they hold included), its operations' registration;
   pydantic     `import pydantic.main` alone (BaseModel: what the models need);
   models       `import vfio_scenario.language.models` (the operation models);
-  payload      reading a payload of scenarios/kselftest/ compiled on the host (its
-               header and its cases, the models they hold included), imports included;
   python       `python -c pass`, what each of them includes (start-up and the
                testbed's command channel).
 
@@ -36,13 +35,19 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 PROGRAMS = {
-    "engine": "import vfio_scenario.run.guest\n"
-              "from vfio_scenario.run.ops import operations\noperations()",
+    # what the guest engine does before it probes the host: its imports, the payload's
+    # header and cases (the models they hold included), its operations' registration
+    "start": "import sys\nimport vfio_scenario.run.guest\nfrom vfio_scenario.run import payload\n"
+             "with open(sys.argv[1], 'rb') as f:\n"
+             "    header = payload.read_header(f)\n"
+             "    if getattr(header, 'models', None) is not None:  # guest_models\n"
+             "        from vfio_scenario.run import guest_models\n"
+             "        payload.read_cases(f, guest_models.install(header.models))\n"
+             "    else:\n"
+             "        payload.read_cases(f)\n"
+             "from vfio_scenario.run.ops import operations\noperations()",
     "pydantic": "import pydantic.main",
     "models": "import vfio_scenario.language.models",
-    "payload": "import sys\nfrom vfio_scenario.run import payload\n"
-               "with open(sys.argv[1], 'rb') as f:\n"
-               "    payload.read_header(f)\n    payload.read_cases(f)",
 }
 WRITE_PAYLOAD = """
 import sys
@@ -70,7 +75,7 @@ def main() -> None:
     parser.add_argument("--kernel", default="default")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--compare", type=Path, metavar="DIR", action="append", default=[],
-                        help="time `engine`, `models` and `payload` of this engine instead of "
+                        help="time `start` and `models` of this engine instead of "
                              "the checkout's (repeatable): "
                              "DIR holds its `vfio_scenario` package (e.g. main's engine/ with "
                              "drivers/ in it, compiled), under this checkout so the guest sees it")
@@ -91,7 +96,7 @@ def main() -> None:
             folder.mkdir()
             path, cases = write_payload(str(folder), env)
             programs = {"python": "pass", **PROGRAMS} if not args.compare else \
-                {k: PROGRAMS[k] for k in ("engine", "models", "payload")} if label else \
+                {k: PROGRAMS[k] for k in ("start", "models")} if label else \
                 {"python": "pass", "pydantic": PROGRAMS["pydantic"]}
             runs += [(name + label, source, path, env) for name, source in programs.items()]
         with Testbed(kernel=args.kernel) as testbed:
@@ -107,7 +112,7 @@ def main() -> None:
     print(f"guest ({accel}), median of {args.rounds} fresh processes, seconds from the host "
           "(the guest's own clock drifts under TCG):")
     for name, seconds in times.items():
-        extra = f" ({cases} cases)" if name.startswith("payload") else ""
+        extra = f" ({cases} cases)" if name.startswith("start") else ""
         print(f"  {name:20s} {statistics.median(seconds):6.2f}{extra}")
 
 

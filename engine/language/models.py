@@ -1,8 +1,11 @@
 """pydantic models of the scenario language: scenario keys and every operation.
 
-Each operation is a model of its arguments (a subclass of `Op`) that names its
-operation key (`op`), the kind of handle it makes (`produces`) and, through
-`Ref[...]` annotations, the kind of handle each argument must name. The step
+Each operation is a model of its arguments (a subclass of `Op`, registered in
+OPERATIONS when it is defined) that names its operation key (`op`), the kind of handle
+it makes (`produces`), what the compiler and planner need to know of it (class
+attributes such as `opens_iommu`), its description (its docstring, shown in
+docs/language.md) and, through `Ref[...]` annotations, the kind of handle each
+argument must name. The step
 keys common to every operation are in `StepCommon`. docs/language.md is the
 language's reference.
 """
@@ -155,9 +158,7 @@ MaxOr = Literal["max"]
 
 
 class Strict(BaseModel):
-    # defer_build: a model's validator is built when it first validates (on the host),
-    # not when its class is defined: the guest imports the models only to read them
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 _REGISTERED: dict[str, type[Op]] = {}
@@ -350,11 +351,22 @@ class MapDma(Op):
     size: Size | None = None
     read: bool = True
     write: bool = True
+    # vaddr: VFIO_DMA_MAP_FLAG_VADDR, the invalidated mapping at `iova` gets this
+    # buffer's address (type1 live update); no new mapping is made
+    flags: list[Literal["vaddr"]] = []
+    # file: an iommufd maps the memfd buffer's file (IOMMU_IOAS_MAP_FILE), not its pages
+    # at the process address (IOMMU_IOAS_MAP): what IOMMU_IOAS_CHANGE_PROCESS can move
+    file: bool = False
 
     @model_validator(mode="after")
     def _one_target(self) -> MapDma:
         _exactly_one(self, ("iommu", "ioas"))
         _exactly_one(self, ("buffer", "mmio", "dmabuf"))
+        if self.flags and (self.buffer is None or not isinstance(self.iova, int)):
+            raise ValueError("`flags: [vaddr]` gives a mapping at a fixed `iova` the address "
+                             "of a `buffer`")
+        if self.file and self.buffer is None:
+            raise ValueError("`file: true` maps a memfd `buffer`")
         return self
 
     @property
@@ -385,6 +397,9 @@ class UnmapDma(Op):
     size: Size | None = None
     all: bool = False
     unmapped_size: Size | None = None
+    # vaddr: VFIO_DMA_UNMAP_FLAG_VADDR, invalidate the process address of the mappings and
+    # keep their IOVAs and pages (type1 live update)
+    flags: list[Literal["vaddr"]] = []
 
     @model_validator(mode="after")
     def _one_form(self) -> UnmapDma:
@@ -803,6 +818,109 @@ class MemcpyStorm(Op):
         return self
 
 
+class MemcpyStream(Op):
+    """`count` copies one after the other: copy k moves `size` bytes from src + k * stride
+    to dst + k * stride, starting at k = `first`; with `leave_pending` the last is started
+    and not waited for (a copy in flight, e.g. across a handover)."""
+
+    op = "memcpy_stream"
+    area = "driver"
+    device: DeviceRef
+    src: Int = Field(ge=0)
+    dst: Int = Field(ge=0)
+    size: Size = Field(gt=0)
+    stride: Size | None = None  # default: size
+    count: Int = Field(ge=1)
+    first: Int = 0
+    leave_pending: bool = False
+
+
+# --- Live update, dirty tracking, low power (docs/language.md) --------------------
+
+
+class Handover(Op):
+    """Hand the case's handles to a freshly exec'd engine process, which runs the rest."""
+
+    op = "handover"
+    area = "liveupdate"
+    to: Literal["successor"] = "successor"
+    predecessor: Literal["exits", "stays"] = "exits"
+
+
+class UpdateVaddr(Op):
+    """VFIO_DMA_MAP_FLAG_VADDR for every live mapping of the case in `iommu` whose memory
+    moved in a handover (a memfd buffer mapped again): each gets its new address."""
+
+    op = "update_vaddr"
+    area = "liveupdate"
+    iommu: IommuRef
+
+
+class ChangeProcess(Op):
+    """IOMMU_IOAS_CHANGE_PROCESS on a native iommufd: charge its pinned pages to this
+    process (skipped in the other modes)."""
+
+    op = "change_process"
+    area = "liveupdate"
+    iommu: IommuRef
+    reserved: U32 = 0  # __reserved, which must be 0
+
+
+class AssertLockedVm(Op):
+    """This process's locked memory (VmLck in /proc/self/status), which type1 charges and
+    IOMMU_IOAS_CHANGE_PROCESS and VFIO_DMA_MAP_FLAG_VADDR move."""
+
+    op = "assert_locked_vm"
+    area = "liveupdate"
+    at_least: Size | None = None
+    at_most: Size | None = None
+
+
+class DirtyPages(Op):
+    """Start or stop dirty page tracking of a type1 container (VFIO_IOMMU_DIRTY_PAGES)."""
+
+    op = "dirty_pages"
+    area = "liveupdate"
+    iommu: IommuRef
+    action: Literal["start", "stop"]
+
+
+class DirtyBitmap(Op):
+    """GET_BITMAP of [iova, iova + size) in pages of `pgsize`; `dirty` is what the bitmap
+    must hold exactly: all pages, none, or the listed page indexes."""
+
+    op = "dirty_bitmap"
+    area = "liveupdate"
+    iommu: IommuRef
+    iova: Int
+    size: Size
+    pgsize: Size = 4096
+    bitmap_size: Size | None = None  # bytes; default the u64-rounded size the range needs
+    dirty: Literal["all", "none"] | list[Annotated[int, Field(ge=0)]] | None = None
+
+
+class LowPower(Op):
+    """Put the device in or out of low power (VFIO_DEVICE_FEATURE LOW_POWER_ENTRY,
+    _ENTRY_WITH_WAKEUP with an eventfd, _EXIT)."""
+
+    op = "low_power"
+    area = "liveupdate"
+    device: DeviceRef
+    action: Literal["entry", "entry_with_wakeup", "exit"]
+    wakeup_fd: S32 | None = None  # a raw fd instead of the step's own eventfd (e.g. -1)
+
+
+class ExpectWakeup(Op):
+    """The wakeup eventfd of the device's last entry_with_wakeup was signalled within
+    `within` (or, with `signalled: false`, was not)."""
+
+    op = "expect_wakeup"
+    area = "liveupdate"
+    device: DeviceRef
+    within: Duration = 1.0
+    signalled: bool = True
+
+
 # --- DMABUF ---------------------------------------------------------------------
 
 
@@ -1035,12 +1153,11 @@ class ScenarioHeader(Strict):
     name: str | None = None
     description: str = ""
     tags: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]+$")]] = []
-    # model_construct: defaults that do not build their model's validator at import
-    requires: Requires = Requires.model_construct()
+    requires: Requires = Requires()
     matrix: dict[str, list[Any]] = {}
     vars: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], Any] = {}
     timeout: Duration = 30.0
-    kernel_watch: KernelWatchKey = KernelWatchKey.model_construct()
+    kernel_watch: KernelWatchKey = KernelWatchKey()
     steps: list[Any] = Field(min_length=1)
     teardown: list[Any] = []
     known_issues: list[ScenarioKnownIssue] = []

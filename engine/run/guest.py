@@ -6,9 +6,9 @@ line on stdout for the host, which writes the reports.
 
 Start-up time is what a user waits for before the first step, on a guest CPU that
 TCG makes some 20× slower than the host's: nothing here imports the YAML loader, the
-template engine or the installed packages' metadata, the operation models are imported
-without building their validators (`defer_build`), and each device is probed (opened,
-which can cost a reset) only when the planner first considers it.
+template engine, pydantic (the models are dataclasses made from the host's description:
+run/guest_models.py) or the installed packages' metadata, and each device is probed
+(opened, which can cost a reset) only when the planner first considers it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import os
 import sys
 from typing import Any
 
-from vfio_scenario.run import payload
+from vfio_scenario.run import guest_models, payload
 
 
 def in_guest() -> bool:
@@ -46,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with open(args[0], "rb") as f:
             header = payload.read_header(f)
-            cases = payload.read_cases(f)
+            # the guest's models, before the operations import them (no pydantic here)
+            models = guest_models.install(header.models)
+            cases = payload.read_cases(f, models)
         use_drivers(header.drivers)
         caps = probe_host(header.devices or None)
     except (OSError, VfioScenarioError) as exc:

@@ -20,7 +20,7 @@ from vfio_scenario import cli
 from vfio_scenario.language import compile as compile_mod
 from vfio_scenario.language import loader
 from vfio_scenario.results import CaseResult, Outcome
-from vfio_scenario.run import payload
+from vfio_scenario.run import guest_models, payload
 
 SCENARIO = """\
 name: open-close
@@ -42,7 +42,9 @@ class FakeStream:
     def __init__(self, path: str) -> None:
         with open(path, "rb") as f:
             self.header = payload.read_header(f)
-            self.cases = payload.read_cases(f)
+            # the guest's models built as the guest builds them (not installed: this
+            # process keeps the real ones)
+            self.cases = payload.read_cases(f, guest_models.build(self.header.models))
 
     def __iter__(self) -> Iterator[str]:
         yield json.dumps({"event": "hello", "properties": {"kernel": "fake"}})
