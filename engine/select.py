@@ -17,8 +17,8 @@ and IOMMU mode over all shards instead of handing one shard all the slow cases.
 each case's expected duration is its time in FILE (a journal or JSON report of an
 earlier run; a case FILE lacks expects the median of the known ones), and cases are
 taken longest first (ties in hash order) and each given to the shard with the least
-expected time so far (ties: the lower shard), greedy longest-processing-time. The
-split depends only on the ids and FILE.
+expected time so far (ties: the one with fewer cases, then the lower shard), greedy
+longest-processing-time. The split depends only on the ids and FILE.
 """
 
 from __future__ import annotations
@@ -308,7 +308,7 @@ def duration_shards(case_ids: Sequence[str], count: int,
     loads = [0.0] * count
     shards: list[list[int]] = [[] for _ in range(count)]
     for i in order:
-        target = min(range(count), key=lambda s: (loads[s], s))
+        target = min(range(count), key=lambda s: (loads[s], len(shards[s]), s))
         loads[target] += times[i]
         shards[target].append(i)
     return shards

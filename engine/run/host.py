@@ -322,8 +322,8 @@ def _run_testbeds(cases: list[Case], args: argparse.Namespace, options: RunOptio
             "--jobs 1 to use it, or stop it (`vfio-scenario testbed down`) and this run "
             f"boots {jobs} VMs of its own")
     memory = f"{vm_memory_mib(jobs, mem_available_mib())}M"
-    testbeds = boot_testbeds(lambda: Testbed(kernel=args.kernel, accel=args.accel,
-                                             memory=memory), jobs)
+    testbeds, release = boot_testbeds(lambda: Testbed(kernel=args.kernel, accel=args.accel,
+                                                      memory=memory), jobs)
     kernel["vmlinux"] = testbeds[0].vmlinux
     try:
         _testbed_properties(run, testbeds[0], f"{jobs} own VMs")
@@ -335,3 +335,4 @@ def _run_testbeds(cases: list[Case], args: argparse.Namespace, options: RunOptio
     finally:
         for t in testbeds:
             t.stop()
+        release()

@@ -306,10 +306,14 @@ class Worker(threading.Thread):
 
 # --- the run -------------------------------------------------------------------------
 
-def boot_testbeds(make: Callable[[], Any], jobs: int) -> list[Any]:
+def boot_testbeds(make: Callable[[], Any], jobs: int) -> tuple[list[Any], Callable[[], None]]:
     """`jobs` testbeds from `make()` (not started), prepared one after the other (a
     kernel build or download happens once), then booted in parallel; on a failure
-    the ones that booted are stopped and the first error is raised."""
+    the ones that booted are stopped and the first error is raised.
+
+    Returns the testbeds and `release`, to call once they are stopped: each QEMU is
+    started by a thread that lives until then, as QEMU gets SIGKILL when the thread
+    that started it ends (PR_SET_PDEATHSIG follows the thread, not the process)."""
     from vfio_scenario.testbed.vm import _install_handlers
 
     # QEMU is ended on SIGTERM/SIGHUP by handlers only the main thread can install
@@ -318,23 +322,29 @@ def boot_testbeds(make: Callable[[], Any], jobs: int) -> list[Any]:
     for testbed in testbeds:
         testbed.prepare()
     errors: list[BaseException] = []
+    booted = threading.Semaphore(0)
+    release = threading.Event()
 
-    def boot(testbed: Any) -> None:
+    def keep(testbed: Any) -> None:
         try:
             testbed.start()
         except BaseException as exc:  # noqa: BLE001 - raised below, in the caller's thread
             errors.append(exc)
+        finally:
+            booted.release()
+        release.wait()
 
-    threads = [threading.Thread(target=boot, args=(t,), daemon=True) for t in testbeds]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    for testbed in testbeds:
+        threading.Thread(target=keep, args=(testbed,), name="vfio-scenario-boot",
+                         daemon=True).start()
+    for _ in testbeds:
+        booted.acquire()
     if errors:
         for testbed in testbeds:
             testbed.stop()
+        release.set()
         raise errors[0]
-    return testbeds
+    return testbeds, release.set
 
 
 def run_in_testbeds(testbeds: list[Any], cases: list[Case], paths: list[str],
