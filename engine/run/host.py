@@ -326,7 +326,7 @@ def _run_testbeds(cases: list[Case], args: argparse.Namespace, options: RunOptio
                                                       memory=memory), jobs)
     kernel["vmlinux"] = testbeds[0].vmlinux
     try:
-        _testbed_properties(run, testbeds[0], f"{jobs} own VMs")
+        _testbed_properties(run, testbeds[0], "own VM")  # as with one: the same reports
         run_in_testbeds(testbeds, cases, args.paths, on_event, devices=[],
                         iommu_modes=args.iommu_mode,
                         timeout_multiplier=options.timeout_multiplier,

@@ -139,8 +139,8 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
     (["--jobs", "x"], "--jobs: 'x' is not a positive whole number or 'auto'"),
     (["--jobs", "-2"], "--jobs: '-2' is not a positive whole number or 'auto'"),
     (["--jobs", "2", "--device", "0000:00:03.0"], "--jobs 2 runs testbed VMs; with --device"),
-    (["--shard-by", "duration", "--durations", "x.json"], "--shard-by duration splits a "
-     "--shard I/N run"),
+    (["--shard-by", "duration", "--durations", "x.json"],
+     "--shard-by duration splits a --shard I/N run"),
     (["--shard", "1/2", "--shard-by", "duration"], "--shard-by duration needs --durations"),
     (["--shard", "1/2", "--shard-by", "size"], "--shard-by: invalid choice: 'size'"),
 ])
