@@ -22,7 +22,7 @@ from vfio_scenario.language.cases import Case
 from vfio_scenario.language.compile import compile_documents
 from vfio_scenario.language.loader import load_text
 from vfio_scenario.report.sink import ReportSink
-from vfio_scenario.results import CaseResult, Outcome
+from vfio_scenario.results import CaseResult, Outcome, RunResult
 from vfio_scenario.run import parallel
 from vfio_scenario.testbed import GuestCrashed
 from vfio_scenario.testbed.testbed import CommandResult
@@ -342,3 +342,25 @@ def test_an_interrupt_stops_the_queue_and_the_vms() -> None:
                                  timeout_multiplier=1.0, fail_fast=False)
     assert all(vm.stopped for vm in vms)
     assert len(vms[0].ran) + len(vms[1].ran) < len(cases)
+
+
+def test_jobs_with_a_testbed_up_vm_says_how_to_go_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from vfio_scenario.errors import UsageError
+    from vfio_scenario.run import host
+    from vfio_scenario.run.interpreter import RunOptions
+    from vfio_scenario.testbed import persistent
+
+    monkeypatch.setattr(persistent, "read_state", lambda: {"pid": 1})
+    booted: list[int] = []
+    monkeypatch.setattr(parallel, "boot_testbeds", lambda make, jobs: booted.append(jobs))
+    args = argparse.Namespace(jobs=2, kernel="default", accel="tcg", paths=["scen"],
+                              iommu_mode=[], fail_fast=False)
+    with pytest.raises(UsageError) as info:
+        host._run_testbed(library(), args, RunOptions(), lambda e: None, RunResult(), set(), {})
+    assert str(info.value) == (
+        "--jobs 2: `testbed up` runs one VM, and a run uses it alone; run with --jobs 1 to "
+        "use it, or stop it (`vfio-scenario testbed down`) and this run boots 2 VMs of its "
+        "own")
+    assert booted == []  # nothing booted
