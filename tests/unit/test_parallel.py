@@ -23,7 +23,7 @@ from vfio_scenario.language.compile import compile_documents
 from vfio_scenario.language.loader import load_text
 from vfio_scenario.report.sink import ReportSink
 from vfio_scenario.results import CaseResult, Outcome, RunResult
-from vfio_scenario.run import parallel
+from vfio_scenario.run import parallel, payload
 from vfio_scenario.testbed import GuestCrashed
 from vfio_scenario.testbed.testbed import CommandResult
 
@@ -117,11 +117,21 @@ class FakeVm:
     def run(self, argv: list[str], timeout: float = 0) -> CommandResult:
         return CommandResult(0, "", "", 0.0)  # no VFIO device listed: cases as compiled
 
+    accelerator = "tcg"
+    kernel_release = "7.2"
+    qemu_version = "10"
+    vmlinux = None
+
     def stream(self, argv: list[str], idle_timeout: float, cwd: str | None = None,
                stdin: bool = False) -> FakeStream:
         assert stdin and argv[-1] == "--queue"
         self.argv = argv
-        return FakeStream(self, self.cases)
+        with open(argv[-2], "rb") as f:  # the payload: the cases the indices refer to
+            payload.read_header(f)
+            cases = payload.read_cases(f)
+        assert [c.id for c in cases] == [c.id for c in self.cases if c.id in
+                                         {p.id for p in cases}]
+        return FakeStream(self, cases)
 
     def reboot(self) -> None:
         self.reboots += 1
@@ -364,3 +374,40 @@ def test_jobs_with_a_testbed_up_vm_says_how_to_go_on(monkeypatch: pytest.MonkeyP
         "use it, or stop it (`vfio-scenario testbed down`) and this run boots 2 VMs of its "
         "own")
     assert booted == []  # nothing booted
+
+
+def test_resume_with_jobs_runs_only_what_the_journal_lacks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`run --jobs 2 --resume` after a run killed half way, through run_command with
+    two fake VMs: the journal's cases are not run again, the report holds all, in order."""
+    from vfio_scenario.cli import build_parser
+    from vfio_scenario.journal import Journal
+    from vfio_scenario.run import host
+    from vfio_scenario.testbed import persistent
+
+    scenario = tmp_path / "scen" / "p.yaml"
+    scenario.parent.mkdir()
+    scenario.write_text(SCENARIO)
+    monkeypatch.chdir(tmp_path)
+    ids = [c.id for c in library()]  # scen/p.yaml::s[n=0] …, as the run compiles them
+    journal = Journal(tmp_path / "reports" / "journal.jsonl")
+    for case_id in ids[:4]:  # what the killed run had finished
+        journal.write_case(CaseResult(case_id=case_id, file="scen/p.yaml", scenario="s",
+                                      outcome=Outcome.PASS, duration=0.5))
+    journal.close()
+    vms: list[FakeVm] = []
+
+    def boot(make: Any, jobs: int) -> tuple[list[FakeVm], Any]:
+        vms.extend(FakeVm(name, library()) for name in "ab"[:jobs])
+        return list(vms), lambda: None
+
+    monkeypatch.setattr(parallel, "boot_testbeds", boot)
+    monkeypatch.setattr(parallel, "mem_available_mib", lambda: 23_000)
+    monkeypatch.setattr(persistent, "read_state", lambda: None)
+    args = build_parser().parse_args(
+        ["run", "scen", "--jobs", "2", "--resume", "--testbed", "always",
+         "--junit-xml", "reports/junit.xml", "--json", "reports/run.json"])
+    assert host.run_command(args) == 0
+    assert sorted(vms[0].ran + vms[1].ran) == sorted(ids[4:])
+    report = json.loads((tmp_path / "reports" / "run.json").read_text())
+    assert [c["case_id"] for c in report["cases"]] == ids
