@@ -411,3 +411,18 @@ def test_resume_with_jobs_runs_only_what_the_journal_lacks(
     assert sorted(vms[0].ran + vms[1].ran) == sorted(ids[4:])
     report = json.loads((tmp_path / "reports" / "run.json").read_text())
     assert [c["case_id"] for c in report["cases"]] == ids
+
+
+def test_the_guest_engine_takes_cases_as_the_host_hands_them_out(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from vfio_scenario.run.guest import from_host
+
+    cases = library()
+    got = list(from_host(cases, iter(["2\n", "0\n"])))
+    assert got == [cases[2], cases[0]]
+    readies = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert readies == [{"event": "ready"}] * 3  # one before each case, one before the end
+    with pytest.raises(SystemExit, match="the host sent 'x', not a case of the payload"):
+        list(from_host(cases, iter(["x\n"])))
+    with pytest.raises(SystemExit, match="the host sent '10'"):
+        list(from_host(cases, iter(["10\n"])))
