@@ -139,6 +139,8 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
     (["--jobs", "x"], "--jobs: 'x' is not a positive whole number or 'auto'"),
     (["--jobs", "-2"], "--jobs: '-2' is not a positive whole number or 'auto'"),
     (["--jobs", "2", "--device", "0000:00:03.0"], "--jobs 2 runs testbed VMs; with --device"),
+    (["--jobs", "2", "--baseline-kernel", "debian"],
+     "--jobs 2 cannot be combined with --baseline-kernel"),
     (["--shard-by", "duration", "--durations", "x.json"],
      "--shard-by duration splits a --shard I/N run"),
     (["--shard", "1/2", "--shard-by", "duration"], "--shard-by duration needs --durations"),
