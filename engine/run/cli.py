@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from vfio_scenario.language.models import BDF, IOMMU_MODES
@@ -23,6 +24,19 @@ def _multiplier(value: str) -> float:
     if not x > 0 or x == float("inf"):
         raise argparse.ArgumentTypeError(f"{value!r} is not a positive number")
     return x
+
+
+def _jobs(value: str) -> int:
+    """--jobs N (a positive integer) or `auto`: the host's cores this process may use."""
+    if value == "auto":
+        return max(1, len(os.sched_getaffinity(0)))
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive whole number or 'auto'")
+    return n
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -62,6 +76,15 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--format", choices=("text", "ktap"), default="text",
                    help="console output: progress lines, or KTAP v1 for kernel CI")
     p.add_argument("--shard", metavar="I/N", help="run only shard I of N (1-based)")
+    p.add_argument("--shard-by", choices=("id", "duration"), default="id",
+                   help="id: deal cases by the hash of their id (equal counts); duration: "
+                        "balance the expected time of --durations FILE")
+    p.add_argument("--durations", metavar="FILE",
+                   help="journal or JSON report of an earlier run: the expected time of "
+                        "each case, for --shard-by duration")
+    p.add_argument("--jobs", type=_jobs, default=1, metavar="N|auto",
+                   help="run in N testbed VMs at once, each taking the next case from one "
+                        "queue (auto: one per host core); reports as of one VM")
     p.add_argument("--timeout-multiplier", type=_multiplier, default=1.0, metavar="X",
                    help="scale every timeout (slow emulation)")
     p.add_argument("--fail-fast", action="store_true", help="stop after the first failure")

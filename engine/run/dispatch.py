@@ -58,8 +58,60 @@ def select(cases: list[Case], args: argparse.Namespace) -> list[Case]:
         chosen = [c for c in chosen if set(args.tag) & set(c.tags)]
     if args.shard:
         index, count = sel.parse_shard(args.shard)
-        chosen = sel.shard([c.id for c in chosen], index, count, items=chosen)
+        ids = [c.id for c in chosen]
+        if getattr(args, "shard_by", "id") == "duration":
+            chosen = sel.shard_by_duration(ids, index, count, _durations(args), items=chosen)
+        else:
+            chosen = sel.shard(ids, index, count, items=chosen)
     return chosen
+
+
+def _durations(args: argparse.Namespace) -> dict[str, float]:
+    """The case durations of --durations FILE (read once), {} without it."""
+    from vfio_scenario import select as sel
+
+    if not getattr(args, "durations", None):
+        return {}
+    cached = getattr(args, "_durations_read", None)
+    if cached is None:
+        cached = sel.load_durations(args.durations)
+        args._durations_read = cached
+    return dict(cached)
+
+
+def _expected(args: argparse.Namespace, journal: str) -> dict[str, float]:
+    """What each case is expected to take, for --jobs' queue: --durations FILE, else
+    the journal of the previous run when it is readable, else nothing (estimates)."""
+    from vfio_scenario.errors import VfioScenarioError
+    from vfio_scenario.select import load_durations
+
+    if getattr(args, "jobs", 1) <= 1:
+        return {}
+    if getattr(args, "durations", None):
+        return _durations(args)
+    if not os.path.exists(journal):
+        return {}
+    try:
+        return load_durations(journal)
+    except VfioScenarioError:
+        return {}  # a damaged journal only loses the expectations
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Combinations of options that cannot work: UsageError (exit 2) before anything runs."""
+    if getattr(args, "shard_by", "id") == "duration":
+        if not args.shard:
+            raise UsageError("--shard-by duration splits a --shard I/N run; give --shard")
+        if not getattr(args, "durations", None):
+            raise UsageError("--shard-by duration needs --durations FILE (a journal or JSON "
+                             "report of an earlier run)")
+    jobs = getattr(args, "jobs", 1)
+    if jobs > 1 and args.device:
+        raise UsageError(f"--jobs {jobs} runs testbed VMs; with --device the cases run on "
+                         "this host's devices, one at a time (drop --jobs)")
+    if jobs > 1 and getattr(args, "baseline_kernel", None):
+        raise UsageError(f"--jobs {jobs} cannot be combined with --baseline-kernel")
+    _durations(args)  # a bad FILE is an error now, not after the testbed booted
 
 
 def known_issues_for(cases: list[Case], path: str | None) -> Any:
@@ -84,6 +136,7 @@ def run_command(args: argparse.Namespace) -> int:
     from vfio_scenario.report.files import check_outputs
     from vfio_scenario.report.sink import ReportSink, default_journal
 
+    check_options(args)
     if getattr(args, "baseline_kernel", None):
         from vfio_scenario.run.compare import run_compare
 
@@ -95,8 +148,10 @@ def run_command(args: argparse.Namespace) -> int:
     known = known_issues_for(cases, getattr(args, "known_issues", None))
     check_outputs({"--junit-xml": args.junit_xml, "--json": args.json, "--html": args.html})
     where = _where(args)
+    journal = getattr(args, "journal", None) or default_journal(args.junit_xml)
+    args._expected = _expected(args, journal)  # before the sink starts the journal afresh
     sink = ReportSink(junit_xml=args.junit_xml, json_path=args.json, html_path=args.html,
-                      journal=getattr(args, "journal", None) or default_journal(args.junit_xml),
+                      journal=journal,
                       resume=args.resume,
                       total=len(cases), fmt=args.format, planned=[c.id for c in cases],
                       junit_options=JunitOptions.of(args))
@@ -236,11 +291,16 @@ def _run_local(cases: list[Case], documents: list[Document], args: argparse.Name
 def _run_testbed(cases: list[Case], documents: list[Document], args: argparse.Namespace,
                  options: RunOptions, on_event: Any, run: RunResult, done: set[str],
                  kernel: dict[str, Any]) -> None:
-    """Run in the VM of `testbed up` when one runs, else in a testbed of our own."""
+    """Run in the VM of `testbed up` when one runs, else in a testbed of our own; with
+    --jobs N in N VMs of our own (run/parallel.py)."""
     from vfio_scenario.run.testbed_run import run_in_testbed
     from vfio_scenario.testbed import Testbed
     from vfio_scenario.testbed.persistent import attach
 
+    jobs = getattr(args, "jobs", 1)
+    if jobs > 1:
+        _run_testbeds(cases, documents, args, options, on_event, run, done, kernel)
+        return
     owned: list[Any] = []
 
     def fresh() -> Any:
@@ -254,10 +314,7 @@ def _run_testbed(cases: list[Case], documents: list[Document], args: argparse.Na
     testbed = attached or fresh()
     kernel["vmlinux"] = testbed.vmlinux
     try:
-        run.properties.update({"accelerator": testbed.accelerator,
-                               "testbed_kernel": testbed.kernel_release,
-                               "qemu": testbed.qemu_version,
-                               "testbed": "testbed up" if not owned else "own VM"})
+        _testbed_properties(run, testbed, "testbed up" if not owned else "own VM")
         run_in_testbed(testbed, cases, documents, on_event, devices=[],
                        iommu_modes=args.iommu_mode, timeout_multiplier=options.timeout_multiplier,
                        fail_fast=args.fail_fast, replace=None if owned else fresh,
@@ -267,3 +324,46 @@ def _run_testbed(cases: list[Case], documents: list[Document], args: argparse.Na
             t.stop()
         if attached is not None:
             attached.stop()  # disconnects and lets the next command have the VM
+
+
+def _testbed_properties(run: RunResult, testbed: Any, which: str) -> None:
+    run.properties.update({"accelerator": testbed.accelerator,
+                           "testbed_kernel": testbed.kernel_release,
+                           "qemu": testbed.qemu_version, "testbed": which})
+
+
+def _run_testbeds(cases: list[Case], documents: list[Document], args: argparse.Namespace,
+                  options: RunOptions, on_event: Any, run: RunResult, done: set[str],
+                  kernel: dict[str, Any]) -> None:
+    """--jobs N: N VMs of our own, booted in parallel, memory shared out by what the
+    host has available; never the VM of `testbed up` (one VM: it says so)."""
+    from vfio_scenario.run.parallel import (
+        boot_testbeds,
+        mem_available_mib,
+        run_in_testbeds,
+        vm_memory_mib,
+    )
+    from vfio_scenario.testbed import Testbed
+    from vfio_scenario.testbed.persistent import read_state
+
+    jobs = args.jobs
+    if read_state() is not None and not getattr(args, "own_testbed", False):
+        raise UsageError(
+            f"--jobs {jobs}: `testbed up` runs one VM, and a run uses it alone; run with "
+            "--jobs 1 to use it, or stop it (`vfio-scenario testbed down`) and this run "
+            f"boots {jobs} VMs of its own")
+    memory = f"{vm_memory_mib(jobs, mem_available_mib())}M"
+    testbeds, release = boot_testbeds(lambda: Testbed(kernel=args.kernel, accel=args.accel,
+                                                      memory=memory), jobs)
+    kernel["vmlinux"] = testbeds[0].vmlinux
+    try:
+        _testbed_properties(run, testbeds[0], "own VM")  # as with one: the same reports
+        run_in_testbeds(testbeds, cases, documents, on_event, devices=[],
+                        iommu_modes=args.iommu_mode,
+                        timeout_multiplier=options.timeout_multiplier,
+                        fail_fast=args.fail_fast, durations=getattr(args, "_expected", {}),
+                        reselect=_reselect(args, done), kernel_watch=options.kernel_watch)
+    finally:
+        for t in testbeds:
+            t.stop()
+        release()
