@@ -83,6 +83,18 @@ OP_ISSUES: dict[str, tuple[str, ...]] = {
     "memcpy_wait": (),
     "expect_no_msi": (),
     "send_msi": (),
+    # live update (run/ops/liveupdate.py)
+    "assert_locked_vm": (),  # /proc/self/status
+    "change_process": ("IOMMU_IOAS_CHANGE_PROCESS",),
+    "dirty_bitmap": ("VFIO_IOMMU_DIRTY_PAGES",),
+    "dirty_pages": ("VFIO_IOMMU_DIRTY_PAGES",),
+    "expect_wakeup": (),  # an eventfd read
+    "handover": (),  # a successor process takes the handles over
+    "low_power": ("VFIO_DEVICE_FEATURE", "VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY",
+                  "VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY_WITH_WAKEUP",
+                  "VFIO_DEVICE_FEATURE_LOW_POWER_EXIT"),
+    "memcpy_stream": (),
+    "update_vaddr": ("VFIO_IOMMU_UNMAP_DMA", "VFIO_IOMMU_MAP_DMA"),
     # host (run/ops/host.py): the kernel log, taint, debugfs, time
     "assert_not_tainted": (),
     "expect_dmesg": (),
@@ -125,7 +137,6 @@ NOT_YET: dict[str, str] = {
     "VFIO_DEVICE_GET_PCI_HOT_RESET_INFO": "hot reset: in the uapi layer, no operation yet",
     "VFIO_DEVICE_PCI_HOT_RESET": "hot reset: in the uapi layer, no operation yet",
     "VFIO_DEVICE_IOEVENTFD": "ioeventfd: no operation yet",
-    "VFIO_IOMMU_DIRTY_PAGES": "type1 dirty page tracking: no operation yet",
     "IOMMU_IOAS_ALLOW_IOVAS": "no operation yet",
     "IOMMU_IOAS_COPY": "in the uapi layer, no operation yet",
     "IOMMU_OPTION": "in the uapi layer (huge pages), no operation yet",
@@ -138,13 +149,8 @@ NOT_YET: dict[str, str] = {
     "IOMMU_FAULT_QUEUE_ALLOC": "I/O page faults (PRI): no operation yet",
     "IOMMU_VIOMMU_ALLOC": "vIOMMU: no operation yet",
     "IOMMU_VDEVICE_ALLOC": "vIOMMU: no operation yet",
-    "IOMMU_IOAS_CHANGE_PROCESS": "live update of the owning process: no operation yet",
     "IOMMU_VEVENTQ_ALLOC": "vIOMMU event queue: no operation yet",
     "IOMMU_HW_QUEUE_ALLOC": "vIOMMU hardware queue: no operation yet",
-    "VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY": "runtime power management: no operation yet",
-    "VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY_WITH_WAKEUP": "runtime power management: no "
-                                                       "operation yet",
-    "VFIO_DEVICE_FEATURE_LOW_POWER_EXIT": "runtime power management: no operation yet",
     "VFIO_DEVICE_FEATURE_BUS_MASTER": "no operation yet",
 }
 
