@@ -52,6 +52,7 @@ Feature = Literal[
     "hugetlb-2M",
     "hugetlb-1G",
     "iommu_debugfs",
+    "iommufd_test",
 ]
 FEATURES: tuple[str, ...] = get_args(Feature)
 HANDLE_KINDS = ("iommu", "ioas", "cdev", "device", "buffer", "mapping", "mmio", "irq", "dmabuf")
