@@ -48,7 +48,12 @@ PROGRAMS = (
     "vfio_pci_device_init_perf_test",
     "vfio_pci_driver_test",
     "vfio_pci_sriov_uapi_test",
+    "iommufd",
 )
+# the iommufd selftests (tools/testing/selftests/iommu): no VFIO library, no device, libcap
+IOMMU_PROGRAMS = ("iommufd",)
+# a program's port where the file is not named after the program
+SCENARIO_FILES = {"iommufd": "iommufd_test"}
 LIB_SOURCES = ("iommu.c", "iova_allocator.c", "libvfio.c", "sysfs.c", "vfio_pci_device.c",
                "vfio_pci_driver.c", "drivers/ioat/ioat.c", "drivers/dsa/dsa.c")
 # 7.2.13's lib/vfio_pci_device.c calls calloc_assert(), which no header defines.
@@ -74,8 +79,12 @@ def cache_dir() -> Path:
     return base / "vfio-scenario" / "kselftest-vfio"
 
 
+def scenario_file(program: str) -> Path:
+    return SCENARIOS / f"{SCENARIO_FILES.get(program, program)}.yaml"
+
+
 def build(jobs: int = 2) -> Path:
-    """Build the seven programs (once per source tree) and return their folder."""
+    """Build the programs (once per source tree and program list) and return their folder."""
     from vfio_scenario.testbed.assets import linux_source_dir
 
     src = linux_source_dir()
@@ -83,7 +92,7 @@ def build(jobs: int = 2) -> Path:
     vfio = selftests / "vfio"
     out = cache_dir() / src.parent.name
     stamp = out / ".built"
-    if stamp.exists():
+    if stamp.exists() and stamp.read_text().split("\n")[1:2] == [" ".join(PROGRAMS)]:
         return out
     (out / "obj").mkdir(parents=True, exist_ok=True)
     fixup = out / "fixup.h"
@@ -99,14 +108,23 @@ def build(jobs: int = 2) -> Path:
         obj = out / "obj" / (rel.replace("/", "_") + ".o")
         objects.append(str(obj))
         jobs_list.append(["cc", *cflags, "-c", str(vfio / "lib" / rel), "-o", str(obj)])
-    for prog in PROGRAMS:
+    vfio_programs = [p for p in PROGRAMS if p not in IOMMU_PROGRAMS]
+    for prog in vfio_programs:
         jobs_list.append(["cc", *cflags, "-c", str(vfio / f"{prog}.c"),
                           "-o", str(out / "obj" / f"{prog}.o")])
+    iommu = selftests / "iommu"
+    for prog in IOMMU_PROGRAMS:  # as its Makefile: -Wall -O2, the uAPI headers, -lcap
+        jobs_list.append(["cc", "-O2", "-Wall", "-Wno-unused-function", "-D_GNU_SOURCE=",
+                          "-isystem", str(src / "include" / "uapi"),
+                          "-isystem", str(src / "arch" / "x86" / "include" / "uapi"),
+                          "-I", str(src / "tools" / "include"), "-I", str(selftests),
+                          "-I", str(iommu), str(iommu / f"{prog}.c"), "-lcap",
+                          "-o", str(out / prog)])
     _run_parallel(jobs_list, jobs)
-    for prog in PROGRAMS:
+    for prog in vfio_programs:
         subprocess.run(["cc", "-pthread", str(out / "obj" / f"{prog}.o"), *objects, "-luuid",
                         "-o", str(out / prog)], check=True)
-    stamp.write_text(str(src) + "\n")
+    stamp.write_text(str(src) + "\n" + " ".join(PROGRAMS) + "\n")
     return out
 
 
@@ -173,6 +191,20 @@ def _driver(params: dict[str, str], scenario: str) -> str | None:
     return f"vfio_pci_driver_test.{params['iommu_mode']}.{test}"
 
 
+# our iommufd_test.yaml scenario prefix -> the C fixture (FIXTURE_VARIANTs: the `variant` axis)
+IOMMUFD_FIXTURES = {"iommufd-": "iommufd", "ioas-": "iommufd_ioas",
+                    "mock-domain-": "iommufd_mock_domain"}
+
+
+def _iommufd(params: dict[str, str], scenario: str) -> str | None:
+    for prefix, fixture in IOMMUFD_FIXTURES.items():
+        if scenario.startswith(prefix):
+            test = scenario.removeprefix(prefix).removesuffix("-with-domain").replace("-", "_")
+            variant = params.get("variant")
+            return f"{fixture}.{variant}.{test}" if variant else f"{fixture}.{test}"
+    return None
+
+
 MATCH: dict[str, Callable[[dict[str, str], str], str | None]] = {
     "vfio_dma_mapping_test": _dma,
     "vfio_dma_mapping_mmio_test": _mmio,
@@ -180,6 +212,7 @@ MATCH: dict[str, Callable[[dict[str, str], str], str | None]] = {
     "vfio_pci_device_test": _device,
     "vfio_pci_device_init_perf_test": _perf,
     "vfio_pci_driver_test": _driver,
+    "iommufd": _iommufd,
 }
 
 
@@ -250,7 +283,7 @@ def run_ours(programs: list[str], workdir: Path, bdfs: list[str]) -> tuple[float
 
     # what the host does before the guest engine starts (compile against the guest's
     # devices, write the payload) is not timed: on the host it takes a tenth of a second
-    files = [str(SCENARIOS / f"{p}.yaml") for p in programs]
+    files = [str(scenario_file(p)) for p in programs]
     # each device with its driver's limits, as a run compiles (the `driver` axis)
     from vfio_scenario.language.devices import DeviceName
     from vfio_scenario.run.driverfacts import driver_facts
@@ -273,7 +306,8 @@ def run_ours(programs: list[str], workdir: Path, bdfs: list[str]) -> tuple[float
         if event.get("event") != "result":
             continue
         result = event["result"]
-        program = Path(result["file"]).stem
+        stem = Path(result["file"]).stem
+        program = next((p for p, f in SCENARIO_FILES.items() if f == stem), stem)
         side = sides[program]
         params = {k: str(v) for k, v in result.get("params", {}).items()}
         name = MATCH[program](params, result["scenario"])
@@ -307,10 +341,12 @@ def inside(binaries: Path, per_case: bool) -> None:
     operations()
     bdfs = sysfs.find_devices(0x1234, 0x11E8)
     report: dict[str, dict[str, object]] = {}
-    ported = [p for p in PROGRAMS if (SCENARIOS / f"{p}.yaml").exists()]
+    ported = [p for p in PROGRAMS if scenario_file(p).exists()]
     with tempfile.TemporaryDirectory() as tmp:
         for program in PROGRAMS:
             args = bdfs if program == "vfio_pci_device_init_perf_test" else bdfs[:1]
+            if program in IOMMU_PROGRAMS:  # the mock IOMMU: no device
+                args = []
             c = run_c(binaries / program, args, per_case)
             ours = run_ours([program], Path(tmp), bdfs)[1][program] if program in ported \
                 else None

@@ -55,7 +55,8 @@ Feature = Literal[
     "iommufd_test",
 ]
 FEATURES: tuple[str, ...] = get_args(Feature)
-HANDLE_KINDS = ("iommu", "ioas", "cdev", "device", "buffer", "mapping", "mmio", "irq", "dmabuf")
+HANDLE_KINDS = ("iommu", "ioas", "cdev", "device", "buffer", "mapping", "mmio", "irq", "dmabuf",
+                "mock")
 ERRNO_NAMES = frozenset(ERRNO_NUMBERS)
 HANDLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 BDF = re.compile(r"^([0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
@@ -141,6 +142,9 @@ MappingRef = Annotated[str, AfterValidator(_handle_name), HandleRef("mapping")]
 MmioRef = Annotated[str, AfterValidator(_handle_name), HandleRef("mmio")]
 IrqRef = Annotated[str, AfterValidator(_handle_name), HandleRef("irq")]
 DmabufRef = Annotated[str, AfterValidator(_handle_name), HandleRef("dmabuf")]
+MockRef = Annotated[str, AfterValidator(_handle_name), HandleRef("mock")]
+IoasOrMockRef = Annotated[str, AfterValidator(_handle_name), HandleRef("ioas", "mock")]
+ObjectId = Annotated[int, BeforeValidator(parse_int), _c_type("u32")]
 CdevRef = Annotated[str, AfterValidator(_handle_name), HandleRef("cdev")]
 DeviceOrCdevRef = Annotated[str, AfterValidator(_handle_name), HandleRef("device", "cdev")]
 Bdf = Annotated[str, AfterValidator(_bdf)]
@@ -182,6 +186,7 @@ class OpenIommu(Op):
     produces = "iommu"
     area = "iommu"
     mode: IommuMode | None = None
+    default_ioas: bool = True  # iommufd: an IOAS made at open, where map_dma/devices go
 
 
 class IovaRange(Strict):
@@ -238,6 +243,164 @@ class Detach(Op):
     device: DeviceRef
 
 
+# --- iommufd objects and the selftests' mock IOMMU (CONFIG_IOMMUFD_TEST) ---------
+
+
+class MockDomain(Op):
+    """IOMMU_TEST_OP_MOCK_DOMAIN(_FLAGS): `count` mock devices attached to `pt` (an IOAS:
+    each gets a new mock domain; a mock handle: its HW page table; or an object id). The
+    handle holds the last device's ids, all 0 with `count: 0`."""
+
+    op = "mock_domain"
+    produces = "mock"
+    area = "iommufd"
+    iommu: IommuRef
+    pt: ObjectId | IoasOrMockRef
+    count: U32 = 1
+    flags: list[Literal["no_dirty", "pasid"]] = []
+    dev_cache: U32 | None = None  # IOMMU_TEST_OP_DEV_CHECK_CACHE: each cache of each device
+
+
+class MockMemoryLimit(Op):
+    """IOMMU_TEST_OP_SET_TEMP_MEMORY_LIMIT: the mock's pinned-page limit (kernel default 65536)."""
+
+    op = "mock_memory_limit"
+    area = "iommufd"
+    iommu: IommuRef
+    pages: U32
+
+
+class IommufdDestroy(Op):
+    """IOMMU_DESTROY of an IOAS, of a mock device (its selftest object) or of an id."""
+
+    op = "iommufd_destroy"
+    area = "iommufd"
+    iommu: IommuRef
+    object: ObjectId | IoasOrMockRef
+
+
+class AddReservedIovas(Op):
+    """IOMMU_TEST_OP_ADD_RESERVED: reserve [start, start+size) of an IOAS."""
+
+    op = "add_reserved_iovas"
+    area = "iommufd"
+    ioas: IoasRef
+    start: Int
+    size: Int
+
+
+class IovaSpan(Strict):
+    start: Int
+    last: Int
+
+
+class AllowIovas(Op):
+    """IOMMU_IOAS_ALLOW_IOVAS: the IOAS maps only inside `ranges` ([] allows everything)."""
+
+    op = "allow_iovas"
+    area = "iommufd"
+    ioas: IoasRef
+    ranges: list[IovaSpan]
+
+
+class IovaRanges(Op):
+    """IOMMU_IOAS_IOVA_RANGES with room for `capacity` ranges; checks what the kernel
+    reports. On EMSGSIZE (too little room) `count` is checked and that no range was
+    written, then the errno is the step's outcome."""
+
+    op = "iova_ranges"
+    area = "iommufd"
+    ioas: IoasRef
+    capacity: U32 = 256
+    count: U32 | None = None
+    ranges: list[IovaSpan] | None = None
+    alignment: Int | None = None
+
+
+class CopyIova(Op):
+    """IOMMU_IOAS_COPY: map in `ioas` the pages `src` maps at `src_iova`."""
+
+    op = "copy_iova"
+    produces = "mapping"
+    area = "iommufd"
+    ioas: IoasRef
+    src: IoasRef
+    src_iova: Int
+    size: Size
+    iova: Int | None = None  # None: the kernel picks
+    read: bool = True
+    write: bool = True
+
+
+class IommufdOption(Op):
+    """IOMMU_OPTION: set `option` of the iommufd (object 0) or of an IOAS to `set`, or
+    get it and check it `equals`."""
+
+    op = "iommufd_option"
+    area = "iommufd"
+    iommu: IommuRef
+    option: Literal["rlimit_mode", "huge_pages"]
+    object: ObjectId | IoasRef = 0
+    set: Int | None = None
+    equals: Int | None = None
+
+    @model_validator(mode="after")
+    def _set_or_get(self) -> IommufdOption:
+        if self.set is not None and self.equals is not None:
+            raise ValueError("give `set` (an OP_SET) or `equals` (an OP_GET's check), not both")
+        return self
+
+
+class GetHwInfo(Op):
+    """IOMMU_GET_HW_INFO of a device with a `data_len`-byte buffer: checks the data type
+    the kernel reports, the selftest register, that bytes past the kernel's data are
+    zeroed, the max PASID width and the capabilities."""
+
+    op = "get_hw_info"
+    area = "iommufd"
+    iommu: IommuRef
+    device: ObjectId | MockRef
+    data_type: Literal["default", "selftest"] | U32 | None = None  # None: no INPUT_TYPE flag
+    data_len: U32 = 8
+    out_data_type: Literal["selftest"] | U32 | None = None
+    test_reg: U32 | None = None
+    max_pasid_log2: Annotated[int, Field(ge=0, le=255)] | None = None
+    capabilities_include: list[Literal["dirty_tracking"]] = []
+
+
+class IommufdIoctl(Op):
+    """One ioctl on the iommufd exactly as given, for the uAPI's own argument checks: by
+    name or command number, its struct with `fields` set (a string names a handle: its
+    object id), the size field `size` (default: the struct's), `trailing` bytes after
+    it, a NULL pointer (`null_pointer`) or an integer argument (`value`). `returns` checks the
+    result, `out` fields of the struct after the call."""
+
+    op = "iommufd_ioctl"
+    area = "iommufd"
+    iommu: IommuRef
+    ioctl: Annotated[str, Field(pattern=r"^(IOMMU|VFIO)_[A-Z0-9_]+$")] | U32
+    struct: Annotated[str, Field(pattern=r"^[a-z0-9_]+$")] | None = None
+    fields: dict[str, Int | Annotated[str, AfterValidator(_handle_name)]] = {}
+    size: U32 | None = None
+    trailing: list[Annotated[int, Field(ge=0, le=255)]] = []
+    null_pointer: bool = False
+    value: Int | None = None
+    returns: Int | None = None
+    out: dict[str, Int | Annotated[str, AfterValidator(_handle_name)]] = {}
+
+
+class IommufdCommandLength(Op):
+    """The size rules of an iommufd command (the selftest's TEST_LENGTH): one byte short
+    of `last`'s end is EINVAL; one byte past the struct with a non-zero byte there is
+    E2BIG; the exact size and one past it with a zero byte there answer alike."""
+
+    op = "iommufd_command_length"
+    area = "iommufd"
+    iommu: IommuRef
+    ioctl: Annotated[str, Field(pattern=r"^IOMMU_[A-Z0-9_]+$")]
+    last: Annotated[str, Field(pattern=r"^[a-z0-9_]+$")]
+
+
 # --- Memory and DMA mappings --------------------------------------------------
 
 
@@ -273,7 +436,8 @@ class MapDma(Op):
     buffer: BufferRef | None = None
     mmio: MmioRef | None = None
     dmabuf: DmabufRef | None = None
-    iova: Int | Literal["last"] | None = None  # last: the highest page that fits `size`
+    # last: the highest page that fits `size`; auto: the kernel picks (an iommufd IOAS)
+    iova: Int | Literal["last", "auto"] | None = None
     offset: Size = 0
     size: Size | None = None
     read: bool = True
@@ -723,6 +887,8 @@ OPERATIONS: dict[str, type[Op]] = {
     cls.op: cls
     for cls in (
         OpenIommu, IommuInfo, AllocIoas, OpenCdev, BindIommufd, Attach, Detach,
+        MockDomain, MockMemoryLimit, IommufdDestroy, AddReservedIovas, AllowIovas, IovaRanges,
+        CopyIova, IommufdOption, GetHwInfo, IommufdIoctl, IommufdCommandLength,
         AllocBuffer, Fill, MapDma, UnmapDma, AssertEqual, AssertPattern, AssertSuperpages,
         AssertUnmapped,
         OpenDevice, DeviceInfo, RegionInfo, ConfigRead, ConfigWrite, BarRead, BarWrite,

@@ -57,6 +57,7 @@ IOCTLS: tuple[str, ...] = (
     "IOMMU_FAULT_QUEUE_ALLOC",
     "IOMMU_VIOMMU_ALLOC",
     "IOMMU_VDEVICE_ALLOC",
+    "IOMMU_IOAS_CHANGE_PROCESS",
     "IOMMU_VEVENTQ_ALLOC",
     "IOMMU_HW_QUEUE_ALLOC",
     # CONFIG_IOMMUFD_TEST's mock IOMMU (drivers/iommu/iommufd/iommufd_test.h)

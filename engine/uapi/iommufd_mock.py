@@ -39,6 +39,7 @@ IOCTL_STRUCTS: dict[str, str | None] = {
     "IOMMU_FAULT_QUEUE_ALLOC": "iommu_fault_alloc",
     "IOMMU_VIOMMU_ALLOC": "iommu_viommu_alloc",
     "IOMMU_VDEVICE_ALLOC": "iommu_vdevice_alloc",
+    "IOMMU_IOAS_CHANGE_PROCESS": "iommu_ioas_change_process",
     "IOMMU_VEVENTQ_ALLOC": "iommu_veventq_alloc",
     "IOMMU_HW_QUEUE_ALLOC": "iommu_hw_queue_alloc",
     "IOMMU_TEST_CMD": "iommu_test_cmd",

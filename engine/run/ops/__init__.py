@@ -32,6 +32,14 @@ def op(name: str) -> Callable[[F], F]:
 
 def operations() -> dict[str, Operation]:
     """Every operation implementation, by name (imports the area modules once)."""
-    from vfio_scenario.run.ops import device, dmabuf, driver, host, iommu, memory  # noqa: F401
+    from vfio_scenario.run.ops import (  # noqa: F401
+        device,
+        dmabuf,
+        driver,
+        host,
+        iommu,
+        iommufd,
+        memory,
+    )
 
     return dict(_OPS)

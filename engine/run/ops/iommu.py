@@ -38,7 +38,10 @@ def open_iommu_op(rt: Runtime, args: OpenIommu, step: Step) -> Iommu:
     mode = args.mode or rt.case.iommu_mode
     if mode is None:
         raise VfioError(errno.EINVAL, "open_iommu", "", "no mode given and the case has none")
-    iommu = open_iommu(mode)
+    if not args.default_ioas and mode != "iommufd":
+        raise VfioError(errno.EINVAL, "open_iommu", mode,
+                        "`default_ioas: false` is for the iommufd mode")
+    iommu = open_iommu(mode, args.default_ioas)
     rt.on_cleanup(f"IOMMU {mode}", iommu.close)
     return iommu
 

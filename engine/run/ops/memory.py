@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -11,6 +12,7 @@ from vfio_scenario.language.units import format_size
 from vfio_scenario.run.interpreter import CheckFailed, Runtime, Skip
 from vfio_scenario.run.ops import op
 from vfio_scenario.uapi.buffers import DmaBuffer
+from vfio_scenario.uapi.iommufd import Ioas
 from vfio_scenario.uapi.patterns import Pattern
 
 if TYPE_CHECKING:
@@ -187,8 +189,12 @@ def map_dma(rt: Runtime, args: MapDma, step: Step) -> Mapping:
     target: Any = rt.handle(args.buffer or args.mmio or args.dmabuf or "")
     size = target.size - args.offset if args.size is None else args.size
     iova = last_iova(space, size) if args.iova == "last" else args.iova
-    assert not isinstance(iova, str)
-    if args.buffer is not None:
+    if iova == "auto":  # IOMMU_IOAS_MAP without FIXED_IOVA: the kernel's allocator picks
+        if not isinstance(space, Ioas) or args.buffer is None:
+            raise VfioError(errno.EINVAL, "map_dma", space.handle,
+                            "`iova: auto` maps a buffer into an iommufd IOAS (`ioas:`)")
+        mapping = space.map(target.addr + args.offset, size, None, args.read, args.write)
+    elif args.buffer is not None:
         mapping = space.map_buffer(target, iova, args.offset, size, args.read, args.write)
     elif args.mmio is not None:
         iova = iova if iova is not None else space.alloc_iova(size)

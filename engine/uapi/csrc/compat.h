@@ -421,6 +421,15 @@ struct iommu_vdevice_alloc {
 };
 #endif
 
+/* also the `liveupdate` work's; here for the selftest's size checks (cmd_length) */
+#ifndef IOMMU_IOAS_CHANGE_PROCESS
+#define IOMMU_IOAS_CHANGE_PROCESS _IO(IOMMUFD_TYPE, 0x92)
+struct iommu_ioas_change_process {
+	__u32 size;
+	__u32 __reserved;
+};
+#endif
+
 #ifndef IOMMU_VEVENTQ_ALLOC
 #define IOMMU_VEVENTQ_ALLOC _IO(IOMMUFD_TYPE, 0x93)
 struct iommu_veventq_alloc {
