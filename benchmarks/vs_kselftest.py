@@ -199,7 +199,8 @@ IOMMUFD_FIXTURES = {"iommufd-": "iommufd", "ioas-": "iommufd_ioas",
 def _iommufd(params: dict[str, str], scenario: str) -> str | None:
     for prefix, fixture in IOMMUFD_FIXTURES.items():
         if scenario.startswith(prefix):
-            test = scenario.removeprefix(prefix).removesuffix("-with-domain").replace("-", "_")
+            test = scenario.removeprefix(prefix).removesuffix("-with-domain")
+            test = test.removesuffix("-two-domains").replace("-", "_")
             variant = params.get("variant")
             return f"{fixture}.{variant}.{test}" if variant else f"{fixture}.{test}"
     return None

@@ -56,7 +56,7 @@ Feature = Literal[
 ]
 FEATURES: tuple[str, ...] = get_args(Feature)
 HANDLE_KINDS = ("iommu", "ioas", "cdev", "device", "buffer", "mapping", "mmio", "irq", "dmabuf",
-                "mock")
+                "mock", "hwpt")
 ERRNO_NAMES = frozenset(ERRNO_NUMBERS)
 HANDLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 BDF = re.compile(r"^([0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
@@ -143,7 +143,7 @@ MmioRef = Annotated[str, AfterValidator(_handle_name), HandleRef("mmio")]
 IrqRef = Annotated[str, AfterValidator(_handle_name), HandleRef("irq")]
 DmabufRef = Annotated[str, AfterValidator(_handle_name), HandleRef("dmabuf")]
 MockRef = Annotated[str, AfterValidator(_handle_name), HandleRef("mock")]
-IoasOrMockRef = Annotated[str, AfterValidator(_handle_name), HandleRef("ioas", "mock")]
+IoasOrMockRef = Annotated[str, AfterValidator(_handle_name), HandleRef("ioas", "mock", "hwpt")]
 ObjectId = Annotated[int, BeforeValidator(parse_int), _c_type("u32")]
 CdevRef = Annotated[str, AfterValidator(_handle_name), HandleRef("cdev")]
 DeviceOrCdevRef = Annotated[str, AfterValidator(_handle_name), HandleRef("device", "cdev")]
@@ -259,6 +259,29 @@ class MockDomain(Op):
     count: U32 = 1
     flags: list[Literal["no_dirty", "pasid"]] = []
     dev_cache: U32 | None = None  # IOMMU_TEST_OP_DEV_CHECK_CACHE: each cache of each device
+
+
+class MockDomainReplace(Op):
+    """IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE: attach the mock device to another page table."""
+
+    op = "mock_domain_replace"
+    area = "iommufd"
+    iommu: IommuRef
+    mock: MockRef
+    pt: ObjectId | IoasOrMockRef
+
+
+class AllocHwpt(Op):
+    """IOMMU_HWPT_ALLOC: a HW page table for a device (a mock device's iommufd device) on
+    `pt` with `flags` (names, or a number as given)."""
+
+    op = "alloc_hwpt"
+    produces = "hwpt"
+    area = "iommufd"
+    iommu: IommuRef
+    device: ObjectId | MockRef
+    pt: ObjectId | IoasOrMockRef
+    flags: list[Literal["nest_parent", "dirty_tracking", "fault_id_valid", "pasid"]] | U32 = []
 
 
 class MockMemoryLimit(Op):
@@ -887,7 +910,7 @@ OPERATIONS: dict[str, type[Op]] = {
     cls.op: cls
     for cls in (
         OpenIommu, IommuInfo, AllocIoas, OpenCdev, BindIommufd, Attach, Detach,
-        MockDomain, MockMemoryLimit, IommufdDestroy, AddReservedIovas, AllowIovas, IovaRanges,
+        MockDomain, MockDomainReplace, AllocHwpt, MockMemoryLimit, IommufdDestroy, AddReservedIovas, AllowIovas, IovaRanges,
         CopyIova, IommufdOption, GetHwInfo, IommufdIoctl, IommufdCommandLength,
         AllocBuffer, Fill, MapDma, UnmapDma, AssertEqual, AssertPattern, AssertSuperpages,
         AssertUnmapped,

@@ -157,6 +157,31 @@ def mock_domain(fd: int, pt_id: int, dev_flags: int = 0) -> MockDevice:
     return MockDevice(out.out_stdev_id, out.out_hwpt_id, out.out_idev_id)
 
 
+def mock_domain_replace(fd: int, stdev_id: int, pt_id: int) -> int:
+    """Attach mock device `stdev_id` to `pt_id`; returns the id of the page table it is
+    attached to now (a new mock domain when `pt_id` is an IOAS)."""
+    cmd = test_cmd(fd, "MOCK_DOMAIN_REPLACE", stdev_id, **{"mock_domain_replace.pt_id": pt_id})
+    return int(cmd.mock_domain_replace.pt_id)
+
+
+@dataclass(frozen=True)
+class Hwpt:
+    """A HW page table (IOMMU_HWPT_ALLOC) by its object id."""
+
+    id: int
+
+
+HWPT_FLAGS = {"nest_parent": 1 << 0, "dirty_tracking": 1 << 1, "fault_id_valid": 1 << 2,
+              "pasid": 1 << 3}  # IOMMU_HWPT_ALLOC_* (iommufd.h)
+
+
+def alloc_hwpt(fd: int, dev_id: int, pt_id: int, flags: int = 0) -> Hwpt:
+    arg = new("struct iommu_hwpt_alloc", dev_id=dev_id, pt_id=pt_id, flags=flags,
+              data_type=lib.IOMMU_HWPT_DATA_NONE)
+    ioctl(fd, "IOMMU_HWPT_ALLOC", arg, "/dev/iommu")
+    return Hwpt(arg.out_hwpt_id)
+
+
 def add_reserved(fd: int, ioas_id: int, start: int, length: int) -> None:
     test_cmd(fd, "ADD_RESERVED", ioas_id, **{"add_reserved.start": start,
                                               "add_reserved.length": length})

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from vfio_scenario.language.cases import Step
     from vfio_scenario.language.models import (
         AddReservedIovas,
+        AllocHwpt,
         AllowIovas,
         CopyIova,
         GetHwInfo,
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
         IommufdOption,
         IovaRanges,
         MockDomain,
+        MockDomainReplace,
         MockMemoryLimit,
     )
 
@@ -47,6 +49,8 @@ def _object_id(rt: Runtime, ref: int | str, role: str = "object") -> int:
         return target.id
     if isinstance(target, mock.MockDevice):
         return {"pt": target.hwpt_id, "device": target.idev_id}.get(role, target.stdev_id)
+    if isinstance(target, mock.Hwpt):
+        return target.id
     if isinstance(target, DmaBuffer):  # a user address (`vaddr`, `user_va`)
         return target.addr
     raise CheckFailed(f"`{ref}` is not an IOAS, a mock device or a buffer")
@@ -64,6 +68,21 @@ def mock_domain(rt: Runtime, args: MockDomain, step: Step) -> mock.MockDevice:
             for cache in range(DEV_CACHES):
                 mock.dev_check_cache(fd, made.idev_id, cache, args.dev_cache)
     return made
+
+
+@op("mock_domain_replace")
+def mock_domain_replace(rt: Runtime, args: MockDomainReplace, step: Step) -> None:
+    fd = iommufd_of(rt, args.iommu, "mock_domain_replace").fd
+    mock.mock_domain_replace(fd, _object_id(rt, args.mock), _object_id(rt, args.pt, "pt"))
+
+
+@op("alloc_hwpt")
+def alloc_hwpt(rt: Runtime, args: AllocHwpt, step: Step) -> mock.Hwpt:
+    fd = iommufd_of(rt, args.iommu, "alloc_hwpt").fd
+    flags = args.flags if isinstance(args.flags, int) else \
+        sum(mock.HWPT_FLAGS[f] for f in args.flags)
+    return mock.alloc_hwpt(fd, _object_id(rt, args.device, "device"),
+                           _object_id(rt, args.pt, "pt"), flags)
 
 
 @op("mock_memory_limit")
