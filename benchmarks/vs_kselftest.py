@@ -1,6 +1,10 @@
 #!/usr/bin/env python3
 """The kernel's own VFIO selftests against their ports in scenarios/kselftest/, one VM.
 
+Also the iommufd selftest (tools/testing/selftests/iommu/iommufd.c, built as its Makefile
+does, -lcap) against scenarios/kselftest/iommufd_test.yaml: it needs no device, only the
+mock IOMMU of CONFIG_IOMMUFD_TEST in the kernel.
+
 Builds tools/testing/selftests/vfio from the Debian linux-source tree
 (`vfio_scenario.testbed.assets.linux_source_dir()`) into the cache, with the fix-ups
 7.2.13 needs to build (calloc_assert() is called but defined nowhere: a small
@@ -19,7 +23,8 @@ It prints per program: C and our end-to-end seconds and their ratio, the sums of
 per-case seconds and their ratio; the totals; and every case where the two disagree
 (one passes where the other fails or skips). Target: end to end <= 1.5x the C programs.
 
-Run on the host: `.venv/bin/python benchmarks/vs_kselftest.py [--kernel default|debian]`.
+Run on the host: `.venv/bin/python benchmarks/vs_kselftest.py [--kernel default|debian]
+[--programs iommufd ...]`.
 `--inside` is the half that runs in the guest.
 """
 
@@ -329,7 +334,7 @@ def run_ours(programs: list[str], workdir: Path, bdfs: list[str]) -> tuple[float
     return seconds, sides
 
 
-def inside(binaries: Path, per_case: bool) -> None:
+def inside(binaries: Path, per_case: bool, programs: tuple[str, ...] = PROGRAMS) -> None:
     from vfio_scenario.uapi import sysfs
 
     t0 = time.perf_counter()
@@ -342,9 +347,9 @@ def inside(binaries: Path, per_case: bool) -> None:
     operations()
     bdfs = sysfs.find_devices(0x1234, 0x11E8)
     report: dict[str, dict[str, object]] = {}
-    ported = [p for p in PROGRAMS if scenario_file(p).exists()]
+    ported = [p for p in programs if scenario_file(p).exists()]
     with tempfile.TemporaryDirectory() as tmp:
-        for program in PROGRAMS:
+        for program in programs:
             args = bdfs if program == "vfio_pci_device_init_perf_test" else bdfs[:1]
             if program in IOMMU_PROGRAMS:  # the mock IOMMU: no device
                 args = []
@@ -431,16 +436,19 @@ def main() -> None:
     parser.add_argument("--no-per-case", action="store_true",
                         help="skip running each C case alone (faster)")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--programs", nargs="+", choices=PROGRAMS, default=list(PROGRAMS),
+                        help="only these C programs and their ports (default: all)")
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--binaries", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inside:
-        inside(args.binaries, not args.no_per_case)
+        inside(args.binaries, not args.no_per_case, tuple(args.programs))
         return
     from vfio_scenario.testbed import Testbed
 
     binaries = build()
-    argv = [sys.executable, str(Path(__file__).resolve()), "--inside", "--binaries", str(binaries)]
+    argv = [sys.executable, str(Path(__file__).resolve()), "--inside", "--binaries", str(binaries),
+            "--programs", *args.programs]
     if args.no_per_case:
         argv.append("--no-per-case")
     with Testbed(kernel=args.kernel) as testbed:
