@@ -7,6 +7,21 @@ import errno
 from typing import TYPE_CHECKING, Any
 
 from vfio_scenario.errors import VfioError, errno_name
+from vfio_scenario.language.models import (
+    AddReservedIovas,
+    AllocHwpt,
+    AllowIovas,
+    CopyIova,
+    GetHwInfo,
+    IommufdCommandLength,
+    IommufdDestroy,
+    IommufdIoctl,
+    IommufdOption,
+    IovaRanges,
+    MockDomain,
+    MockDomainReplace,
+    MockMemoryLimit,
+)
 from vfio_scenario.run.interpreter import CheckFailed, Runtime
 from vfio_scenario.run.ops import op
 from vfio_scenario.run.ops.iommu import iommufd_of
@@ -19,21 +34,6 @@ from vfio_scenario.uapi.iommufd import Ioas
 
 if TYPE_CHECKING:
     from vfio_scenario.language.cases import Step
-    from vfio_scenario.language.models import (
-        AddReservedIovas,
-        AllocHwpt,
-        AllowIovas,
-        CopyIova,
-        GetHwInfo,
-        IommufdCommandLength,
-        IommufdDestroy,
-        IommufdIoctl,
-        IommufdOption,
-        IovaRanges,
-        MockDomain,
-        MockDomainReplace,
-        MockMemoryLimit,
-    )
 
 DEV_CACHES = 4  # MOCK_DEV_CACHE_NUM (iommufd_test.h)
 MOCK_FLAGS = {"no_dirty": 1 << 0, "pasid": 1 << 2}  # MOCK_FLAGS_DEVICE_* (iommufd_test.h)
@@ -56,7 +56,7 @@ def _object_id(rt: Runtime, ref: int | str, role: str = "object") -> int:
     raise CheckFailed(f"`{ref}` is not an IOAS, a mock device or a buffer")
 
 
-@op("mock_domain")
+@op(MockDomain)
 def mock_domain(rt: Runtime, args: MockDomain, step: Step) -> mock.MockDevice:
     fd = iommufd_of(rt, args.iommu, "mock_domain").fd
     pt = _object_id(rt, args.pt, "pt")
@@ -70,13 +70,13 @@ def mock_domain(rt: Runtime, args: MockDomain, step: Step) -> mock.MockDevice:
     return made
 
 
-@op("mock_domain_replace")
+@op(MockDomainReplace)
 def mock_domain_replace(rt: Runtime, args: MockDomainReplace, step: Step) -> None:
     fd = iommufd_of(rt, args.iommu, "mock_domain_replace").fd
     mock.mock_domain_replace(fd, _object_id(rt, args.mock), _object_id(rt, args.pt, "pt"))
 
 
-@op("alloc_hwpt")
+@op(AllocHwpt)
 def alloc_hwpt(rt: Runtime, args: AllocHwpt, step: Step) -> mock.Hwpt:
     fd = iommufd_of(rt, args.iommu, "alloc_hwpt").fd
     flags = args.flags if isinstance(args.flags, int) else \
@@ -85,23 +85,23 @@ def alloc_hwpt(rt: Runtime, args: AllocHwpt, step: Step) -> mock.Hwpt:
                            _object_id(rt, args.pt, "pt"), flags)
 
 
-@op("mock_memory_limit")
+@op(MockMemoryLimit)
 def mock_memory_limit(rt: Runtime, args: MockMemoryLimit, step: Step) -> None:
     mock.set_temp_memory_limit(iommufd_of(rt, args.iommu, "mock_memory_limit").fd, args.pages)
 
 
-@op("iommufd_destroy")
+@op(IommufdDestroy)
 def iommufd_destroy(rt: Runtime, args: IommufdDestroy, step: Step) -> None:
     iommufd_of(rt, args.iommu, "iommufd_destroy").destroy(_object_id(rt, args.object))
 
 
-@op("add_reserved_iovas")
+@op(AddReservedIovas)
 def add_reserved_iovas(rt: Runtime, args: AddReservedIovas, step: Step) -> None:
     ioas: Ioas = rt.handle(args.ioas)
     mock.add_reserved(ioas.fd, ioas.id, args.start, args.size)
 
 
-@op("allow_iovas")
+@op(AllowIovas)
 def allow_iovas(rt: Runtime, args: AllowIovas, step: Step) -> None:
     ioas: Ioas = rt.handle(args.ioas)
     ranges = ffi.new("struct iommu_iova_range[]", max(len(args.ranges), 1))
@@ -112,7 +112,7 @@ def allow_iovas(rt: Runtime, args: AllowIovas, step: Step) -> None:
     ioctl(ioas.fd, "IOMMU_IOAS_ALLOW_IOVAS", arg, ioas.handle)
 
 
-@op("iova_ranges")
+@op(IovaRanges)
 def iova_ranges(rt: Runtime, args: IovaRanges, step: Step) -> None:
     ioas: Ioas = rt.handle(args.ioas)
     room = max(args.capacity, 1)
@@ -160,7 +160,7 @@ def _check_ranges(want: list[Any], ranges: Any, count: int) -> None:
                           + ", ".join(f"[{a:#x}, {b:#x}]" for a, b in expected))
 
 
-@op("copy_iova")
+@op(CopyIova)
 def copy_iova(rt: Runtime, args: CopyIova, step: Step) -> Mapping:
     dst: Ioas = rt.handle(args.ioas)
     return dst.copy(rt.handle(args.src), args.src_iova, args.size, args.iova, args.read,
@@ -170,7 +170,7 @@ def copy_iova(rt: Runtime, args: CopyIova, step: Step) -> Mapping:
 OPTIONS = {"rlimit_mode": "IOMMU_OPTION_RLIMIT_MODE", "huge_pages": "IOMMU_OPTION_HUGE_PAGES"}
 
 
-@op("iommufd_option")
+@op(IommufdOption)
 def iommufd_option(rt: Runtime, args: IommufdOption, step: Step) -> None:
     iommufd = iommufd_of(rt, args.iommu, "iommufd_option")
     get = args.set is None
@@ -185,7 +185,7 @@ def iommufd_option(rt: Runtime, args: IommufdOption, step: Step) -> None:
 HW_INFO_TYPES = {"default": 0, "selftest": 0xFEEDBEEF}  # IOMMU_HW_INFO_TYPE_*
 
 
-@op("get_hw_info")
+@op(GetHwInfo)
 def get_hw_info(rt: Runtime, args: GetHwInfo, step: Step) -> None:
     iommufd = iommufd_of(rt, args.iommu, "get_hw_info")
     data = ffi.new("uint8_t[]", max(args.data_len, 1))
@@ -225,7 +225,7 @@ def _field_value(rt: Runtime, value: int | str) -> int:
     return value if isinstance(value, int) else _object_id(rt, value)
 
 
-@op("iommufd_ioctl")
+@op(IommufdIoctl)
 def iommufd_ioctl(rt: Runtime, args: IommufdIoctl, step: Step) -> None:
     iommufd = iommufd_of(rt, args.iommu, "iommufd_ioctl")
     fields = {k: _field_value(rt, v) for k, v in args.fields.items()}
@@ -239,7 +239,7 @@ def iommufd_ioctl(rt: Runtime, args: IommufdIoctl, step: Step) -> None:
             raise CheckFailed(f"`{path}` is {got:#x}, expected {_field_value(rt, want):#x}")
 
 
-@op("iommufd_command_length")
+@op(IommufdCommandLength)
 def iommufd_command_length(rt: Runtime, args: IommufdCommandLength, step: Step) -> None:
     iommufd = iommufd_of(rt, args.iommu, "iommufd_command_length")
     ctype = mock.IOCTL_STRUCTS.get(args.ioctl)
