@@ -115,8 +115,8 @@ def allow_iovas(rt: Runtime, args: AllowIovas, step: Step) -> None:
 @op(IovaRanges)
 def iova_ranges(rt: Runtime, args: IovaRanges, step: Step) -> None:
     ioas: Ioas = rt.handle(args.ioas)
-    room = max(args.capacity, 1)
-    ranges = ffi.new("struct iommu_iova_range[]", room)  # zeroed
+    room = args.capacity + 1  # one zeroed slot past the room given: must stay untouched
+    ranges = ffi.new("struct iommu_iova_range[]", room)
     arg = new("struct iommu_ioas_iova_ranges", ioas_id=ioas.id, num_iovas=args.capacity,
               allowed_iovas=int(ffi.cast("uintptr_t", ranges)))
     try:
@@ -124,26 +124,26 @@ def iova_ranges(rt: Runtime, args: IovaRanges, step: Step) -> None:
     except VfioError as e:
         if e.errno != errno.EMSGSIZE:
             raise
+        # the kernel reports how many there are and writes the ones that fit
         _check_count(args.count, arg.num_iovas)
-        written = [i for i in range(min(args.capacity, room))
-                   if ranges[i].start or ranges[i].last]
-        if args.capacity == 0 and (ranges[0].start or ranges[0].last):
-            written = [0]
-        if written:
-            raise CheckFailed(f"EMSGSIZE, yet range(s) {written} were written") from None
-        if args.ranges is not None:  # the ranges that fit are written in 7.2
+        _check_untouched(ranges, args.capacity, room)
+        if args.ranges is not None:
             _check_ranges(args.ranges[:args.capacity], ranges, args.capacity)
         raise
     _check_count(args.count, arg.num_iovas)
+    _check_untouched(ranges, arg.num_iovas, room)
     if args.ranges is not None:
         _check_ranges(args.ranges, ranges, arg.num_iovas)
-        for i in range(arg.num_iovas, room):  # slots past the answer stay untouched
-            if ranges[i].start or ranges[i].last:
-                raise CheckFailed(f"range slot {i} past the {arg.num_iovas} reported was "
-                                  "written")
     if args.alignment is not None and arg.out_iova_alignment != args.alignment:
         raise CheckFailed(f"IOVA alignment {arg.out_iova_alignment:#x}, expected "
                           f"{args.alignment:#x}")
+
+
+def _check_untouched(ranges: Any, first: int, room: int) -> None:
+    written = [i for i in range(first, room) if ranges[i].start or ranges[i].last]
+    if written:
+        raise CheckFailed(f"range slot(s) {written} past the {first} the kernel may fill "
+                          "were written")
 
 
 def _check_count(want: int | None, got: int) -> None:
