@@ -330,6 +330,24 @@ class AllocHwpt(Op):
     flags: list[Literal["nest_parent", "dirty_tracking", "fault_id_valid", "pasid"]] | U32 = []
 
 
+class CloseIommu(Op):
+    """Close the IOMMU's fd now (an iommufd frees its objects and unpins their pages)."""
+
+    op = "close_iommu"
+    area = "iommufd"
+    iommu: IommuRef
+
+
+class MockCheckRefs(Op):
+    """IOMMU_TEST_OP_MD_CHECK_REFS on a fresh /dev/iommu: every page of the buffer holds
+    `refs` pins (the selftests' teardown checks 0 after closing the fixture's iommufd)."""
+
+    op = "mock_check_refs"
+    area = "iommufd"
+    buffer: BufferRef
+    refs: U32 = 0
+
+
 class MockMemoryLimit(Op):
     """IOMMU_TEST_OP_SET_TEMP_MEMORY_LIMIT: the mock's pinned-page limit (kernel default 65536)."""
 

@@ -11,6 +11,7 @@ from vfio_scenario.language.models import (
     AddReservedIovas,
     AllocHwpt,
     AllowIovas,
+    CloseIommu,
     CopyIova,
     GetHwInfo,
     IommufdCommandLength,
@@ -18,6 +19,7 @@ from vfio_scenario.language.models import (
     IommufdIoctl,
     IommufdOption,
     IovaRanges,
+    MockCheckRefs,
     MockDomain,
     MockDomainReplace,
     MockMemoryLimit,
@@ -28,7 +30,7 @@ from vfio_scenario.run.ops.iommu import iommufd_of
 from vfio_scenario.uapi import iommufd_mock as mock
 from vfio_scenario.uapi._vfio import ffi, lib
 from vfio_scenario.uapi.buffers import DmaBuffer
-from vfio_scenario.uapi.ioctl import ioctl, new
+from vfio_scenario.uapi.ioctl import close_fd, ioctl, new, open_fd
 from vfio_scenario.uapi.iommu import Mapping
 from vfio_scenario.uapi.iommufd import Ioas
 
@@ -83,6 +85,21 @@ def alloc_hwpt(rt: Runtime, args: AllocHwpt, step: Step) -> mock.Hwpt:
         sum(mock.HWPT_FLAGS[f] for f in args.flags)
     return mock.alloc_hwpt(fd, _object_id(rt, args.device, "device"),
                            _object_id(rt, args.pt, "pt"), flags)
+
+
+@op(CloseIommu)
+def close_iommu(rt: Runtime, args: CloseIommu, step: Step) -> None:
+    rt.handle(args.iommu).close()
+
+
+@op(MockCheckRefs)
+def mock_check_refs(rt: Runtime, args: MockCheckRefs, step: Step) -> None:
+    buffer: DmaBuffer = rt.handle(args.buffer)
+    fd = open_fd("/dev/iommu", "mock_check_refs")
+    try:
+        mock.check_refs(fd, buffer.addr, buffer.size, args.refs)
+    finally:
+        close_fd(fd)
 
 
 @op(MockMemoryLimit)
