@@ -70,7 +70,10 @@ class MappingRun:
 
     def unmap_live(self) -> None:
         """Unmap what is still mapped, newest first, each on its own (the case's end);
-        a failure does not stop the others, the first is raised at the end."""
+        a failure does not stop the others, the first is raised at the end. Nothing is
+        left to unmap once a step closed the iommufd (`close_iommu`): closing unmapped it."""
+        if getattr(getattr(self.space, "iommufd", self.space), "fd", 0) < 0:
+            return
         failed: list[tuple[int, VfioError]] = []
         end = len(self.live)
         while (top := self.live.rfind(1, 0, end)) >= 0:
