@@ -8,7 +8,7 @@ JSON-lines channel and the journal unchanged.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
@@ -18,7 +18,7 @@ def _fields_of(obj: Any) -> dict[str, Any]:
     return {f.name: getattr(obj, f.name) for f in fields(obj)}
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     PASS = "pass"
     FAIL = "fail"
     SKIP = "skip"
@@ -47,10 +47,15 @@ class StepResult:
     actual: str = "ok"
     message: str = ""
     teardown: bool = False
+    # the process that ran the step when the case hands over (`handover`):
+    # "predecessor (pid N)" or "successor (pid M)"; "" otherwise
+    process: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         d = _fields_of(self)
         d["outcome"] = self.outcome.value
+        if not self.process:  # only a case that hands over says which process ran a step
+            del d["process"]
         return d
 
     @classmethod

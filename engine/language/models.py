@@ -1,10 +1,13 @@
 """pydantic models of the scenario language: scenario keys and every operation.
 
-Each operation is a model of its arguments (a subclass of `Op`) that names its
-operation key (`op`), the kind of handle it makes (`produces`) and, through
-`Ref[...]` annotations, the kind of handle each argument must name. The step
-keys common to every operation are in `StepCommon`. LANGUAGE.md in shared/ is the
-reference these models implement; docs/language.md lists our additions.
+Each operation is a model of its arguments (a subclass of `Op`, registered in
+OPERATIONS when it is defined) that names its operation key (`op`), the kind of handle
+it makes (`produces`), what the compiler and planner need to know of it (class
+attributes such as `opens_iommu`), its description (its docstring, shown in
+docs/language.md) and, through `Ref[...]` annotations, the kind of handle each
+argument must name. The step
+keys common to every operation are in `StepCommon`. docs/language.md is the
+language's reference.
 """
 
 from __future__ import annotations
@@ -160,9 +163,7 @@ MaxOr = Literal["max"]
 
 
 class Strict(BaseModel):
-    # defer_build: a model's validator is built when it first validates (on the host),
-    # not when its class is defined: the guest imports the models only to read them
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 _REGISTERED: dict[str, type[Op]] = {}
@@ -224,6 +225,10 @@ def _exactly_one(model: BaseModel, names: tuple[str, ...], *, required: bool = T
 
 
 class OpenIommu(Op):
+    """Open an IOMMU in `mode` (default: the case's `iommu_mode`): a type1 container or
+    an iommufd; with `default_ioas: false` an iommufd gets no IOAS at open (as the
+    iommufd selftests open /dev/iommu)."""
+
     op = "open_iommu"
     produces = "iommu"
     area = "iommu"
@@ -239,6 +244,9 @@ class IovaRange(Strict):
 
 
 class IommuInfo(Op):
+    """Check the IOMMU's page sizes (`pgsize_includes`) or IOVA ranges
+    (`iova_range_includes`)."""
+
     op = "iommu_info"
     area = "iommu"
     iommu: IommuRef
@@ -247,6 +255,8 @@ class IommuInfo(Op):
 
 
 class AllocIoas(Op):
+    """Allocate an IOAS (IOMMU_IOAS_ALLOC) on an iommufd IOMMU."""
+
     op = "alloc_ioas"
     produces = "ioas"
     area = "iommu"
@@ -254,6 +264,9 @@ class AllocIoas(Op):
 
 
 class OpenCdev(Op):
+    """Open the device's VFIO cdev (/dev/vfio/devices/vfioN; default: the case's
+    device)."""
+
     op = "open_cdev"
     produces = "cdev"
     area = "iommu"
@@ -262,6 +275,9 @@ class OpenCdev(Op):
 
 
 class BindIommufd(Op):
+    """Bind a cdev to an iommufd (VFIO_DEVICE_BIND_IOMMUFD): `iommu`, or a raw fd number
+    `iommufd_fd`."""
+
     op = "bind_iommufd"
     produces = "device"
     area = "iommu"
@@ -277,6 +293,9 @@ class BindIommufd(Op):
 
 
 class Attach(Op):
+    """Attach a bound cdev device to an IOAS, by handle or by id
+    (VFIO_DEVICE_ATTACH_IOMMUFD_PT)."""
+
     op = "attach"
     area = "iommu"
     device: DeviceRef
@@ -284,6 +303,8 @@ class Attach(Op):
 
 
 class Detach(Op):
+    """Detach a cdev device from its IOAS (VFIO_DEVICE_DETACH_IOMMUFD_PT)."""
+
     op = "detach"
     area = "iommu"
     device: DeviceRef
@@ -391,9 +412,10 @@ class AllowIovas(Op):
 
 
 class IovaRanges(Op):
-    """IOMMU_IOAS_IOVA_RANGES with room for `capacity` ranges; checks what the kernel
-    reports. On EMSGSIZE (too little room) `count` is checked and that no range was
-    written, then the errno is the step's outcome."""
+    """IOMMU_IOAS_IOVA_RANGES with room for `capacity` ranges; checks the `count`, the
+    `ranges` (nothing written past them) and the `alignment` the kernel reports. On
+    EMSGSIZE (too little room) `count`, the ranges that fit and that nothing past the
+    room was written are checked, then the errno is the step's outcome."""
 
     op = "iova_ranges"
     area = "iommufd"
@@ -492,6 +514,9 @@ class IommufdCommandLength(Op):
 
 
 class AllocBuffer(Op):
+    """Allocate a buffer of `size` bytes for DMA (`backing`: anonymous, hugetlb or memfd
+    pages)."""
+
     op = "alloc_buffer"
     produces = "buffer"
     area = "memory"
@@ -511,10 +536,16 @@ class _BufferPattern(Op):
 
 
 class Fill(_BufferPattern):
+    """Write a pattern over a range of a buffer (default: from `offset` to its end)."""
+
     op = "fill"
 
 
 class MapDma(Op):
+    """Map a buffer, a BAR mapping (`mmio`) or a DMABUF into an IOMMU or IOAS at `iova`
+    (default: a free IOVA; `last`: the highest that fits; `auto`: the kernel picks, an
+    iommufd IOAS and a buffer)."""
+
     op = "map_dma"
     produces = "mapping"
     area = "memory"
@@ -529,15 +560,43 @@ class MapDma(Op):
     size: Size | None = None
     read: bool = True
     write: bool = True
+    # vaddr: VFIO_DMA_MAP_FLAG_VADDR, the invalidated mapping at `iova` gets this
+    # buffer's address (type1 live update); no new mapping is made
+    flags: list[Literal["vaddr"]] = []
+    # file: an iommufd maps the memfd buffer's file (IOMMU_IOAS_MAP_FILE), not its pages
+    # at the process address (IOMMU_IOAS_MAP): what IOMMU_IOAS_CHANGE_PROCESS can move
+    file: bool = False
 
     @model_validator(mode="after")
     def _one_target(self) -> MapDma:
         _exactly_one(self, ("iommu", "ioas"))
         _exactly_one(self, ("buffer", "mmio", "dmabuf"))
+        if self.flags and (self.buffer is None or not isinstance(self.iova, int)):
+            raise ValueError("`flags: [vaddr]` gives a mapping at a fixed `iova` the address "
+                             "of a `buffer`")
+        if self.file and self.buffer is None:
+            raise ValueError("`file: true` maps a memfd `buffer`")
         return self
+
+    @property
+    def space(self) -> str:
+        """The handle of the IOVA space it maps into: `ioas`, else `iommu`."""
+        space = self.ioas if self.ioas is not None else self.iommu
+        assert space is not None  # the validator requires one of them
+        return space
+
+    @property
+    def target(self) -> str:
+        """The handle it maps: its `buffer`, `mmio` or `dmabuf`."""
+        target = self.buffer or self.mmio or self.dmabuf
+        assert target is not None  # the validator requires one of them
+        return target
 
 
 class UnmapDma(Op):
+    """Unmap a `mapping`, or `iova`+`size`, or everything (`all`) of an IOMMU or IOAS;
+    `unmapped_size` checks the bytes the kernel reports."""
+
     op = "unmap_dma"
     area = "memory"
     mapping: MappingRef | None = None
@@ -547,6 +606,9 @@ class UnmapDma(Op):
     size: Size | None = None
     all: bool = False
     unmapped_size: Size | None = None
+    # vaddr: VFIO_DMA_UNMAP_FLAG_VADDR, invalidate the process address of the mappings and
+    # keep their IOVAs and pages (type1 live update)
+    flags: list[Literal["vaddr"]] = []
 
     @model_validator(mode="after")
     def _one_form(self) -> UnmapDma:
@@ -565,6 +627,12 @@ class UnmapDma(Op):
             raise ValueError("give `mapping`, or `iova` and `size`, or `all: true`")
         return self
 
+    @property
+    def space(self) -> str | None:
+        """The handle of the IOVA space it unmaps from (`ioas`, else `iommu`); None when
+        it names a `mapping`, which knows its space."""
+        return self.ioas if self.ioas is not None else self.iommu
+
 
 class BufferSlice(Strict):
     buffer: BufferRef
@@ -572,6 +640,8 @@ class BufferSlice(Strict):
 
 
 class AssertEqual(Op):
+    """Check that two buffer ranges hold the same `size` bytes."""
+
     op = "assert_equal"
     area = "memory"
     a: BufferSlice
@@ -580,10 +650,15 @@ class AssertEqual(Op):
 
 
 class AssertPattern(_BufferPattern):
+    """Check that a range of a buffer holds a pattern (as `fill` writes it)."""
+
     op = "assert_pattern"
 
 
 class AssertSuperpages(Op):
+    """Check in the IOMMU page tables (debugfs) that a mapping is mapped with pages of
+    at least `pgsize` (`exact`: of `pgsize`)."""
+
     op = "assert_superpages"
     area = "memory"
     mapping: MappingRef
@@ -592,6 +667,9 @@ class AssertSuperpages(Op):
 
 
 class AssertUnmapped(Op):
+    """Check in the IOMMU page tables (debugfs) that nothing of a mapping is still
+    mapped."""
+
     op = "assert_unmapped"
     area = "memory"
     mapping: MappingRef
@@ -601,6 +679,9 @@ class AssertUnmapped(Op):
 
 
 class OpenDevice(Op):
+    """Open a VFIO device (default: the case's device) on an IOMMU or IOAS: group and
+    container, or in iommufd mode its cdev bound and attached; `pf`+`vf` names a VF."""
+
     op = "open_device"
     produces = "device"
     area = "device"
@@ -624,6 +705,9 @@ class OpenDevice(Op):
 
 
 class DeviceInfo(Op):
+    """Check VFIO_DEVICE_GET_INFO of a device or an unbound cdev: flags, region and IRQ
+    counts."""
+
     op = "device_info"
     area = "device"
     device: DeviceOrCdevRef
@@ -633,6 +717,8 @@ class DeviceInfo(Op):
 
 
 class RegionInfo(Op):
+    """Check VFIO_DEVICE_GET_REGION_INFO of a region: size, flags, capabilities."""
+
     op = "region_info"
     area = "device"
     device: DeviceRef
@@ -670,6 +756,9 @@ class _ValueCheck(_FitsWidth):
 
 
 class ConfigRead(Op, _ValueCheck):
+    """Read PCI config space through the VFIO config region; `equals`/`mask` check the
+    value."""
+
     op = "config_read"
     area = "device"
     device: DeviceRef
@@ -678,6 +767,8 @@ class ConfigRead(Op, _ValueCheck):
 
 
 class ConfigWrite(Op, _FitsWidth):
+    """Write PCI config space through the VFIO config region."""
+
     op = "config_write"
     area = "device"
     device: DeviceRef
@@ -687,6 +778,9 @@ class ConfigWrite(Op, _FitsWidth):
 
 
 class BarRead(Op, _ValueCheck):
+    """Read a BAR register, through an mmap of the BAR or the region's read();
+    `equals`/`mask` check the value."""
+
     op = "bar_read"
     area = "device"
     device: DeviceRef
@@ -697,6 +791,8 @@ class BarRead(Op, _ValueCheck):
 
 
 class BarWrite(Op, _FitsWidth):
+    """Write a BAR register, through an mmap of the BAR or the region's write()."""
+
     op = "bar_write"
     area = "device"
     device: DeviceRef
@@ -708,6 +804,9 @@ class BarWrite(Op, _FitsWidth):
 
 
 class BarMmap(Op):
+    """Map a BAR (or part of it) into this process (`misaligned`: 4 KiB past a 1 GiB
+    boundary)."""
+
     op = "bar_mmap"
     produces = "mmio"
     area = "device"
@@ -719,6 +818,9 @@ class BarMmap(Op):
 
 
 class Access(Op, _ValueCheck):
+    """Read (checked with `equals`/`mask`) or write a register of a BAR or DMABUF
+    mapping."""
+
     op = "access"
     area = "device"
     mmio: MmioRef
@@ -737,12 +839,17 @@ class Access(Op, _ValueCheck):
 
 
 class Reset(Op):
+    """Reset the device (VFIO_DEVICE_RESET)."""
+
     op = "reset"
     area = "device"
     device: DeviceRef
 
 
 class IrqEnable(Op):
+    """Enable `count` INTx, MSI or MSI-X vectors from `start`, each signalling an
+    eventfd (VFIO_DEVICE_SET_IRQS)."""
+
     op = "irq_enable"
     produces = "irq"
     area = "device"
@@ -759,35 +866,50 @@ class _IrqVector(Op):
 
 
 class IrqTrigger(_IrqVector):
+    """Trigger a vector from user space (VFIO_IRQ_SET_DATA_NONE | ACTION_TRIGGER)."""
+
     op = "irq_trigger"
 
 
 class IrqMask(_IrqVector):
+    """Mask a vector (VFIO_IRQ_SET_DATA_NONE | ACTION_MASK)."""
+
     op = "irq_mask"
 
 
 class IrqUnmask(_IrqVector):
+    """Unmask a vector (VFIO_IRQ_SET_DATA_NONE | ACTION_UNMASK)."""
+
     op = "irq_unmask"
 
 
 class IrqDisable(Op):
+    """Disable the enabled vectors."""
+
     op = "irq_disable"
     area = "device"
     irq: IrqRef
 
 
 class ExpectIrq(_IrqVector):
+    """Wait up to `within` seconds for `count` interrupts on a vector's eventfd."""
+
     op = "expect_irq"
     count: Int = Field(1, ge=1)
     within: Duration = 1.0
 
 
 class ExpectNoIrq(_IrqVector):
+    """Check that no interrupt arrives on a vector's eventfd within `within` seconds."""
+
     op = "expect_no_irq"
     within: Duration = 0.1
 
 
 class EnableSriov(Op):
+    """Create `num_vfs` VFs of a PF through sysfs (the open PF `device`, or one nobody
+    opened: `bdf`); skipped without SR-IOV or vfio-pci's enable_sriov."""
+
     op = "enable_sriov"
     area = "device"
     # the open PF; or, with `bdf` (default: the case's device), a PF nobody opened yet
@@ -827,6 +949,9 @@ class CloseDevice(Op):
 
 
 class DriverInit(Op):
+    """Initialise the device's scenario driver (its DMA region mapped once per case;
+    `irq`: its interrupt)."""
+
     op = "driver_init"
     area = "driver"
     device: DeviceRef
@@ -834,12 +959,17 @@ class DriverInit(Op):
 
 
 class DriverRemove(Op):
+    """Remove the device's scenario driver."""
+
     op = "driver_remove"
     area = "driver"
     device: DeviceRef
 
 
 class MemcpyStart(Op):
+    """Start `count` copies of `size` bytes (`max`: the driver's largest) from IOVA
+    `src` to `dst` by the device's DMA."""
+
     op = "memcpy_start"
     area = "driver"
     device: DeviceRef
@@ -850,12 +980,16 @@ class MemcpyStart(Op):
 
 
 class MemcpyWait(Op):
+    """Wait for the started copies to complete."""
+
     op = "memcpy_wait"
     area = "driver"
     device: DeviceRef
 
 
 class SendMsi(Op):
+    """Have the device raise its MSI and check that it arrives on the driver's vector."""
+
     op = "send_msi"
     area = "driver"
     raises_msi = True
@@ -863,6 +997,9 @@ class SendMsi(Op):
 
 
 class ExpectNoMsi(Op):
+    """Check that no MSI arrives on the driver's vector within `within` seconds (nothing
+    to check for a driver with NO_SEND_MSI)."""
+
     op = "expect_no_msi"
     area = "driver"
     device: DeviceRef
@@ -870,6 +1007,9 @@ class ExpectNoMsi(Op):
 
 
 class MemcpyStorm(Op):
+    """Start and wait for copies again and again, for `duration` seconds or `iterations`
+    times."""
+
     op = "memcpy_storm"
     area = "driver"
     device: DeviceRef
@@ -887,6 +1027,109 @@ class MemcpyStorm(Op):
         return self
 
 
+class MemcpyStream(Op):
+    """`count` copies one after the other: copy k moves `size` bytes from src + k * stride
+    to dst + k * stride, starting at k = `first`; with `leave_pending` the last is started
+    and not waited for (a copy in flight, e.g. across a handover)."""
+
+    op = "memcpy_stream"
+    area = "driver"
+    device: DeviceRef
+    src: Int = Field(ge=0)
+    dst: Int = Field(ge=0)
+    size: Size = Field(gt=0)
+    stride: Size | None = None  # default: size
+    count: Int = Field(ge=1)
+    first: Int = 0
+    leave_pending: bool = False
+
+
+# --- Live update, dirty tracking, low power (docs/language.md) --------------------
+
+
+class Handover(Op):
+    """Hand the case's handles to a freshly exec'd engine process, which runs the rest."""
+
+    op = "handover"
+    area = "liveupdate"
+    to: Literal["successor"] = "successor"
+    predecessor: Literal["exits", "stays"] = "exits"
+
+
+class UpdateVaddr(Op):
+    """VFIO_DMA_MAP_FLAG_VADDR for every live mapping of the case in `iommu` whose memory
+    moved in a handover (a memfd buffer mapped again): each gets its new address."""
+
+    op = "update_vaddr"
+    area = "liveupdate"
+    iommu: IommuRef
+
+
+class ChangeProcess(Op):
+    """IOMMU_IOAS_CHANGE_PROCESS on a native iommufd: charge its pinned pages to this
+    process (skipped in the other modes)."""
+
+    op = "change_process"
+    area = "liveupdate"
+    iommu: IommuRef
+    reserved: U32 = 0  # __reserved, which must be 0
+
+
+class AssertLockedVm(Op):
+    """This process's locked memory (VmLck in /proc/self/status), which type1 charges and
+    IOMMU_IOAS_CHANGE_PROCESS and VFIO_DMA_MAP_FLAG_VADDR move."""
+
+    op = "assert_locked_vm"
+    area = "liveupdate"
+    at_least: Size | None = None
+    at_most: Size | None = None
+
+
+class DirtyPages(Op):
+    """Start or stop dirty page tracking of a type1 container (VFIO_IOMMU_DIRTY_PAGES)."""
+
+    op = "dirty_pages"
+    area = "liveupdate"
+    iommu: IommuRef
+    action: Literal["start", "stop"]
+
+
+class DirtyBitmap(Op):
+    """GET_BITMAP of [iova, iova + size) in pages of `pgsize`; `dirty` is what the bitmap
+    must hold exactly: all pages, none, or the listed page indexes."""
+
+    op = "dirty_bitmap"
+    area = "liveupdate"
+    iommu: IommuRef
+    iova: Int
+    size: Size
+    pgsize: Size = 4096
+    bitmap_size: Size | None = None  # bytes; default the u64-rounded size the range needs
+    dirty: Literal["all", "none"] | list[Annotated[int, Field(ge=0)]] | None = None
+
+
+class LowPower(Op):
+    """Put the device in or out of low power (VFIO_DEVICE_FEATURE LOW_POWER_ENTRY,
+    _ENTRY_WITH_WAKEUP with an eventfd, _EXIT)."""
+
+    op = "low_power"
+    area = "liveupdate"
+    device: DeviceRef
+    action: Literal["entry", "entry_with_wakeup", "exit"]
+    wakeup_fd: S32 | None = None  # a raw fd instead of the step's own eventfd (e.g. -1)
+
+
+class ExpectWakeup(Op):
+    """The wakeup eventfd of the device's last entry_with_wakeup was signalled within
+    `within` (or, with `signalled: false`, was not)."""
+
+    op = "expect_wakeup"
+    area = "liveupdate"
+    device: DeviceRef
+    within: Duration = 1.0
+    signalled: bool = True
+
+
 # --- DMABUF ---------------------------------------------------------------------
 
 
@@ -896,6 +1139,9 @@ class DmabufRange(Strict):
 
 
 class ExportDmabuf(Op):
+    """Export a DMABUF of a region (default: BAR 0) or of `ranges` of it
+    (VFIO_DEVICE_FEATURE_DMA_BUF)."""
+
     op = "export_dmabuf"
     produces = "dmabuf"
     area = "dmabuf"
@@ -905,6 +1151,8 @@ class ExportDmabuf(Op):
 
 
 class MmapDmabuf(Op):
+    """Map a DMABUF into this process (`attrs`: its memory attribute, nc or wc)."""
+
     op = "mmap_dmabuf"
     produces = "mmio"
     area = "dmabuf"
@@ -915,6 +1163,9 @@ class MmapDmabuf(Op):
 
 
 class RevokeDmabuf(Op):
+    """Revoke a DMABUF: by its ioctl, by clearing the memory enable bit, or by a reset
+    (`auto`: the ioctl where the kernel has it, else memory-disable)."""
+
     op = "revoke_dmabuf"
     area = "dmabuf"
     dmabuf: DmabufRef
@@ -922,6 +1173,8 @@ class RevokeDmabuf(Op):
 
 
 class RestoreDmabuf(Op):
+    """Set the memory enable bit again after a memory-disable revoke."""
+
     op = "restore_dmabuf"
     area = "dmabuf"
     dmabuf: DmabufRef
@@ -931,6 +1184,9 @@ class RestoreDmabuf(Op):
 
 
 class ExpectDmesg(Op):
+    """Wait up to `within` seconds for a kernel log line since the case began that
+    matches `pattern`."""
+
     op = "expect_dmesg"
     area = "host"
     pattern: Regex
@@ -938,12 +1194,17 @@ class ExpectDmesg(Op):
 
 
 class ExpectNoDmesg(Op):
+    """Check that no kernel log line since the case began matches `pattern`."""
+
     op = "expect_no_dmesg"
     area = "host"
     pattern: Regex
 
 
 class ExpectIommuFault(Op):
+    """Wait up to `within` seconds for an IOMMU fault of the device (at `address`, of
+    `access`)."""
+
     op = "expect_iommu_fault"
     area = "host"
     device: DeviceRef
@@ -953,6 +1214,9 @@ class ExpectIommuFault(Op):
 
 
 class ExpectNoIommuFault(Op):
+    """Check that no IOMMU fault of the device (at `address`, of `access`) is recorded
+    since the case began, waiting `within` seconds."""
+
     op = "expect_no_iommu_fault"
     area = "host"
     device: DeviceRef
@@ -962,11 +1226,15 @@ class ExpectNoIommuFault(Op):
 
 
 class AssertNotTainted(Op):
+    """Check that the kernel's taint mask gained no bit since the case began."""
+
     op = "assert_not_tainted"
     area = "host"
 
 
 class Sleep(Op):
+    """Wait `duration`."""
+
     op = "sleep"
     area = "host"
     duration: Duration
@@ -1094,12 +1362,11 @@ class ScenarioHeader(Strict):
     name: str | None = None
     description: str = ""
     tags: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]+$")]] = []
-    # model_construct: defaults that do not build their model's validator at import
-    requires: Requires = Requires.model_construct()
+    requires: Requires = Requires()
     matrix: dict[str, list[Any]] = {}
     vars: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], Any] = {}
     timeout: Duration = 30.0
-    kernel_watch: KernelWatchKey = KernelWatchKey.model_construct()
+    kernel_watch: KernelWatchKey = KernelWatchKey()
     steps: list[Any] = Field(min_length=1)
     teardown: list[Any] = []
     known_issues: list[ScenarioKnownIssue] = []

@@ -10,7 +10,7 @@ from typing import Any
 
 from vfio_scenario.results import CaseResult, Outcome, RunResult, StepResult
 
-# Properties shown first, in this order, wherever a report lists them (DESIGN §7).
+# Properties shown first, in this order, wherever a report lists them.
 KEY_PROPERTIES = ("device", "vendor_device", "vfio_driver", "iommu_mode", "kernel",
                   "accelerator", "engine_version")
 
@@ -80,6 +80,8 @@ def step_line(step: StepResult) -> str:
     label = f"teardown {step_label(step)}" if step.teardown else step_label(step)
     line = (f"{step_number(step):>3} {step.outcome.label:<5} {step.duration:9.4f}s  "
             f"{label}{reps}  [{step.location}]")
+    if step.process:  # the case handed over: which process ran the step
+        line += f"  ({step.process})"
     if step.outcome is not Outcome.PASS:
         line += f"  expected {step.expected}, got {step.actual}"
         if step.message:

@@ -27,7 +27,7 @@ def c_cases(source: str) -> list[str]:
         variants.setdefault(fixture, []).append(variant)
     cases = []
     for fixture, test in re.findall(r"^TEST_F\((\w+),\s*(\w+)\)", source, re.MULTILINE):
-        for variant in variants.get(fixture, [None]):  # type: ignore[list-item]
+        for variant in variants.get(fixture, [""]):
             cases.append(f"{fixture}.{variant}.{test}" if variant else f"{fixture}.{test}")
     return cases
 

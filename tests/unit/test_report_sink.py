@@ -118,8 +118,8 @@ def test_rewrites_are_throttled_but_every_case_lands(tmp_path: Path,
     real = sink_mod.write_reports
 
     def counting(run: Any, targets: Any) -> None:
-        calls.append(len(run.cases))
         real(run, targets)
+        calls.append(len(run.cases))  # once written: the files hold what is counted
 
     monkeypatch.setattr(sink_mod, "write_reports", counting)
     run = sample_run()
@@ -261,7 +261,8 @@ def test_unwritable_reports_warn_once_and_exit_3(tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
-    targets = {"junit_xml": str(blocker / "junit.xml"), "journal": str(tmp_path / "j.jsonl")}
+    targets: dict[str, Any] = {"junit_xml": str(blocker / "junit.xml"),
+                               "journal": str(tmp_path / "j.jsonl")}
     run = sample_run()
     with ReportSink(**targets, total=5, stream=io.StringIO(), min_interval=0) as sink:
         for case in run.cases:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import time
 from typing import TYPE_CHECKING
 
@@ -20,7 +21,7 @@ from vfio_scenario.language.models import (
 from vfio_scenario.run.interpreter import CheckFailed, Runtime, Skip
 from vfio_scenario.run.ops import op
 from vfio_scenario.run.plan import NO_SEND_MSI_REASON
-from vfio_scenario.uapi.buffers import DmaBuffer
+from vfio_scenario.uapi.buffers import Backing, DmaBuffer
 
 if TYPE_CHECKING:
     from vfio_scenario.language.cases import Step
@@ -31,13 +32,8 @@ MSI_WITHIN = 1.0
 NO_MSI_NOTE = "driver has no MSI: nothing to check"
 
 
-def _drivers(rt: Runtime) -> dict[str, Driver]:
-    found: dict[str, Driver] = rt.state.setdefault("drivers", {})
-    return found
-
-
 def driver_of(rt: Runtime, name: str) -> Driver:
-    drv = _drivers(rt).get(name)
+    drv = rt.drivers.get(name)
     if drv is None:
         raise VfioError(errno.ENODEV, "driver", name, "driver_init has not run on this device")
     return drv
@@ -52,26 +48,38 @@ def driver_init(rt: Runtime, args: DriverInit, step: Step) -> None:
                    f"({device.vendor_id:04x}:{device.device_id:04x})")
     # the driver's region is mapped once per device and case and kept across remove and
     # init, as the C fixture maps driver->region once for init_remove's ten cycles
-    regions: dict[str, DmaRegion] = rt.state.setdefault("driver_regions", {})
+    regions = rt.driver_regions
     region = regions.get(args.device)
     if cls.region_size and region is None:
-        buf = DmaBuffer(cls.region_size, name=f"{cls.name} region")
+        # memfd-backed, so that the driver's queues survive a handover (run/handover.py)
+        buf = DmaBuffer(cls.region_size, Backing.MEMFD, name=f"{cls.name} region")
         rt.on_cleanup(f"{cls.name} driver region", buf.close)
         limit = 1 << cls.dma_mask_bits if cls.dma_mask_bits < 64 else None
-        mapping = device.iommu.map_buffer(buf, limit=limit)
-        rt.on_cleanup(f"{cls.name} driver region mapping", mapping.unmap)
+        ioas = getattr(device.iommu, "ioas", None)
+        if ioas is not None:
+            # iommufd maps the memfd itself (IOMMU_IOAS_MAP_FILE): the mapping
+            # IOMMU_IOAS_CHANGE_PROCESS can move to a successor
+            iova = device.iommu.own_allocator().alloc(buf.size, limit=limit)
+            mapping = ioas.map_file(buf.fd, 0, buf.size, iova)
+        else:
+            mapping = device.iommu.map_buffer(buf, limit=limit)
+        # one of the case's live mappings (unmapped at its end; update_vaddr finds it)
+        from vfio_scenario.run.ops.memory import MappingRun, live_mappings
+
+        live_mappings(rt).add(rt, MappingRun(mapping.space, mapping.iova, 0, mapping.size,
+                                             bytearray(b"\x01"), mapping.vaddr))
         region = regions[args.device] = DmaRegion(buf.mem, mapping.iova, buf.size)
     # the driver enables its own interrupt (MSI or MSI-X) on the vector it is given
     vector = None if args.irq == "none" else 0
     drv = cls(device, region)
     drv.init(vector)
-    _drivers(rt)[args.device] = drv
+    rt.drivers[args.device] = drv
     rt.on_cleanup(f"{cls.name} driver of {device.bdf}",
-                  lambda: _remove_if_initialized(rt, args.device))
+                  functools.partial(_remove_if_initialized, rt, args.device))
 
 
 def _remove_if_initialized(rt: Runtime, name: str) -> None:
-    drv = _drivers(rt).pop(name, None)
+    drv = rt.drivers.pop(name, None)
     if drv is not None:
         drv.remove()
 
@@ -151,5 +159,4 @@ def memcpy_storm(rt: Runtime, args: MemcpyStorm, step: Step) -> int:
             break
         if deadline is not None and time.monotonic() >= deadline:
             break
-    rt.state.setdefault("storms", []).append(done)
     return done

@@ -31,8 +31,8 @@ if TYPE_CHECKING:
 
 
 def space_of(rt: Runtime, args: MapDma | UnmapDma) -> AddressSpace:
-    name = args.ioas if args.ioas is not None else args.iommu
-    assert name is not None  # the model requires one of them
+    name = args.space
+    assert name is not None  # the unmap of a `mapping` asks its mapping instead
     space: AddressSpace = rt.handle(name)
     return space
 
@@ -52,6 +52,7 @@ class MappingRun:
     stride: int
     size: int
     live: bytearray
+    vaddr: int = 0  # the process address every mapping of the run maps (0: a file)
 
     def iova(self, k: int) -> int:
         return self.first + k * self.stride
@@ -102,6 +103,11 @@ class LiveMappings:
         self.runs: list[MappingRun] = []
         self.handles: dict[int, tuple[Mapping, MappingRun, int]] = {}
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # unpickled in a handover's successor: the mappings are new objects there
+        self.__dict__.update(state)
+        self.handles = {id(m): (m, run, k) for m, run, k in self.handles.values()}
+
     def add(self, rt: Runtime, run: MappingRun) -> None:
         self.runs.append(run)
         rt.on_cleanup("mapping", run.unmap_live)
@@ -129,11 +135,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def live_mappings(rt: Runtime) -> LiveMappings:
     """Mappings made by this case and not unmapped yet (released at the case's end)."""
-    found = rt.state.get("mappings")
-    if found is None:
-        found = rt.state["mappings"] = LiveMappings()
-    assert isinstance(found, LiveMappings)
-    return found
+    if rt.mappings is None:
+        rt.mappings = LiveMappings()
+    return rt.mappings
 
 
 @op(AllocBuffer)
@@ -188,8 +192,12 @@ def last_iova(space: AddressSpace, size: int) -> int:
 
 @op(MapDma)
 def map_dma(rt: Runtime, args: MapDma, step: Step) -> Mapping:
+    if args.flags or args.file:  # live update's forms (run/ops/liveupdate.py)
+        from vfio_scenario.run.ops.liveupdate import map_dma_special
+
+        return map_dma_special(rt, args, step)
     space = space_of(rt, args)
-    target: Any = rt.handle(args.buffer or args.mmio or args.dmabuf or "")
+    target: Any = rt.handle(args.target)
     size = target.size - args.offset if args.size is None else args.size
     iova = last_iova(space, size) if args.iova == "last" else args.iova
     if iova == "auto":  # IOMMU_IOAS_MAP without FIXED_IOVA: the kernel's allocator picks
@@ -210,7 +218,8 @@ def map_dma(rt: Runtime, args: MapDma, step: Step) -> Mapping:
             raise Skip(TYPE1_DMABUF)
         mapping = ioas.map_file(target.fd, args.offset, size, iova, args.read, args.write)
     live = live_mappings(rt)
-    run = MappingRun(mapping.space, mapping.iova, 0, mapping.size, bytearray(b"\x01"))
+    run = MappingRun(mapping.space, mapping.iova, 0, mapping.size, bytearray(b"\x01"),
+                     mapping.vaddr)
     live.add(rt, run)
     if step.handle:
         live.name(mapping, run, 0)
@@ -234,13 +243,11 @@ def batches(operation: Callable[..., Any]) -> Callable[[F], F]:
     return register
 
 
-@batches(map_dma)
-def map_dma_repeat(rt: Runtime, args: MapDma, step: Step) -> Attempt | None:
-    """All of a `repeat:`ed map_dma of a buffer or BAR in C loops: the same IOVAs, kernel
-    calls, mapping records and outcome as the repetitions one by one (see
-    interpreter.run_step). None (do them one by one) for a DMABUF, or when the step fails
-    before mapping anything (a missing handle, a range outside the buffer)."""
-    if args.dmabuf is not None:
+def _repeat_target(rt: Runtime, args: MapDma) -> tuple[Any, Any, int, int | None] | None:
+    """(IOVA space, buffer or BAR, size, fixed IOVA or None) of a map_dma that
+    map_dma_repeat can batch; None for a DMABUF, flags, a file mapping, or a step that
+    fails before mapping."""
+    if args.dmabuf is not None or args.flags or args.file:
         return None
     try:
         space = space_of(rt, args)
@@ -253,6 +260,19 @@ def map_dma_repeat(rt: Runtime, args: MapDma, step: Step) -> Attempt | None:
     except (VfioError, CheckFailed):
         return None
     assert not isinstance(fixed, str)
+    return space, target, size, fixed
+
+
+@batches(map_dma)
+def map_dma_repeat(rt: Runtime, args: MapDma, step: Step) -> Attempt | None:
+    """All of a `repeat:`ed map_dma of a buffer or BAR in C loops: the same IOVAs, kernel
+    calls, mapping records and outcome as the repetitions one by one (see
+    interpreter.run_step). None (do them one by one) for a DMABUF, or when the step fails
+    before mapping anything (a missing handle, a range outside the buffer)."""
+    resolved = _repeat_target(rt, args)
+    if resolved is None:
+        return None
+    space, target, size, fixed = resolved
     from vfio_scenario.uapi.iommu import Mapping
 
     expected = step.common.expect
@@ -278,7 +298,7 @@ def map_dma_repeat(rt: Runtime, args: MapDma, step: Step) -> Attempt | None:
         assert first is not None
         done, error = space.map_many(vaddr, size, first, stride, n, args.read, args.write)
         if done:
-            run = MappingRun(space, first, stride, size, bytearray(b"\x01") * done)
+            run = MappingRun(space, first, stride, size, bytearray(b"\x01") * done, vaddr)
             live.add(rt, run)
             if "ok" not in expected:  # this one mapped: it decides the step
                 return "ok", None, ""
@@ -305,6 +325,11 @@ def map_dma_repeat(rt: Runtime, args: MapDma, step: Step) -> Attempt | None:
 
 @op(UnmapDma)
 def unmap_dma(rt: Runtime, args: UnmapDma, step: Step) -> None:
+    if args.flags:  # VFIO_DMA_UNMAP_FLAG_VADDR (run/ops/liveupdate.py)
+        from vfio_scenario.run.ops.liveupdate import unmap_dma_vaddr
+
+        unmap_dma_vaddr(rt, args, step)
+        return
     live = live_mappings(rt)
     if args.mapping is not None:
         mapping: Mapping = rt.handle(args.mapping)
@@ -327,6 +352,8 @@ def unmap_dma(rt: Runtime, args: UnmapDma, step: Step) -> None:
 def unmap_dma_repeat(rt: Runtime, args: UnmapDma, step: Step) -> Attempt | None:
     """All of a `repeat:`ed unmap_dma in one C loop: the same unmap, its `unmapped_size`
     check and its outcome, repetition after repetition (see interpreter.run_step)."""
+    if args.flags:
+        return None
     try:
         if args.mapping is not None:
             mapping: Mapping = rt.handle(args.mapping)
