@@ -1,6 +1,10 @@
 #!/usr/bin/env python3
 """The kernel's own VFIO selftests against their ports in scenarios/kselftest/, one VM.
 
+Also the iommufd selftest (tools/testing/selftests/iommu/iommufd.c, built as its Makefile
+does, -lcap) against scenarios/kselftest/iommufd_test.yaml: it needs no device, only the
+mock IOMMU of CONFIG_IOMMUFD_TEST in the kernel.
+
 Builds tools/testing/selftests/vfio from the Debian linux-source tree
 (`vfio_scenario.testbed.assets.linux_source_dir()`) into the cache, with the fix-ups
 7.2.13 needs to build (calloc_assert() is called but defined nowhere: a small
@@ -19,7 +23,8 @@ It prints per program: C and our end-to-end seconds and their ratio, the sums of
 per-case seconds and their ratio; the totals; and every case where the two disagree
 (one passes where the other fails or skips). Target: end to end <= 1.5x the C programs.
 
-Run on the host: `.venv/bin/python benchmarks/vs_kselftest.py [--kernel default|debian]`.
+Run on the host: `.venv/bin/python benchmarks/vs_kselftest.py [--kernel default|debian]
+[--programs iommufd ...]`.
 `--inside` is the half that runs in the guest.
 """
 
@@ -49,7 +54,12 @@ PROGRAMS = (
     "vfio_pci_device_init_perf_test",
     "vfio_pci_driver_test",
     "vfio_pci_sriov_uapi_test",
+    "iommufd",
 )
+# the iommufd selftests (tools/testing/selftests/iommu): no VFIO library, no device, libcap
+IOMMU_PROGRAMS = ("iommufd",)
+# a program's port where the file is not named after the program
+SCENARIO_FILES = {"iommufd": "iommufd_test"}
 LIB_SOURCES = ("iommu.c", "iova_allocator.c", "libvfio.c", "sysfs.c", "vfio_pci_device.c",
                "vfio_pci_driver.c", "drivers/ioat/ioat.c", "drivers/dsa/dsa.c")
 # 7.2.13's lib/vfio_pci_device.c calls calloc_assert(), which no header defines.
@@ -75,8 +85,12 @@ def cache_dir() -> Path:
     return base / "vfio-scenario" / "kselftest-vfio"
 
 
+def scenario_file(program: str) -> Path:
+    return SCENARIOS / f"{SCENARIO_FILES.get(program, program)}.yaml"
+
+
 def build(jobs: int = 2) -> Path:
-    """Build the seven programs (once per source tree) and return their folder."""
+    """Build the programs (once per source tree and program list) and return their folder."""
     from vfio_scenario.testbed.assets import linux_source_dir
 
     src = linux_source_dir()
@@ -84,7 +98,7 @@ def build(jobs: int = 2) -> Path:
     vfio = selftests / "vfio"
     out = cache_dir() / src.parent.name
     stamp = out / ".built"
-    if stamp.exists():
+    if stamp.exists() and stamp.read_text().split("\n")[1:2] == [" ".join(PROGRAMS)]:
         return out
     (out / "obj").mkdir(parents=True, exist_ok=True)
     fixup = out / "fixup.h"
@@ -100,14 +114,23 @@ def build(jobs: int = 2) -> Path:
         obj = out / "obj" / (rel.replace("/", "_") + ".o")
         objects.append(str(obj))
         jobs_list.append(["cc", *cflags, "-c", str(vfio / "lib" / rel), "-o", str(obj)])
-    for prog in PROGRAMS:
+    vfio_programs = [p for p in PROGRAMS if p not in IOMMU_PROGRAMS]
+    for prog in vfio_programs:
         jobs_list.append(["cc", *cflags, "-c", str(vfio / f"{prog}.c"),
                           "-o", str(out / "obj" / f"{prog}.o")])
+    iommu = selftests / "iommu"
+    for prog in IOMMU_PROGRAMS:  # as its Makefile: -Wall -O2, the uAPI headers, -lcap
+        jobs_list.append(["cc", "-O2", "-Wall", "-Wno-unused-function", "-D_GNU_SOURCE=",
+                          "-isystem", str(src / "include" / "uapi"),
+                          "-isystem", str(src / "arch" / "x86" / "include" / "uapi"),
+                          "-I", str(src / "tools" / "include"), "-I", str(selftests),
+                          "-I", str(iommu), str(iommu / f"{prog}.c"), "-lcap",
+                          "-o", str(out / prog)])
     _run_parallel(jobs_list, jobs)
-    for prog in PROGRAMS:
+    for prog in vfio_programs:
         subprocess.run(["cc", "-pthread", str(out / "obj" / f"{prog}.o"), *objects, "-luuid",
                         "-o", str(out / prog)], check=True)
-    stamp.write_text(str(src) + "\n")
+    stamp.write_text(str(src) + "\n" + " ".join(PROGRAMS) + "\n")
     return out
 
 
@@ -174,6 +197,21 @@ def _driver(params: dict[str, str], scenario: str) -> str | None:
     return f"vfio_pci_driver_test.{params['iommu_mode']}.{test}"
 
 
+# our iommufd_test.yaml scenario prefix -> the C fixture (FIXTURE_VARIANTs: the `variant` axis)
+IOMMUFD_FIXTURES = {"iommufd-": "iommufd", "ioas-": "iommufd_ioas",
+                    "mock-domain-": "iommufd_mock_domain"}
+
+
+def _iommufd(params: dict[str, str], scenario: str) -> str | None:
+    for prefix, fixture in IOMMUFD_FIXTURES.items():
+        if scenario.startswith(prefix):
+            test = scenario.removeprefix(prefix).removesuffix("-with-domain")
+            test = test.removesuffix("-two-domains").replace("-", "_")
+            variant = params.get("variant")
+            return f"{fixture}.{variant}.{test}" if variant else f"{fixture}.{test}"
+    return None
+
+
 MATCH: dict[str, Callable[[dict[str, str], str], str | None]] = {
     "vfio_dma_mapping_test": _dma,
     "vfio_dma_mapping_mmio_test": _mmio,
@@ -181,6 +219,7 @@ MATCH: dict[str, Callable[[dict[str, str], str], str | None]] = {
     "vfio_pci_device_test": _device,
     "vfio_pci_device_init_perf_test": _perf,
     "vfio_pci_driver_test": _driver,
+    "iommufd": _iommufd,
 }
 
 
@@ -251,7 +290,7 @@ def run_ours(programs: list[str], workdir: Path, bdfs: list[str]) -> tuple[float
 
     # what the host does before the guest engine starts (compile against the guest's
     # devices, write the payload) is not timed: on the host it takes a tenth of a second
-    files = [str(SCENARIOS / f"{p}.yaml") for p in programs]
+    files = [str(scenario_file(p)) for p in programs]
     # each device with its driver's limits, as a run compiles (the `driver` axis)
     from vfio_scenario.language.devices import DeviceName
     from vfio_scenario.run.driverfacts import driver_facts
@@ -274,7 +313,8 @@ def run_ours(programs: list[str], workdir: Path, bdfs: list[str]) -> tuple[float
         if event.get("event") != "result":
             continue
         result = event["result"]
-        program = Path(result["file"]).stem
+        stem = Path(result["file"]).stem
+        program = next((p for p, f in SCENARIO_FILES.items() if f == stem), stem)
         side = sides[program]
         params = {k: str(v) for k, v in result.get("params", {}).items()}
         name = MATCH[program](params, result["scenario"])
@@ -295,7 +335,7 @@ def run_ours(programs: list[str], workdir: Path, bdfs: list[str]) -> tuple[float
     return seconds, sides
 
 
-def inside(binaries: Path, per_case: bool) -> None:
+def inside(binaries: Path, per_case: bool, programs: tuple[str, ...] = PROGRAMS) -> None:
     from vfio_scenario.uapi import sysfs
 
     t0 = time.perf_counter()
@@ -308,10 +348,12 @@ def inside(binaries: Path, per_case: bool) -> None:
     operations()
     bdfs = sysfs.find_devices(0x1234, 0x11E8)
     report: dict[str, dict[str, object]] = {}
-    ported = [p for p in PROGRAMS if (SCENARIOS / f"{p}.yaml").exists()]
+    ported = [p for p in programs if scenario_file(p).exists()]
     with tempfile.TemporaryDirectory() as tmp:
-        for program in PROGRAMS:
+        for program in programs:
             args = bdfs if program == "vfio_pci_device_init_perf_test" else bdfs[:1]
+            if program in IOMMU_PROGRAMS:  # the mock IOMMU: no device
+                args = []
             c = run_c(binaries / program, args, per_case)
             ours = run_ours([program], Path(tmp), bdfs)[1][program] if program in ported \
                 else None
@@ -396,16 +438,19 @@ def main() -> None:
     parser.add_argument("--no-per-case", action="store_true",
                         help="skip running each C case alone (faster)")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--programs", nargs="+", choices=PROGRAMS, default=list(PROGRAMS),
+                        help="only these C programs and their ports (default: all)")
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--binaries", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inside:
-        inside(args.binaries, not args.no_per_case)
+        inside(args.binaries, not args.no_per_case, tuple(args.programs))
         return
     from vfio_scenario.testbed import Testbed
 
     binaries = build()
-    argv = [sys.executable, str(Path(__file__).resolve()), "--inside", "--binaries", str(binaries)]
+    argv = [sys.executable, str(Path(__file__).resolve()), "--inside", "--binaries", str(binaries),
+            "--programs", *args.programs]
     if args.no_per_case:
         argv.append("--no-per-case")
     with Testbed(kernel=args.kernel) as testbed:

@@ -57,9 +57,11 @@ Feature = Literal[
     "hugetlb-2M",
     "hugetlb-1G",
     "iommu_debugfs",
+    "iommufd_test",
 ]
 FEATURES: tuple[str, ...] = get_args(Feature)
-HANDLE_KINDS = ("iommu", "ioas", "cdev", "device", "buffer", "mapping", "mmio", "irq", "dmabuf")
+HANDLE_KINDS = ("iommu", "ioas", "cdev", "device", "buffer", "mapping", "mmio", "irq", "dmabuf",
+                "mock", "hwpt")
 ERRNO_NAMES = frozenset(ERRNO_NUMBERS)
 HANDLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 BDF = re.compile(r"^([0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
@@ -145,6 +147,9 @@ MappingRef = Annotated[str, AfterValidator(_handle_name), HandleRef("mapping")]
 MmioRef = Annotated[str, AfterValidator(_handle_name), HandleRef("mmio")]
 IrqRef = Annotated[str, AfterValidator(_handle_name), HandleRef("irq")]
 DmabufRef = Annotated[str, AfterValidator(_handle_name), HandleRef("dmabuf")]
+MockRef = Annotated[str, AfterValidator(_handle_name), HandleRef("mock")]
+IoasOrMockRef = Annotated[str, AfterValidator(_handle_name), HandleRef("ioas", "mock", "hwpt")]
+ObjectId = Annotated[int, BeforeValidator(parse_int), _c_type("u32")]
 CdevRef = Annotated[str, AfterValidator(_handle_name), HandleRef("cdev")]
 DeviceOrCdevRef = Annotated[str, AfterValidator(_handle_name), HandleRef("device", "cdev")]
 Bdf = Annotated[str, AfterValidator(_bdf)]
@@ -221,7 +226,8 @@ def _exactly_one(model: BaseModel, names: tuple[str, ...], *, required: bool = T
 
 class OpenIommu(Op):
     """Open an IOMMU in `mode` (default: the case's `iommu_mode`): a type1 container or
-    an iommufd."""
+    an iommufd; with `default_ioas: false` an iommufd gets no IOAS at open (as the
+    iommufd selftests open /dev/iommu)."""
 
     op = "open_iommu"
     produces = "iommu"
@@ -229,6 +235,7 @@ class OpenIommu(Op):
     opens_iommu = True
     iommu_mode_argument = "mode"
     mode: IommuMode | None = None
+    default_ioas: bool = True  # iommufd: an IOAS made at open, where map_dma/devices go
 
 
 class IovaRange(Strict):
@@ -303,6 +310,206 @@ class Detach(Op):
     device: DeviceRef
 
 
+# --- iommufd objects and the selftests' mock IOMMU (CONFIG_IOMMUFD_TEST) ---------
+
+
+class MockDomain(Op):
+    """IOMMU_TEST_OP_MOCK_DOMAIN(_FLAGS): `count` mock devices attached to `pt` (an IOAS:
+    each gets a new mock domain; a mock handle: its HW page table; or an object id). The
+    handle holds the last device's ids, all 0 with `count: 0`."""
+
+    op = "mock_domain"
+    produces = "mock"
+    area = "iommufd"
+    iommu: IommuRef
+    pt: ObjectId | IoasOrMockRef
+    count: U32 = 1
+    flags: list[Literal["no_dirty", "pasid"]] = []
+    dev_cache: U32 | None = None  # IOMMU_TEST_OP_DEV_CHECK_CACHE: each cache of each device
+
+
+class MockDomainReplace(Op):
+    """IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE: attach the mock device to another page table."""
+
+    op = "mock_domain_replace"
+    area = "iommufd"
+    iommu: IommuRef
+    mock: MockRef
+    pt: ObjectId | IoasOrMockRef
+
+
+class AllocHwpt(Op):
+    """IOMMU_HWPT_ALLOC: a HW page table for a device (a mock device's iommufd device) on
+    `pt` with `flags` (names, or a number as given)."""
+
+    op = "alloc_hwpt"
+    produces = "hwpt"
+    area = "iommufd"
+    iommu: IommuRef
+    device: ObjectId | MockRef
+    pt: ObjectId | IoasOrMockRef
+    flags: list[Literal["nest_parent", "dirty_tracking", "fault_id_valid", "pasid"]] | U32 = []
+
+
+class CloseIommu(Op):
+    """Close the IOMMU's fd now (an iommufd frees its objects and unpins their pages)."""
+
+    op = "close_iommu"
+    area = "iommufd"
+    iommu: IommuRef
+
+
+class MockCheckRefs(Op):
+    """IOMMU_TEST_OP_MD_CHECK_REFS on a fresh /dev/iommu: every page of the buffer holds
+    `refs` pins (the selftests' teardown checks 0 after closing the fixture's iommufd)."""
+
+    op = "mock_check_refs"
+    area = "iommufd"
+    buffer: BufferRef
+    refs: U32 = 0
+
+
+class MockMemoryLimit(Op):
+    """IOMMU_TEST_OP_SET_TEMP_MEMORY_LIMIT: the mock's pinned-page limit (kernel default 65536)."""
+
+    op = "mock_memory_limit"
+    area = "iommufd"
+    iommu: IommuRef
+    pages: U32
+
+
+class IommufdDestroy(Op):
+    """IOMMU_DESTROY of an IOAS, of a mock device (its selftest object) or of an id."""
+
+    op = "iommufd_destroy"
+    area = "iommufd"
+    iommu: IommuRef
+    object: ObjectId | IoasOrMockRef
+
+
+class AddReservedIovas(Op):
+    """IOMMU_TEST_OP_ADD_RESERVED: reserve [start, start+size) of an IOAS."""
+
+    op = "add_reserved_iovas"
+    area = "iommufd"
+    ioas: IoasRef
+    start: Int
+    size: Int
+
+
+class IovaSpan(Strict):
+    start: Int
+    last: Int
+
+
+class AllowIovas(Op):
+    """IOMMU_IOAS_ALLOW_IOVAS: the IOAS maps only inside `ranges` ([] allows everything)."""
+
+    op = "allow_iovas"
+    area = "iommufd"
+    ioas: IoasRef
+    ranges: list[IovaSpan]
+
+
+class IovaRanges(Op):
+    """IOMMU_IOAS_IOVA_RANGES with room for `capacity` ranges; checks the `count`, the
+    `ranges` (nothing written past them) and the `alignment` the kernel reports. On
+    EMSGSIZE (too little room) `count`, the ranges that fit and that nothing past the
+    room was written are checked, then the errno is the step's outcome."""
+
+    op = "iova_ranges"
+    area = "iommufd"
+    ioas: IoasRef
+    capacity: U32 = 256
+    count: U32 | None = None
+    ranges: list[IovaSpan] | None = None
+    alignment: Int | None = None
+
+
+class CopyIova(Op):
+    """IOMMU_IOAS_COPY: map in `ioas` the pages `src` maps at `src_iova`."""
+
+    op = "copy_iova"
+    produces = "mapping"
+    area = "iommufd"
+    ioas: IoasRef
+    src: IoasRef
+    src_iova: Int
+    size: Size
+    iova: Int | None = None  # None: the kernel picks
+    read: bool = True
+    write: bool = True
+
+
+class IommufdOption(Op):
+    """IOMMU_OPTION: set `option` of the iommufd (object 0) or of an IOAS to `set`, or
+    get it and check it `equals`."""
+
+    op = "iommufd_option"
+    area = "iommufd"
+    iommu: IommuRef
+    option: Literal["rlimit_mode", "huge_pages"]
+    object: ObjectId | IoasRef = 0
+    set: Int | None = None
+    equals: Int | None = None
+
+    @model_validator(mode="after")
+    def _set_or_get(self) -> IommufdOption:
+        if self.set is not None and self.equals is not None:
+            raise ValueError("give `set` (an OP_SET) or `equals` (an OP_GET's check), not both")
+        return self
+
+
+class GetHwInfo(Op):
+    """IOMMU_GET_HW_INFO of a device with a `data_len`-byte buffer: checks the data type
+    the kernel reports, the selftest register, that bytes past the kernel's data are
+    zeroed, the max PASID width and the capabilities."""
+
+    op = "get_hw_info"
+    area = "iommufd"
+    iommu: IommuRef
+    device: ObjectId | MockRef
+    data_type: Literal["default", "selftest"] | U32 | None = None  # None: no INPUT_TYPE flag
+    data_len: U32 = 8
+    out_data_type: Literal["selftest"] | U32 | None = None
+    test_reg: U32 | None = None
+    max_pasid_log2: Annotated[int, Field(ge=0, le=255)] | None = None
+    capabilities_include: list[Literal["dirty_tracking"]] = []
+
+
+class IommufdIoctl(Op):
+    """One ioctl on the iommufd exactly as given, for the uAPI's own argument checks: by
+    name or command number, its struct with `fields` set (a string names a handle: its
+    object id), the size field `size` (default: the struct's), `trailing` bytes after
+    it, a NULL pointer (`null_pointer`) or an integer argument (`value`). `returns` checks the
+    result, `out` fields of the struct after the call."""
+
+    op = "iommufd_ioctl"
+    area = "iommufd"
+    iommu: IommuRef
+    ioctl: Annotated[str, Field(pattern=r"^(IOMMU|VFIO)_[A-Z0-9_]+$")] | U32
+    struct: Annotated[str, Field(pattern=r"^[a-z0-9_]+$")] | None = None
+    fields: dict[str, Int | Annotated[str, AfterValidator(_handle_name)]] = {}
+    size: U32 | None = None
+    trailing: list[Annotated[int, Field(ge=0, le=255)]] = []
+    null_pointer: bool = False
+    value: Int | None = None
+    returns: Int | None = None
+    out: dict[str, Int | Annotated[str, AfterValidator(_handle_name)]] = {}
+
+
+class IommufdCommandLength(Op):
+    """The size rules of an iommufd command (the selftest's TEST_LENGTH): one byte short
+    of `last`'s end is EINVAL; one byte past the struct with a non-zero byte there is
+    E2BIG; the exact size and one past it with a zero byte there answer alike."""
+
+    op = "iommufd_command_length"
+    area = "iommufd"
+    iommu: IommuRef
+    ioctl: Annotated[str, Field(pattern=r"^IOMMU_[A-Z0-9_]+$")]
+    last: Annotated[str, Field(pattern=r"^[a-z0-9_]+$")]
+
+
 # --- Memory and DMA mappings --------------------------------------------------
 
 
@@ -336,7 +543,8 @@ class Fill(_BufferPattern):
 
 class MapDma(Op):
     """Map a buffer, a BAR mapping (`mmio`) or a DMABUF into an IOMMU or IOAS at `iova`
-    (default: a free IOVA; `last`: the highest that fits)."""
+    (default: a free IOVA; `last`: the highest that fits; `auto`: the kernel picks, an
+    iommufd IOAS and a buffer)."""
 
     op = "map_dma"
     produces = "mapping"
@@ -346,7 +554,8 @@ class MapDma(Op):
     buffer: BufferRef | None = None
     mmio: MmioRef | None = None
     dmabuf: DmabufRef | None = None
-    iova: Int | Literal["last"] | None = None  # last: the highest page that fits `size`
+    # last: the highest page that fits `size`; auto: the kernel picks (an iommufd IOAS)
+    iova: Int | Literal["last", "auto"] | None = None
     offset: Size = 0
     size: Size | None = None
     read: bool = True

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from vfio_scenario.errors import VfioError
-from vfio_scenario.uapi import debugfs, sysfs
+from vfio_scenario.uapi import debugfs, iommufd_mock, sysfs
 from vfio_scenario.uapi.iommu import Iommu, open_iommu
 from vfio_scenario.uapi.irq import IrqType
 from vfio_scenario.uapi.kconfig import kernel_config
 from vfio_scenario.uapi.modes import ALL_MODES, IommuMode
 
-HOST_FEATURES = ("iommufd", "cdev", "hugetlb-2M", "hugetlb-1G", "iommu_debugfs")
+HOST_FEATURES = ("iommufd", "cdev", "hugetlb-2M", "hugetlb-1G", "iommu_debugfs", "iommufd_test")
 DEVICE_FEATURES = ("dma_buf", "dma_buf_mmap", "dma_buf_revoke", "dma_buf_memattr", "msi", "msix",
                    "intx", "reset", "sriov")
 HUGEPAGE_DIRS = {"hugetlb-2M": "hugepages-2048kB", "hugetlb-1G": "hugepages-1048576kB"}
@@ -133,6 +133,8 @@ def _host_features(modes: dict[IommuMode, Availability],
                                                    f"of {pool.total}"))
     ok, reason = debugfs.availability()
     features["iommu_debugfs"] = Availability(ok, reason)
+    ok, reason = iommufd_mock.available()
+    features["iommufd_test"] = Availability(ok, reason)
     return features
 
 

@@ -53,7 +53,17 @@ IOCTLS: tuple[str, ...] = (
     "IOMMU_HWPT_ALLOC",
     "IOMMU_GET_HW_INFO",
     "IOMMU_IOAS_MAP_FILE",
+    "IOMMU_HWPT_SET_DIRTY_TRACKING",
+    "IOMMU_HWPT_GET_DIRTY_BITMAP",
+    "IOMMU_HWPT_INVALIDATE",
+    "IOMMU_FAULT_QUEUE_ALLOC",
+    "IOMMU_VIOMMU_ALLOC",
+    "IOMMU_VDEVICE_ALLOC",
     "IOMMU_IOAS_CHANGE_PROCESS",
+    "IOMMU_VEVENTQ_ALLOC",
+    "IOMMU_HW_QUEUE_ALLOC",
+    # CONFIG_IOMMUFD_TEST's mock IOMMU (drivers/iommu/iommufd/iommufd_test.h)
+    "IOMMU_TEST_CMD",
 )
 
 # Proposed uAPI not in any released kernel: numbers from the RFC, checked separately.

@@ -139,13 +139,14 @@ class Iommu(AddressSpace):
         self.close()
 
 
-def open_iommu(mode: IommuMode | str) -> Iommu:
-    """Open the IOMMU in `mode` (type1 modes set their IOMMU type on the first group)."""
+def open_iommu(mode: IommuMode | str, default_ioas: bool = True) -> Iommu:
+    """Open the IOMMU in `mode` (type1 modes set their IOMMU type on the first group;
+    an iommufd gets a default IOAS unless `default_ioas` is False)."""
     mode = IommuMode(mode)
     if mode is IommuMode.IOMMUFD:
         from vfio_scenario.uapi.iommufd import Iommufd
 
-        return Iommufd()
+        return Iommufd(default_ioas)
     from vfio_scenario.uapi.container import Container
 
     return Container(mode)

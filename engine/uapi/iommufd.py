@@ -126,16 +126,26 @@ class Ioas(AddressSpace):
 class Iommufd(Iommu):
     """An open /dev/iommu with a default IOAS; mapping verbs act on the default IOAS."""
 
-    def __init__(self) -> None:
+    def __init__(self, default_ioas: bool = True) -> None:
         self.mode = IommuMode.IOMMUFD
         self.handle = "/dev/iommu"
         self.fd = open_fd(self.handle, "open_iommufd")
-        try:
-            self.ioas = Ioas(self)
-        except VfioError:
-            close_fd(self.fd)
-            raise
+        self._ioas: Ioas | None = None
+        if default_ioas:
+            try:
+                self._ioas = Ioas(self)
+            except VfioError:
+                close_fd(self.fd)
+                raise
         self.extra: list[Ioas] = []
+
+    @property
+    def ioas(self) -> Ioas:
+        """The default IOAS (made at open unless `default_ioas` was False)."""
+        if self._ioas is None:
+            raise VfioError(errno.ENOENT, "default IOAS", self.handle,
+                            "this iommufd was opened without a default IOAS")
+        return self._ioas
 
     def alloc_ioas(self) -> Ioas:
         """Another IO address space on this iommufd."""

@@ -43,7 +43,8 @@ def _source_dir() -> Path:
 
 def _constants() -> list[str]:
     return sorted(n for n in dir(lib)
-                  if n.startswith(("VFIO_", "IOMMU_")) and isinstance(getattr(lib, n), int)
+                  if n.startswith(("VFIO_", "IOMMU_", "MOCK_"))
+                  and isinstance(getattr(lib, n), int)
                   and n not in PROPOSED_CONSTANTS)
 
 
@@ -57,8 +58,10 @@ def _build_layout(src: Path, work: Path, structs: list[str], constants: list[str
     (with `signedness`, also whether each field, all scalars then, is signed)."""
     # asm/ headers that Kbuild would generate from asm-generic.
     (work / "asm").symlink_to(src / "include/uapi/asm-generic")
+    # iommufd_test.h: CONFIG_IOMMUFD_TEST's uAPI, not installed; the selftests include it
+    # from the tree as this program does
     lines = ["#include <stdio.h>", "#include <stddef.h>", "#include <linux/vfio.h>",
-             "#include <linux/iommufd.h>", "int main(void) {"]
+             "#include <linux/iommufd.h>", '#include "iommufd_test.h"', "int main(void) {"]
     for struct in structs:
         lines.append(f'printf("sizeof:{struct} %zu\\n", sizeof(struct {struct}));')
         for field, _ in ffi.typeof(f"struct {struct}").fields:
@@ -73,6 +76,7 @@ def _build_layout(src: Path, work: Path, structs: list[str], constants: list[str
     (work / "layout.c").write_text("\n".join(lines) + "\n")
     subprocess.run(["gcc", "-o", str(work / "layout"), str(work / "layout.c"),
                     f"-I{src}/arch/x86/include/uapi", f"-I{src}/include/uapi", f"-I{work}",
+                    f"-I{src}/drivers/iommu/iommufd",
                     # What headers_install would strip or define.
                     "-D__user=", "-D__EXPORTED_HEADERS__"],
                    check=True, capture_output=True, text=True)
@@ -104,7 +108,7 @@ def test_constant_matches_kernel_7_2(kernel_layout: dict[str, int], name: str) -
 
 def test_every_ioctl_the_layer_issues_is_checked() -> None:
     assert set(ioctl.IOCTLS) <= set(_constants())
-    assert len(ioctl.IOCTLS) == 38
+    assert len(ioctl.IOCTLS) == 47
 
 
 # The proposed uAPI, as the series' include/uapi/linux/vfio.h hunks declare it (read

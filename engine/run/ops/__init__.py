@@ -59,6 +59,7 @@ def _import_areas() -> None:
         driver,
         host,
         iommu,
+        iommufd,
         liveupdate,
         memory,
     )

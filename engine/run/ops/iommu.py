@@ -38,7 +38,10 @@ def open_iommu_op(rt: Runtime, args: OpenIommu, step: Step) -> Iommu:
     mode = args.mode or rt.case.iommu_mode
     if mode is None:
         raise VfioError(errno.EINVAL, "open_iommu", "", "no mode given and the case has none")
-    iommu = open_iommu(mode)
+    if not args.default_ioas and mode != "iommufd":
+        raise VfioError(errno.EINVAL, "open_iommu", mode,
+                        "`default_ioas: false` is for the iommufd mode")
+    iommu = open_iommu(mode, args.default_ioas)
     rt.on_cleanup(f"IOMMU {mode}", iommu.close)
     return iommu
 
@@ -64,8 +67,20 @@ def iommu_info(rt: Runtime, args: IommuInfo, step: Step) -> None:
 @op(AllocIoas)
 def alloc_ioas(rt: Runtime, args: AllocIoas, step: Step) -> Ioas:
     ioas = iommufd_of(rt, args.iommu, "alloc_ioas").alloc_ioas()
-    rt.on_cleanup(ioas.handle, ioas.destroy)
+    rt.on_cleanup(ioas.handle, lambda: _release_ioas(ioas))
     return ioas
+
+
+def _release_ioas(ioas: Ioas) -> None:
+    """Destroy the IOAS unless a step did (`iommufd_destroy`: ENOENT) or closed its
+    iommufd (`close_iommu`: closing destroyed it)."""
+    if ioas.iommufd.fd < 0:
+        return
+    try:
+        ioas.destroy()
+    except VfioError as e:
+        if e.errno != errno.ENOENT:
+            raise
 
 
 @op(OpenCdev)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -21,6 +22,7 @@ from vfio_scenario.language.units import format_size
 from vfio_scenario.run.interpreter import CheckFailed, Runtime, Skip
 from vfio_scenario.run.ops import op
 from vfio_scenario.uapi.buffers import DmaBuffer
+from vfio_scenario.uapi.iommufd import Ioas
 from vfio_scenario.uapi.patterns import Pattern
 
 if TYPE_CHECKING:
@@ -69,7 +71,10 @@ class MappingRun:
 
     def unmap_live(self) -> None:
         """Unmap what is still mapped, newest first, each on its own (the case's end);
-        a failure does not stop the others, the first is raised at the end."""
+        a failure does not stop the others, the first is raised at the end. Nothing is
+        left to unmap once a step closed the iommufd (`close_iommu`): closing unmapped it."""
+        if getattr(getattr(self.space, "iommufd", self.space), "fd", 0) < 0:
+            return
         failed: list[tuple[int, VfioError]] = []
         end = len(self.live)
         while (top := self.live.rfind(1, 0, end)) >= 0:
@@ -195,8 +200,12 @@ def map_dma(rt: Runtime, args: MapDma, step: Step) -> Mapping:
     target: Any = rt.handle(args.target)
     size = target.size - args.offset if args.size is None else args.size
     iova = last_iova(space, size) if args.iova == "last" else args.iova
-    assert not isinstance(iova, str)
-    if args.buffer is not None:
+    if iova == "auto":  # IOMMU_IOAS_MAP without FIXED_IOVA: the kernel's allocator picks
+        if not isinstance(space, Ioas) or args.buffer is None:
+            raise VfioError(errno.EINVAL, "map_dma", space.handle,
+                            "`iova: auto` maps a buffer into an iommufd IOAS (`ioas:`)")
+        mapping = space.map(target.addr + args.offset, size, None, args.read, args.write)
+    elif args.buffer is not None:
         mapping = space.map_buffer(target, iova, args.offset, size, args.read, args.write)
     elif args.mmio is not None:
         iova = iova if iova is not None else space.alloc_iova(size)

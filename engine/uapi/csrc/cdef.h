@@ -194,6 +194,75 @@ struct iommu_hw_info {
 	__u8 out_max_pasid_log2; __u8 __reserved[3]; __u64 out_capabilities;
 };
 
+struct iommu_hwpt_set_dirty_tracking { __u32 size; __u32 flags; __u32 hwpt_id; __u32 __reserved; };
+struct iommu_hwpt_get_dirty_bitmap {
+	__u32 size; __u32 hwpt_id; __u32 flags; __u32 __reserved;
+	__u64 iova; __u64 length; __u64 page_size; __u64 data;
+};
+struct iommu_hwpt_invalidate {
+	__u32 size; __u32 hwpt_id; __u64 data_uptr; __u32 data_type; __u32 entry_len;
+	__u32 entry_num; __u32 __reserved;
+};
+struct iommu_fault_alloc { __u32 size; __u32 flags; __u32 out_fault_id; __u32 out_fault_fd; };
+struct iommu_viommu_alloc {
+	__u32 size; __u32 flags; __u32 type; __u32 dev_id; __u32 hwpt_id; __u32 out_viommu_id;
+	__u32 data_len; __u32 __reserved; __u64 data_uptr;
+};
+struct iommu_vdevice_alloc {
+	__u32 size; __u32 viommu_id; __u32 dev_id; __u32 out_vdevice_id; __u64 virt_id;
+};
+struct iommu_veventq_alloc {
+	__u32 size; __u32 flags; __u32 viommu_id; __u32 type; __u32 veventq_depth;
+	__u32 out_veventq_id; __u32 out_veventq_fd; __u32 __reserved;
+};
+struct iommu_hw_queue_alloc {
+	__u32 size; __u32 flags; __u32 viommu_id; __u32 type; __u32 index; __u32 out_hw_queue_id;
+	__u64 nesting_parent_iova; __u64 length;
+};
+/* iommufd_test.h (CONFIG_IOMMUFD_TEST) */
+struct iommu_test_cmd {
+	__u32 size; __u32 op; __u32 id; __u32 __reserved;
+	union {
+		struct { __u64 start; __u64 length; } add_reserved;
+		struct { __u32 out_stdev_id; __u32 out_hwpt_id; __u32 out_idev_id; } mock_domain;
+		struct {
+			__u32 out_stdev_id; __u32 out_hwpt_id; __u32 out_idev_id; __u32 dev_flags;
+		} mock_domain_flags;
+		struct { __u32 pt_id; } mock_domain_replace;
+		struct { __u64 iova; __u64 length; __u64 uptr; } check_map;
+		struct { __u64 length; __u64 uptr; __u32 refs; } check_refs;
+		struct { __u32 out_access_fd; __u32 flags; } create_access;
+		struct { __u32 access_pages_id; } destroy_access_pages;
+		struct {
+			__u32 flags; __u32 out_access_pages_id; __u64 iova; __u64 length; __u64 uptr;
+		} access_pages;
+		struct { __u64 iova; __u64 length; __u64 uptr; __u32 flags; } access_rw;
+		struct { __u32 limit; } memory_limit;
+		struct { __u32 ioas_id; } access_replace_ioas;
+		struct {
+			__u32 flags; __u64 iova; __u64 length; __u64 page_size; __u64 uptr;
+			__u64 out_nr_dirty;
+		} dirty;
+		struct { __u32 id; __u32 iotlb; } check_iotlb;
+		struct { __u32 dev_id; __u32 pasid; __u32 grpid; __u32 perm; __u64 addr; } trigger_iopf;
+		struct { __u32 id; __u32 cache; } check_dev_cache;
+		struct { __u32 dev_id; } trigger_vevent;
+		struct { __u32 pasid; __u32 pt_id; } pasid_attach;
+		struct { __u32 pasid; __u32 pt_id; } pasid_replace;
+		struct { __u32 pasid; } pasid_detach;
+		struct { __u32 pasid; __u32 hwpt_id; } pasid_check;
+		struct { __u32 length; __u32 open_flags; } dmabuf_get;
+		struct { __s32 dmabuf_fd; __u32 revoked; } dmabuf_revoke;
+	};
+	__u32 last;
+};
+struct iommu_test_hw_info { __u32 flags; __u32 test_reg; };
+struct iommu_hwpt_selftest { __u32 iotlb; __u32 pagetable_type; };
+struct iommu_hwpt_invalidate_selftest { __u32 flags; __u32 iotlb_id; };
+struct iommu_viommu_selftest {
+	__u32 in_data; __u32 out_data; __u64 out_mmap_offset; __u64 out_mmap_length;
+};
+
 #define IOMMU_DESTROY ...
 #define IOMMU_IOAS_ALLOC ...
 #define IOMMU_IOAS_ALLOW_IOVAS ...
@@ -215,6 +284,68 @@ static const int IOMMU_IOAS_MAP_READABLE;
 static const int IOMMU_OPTION_HUGE_PAGES;
 static const int IOMMU_OPTION_OP_GET;
 static const int IOMMU_OPTION_OP_SET;
+#define IOMMU_HWPT_SET_DIRTY_TRACKING ...
+#define IOMMU_HWPT_GET_DIRTY_BITMAP ...
+#define IOMMU_HWPT_INVALIDATE ...
+#define IOMMU_FAULT_QUEUE_ALLOC ...
+#define IOMMU_VIOMMU_ALLOC ...
+#define IOMMU_VDEVICE_ALLOC ...
+#define IOMMU_VEVENTQ_ALLOC ...
+#define IOMMU_HW_QUEUE_ALLOC ...
+#define IOMMU_TEST_CMD ...
+static const int IOMMU_OPTION_RLIMIT_MODE;
+static const int IOMMU_HWPT_ALLOC_NEST_PARENT;
+static const int IOMMU_HWPT_ALLOC_DIRTY_TRACKING;
+static const int IOMMU_HWPT_FAULT_ID_VALID;
+static const int IOMMU_HWPT_ALLOC_PASID;
+static const int IOMMU_HWPT_DATA_NONE;
+static const int IOMMU_HW_INFO_TYPE_DEFAULT;
+static const int IOMMU_HW_CAP_DIRTY_TRACKING;
+static const int IOMMU_HW_INFO_FLAG_INPUT_TYPE;
+static const int IOMMU_HWPT_DIRTY_TRACKING_ENABLE;
+static const int IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR;
+static const int IOMMU_TEST_OP_ADD_RESERVED;
+static const int IOMMU_TEST_OP_MOCK_DOMAIN;
+static const int IOMMU_TEST_OP_MD_CHECK_MAP;
+static const int IOMMU_TEST_OP_MD_CHECK_REFS;
+static const int IOMMU_TEST_OP_CREATE_ACCESS;
+static const int IOMMU_TEST_OP_DESTROY_ACCESS_PAGES;
+static const int IOMMU_TEST_OP_ACCESS_PAGES;
+static const int IOMMU_TEST_OP_ACCESS_RW;
+static const int IOMMU_TEST_OP_SET_TEMP_MEMORY_LIMIT;
+static const int IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE;
+static const int IOMMU_TEST_OP_ACCESS_REPLACE_IOAS;
+static const int IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS;
+static const int IOMMU_TEST_OP_DIRTY;
+static const int IOMMU_TEST_OP_MD_CHECK_IOTLB;
+static const int IOMMU_TEST_OP_TRIGGER_IOPF;
+static const int IOMMU_TEST_OP_DEV_CHECK_CACHE;
+static const int IOMMU_TEST_OP_TRIGGER_VEVENT;
+static const int IOMMU_TEST_OP_PASID_ATTACH;
+static const int IOMMU_TEST_OP_PASID_REPLACE;
+static const int IOMMU_TEST_OP_PASID_DETACH;
+static const int IOMMU_TEST_OP_PASID_CHECK_HWPT;
+static const int IOMMU_TEST_OP_DMABUF_GET;
+static const int IOMMU_TEST_OP_DMABUF_REVOKE;
+#define MOCK_APERTURE_START ...
+#define MOCK_APERTURE_LAST ...
+#define MOCK_PAGE_SIZE ...
+#define MOCK_FLAGS_DEVICE_NO_DIRTY ...
+#define MOCK_FLAGS_DEVICE_PASID ...
+#define MOCK_FLAGS_ACCESS_WRITE ...
+#define MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES ...
+#define MOCK_ACCESS_RW_WRITE ...
+#define MOCK_ACCESS_RW_SLOW_PATH ...
+#define MOCK_PASID_WIDTH ...
+#define IOMMU_HW_INFO_TYPE_SELFTEST ...
+#define IOMMU_HW_INFO_SELFTEST_REGVAL ...
+#define IOMMU_HWPT_DATA_SELFTEST ...
+#define IOMMU_TEST_IOTLB_DEFAULT ...
+#define IOMMU_TEST_DEV_CACHE_DEFAULT ...
+#define IOMMU_HWPT_INVALIDATE_DATA_SELFTEST ...
+#define IOMMU_VIOMMU_TYPE_SELFTEST ...
+#define IOMMU_VEVENTQ_TYPE_SELFTEST ...
+#define IOMMU_HW_QUEUE_TYPE_SELFTEST ...
 
 /* ---------------- libc ---------------- */
 #define PROT_NONE ...

@@ -330,6 +330,98 @@ struct iommu_ioas_map_file {
 };
 #endif
 
+
+/* ---- iommufd.h: the rest of 7.2's iommufd ioctls (the iommufd selftests use them) ---- */
+#ifndef IOMMU_OPTION_RLIMIT_MODE
+#define IOMMU_OPTION_RLIMIT_MODE 0
+#endif
+#ifndef IOMMU_HWPT_ALLOC_NEST_PARENT
+#define IOMMU_HWPT_ALLOC_NEST_PARENT (1 << 0)
+#define IOMMU_HWPT_ALLOC_DIRTY_TRACKING (1 << 1)
+#define IOMMU_HWPT_FAULT_ID_VALID (1 << 2)
+#define IOMMU_HWPT_ALLOC_PASID (1 << 3)
+#define IOMMU_HWPT_DATA_NONE 0
+#define IOMMU_HW_INFO_TYPE_DEFAULT 0
+#define IOMMU_HW_CAP_DIRTY_TRACKING (1 << 0)
+#define IOMMU_HW_INFO_FLAG_INPUT_TYPE (1 << 0)
+#endif
+
+#ifndef IOMMU_HWPT_SET_DIRTY_TRACKING
+#define IOMMU_HWPT_SET_DIRTY_TRACKING _IO(IOMMUFD_TYPE, 0x8b)
+#define IOMMU_HWPT_DIRTY_TRACKING_ENABLE 1
+struct iommu_hwpt_set_dirty_tracking {
+	__u32 size;
+	__u32 flags;
+	__u32 hwpt_id;
+	__u32 __reserved;
+};
+#endif
+
+#ifndef IOMMU_HWPT_GET_DIRTY_BITMAP
+#define IOMMU_HWPT_GET_DIRTY_BITMAP _IO(IOMMUFD_TYPE, 0x8c)
+#define IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR 1
+struct iommu_hwpt_get_dirty_bitmap {
+	__u32 size;
+	__u32 hwpt_id;
+	__u32 flags;
+	__u32 __reserved;
+	__aligned_u64 iova;
+	__aligned_u64 length;
+	__aligned_u64 page_size;
+	__aligned_u64 data;
+};
+#endif
+
+#ifndef IOMMU_HWPT_INVALIDATE
+#define IOMMU_HWPT_INVALIDATE _IO(IOMMUFD_TYPE, 0x8d)
+struct iommu_hwpt_invalidate {
+	__u32 size;
+	__u32 hwpt_id;
+	__aligned_u64 data_uptr;
+	__u32 data_type;
+	__u32 entry_len;
+	__u32 entry_num;
+	__u32 __reserved;
+};
+#endif
+
+#ifndef IOMMU_FAULT_QUEUE_ALLOC
+#define IOMMU_FAULT_QUEUE_ALLOC _IO(IOMMUFD_TYPE, 0x8e)
+struct iommu_fault_alloc {
+	__u32 size;
+	__u32 flags;
+	__u32 out_fault_id;
+	__u32 out_fault_fd;
+};
+#endif
+
+#ifndef IOMMU_VIOMMU_ALLOC
+#define IOMMU_VIOMMU_ALLOC _IO(IOMMUFD_TYPE, 0x90)
+struct iommu_viommu_alloc {
+	__u32 size;
+	__u32 flags;
+	__u32 type;
+	__u32 dev_id;
+	__u32 hwpt_id;
+	__u32 out_viommu_id;
+	__u32 data_len;
+	__u32 __reserved;
+	__aligned_u64 data_uptr;
+};
+#endif
+
+#ifndef IOMMU_VDEVICE_ALLOC
+#define IOMMU_VDEVICE_ALLOC _IO(IOMMUFD_TYPE, 0x91)
+struct iommu_vdevice_alloc {
+	__u32 size;
+	__u32 viommu_id;
+	__u32 dev_id;
+	__u32 out_vdevice_id;
+	__aligned_u64 virt_id;
+};
+#endif
+
+/* also the `liveupdate` work's; here for the selftest's size checks (cmd_length) */
 /* ---- live update, dirty tracking, low power (vfio.h 5.8+ / 6.0+, iommufd.h 6.13+) ---- */
 #ifndef VFIO_UPDATE_VADDR
 #define VFIO_UPDATE_VADDR 10
@@ -376,6 +468,148 @@ struct vfio_device_low_power_entry_with_wakeup {
 struct iommu_ioas_change_process {
 	__u32 size;
 	__u32 __reserved;
+};
+#endif
+
+#ifndef IOMMU_VEVENTQ_ALLOC
+#define IOMMU_VEVENTQ_ALLOC _IO(IOMMUFD_TYPE, 0x93)
+struct iommu_veventq_alloc {
+	__u32 size;
+	__u32 flags;
+	__u32 viommu_id;
+	__u32 type;
+	__u32 veventq_depth;
+	__u32 out_veventq_id;
+	__u32 out_veventq_fd;
+	__u32 __reserved;
+};
+#endif
+
+#ifndef IOMMU_HW_QUEUE_ALLOC
+#define IOMMU_HW_QUEUE_ALLOC _IO(IOMMUFD_TYPE, 0x94)
+struct iommu_hw_queue_alloc {
+	__u32 size;
+	__u32 flags;
+	__u32 viommu_id;
+	__u32 type;
+	__u32 index;
+	__u32 out_hw_queue_id;
+	__aligned_u64 nesting_parent_iova;
+	__aligned_u64 length;
+};
+#endif
+
+/*
+ * ---- drivers/iommu/iommufd/iommufd_test.h (7.2): CONFIG_IOMMUFD_TEST's mock IOMMU ----
+ * Not an installed header: the kernel's selftests include it from the source tree.
+ */
+#ifndef _UAPI_IOMMUFD_TEST_H
+#define IOMMU_TEST_CMD _IO(IOMMUFD_TYPE, 0x80 + 32)
+enum {
+	IOMMU_TEST_OP_ADD_RESERVED = 1,
+	IOMMU_TEST_OP_MOCK_DOMAIN,
+	IOMMU_TEST_OP_MD_CHECK_MAP,
+	IOMMU_TEST_OP_MD_CHECK_REFS,
+	IOMMU_TEST_OP_CREATE_ACCESS,
+	IOMMU_TEST_OP_DESTROY_ACCESS_PAGES,
+	IOMMU_TEST_OP_ACCESS_PAGES,
+	IOMMU_TEST_OP_ACCESS_RW,
+	IOMMU_TEST_OP_SET_TEMP_MEMORY_LIMIT,
+	IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE,
+	IOMMU_TEST_OP_ACCESS_REPLACE_IOAS,
+	IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS,
+	IOMMU_TEST_OP_DIRTY,
+	IOMMU_TEST_OP_MD_CHECK_IOTLB,
+	IOMMU_TEST_OP_TRIGGER_IOPF,
+	IOMMU_TEST_OP_DEV_CHECK_CACHE,
+	IOMMU_TEST_OP_TRIGGER_VEVENT,
+	IOMMU_TEST_OP_PASID_ATTACH,
+	IOMMU_TEST_OP_PASID_REPLACE,
+	IOMMU_TEST_OP_PASID_DETACH,
+	IOMMU_TEST_OP_PASID_CHECK_HWPT,
+	IOMMU_TEST_OP_DMABUF_GET,
+	IOMMU_TEST_OP_DMABUF_REVOKE,
+};
+enum {
+	MOCK_APERTURE_START = 1UL << 24,
+	MOCK_APERTURE_LAST = (1UL << 31) - 1,
+	MOCK_PAGE_SIZE = 2048,
+};
+enum { MOCK_FLAGS_DEVICE_NO_DIRTY = 1 << 0, MOCK_FLAGS_DEVICE_PASID = 1 << 2 };
+enum { MOCK_FLAGS_ACCESS_WRITE = 1 << 0, MOCK_FLAGS_ACCESS_SYZ = 1 << 16 };
+enum { MOCK_ACCESS_RW_WRITE = 1 << 0, MOCK_ACCESS_RW_SLOW_PATH = 1 << 2 };
+enum { MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES = 1 << 0 };
+#define MOCK_PASID_WIDTH 20
+#define IOMMU_HW_INFO_TYPE_SELFTEST 0xfeedbeef
+#define IOMMU_HW_INFO_SELFTEST_REGVAL 0xdeadbeef
+#define IOMMU_HWPT_DATA_SELFTEST 0xdead
+#define IOMMU_TEST_IOTLB_DEFAULT 0xbadbeef
+#define IOMMU_TEST_DEV_CACHE_DEFAULT 0xbaddad
+#define IOMMU_HWPT_INVALIDATE_DATA_SELFTEST 0xdeadbeef
+#define IOMMU_VIOMMU_TYPE_SELFTEST 0xdeadbeef
+#define IOMMU_VEVENTQ_TYPE_SELFTEST 0xbeefbeef
+#define IOMMU_HW_QUEUE_TYPE_SELFTEST 0xdeadbeef
+
+struct iommu_test_cmd {
+	__u32 size;
+	__u32 op;
+	__u32 id;
+	__u32 __reserved;
+	union {
+		struct { __aligned_u64 start; __aligned_u64 length; } add_reserved;
+		struct { __u32 out_stdev_id; __u32 out_hwpt_id; __u32 out_idev_id; } mock_domain;
+		struct {
+			__u32 out_stdev_id; __u32 out_hwpt_id; __u32 out_idev_id; __u32 dev_flags;
+		} mock_domain_flags;
+		struct { __u32 pt_id; } mock_domain_replace;
+		struct { __aligned_u64 iova; __aligned_u64 length; __aligned_u64 uptr; } check_map;
+		struct { __aligned_u64 length; __aligned_u64 uptr; __u32 refs; } check_refs;
+		struct { __u32 out_access_fd; __u32 flags; } create_access;
+		struct { __u32 access_pages_id; } destroy_access_pages;
+		struct {
+			__u32 flags; __u32 out_access_pages_id; __aligned_u64 iova;
+			__aligned_u64 length; __aligned_u64 uptr;
+		} access_pages;
+		struct {
+			__aligned_u64 iova; __aligned_u64 length; __aligned_u64 uptr; __u32 flags;
+		} access_rw;
+		struct { __u32 limit; } memory_limit;
+		struct { __u32 ioas_id; } access_replace_ioas;
+		struct {
+			__u32 flags; __aligned_u64 iova; __aligned_u64 length;
+			__aligned_u64 page_size; __aligned_u64 uptr; __aligned_u64 out_nr_dirty;
+		} dirty;
+		struct { __u32 id; __u32 iotlb; } check_iotlb;
+		struct { __u32 dev_id; __u32 pasid; __u32 grpid; __u32 perm; __u64 addr; } trigger_iopf;
+		struct { __u32 id; __u32 cache; } check_dev_cache;
+		struct { __u32 dev_id; } trigger_vevent;
+		struct { __u32 pasid; __u32 pt_id; } pasid_attach;
+		struct { __u32 pasid; __u32 pt_id; } pasid_replace;
+		struct { __u32 pasid; } pasid_detach;
+		struct { __u32 pasid; __u32 hwpt_id; } pasid_check;
+		struct { __u32 length; __u32 open_flags; } dmabuf_get;
+		struct { __s32 dmabuf_fd; __u32 revoked; } dmabuf_revoke;
+	};
+	__u32 last;
+};
+
+struct iommu_test_hw_info {
+	__u32 flags;
+	__u32 test_reg;
+};
+struct iommu_hwpt_selftest {
+	__u32 iotlb;
+	__u32 pagetable_type;
+};
+struct iommu_hwpt_invalidate_selftest {
+	__u32 flags;
+	__u32 iotlb_id;
+};
+struct iommu_viommu_selftest {
+	__u32 in_data;
+	__u32 out_data;
+	__aligned_u64 out_mmap_offset;
+	__aligned_u64 out_mmap_length;
 };
 #endif
 
