@@ -52,6 +52,8 @@ from vfio_scenario.testbed.vm import (
 )
 
 TCG_BOOT_TIMEOUT = 180.0
+# the debug kernel (KASAN, lockdep, kmemleak) boots several times slower under TCG
+DEBUG_BOOT_FACTOR = 3.0
 _instances = itertools.count()
 
 
@@ -252,7 +254,8 @@ class Testbed:
     def _timeout(self, accel: str) -> float:
         if self.boot_timeout is not None:
             return self.boot_timeout
-        return accel_mod.KVM_PROBE_SECONDS * 2 if accel == "kvm" else TCG_BOOT_TIMEOUT
+        factor = DEBUG_BOOT_FACTOR if self.kernel_spec == "debug" else 1.0
+        return factor * (accel_mod.KVM_PROBE_SECONDS * 2 if accel == "kvm" else TCG_BOOT_TIMEOUT)
 
     def _probe_kvm_then_boot(self, detached: bool) -> None:
         # the probe boot is a real boot: when KVM works, its VM is the one we keep
