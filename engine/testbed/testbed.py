@@ -196,14 +196,15 @@ class Testbed:
 
     @classmethod
     def attach(cls, name: str, pid: int, *, accel: str, release: str,
-               devices: Sequence[str], vmlinux: str = "") -> Testbed:
-        """A handle on a detached VM already running under run/<name> (`testbed up`).
+               devices: Sequence[str], vmlinux: str = "", side: bool = False) -> Testbed:
+        """A handle on a detached VM already running under run/<name> (`testbed up`);
+        `side`: through its second agent, beside the command that holds the first.
 
         Commands run in that VM; stop() only disconnects; a crash is reported and not
         followed by a reboot (the VM belongs to whoever started it)."""
         testbed = cls(accel=accel, devices=devices, name=name)
         testbed._vm = Vm.attach(testbed.files, pid, accel=accel, release=release,
-                                devices=testbed.devices)
+                                devices=testbed.devices, side=side)
         testbed._accel = accel
         testbed._owned = False
         testbed._vmlinux = Path(vmlinux) if vmlinux else None
