@@ -45,8 +45,6 @@ from vfio_scenario.language.units import show
 
 RESERVED_AXES = ("iommu_mode", "driver")  # implicit axes: the engine fills them
 MAX_CASES = 10_000  # cases of one scenario's matrix (the library has a few hundred in all)
-# Operations whose presence makes a scenario depend on the IOMMU mode.
-_IOMMU_OPS = ("open_iommu", "open_device", "open_cdev", "bind_iommufd")
 _COMMON_MEMO: dict[str, StepCommon] = {}  # StepCommon is frozen, so sharing is safe
 DEVICE_NAMES = ("device", "devices")  # template variables naming the run's BDFs
 PLACEHOLDER_DEVICES = ["0000:00:00.0", "0000:00:00.1", "0000:00:00.2", "0000:00:00.3"]
@@ -274,7 +272,8 @@ class _FileCompiler:
         if header.requires.iommu_modes:
             return True
         for raw in (*header.steps, *header.teardown):
-            if isinstance(raw, dict) and any(op in raw for op in _IOMMU_OPS):
+            if isinstance(raw, dict) and any(OPERATIONS[k].opens_iommu for k in raw
+                                             if k in OPERATIONS):
                 return True
         return False
 
@@ -525,7 +524,8 @@ class _FileCompiler:
 
 
 def fixed_mode(header: ScenarioHeader, read: set[str]) -> str | None:
-    """The IOMMU mode of a scenario whose `open_iommu` steps all name their mode literally
+    """The IOMMU mode of a scenario whose `open_iommu` steps (every operation with an
+    `iommu_mode_argument`) all name their mode literally
     and whose templates never read `iommu_mode`: its implicit axis is that mode alone (the
     first one named), not one case per mode that all run the same steps. The planner
     checks every mode a case's steps open."""
@@ -533,13 +533,16 @@ def fixed_mode(header: ScenarioHeader, read: set[str]) -> str | None:
         return None
     first = None
     for raw in (*header.steps, *header.teardown):
-        if not isinstance(raw, dict) or "open_iommu" not in raw:
+        if not isinstance(raw, dict):
             continue
-        args = raw["open_iommu"]
-        mode = args.get("mode") if isinstance(args, dict) else None
-        if mode not in IOMMU_MODES:
-            return None  # the case's own mode (no `mode:`), a template, or an error reported later
-        first = first or mode
+        for key, args in raw.items():
+            cls = OPERATIONS.get(key) if isinstance(key, str) else None
+            if cls is None or cls.iommu_mode_argument is None:
+                continue
+            mode = args.get(cls.iommu_mode_argument) if isinstance(args, dict) else None
+            if mode not in IOMMU_MODES:
+                return None  # the case's own mode (none named), a template, or an error
+            first = first or mode
     return first
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Mapping
 from functools import cache
+from types import MappingProxyType
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import (
@@ -153,15 +155,55 @@ MaxOr = Literal["max"]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # defer_build: a model's validator is built when it first validates (on the host),
+    # not when its class is defined: the guest imports the models only to read them
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+
+_REGISTERED: dict[str, type[Op]] = {}
+# Every operation, by its key: a model registers itself when its class is defined.
+OPERATIONS: Mapping[str, type[Op]] = MappingProxyType(_REGISTERED)
 
 
 class Op(Strict):
-    """Arguments of one operation."""
+    """Arguments of one operation.
+
+    A subclass that sets `op` is an operation of the language: defining it registers it
+    in OPERATIONS (a second model of the same `op` is refused); its implementation is
+    the one function bound to it by `@op(Model)` in vfio_scenario.run.ops. A subclass
+    without its own `op` is a base of several operations. What the compiler and the
+    planner need to know of an operation is a class attribute here.
+    """
 
     op: ClassVar[str]
-    produces: ClassVar[str | None] = None
+    produces: ClassVar[str | None] = None  # the kind of handle it makes (`as:` names it)
     area: ClassVar[str]
+    # its presence makes a scenario depend on the IOMMU mode (an implicit `iommu_mode` axis)
+    opens_iommu: ClassVar[bool] = False
+    # the argument that names the IOMMU mode it opens (without it: the case's mode)
+    iommu_mode_argument: ClassVar[str | None] = None
+    # it has the device raise an MSI on demand, which a NO_SEND_MSI driver cannot
+    raises_msi: ClassVar[bool] = False
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        name = cls.__dict__.get("op")
+        if name is None:
+            return  # a base of operations
+        if not isinstance(name, str) or not name.isidentifier():
+            raise TypeError(f"{cls.__qualname__}.op must be an operation key, not {name!r}")
+        if not isinstance(getattr(cls, "area", None), str):
+            raise TypeError(f"operation `{name}` ({cls.__qualname__}) sets no `area`")
+        other = _REGISTERED.get(name)
+        if other is not None:
+            raise TypeError(f"operation `{name}` is defined twice: by {_qualified(other)} "
+                            f"and by {_qualified(cls)}")
+        _REGISTERED[name] = cls
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _exactly_one(model: BaseModel, names: tuple[str, ...], *, required: bool = True) -> None:
@@ -180,6 +222,8 @@ class OpenIommu(Op):
     op = "open_iommu"
     produces = "iommu"
     area = "iommu"
+    opens_iommu = True
+    iommu_mode_argument = "mode"
     mode: IommuMode | None = None
 
 
@@ -207,6 +251,7 @@ class OpenCdev(Op):
     op = "open_cdev"
     produces = "cdev"
     area = "iommu"
+    opens_iommu = True
     bdf: Bdf | None = None
 
 
@@ -214,6 +259,7 @@ class BindIommufd(Op):
     op = "bind_iommufd"
     produces = "device"
     area = "iommu"
+    opens_iommu = True
     cdev: CdevRef
     iommu: IommuRef | None = None
     iommufd_fd: S32 | None = None  # a raw fd number instead of `iommu` (e.g. -2: a bad fd)
@@ -352,6 +398,7 @@ class OpenDevice(Op):
     op = "open_device"
     produces = "device"
     area = "device"
+    opens_iommu = True
     iommu: IommuRef | None = None
     ioas: IoasRef | None = None
     bdf: Bdf | None = None
@@ -605,6 +652,7 @@ class MemcpyWait(Op):
 class SendMsi(Op):
     op = "send_msi"
     area = "driver"
+    raises_msi = True
     device: DeviceRef
 
 
@@ -726,23 +774,6 @@ class Sleep(Op):
     op = "sleep"
     area = "host"
     duration: Duration
-
-
-OPERATIONS: dict[str, type[Op]] = {
-    cls.op: cls
-    for cls in (
-        OpenIommu, IommuInfo, AllocIoas, OpenCdev, BindIommufd, Attach, Detach,
-        AllocBuffer, Fill, MapDma, UnmapDma, AssertEqual, AssertPattern, AssertSuperpages,
-        AssertUnmapped,
-        OpenDevice, DeviceInfo, RegionInfo, ConfigRead, ConfigWrite, BarRead, BarWrite,
-        BarMmap, Access, Reset, IrqEnable, IrqTrigger, IrqMask, IrqUnmask, IrqDisable,
-        ExpectIrq, ExpectNoIrq, EnableSriov, SetVfToken, CloseDevice,
-        DriverInit, DriverRemove, MemcpyStart, MemcpyWait, SendMsi, ExpectNoMsi, MemcpyStorm,
-        ExportDmabuf, MmapDmabuf, RevokeDmabuf, RestoreDmabuf,
-        ExpectDmesg, ExpectNoDmesg, ExpectIommuFault, ExpectNoIommuFault, AssertNotTainted,
-        ProvokeCrash, Sleep,
-    )
-}
 
 
 @cache
@@ -867,11 +898,12 @@ class ScenarioHeader(Strict):
     name: str | None = None
     description: str = ""
     tags: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]+$")]] = []
-    requires: Requires = Requires()
+    # model_construct: defaults that do not build their model's validator at import
+    requires: Requires = Requires.model_construct()
     matrix: dict[str, list[Any]] = {}
     vars: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], Any] = {}
     timeout: Duration = 30.0
-    kernel_watch: KernelWatchKey = KernelWatchKey()
+    kernel_watch: KernelWatchKey = KernelWatchKey.model_construct()
     steps: list[Any] = Field(min_length=1)
     teardown: list[Any] = []
     known_issues: list[ScenarioKnownIssue] = []

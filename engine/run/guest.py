@@ -6,8 +6,9 @@ line on stdout for the host, which writes the reports.
 
 Start-up time is what a user waits for before the first step, on a guest CPU that
 TCG makes some 20× slower than the host's: nothing here imports the YAML loader, the
-template engine, pydantic or the installed packages' metadata, and each device is
-probed (opened, which can cost a reset) only when the planner first considers it.
+template engine or the installed packages' metadata, the operation models are imported
+without building their validators (`defer_build`), and each device is probed (opened,
+which can cost a reset) only when the planner first considers it.
 """
 
 from __future__ import annotations

@@ -98,12 +98,16 @@ def run_step(rt: Runtime, step: Step, ops: dict[str, Operation]) -> StepResult:
                         location=f"{step.location.path}:{step.location.line}",
                         outcome=Outcome.PASS, repeat=step.common.repeat,
                         expected="|".join(expected), teardown=step.teardown)
-    handler = ops[step.op]
+    handler = ops.get(step.op)
     timeout = (step.common.timeout or rt.options.default_step_timeout) * rt.options.timeout_multiplier
     previous = signal.signal(signal.SIGALRM, _alarm) if timeout else None
     t0 = time.perf_counter()
     rt.notes.clear()
     try:
+        if handler is None:
+            raise NotImplementedError(f"operation `{step.op}` has no implementation (no "
+                                      "@op function bound to its model in "
+                                      "vfio_scenario.run.ops)")
         if timeout:
             signal.setitimer(signal.ITIMER_REAL, timeout)
         made: Any = None

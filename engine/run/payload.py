@@ -2,8 +2,8 @@
 
 The host compiles (YAML, templates, validation) against the guest's own device list
 and writes one file; the guest only loads it. Its Python, which TCG makes some 20×
-slower than the host's, thus never imports the YAML loader, the template engine or
-pydantic, and never re-reads the scenario files over 9p.
+slower than the host's, thus never imports the YAML loader or the template engine,
+never builds a model's validator, and never re-reads the scenario files over 9p.
 
 Both sides run the same checkout (the guest sees the host's root), so the file is a
 pickle: a small header of plain values, read first so the guest can start probing

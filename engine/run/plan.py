@@ -99,7 +99,8 @@ def _plan_one(case: Case, caps: HostCaps, only_modes: list[str] | None) -> Plann
         if why:
             return PlannedCase(case, [], f"IOMMU mode {mode} unavailable: {why}")
     for step in (*case.steps, *case.teardown):
-        named = getattr(step.args, "mode", None) if step.op == "open_iommu" else None
+        argument = step.args.iommu_mode_argument
+        named = getattr(step.args, argument) if argument is not None else None
         if named is not None and named != mode:
             why = caps.iommu_modes.get(named, "not probed on this host")
             if why:
@@ -185,7 +186,7 @@ def _device_unfit(case: Case, dev: DeviceCaps) -> str | None:
 
 
 def _needs_send_msi(case: Case) -> bool:
-    """A case needs send_msi unless each of its send_msi steps accepts EOPNOTSUPP, the
-    answer of a NO_SEND_MSI driver (the C test's SKIP)."""
-    return any(s.op == "send_msi" and "EOPNOTSUPP" not in s.common.expect
+    """A case needs send_msi (an operation that `raises_msi`) unless each such step
+    accepts EOPNOTSUPP, the answer of a NO_SEND_MSI driver (the C test's SKIP)."""
+    return any(s.args.raises_msi and "EOPNOTSUPP" not in s.common.expect
                for s in (*case.steps, *case.teardown))

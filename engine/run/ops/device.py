@@ -7,6 +7,28 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from vfio_scenario.errors import VfioError
+from vfio_scenario.language.models import (
+    Access,
+    BarMmap,
+    BarRead,
+    BarWrite,
+    CloseDevice,
+    ConfigRead,
+    ConfigWrite,
+    DeviceInfo,
+    EnableSriov,
+    ExpectIrq,
+    ExpectNoIrq,
+    IrqDisable,
+    IrqEnable,
+    IrqMask,
+    IrqTrigger,
+    IrqUnmask,
+    OpenDevice,
+    RegionInfo,
+    Reset,
+    SetVfToken,
+)
 from vfio_scenario.run.interpreter import CheckFailed, Runtime, Skip
 from vfio_scenario.run.ops import op
 from vfio_scenario.uapi import regions, sysfs
@@ -17,28 +39,6 @@ from vfio_scenario.uapi.mmio import Mmio
 
 if TYPE_CHECKING:
     from vfio_scenario.language.cases import Step
-    from vfio_scenario.language.models import (
-        Access,
-        BarMmap,
-        BarRead,
-        BarWrite,
-        CloseDevice,
-        ConfigRead,
-        ConfigWrite,
-        DeviceInfo,
-        EnableSriov,
-        ExpectIrq,
-        ExpectNoIrq,
-        IrqDisable,
-        IrqEnable,
-        IrqMask,
-        IrqTrigger,
-        IrqUnmask,
-        OpenDevice,
-        RegionInfo,
-        Reset,
-        SetVfToken,
-    )
     from vfio_scenario.uapi.irq import IrqSet
 
 ENABLE_SRIOV_PARAM = "/sys/module/vfio_pci/parameters/enable_sriov"
@@ -62,7 +62,7 @@ def check_flags(what: str, have: list[str], want: list[str]) -> None:
         raise CheckFailed(f"{what} lacks {', '.join(missing)} (has {', '.join(have) or 'none'})")
 
 
-@op("open_device")
+@op(OpenDevice)
 def open_device(rt: Runtime, args: OpenDevice, step: Step) -> VfioDevice:
     bdf = args.bdf or rt.devices[0]
     if args.pf is not None and args.vf is not None:
@@ -76,7 +76,7 @@ def open_device(rt: Runtime, args: OpenDevice, step: Step) -> VfioDevice:
     return device
 
 
-@op("device_info")
+@op(DeviceInfo)
 def device_info(rt: Runtime, args: DeviceInfo, step: Step) -> None:
     handle = rt.handle(args.device)
     # a cdev not bound yet is asked too: the kernel answers (it refuses before the bind)
@@ -89,7 +89,7 @@ def device_info(rt: Runtime, args: DeviceInfo, step: Step) -> None:
             raise CheckFailed(f"{name} is {getattr(info, name)}, expected {want}")
 
 
-@op("region_info")
+@op(RegionInfo)
 def region_info(rt: Runtime, args: RegionInfo, step: Step) -> None:
     info = rt.handle(args.device).region_info(args.region)
     if args.size is not None and info.size != args.size:
@@ -98,29 +98,29 @@ def region_info(rt: Runtime, args: RegionInfo, step: Step) -> None:
     check_flags(f"region {args.region} capabilities", info.cap_names, list(args.caps_include))
 
 
-@op("config_read")
+@op(ConfigRead)
 def config_read(rt: Runtime, args: ConfigRead, step: Step) -> None:
     value = rt.handle(args.device).config_read(args.offset, args.width)
     check_value(f"config[{args.offset:#x}]", value, args.equals, args.mask, args.width)
 
 
-@op("config_write")
+@op(ConfigWrite)
 def config_write(rt: Runtime, args: ConfigWrite, step: Step) -> None:
     rt.handle(args.device).config_write(args.offset, args.width, args.value)
 
 
-@op("bar_read")
+@op(BarRead)
 def bar_read(rt: Runtime, args: BarRead, step: Step) -> None:
     value = rt.handle(args.device).bar_read(args.bar, args.offset, args.width, args.via)
     check_value(f"bar{args.bar}[{args.offset:#x}]", value, args.equals, args.mask, args.width)
 
 
-@op("bar_write")
+@op(BarWrite)
 def bar_write(rt: Runtime, args: BarWrite, step: Step) -> None:
     rt.handle(args.device).bar_write(args.bar, args.offset, args.width, args.value, args.via)
 
 
-@op("bar_mmap")
+@op(BarMmap)
 def bar_mmap(rt: Runtime, args: BarMmap, step: Step) -> Mmio:
     device: VfioDevice = rt.handle(args.device)
     if args.misaligned:
@@ -176,7 +176,7 @@ def misaligned_bar_mmap(rt: Runtime, device: VfioDevice, bar: int, offset: int,
     return mmio
 
 
-@op("access")
+@op(Access)
 def access(rt: Runtime, args: Access, step: Step) -> None:
     mmio: Mmio = rt.handle(args.mmio)
     if args.op_ == "write":
@@ -187,34 +187,34 @@ def access(rt: Runtime, args: Access, step: Step) -> None:
     check_value(f"{args.mmio}[{args.offset:#x}]", value, args.equals, args.mask, args.width)
 
 
-@op("reset")
+@op(Reset)
 def reset(rt: Runtime, args: Reset, step: Step) -> None:
     rt.handle(args.device).reset()
 
 
-@op("irq_enable")
+@op(IrqEnable)
 def irq_enable(rt: Runtime, args: IrqEnable, step: Step) -> IrqSet:
     irq: IrqSet = rt.handle(args.device).enable_irq(args.type, args.count, args.start)
     rt.on_cleanup(irq.handle, irq.disable)
     return irq
 
 
-@op("irq_trigger")
+@op(IrqTrigger)
 def irq_trigger(rt: Runtime, args: IrqTrigger, step: Step) -> None:
     rt.handle(args.irq).trigger(args.vector)
 
 
-@op("irq_mask")
+@op(IrqMask)
 def irq_mask(rt: Runtime, args: IrqMask, step: Step) -> None:
     rt.handle(args.irq).mask(args.vector)
 
 
-@op("irq_unmask")
+@op(IrqUnmask)
 def irq_unmask(rt: Runtime, args: IrqUnmask, step: Step) -> None:
     rt.handle(args.irq).unmask(args.vector)
 
 
-@op("irq_disable")
+@op(IrqDisable)
 def irq_disable(rt: Runtime, args: IrqDisable, step: Step) -> None:
     rt.handle(args.irq).disable()
 
@@ -231,7 +231,7 @@ def wait_interrupts(irq: Any, vector: int, count: int, within: float) -> int:
     return got
 
 
-@op("expect_irq")
+@op(ExpectIrq)
 def expect_irq(rt: Runtime, args: ExpectIrq, step: Step) -> None:
     within = args.within * rt.options.timeout_multiplier
     got = wait_interrupts(rt.handle(args.irq), args.vector, args.count, within)
@@ -240,7 +240,7 @@ def expect_irq(rt: Runtime, args: ExpectIrq, step: Step) -> None:
                           f"expected {args.count}")
 
 
-@op("expect_no_irq")
+@op(ExpectNoIrq)
 def expect_no_irq(rt: Runtime, args: ExpectNoIrq, step: Step) -> None:
     got = rt.handle(args.irq).wait(args.vector, args.within)
     if got:
@@ -248,7 +248,7 @@ def expect_no_irq(rt: Runtime, args: ExpectNoIrq, step: Step) -> None:
                           "expected none")
 
 
-@op("enable_sriov")
+@op(EnableSriov)
 def enable_sriov(rt: Runtime, args: EnableSriov, step: Step) -> None:
     device: VfioDevice | None = rt.handle(args.device) if args.device is not None else None
     bdf = device.bdf if device is not None else (args.bdf or rt.devices[0])
@@ -272,12 +272,12 @@ def enable_sriov(rt: Runtime, args: EnableSriov, step: Step) -> None:
         rt.on_cleanup(f"SR-IOV VFs of {bdf}", lambda: sysfs.set_sriov_numvfs(bdf, 0))
 
 
-@op("set_vf_token")
+@op(SetVfToken)
 def set_vf_token(rt: Runtime, args: SetVfToken, step: Step) -> None:
     rt.handle(args.device).set_vf_token(args.vf_token)
 
 
-@op("close_device")
+@op(CloseDevice)
 def close_device(rt: Runtime, args: CloseDevice, step: Step) -> None:
     """Close the device now, as the kernel selftest's device_cleanup() does: the device
     fd, and in a container mode its group (which leaves the container), unless another

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from vfio_scenario.language.models import ExportDmabuf, MmapDmabuf, RestoreDmabuf, RevokeDmabuf
 from vfio_scenario.run.interpreter import Runtime, Skip
 from vfio_scenario.run.ops import op
 from vfio_scenario.uapi import capabilities, pci
@@ -11,7 +12,6 @@ from vfio_scenario.uapi._vfio import lib
 
 if TYPE_CHECKING:
     from vfio_scenario.language.cases import Step
-    from vfio_scenario.language.models import ExportDmabuf, MmapDmabuf, RestoreDmabuf, RevokeDmabuf
     from vfio_scenario.uapi.dmabuf import DmaBuf
     from vfio_scenario.uapi.mmio import Mmio
 
@@ -20,7 +20,7 @@ MEMATTRS = {"nc": lib.VFIO_DEVICE_FEATURE_DMA_BUF_MEMATTR_NC,
             "wc": lib.VFIO_DEVICE_FEATURE_DMA_BUF_MEMATTR_WC}
 
 
-@op("export_dmabuf")
+@op(ExportDmabuf)
 def export_dmabuf(rt: Runtime, args: ExportDmabuf, step: Step) -> DmaBuf:
     ranges = [(r.offset, r.size) for r in args.ranges] if args.ranges is not None else None
     dmabuf: DmaBuf = rt.handle(args.device).export_dmabuf(args.region, ranges)
@@ -28,7 +28,7 @@ def export_dmabuf(rt: Runtime, args: ExportDmabuf, step: Step) -> DmaBuf:
     return dmabuf
 
 
-@op("mmap_dmabuf")
+@op(MmapDmabuf)
 def mmap_dmabuf(rt: Runtime, args: MmapDmabuf, step: Step) -> Mmio:
     dmabuf: DmaBuf = rt.handle(args.dmabuf)
     if args.attrs is not None:
@@ -40,7 +40,7 @@ def mmap_dmabuf(rt: Runtime, args: MmapDmabuf, step: Step) -> Mmio:
     return mmio
 
 
-@op("revoke_dmabuf")
+@op(RevokeDmabuf)
 def revoke_dmabuf(rt: Runtime, args: RevokeDmabuf, step: Step) -> None:
     dmabuf: DmaBuf = rt.handle(args.dmabuf)
     device = dmabuf.device
@@ -61,7 +61,7 @@ def revoke_dmabuf(rt: Runtime, args: RevokeDmabuf, step: Step) -> None:
         device.reset()
 
 
-@op("restore_dmabuf")
+@op(RestoreDmabuf)
 def restore_dmabuf(rt: Runtime, args: RestoreDmabuf, step: Step) -> None:
     dmabuf: DmaBuf = rt.handle(args.dmabuf)
     dmabuf.device.set_command_bits(pci.PCI_COMMAND_MEMORY, True)

@@ -8,6 +8,15 @@ from typing import TYPE_CHECKING
 
 from vfio_scenario.drivers.base import DmaRegion, Driver, Feature, driver_for
 from vfio_scenario.errors import VfioError
+from vfio_scenario.language.models import (
+    DriverInit,
+    DriverRemove,
+    ExpectNoMsi,
+    MemcpyStart,
+    MemcpyStorm,
+    MemcpyWait,
+    SendMsi,
+)
 from vfio_scenario.run.interpreter import CheckFailed, Runtime, Skip
 from vfio_scenario.run.ops import op
 from vfio_scenario.run.plan import NO_SEND_MSI_REASON
@@ -15,15 +24,6 @@ from vfio_scenario.uapi.buffers import DmaBuffer
 
 if TYPE_CHECKING:
     from vfio_scenario.language.cases import Step
-    from vfio_scenario.language.models import (
-        DriverInit,
-        DriverRemove,
-        ExpectNoMsi,
-        MemcpyStart,
-        MemcpyStorm,
-        MemcpyWait,
-        SendMsi,
-    )
     from vfio_scenario.uapi.device import VfioDevice
 
 DEFAULT_WAIT = 5.0  # seconds for memcpy_wait without a step timeout (before the multiplier)
@@ -43,7 +43,7 @@ def driver_of(rt: Runtime, name: str) -> Driver:
     return drv
 
 
-@op("driver_init")
+@op(DriverInit)
 def driver_init(rt: Runtime, args: DriverInit, step: Step) -> None:
     device: VfioDevice = rt.handle(args.device)
     cls = driver_for(device)
@@ -76,7 +76,7 @@ def _remove_if_initialized(rt: Runtime, name: str) -> None:
         drv.remove()
 
 
-@op("driver_remove")
+@op(DriverRemove)
 def driver_remove(rt: Runtime, args: DriverRemove, step: Step) -> None:
     driver_of(rt, args.device)
     _remove_if_initialized(rt, args.device)
@@ -86,7 +86,7 @@ def _size(drv: Driver, size: int | str) -> int:
     return drv.max_memcpy_size if size == "max" else int(size)
 
 
-@op("memcpy_start")
+@op(MemcpyStart)
 def memcpy_start(rt: Runtime, args: MemcpyStart, step: Step) -> None:
     drv = driver_of(rt, args.device)
     refusal = drv.memcpy_refusal()
@@ -98,13 +98,13 @@ def memcpy_start(rt: Runtime, args: MemcpyStart, step: Step) -> None:
     drv.memcpy_start(args.src, args.dst, size, args.count)
 
 
-@op("memcpy_wait")
+@op(MemcpyWait)
 def memcpy_wait(rt: Runtime, args: MemcpyWait, step: Step) -> None:
     drv = driver_of(rt, args.device)
     drv.memcpy_wait(timeout=(step.common.timeout or DEFAULT_WAIT) * rt.options.timeout_multiplier)
 
 
-@op("send_msi")
+@op(SendMsi)
 def send_msi(rt: Runtime, args: SendMsi, step: Step) -> None:
     drv = driver_of(rt, args.device)
     if Feature.NO_SEND_MSI in drv.features and "EOPNOTSUPP" not in step.common.expect:
@@ -119,7 +119,7 @@ def send_msi(rt: Runtime, args: SendMsi, step: Step) -> None:
                           f"within {within:g}s")
 
 
-@op("expect_no_msi")
+@op(ExpectNoMsi)
 def expect_no_msi(rt: Runtime, args: ExpectNoMsi, step: Step) -> None:
     drv = driver_of(rt, args.device)
     if Feature.NO_SEND_MSI in drv.features:
@@ -134,7 +134,7 @@ def expect_no_msi(rt: Runtime, args: ExpectNoMsi, step: Step) -> None:
                           "expected none")
 
 
-@op("memcpy_storm")
+@op(MemcpyStorm)
 def memcpy_storm(rt: Runtime, args: MemcpyStorm, step: Step) -> int:
     drv = driver_of(rt, args.device)
     size = _size(drv, args.size)

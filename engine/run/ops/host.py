@@ -9,6 +9,15 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from vfio_scenario.errors import VfioError
+from vfio_scenario.language.models import (
+    AssertNotTainted,
+    ExpectDmesg,
+    ExpectIommuFault,
+    ExpectNoDmesg,
+    ExpectNoIommuFault,
+    ProvokeCrash,
+    Sleep,
+)
 from vfio_scenario.run import faultlog
 from vfio_scenario.run.interpreter import CheckFailed, Runtime, Skip
 from vfio_scenario.run.ops import op
@@ -16,15 +25,6 @@ from vfio_scenario.uapi.kmsg import KernelLog, tainted
 
 if TYPE_CHECKING:
     from vfio_scenario.language.cases import Step
-    from vfio_scenario.language.models import (
-        AssertNotTainted,
-        ExpectDmesg,
-        ExpectIommuFault,
-        ExpectNoDmesg,
-        ExpectNoIommuFault,
-        ProvokeCrash,
-        Sleep,
-    )
     from vfio_scenario.uapi.device import VfioDevice
 
 # bit → letter, as in Documentation/admin-guide/tainted-kernels.rst
@@ -63,7 +63,7 @@ def end_case(rt: Runtime) -> None:
         log.close()
 
 
-@op("expect_dmesg")
+@op(ExpectDmesg)
 def expect_dmesg(rt: Runtime, args: ExpectDmesg, step: Step) -> None:
     log = kernel_log(rt)
     within = args.within * rt.options.timeout_multiplier
@@ -73,7 +73,7 @@ def expect_dmesg(rt: Runtime, args: ExpectDmesg, step: Step) -> None:
                           f"last lines since the case began:\n  {tail}")
 
 
-@op("expect_no_dmesg")
+@op(ExpectNoDmesg)
 def expect_no_dmesg(rt: Runtime, args: ExpectNoDmesg, step: Step) -> None:
     pattern = re.compile(args.pattern)
     hits = [line for line in kernel_log(rt).read() if pattern.search(line)]
@@ -101,7 +101,7 @@ def _fault_filter(rt: Runtime, args: ExpectIommuFault | ExpectNoIommuFault) -> f
     return faultlog.FaultFilter(device.bdf, args.address, args.access)
 
 
-@op("expect_iommu_fault")
+@op(ExpectIommuFault)
 def expect_iommu_fault(rt: Runtime, args: ExpectIommuFault, step: Step) -> None:
     log = fault_log(rt)
     wanted = _fault_filter(rt, args)
@@ -118,7 +118,7 @@ def expect_iommu_fault(rt: Runtime, args: ExpectIommuFault, step: Step) -> None:
     raise CheckFailed(message)
 
 
-@op("expect_no_iommu_fault")
+@op(ExpectNoIommuFault)
 def expect_no_iommu_fault(rt: Runtime, args: ExpectNoIommuFault, step: Step) -> None:
     log = fault_log(rt)
     unwanted = _fault_filter(rt, args)
@@ -135,7 +135,7 @@ def expect_no_iommu_fault(rt: Runtime, args: ExpectNoIommuFault, step: Step) -> 
                           f"suppressed`): no line proves there was no {unwanted.describe()}")
 
 
-@op("assert_not_tainted")
+@op(AssertNotTainted)
 def assert_not_tainted(rt: Runtime, args: AssertNotTainted, step: Step) -> None:
     before = rt.state.get("taint")
     if before is None:
@@ -182,7 +182,7 @@ def _write_direct(crash: str) -> None:
         os._exit(code)
 
 
-@op("provoke_crash")
+@op(ProvokeCrash)
 def provoke_crash(rt: Runtime, args: ProvokeCrash, step: Step) -> None:
     if not os.path.exists(LKDTM_DIRECT):
         raise Skip(f"this kernel has no LKDTM: {LKDTM_DIRECT} is absent (CONFIG_LKDTM, "
@@ -200,6 +200,6 @@ def provoke_crash(rt: Runtime, args: ProvokeCrash, step: Step) -> None:
         raise VfioError(code, "provoke_crash", detail=f"write of {args.type} to {LKDTM_DIRECT}")
 
 
-@op("sleep")
+@op(Sleep)
 def sleep(rt: Runtime, args: Sleep, step: Step) -> Any:
     time.sleep(args.duration)

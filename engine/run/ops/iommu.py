@@ -6,6 +6,15 @@ import errno
 from typing import TYPE_CHECKING
 
 from vfio_scenario.errors import VfioError
+from vfio_scenario.language.models import (
+    AllocIoas,
+    Attach,
+    BindIommufd,
+    Detach,
+    IommuInfo,
+    OpenCdev,
+    OpenIommu,
+)
 from vfio_scenario.language.units import format_size
 from vfio_scenario.run.interpreter import CheckFailed, Runtime
 from vfio_scenario.run.ops import op
@@ -14,15 +23,6 @@ from vfio_scenario.uapi.iommufd import Ioas, Iommufd
 
 if TYPE_CHECKING:
     from vfio_scenario.language.cases import Step
-    from vfio_scenario.language.models import (
-        AllocIoas,
-        Attach,
-        BindIommufd,
-        Detach,
-        IommuInfo,
-        OpenCdev,
-        OpenIommu,
-    )
 
 
 def iommufd_of(rt: Runtime, name: str, what: str) -> Iommufd:
@@ -33,7 +33,7 @@ def iommufd_of(rt: Runtime, name: str, what: str) -> Iommufd:
     return iommu
 
 
-@op("open_iommu")
+@op(OpenIommu)
 def open_iommu_op(rt: Runtime, args: OpenIommu, step: Step) -> Iommu:
     mode = args.mode or rt.case.iommu_mode
     if mode is None:
@@ -43,7 +43,7 @@ def open_iommu_op(rt: Runtime, args: OpenIommu, step: Step) -> Iommu:
     return iommu
 
 
-@op("iommu_info")
+@op(IommuInfo)
 def iommu_info(rt: Runtime, args: IommuInfo, step: Step) -> None:
     iommu: Iommu = rt.handle(args.iommu)
     if args.pgsize_includes is not None:
@@ -61,14 +61,14 @@ def iommu_info(rt: Runtime, args: IommuInfo, step: Step) -> None:
                               f"ranges: {shown}")
 
 
-@op("alloc_ioas")
+@op(AllocIoas)
 def alloc_ioas(rt: Runtime, args: AllocIoas, step: Step) -> Ioas:
     ioas = iommufd_of(rt, args.iommu, "alloc_ioas").alloc_ioas()
     rt.on_cleanup(ioas.handle, ioas.destroy)
     return ioas
 
 
-@op("open_cdev")
+@op(OpenCdev)
 def open_cdev(rt: Runtime, args: OpenCdev, step: Step) -> object:
     from vfio_scenario.uapi.device import Cdev
 
@@ -77,7 +77,7 @@ def open_cdev(rt: Runtime, args: OpenCdev, step: Step) -> object:
     return cdev
 
 
-@op("bind_iommufd")
+@op(BindIommufd)
 def bind_iommufd(rt: Runtime, args: BindIommufd, step: Step) -> object:
     from vfio_scenario.uapi.ioctl import ioctl, new
 
@@ -101,13 +101,13 @@ def bind_iommufd(rt: Runtime, args: BindIommufd, step: Step) -> object:
     return device
 
 
-@op("attach")
+@op(Attach)
 def attach(rt: Runtime, args: Attach, step: Step) -> None:
     device = rt.handle(args.device)
     target = args.ioas if isinstance(args.ioas, int) else rt.handle(args.ioas).id
     device.attach(target)
 
 
-@op("detach")
+@op(Detach)
 def detach(rt: Runtime, args: Detach, step: Step) -> None:
     rt.handle(args.device).detach()

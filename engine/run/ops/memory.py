@@ -7,6 +7,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from vfio_scenario.errors import VfioError
+from vfio_scenario.language.models import (
+    AllocBuffer,
+    AssertEqual,
+    AssertPattern,
+    AssertSuperpages,
+    AssertUnmapped,
+    Fill,
+    MapDma,
+    UnmapDma,
+)
 from vfio_scenario.language.units import format_size
 from vfio_scenario.run.interpreter import CheckFailed, Runtime, Skip
 from vfio_scenario.run.ops import op
@@ -15,16 +25,6 @@ from vfio_scenario.uapi.patterns import Pattern
 
 if TYPE_CHECKING:
     from vfio_scenario.language.cases import Step
-    from vfio_scenario.language.models import (
-        AllocBuffer,
-        AssertEqual,
-        AssertPattern,
-        AssertSuperpages,
-        AssertUnmapped,
-        Fill,
-        MapDma,
-        UnmapDma,
-    )
     from vfio_scenario.uapi.iommu import AddressSpace, Mapping
 
 
@@ -131,20 +131,20 @@ def live_mappings(rt: Runtime) -> LiveMappings:
     return found
 
 
-@op("alloc_buffer")
+@op(AllocBuffer)
 def alloc_buffer(rt: Runtime, args: AllocBuffer, step: Step) -> DmaBuffer:
     buf = DmaBuffer(args.size, args.backing, name=step.handle or "buffer")
     rt.on_cleanup(f"buffer {buf.name}", buf.close)
     return buf
 
 
-@op("fill")
+@op(Fill)
 def fill(rt: Runtime, args: Fill, step: Step) -> None:
     buf: DmaBuffer = rt.handle(args.buffer)
     buf.fill(Pattern(args.pattern, args.seed), args.offset, args.size)
 
 
-@op("assert_pattern")
+@op(AssertPattern)
 def assert_pattern(rt: Runtime, args: AssertPattern, step: Step) -> None:
     buf: DmaBuffer = rt.handle(args.buffer)
     pattern = Pattern(args.pattern, args.seed)
@@ -158,7 +158,7 @@ def assert_pattern(rt: Runtime, args: AssertPattern, step: Step) -> None:
                           f"({what})")
 
 
-@op("assert_equal")
+@op(AssertEqual)
 def assert_equal(rt: Runtime, args: AssertEqual, step: Step) -> None:
     a: DmaBuffer = rt.handle(args.a.buffer)
     b: DmaBuffer = rt.handle(args.b.buffer)
@@ -181,7 +181,7 @@ def last_iova(space: AddressSpace, size: int) -> int:
     return (top + 1 - size) & ~(PAGE - 1)
 
 
-@op("map_dma")
+@op(MapDma)
 def map_dma(rt: Runtime, args: MapDma, step: Step) -> Mapping:
     space = space_of(rt, args)
     target: Any = rt.handle(args.buffer or args.mmio or args.dmabuf or "")
@@ -294,7 +294,7 @@ def map_dma_repeat(rt: Runtime, args: MapDma, step: Step) -> Attempt | None:
 
 
 
-@op("unmap_dma")
+@op(UnmapDma)
 def unmap_dma(rt: Runtime, args: UnmapDma, step: Step) -> None:
     live = live_mappings(rt)
     if args.mapping is not None:
@@ -375,7 +375,7 @@ def _describe(sizes: dict[int, int]) -> str:
     return ", ".join(f"{format_size(n)} in {format_size(s)} pages" for s, n in sorted(sizes.items()))
 
 
-@op("assert_unmapped")
+@op(AssertUnmapped)
 def assert_unmapped(rt: Runtime, args: AssertUnmapped, step: Step) -> None:
     mapping, source, sizes = _leaves(rt, args.mapping)
     if sizes:
@@ -383,7 +383,7 @@ def assert_unmapped(rt: Runtime, args: AssertUnmapped, step: Step) -> None:
                           f"page table ({source}): {_describe(sizes)}")
 
 
-@op("assert_superpages")
+@op(AssertSuperpages)
 def assert_superpages(rt: Runtime, args: AssertSuperpages, step: Step) -> None:
     mapping, source, sizes = _leaves(rt, args.mapping)
     covered = sum(sizes.values())
