@@ -44,9 +44,11 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=600, check=False)
 
 
-def _start_run(env: dict[str, str], scenario: Path, report: Path) -> subprocess.Popen[str]:
+def _start_run(env: dict[str, str], scenario: Path, report: Path,
+               *options: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "vfio_scenario", "run", str(scenario),
-                             "--json", str(report), "--junit-xml", str(report.with_suffix(".xml"))],
+                             "--json", str(report), "--junit-xml", str(report.with_suffix(".xml")),
+                             *options],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -141,7 +143,8 @@ def test_testbed_run_alongside_provokes_a_kasan_report_in_the_running_case(
         scenario.write_text("- name: target\n  steps:\n    - sleep: {duration: 30s}\n"
                             "- name: target-after\n  steps:\n    - sleep: {duration: 1s}\n")
         report = tmp_path / "target.json"
-        run = _start_run(private_cache, scenario, report)
+        # the debug kernel's guest starts Python slowly on a busy machine
+        run = _start_run(private_cache, scenario, report, "--timeout-multiplier", "4")
         _wait_for_holder(private_cache, run.pid)
         provoke = _cli(private_cache, "testbed", "run", "--alongside", "--", "sh", "-c",
                        _WHEN_A_CASE_RUNS + "echo SLAB_LINEAR_OVERFLOW > "
