@@ -128,8 +128,9 @@ def test_down_refuses_while_a_run_uses_the_vm_and_force_is_reported_as_a_stop(
 
 # a case is running in the guest once its process has the kernel log open beside the
 # run's kernel watch: two /dev/kmsg descriptors
-_WHEN_A_CASE_RUNS = ("until [ \"$(ls -l /proc/[0-9]*/fd 2>/dev/null | grep -c /dev/kmsg)\" "
-                     "-ge 2 ]; do sleep 0.2; done; ")
+_WHEN_A_CASE_RUNS = ("i=0; until [ \"$(ls -l /proc/[0-9]*/fd 2>/dev/null | grep -c /dev/kmsg)\" "
+                     "-ge 2 ]; do i=$((i+1)); [ $i -lt 1500 ] || { echo no case ran >&2; exit 3; }; "
+                     "sleep 0.2; done; ")
 
 
 def test_testbed_run_alongside_provokes_a_kasan_report_in_the_running_case(
@@ -149,7 +150,9 @@ def test_testbed_run_alongside_provokes_a_kasan_report_in_the_running_case(
         provoke = _cli(private_cache, "testbed", "run", "--alongside", "--", "sh", "-c",
                        _WHEN_A_CASE_RUNS + "echo SLAB_LINEAR_OVERFLOW > "
                        "/sys/kernel/debug/provoke-crash/DIRECT")
-        assert provoke.returncode == 0, provoke.stderr
+        if provoke.returncode != 0:
+            run.kill()
+            raise AssertionError(f"{provoke.stderr}\n--- the run ---\n{run.communicate()}")
         assert "testbed busy" not in provoke.stderr
         assert run.poll() is None, "the provoking command waited for the run to end"
         _, err = run.communicate(timeout=600)
