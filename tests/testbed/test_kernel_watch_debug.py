@@ -1,20 +1,19 @@
 """The kernel watch on `--kernel debug` against real splats LKDTM provokes.
 
-On the debug kernel (lockdep, KASAN, hung-task detection, kmemleak; its build is cached
-like the default one and waited for on its build lock), LKDTM
-(/sys/kernel/debug/provoke-crash/DIRECT) provokes a WARNING, a lockdep report, a KASAN
-slab-out-of-bounds and a hung task — from inside a case (`provoke_crash` steps) and from
-outside it (a second command the host runs in the guest while the case runs). Each
-such case must become an ERROR naming its splat, the case after it must pass, and the
-JUnit, KTAP and JSON reports must stay valid. kmemleak's end-of-run scan must find a
-real leak (an oops that kills a task holding a kmalloc'd buffer) and report it as the
-run's.
+On the debug kernel (lockdep, KASAN, hung-task detection; its build is cached like the
+default one and waited for on its build lock), cases provoke through LKDTM
+(/sys/kernel/debug/provoke-crash/DIRECT, `provoke_crash` steps) a hung task, a WARNING,
+a lockdep report and a KASAN slab-out-of-bounds. Each such case must become an ERROR
+naming its splat, the case after it must pass, and the JUnit, KTAP and JSON reports must
+stay valid. Beside a running case: tests/testbed/test_shared_up.py (KASAN, through
+`testbed run --alongside`), and on the default kernel a WARNING and a hung task
+(tests/testbed/test_kernel_watch_in_testbed.py).
 
 LKDTM 7.2 has no lockdep crash type; SPINLOCKUP, written once, takes a spinlock and
 returns to user space holding it, which lockdep reports as "lock held when returning
 to user space" (kernel/locking/lockdep.c, lockdep_sys_exit). Lockdep turns itself off
-after its first report and KASAN reports once per boot (no kasan_multi_shot), so each
-test boots its own VM and orders its splats: hung task, WARNING, lockdep, KASAN.
+after its first report and KASAN reports once per boot (no kasan_multi_shot), so the
+splats come in this order: hung task, WARNING, lockdep, KASAN.
 """
 
 from __future__ import annotations
@@ -187,57 +186,3 @@ def test_splats_a_case_provokes_itself_are_its_errors(debug_vm: Any, tmp_path: P
     _check(results, debug_vm, EXPECTED)
     # the kernel's answer to a crash type LKDTM does not know
     assert (results[-1].scenario, results[-1].outcome.value) == ("unknown-type", "pass")
-
-
-OUTSIDE = "".join(f"""
-    - name: {name}
-      requires: {{devices: 0}}
-      steps:
-        - sleep: {{duration: {8 if name == "hung-task" else 4}s}}
-    - name: after-{name}
-      requires: {{devices: 0}}
-      steps:
-        - sleep: {{duration: 1s}}
-""" for name, _, _ in EXPECTED)
-
-
-def test_splats_provoked_beside_a_running_case_are_its_errors(debug_vm: Any,
-                                                              tmp_path: Path) -> None:
-    # the writer in the background (HUNG_TASK never returns), its output nowhere
-    hung = (f"{HUNG_TASK_FAST}; (echo HUNG_TASK > {DIRECT} &) </dev/null >/dev/null 2>&1; "
-            "for i in $(seq 100); do dmesg | grep -q 'blocked for more than' && exit 0; "
-            "sleep 0.2; done; exit 1")
-    provoke = {"hung-task": hung, "warning": f"echo WARNING > {DIRECT}",
-               "lockdep": f"echo SPINLOCKUP > {DIRECT}",
-               "kasan": f"echo SLAB_LINEAR_OVERFLOW > {DIRECT}"}
-    results, _ = _run(debug_vm, tmp_path, OUTSIDE, provoke)
-    # the blocked task is the shell's this time; everything else as from inside
-    _check(results, debug_vm, [(n, k, "INFO: task sh:" if k == "hung_task" else t)
-                               for n, k, t in EXPECTED])
-
-
-LEAK = """
-    - name: leak
-      requires: {devices: 0}
-      kernel_watch: {allow: [oops]}
-      steps:
-        # kmalloc, then execute it: the NX fault's oops kills the writer before its kfree
-        - provoke_crash: {type: EXEC_KMALLOC}
-          expect: SIGSEGV
-        # kmemleak reports an object once it is 5 s old
-        - sleep: {duration: 6s}
-"""
-
-
-def test_kmemleak_finds_a_real_leak_and_reports_it_as_the_runs(debug_vm: Any,
-                                                                 tmp_path: Path) -> None:
-    # an oops kills the task instead of the machine
-    assert debug_vm.run(["sh", "-c", "echo 0 > /proc/sys/kernel/panic_on_oops"]).returncode == 0
-    results, warnings = _run(debug_vm, tmp_path, LEAK)
-    [leak] = results
-    assert leak.outcome.value == "pass", leak.message
-    assert [s["kind"] for s in leak.kernel_splats if not s["allowed"]] == []
-    assert any(s["kind"] == "oops" for s in leak.kernel_splats)
-    [report] = [w for w in warnings if w.startswith("kmemleak: ")]
-    assert "leaked during the run (not tied to one case)" in report
-    assert "unreferenced object" in report and "lkdtm_EXEC_KMALLOC" in report, report
