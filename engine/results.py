@@ -47,10 +47,15 @@ class StepResult:
     actual: str = "ok"
     message: str = ""
     teardown: bool = False
+    # the process that ran the step when the case hands over (`handover`):
+    # "predecessor (pid N)" or "successor (pid M)"; "" otherwise
+    process: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         d = _fields_of(self)
         d["outcome"] = self.outcome.value
+        if not self.process:  # only a case that hands over says which process ran a step
+            del d["process"]
         return d
 
     @classmethod

@@ -323,11 +323,22 @@ class MapDma(Op):
     size: Size | None = None
     read: bool = True
     write: bool = True
+    # vaddr: VFIO_DMA_MAP_FLAG_VADDR, the invalidated mapping at `iova` gets this
+    # buffer's address (type1 live update); no new mapping is made
+    flags: list[Literal["vaddr"]] = []
+    # file: an iommufd maps the memfd buffer's file (IOMMU_IOAS_MAP_FILE), not its pages
+    # at the process address (IOMMU_IOAS_MAP): what IOMMU_IOAS_CHANGE_PROCESS can move
+    file: bool = False
 
     @model_validator(mode="after")
     def _one_target(self) -> MapDma:
         _exactly_one(self, ("iommu", "ioas"))
         _exactly_one(self, ("buffer", "mmio", "dmabuf"))
+        if self.flags and (self.buffer is None or not isinstance(self.iova, int)):
+            raise ValueError("`flags: [vaddr]` gives a mapping at a fixed `iova` the address "
+                             "of a `buffer`")
+        if self.file and self.buffer is None:
+            raise ValueError("`file: true` maps a memfd `buffer`")
         return self
 
 
@@ -341,6 +352,9 @@ class UnmapDma(Op):
     size: Size | None = None
     all: bool = False
     unmapped_size: Size | None = None
+    # vaddr: VFIO_DMA_UNMAP_FLAG_VADDR, invalidate the process address of the mappings and
+    # keep their IOVAs and pages (type1 live update)
+    flags: list[Literal["vaddr"]] = []
 
     @model_validator(mode="after")
     def _one_form(self) -> UnmapDma:
@@ -679,6 +693,101 @@ class MemcpyStorm(Op):
         if self.duration is None and self.iterations is None:
             raise ValueError("give `duration`, `iterations` or both: the storm must end")
         return self
+
+
+class MemcpyStream(Op):
+    """`count` copies one after the other: copy k moves `size` bytes from src + k * stride
+    to dst + k * stride, starting at k = `first`; with `leave_pending` the last is started
+    and not waited for (a copy in flight, e.g. across a handover)."""
+
+    op = "memcpy_stream"
+    area = "driver"
+    device: DeviceRef
+    src: Int = Field(ge=0)
+    dst: Int = Field(ge=0)
+    size: Size = Field(gt=0)
+    stride: Size | None = None  # default: size
+    count: Int = Field(ge=1)
+    first: Int = 0
+    leave_pending: bool = False
+
+
+# --- Live update, dirty tracking, low power (docs/language.md) --------------------
+
+
+class Handover(Op):
+    """Hand the case's handles to a freshly exec'd engine process, which runs the rest."""
+
+    op = "handover"
+    area = "liveupdate"
+    to: Literal["successor"] = "successor"
+    predecessor: Literal["exits", "stays"] = "exits"
+
+
+class UpdateVaddr(Op):
+    """VFIO_DMA_MAP_FLAG_VADDR for every live mapping of the case in `iommu` whose memory
+    moved in a handover (a memfd buffer mapped again): each gets its new address."""
+
+    op = "update_vaddr"
+    area = "liveupdate"
+    iommu: IommuRef
+
+
+class ChangeProcess(Op):
+    op = "change_process"
+    area = "liveupdate"
+    iommu: IommuRef
+    reserved: U32 = 0  # __reserved, which must be 0
+
+
+class AssertLockedVm(Op):
+    """This process's locked memory (VmLck in /proc/self/status), which type1 charges and
+    IOMMU_IOAS_CHANGE_PROCESS and VFIO_DMA_MAP_FLAG_VADDR move."""
+
+    op = "assert_locked_vm"
+    area = "liveupdate"
+    at_least: Size | None = None
+    at_most: Size | None = None
+
+
+class DirtyPages(Op):
+    op = "dirty_pages"
+    area = "liveupdate"
+    iommu: IommuRef
+    action: Literal["start", "stop"]
+
+
+class DirtyBitmap(Op):
+    """GET_BITMAP of [iova, iova + size) in pages of `pgsize`; `dirty` is what the bitmap
+    must hold exactly: all pages, none, or the listed page indexes."""
+
+    op = "dirty_bitmap"
+    area = "liveupdate"
+    iommu: IommuRef
+    iova: Int
+    size: Size
+    pgsize: Size = 4096
+    bitmap_size: Size | None = None  # bytes; default the u64-rounded size the range needs
+    dirty: Literal["all", "none"] | list[Annotated[int, Field(ge=0)]] | None = None
+
+
+class LowPower(Op):
+    op = "low_power"
+    area = "liveupdate"
+    device: DeviceRef
+    action: Literal["entry", "entry_with_wakeup", "exit"]
+    wakeup_fd: S32 | None = None  # a raw fd instead of the step's own eventfd (e.g. -1)
+
+
+class ExpectWakeup(Op):
+    """The wakeup eventfd of the device's last entry_with_wakeup was signalled within
+    `within` (or, with `signalled: false`, was not)."""
+
+    op = "expect_wakeup"
+    area = "liveupdate"
+    device: DeviceRef
+    within: Duration = 1.0
+    signalled: bool = True
 
 
 # --- DMABUF ---------------------------------------------------------------------

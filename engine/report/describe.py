@@ -80,6 +80,8 @@ def step_line(step: StepResult) -> str:
     label = f"teardown {step_label(step)}" if step.teardown else step_label(step)
     line = (f"{step_number(step):>3} {step.outcome.label:<5} {step.duration:9.4f}s  "
             f"{label}{reps}  [{step.location}]")
+    if step.process:  # the case handed over: which process ran the step
+        line += f"  ({step.process})"
     if step.outcome is not Outcome.PASS:
         line += f"  expected {step.expected}, got {step.actual}"
         if step.message:

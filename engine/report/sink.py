@@ -27,20 +27,25 @@ from vfio_scenario.errors import ExitCode
 from vfio_scenario.journal import Journal
 from vfio_scenario.report.console import Console, exit_code
 from vfio_scenario.report.files import atomic_write, remove_stale_temporaries
+from vfio_scenario.report.junit import JunitOptions
 from vfio_scenario.report.ktap import KtapStream
 from vfio_scenario.results import CaseResult, RunResult
 
 Render = Callable[[RunResult], str]
 
 
-def writers(junit_xml: str | None, json_path: str | None,
-            html_path: str | None) -> list[tuple[str, Render]]:
+def writers(junit_xml: str | None, json_path: str | None, html_path: str | None,
+            junit_options: JunitOptions | None = None) -> list[tuple[str, Render]]:
     """(path, render function) for each report asked for."""
     from vfio_scenario.report.html import html_document
     from vfio_scenario.report.jsonout import json_document
     from vfio_scenario.report.junit import junit_document
 
-    chosen = [(junit_xml, junit_document), (json_path, json_document), (html_path, html_document)]
+    def junit(run: RunResult) -> str:
+        return junit_document(run, junit_options)
+
+    chosen: list[tuple[str | None, Render]] = [
+        (junit_xml, junit), (json_path, json_document), (html_path, html_document)]
     return [(p, render) for p, render in chosen if p]
 
 
@@ -61,8 +66,8 @@ class ReportSink:
                  html_path: str | None = None, journal: str | None = None,
                  resume: bool = False, total: int = 0, fmt: str = "text",
                  planned: Sequence[str] | None = None, stream: TextIO | None = None,
-                 min_interval: float = 0.5) -> None:
-        self.targets = writers(junit_xml, json_path, html_path)
+                 min_interval: float = 0.5, junit_options: JunitOptions | None = None) -> None:
+        self.targets = writers(junit_xml, json_path, html_path, junit_options)
         for path, _ in self.targets:
             remove_stale_temporaries(path)
         self.journal = Journal(journal, resume=resume) if journal else None

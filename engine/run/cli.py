@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from vfio_scenario.language.models import BDF, IOMMU_MODES
+from vfio_scenario.report.cli import add_junit_options
 
 
 def _bdf(value: str) -> str:
@@ -58,6 +59,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--junit-xml", default="reports/junit.xml", metavar="F")
     p.add_argument("--json", metavar="F", help="also write a JSON report")
     p.add_argument("--html", metavar="F", help="also write a self-contained HTML report")
+    add_junit_options(p)
     p.add_argument("--format", choices=("text", "ktap"), default="text",
                    help="console output: progress lines, or KTAP v1 for kernel CI")
     p.add_argument("--shard", metavar="I/N", help="run only shard I of N (1-based)")

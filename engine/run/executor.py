@@ -9,6 +9,8 @@ the step that was running, with the kernel log of the case attached.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import faulthandler
 import json
 import math
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from vfio_scenario.errors import VfioError
 from vfio_scenario.results import CaseResult, Outcome
-from vfio_scenario.run.interpreter import Operation, RunOptions, run_case
+from vfio_scenario.run.interpreter import HandedOver, Operation, RunOptions, run_case
 from vfio_scenario.uapi.kmsg import KernelLog
 
 if TYPE_CHECKING:
@@ -41,10 +43,7 @@ def execute_case(case: Case, devices: list[str], ops: dict[str, Operation],
     # import, no directory that must be writable)
     out = os.fdopen(os.memfd_create("vfio-scenario-case-output"), "w+b")
     r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        os.close(r)
-        _child(case, devices, ops, options, w, out.fileno())
+    pid = _fork_case(case, devices, ops, options, r, w, out.fileno())
     os.close(w)
     started = time.time()
     t0 = time.monotonic()
@@ -52,9 +51,10 @@ def execute_case(case: Case, devices: list[str], ops: dict[str, Operation],
         events, status, timed_out = _collect(pid, r, t0 + limit)
     except BaseException:
         # the run was interrupted (SIGINT/SIGTERM to this process only): the case's
-        # process goes too, so that nothing holds the devices while they are restored
-        os.kill(pid, signal.SIGKILL)
+        # processes go too, so that nothing holds the devices while they are restored
+        _kill_group(pid)
         os.waitpid(pid, 0)
+        _reap_group(pid)
         os.close(r)
         out.close()
         if kmsg is not None:
@@ -104,10 +104,73 @@ def _kernel_log() -> KernelLog | None:
         return None  # not readable here (no /dev/kmsg, no permission): no log attached
 
 
+def _fork_case(case: Case, devices: list[str], ops: dict[str, Operation],
+               options: RunOptions, r: int, w: int, out_fd: int) -> int:
+    """Fork the case's process (`_child`); returns its pid, also its process group's id."""
+    _become_subreaper()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(r)
+        _child(case, devices, ops, options, w, out_fd)
+    # the case's own process group: a successor it hands over to (`handover`) is in it,
+    # and a timeout or an interrupt ends them all (the child did it first, or has gone)
+    with contextlib.suppress(OSError):
+        os.setpgid(pid, pid)
+    return pid
+
+
+def _become_subreaper() -> None:
+    """Orphans of a case (the successor of a predecessor that exited) become this
+    process's children, reaped with the case (PR_SET_CHILD_SUBREAPER); best effort."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        pass
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _reap_group(pid: int) -> None:
+    """Wait for what is left of the case's process group (a successor), if ours."""
+    while True:
+        try:
+            os.waitpid(-pid, 0)
+        except ChildProcessError:
+            return
+        except OSError:
+            return
+
+
+def event_writer(w: int) -> Any:
+    """The listener of a case process: one JSON line per event on the pipe `w`."""
+
+    def emit(kind: str, data: dict[str, Any]) -> None:
+        write_all(w, (json.dumps({"event": kind, **data}) + "\n").encode())
+
+    return emit
+
+
+def write_all(w: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(w, view)
+        view = view[n:]
+
+
 def _child(case: Case, devices: list[str], ops: dict[str, Operation], options: RunOptions,
            w: int, out_fd: int) -> None:
     code = 0
     try:
+        with contextlib.suppress(OSError):
+            os.setpgid(0, 0)
         os.dup2(out_fd, 1)
         os.dup2(out_fd, 2)
         # a crash's Python traceback goes into the case's own output, not the runner's
@@ -115,18 +178,19 @@ def _child(case: Case, devices: list[str], ops: dict[str, Operation], options: R
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
-        def emit(kind: str, data: dict[str, Any]) -> None:
-            os.write(w, (json.dumps({"event": kind, **data}) + "\n").encode())
-
         from vfio_scenario.run.ops.host import begin_case, end_case
 
-        result = run_case(case, devices, ops, options, listener=emit, begin=begin_case,
-                          end=end_case)
-        payload = (json.dumps({"event": "result", "result": result.to_dict()}) + "\n").encode()
-        view = memoryview(payload)
-        while view:
-            n = os.write(w, view)
-            view = view[n:]
+        options = dataclasses.replace(options, event_fd=w)
+        try:
+            result = run_case(case, devices, ops, options, listener=event_writer(w),
+                              begin=begin_case, end=end_case)
+        except HandedOver as handed:
+            # the successor reports the case; this process holds nothing it must release
+            if handed.wait is not None:
+                handed.wait()
+            os._exit(0)
+        write_all(w, (json.dumps({"event": "result", "result": result.to_dict()}) + "\n")
+                  .encode())
     except BaseException:  # noqa: BLE001 - the parent reports a child without a result
         import traceback
 
@@ -144,7 +208,7 @@ def _collect(pid: int, r: int, deadline: float) -> tuple[list[dict[str, Any]], i
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             timed_out = True
-            os.kill(pid, signal.SIGKILL)
+            _kill_group(pid)
             break
         ready, _, _ = select.select([r], [], [], min(remaining, 1.0))
         if not ready:
@@ -156,6 +220,9 @@ def _collect(pid: int, r: int, deadline: float) -> tuple[list[dict[str, Any]], i
         *lines, buf = buf.split(b"\n")
         events.extend(json.loads(line) for line in lines if line.strip())
     _, status = os.waitpid(pid, 0)
+    if timed_out:
+        _kill_group(pid)  # a successor the predecessor had handed over to
+    _reap_group(pid)
     return events, status, timed_out
 
 

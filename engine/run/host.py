@@ -18,6 +18,7 @@ from vfio_scenario.commands import compile_or_raise
 from vfio_scenario.errors import EnvironmentProblem, NothingSelected, ScenarioErrors, UsageError
 from vfio_scenario.language.cases import Case
 from vfio_scenario.language.compile import compile_paths
+from vfio_scenario.report.cli import junit_options
 from vfio_scenario.results import CaseResult, RunResult
 from vfio_scenario.run.cli import in_guest
 from vfio_scenario.run.interpreter import RunOptions
@@ -68,6 +69,17 @@ def known_issues_for(cases: list[Case], path: str | None) -> Any:
     return KnownIssues.for_run(cases, path)
 
 
+def run_facts(args: argparse.Namespace, where: str) -> dict[str, str]:
+    """The run properties the command line decides: engine version, where, and the
+    shard (`I/N`, so a merge of the shards can tell which one never reported)."""
+    facts = {"engine_version": __version__, "where": where}
+    if args.shard:
+        from vfio_scenario.select import parse_shard
+
+        facts["shard"] = "{}/{}".format(*parse_shard(args.shard))
+    return facts
+
+
 def run_command(args: argparse.Namespace) -> int:
     from vfio_scenario.report.files import check_outputs
     from vfio_scenario.report.sink import ReportSink, default_journal
@@ -86,7 +98,8 @@ def run_command(args: argparse.Namespace) -> int:
     sink = ReportSink(junit_xml=args.junit_xml, json_path=args.json, html_path=args.html,
                       journal=getattr(args, "journal", None) or default_journal(args.junit_xml),
                       resume=args.resume,
-                      total=len(cases), fmt=args.format, planned=[c.id for c in cases])
+                      total=len(cases), fmt=args.format, planned=[c.id for c in cases],
+                      junit_options=junit_options(args))
     if args.resume:
         done = sink.finished_ids()
         cases = [c for c in cases if c.id not in done]
@@ -95,7 +108,7 @@ def run_command(args: argparse.Namespace) -> int:
             sink.close()
             return sink.exit_code()
     run = sink.run
-    run.properties.update({"engine_version": __version__, "where": where})
+    run.properties.update(run_facts(args, where))
     for warning in known.unmatched_warnings():
         sink.warn(warning)
     options = RunOptions(timeout_multiplier=args.timeout_multiplier,

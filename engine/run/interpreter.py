@@ -9,6 +9,7 @@ none of them.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -33,11 +34,27 @@ class StepTimeout(VfioScenarioError):
     """A step ran past its `timeout:`."""
 
 
+class HandedOver(BaseException):  # a control-flow signal, not an error
+    """The case's handles went to a successor process (the `handover` operation), which
+    runs the rest of the case: this process stops without teardown or releases.
+    `wait` is the successor to wait for before exiting (`predecessor: stays`), or None."""
+
+    def __init__(self, successor: int, wait: Callable[[], object] | None) -> None:
+        super().__init__(successor)
+        self.successor = successor
+        self.wait = wait
+
+
+Listener = Callable[[str, dict[str, Any]], None]
+Hook = Callable[["Runtime"], None]
+
+
 @dataclass
 class RunOptions:
     timeout_multiplier: float = 1.0
     default_step_timeout: float = 0.0  # 0: only the case timeout applies
     kernel_watch: bool = True  # scan each case's kernel log for splats (--no-kernel-watch)
+    event_fd: int = -1  # the case process's event pipe to the executor (a handover's too)
 
 
 @dataclass
@@ -53,6 +70,13 @@ class Runtime:
     started: float = field(default_factory=time.monotonic)
     state: dict[str, Any] = field(default_factory=dict)  # per-case scratch for op modules
     notes: list[str] = field(default_factory=list)  # what the running step says of a pass
+    # which process runs the steps ("" unless the case hands over: "predecessor (pid N)",
+    # "successor (pid M)"); the result so far and the listener, for `handover`
+    process: str = ""
+    result: CaseResult | None = None
+    listener: Listener | None = None
+    end: Hook | None = None
+    handover: HandedOver | None = None  # set by a `handover` step that succeeded
 
     def note(self, message: str) -> None:
         """Say why the running step passed (its message in the reports), e.g. that it had
@@ -84,7 +108,6 @@ class Runtime:
 
 
 Operation = Callable[[Runtime, Any, Step], Any]
-Listener = Callable[[str, dict[str, Any]], None]
 
 
 def _alarm(signum: int, frame: FrameType | None) -> None:
@@ -97,7 +120,8 @@ def run_step(rt: Runtime, step: Step, ops: dict[str, Operation]) -> StepResult:
     result = StepResult(index=step.index, op=step.op, name=step.label,
                         location=f"{step.location.path}:{step.location.line}",
                         outcome=Outcome.PASS, repeat=step.common.repeat,
-                        expected="|".join(expected), teardown=step.teardown)
+                        expected="|".join(expected), teardown=step.teardown,
+                        process=rt.process)
     handler = ops.get(step.op)
     timeout = (step.common.timeout or rt.options.default_step_timeout) * rt.options.timeout_multiplier
     previous = signal.signal(signal.SIGALRM, _alarm) if timeout else None
@@ -167,16 +191,15 @@ def _attempt(rt: Runtime, handler: Operation, step: Step) -> tuple[str, Any, str
     return "ok", made, ""
 
 
-Hook = Callable[[Runtime], None]
-
-
 def run_case(case: Case, devices: list[str], ops: dict[str, Operation],
              options: RunOptions | None = None, listener: Listener | None = None,
              begin: Hook | None = None, end: Hook | None = None) -> CaseResult:
     """Run a case's body, then its teardown, then release what it opened.
 
     `begin`/`end` run before the first step and after the last release (the host
-    operations record the kernel log position and taint there).
+    operations record the kernel log position and taint there). A `handover` step
+    that succeeds raises HandedOver: the successor process runs the rest
+    (continue_case) and this one releases nothing.
     """
     rt = Runtime(case=case, devices=devices, options=options or RunOptions())
     if begin:
@@ -184,45 +207,70 @@ def run_case(case: Case, devices: list[str], ops: dict[str, Operation],
     result = CaseResult(case_id=case.id, file=case.file, scenario=case.scenario,
                         outcome=Outcome.PASS, params=dict(case.params), tags=list(case.tags),
                         started=time.time())
-    t0 = time.perf_counter()
+    if any(step.op == "handover" for step in case.steps):
+        rt.process = f"predecessor (pid {os.getpid()})"
+    rt.result, rt.listener, rt.end = result, listener, end
+    return continue_case(rt, result, 0, ops, time.perf_counter())
+
+
+def continue_case(rt: Runtime, result: CaseResult, start: int, ops: dict[str, Operation],
+                  t0: float) -> CaseResult:
+    """Run the body from step `start`, then the teardown and the releases (run_case; the
+    successor of a handover continues here with the steps after the handover)."""
     failed: StepResult | None = None
+    problems: list[str] = []
+    handed = False
     try:
-        for step in case.steps:
-            if listener:
-                listener("step", {"index": step.index, "op": step.op, "name": step.label})
+        for step in rt.case.steps[start:]:
+            if rt.listener:
+                rt.listener("step", {"index": step.index, "op": step.op, "name": step.label})
             sr = run_step(rt, step, ops)
             result.steps.append(sr)
             if sr.outcome is not Outcome.PASS:
                 failed = sr
                 break
+            if rt.handover is not None:
+                handed = True
+                break
     except Skip as exc:
         result.outcome = Outcome.SKIP
         result.message = str(exc)
     finally:
-        for step in case.teardown:
-            if listener:
-                listener("step", {"index": step.index, "op": step.op, "name": step.label,
-                                  "teardown": True})
-            sr = run_step(rt, step, ops) if _handles_ready(rt, step) else _not_run(step)
-            result.steps.append(sr)
-            if failed is None and sr.outcome in (Outcome.FAIL, Outcome.ERROR):
-                failed = sr
-        problems = rt.release_all()
-        if end:
-            end(rt)
+        if not handed:  # handed over: the successor owns the teardown and the releases
+            problems = _finish(rt, result, failed, ops)
+    if rt.handover is not None and handed:
+        raise rt.handover
+    result.duration = time.perf_counter() - t0
+    if problems:
+        result.log += "\n".join(problems) + "\n"
+        if result.outcome is Outcome.PASS:
+            result.outcome = Outcome.ERROR
+            result.message = "releasing the case's resources failed: " + "; ".join(problems)
+    return result
+
+
+def _finish(rt: Runtime, result: CaseResult, failed: StepResult | None,
+            ops: dict[str, Operation]) -> list[str]:
+    """Teardown steps, releases and the end hook; sets the case's outcome from the first
+    failed step. Returns the problems the releases met."""
+    for step in rt.case.teardown:
+        if rt.listener:
+            rt.listener("step", {"index": step.index, "op": step.op, "name": step.label,
+                                 "teardown": True})
+        sr = run_step(rt, step, ops) if _handles_ready(rt, step) else _not_run(step)
+        result.steps.append(sr)
+        if failed is None and sr.outcome in (Outcome.FAIL, Outcome.ERROR):
+            failed = sr
+    problems = rt.release_all()
+    if rt.end:
+        rt.end(rt)
     if result.outcome is not Outcome.SKIP and failed is not None:
         result.outcome = failed.outcome
         kind = "teardown step" if failed.teardown else "step"
         result.location = failed.location
         result.message = (f"{kind} {failed.index + 1} `{failed.name}` ({failed.location}): "
                           f"{failed.message}")
-    if problems:
-        result.log += "\n".join(problems) + "\n"
-        if result.outcome is Outcome.PASS:
-            result.outcome = Outcome.ERROR
-            result.message = "releasing the case's resources failed: " + "; ".join(problems)
-    result.duration = time.perf_counter() - t0
-    return result
+    return problems
 
 
 def _handles_ready(rt: Runtime, step: Step) -> bool:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import errno
 import os
+import weakref
 from enum import Enum
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 from vfio_scenario.errors import VfioError
 from vfio_scenario.uapi._vfio import ffi, lib
@@ -48,6 +49,10 @@ class DmaBuffer:
     `ptr` a `uint8_t *`; `fd` is the memfd (memfd backing) or -1.
     """
 
+    # every buffer of this process not yet collected (a handover finds the buffer a
+    # driver's memoryview points into, run/handover.py)
+    live: ClassVar[weakref.WeakSet[DmaBuffer]] = weakref.WeakSet()
+
     def __init__(self, size: int, backing: Backing | str = Backing.ANONYMOUS,
                  name: str = "buffer") -> None:
         self.backing = Backing(backing)
@@ -77,6 +82,7 @@ class DmaBuffer:
                 os.close(self.fd)
             raise
         self.addr = int(ffi.cast("uintptr_t", self.ptr))
+        DmaBuffer.live.add(self)
 
     @property
     def mem(self) -> memoryview:

@@ -39,6 +39,7 @@ IOCTLS: tuple[str, ...] = (
     "VFIO_IOMMU_UNMAP_DMA",
     "VFIO_IOMMU_ENABLE",
     "VFIO_IOMMU_DISABLE",
+    "VFIO_IOMMU_DIRTY_PAGES",
     "IOMMU_DESTROY",
     "IOMMU_IOAS_ALLOC",
     "IOMMU_IOAS_ALLOW_IOVAS",
@@ -51,6 +52,7 @@ IOCTLS: tuple[str, ...] = (
     "IOMMU_HWPT_ALLOC",
     "IOMMU_GET_HW_INFO",
     "IOMMU_IOAS_MAP_FILE",
+    "IOMMU_IOAS_CHANGE_PROCESS",
 )
 
 # Proposed uAPI not in any released kernel: numbers from the RFC, checked separately.

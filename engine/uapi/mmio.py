@@ -34,6 +34,7 @@ class Mmio:
                  writable: bool = True) -> None:
         prot = lib.PROT_READ | (lib.PROT_WRITE if writable else 0)
         self.ptr: Any = mmap_raw(size, prot, lib.MAP_SHARED, fd, offset, "mmap", handle)
+        self.fd, self.offset, self.writable = fd, offset, writable  # (a handover maps again)
         self.size = size
         self.handle = handle
         self.addr = int(ffi.cast("uintptr_t", self.ptr))

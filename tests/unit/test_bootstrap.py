@@ -53,3 +53,13 @@ def test_bootstrap_takes_the_interpreter_from_PYTHON(tmp_path: Path) -> None:
     assert calls[0] == f"debian-python3 -m venv {venv}"
     # an existing venv is kept and only brought up to date
     assert _bootstrap(tmp_path, VENV=str(venv))[len(calls):] == calls[1:]
+
+
+def test_bootstrap_skips_the_testbed_when_asked(tmp_path: Path) -> None:
+    """A board that runs on its own devices (docs/ci/lava-vfio-scenario.yaml) needs no
+    testbed kernel."""
+    venv = tmp_path / "venv"
+    assert _bootstrap(tmp_path, VENV=str(venv), VFIO_SCENARIO_SKIP_TESTBED="1") == [
+        f"python3 -m venv {venv}",
+        "venv/python -m pip install --quiet --disable-pip-version-check -e .[test]",
+    ]

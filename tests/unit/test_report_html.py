@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from vfio_scenario.report.html import LOG_LIMIT, html_document
-from vfio_scenario.results import RunResult
+from vfio_scenario.results import CaseResult, Outcome, RunResult
 
 from tests.helpers.reports import nasty_text, sample_run
 
@@ -26,6 +26,7 @@ class Page(HTMLParser):
         super().__init__()
         self.by_id: dict[str, str] = {}
         self.rows: list[dict[str, str | None]] = []
+        self.files: list[dict[str, str | None]] = []
         self._open: list[str] = []
         self.feed(text)
 
@@ -33,6 +34,8 @@ class Page(HTMLParser):
         a = dict(attrs)
         if tag == "details" and "case" in (a.get("class") or ""):
             self.rows.append(a)
+        if tag == "details" and a.get("class") == "file":
+            self.files.append(a)
         if a.get("id"):
             self.by_id[str(a["id"])] = ""
             self._open.append(str(a["id"]))
@@ -148,3 +151,185 @@ def test_a_10_mb_log_shows_its_tail_only() -> None:
     text = html_document(run)
     assert "THE END" in text
     assert len(text) < LOG_LIMIT + 64 * 1024
+
+
+class Parts(HTMLParser):
+    """The summary blocks, file sections and scenario grids of a page."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.grids: list[dict[str, object]] = []  # caption, header, rows of cells
+        self.links: dict[str, list[tuple[str, str]]] = {}  # block id -> (href, text)
+        self.bars: list[tuple[str, str]] = []  # (class, style) of the duration chart
+        self._block = ""
+        self._cell: list[str] | None = None
+        self._text: list[str] | None = None
+        self._href = ""
+        self._where = ""
+        self._in_grid = False
+        self.feed(text)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag == "details" and "summary-block" in a.get("class", ""):
+            self._block = a["id"]
+        if tag == "table":
+            self._in_grid = a.get("class") == "grid"
+            if self._in_grid:
+                self.grids.append({"caption": "", "rows": []})
+        if self._in_grid and tag == "caption":
+            self._where = "caption"
+        if self._in_grid and tag == "tr":
+            self.grids[-1]["rows"].append([])  # type: ignore[attr-defined]
+        if self._in_grid and tag in ("td", "th"):
+            self._cell = [a.get("class", "")]
+        if self._cell is not None and tag == "a":
+            self._cell.append(a["href"])
+        if tag == "a" and self._block:
+            self._href, self._text = a["href"], []
+        if tag == "span" and "bar" in a.get("class", ""):
+            self.bars.append((a["class"], a["style"]))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None:
+            self.grids[-1]["rows"][-1].append(tuple(self._cell))  # type: ignore[index]
+            self._cell = None
+        if tag == "caption":
+            self._where = ""
+        if tag == "a" and self._text is not None:
+            self.links.setdefault(self._block, []).append((self._href, "".join(self._text)))
+            self._text = None
+        if tag == "details" and self._block:
+            self._block = ""
+        if tag == "table":
+            self._cell, self._in_grid = None, False
+
+    def handle_data(self, data: str) -> None:
+        if self._where == "caption":
+            self.grids[-1]["caption"] += data  # type: ignore[operator]
+        if self._cell is not None and data.strip():
+            self._cell.append(data.strip())
+        if self._text is not None:
+            self._text.append(data)
+
+
+def test_cases_are_grouped_by_file_with_a_grid_per_scenario() -> None:
+    text = html_document(sample_run())
+    page, parts = Page(text), Parts(text)
+    assert [(f["data-file"], "open" in f) for f in page.files] == [
+        ("scenarios/dma/map.yaml", True), ("scenarios/driver/memcpy.yaml", True)]
+    assert [r["id"] for r in page.rows] == [f"case-{i}" for i in range(1, 6)]
+    assert [g["caption"] for g in parts.grids] == ["map-unmap", "driver-memcpy"]
+    assert parts.grids[0]["rows"] == [
+        [("",), ("", "iommufd"), ("", "vfio_type1v2_iommu"), ("", "vfio_type1_iommu")],
+        [("", "size=4096"), ("cell bg-pass", "#case-1", "PASS"),
+         ("cell bg-fail", "#case-2", "FAIL"), ("cell bg-skip", "#case-3", "SKIP")]]
+    assert parts.grids[1]["rows"] == [
+        [("",), ("", "iommufd")],
+        [("", "size=256"), ("cell bg-pass", "#case-4", "PASS")],
+        [("", "size=4096"), ("cell bg-error", "#case-5", "ERROR")]]
+    # a file whose cases all passed stays folded; a mode with no case is an empty cell
+    run = sample_run()
+    run.cases = [run.cases[0], run.cases[2], run.cases[3]]
+    run.cases[1].params = {"iommu_mode": "vfio_type1_iommu", "size": 8192}
+    run.cases[2].params = {}
+    text = html_document(run)
+    page, parts = Page(text), Parts(text)
+    assert ["open" in f for f in page.files] == [False, False]
+    assert parts.grids[0]["rows"][1:] == [
+        [("", "size=4096"), ("cell bg-pass", "#case-1", "PASS"), ("none", "\u2013")],
+        [("", "size=8192"), ("none", "\u2013"), ("cell bg-skip", "#case-2", "SKIP")]]
+    assert parts.grids[1]["rows"] == [
+        [("",), ("", "no IOMMU mode")],
+        [("", "(no other matrix values)"), ("cell bg-pass", "#case-3", "PASS")]]
+
+
+def test_summary_has_splats_skip_reasons_and_the_slowest_cases() -> None:
+    run = sample_run()
+    run.cases[4].kernel_splats = [
+        {"kind": "warning", "title": "WARNING: drivers/vfio/x.c:12", "text": "", "allowed": False},
+        {"kind": "bug", "title": "declared", "text": "", "allowed": True}]
+    run.cases.append(CaseResult(case_id="scenarios/x.yaml::y", file="scenarios/x.yaml",
+                                scenario="y", outcome=Outcome.SKIP,
+                                message=run.cases[2].message))
+    parts = Parts(html_document(run))
+    assert parts.links["splats"] == [
+        ("#case-5", "scenarios/driver/memcpy.yaml::driver-memcpy[iommu_mode=iommufd,size=4096]")]
+    assert parts.links["skips"] == [("#case-3", run.cases[2].message)]
+    assert "2 skipped case(s), 1 reason(s)" in html_document(run)
+    slow = parts.links["slowest"]
+    assert [href for href, _ in slow] == ["#case-5", "#case-1", "#case-2", "#case-4", "#case-3",
+                                          "#case-6"]
+    widths = [float(style.split(":")[1].rstrip("%")) for _, style in parts.bars]
+    durations = sorted((c.duration for c in run.cases), reverse=True)
+    assert widths == pytest.approx([100 * d / durations[0] for d in durations], abs=0.01)
+    assert parts.bars[0][0] == "bar bg-error"
+    many = RunResult(cases=[CaseResult(case_id=f"f.yaml::c{i}", file="f.yaml", scenario="c",
+                                       outcome=Outcome.PASS, duration=i) for i in range(40)])
+    slow = Parts(html_document(many)).links["slowest"]
+    assert [text for _, text in slow] == [f"f.yaml c{i}" for i in range(39, 24, -1)]  # 15
+
+
+@needs_chromium
+def test_browser_hides_files_without_shown_cases_unfolds_the_others_and_a_linked_case(
+        tmp_path: Path) -> None:
+    path = tmp_path / "report.html"
+    run = sample_run()
+    run.cases[1].outcome = Outcome.PASS  # no file unfolded by itself now
+    run.cases[4].outcome = Outcome.PASS
+    path.write_text(html_document(run), encoding="utf-8")
+    page = browse(path, "#outcome=skip", tmp_path / "profile1")
+    assert [(f["data-file"], f.get("hidden") is not None) for f in page.files] == [
+        ("scenarios/dma/map.yaml", False), ("scenarios/driver/memcpy.yaml", True)]
+    assert [f.get("open") is not None for f in page.files] == [True, False]  # unfolded
+    page = browse(path, "#case-4", tmp_path / "profile2")
+    assert [f.get("open") is not None for f in page.files] == [False, True]
+    assert [r.get("open") is not None for r in page.rows] == [False] * 3 + [True, False]
+
+
+@needs_chromium
+def test_browser_renders_without_console_messages_and_a_screenshot(tmp_path: Path) -> None:
+    """The page loads in headless Chromium with nothing on the console (Chromium prints
+    every console message, errors included, as `CONSOLE` lines), and a screenshot is
+    made; a page with a script error shows that the check sees one."""
+    def shoot(page: Path, name: str) -> tuple[str, bytes]:
+        png = tmp_path / f"{name}.png"
+        result = subprocess.run(
+            [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / name}", "--enable-logging=stderr", "--v=0",
+             f"--screenshot={png}", "--window-size=1200,900", page.resolve().as_uri()],
+            capture_output=True, text=True, timeout=120, check=True)
+        return result.stderr, png.read_bytes()
+
+    run = sample_run()
+    run.cases[1].steps[3].message += nasty_text()
+    run.cases[4].kernel_splats = [{"kind": "warning", "title": "WARNING: x", "text": "",
+                                   "allowed": False}]
+    good = tmp_path / "report.html"
+    good.write_text(html_document(run), encoding="utf-8")
+    log, png = shoot(good, "good")
+    assert ":CONSOLE" not in log, log
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+    bad = tmp_path / "bad.html"
+    bad.write_text(html_document(run).replace("<script>", "<script>undefinedThing();", 1),
+                   encoding="utf-8")
+    log, _ = shoot(bad, "bad")
+    assert ":CONSOLE" in log and "undefinedThing" in log
+
+
+def test_the_readme_links_a_small_screenshot_of_the_library_report() -> None:
+    """docs/library-report.png: headless Chromium's screenshot (1100 px wide) of the HTML
+    report of a library run, linked from README.md and docs/reports.md; docs/ci.md is
+    linked too."""
+    import struct
+
+    repo = Path(__file__).resolve().parents[2]
+    readme = (repo / "README.md").read_text()
+    assert "(docs/library-report.png)" in readme and "(docs/ci.md)" in readme
+    assert "(library-report.png)" in (repo / "docs" / "reports.md").read_text()
+    png = (repo / "docs" / "library-report.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", png[16:24])
+    assert (width, height) == (1100, 1500)
+    assert len(png) < 300_000

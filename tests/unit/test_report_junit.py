@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import time
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
-from vfio_scenario.report.junit import LOG_LIMIT, classname, junit_document, xml_safe
+from vfio_scenario.report.junit import (
+    LOG_LIMIT,
+    JunitOptions,
+    classname,
+    junit_document,
+    unique_names,
+    xml_safe,
+)
 from vfio_scenario.results import CaseResult, Outcome, RunResult
 
 from tests.helpers.reports import assert_valid_junit, nasty_text, sample_run, step
@@ -88,7 +96,7 @@ def test_timeout_is_an_error_carrying_the_console_tail() -> None:
     error = tc.find("error")
     assert error.get("message") == ("step 7 `memcpy_wait` at scenarios/driver/memcpy.yaml:21: "
                                     "expected ok, got timeout: step timed out after 5s")
-    assert error.text.splitlines()[1:] == [
+    assert error.text.split("\nlog:\n")[1].splitlines() == [
         "--- testbed console tail ---",
         "[   12.345] DMAR: DRHD: handling fault status reg 2",
         "[   12.346] BUG: kernel NULL pointer dereference, address: 0000000000000008"]
@@ -179,3 +187,111 @@ def test_case_without_file_part_and_odd_file_names() -> None:
 def test_the_schema_rejects_what_jenkins_rejects(doc: str) -> None:
     with pytest.raises(AssertionError, match="not valid against the Jenkins schema"):
         assert_valid_junit(doc)
+
+
+# What CI servers do with the file (issue 24): one test per quirk.
+
+def test_failure_and_error_text_repeat_the_message_and_hold_the_step_log() -> None:
+    """GitLab shows neither `message` nor (in some versions) system-out of a failed case:
+    the element's own text says what failed and which step."""
+    cases = cases_of(assert_valid_junit(junit_document(sample_run())))
+    failure = cases["scenarios.dma.map::map-unmap[iommu_mode=vfio_type1v2_iommu,size=4096]"] \
+        .find("failure")
+    lines = failure.text.splitlines()
+    assert lines[0] == failure.get("message")
+    assert lines[1] == "steps:"
+    assert lines[5].startswith("  4 FAIL ") and "expected ok, got EINVAL" in lines[5]
+    assert lines[6].startswith(" T1 PASS ")
+    error = cases["scenarios.driver.memcpy::driver-memcpy[iommu_mode=iommufd,size=4096]"] \
+        .find("error")
+    assert error.text.splitlines()[0] == error.get("message")
+    assert "  7 ERROR " in error.text and "\nlog:\n--- testbed console tail ---" in error.text
+
+
+def test_jenkins_suite_name_is_the_scenario_file() -> None:
+    """Jenkins names a suite `package + "." + name` when it has a package; ours have none,
+    so Jenkins shows the scenario file (it showed `scenarios.dma.map.scenarios/dma/map.yaml`)."""
+    root = assert_valid_junit(junit_document(sample_run()))
+
+    def jenkins_name(suite: ET.Element) -> str:  # hudson.tasks.junit.SuiteResult's rule
+        package = suite.get("package") or ""
+        return f"{package}.{suite.get('name')}" if package else str(suite.get("name"))
+
+    assert [jenkins_name(s) for s in root.iter("testsuite")] == [
+        "scenarios/dma/map.yaml", "scenarios/driver/memcpy.yaml"]
+    assert [s.get("file") for s in root.iter("testsuite")] == [
+        "scenarios/dma/map.yaml", "scenarios/driver/memcpy.yaml"]
+
+
+def test_file_attribute_on_testcases_is_opt_in() -> None:
+    plain = assert_valid_junit(junit_document(sample_run()))
+    assert all(tc.get("file") is None for tc in plain.iter("testcase"))
+    text = junit_document(sample_run(), JunitOptions(case_file=True))
+    root = ET.fromstring(text)
+    assert [tc.get("file") for tc in root.iter("testcase")] == [
+        "scenarios/dma/map.yaml"] * 3 + ["scenarios/driver/memcpy.yaml"] * 2
+    with pytest.raises(AssertionError, match="not valid against the Jenkins schema"):
+        assert_valid_junit(text)  # why it is off by default
+
+
+def test_case_names_are_unique_per_class() -> None:
+    """Two files whose class names coincide (`a/b.yaml`, `a/b.yml`), and a case id twice:
+    GitLab would keep only the first of each pair."""
+    cases = [CaseResult(case_id=f"{f}::t[x=1]", file=f, scenario="t", outcome=o)
+             for f, o in [("a/b.yaml", Outcome.PASS), ("a/b.yml", Outcome.FAIL),
+                          ("a/b.yaml", Outcome.SKIP)]]
+    root = assert_valid_junit(junit_document(RunResult(cases=cases)))
+    assert [(tc.get("classname"), tc.get("name")) for tc in root.iter("testcase")] == [
+        ("a.b", "t[x=1]"), ("a.b", "t[x=1] (2)"), ("a.b", "t[x=1] (3)")]  # by suite
+    assert unique_names([("c", "n"), ("c", "n (2)"), ("c", "n"), ("d", "n")]) == [
+        "n", "n (2)", "n (3)", "n"]
+
+
+def test_size_cap_cuts_logs_and_says_so() -> None:
+    run = sample_run()
+    run.cases[4].log = "console line\n" * 40_000 + "LAST LINE\n"  # 520 KB
+    run.cases[1].log = "dmesg line\n" * 40_000
+    whole = junit_document(run, JunitOptions(max_bytes=0))
+    assert len(whole.encode()) > 900_000
+    assert "junit_logs_cut" not in whole
+    capped = junit_document(run, JunitOptions(max_bytes=200_000))
+    root = assert_valid_junit(capped)
+    assert len(capped.encode()) <= 200_000
+    notes = {p.get("value") for p in root.iter("property") if p.get("name") == "junit_logs_cut"}
+    assert notes == {("logs cut to their last 65536 characters: the whole file would be over "
+                      "200000 bytes; the JSON report and the journal hold them whole")}
+    assert root.find(".//error").text.rstrip().endswith("LAST LINE")
+    assert "characters cut; the JSON report holds the whole log]" in root.find(".//error").text
+    # a cap below what the cases need without logs: no log at all, every case still there
+    tiny = assert_valid_junit(junit_document(run, JunitOptions(max_bytes=1000)))
+    assert len(list(tiny.iter("testcase"))) == 5
+    assert "console line" not in ET.tostring(tiny, encoding="unicode")
+    # the default cap leaves a 2 MB document alone
+    assert JunitOptions().max_bytes == 20 * 1024 * 1024
+    assert junit_document(run) == whole
+
+
+def test_merge_and_run_take_the_junit_options(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from vfio_scenario.cli import build_parser, main
+    from vfio_scenario.report.jsonout import json_document
+
+    run = sample_run()
+    run.cases[4].log = "console line\n" * 10_000
+    src = tmp_path / "run.json"
+    src.write_text(json_document(run))
+    out = tmp_path / "junit.xml"
+    assert main(["report", "merge", str(src), "--junit-xml", str(out),
+                 "--junit-file-attribute", "--junit-max-size", "64K"]) == 1
+    root = ET.fromstring(out.read_text())
+    assert len(out.read_bytes()) <= 64 * 1024
+    assert {tc.get("file") for tc in root.iter("testcase")} == {
+        "scenarios/dma/map.yaml", "scenarios/driver/memcpy.yaml"}
+    assert any(p.get("name") == "junit_logs_cut" for p in root.iter("property"))
+    args = build_parser().parse_args(["run", "--junit-max-size", "0", "--junit-file-attribute"])
+    assert (args.junit_max_size, args.junit_file_attribute) == (0, True)
+    assert build_parser().parse_args(["run"]).junit_max_size == 20 * 1024 * 1024
+    with pytest.raises(SystemExit) as exc:
+        main(["report", "merge", str(src), "--junit-xml", str(out), "--junit-max-size", "big"])
+    assert exc.value.code == 2
+    assert "'big' is not a size like 20M, 512K or 0" in capsys.readouterr().err

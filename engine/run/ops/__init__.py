@@ -53,7 +53,15 @@ def _qualified(fn: Callable[..., Any]) -> str:
 
 
 def _import_areas() -> None:
-    from vfio_scenario.run.ops import device, dmabuf, driver, host, iommu, memory  # noqa: F401
+    from vfio_scenario.run.ops import (  # noqa: F401
+        device,
+        dmabuf,
+        driver,
+        host,
+        iommu,
+        liveupdate,
+        memory,
+    )
 
 
 def operations() -> dict[str, Operation]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import time
 from typing import TYPE_CHECKING
 
@@ -20,7 +21,7 @@ from vfio_scenario.language.models import (
 from vfio_scenario.run.interpreter import CheckFailed, Runtime, Skip
 from vfio_scenario.run.ops import op
 from vfio_scenario.run.plan import NO_SEND_MSI_REASON
-from vfio_scenario.uapi.buffers import DmaBuffer
+from vfio_scenario.uapi.buffers import Backing, DmaBuffer
 
 if TYPE_CHECKING:
     from vfio_scenario.language.cases import Step
@@ -55,11 +56,23 @@ def driver_init(rt: Runtime, args: DriverInit, step: Step) -> None:
     regions: dict[str, DmaRegion] = rt.state.setdefault("driver_regions", {})
     region = regions.get(args.device)
     if cls.region_size and region is None:
-        buf = DmaBuffer(cls.region_size, name=f"{cls.name} region")
+        # memfd-backed, so that the driver's queues survive a handover (run/handover.py)
+        buf = DmaBuffer(cls.region_size, Backing.MEMFD, name=f"{cls.name} region")
         rt.on_cleanup(f"{cls.name} driver region", buf.close)
         limit = 1 << cls.dma_mask_bits if cls.dma_mask_bits < 64 else None
-        mapping = device.iommu.map_buffer(buf, limit=limit)
-        rt.on_cleanup(f"{cls.name} driver region mapping", mapping.unmap)
+        ioas = getattr(device.iommu, "ioas", None)
+        if ioas is not None:
+            # iommufd maps the memfd itself (IOMMU_IOAS_MAP_FILE): the mapping
+            # IOMMU_IOAS_CHANGE_PROCESS can move to a successor
+            iova = device.iommu.own_allocator().alloc(buf.size, limit=limit)
+            mapping = ioas.map_file(buf.fd, 0, buf.size, iova)
+        else:
+            mapping = device.iommu.map_buffer(buf, limit=limit)
+        # one of the case's live mappings (unmapped at its end; update_vaddr finds it)
+        from vfio_scenario.run.ops.memory import MappingRun, live_mappings
+
+        live_mappings(rt).add(rt, MappingRun(mapping.space, mapping.iova, 0, mapping.size,
+                                             bytearray(b"\x01"), mapping.vaddr))
         region = regions[args.device] = DmaRegion(buf.mem, mapping.iova, buf.size)
     # the driver enables its own interrupt (MSI or MSI-X) on the vector it is given
     vector = None if args.irq == "none" else 0
@@ -67,7 +80,7 @@ def driver_init(rt: Runtime, args: DriverInit, step: Step) -> None:
     drv.init(vector)
     _drivers(rt)[args.device] = drv
     rt.on_cleanup(f"{cls.name} driver of {device.bdf}",
-                  lambda: _remove_if_initialized(rt, args.device))
+                  functools.partial(_remove_if_initialized, rt, args.device))
 
 
 def _remove_if_initialized(rt: Runtime, name: str) -> None:

@@ -50,6 +50,7 @@ class MappingRun:
     stride: int
     size: int
     live: bytearray
+    vaddr: int = 0  # the process address every mapping of the run maps (0: a file)
 
     def iova(self, k: int) -> int:
         return self.first + k * self.stride
@@ -96,6 +97,11 @@ class LiveMappings:
     def __init__(self) -> None:
         self.runs: list[MappingRun] = []
         self.handles: dict[int, tuple[Mapping, MappingRun, int]] = {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # unpickled in a handover's successor: the mappings are new objects there
+        self.__dict__.update(state)
+        self.handles = {id(m): (m, run, k) for m, run, k in self.handles.values()}
 
     def add(self, rt: Runtime, run: MappingRun) -> None:
         self.runs.append(run)
@@ -183,6 +189,10 @@ def last_iova(space: AddressSpace, size: int) -> int:
 
 @op(MapDma)
 def map_dma(rt: Runtime, args: MapDma, step: Step) -> Mapping:
+    if args.flags or args.file:  # live update's forms (run/ops/liveupdate.py)
+        from vfio_scenario.run.ops.liveupdate import map_dma_special
+
+        return map_dma_special(rt, args, step)
     space = space_of(rt, args)
     target: Any = rt.handle(args.buffer or args.mmio or args.dmabuf or "")
     size = target.size - args.offset if args.size is None else args.size
@@ -201,7 +211,8 @@ def map_dma(rt: Runtime, args: MapDma, step: Step) -> Mapping:
             raise Skip(TYPE1_DMABUF)
         mapping = ioas.map_file(target.fd, args.offset, size, iova, args.read, args.write)
     live = live_mappings(rt)
-    run = MappingRun(mapping.space, mapping.iova, 0, mapping.size, bytearray(b"\x01"))
+    run = MappingRun(mapping.space, mapping.iova, 0, mapping.size, bytearray(b"\x01"),
+                     mapping.vaddr)
     live.add(rt, run)
     if step.handle:
         live.name(mapping, run, 0)
@@ -231,7 +242,7 @@ def map_dma_repeat(rt: Runtime, args: MapDma, step: Step) -> Attempt | None:
     calls, mapping records and outcome as the repetitions one by one (see
     interpreter.run_step). None (do them one by one) for a DMABUF, or when the step fails
     before mapping anything (a missing handle, a range outside the buffer)."""
-    if args.dmabuf is not None:
+    if args.dmabuf is not None or args.flags or args.file:
         return None
     try:
         space = space_of(rt, args)
@@ -269,7 +280,7 @@ def map_dma_repeat(rt: Runtime, args: MapDma, step: Step) -> Attempt | None:
         assert first is not None
         done, error = space.map_many(vaddr, size, first, stride, n, args.read, args.write)
         if done:
-            run = MappingRun(space, first, stride, size, bytearray(b"\x01") * done)
+            run = MappingRun(space, first, stride, size, bytearray(b"\x01") * done, vaddr)
             live.add(rt, run)
             if "ok" not in expected:  # this one mapped: it decides the step
                 return "ok", None, ""
@@ -296,6 +307,11 @@ def map_dma_repeat(rt: Runtime, args: MapDma, step: Step) -> Attempt | None:
 
 @op(UnmapDma)
 def unmap_dma(rt: Runtime, args: UnmapDma, step: Step) -> None:
+    if args.flags:  # VFIO_DMA_UNMAP_FLAG_VADDR (run/ops/liveupdate.py)
+        from vfio_scenario.run.ops.liveupdate import unmap_dma_vaddr
+
+        unmap_dma_vaddr(rt, args, step)
+        return
     live = live_mappings(rt)
     if args.mapping is not None:
         mapping: Mapping = rt.handle(args.mapping)
@@ -318,6 +334,8 @@ def unmap_dma(rt: Runtime, args: UnmapDma, step: Step) -> None:
 def unmap_dma_repeat(rt: Runtime, args: UnmapDma, step: Step) -> Attempt | None:
     """All of a `repeat:`ed unmap_dma in one C loop: the same unmap, its `unmapped_size`
     check and its outcome, repetition after repetition (see interpreter.run_step)."""
+    if args.flags:
+        return None
     try:
         if args.mapping is not None:
             mapping: Mapping = rt.handle(args.mapping)

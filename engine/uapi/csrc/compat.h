@@ -330,4 +330,53 @@ struct iommu_ioas_map_file {
 };
 #endif
 
+/* ---- live update, dirty tracking, low power (vfio.h 5.8+ / 6.0+, iommufd.h 6.13+) ---- */
+#ifndef VFIO_UPDATE_VADDR
+#define VFIO_UPDATE_VADDR 10
+#endif
+#ifndef VFIO_DMA_MAP_FLAG_VADDR
+#define VFIO_DMA_MAP_FLAG_VADDR (1 << 2)
+#endif
+#ifndef VFIO_DMA_UNMAP_FLAG_VADDR
+#define VFIO_DMA_UNMAP_FLAG_VADDR (1 << 2)
+#endif
+#ifndef VFIO_IOMMU_DIRTY_PAGES
+#define VFIO_IOMMU_DIRTY_PAGES _IO(VFIO_TYPE, VFIO_BASE + 17)
+#define VFIO_IOMMU_DIRTY_PAGES_FLAG_START (1 << 0)
+#define VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP (1 << 1)
+#define VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP (1 << 2)
+#define VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP (1 << 0)
+struct vfio_bitmap {
+	__u64 pgsize;
+	__u64 size;
+	__u64 *data;
+};
+struct vfio_iommu_type1_dirty_bitmap {
+	__u32 argsz;
+	__u32 flags;
+	__u8 data[];
+};
+struct vfio_iommu_type1_dirty_bitmap_get {
+	__u64 iova;
+	__u64 size;
+	struct vfio_bitmap bitmap;
+};
+#endif
+#ifndef VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY
+#define VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY 3
+#define VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY_WITH_WAKEUP 4
+#define VFIO_DEVICE_FEATURE_LOW_POWER_EXIT 5
+struct vfio_device_low_power_entry_with_wakeup {
+	__s32 wakeup_eventfd;
+	__u32 reserved;
+};
+#endif
+#ifndef IOMMU_IOAS_CHANGE_PROCESS
+#define IOMMU_IOAS_CHANGE_PROCESS _IO(IOMMUFD_TYPE, 0x92)
+struct iommu_ioas_change_process {
+	__u32 size;
+	__u32 __reserved;
+};
+#endif
+
 #endif /* VFIO_SCENARIO_COMPAT_H */
