@@ -84,8 +84,8 @@ def main() -> int:
         return 1
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     for i, row in enumerate(rows, 1):
-        kernel = "-" if row["kernel"] is None else f"{row['kernel']:.2f}"
-        print(f"round {i:2}: QEMU fault log {row['qemu']:7.2f} ms, kernel log {kernel:>7} ms, "
+        shown = "-" if row["kernel"] is None else f"{row['kernel']:.2f}"
+        print(f"round {i:2}: QEMU fault log {row['qemu']:7.2f} ms, kernel log {shown:>7} ms, "
               f"poll period {row['period']:.2f} ms")
     qemu = [r["qemu"] for r in rows if r["qemu"] is not None]
     kernel = [r["kernel"] for r in rows if r["kernel"] is not None]

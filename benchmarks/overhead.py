@@ -21,6 +21,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -137,9 +138,11 @@ def inside(maps: int, copies: int, binary: Path, workdir: Path, rounds: int) -> 
     # other work on a shared machine does not land on one variant only
     rows: dict[str, dict[str, float]] = {}
     for _ in range(rounds):
-        for name, measure in (("c", lambda: run_c(binary, bdf, group, maps, copies)),
-                              ("direct", lambda: run_direct(bdf, maps, copies)),
-                              ("scenario", lambda: run_scenario(bdf, maps, copies, workdir))):
+        variants: tuple[tuple[str, Callable[[], dict[str, float]]], ...] = (
+            ("c", lambda: run_c(binary, bdf, group, maps, copies)),
+            ("direct", lambda: run_direct(bdf, maps, copies)),
+            ("scenario", lambda: run_scenario(bdf, maps, copies, workdir)))
+        for name, measure in variants:
             times = measure()
             best = rows.setdefault(name, times)
             for phase, seconds in times.items():

@@ -15,6 +15,7 @@ first command under 6 s on TCG. Prints one line per measurement and the ratio to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -118,10 +119,8 @@ def working_accelerators() -> list[str]:
     """tcg, plus kvm when /dev/kvm opens and the cached probe verdict is kvm."""
     verdict = cached_verdict()
     if kvm_device_usable() and (verdict is None or verdict.get("accel") == "kvm"):
-        try:
+        with contextlib.suppress(BootFailed):
             Testbed(accel="auto").start().stop()  # probes KVM when not known yet
-        except BootFailed:
-            pass
         verdict = cached_verdict()
         if verdict is not None and verdict.get("accel") == "kvm":
             return ["kvm", "tcg"]

@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -331,7 +332,7 @@ def _ratio(a: float, b: float) -> str:
 
 
 def print_report(data: dict[str, object]) -> int:
-    programs: dict[str, dict[str, dict[str, object] | None]] = data["programs"]  # type: ignore[assignment]
+    programs: dict[str, dict[str, dict[str, Any] | None]] = data["programs"]  # type: ignore[assignment]
     print(f"kernel {data['kernel']}, devices {', '.join(data['bdfs'])}")  # type: ignore[arg-type]
     print(f"{'program':<32} {'cases':>5} {'C e2e':>7} {'ours':>7} {'ratio':>6}"
           f" {'C cases':>8} {'ours':>7} {'ratio':>6}  C pass/fail/skip   ours p/f/s")
@@ -340,18 +341,19 @@ def print_report(data: dict[str, object]) -> int:
     for program, sides in programs.items():
         c, ours = sides["c"], sides["ours"]
         assert c is not None
-        c_cases: dict[str, str] = c["cases"]  # type: ignore[assignment]
+        c_cases: dict[str, str] = c["cases"]
         if ours is None:
             print(f"{program:<32} {len(c_cases):>5} {c['seconds']:>7.2f}   (no scenarios here: "
                   "SR-IOV uAPI ports belong to scenarios/sriov/)")
             continue
-        o_cases: dict[str, str] = ours["cases"]  # type: ignore[assignment]
-        c_sec = sum(c["case_seconds"].values())  # type: ignore[union-attr]
-        o_sec = sum(ours["case_seconds"].values())  # type: ignore[union-attr]
-        counts = lambda cs: "/".join(str(sum(1 for v in cs.values() if v == k))
-                                     for k in ("pass", "fail", "skip"))
+        o_cases: dict[str, str] = ours["cases"]
+        c_sec = sum(c["case_seconds"].values())
+        o_sec = sum(ours["case_seconds"].values())
+        def counts(cs: dict[str, str]) -> str:
+            return "/".join(str(sum(1 for v in cs.values() if v == k))
+                            for k in ("pass", "fail", "skip"))
         print(f"{program:<32} {len(c_cases):>5} {c['seconds']:>7.2f} {ours['seconds']:>7.2f} "
-              f"{_ratio(ours['seconds'], c['seconds'])} {c_sec:>8.2f} {o_sec:>7.2f} "  # type: ignore[arg-type]
+              f"{_ratio(ours['seconds'], c['seconds'])} {c_sec:>8.2f} {o_sec:>7.2f} "
               f"{_ratio(o_sec, c_sec)}  {counts(c_cases):<17} {counts(o_cases)}")
         for note in (c["note"], ours["note"]):
             if note:
@@ -363,15 +365,15 @@ def print_report(data: dict[str, object]) -> int:
                 disagreements.append(f"  {name}: C {a}, ours {b}")
         if not c_cases:  # the C program ran nothing (skipped itself): no time to compare
             continue
-        tot[0] += c["seconds"]  # type: ignore[operator]
-        tot[1] += ours["seconds"]  # type: ignore[operator]
+        tot[0] += c["seconds"]
+        tot[1] += ours["seconds"]
         tot[2] += c_sec
         tot[3] += o_sec
     print(f"{'sum (programs where C ran cases)':<32} {'':>5} {tot[0]:>7.2f} {tot[1]:>7.2f} "
           f"{_ratio(tot[1], tot[0])} {tot[2]:>8.2f} {tot[3]:>7.2f} {_ratio(tot[3], tot[2])}")
     one_run: float = data["ours_one_run"]  # type: ignore[assignment]
     compared: list[str] = data["compared"]  # type: ignore[assignment]
-    c_all = sum(float(programs[p]["c"]["seconds"]) for p in compared)  # type: ignore[index,arg-type]
+    c_all = sum(float((programs[p]["c"] or {})["seconds"]) for p in compared)
     ratio = one_run / c_all if c_all else float("inf")
     print(f"end to end over {', '.join(compared)}: C {c_all:.2f} s (the programs one after "
           f"the other), ours {one_run:.2f} s (one engine run of their ported cases)")

@@ -4,6 +4,10 @@ A driver is a small class with the kernel's verbs: `probe` (does this device mat
 `init`, `remove`, `memcpy_start`, `memcpy_wait`, `send_msi`, plus its limits
 (`max_memcpy_size`, `max_memcpy_count`) and feature flags (`Feature.NO_SEND_MSI`).
 
+How far a driver is proven is its class attribute `status` (`Status`): untested
+unless it says otherwise, and real-device once a run on real hardware is recorded in
+real-runs.json beside this module.
+
 Drivers see the device only through `DeviceAccess`, a protocol the uapi layer's
 device implements and that the register-level models in tests/ implement too, so the
 same driver code runs against the real kernel in the testbed and against a model.
@@ -18,10 +22,12 @@ from __future__ import annotations
 
 import errno
 import importlib
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Flag, auto
+from enum import Enum, Flag, auto
+from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
 
 from vfio_scenario.errors import EnvironmentProblem, VfioError
@@ -29,6 +35,7 @@ from vfio_scenario.language.devices import DriverFacts
 from vfio_scenario.uapi.pci import PCI_COMMAND
 
 ENTRY_POINT_GROUP = "vfio_scenario.drivers"
+REAL_RUNS = Path(__file__).with_name("real-runs.json")
 
 
 class Feature(Flag):
@@ -36,6 +43,40 @@ class Feature(Flag):
     # The device cannot raise an MSI on demand (VFIO_PCI_DRIVER_F_NO_SEND_MSI):
     # send_msi reports EOPNOTSUPP and scenarios that need it are skipped.
     NO_SEND_MSI = auto()
+
+
+class Status(Enum):
+    """How far a driver is proven, as `vfio-scenario devices` shows it."""
+
+    UNTESTED = "untested"  # no test here drives it (e.g. a third party's driver)
+    MODEL_TESTED = "model-tested"  # unit tests drive a register model of its device (tests/models)
+    TESTBED = "testbed"  # tests/guest drive it on the testbed's QEMU device, every CI run
+    REAL_DEVICE = "real-device"  # a passing run on real hardware is recorded (REAL_RUNS)
+
+
+@dataclass(frozen=True)
+class RealRun:
+    """A passing `vfio-scenario run` on a real device, as real-runs.json records it."""
+
+    driver: str
+    device: str  # vendor:device and where, e.g. "8086:2021 0000:6a:01.0"
+    kernel: str  # uname -r of the host that ran it
+    date: str  # ISO date
+
+
+def real_runs(path: Path | None = None) -> list[RealRun]:
+    """The recorded runs (default file: REAL_RUNS); ValueError naming it when malformed."""
+    path = path or REAL_RUNS
+    if not path.exists():
+        return []
+    try:
+        entries = json.loads(path.read_text())
+        if not isinstance(entries, list):
+            raise TypeError("not a list")
+        return [RealRun(**entry) for entry in entries]
+    except (json.JSONDecodeError, TypeError) as e:
+        raise ValueError(f"{path}: expected a list of {{driver, device, kernel, date}}: {e}") \
+            from None
 
 
 class DeviceAccess(Protocol):
@@ -109,6 +150,8 @@ class Driver:
     """Base class of scenario drivers; subclasses override the verbs they support."""
 
     name: ClassVar[str] = ""
+    # How far the driver is proven; a test checks each driver's claim (test_driver_status).
+    status: ClassVar[Status] = Status.UNTESTED
     # (vendor, device) pairs, None as device matching any device of the vendor.
     ids: ClassVar[tuple[tuple[int, int | None], ...]] = ()
     features: ClassVar[Feature] = Feature.NONE
@@ -162,6 +205,13 @@ class Driver:
             device.vendor_id == vendor and (dev is None or device.device_id == dev)
             for vendor, dev in cls.ids
         )
+
+    @classmethod
+    def proven(cls, record: Path | None = None) -> Status:
+        """The class's `status`, or REAL_DEVICE once real-runs.json records a run of it."""
+        if any(run.driver == cls.name for run in real_runs(record)):
+            return Status.REAL_DEVICE
+        return cls.status
 
     @classmethod
     def feature_names(cls) -> tuple[str, ...]:

@@ -47,6 +47,7 @@ from vfio_scenario.drivers.base import (
     DriverError,
     IrqControl,
     PortalWriter,
+    Status,
 )
 
 INTEL = 0x8086
@@ -136,6 +137,7 @@ def status_name(status: int) -> str:
 
 class DsaDriver(Driver):
     name = "dsa"
+    status = Status.MODEL_TESTED
     ids = ((INTEL, DSA_SPR0), (INTEL, DSA_GNRD), (INTEL, DSA_DMR))
     region_size = REGION_SIZE
     # declared: GENCAP's 5-bit transfer-size shift at most, the batches and copies our

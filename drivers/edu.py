@@ -18,7 +18,14 @@ import errno
 import time
 from typing import Protocol, runtime_checkable
 
-from vfio_scenario.drivers.base import DeviceAccess, DmaRegion, Driver, DriverError, IrqHandle
+from vfio_scenario.drivers.base import (
+    DeviceAccess,
+    DmaRegion,
+    Driver,
+    DriverError,
+    IrqHandle,
+    Status,
+)
 from vfio_scenario.uapi.pci import PCI_COMMAND_MASTER
 
 REG_ID = 0x00
@@ -49,6 +56,7 @@ class MsiCapable(Protocol):
 
 class EduDriver(Driver):
     name = "edu"
+    status = Status.TESTBED
     ids = ((0x1234, 0x11E8),)
     max_memcpy_size = BUFFER_SIZE
     max_memcpy_count = 1

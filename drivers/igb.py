@@ -43,6 +43,7 @@ from vfio_scenario.drivers.base import (
     Driver,
     DriverError,
     IrqControl,
+    Status,
 )
 from vfio_scenario.uapi.pci import PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY
 
@@ -156,6 +157,7 @@ LOSS_GRACE = 0.01  # s: receive write-back after the transmit write-back on real
 
 class IgbDriver(Driver):
     name = "igb"
+    status = Status.TESTBED
     ids = ((INTEL, DEVICE_82576),)
     region_size = REGION_SIZE
     # differs from C (docs/drivers.md): 1450 and 511, where C has 1024 and 4095

@@ -34,6 +34,7 @@ from vfio_scenario.drivers.base import (
     DriverError,
     IrqControl,
     IrqHandle,
+    Status,
 )
 from vfio_scenario.uapi.pci import (
     PCI_COMMAND,
@@ -102,6 +103,7 @@ def chanerr_names(bits: int) -> str:
 
 class IoatDriver(Driver):
     name = "ioat"
+    status = Status.MODEL_TESTED
     ids = ((INTEL, IOAT_SKX),)
     # declared: the most a descriptor's 32-bit size field asks; init reads XFERCAP
     max_memcpy_size = 0xFFFFFFFF

@@ -43,6 +43,7 @@ from vfio_scenario.drivers.base import (
     DriverError,
     IrqControl,
     IrqHandle,
+    Status,
 )
 from vfio_scenario.uapi.pci import PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY
 
@@ -277,6 +278,7 @@ class QueuePair:
 
 class NvmeDriver(Driver):
     name = "nvme"
+    status = Status.TESTBED
     region_size = REGION_SIZE
     max_memcpy_size = MAX_COPY  # declared; init sets the device's (MDTS, scratch range)
     max_memcpy_count = 1

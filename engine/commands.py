@@ -6,9 +6,8 @@ import argparse
 import sys
 from typing import Any
 
-from vfio_scenario.errors import ExitCode, NothingSelected, ScenarioErrors
-from vfio_scenario.language.cases import Compiled
-from vfio_scenario.language.compile import compile_paths
+from vfio_scenario.errors import ExitCode, NothingSelected
+from vfio_scenario.language.compile import compile_or_raise, compile_paths
 from vfio_scenario.language.schema import json_schema_text
 
 
@@ -48,19 +47,6 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     from vfio_scenario.run import cli as run_cli
 
     run_cli.register(sub)
-
-
-def compile_or_raise(paths: list[str], *, need_cases: bool) -> Compiled:
-    """Compile `paths`; scenario errors raise (exit 2), no files/cases raise (exit 5)."""
-    compiled = compile_paths(paths)
-    if compiled.errors:
-        raise ScenarioErrors(compiled.errors)
-    if need_cases and not compiled.cases:
-        where = ", ".join(paths)
-        if not compiled.files:
-            raise NothingSelected(f"no scenario files (*.yaml, *.yml) found in {where}")
-        raise NothingSelected(f"no cases in {where}")
-    return compiled
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -32,7 +32,7 @@ def canonical_errno_name(name: str) -> str:
 
 
 class ExitCode:
-    """Exit statuses of DESIGN §7."""
+    """Exit statuses of every command (README.md lists them)."""
 
     OK = 0
     FAILED = 1

@@ -100,7 +100,8 @@ def load_file(path: str) -> list[dict[str, Any]]:
     if problems:
         raise ScenarioErrors(problems)
     locations = doc.item_locations(prefix)
-    return [{**e.model_dump(), "source": str(loc)} for e, loc in zip(entries, locations)]
+    return [{**e.model_dump(), "source": str(loc)}
+            for e, loc in zip(entries, locations, strict=False)]
 
 
 def _name_of(case_id: str) -> str:

@@ -12,6 +12,13 @@ shard sizes differ by at most one, and the split depends only on the set of case
 (not on their order, the machine or PYTHONHASHSEED): cases are ordered by the SHA-256
 of their id and dealt round-robin. Dealing in hash order spreads each scenario file
 and IOMMU mode over all shards instead of handing one shard all the slow cases.
+
+`--shard-by duration --durations FILE` balances expected time instead of counts:
+each case's expected duration is its time in FILE (a journal or JSON report of an
+earlier run; a case FILE lacks expects the median of the known ones), and cases are
+taken longest first (ties in hash order) and each given to the shard with the least
+expected time so far (ties: the one with fewer cases, then the lower shard), greedy
+longest-processing-time. The split depends only on the ids and FILE.
 """
 
 from __future__ import annotations
@@ -243,6 +250,78 @@ def shard(case_ids: Sequence[str], index: int, count: int,
     return [items[i] for i in mine]
 
 
+def median(values: Sequence[float]) -> float:
+    """The median of `values` (0.0 for none)."""
+    ordered = sorted(values)
+    if not ordered:
+        return 0.0
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def expected_times(case_ids: Sequence[str], durations: dict[str, float],
+                   default: float | None = None) -> list[float]:
+    """Each case's expected seconds: its entry in `durations` (looked up as written,
+    then with its parameters in name order), else `default` (None: the median of the
+    known durations of these cases, or of all of `durations` when none is known)."""
+    normalized = {normalize_case_id(k): v for k, v in durations.items()}
+
+    def known(case_id: str) -> float | None:
+        value = durations.get(case_id)
+        return value if value is not None else normalized.get(normalize_case_id(case_id))
+
+    found = [known(c) for c in case_ids]
+    if default is None:
+        default = median([f for f in found if f is not None] or list(durations.values()))
+    return [f if f is not None else default for f in found]
+
+
+@overload
+def shard_by_duration(case_ids: Sequence[str], index: int, count: int,
+                      durations: dict[str, float]) -> list[str]: ...
+
+
+@overload
+def shard_by_duration(case_ids: Sequence[str], index: int, count: int,
+                      durations: dict[str, float], items: Sequence[T]) -> list[T]: ...
+
+
+def shard_by_duration(case_ids: Sequence[str], index: int, count: int,
+                      durations: dict[str, float], items: Sequence[T] | None = None
+                      ) -> list[str] | list[T]:
+    """The cases of shard `index` (1-based) of `count`, balanced by expected time
+    (see the module doc), in their given order; `items` as for `shard`."""
+    if items is not None and len(items) != len(case_ids):
+        raise ValueError("items must run parallel to case_ids")
+    mine = sorted(duration_shards(case_ids, count, durations)[index - 1])
+    if items is None:
+        return [case_ids[i] for i in mine]
+    return [items[i] for i in mine]
+
+
+def duration_shards(case_ids: Sequence[str], count: int,
+                    durations: dict[str, float]) -> list[list[int]]:
+    """Indices of `case_ids` in each of `count` shards, balanced by expected time."""
+    times = expected_times(case_ids, durations)
+    rank = {i: r for r, i in enumerate(_hash_order(case_ids))}
+    order = sorted(range(len(case_ids)), key=lambda i: (-times[i], rank[i]))
+    loads = [0.0] * count
+    shards: list[list[int]] = [[] for _ in range(count)]
+    for i in order:
+        target = min(range(count), key=lambda s: (loads[s], len(shards[s]), s))
+        loads[target] += times[i]
+        shards[target].append(i)
+    return shards
+
+
+def load_durations(path: str) -> dict[str, float]:
+    """Case id → seconds, from a journal or JSON report of an earlier run; UsageError
+    (exit 2) naming the file when it is neither."""
+    from vfio_scenario.report.merge import load_results
+
+    return {c.case_id: float(c.duration) for c in load_results(path).cases}
+
+
 # -- case ids ----------------------------------------------------------------------
 
 _PARAM = re.compile(r"(?:^|,)([A-Za-z_][A-Za-z0-9_]*)=")
@@ -267,7 +346,7 @@ def parse_case_id(case_id: str) -> tuple[str, str, dict[str, str]]:
     if not starts or starts[0].start() != 0:
         return file, rest, {}
     params: dict[str, str] = {}
-    for m, nxt in zip(starts, [*starts[1:], None]):
+    for m, nxt in zip(starts, [*starts[1:], None], strict=True):
         end = nxt.start() if nxt is not None else len(inner)
         params[m.group(1)] = inner[m.end():end]
     return file, name, params

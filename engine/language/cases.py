@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from vfio_scenario.errors import Location, ScenarioError
 
-if TYPE_CHECKING:  # a payload's cases hold records, not models (vfio_scenario.run.payload)
+if TYPE_CHECKING:  # types only: this module needs no model to hold or run a case
+    from vfio_scenario.language.loader import Document
     from vfio_scenario.language.models import Op, Requires, StepCommon
 
 
@@ -82,3 +83,5 @@ class Compiled:
     cases: list[Case] = field(default_factory=list)
     errors: list[ScenarioError] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    # the files as loaded: compiling them again for other devices reads no file
+    documents: list[Document] = field(default_factory=list)

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
-from vfio_scenario.errors import Location, ScenarioError
+from vfio_scenario.errors import Location, NothingSelected, ScenarioError, ScenarioErrors
 from vfio_scenario.language.cases import Case, Compiled, Step
 from vfio_scenario.language.devices import DeviceName, DriverFacts, device_names, driver_axis
 from vfio_scenario.language.loader import Document, find_scenario_files, load_file
@@ -154,21 +154,10 @@ class _FileCompiler:
             if key not in SCENARIO_KEYS:
                 self.error((*path, key), f"unknown scenario key `{key}`{suggest(key, SCENARIO_KEYS)}",
                            key=True)
-        known = {k: v for k, v in raw.items() if k in SCENARIO_KEYS}
-        try:
-            header = ScenarioHeader.model_validate(known)
-        except ValidationError as exc:
-            self.pydantic_errors(path, exc, ScenarioHeader)
-            # the steps are still checked (for errors only) when what failed does not feed them
-            bad = {err["loc"][0] for err in exc.errors() if err["loc"]}
-            if bad & {"matrix", "vars", "steps", "teardown"}:
-                return
-            try:
-                header = ScenarioHeader.model_validate({k: v for k, v in known.items()
-                                                        if k not in bad})
-            except ValidationError:
-                return
-            keep = False
+        header, valid = self.header(path, {k: v for k, v in raw.items() if k in SCENARIO_KEYS})
+        if header is None:
+            return
+        keep = keep and valid
         templated = [source for raw in (*header.steps, *header.teardown) if isinstance(raw, dict)
                      for _, source in self._template_paths(raw)]
         templated += [source for _, source in template_paths(header.vars)]
@@ -193,11 +182,57 @@ class _FileCompiler:
             if case is not None and keep:
                 self.cases.append(case)
 
+    def header(self, path: tuple[Any, ...],
+               known: dict[str, Any]) -> tuple[ScenarioHeader | None, bool]:
+        """The scenario's keys validated, and whether they were valid. An invalid key that
+        does not feed the steps leaves a header without it: the steps are still checked
+        (for errors only); (None, False) when there is nothing to check them with."""
+        try:
+            return ScenarioHeader.model_validate(known), True
+        except ValidationError as exc:
+            self.pydantic_errors(path, exc, ScenarioHeader)
+            bad = {err["loc"][0] for err in exc.errors() if err["loc"]}
+        if bad & {"matrix", "vars", "steps", "teardown"}:
+            return None, False
+        try:
+            return ScenarioHeader.model_validate({k: v for k, v in known.items()
+                                                  if k not in bad}), False
+        except ValidationError:
+            return None, False
+
     def matrix(self, path: tuple[Any, ...], header: ScenarioHeader,
                fixed: str | None) -> list[dict[str, Any]] | None:
-        axes: dict[str, list[Any]] = {}
-        include = header.matrix.get("include", [])
+        """Every combination of the scenario's axes (explicit and implicit), with its
+        `include` entries added and its `exclude` entries left out; None after an error."""
+        axes = self._explicit_axes(path, header)
         exclude = header.matrix.get("exclude", [])
+        if axes is None or not self._check_exclude(path, exclude, axes):
+            return None
+        implicit: dict[str, list[Any]] = {}
+        if "driver" not in axes and header.requires.driver == "any":
+            implicit["driver"] = list(self.driver_axis)
+        if "iommu_mode" not in axes and self.uses_iommu(header):
+            modes: list[str] = [fixed] if fixed else list(header.requires.iommu_modes or IOMMU_MODES)
+            implicit["iommu_mode"] = list(modes)
+        if "iommu_mode" in axes and not self._check_modes(path, axes["iommu_mode"]):
+            return None
+        axes = {**implicit, **axes}
+        if math.prod(len(v) for v in axes.values()) > MAX_CASES:
+            self.error((*path, "matrix"), f"matrix expands to more than {MAX_CASES:,} cases")
+            return None
+        combos = _combinations(axes, implicit, header.matrix.get("include", []))
+        combos = [c for c in combos
+                  if not any(all(c.get(k) == v for k, v in e.items()) for e in exclude)]
+        if not combos:
+            self.error((*path, "matrix") if header.matrix else path,
+                       "matrix expands to no case (every combination is excluded)")
+            return None
+        return combos
+
+    def _explicit_axes(self, path: tuple[Any, ...],
+                       header: ScenarioHeader) -> dict[str, list[Any]] | None:
+        """The axes the matrix names, each with its values; None after an error."""
+        axes: dict[str, list[Any]] = {}
         ok = True
         for key, values in header.matrix.items():
             if key in ("include", "exclude"):
@@ -216,56 +251,28 @@ class _FileCompiler:
                                "matrix values are scalars (numbers, strings, booleans)")
                     ok = False
             axes[key] = values
-        if not ok:
-            return None
+        return axes if ok else None
+
+    def _check_exclude(self, path: tuple[Any, ...], exclude: list[dict[str, Any]],
+                       axes: dict[str, list[Any]]) -> bool:
+        ok = True
         for i, entry in enumerate(exclude):
             for k in entry:
                 if k not in axes and k not in RESERVED_AXES:
                     self.error((*path, "matrix", "exclude", i, k),
                                f"exclude names unknown axis `{k}`{suggest(k, axes)}", key=True)
                     ok = False
-        if not ok:
-            return None
-        implicit: dict[str, list[Any]] = {}
-        if "driver" not in axes and header.requires.driver == "any":
-            implicit["driver"] = list(self.driver_axis)
-        if "iommu_mode" not in axes and self.uses_iommu(header):
-            modes: list[str] = [fixed] if fixed else list(header.requires.iommu_modes or IOMMU_MODES)
-            implicit["iommu_mode"] = list(modes)
-        axes = {**implicit, **axes}
-        if "iommu_mode" in axes and "iommu_mode" not in implicit:
-            for i, v in enumerate(axes["iommu_mode"]):
-                if v not in IOMMU_MODES:
-                    self.error((*path, "matrix", "iommu_mode", i),
-                               f"unknown IOMMU mode {v!r}{suggest(v, IOMMU_MODES)}")
-                    ok = False
-        if not ok:
-            return None
-        names = list(axes)
-        if math.prod(len(v) for v in axes.values()) > MAX_CASES:
-            self.error((*path, "matrix"), f"matrix expands to more than {MAX_CASES:,} cases")
-            return None
-        combos = [dict(zip(names, values)) for values in itertools.product(*axes.values())]
-        for entry in include:
-            matched = False
-            names_axis = any(k in axes for k in entry)
-            for combo in combos:
-                if names_axis and all(combo.get(k) == v for k, v in entry.items() if k in axes):
-                    combo.update({k: v for k, v in entry.items() if k not in axes})
-                    matched = True
-            if not matched:
-                # a combination of its own still runs on every value of the implicit
-                # axes it does not name (each IOMMU mode, each driver)
-                free = {k: v for k, v in implicit.items() if k not in entry}
-                for free_values in itertools.product(*free.values()):
-                    combos.append({**dict(zip(free, free_values)), **entry})
-        combos = [c for c in combos
-                  if not any(all(c.get(k) == v for k, v in e.items()) for e in exclude)]
-        if not combos:
-            self.error((*path, "matrix") if header.matrix else path,
-                       "matrix expands to no case (every combination is excluded)")
-            return None
-        return combos
+        return ok
+
+    def _check_modes(self, path: tuple[Any, ...], values: list[Any]) -> bool:
+        """Whether an explicit `iommu_mode` axis holds IOMMU modes only."""
+        ok = True
+        for i, v in enumerate(values):
+            if v not in IOMMU_MODES:
+                self.error((*path, "matrix", "iommu_mode", i),
+                           f"unknown IOMMU mode {v!r}{suggest(v, IOMMU_MODES)}")
+                ok = False
+        return ok
 
     @staticmethod
     def uses_iommu(header: ScenarioHeader) -> bool:
@@ -311,7 +318,7 @@ class _FileCompiler:
             kernel_watch_allow=tuple(header.kernel_watch.allow),
             known_issues=[{**k.model_dump(), "source": str(loc)} for k, loc in
                           zip(header.known_issues,
-                              self.doc.item_locations((*path, "known_issues")))],
+                              self.doc.item_locations((*path, "known_issues")), strict=False)],
         )
 
     def case_driver(self, header: ScenarioHeader, params: dict[str, Any]) -> DriverFacts | None:
@@ -404,42 +411,15 @@ class _FileCompiler:
 
     def step(self, spath: tuple[Any, ...], rendered: dict[str, Any],
              handles: dict[str, str], index: int, teardown: bool) -> Step | None:
-        raw = rendered
-        ops = [k for k in raw if k not in COMMON_KEYS]
-        if len(ops) != 1:
-            if not ops:
-                self.error(spath, "step has no operation key (one of: "
-                           f"{', '.join(sorted(OPERATIONS))})")
-                return None
-            known = [k for k in ops if k in OPERATIONS]
-            for k in ops:
-                if k not in OPERATIONS:
-                    self.unknown_op(spath, k)
-            if len(known) > 1:
-                self.error((*spath, known[1]),
-                           f"a step has exactly one operation; found {', '.join(known)}", key=True)
-            return None
-        op = ops[0]
-        if op not in OPERATIONS:
-            self.unknown_op(spath, op)
+        op = self.operation_key(spath, rendered)
+        if op is None:
             return None
         cls = OPERATIONS[op]
         args_raw = rendered[op]
         if args_raw is None:
             args_raw = {}
         args = self.validate_args(spath, op, cls, args_raw)
-        common_raw = {k: v for k, v in rendered.items() if k != op}
-        common: StepCommon | None = None
-        memo_key = repr(common_raw)
-        if memo_key in _COMMON_MEMO:  # most steps share `{}` or `{'as': 'buf'}`
-            common = _COMMON_MEMO[memo_key]
-        else:
-            try:
-                common = StepCommon.model_validate(common_raw)
-                if len(_COMMON_MEMO) < 10_000:
-                    _COMMON_MEMO[memo_key] = common
-            except ValidationError as exc:
-                self.pydantic_errors(spath, exc, StepCommon)
+        common = self.common_keys(spath, {k: v for k, v in rendered.items() if k != op})
         if args is None:
             return None
         handles_ok = self.check_handles(spath, op, cls, args, handles)
@@ -451,6 +431,38 @@ class _FileCompiler:
         return Step(index=index, op=op, args=args, common=common,
                     location=self._location(spath), teardown=teardown,
                     handle_paths=tuple(p for p, _ in handle_fields(cls)))
+
+    def operation_key(self, spath: tuple[Any, ...], raw: dict[str, Any]) -> str | None:
+        """The step's one operation key, or None after saying what is wrong with it."""
+        ops = [k for k in raw if k not in COMMON_KEYS]
+        if not ops:
+            self.error(spath, "step has no operation key (one of: "
+                       f"{', '.join(sorted(OPERATIONS))})")
+            return None
+        for k in ops:
+            if k not in OPERATIONS:
+                self.unknown_op(spath, k)
+        known = [k for k in ops if k in OPERATIONS]
+        if len(known) > 1:
+            self.error((*spath, known[1]),
+                       f"a step has exactly one operation; found {', '.join(known)}", key=True)
+        return ops[0] if len(ops) == 1 and known else None
+
+    def common_keys(self, spath: tuple[Any, ...], raw: dict[str, Any]) -> StepCommon | None:
+        """The step's common keys validated (memoized: most steps share `{}` or
+        `{'as': 'buf'}`), or None after their errors."""
+        memo_key = repr(raw)
+        common = _COMMON_MEMO.get(memo_key)
+        if common is not None:
+            return common
+        try:
+            common = StepCommon.model_validate(raw)
+        except ValidationError as exc:
+            self.pydantic_errors(spath, exc, StepCommon)
+            return None
+        if len(_COMMON_MEMO) < 10_000:
+            _COMMON_MEMO[memo_key] = common
+        return common
 
     def unknown_op(self, spath: tuple[Any, ...], key: Any) -> None:
         self.error((*spath, key),
@@ -597,6 +609,28 @@ def _message(err: Any, loc: tuple[Any, ...], model: type[BaseModel]) -> str:
     return f"{where}{msg}"
 
 
+def _combinations(axes: dict[str, list[Any]], implicit: dict[str, list[Any]],
+                  include: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The product of `axes`, with each `include` entry merged into the combinations it
+    matches or, matching none, added as a combination of its own."""
+    combos = [dict(zip(axes, values, strict=True))
+              for values in itertools.product(*axes.values())]
+    for entry in include:
+        matched = False
+        names_axis = any(k in axes for k in entry)
+        for combo in combos:
+            if names_axis and all(combo.get(k) == v for k, v in entry.items() if k in axes):
+                combo.update({k: v for k, v in entry.items() if k not in axes})
+                matched = True
+        if not matched:
+            # a combination of its own still runs on every value of the implicit
+            # axes it does not name (each IOMMU mode, each driver)
+            free = {k: v for k, v in implicit.items() if k not in entry}
+            for free_values in itertools.product(*free.values()):
+                combos.append({**dict(zip(free, free_values, strict=True)), **entry})
+    return combos
+
+
 def registered_driver_facts() -> dict[str, DriverFacts]:
     """Every registered scenario driver's declared limits and features, by name."""
     from vfio_scenario.drivers.base import registered_drivers
@@ -615,6 +649,7 @@ def compile_documents(docs: list[Document], devices: Sequence[str] | None = None
         result.cases.extend(fc.cases)
         result.errors.extend(fc.errors.values())
         result.files.append(doc.path)
+    result.documents = list(docs)
     return result
 
 
@@ -631,6 +666,20 @@ def compile_paths(paths: list[str], devices: Sequence[str] | None = None) -> Com
             gc.enable()
 
 
+def compile_or_raise(paths: list[str], devices: Sequence[str] | None = None, *,
+                     need_cases: bool) -> Compiled:
+    """Compile `paths`; scenario errors raise (exit 2), no files/cases raise (exit 5)."""
+    compiled = compile_paths(paths, devices)
+    if compiled.errors:
+        raise ScenarioErrors(compiled.errors)
+    if need_cases and not compiled.cases:
+        where = ", ".join(paths)
+        if not compiled.files:
+            raise NothingSelected(f"no scenario files (*.yaml, *.yml) found in {where}")
+        raise NothingSelected(f"no cases in {where}")
+    return compiled
+
+
 def _compile_paths(paths: list[str], devices: Sequence[str] | None) -> Compiled:
     files, errors = find_scenario_files(paths)
     docs = []
@@ -643,5 +692,6 @@ def _compile_paths(paths: list[str], devices: Sequence[str] | None) -> Compiled:
     result = compile_documents(docs, devices)
     result.errors[:0] = errors
     result.files = files
+    result.documents = docs
     result.errors.sort(key=lambda e: (e.location.path, e.location.line, e.location.col))
     return result

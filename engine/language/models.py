@@ -1,10 +1,13 @@
 """pydantic models of the scenario language: scenario keys and every operation.
 
-Each operation is a model of its arguments (a subclass of `Op`) that names its
-operation key (`op`), the kind of handle it makes (`produces`) and, through
-`Ref[...]` annotations, the kind of handle each argument must name. The step
-keys common to every operation are in `StepCommon`. LANGUAGE.md in shared/ is the
-reference these models implement; docs/language.md lists our additions.
+Each operation is a model of its arguments (a subclass of `Op`, registered in
+OPERATIONS when it is defined) that names its operation key (`op`), the kind of handle
+it makes (`produces`), what the compiler and planner need to know of it (class
+attributes such as `opens_iommu`), its description (its docstring, shown in
+docs/language.md) and, through `Ref[...]` annotations, the kind of handle each
+argument must name. The step
+keys common to every operation are in `StepCommon`. docs/language.md is the
+language's reference.
 """
 
 from __future__ import annotations
@@ -155,9 +158,7 @@ MaxOr = Literal["max"]
 
 
 class Strict(BaseModel):
-    # defer_build: a model's validator is built when it first validates (on the host),
-    # not when its class is defined: the guest imports the models only to read them
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 _REGISTERED: dict[str, type[Op]] = {}
@@ -219,6 +220,9 @@ def _exactly_one(model: BaseModel, names: tuple[str, ...], *, required: bool = T
 
 
 class OpenIommu(Op):
+    """Open an IOMMU in `mode` (default: the case's `iommu_mode`): a type1 container or
+    an iommufd."""
+
     op = "open_iommu"
     produces = "iommu"
     area = "iommu"
@@ -233,6 +237,9 @@ class IovaRange(Strict):
 
 
 class IommuInfo(Op):
+    """Check the IOMMU's page sizes (`pgsize_includes`) or IOVA ranges
+    (`iova_range_includes`)."""
+
     op = "iommu_info"
     area = "iommu"
     iommu: IommuRef
@@ -241,6 +248,8 @@ class IommuInfo(Op):
 
 
 class AllocIoas(Op):
+    """Allocate an IOAS (IOMMU_IOAS_ALLOC) on an iommufd IOMMU."""
+
     op = "alloc_ioas"
     produces = "ioas"
     area = "iommu"
@@ -248,6 +257,9 @@ class AllocIoas(Op):
 
 
 class OpenCdev(Op):
+    """Open the device's VFIO cdev (/dev/vfio/devices/vfioN; default: the case's
+    device)."""
+
     op = "open_cdev"
     produces = "cdev"
     area = "iommu"
@@ -256,6 +268,9 @@ class OpenCdev(Op):
 
 
 class BindIommufd(Op):
+    """Bind a cdev to an iommufd (VFIO_DEVICE_BIND_IOMMUFD): `iommu`, or a raw fd number
+    `iommufd_fd`."""
+
     op = "bind_iommufd"
     produces = "device"
     area = "iommu"
@@ -271,6 +286,9 @@ class BindIommufd(Op):
 
 
 class Attach(Op):
+    """Attach a bound cdev device to an IOAS, by handle or by id
+    (VFIO_DEVICE_ATTACH_IOMMUFD_PT)."""
+
     op = "attach"
     area = "iommu"
     device: DeviceRef
@@ -278,6 +296,8 @@ class Attach(Op):
 
 
 class Detach(Op):
+    """Detach a cdev device from its IOAS (VFIO_DEVICE_DETACH_IOMMUFD_PT)."""
+
     op = "detach"
     area = "iommu"
     device: DeviceRef
@@ -287,6 +307,9 @@ class Detach(Op):
 
 
 class AllocBuffer(Op):
+    """Allocate a buffer of `size` bytes for DMA (`backing`: anonymous, hugetlb or memfd
+    pages)."""
+
     op = "alloc_buffer"
     produces = "buffer"
     area = "memory"
@@ -306,10 +329,15 @@ class _BufferPattern(Op):
 
 
 class Fill(_BufferPattern):
+    """Write a pattern over a range of a buffer (default: from `offset` to its end)."""
+
     op = "fill"
 
 
 class MapDma(Op):
+    """Map a buffer, a BAR mapping (`mmio`) or a DMABUF into an IOMMU or IOAS at `iova`
+    (default: a free IOVA; `last`: the highest that fits)."""
+
     op = "map_dma"
     produces = "mapping"
     area = "memory"
@@ -341,8 +369,25 @@ class MapDma(Op):
             raise ValueError("`file: true` maps a memfd `buffer`")
         return self
 
+    @property
+    def space(self) -> str:
+        """The handle of the IOVA space it maps into: `ioas`, else `iommu`."""
+        space = self.ioas if self.ioas is not None else self.iommu
+        assert space is not None  # the validator requires one of them
+        return space
+
+    @property
+    def target(self) -> str:
+        """The handle it maps: its `buffer`, `mmio` or `dmabuf`."""
+        target = self.buffer or self.mmio or self.dmabuf
+        assert target is not None  # the validator requires one of them
+        return target
+
 
 class UnmapDma(Op):
+    """Unmap a `mapping`, or `iova`+`size`, or everything (`all`) of an IOMMU or IOAS;
+    `unmapped_size` checks the bytes the kernel reports."""
+
     op = "unmap_dma"
     area = "memory"
     mapping: MappingRef | None = None
@@ -373,6 +418,12 @@ class UnmapDma(Op):
             raise ValueError("give `mapping`, or `iova` and `size`, or `all: true`")
         return self
 
+    @property
+    def space(self) -> str | None:
+        """The handle of the IOVA space it unmaps from (`ioas`, else `iommu`); None when
+        it names a `mapping`, which knows its space."""
+        return self.ioas if self.ioas is not None else self.iommu
+
 
 class BufferSlice(Strict):
     buffer: BufferRef
@@ -380,6 +431,8 @@ class BufferSlice(Strict):
 
 
 class AssertEqual(Op):
+    """Check that two buffer ranges hold the same `size` bytes."""
+
     op = "assert_equal"
     area = "memory"
     a: BufferSlice
@@ -388,10 +441,15 @@ class AssertEqual(Op):
 
 
 class AssertPattern(_BufferPattern):
+    """Check that a range of a buffer holds a pattern (as `fill` writes it)."""
+
     op = "assert_pattern"
 
 
 class AssertSuperpages(Op):
+    """Check in the IOMMU page tables (debugfs) that a mapping is mapped with pages of
+    at least `pgsize` (`exact`: of `pgsize`)."""
+
     op = "assert_superpages"
     area = "memory"
     mapping: MappingRef
@@ -400,6 +458,9 @@ class AssertSuperpages(Op):
 
 
 class AssertUnmapped(Op):
+    """Check in the IOMMU page tables (debugfs) that nothing of a mapping is still
+    mapped."""
+
     op = "assert_unmapped"
     area = "memory"
     mapping: MappingRef
@@ -409,6 +470,9 @@ class AssertUnmapped(Op):
 
 
 class OpenDevice(Op):
+    """Open a VFIO device (default: the case's device) on an IOMMU or IOAS: group and
+    container, or in iommufd mode its cdev bound and attached; `pf`+`vf` names a VF."""
+
     op = "open_device"
     produces = "device"
     area = "device"
@@ -432,6 +496,9 @@ class OpenDevice(Op):
 
 
 class DeviceInfo(Op):
+    """Check VFIO_DEVICE_GET_INFO of a device or an unbound cdev: flags, region and IRQ
+    counts."""
+
     op = "device_info"
     area = "device"
     device: DeviceOrCdevRef
@@ -441,6 +508,8 @@ class DeviceInfo(Op):
 
 
 class RegionInfo(Op):
+    """Check VFIO_DEVICE_GET_REGION_INFO of a region: size, flags, capabilities."""
+
     op = "region_info"
     area = "device"
     device: DeviceRef
@@ -478,6 +547,9 @@ class _ValueCheck(_FitsWidth):
 
 
 class ConfigRead(Op, _ValueCheck):
+    """Read PCI config space through the VFIO config region; `equals`/`mask` check the
+    value."""
+
     op = "config_read"
     area = "device"
     device: DeviceRef
@@ -486,6 +558,8 @@ class ConfigRead(Op, _ValueCheck):
 
 
 class ConfigWrite(Op, _FitsWidth):
+    """Write PCI config space through the VFIO config region."""
+
     op = "config_write"
     area = "device"
     device: DeviceRef
@@ -495,6 +569,9 @@ class ConfigWrite(Op, _FitsWidth):
 
 
 class BarRead(Op, _ValueCheck):
+    """Read a BAR register, through an mmap of the BAR or the region's read();
+    `equals`/`mask` check the value."""
+
     op = "bar_read"
     area = "device"
     device: DeviceRef
@@ -505,6 +582,8 @@ class BarRead(Op, _ValueCheck):
 
 
 class BarWrite(Op, _FitsWidth):
+    """Write a BAR register, through an mmap of the BAR or the region's write()."""
+
     op = "bar_write"
     area = "device"
     device: DeviceRef
@@ -516,6 +595,9 @@ class BarWrite(Op, _FitsWidth):
 
 
 class BarMmap(Op):
+    """Map a BAR (or part of it) into this process (`misaligned`: 4 KiB past a 1 GiB
+    boundary)."""
+
     op = "bar_mmap"
     produces = "mmio"
     area = "device"
@@ -527,6 +609,9 @@ class BarMmap(Op):
 
 
 class Access(Op, _ValueCheck):
+    """Read (checked with `equals`/`mask`) or write a register of a BAR or DMABUF
+    mapping."""
+
     op = "access"
     area = "device"
     mmio: MmioRef
@@ -545,12 +630,17 @@ class Access(Op, _ValueCheck):
 
 
 class Reset(Op):
+    """Reset the device (VFIO_DEVICE_RESET)."""
+
     op = "reset"
     area = "device"
     device: DeviceRef
 
 
 class IrqEnable(Op):
+    """Enable `count` INTx, MSI or MSI-X vectors from `start`, each signalling an
+    eventfd (VFIO_DEVICE_SET_IRQS)."""
+
     op = "irq_enable"
     produces = "irq"
     area = "device"
@@ -567,35 +657,50 @@ class _IrqVector(Op):
 
 
 class IrqTrigger(_IrqVector):
+    """Trigger a vector from user space (VFIO_IRQ_SET_DATA_NONE | ACTION_TRIGGER)."""
+
     op = "irq_trigger"
 
 
 class IrqMask(_IrqVector):
+    """Mask a vector (VFIO_IRQ_SET_DATA_NONE | ACTION_MASK)."""
+
     op = "irq_mask"
 
 
 class IrqUnmask(_IrqVector):
+    """Unmask a vector (VFIO_IRQ_SET_DATA_NONE | ACTION_UNMASK)."""
+
     op = "irq_unmask"
 
 
 class IrqDisable(Op):
+    """Disable the enabled vectors."""
+
     op = "irq_disable"
     area = "device"
     irq: IrqRef
 
 
 class ExpectIrq(_IrqVector):
+    """Wait up to `within` seconds for `count` interrupts on a vector's eventfd."""
+
     op = "expect_irq"
     count: Int = Field(1, ge=1)
     within: Duration = 1.0
 
 
 class ExpectNoIrq(_IrqVector):
+    """Check that no interrupt arrives on a vector's eventfd within `within` seconds."""
+
     op = "expect_no_irq"
     within: Duration = 0.1
 
 
 class EnableSriov(Op):
+    """Create `num_vfs` VFs of a PF through sysfs (the open PF `device`, or one nobody
+    opened: `bdf`); skipped without SR-IOV or vfio-pci's enable_sriov."""
+
     op = "enable_sriov"
     area = "device"
     # the open PF; or, with `bdf` (default: the case's device), a PF nobody opened yet
@@ -635,6 +740,9 @@ class CloseDevice(Op):
 
 
 class DriverInit(Op):
+    """Initialise the device's scenario driver (its DMA region mapped once per case;
+    `irq`: its interrupt)."""
+
     op = "driver_init"
     area = "driver"
     device: DeviceRef
@@ -642,12 +750,17 @@ class DriverInit(Op):
 
 
 class DriverRemove(Op):
+    """Remove the device's scenario driver."""
+
     op = "driver_remove"
     area = "driver"
     device: DeviceRef
 
 
 class MemcpyStart(Op):
+    """Start `count` copies of `size` bytes (`max`: the driver's largest) from IOVA
+    `src` to `dst` by the device's DMA."""
+
     op = "memcpy_start"
     area = "driver"
     device: DeviceRef
@@ -658,12 +771,16 @@ class MemcpyStart(Op):
 
 
 class MemcpyWait(Op):
+    """Wait for the started copies to complete."""
+
     op = "memcpy_wait"
     area = "driver"
     device: DeviceRef
 
 
 class SendMsi(Op):
+    """Have the device raise its MSI and check that it arrives on the driver's vector."""
+
     op = "send_msi"
     area = "driver"
     raises_msi = True
@@ -671,6 +788,9 @@ class SendMsi(Op):
 
 
 class ExpectNoMsi(Op):
+    """Check that no MSI arrives on the driver's vector within `within` seconds (nothing
+    to check for a driver with NO_SEND_MSI)."""
+
     op = "expect_no_msi"
     area = "driver"
     device: DeviceRef
@@ -678,6 +798,9 @@ class ExpectNoMsi(Op):
 
 
 class MemcpyStorm(Op):
+    """Start and wait for copies again and again, for `duration` seconds or `iterations`
+    times."""
+
     op = "memcpy_storm"
     area = "driver"
     device: DeviceRef
@@ -734,6 +857,9 @@ class UpdateVaddr(Op):
 
 
 class ChangeProcess(Op):
+    """IOMMU_IOAS_CHANGE_PROCESS on a native iommufd: charge its pinned pages to this
+    process (skipped in the other modes)."""
+
     op = "change_process"
     area = "liveupdate"
     iommu: IommuRef
@@ -751,6 +877,8 @@ class AssertLockedVm(Op):
 
 
 class DirtyPages(Op):
+    """Start or stop dirty page tracking of a type1 container (VFIO_IOMMU_DIRTY_PAGES)."""
+
     op = "dirty_pages"
     area = "liveupdate"
     iommu: IommuRef
@@ -772,6 +900,9 @@ class DirtyBitmap(Op):
 
 
 class LowPower(Op):
+    """Put the device in or out of low power (VFIO_DEVICE_FEATURE LOW_POWER_ENTRY,
+    _ENTRY_WITH_WAKEUP with an eventfd, _EXIT)."""
+
     op = "low_power"
     area = "liveupdate"
     device: DeviceRef
@@ -799,6 +930,9 @@ class DmabufRange(Strict):
 
 
 class ExportDmabuf(Op):
+    """Export a DMABUF of a region (default: BAR 0) or of `ranges` of it
+    (VFIO_DEVICE_FEATURE_DMA_BUF)."""
+
     op = "export_dmabuf"
     produces = "dmabuf"
     area = "dmabuf"
@@ -808,6 +942,8 @@ class ExportDmabuf(Op):
 
 
 class MmapDmabuf(Op):
+    """Map a DMABUF into this process (`attrs`: its memory attribute, nc or wc)."""
+
     op = "mmap_dmabuf"
     produces = "mmio"
     area = "dmabuf"
@@ -818,6 +954,9 @@ class MmapDmabuf(Op):
 
 
 class RevokeDmabuf(Op):
+    """Revoke a DMABUF: by its ioctl, by clearing the memory enable bit, or by a reset
+    (`auto`: the ioctl where the kernel has it, else memory-disable)."""
+
     op = "revoke_dmabuf"
     area = "dmabuf"
     dmabuf: DmabufRef
@@ -825,6 +964,8 @@ class RevokeDmabuf(Op):
 
 
 class RestoreDmabuf(Op):
+    """Set the memory enable bit again after a memory-disable revoke."""
+
     op = "restore_dmabuf"
     area = "dmabuf"
     dmabuf: DmabufRef
@@ -834,6 +975,9 @@ class RestoreDmabuf(Op):
 
 
 class ExpectDmesg(Op):
+    """Wait up to `within` seconds for a kernel log line since the case began that
+    matches `pattern`."""
+
     op = "expect_dmesg"
     area = "host"
     pattern: Regex
@@ -841,12 +985,17 @@ class ExpectDmesg(Op):
 
 
 class ExpectNoDmesg(Op):
+    """Check that no kernel log line since the case began matches `pattern`."""
+
     op = "expect_no_dmesg"
     area = "host"
     pattern: Regex
 
 
 class ExpectIommuFault(Op):
+    """Wait up to `within` seconds for an IOMMU fault of the device (at `address`, of
+    `access`)."""
+
     op = "expect_iommu_fault"
     area = "host"
     device: DeviceRef
@@ -856,6 +1005,9 @@ class ExpectIommuFault(Op):
 
 
 class ExpectNoIommuFault(Op):
+    """Check that no IOMMU fault of the device (at `address`, of `access`) is recorded
+    since the case began, waiting `within` seconds."""
+
     op = "expect_no_iommu_fault"
     area = "host"
     device: DeviceRef
@@ -865,6 +1017,8 @@ class ExpectNoIommuFault(Op):
 
 
 class AssertNotTainted(Op):
+    """Check that the kernel's taint mask gained no bit since the case began."""
+
     op = "assert_not_tainted"
     area = "host"
 
@@ -880,6 +1034,8 @@ class ProvokeCrash(Op):
 
 
 class Sleep(Op):
+    """Wait `duration`."""
+
     op = "sleep"
     area = "host"
     duration: Duration
@@ -1007,12 +1163,11 @@ class ScenarioHeader(Strict):
     name: str | None = None
     description: str = ""
     tags: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]+$")]] = []
-    # model_construct: defaults that do not build their model's validator at import
-    requires: Requires = Requires.model_construct()
+    requires: Requires = Requires()
     matrix: dict[str, list[Any]] = {}
     vars: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], Any] = {}
     timeout: Duration = 30.0
-    kernel_watch: KernelWatchKey = KernelWatchKey.model_construct()
+    kernel_watch: KernelWatchKey = KernelWatchKey()
     steps: list[Any] = Field(min_length=1)
     teardown: list[Any] = []
     known_issues: list[ScenarioKnownIssue] = []

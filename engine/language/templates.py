@@ -67,33 +67,50 @@ _SEQUENCES = (str, bytes, list, tuple)
 _WIDTH = re.compile(r"%[#0 +\-]*(\*|\d+)?(?:\.(\*|\d+))?")
 
 
+def _check_product(left: Any, right: Any) -> None:
+    if isinstance(left, _SEQUENCES) and isinstance(right, int):
+        if len(left) * right > MAX_SIZE:
+            raise _size_error(f"{type(left).__name__} * {right}", len(left) * right)
+    elif isinstance(right, _SEQUENCES) and isinstance(left, int):
+        if len(right) * left > MAX_SIZE:
+            raise _size_error(f"{left} * {type(right).__name__}", len(right) * left)
+    elif _bits(left) + _bits(right) - 1 > MAX_INT_BITS:
+        raise _int_error(_bits(left) + _bits(right) - 1)
+
+
+def _check_power(left: Any, right: Any) -> None:
+    if isinstance(left, int) and isinstance(right, int) and right > 0 and abs(left) > 1:
+        bits = (_bits(left) - 1) * min(right, 1 << 40) + 1  # the fewest the result has
+        if bits > MAX_INT_BITS:
+            raise _int_error(bits)
+
+
+def _check_sum(left: Any, right: Any) -> None:
+    if isinstance(left, _SEQUENCES) and isinstance(right, _SEQUENCES) \
+            and len(left) + len(right) > MAX_SIZE:
+        raise _size_error(f"{type(left).__name__} + {type(right).__name__}",
+                          len(left) + len(right))
+
+
+def _check_format(left: Any, right: Any) -> None:
+    if not isinstance(left, str):
+        return
+    for m in _WIDTH.finditer(left):
+        for n in m.groups():
+            if n == "*" or (n is not None and (len(n) > 7 or int(n) > MAX_SIZE)):
+                raise LimitExceeded(f"a %-format width or precision of {n}: over the limit "
+                                    f"of {LIMITS['size']}")
+
+
+_OPERAND_CHECKS = {"*": _check_product, "**": _check_power, "+": _check_sum,
+                   "%": _check_format}
+
+
 def _check_operands(op: str, left: Any, right: Any) -> None:
     """Refuse an operation whose result would exceed a limit, before computing it."""
-    if op == "*":
-        if isinstance(left, _SEQUENCES) and isinstance(right, int):
-            if len(left) * right > MAX_SIZE:
-                raise _size_error(f"{type(left).__name__} * {right}", len(left) * right)
-        elif isinstance(right, _SEQUENCES) and isinstance(left, int):
-            if len(right) * left > MAX_SIZE:
-                raise _size_error(f"{left} * {type(right).__name__}", len(right) * left)
-        elif _bits(left) + _bits(right) - 1 > MAX_INT_BITS:
-            raise _int_error(_bits(left) + _bits(right) - 1)
-    elif op == "**":
-        if isinstance(left, int) and isinstance(right, int) and right > 0 and abs(left) > 1:
-            bits = (_bits(left) - 1) * min(right, 1 << 40) + 1  # the fewest the result has
-            if bits > MAX_INT_BITS:
-                raise _int_error(bits)
-    elif op == "+":
-        if isinstance(left, _SEQUENCES) and isinstance(right, _SEQUENCES) \
-                and len(left) + len(right) > MAX_SIZE:
-            raise _size_error(f"{type(left).__name__} + {type(right).__name__}",
-                              len(left) + len(right))
-    elif op == "%" and isinstance(left, str):
-        for m in _WIDTH.finditer(left):
-            for n in m.groups():
-                if n == "*" or (n is not None and (len(n) > 7 or int(n) > MAX_SIZE)):
-                    raise LimitExceeded(f"a %-format width or precision of {n}: over the limit "
-                                        f"of {LIMITS['size']}")
+    check = _OPERAND_CHECKS.get(op)
+    if check is not None:
+        check(left, right)
 
 
 def _check_value(value: Any, what: str = "a value") -> Any:
@@ -456,7 +473,7 @@ def template_paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[tuple[A
 def substitute(value: Any, tpaths: list[tuple[tuple[Any, ...], str]], values: list[Any]) -> Any:
     """A copy of `value` with the strings at `tpaths` replaced; untouched parts are shared."""
     out = value
-    for (path, _), new in zip(tpaths, values):
+    for (path, _), new in zip(tpaths, values, strict=True):
         out = _replace(out, path, new)
     return out
 

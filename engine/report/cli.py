@@ -38,10 +38,6 @@ def add_junit_options(p: argparse.ArgumentParser) -> None:
                    "files over 30 MB)")
 
 
-def junit_options(args: argparse.Namespace) -> JunitOptions:
-    return JunitOptions(case_file=args.junit_file_attribute, max_bytes=args.junit_max_size)
-
-
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add `report` (with `merge`) to the main parser."""
     p = sub.add_parser("report", help="work with result files (merge shards)",
@@ -75,7 +71,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from vfio_scenario.report.merge import load_results, merge_runs
     from vfio_scenario.report.sink import write_reports, writers
 
-    targets = writers(args.junit_xml, args.json, args.html, junit_options(args))
+    targets = writers(args.junit_xml, args.json, args.html, JunitOptions.of(args))
     if not targets and not args.ktap:
         raise UsageError("report merge: name at least one output (--junit-xml, --html, --json, "
                          "--ktap)")

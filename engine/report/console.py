@@ -27,7 +27,7 @@ _HEADER_KEYS = ("kernel", "testbed_kernel", "accelerator", "qemu", "where")
 
 
 def exit_code(run: RunResult) -> int:
-    """DESIGN §7: 0 all passed or skipped, 1 any failure or error, 5 no case at all."""
+    """The run's exit status: 0 all passed or skipped, 1 any failure or error, 5 no case at all."""
     if not run.cases:
         return ExitCode.NOTHING_SELECTED
     # a known issue's failure (xfail) does not fail the run

@@ -10,7 +10,7 @@ from typing import Any
 
 from vfio_scenario.results import CaseResult, Outcome, RunResult, StepResult
 
-# Properties shown first, in this order, wherever a report lists them (DESIGN §7).
+# Properties shown first, in this order, wherever a report lists them.
 KEY_PROPERTIES = ("device", "vendor_device", "vfio_driver", "iommu_mode", "kernel",
                   "accelerator", "engine_version")
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -424,3 +425,16 @@ def check_same_engine(base: LoadedRun, patched: LoadedRun) -> None:
         raise UsageError(f"{base.path} was written by vfio-scenario {a} and {patched.path} by "
                          f"vfio-scenario {b}: a comparison would mix the engine's changes with "
                          "the kernel's; run both with one engine version")
+
+
+def write_comparison(comp: Comparison, json_path: str | None, html_path: str | None) -> int:
+    """Console lines, then the files asked for; the comparison's exit status."""
+    from vfio_scenario.report.files import atomic_write
+
+    print("\n".join(console_lines(comp)))
+    sys.stdout.flush()
+    if json_path:
+        atomic_write(json_path, json_document(comp))
+    if html_path:
+        atomic_write(html_path, html_document(comp))
+    return comp.exit_code()

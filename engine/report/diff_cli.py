@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from vfio_scenario.report.diff import DEFAULT_FACTOR, DEFAULT_MIN_CHANGE
@@ -58,7 +57,7 @@ def register(rsub: argparse._SubParsersAction[Any]) -> None:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from vfio_scenario.report.diff import check_same_engine, compare, load_run
+    from vfio_scenario.report.diff import check_same_engine, compare, load_run, write_comparison
     from vfio_scenario.report.files import check_outputs
 
     check_outputs({"--json": args.json, "--html": args.html})
@@ -66,18 +65,3 @@ def cmd_diff(args: argparse.Namespace) -> int:
     check_same_engine(base, patched)
     comp = compare(base, patched, args.duration_factor, args.duration_min)
     return write_comparison(comp, args.json, args.html)
-
-
-def write_comparison(comp: Any, json_path: str | None, html_path: str | None) -> int:
-    """Console lines, then the files asked for; the comparison's exit status."""
-    from vfio_scenario.report import diff
-    from vfio_scenario.report.files import atomic_write
-
-    print("\n".join(diff.console_lines(comp)))
-    sys.stdout.flush()
-    if json_path:
-        atomic_write(json_path, diff.json_document(comp))
-    if html_path:
-        atomic_write(html_path, diff.html_document(comp))
-    status: int = comp.exit_code()
-    return status

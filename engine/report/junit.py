@@ -28,6 +28,7 @@ import re
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from typing import Any
 
 from junit_xml import TestCase, TestSuite
 from vfio_scenario.report.describe import (
@@ -59,6 +60,11 @@ class JunitOptions:
 
     case_file: bool = False
     max_bytes: int = DEFAULT_MAX_BYTES
+
+    @classmethod
+    def of(cls, args: Any) -> JunitOptions:
+        """The options a command was given (--junit-file-attribute, --junit-max-size)."""
+        return cls(case_file=args.junit_file_attribute, max_bytes=args.junit_max_size)
 
 _ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
 

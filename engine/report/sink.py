@@ -77,6 +77,10 @@ class ReportSink:
         self._t0 = time.time()
         self._previous_duration = previous.duration
         self._resumed = {c.case_id for c in previous.cases}
+        # the order of the reports: the resumed cases, then the run's case order (with
+        # --jobs cases finish out of order; the reports read as of one VM)
+        self._order: dict[str, int] = {}
+        self._set_order(planned or [])
         self._ids = set(self._resumed)  # ids in run.cases
         out = stream if stream is not None else sys.stdout
         self.fmt = fmt
@@ -100,10 +104,21 @@ class ReportSink:
         holds their drivers); call before the header is printed."""
         resumed = [c for c in self.run.cases if c.case_id in self._resumed]
         self.console.total = len(resumed) + len(ids)
+        self._set_order(ids)
         if self.ktap and not self._header_done:
             self.ktap = KtapStream(self.ktap.out, [*(c.case_id for c in resumed), *ids])
             for case in resumed:
                 self.ktap.case(case)
+
+    def _set_order(self, ids: Sequence[str]) -> None:
+        resumed = [c.case_id for c in self.run.cases if c.case_id in self._resumed]
+        order = [*resumed, *(i for i in ids if i not in self._resumed)]
+        self._order = {case_id: n for n, case_id in enumerate(order)}
+
+    def _in_order(self, cases: list[CaseResult]) -> list[CaseResult]:
+        """`cases` in the run's case order; cases outside it last, as they came."""
+        last = len(self._order)
+        return sorted(cases, key=lambda c: self._order.get(c.case_id, last))
 
     def finished_ids(self) -> set[str]:
         """Ids of the cases the resumed journal already holds."""
@@ -178,7 +193,8 @@ class ReportSink:
         with self._lock:
             run = self.run
             duration = run.duration or max(0.0, time.time() - run.started)
-            return RunResult(cases=list(run.cases), started=run.started, duration=duration,
+            return RunResult(cases=self._in_order(run.cases), started=run.started,
+                             duration=duration,
                              properties=dict(run.properties))
 
     def flush(self) -> None:
@@ -197,6 +213,7 @@ class ReportSink:
                 return
             self._closed = True
             timer, self._timer = self._timer, None
+            self.run.cases = self._in_order(self.run.cases)
         if timer is not None:
             timer.cancel()
         if not self.run.duration:  # the runner did not set it: this session plus resumed ones
@@ -211,7 +228,7 @@ class ReportSink:
             self.console.summary(self.run)
 
     def exit_code(self) -> int:
-        """DESIGN §7 exit status of the results so far (0, 1, or 5 for no case); 3 when
+        """The run's exit status from the results so far (0, 1, or 5 for no case); 3 when
         the report files could not be written at the end (CI would miss the results)."""
         if self.write_error:
             return ExitCode.ENVIRONMENT

@@ -26,6 +26,19 @@ def _multiplier(value: str) -> float:
     return x
 
 
+def _jobs(value: str) -> int:
+    """--jobs N (a positive integer) or `auto`: the host's cores this process may use."""
+    if value == "auto":
+        return max(1, len(os.sched_getaffinity(0)))
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive whole number or 'auto'")
+    return n
+
+
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add `run` and `devices` to the main parser."""
     p = sub.add_parser(
@@ -63,6 +76,15 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--format", choices=("text", "ktap"), default="text",
                    help="console output: progress lines, or KTAP v1 for kernel CI")
     p.add_argument("--shard", metavar="I/N", help="run only shard I of N (1-based)")
+    p.add_argument("--shard-by", choices=("id", "duration"), default="id",
+                   help="id: deal cases by the hash of their id (equal counts); duration: "
+                        "balance the expected time of --durations FILE")
+    p.add_argument("--durations", metavar="FILE",
+                   help="journal or JSON report of an earlier run: the expected time of "
+                        "each case, for --shard-by duration")
+    p.add_argument("--jobs", type=_jobs, default=1, metavar="N|auto",
+                   help="run in N testbed VMs at once, each taking the next case from one "
+                        "queue (auto: one per host core); reports as of one VM")
     p.add_argument("--timeout-multiplier", type=_multiplier, default=1.0, metavar="X",
                    help="scale every timeout (slow emulation)")
     p.add_argument("--fail-fast", action="store_true", help="stop after the first failure")
@@ -78,7 +100,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "devices",
         help="list PCI devices with IOMMU group, bound driver and scenario driver",
         description="List this host's PCI devices: IOMMU group, bound kernel driver, the "
-        "scenario driver that matches and its status (testbed, model-tested, real-device).",
+        "scenario driver that matches and how far it is proven (real-device, testbed, model-tested, untested).",
     )
     p.add_argument("--all", action="store_true", help="also devices no scenario driver matches")
     p.set_defaults(func=cmd_devices)
@@ -100,7 +122,7 @@ def _compare_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from vfio_scenario.run.host import run_command
+    from vfio_scenario.run.dispatch import run_command
 
     status: int = run_command(args)
     return status
@@ -111,6 +133,3 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
     return list_devices(show_all=args.all)
 
-
-def in_guest() -> bool:
-    return os.environ.get("VFIO_SCENARIO_GUEST") == "1"

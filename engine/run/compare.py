@@ -52,9 +52,8 @@ def check_kernels(patched: str, base: str) -> None:
 
 def run_compare(args: argparse.Namespace) -> int:
     """Both runs, their reports, the comparison; the comparison's exit status."""
-    from vfio_scenario.report.diff import compare, load_run
-    from vfio_scenario.report.diff_cli import write_comparison
-    from vfio_scenario.run.host import run_command
+    from vfio_scenario.report.diff import compare, load_run, write_comparison
+    from vfio_scenario.run.dispatch import run_command
 
     if args.device:
         raise UsageError("--baseline-kernel runs both kernels in testbed VMs; it cannot be "

@@ -19,8 +19,6 @@ def _attr(folder: Path, name: str) -> str:
 
 def device_rows(show_all: bool) -> list[tuple[str, ...]]:
     """(BDF, ids, class, IOMMU group, bound driver, scenario driver, its status) per device."""
-    from vfio_scenario.drivers.status import driver_status
-
     drivers = registered_drivers()
     rows: list[tuple[str, ...]] = []
     for entry in sorted(PCI_DEVICES.iterdir()) if PCI_DEVICES.exists() else []:
@@ -39,7 +37,7 @@ def device_rows(show_all: bool) -> list[tuple[str, ...]]:
             group = "-"
         ids = f"{_attr(entry, 'vendor')[2:]}:{_attr(entry, 'device')[2:]}"
         rows.append((bdf, ids, _attr(entry, "class")[2:6], group, bound or "-",
-                     cls.name if cls else "-", driver_status(cls.name) if cls else "-"))
+                     cls.name if cls else "-", cls.proven().value if cls else "-"))
     return rows
 
 
@@ -52,5 +50,5 @@ def list_devices(show_all: bool = False) -> int:
         return ExitCode.OK
     widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
     for row in (header, *rows):
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     return ExitCode.OK

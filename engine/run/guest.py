@@ -4,20 +4,32 @@ Loads the cases the host compiled and selected (vfio_scenario.run.payload), prob
 this kernel and the devices, plans and runs the cases, and prints one JSON event per
 line on stdout for the host, which writes the reports.
 
+With `--queue` (`run --jobs N`: one guest engine per VM, one queue on the host) the
+cases run in the order the host hands them out: the engine prints {"event": "ready"}
+and reads the next case's index in the payload from stdin, one per line, until end
+of file.
+
 Start-up time is what a user waits for before the first step, on a guest CPU that
 TCG makes some 20× slower than the host's: nothing here imports the YAML loader, the
-template engine or the installed packages' metadata, the operation models are imported
-without building their validators (`defer_build`), and each device is probed (opened,
-which can cost a reset) only when the planner first considers it.
+template engine, pydantic (the models are dataclasses made from the host's description:
+run/guest_models.py) or the installed packages' metadata, and each device is probed
+(opened, which can cost a reset) only when the planner first considers it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
-from vfio_scenario.run import payload
+from vfio_scenario.run import guest_models, payload
+
+
+def in_guest() -> bool:
+    """True inside the testbed's guest (every command run there has VFIO_SCENARIO_GUEST=1)."""
+    return os.environ.get("VFIO_SCENARIO_GUEST") == "1"
 
 
 def emit(event: dict[str, Any]) -> None:
@@ -25,10 +37,28 @@ def emit(event: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def from_host(cases: list[Any], lines: Iterator[str]) -> Iterator[Any]:
+    """The cases the host hands out: "ready", then the index read from `lines`, until
+    they end; an index that is not one of the payload's is the host's bug: fatal."""
+    while True:
+        emit({"event": "ready"})
+        line = next(lines, "")
+        if not line:
+            return
+        try:
+            yield cases[int(line)]
+        except (ValueError, IndexError):
+            raise SystemExit(f"the host sent {line.strip()!r}, not a case of the payload") \
+                from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    queue = args[1:] == ["--queue"]
+    if queue:
+        args = args[:1]
     if len(args) != 1 or args[0].startswith("-"):
-        sys.stderr.write("usage: python -m vfio_scenario.run.guest PAYLOAD\n")
+        sys.stderr.write("usage: python -m vfio_scenario.run.guest PAYLOAD [--queue]\n")
         return 2
     from vfio_scenario.drivers.base import use_drivers
     from vfio_scenario.errors import VfioScenarioError
@@ -40,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with open(args[0], "rb") as f:
             header = payload.read_header(f)
-            cases = payload.read_cases(f)
+            # the guest's models, before the operations import them (no pydantic here)
+            models = guest_models.install(header.models)
+            cases = payload.read_cases(f, models)
         use_drivers(header.drivers)
         caps = probe_host(header.devices or None)
     except (OSError, VfioScenarioError) as exc:
@@ -50,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
           "properties": {"kernel": caps.kernel_release,
                          "iommu_modes": ",".join(m for m, why in caps.iommu_modes.items() if not why),
                          "devices": ",".join(f"{d.bdf}={d.ids}" for d in caps.devices)}})
-    planned = plan_each(cases, caps, header.iommu_modes or None)
+    chosen = from_host(cases, iter(sys.stdin.readline, "")) if queue else cases
+    planned = plan_each(chosen, caps, header.iommu_modes or None)
     run_planned(planned, caps, RunOptions(timeout_multiplier=header.timeout_multiplier,
                                          kernel_watch=header.kernel_watch), emit,
                 fail_fast=header.fail_fast)

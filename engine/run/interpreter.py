@@ -15,11 +15,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vfio_scenario.errors import SIGNALS, VfioError, VfioScenarioError
 from vfio_scenario.language.cases import Case, Step
 from vfio_scenario.results import CaseResult, Outcome, StepResult
+
+if TYPE_CHECKING:
+    from vfio_scenario.drivers.base import DmaRegion, Driver
+    from vfio_scenario.run.faultlog import QemuFaultLog
+    from vfio_scenario.run.handover import Moved
+    from vfio_scenario.run.ops.memory import LiveMappings
+    from vfio_scenario.uapi.device import VfioDevice
+    from vfio_scenario.uapi.kmsg import KernelLog
 
 
 class CheckFailed(VfioScenarioError):
@@ -68,7 +76,6 @@ class Runtime:
     kinds: dict[str, str] = field(default_factory=dict)
     cleanups: list[tuple[str, Callable[[], object]]] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
-    state: dict[str, Any] = field(default_factory=dict)  # per-case scratch for op modules
     notes: list[str] = field(default_factory=list)  # what the running step says of a pass
     # which process runs the steps ("" unless the case hands over: "predecessor (pid N)",
     # "successor (pid M)"); the result so far and the listener, for `handover`
@@ -77,6 +84,26 @@ class Runtime:
     listener: Listener | None = None
     end: Hook | None = None
     handover: HandedOver | None = None  # set by a `handover` step that succeeded
+    # -- what operations of the case share, each kept by the operations that use it --
+    # host: the case's kernel log reader, opened as the case begins (None: why not, in
+    # kernel_log_error); the taint mask then (None: unreadable); the testbed's record of
+    # IOMMU faults (None outside the testbed)
+    kernel_log: KernelLog | None = None
+    kernel_log_error: str = ""
+    taint: int | None = None
+    qemu_faults: QemuFaultLog | None = None
+    # memory: the mappings made and not unmapped yet (made when first needed)
+    mappings: LiveMappings | None = None
+    # iommu: cdev handle → the device bind_iommufd made of it
+    bound_cdevs: dict[str, VfioDevice] = field(default_factory=dict)
+    # driver: device handle → its initialised scenario driver, and the DMA region the
+    # driver uses on it (kept across driver_remove and driver_init)
+    drivers: dict[str, Driver] = field(default_factory=dict)
+    driver_regions: dict[str, DmaRegion] = field(default_factory=dict)
+    # live update: what the last handover moved (set in the successor); device handle →
+    # wakeups counted by low_power
+    moved: Moved | None = None
+    wakeups: dict[str, int] = field(default_factory=dict)
 
     def note(self, message: str) -> None:
         """Say why the running step passed (its message in the reports), e.g. that it had
@@ -130,7 +157,7 @@ def run_step(rt: Runtime, step: Step, ops: dict[str, Operation]) -> StepResult:
     try:
         if handler is None:
             raise NotImplementedError(f"operation `{step.op}` has no implementation (no "
-                                      "@op function bound to its model in "
+                                      f"@op({type(step.args).__name__}) function in "
                                       "vfio_scenario.run.ops)")
         if timeout:
             signal.setitimer(signal.ITIMER_REAL, timeout)
@@ -140,9 +167,10 @@ def run_step(rt: Runtime, step: Step, ops: dict[str, Operation]) -> StepResult:
         # not expected or else the last, or None to have them run one by one.
         batched = getattr(handler, "repeat", None) if step.common.repeat > 1 else None
         decided = batched(rt, step.args, step) if batched is not None else None
-        for actual, made, message in ((decided,) if decided is not None else
-                                      (_attempt(rt, handler, step)
-                                       for _ in range(step.common.repeat))):
+        attempts = ((decided,) if decided is not None else
+                    (_attempt(rt, handler, step) for _ in range(step.common.repeat)))
+        for attempt in attempts:
+            actual, made, message = attempt  # `made` of the last attempt names the handle
             if actual not in expected:
                 result.actual = actual
                 # an unexpected fault is a crash the probe caught, not a wrong answer

@@ -1,4 +1,4 @@
-"""The kernel watch (DESIGN.md §11): every case's kernel log scanned for splats, its taint compared.
+"""The kernel watch: every case's kernel log scanned for splats, its taint compared.
 
 One /dev/kmsg reader lives as long as the run. A case's window opens when the case
 starts and closes when the next one starts (or the run ends), so lines that arrive
@@ -109,58 +109,74 @@ def _header_kind(line: str) -> str | None:
 
 def find_splats(records: Iterable[Record]) -> list[Splat]:
     """The splats in a stretch of kernel log, in order."""
-    splats: list[Splat] = []
-    current: list[str] = []
-    kind = ""
-    ruled = False  # opened by a `====` line: a KASAN/KFENCE/UBSAN report closes with one
-    opener: str | None = None
-    before: list[str] = []  # recent lines outside a splat (dump_stack's CPU:/Hardware name:)
+    reader = _SplatReader()
     last_usec = -1
-
-    def close() -> None:
-        nonlocal current, kind
-        if current:
-            title = next((ln for ln in current if _header_kind(ln) == kind), current[0])
-            splats.append(Splat(kind, title.strip(), "\n".join(current)))
-        current, kind = [], ""
-
     for record in records:
-        gap = last_usec >= 0 and record.usec - last_usec > GAP_USEC
+        if last_usec >= 0 and record.usec - last_usec > GAP_USEC:
+            reader.close()  # a silence ends a report
         last_usec = record.usec
-        if gap and current:
-            close()
         for line in _unescape(record.text):
-            found = _header_kind(line)
-            if current and found and found != "call_trace" and \
-                    not (kind == found and line in current[-1:]):
-                close()  # a new report begins
-            if not current:
-                if _OPENER_CUT.match(line) or _OPENER_RULE.match(line):
-                    opener = line
-                    continue
-                if found is None:
-                    if opener is not None:
-                        before.append(opener)
-                        opener = None
-                    before = (before + [line])[-3:]
-                    continue
-                kind = found
-                ruled = opener is not None and _OPENER_RULE.match(opener) is not None
-                lead = [ln for ln in before if _DUMP_PREFIX.match(ln)] \
-                    if found == "call_trace" else []
-                current = [*lead, *([opener] if opener else []), line]
-                opener, before = None, []
-                if found == "kmemleak":
-                    close()
-                continue
-            current.append(line)
-            if _END_TRACE.match(line) or (ruled and kind in ("kasan", "kfence", "ubsan")
-                                          and _OPENER_RULE.match(line)) \
-                    or (kind in _STACK_ENDS and _END_OF_STACK.match(line)) \
-                    or len(current) >= MAX_LINES:
-                close()
-    close()
-    return splats
+            reader.line(line)
+    reader.close()
+    return reader.splats
+
+
+class _SplatReader:
+    """The state of find_splats between lines: the report being read, if any."""
+
+    def __init__(self) -> None:
+        self.splats: list[Splat] = []
+        self.current: list[str] = []
+        self.kind = ""
+        self.ruled = False  # opened by a `====` line: a KASAN/KFENCE/UBSAN report closes with one
+        self.opener: str | None = None
+        self.before: list[str] = []  # recent lines outside a splat (dump_stack's CPU:/Hardware name:)
+
+    def close(self) -> None:
+        if self.current:
+            title = next((ln for ln in self.current if _header_kind(ln) == self.kind),
+                         self.current[0])
+            self.splats.append(Splat(self.kind, title.strip(), "\n".join(self.current)))
+        self.current, self.kind = [], ""
+
+    def line(self, line: str) -> None:
+        found = _header_kind(line)
+        if self.current and found and found != "call_trace" and \
+                not (self.kind == found and line in self.current[-1:]):
+            self.close()  # a new report begins
+        if not self.current:
+            self.outside(line, found)
+            return
+        self.current.append(line)
+        if self.ends(line):
+            self.close()
+
+    def outside(self, line: str, found: str | None) -> None:
+        """A line while no report is open: an opener, a line before one, or a header."""
+        if _OPENER_CUT.match(line) or _OPENER_RULE.match(line):
+            self.opener = line
+            return
+        if found is None:
+            if self.opener is not None:
+                self.before.append(self.opener)
+                self.opener = None
+            self.before = [*self.before, line][-3:]
+            return
+        self.kind = found
+        self.ruled = self.opener is not None and _OPENER_RULE.match(self.opener) is not None
+        lead = [ln for ln in self.before if _DUMP_PREFIX.match(ln)] \
+            if found == "call_trace" else []
+        self.current = [*lead, *([self.opener] if self.opener else []), line]
+        self.opener, self.before = None, []
+        if found == "kmemleak":
+            self.close()
+
+    def ends(self, line: str) -> bool:
+        return bool(_END_TRACE.match(line)
+                    or (self.ruled and self.kind in ("kasan", "kfence", "ubsan")
+                        and _OPENER_RULE.match(line))
+                    or (self.kind in _STACK_ENDS and _END_OF_STACK.match(line))
+                    or len(self.current) >= MAX_LINES)
 
 
 def taint_letters(mask: int) -> str:

@@ -2,23 +2,26 @@
 
 The host compiles (YAML, templates, validation) against the guest's own device list
 and writes one file; the guest only loads it. Its Python, which TCG makes some 20×
-slower than the host's, thus never imports the YAML loader or the template engine,
-never builds a model's validator, and never re-reads the scenario files over 9p.
+slower than the host's, thus never imports the YAML loader, the template engine or
+pydantic, and never re-reads the scenario files over 9p.
 
 Both sides run the same checkout (the guest sees the host's root), so the file is a
 pickle: a small header of plain values, read first so the guest can start probing
-devices, then the cases. In the cases every pydantic model (a step's arguments, its
-common keys, a scenario's `requires`) is written as a `Record`: the same values
-under the same attribute names, plus the model class's own constants (`op`,
-`produces`, `area`), without the validator. The operations only read attributes, so
-they run unchanged on either; validation happened on the host.
+devices, then the cases. The header describes every model the cases hold (and every
+operation's) in plain values; the guest makes slotted frozen dataclasses of them and
+installs them as the models module before anything imports it (run/guest_models.py),
+so it never imports pydantic, and the cases' models are restored as their instances:
+the same names, fields, class constants, methods and properties as the host's.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import os
 import pickle
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import IO, TYPE_CHECKING, Any
 
 from vfio_scenario import __version__
@@ -27,7 +30,7 @@ from vfio_scenario.errors import EnvironmentProblem
 if TYPE_CHECKING:  # the guest reads the header before the models import
     from vfio_scenario.language.cases import Case
 
-MAGIC = "vfio-scenario payload 1"
+MAGIC = "vfio-scenario payload 2"  # 2: the header describes the models
 
 
 @dataclass
@@ -40,49 +43,23 @@ class Header:
     timeout_multiplier: float = 1.0
     fail_fast: bool = False
     kernel_watch: bool = True
+    # the models the cases hold, described (run/guest_models.py); write() fills it
+    models: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"magic": MAGIC, "version": __version__, "devices": self.devices,
                 "drivers": self.drivers, "iommu_modes": self.iommu_modes,
                 "timeout_multiplier": self.timeout_multiplier, "fail_fast": self.fail_fast,
-                "kernel_watch": self.kernel_watch}
-
-
-class Record:
-    """A validated model's values as read-only attributes, without pydantic."""
-
-    __slots__ = ("_kind", "_values")
-    _kind: str
-    _values: dict[str, Any]
-
-    def __init__(self, kind: str, values: dict[str, Any]) -> None:
-        object.__setattr__(self, "_kind", kind)
-        object.__setattr__(self, "_values", values)
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self._values[name]
-        except KeyError:
-            raise AttributeError(f"{self._kind} has no attribute {name!r}") from None
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError(f"{self._kind} is read-only")
-
-    def __eq__(self, other: object) -> bool:
-        return (isinstance(other, Record) and self._kind == other._kind
-                and self._values == other._values)
-
-    __hash__ = None  # type: ignore[assignment]  # like a dict of values
-
-    def __repr__(self) -> str:
-        return f"{self._kind}({', '.join(f'{k}={v!r}' for k, v in self._values.items())})"
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (Record, (self._kind, self._values))
+                "kernel_watch": self.kernel_watch, "models": self.models}
 
 
 class _Pickler(pickle.Pickler):
-    """Writes every pydantic model as a Record."""
+    """Writes every model as its class and its field values in order (the guest's
+    dataclass of the same name takes them positionally); notes the classes met."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.classes: dict[type[Any], None] = {}
 
     def reducer_override(self, obj: Any) -> Any:
         from pydantic import BaseModel
@@ -90,19 +67,37 @@ class _Pickler(pickle.Pickler):
         if not isinstance(obj, BaseModel):
             return NotImplemented
         cls = type(obj)
-        values = {name: getattr(obj, name) for name in cls.model_fields}
-        values.update({name: getattr(cls, name) for name in sorted(cls.__class_vars__)})
-        return (Record, (cls.__name__, values))
+        self.classes[cls] = None
+        return cls, tuple(getattr(obj, name) for name in cls.model_fields)
+
+
+class _Unpickler(pickle.Unpickler):
+    """Reads the models as the guest's dataclasses of the same names."""
+
+    def __init__(self, file: IO[bytes], models: ModuleType) -> None:
+        super().__init__(file)
+        self.models = models
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == self.models.__name__:
+            return getattr(self.models, name)
+        return super().find_class(module, name)
 
 
 def write(directory: str, header: Header, cases: list[Case]) -> str:
     """Write a payload file in `directory`; returns its path."""
     import tempfile  # here: the guest, which only reads, is spared its import
 
+    from vfio_scenario.run.guest_models import describe
+
+    body = io.BytesIO()
+    pickler = _Pickler(body)
+    pickler.dump(cases)
+    header = dataclasses.replace(header, models=describe(pickler.classes))
     fd, path = tempfile.mkstemp(dir=directory, prefix=".payload-", suffix=".pickle")
     with os.fdopen(fd, "wb") as f:
         pickle.dump(header.to_dict(), f, protocol=pickle.HIGHEST_PROTOCOL)
-        _Pickler(f, protocol=pickle.HIGHEST_PROTOCOL).dump(cases)
+        f.write(body.getvalue())
     return path
 
 
@@ -122,14 +117,16 @@ def read_header(f: IO[bytes]) -> Header:
                   iommu_modes=list(raw["iommu_modes"]),
                   timeout_multiplier=float(raw["timeout_multiplier"]),
                   fail_fast=bool(raw["fail_fast"]),
-                  kernel_watch=bool(raw.get("kernel_watch", True)))
+                  kernel_watch=bool(raw.get("kernel_watch", True)),
+                  models=list(raw["models"]))
 
 
-def read_cases(f: IO[bytes]) -> list[Case]:
-    """The cases after the header, their models as Records."""
+def read_cases(f: IO[bytes], models: ModuleType) -> list[Case]:
+    """The cases after the header, their models as instances of `models`' classes (the
+    guest's models, made from the header's description: guest_models.install/build)."""
     from vfio_scenario.language.cases import Case
 
-    cases = pickle.load(f)
+    cases = _Unpickler(f, models).load()
     if not isinstance(cases, list) or not all(isinstance(c, Case) for c in cases):
         raise EnvironmentProblem(f"{f.name}: the payload holds no list of cases")
     return cases

@@ -88,39 +88,10 @@ def plan_each(cases: Iterable[Case], caps: HostCaps,
 
 
 def _plan_one(case: Case, caps: HostCaps, only_modes: list[str] | None) -> PlannedCase:
-    req = case.requires
-    mode = case.iommu_mode
-    if mode is not None:
-        if only_modes and mode not in only_modes:
-            return PlannedCase(case, [], f"IOMMU mode {mode} not selected (--iommu-mode)")
-        if mode not in caps.iommu_modes:
-            return PlannedCase(case, [], f"IOMMU mode {mode} was not probed on this host")
-        why = caps.iommu_modes[mode]
-        if why:
-            return PlannedCase(case, [], f"IOMMU mode {mode} unavailable: {why}")
-    for step in (*case.steps, *case.teardown):
-        argument = step.args.iommu_mode_argument
-        named = getattr(step.args, argument) if argument is not None else None
-        if named is not None and named != mode:
-            why = caps.iommu_modes.get(named, "not probed on this host")
-            if why:
-                return PlannedCase(case, [], f"IOMMU mode {named} (opened at {step.location}) "
-                                             f"unavailable: {why}")
-    for feature in req.features:
-        if feature in DEVICE_FEATURES:
-            continue
-        why = caps.features.get(feature, "not probed")
-        if why:
-            return PlannedCase(case, [], f"feature {feature} unavailable: {why}")
-    if req.kconfig:
-        if caps.kconfig is None:
-            return PlannedCase(case, [], "kernel config not readable (no /proc/config.gz or "
-                                         "/boot/config-*) to check " + ", ".join(req.kconfig))
-        missing = [c for c in req.kconfig if caps.kconfig.get(c, "n") in ("n", "")]
-        if missing:
-            return PlannedCase(case, [], f"kernel lacks {', '.join(missing)} "
-                                         f"(from {caps.kconfig_source})")
-    needed = req.devices
+    why = _host_unfit(case, caps, only_modes)
+    if why is not None:
+        return PlannedCase(case, [], why)
+    needed = case.requires.devices
     if needed == 0:
         return PlannedCase(case, [])
     want = case.driver
@@ -146,6 +117,56 @@ def _plan_one(case: Case, caps: HostCaps, only_modes: list[str] | None) -> Plann
         return PlannedCase(case, [], "no VFIO device on this host")
     have = f"{len(chosen)} suitable device(s) of {needed} needed"
     return PlannedCase(case, [], f"{have}: " + "; ".join(reasons) if reasons else have)
+
+
+def _host_unfit(case: Case, caps: HostCaps, only_modes: list[str] | None) -> str | None:
+    """Why this host cannot run `case` whatever its devices (its IOMMU modes, host
+    features, kernel config), or None."""
+    return (_mode_unfit(case, caps, only_modes) or _features_unfit(case, caps)
+            or _kconfig_unfit(case, caps))
+
+
+def _mode_unfit(case: Case, caps: HostCaps, only_modes: list[str] | None) -> str | None:
+    mode = case.iommu_mode
+    if mode is not None:
+        if only_modes and mode not in only_modes:
+            return f"IOMMU mode {mode} not selected (--iommu-mode)"
+        if mode not in caps.iommu_modes:
+            return f"IOMMU mode {mode} was not probed on this host"
+        why = caps.iommu_modes[mode]
+        if why:
+            return f"IOMMU mode {mode} unavailable: {why}"
+    for step in (*case.steps, *case.teardown):
+        argument = step.args.iommu_mode_argument
+        named = getattr(step.args, argument) if argument is not None else None
+        if named is not None and named != mode:
+            why = caps.iommu_modes.get(named, "not probed on this host")
+            if why:
+                return f"IOMMU mode {named} (opened at {step.location}) unavailable: {why}"
+    return None
+
+
+def _features_unfit(case: Case, caps: HostCaps) -> str | None:
+    for feature in case.requires.features:
+        if feature in DEVICE_FEATURES:
+            continue
+        why = caps.features.get(feature, "not probed")
+        if why:
+            return f"feature {feature} unavailable: {why}"
+    return None
+
+
+def _kconfig_unfit(case: Case, caps: HostCaps) -> str | None:
+    kconfig = case.requires.kconfig
+    if not kconfig:
+        return None
+    if caps.kconfig is None:
+        return ("kernel config not readable (no /proc/config.gz or /boot/config-*) to check "
+                + ", ".join(kconfig))
+    missing = [c for c in kconfig if caps.kconfig.get(c, "n") in ("n", "")]
+    if missing:
+        return f"kernel lacks {', '.join(missing)} (from {caps.kconfig_source})"
+    return None
 
 
 def _plan_named(case: Case, caps: HostCaps, needed: int) -> PlannedCase:

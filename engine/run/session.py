@@ -13,7 +13,7 @@ import signal
 import time
 from collections.abc import Callable, Iterable
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vfio_scenario import __version__
 from vfio_scenario.results import CaseResult, Outcome
@@ -21,6 +21,10 @@ from vfio_scenario.run import devstate
 from vfio_scenario.run.executor import cannot_run, execute_case
 from vfio_scenario.run.interpreter import RunOptions
 from vfio_scenario.run.plan import HostCaps, PlannedCase
+
+if TYPE_CHECKING:
+    from vfio_scenario.run.interpreter import Operation
+    from vfio_scenario.run.kernel_watch import KernelWatch
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -84,17 +88,7 @@ def run_planned(planned: Iterable[PlannedCase], caps: HostCaps, options: RunOpti
             if watch is not None:
                 watch.begin()
             emit({"event": "start", "id": pc.case.id})
-            if pc.skip:
-                result = skipped(pc)
-            else:
-                try:
-                    result = execute_case(pc.case, [d.bdf for d in pc.devices], ops, options)
-                except _Interrupted:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - this case's error, not the run's end
-                    result = cannot_run(pc.case, f"{type(exc).__name__}: {exc}")
-            result.properties.update(case_properties(pc, caps))
-            pending.append((result, pc))
+            pending.append((_run_one(pc, caps, ops, options), pc))
             if fail_fast:
                 done = settle()
                 if done is not None and done.outcome in (Outcome.FAIL, Outcome.ERROR):
@@ -107,12 +101,33 @@ def run_planned(planned: Iterable[PlannedCase], caps: HostCaps, options: RunOpti
         for s, handler in old.items():
             signal.signal(s, handler)
         if watch is not None:
-            leaks = watch.leaks()
-            if leaks:
-                count = leaks.count("unreferenced object")
-                emit({"event": "warning", "message": f"kmemleak: {count} object(s) leaked "
-                      f"during the run (not tied to one case):\n{leaks}"})
-            watch.close()
+            _close_watch(watch, emit)
         problems = devstate.restore(states)
         if problems:
             emit({"event": "warning", "message": "device state not restored: " + "; ".join(problems)})
+
+
+def _run_one(pc: PlannedCase, caps: HostCaps, ops: dict[str, Operation],
+             options: RunOptions) -> CaseResult:
+    """The case's result: skipped, run, or an error of its own (never the run's end)."""
+    if pc.skip:
+        result = skipped(pc)
+    else:
+        try:
+            result = execute_case(pc.case, [d.bdf for d in pc.devices], ops, options)
+        except _Interrupted:
+            raise
+        except Exception as exc:  # noqa: BLE001 - this case's error, not the run's end
+            result = cannot_run(pc.case, f"{type(exc).__name__}: {exc}")
+    result.properties.update(case_properties(pc, caps))
+    return result
+
+
+def _close_watch(watch: KernelWatch, emit: Emit) -> None:
+    """Report what kmemleak found leaked during the run (tied to no case), then close."""
+    leaks = watch.leaks()
+    if leaks:
+        count = leaks.count("unreferenced object")
+        emit({"event": "warning", "message": f"kmemleak: {count} object(s) leaked "
+              f"during the run (not tied to one case):\n{leaks}"})
+    watch.close()

@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 def _continue(payload: dict[str, object], moved: object) -> int:
     from vfio_scenario.results import CaseResult
     from vfio_scenario.run.executor import event_writer, write_all
+    from vfio_scenario.run.handover import Moved
     from vfio_scenario.run.interpreter import HandedOver, Runtime, continue_case
     from vfio_scenario.run.ops import operations
     from vfio_scenario.run.ops.host import end_case
@@ -60,7 +61,8 @@ def _continue(payload: dict[str, object], moved: object) -> int:
     assert isinstance(rt, Runtime) and isinstance(result, CaseResult)
     assert isinstance(event_fd, int)
     rt.process = f"successor (pid {os.getpid()})"
-    rt.state["moved"] = moved
+    assert isinstance(moved, Moved)
+    rt.moved = moved
     rt.result, rt.listener, rt.end = result, event_writer(event_fd), end_case
     t_start = payload["t_start"]
     assert isinstance(t_start, float)

@@ -22,6 +22,7 @@ from vfio_scenario.results import CaseResult, Outcome
 
 if TYPE_CHECKING:
     from vfio_scenario.language.cases import Case
+    from vfio_scenario.language.loader import Document
 
 OnEvent = Callable[[dict[str, Any]], None]
 MAX_REBOOTS = 5
@@ -78,17 +79,18 @@ def needs_driver_facts(cases: list[Case]) -> bool:
     return any(c.requires.driver is not None or c.names_devices for c in cases)
 
 
-def compile_for_guest(cases: list[Case], paths: list[str], bdfs: list[str],
+def compile_for_guest(cases: list[Case], documents: list[Document], bdfs: list[str],
                       reselect: Callable[[list[Case]], list[Case]] | None = None) -> list[Case]:
-    """`cases` compiled again for the guest's devices, so that templates (`device`,
-    `devices[1]`, `driver`) name the guest's functions and drivers rather than
-    placeholders.  The `driver` axis then holds the drivers the guest's devices have:
-    `reselect` picks the run's cases among those (default: the ones of `cases`)."""
-    from vfio_scenario.language.compile import compile_paths
+    """`cases` compiled again, from the `documents` they were loaded from, for the
+    guest's devices, so that templates (`device`, `devices[1]`, `driver`) name the
+    guest's functions and drivers rather than placeholders.  The `driver` axis then
+    holds the drivers the guest's devices have: `reselect` picks the run's cases among
+    those (default: the ones of `cases`)."""
+    from vfio_scenario.language.compile import compile_documents
 
     if not bdfs:
         return cases
-    compiled = compile_paths(paths, bdfs)
+    compiled = compile_documents(documents, bdfs)
     if compiled.errors:  # the same files compiled a moment ago; only the devices differ
         raise EnvironmentProblem("\n".join(str(e) for e in compiled.errors))
     if reselect is not None:
@@ -104,19 +106,21 @@ def crashed_result(case: Case, message: str, console: str, started: float) -> Ca
                       started=started, duration=time.time() - started)
 
 
-def run_in_testbed(testbed: Any, cases: list[Case], paths: list[str], on_event: OnEvent, *,
+def run_in_testbed(testbed: Any, cases: list[Case], documents: list[Document],
+                   on_event: OnEvent, *,
                    devices: list[str], iommu_modes: list[str], timeout_multiplier: float,
                    fail_fast: bool, replace: Callable[[], Any] | None = None,
                    reselect: Callable[[list[Case]], list[Case]] | None = None,
                    kernel_watch: bool = True) -> None:
-    """Run `cases` in `testbed` (started), calling `on_event` with each guest event.
+    """Run `cases` in `testbed` (started), calling `on_event` with each guest event;
+    `documents` are the scenario files they were compiled from (Compiled.documents).
 
     After a guest crash or hang the testbed reboots, or `replace()` gives the one to
     go on with (for a VM of `testbed up`, which is not ours to reboot).
     """
     from vfio_scenario.drivers.base import driver_entry_points
     from vfio_scenario.run import payload
-    from vfio_scenario.testbed import GuestCrashed, GuestHung, VmStopped
+    from vfio_scenario.testbed import GuestCrashed, GuestHung
     from vfio_scenario.testbed.paths import sub_dir
 
     # the guest sees the host's root at the same paths, except its own /tmp
@@ -127,9 +131,9 @@ def run_in_testbed(testbed: Any, cases: list[Case], paths: list[str], on_event: 
     drivers = driver_entry_points()
     # each driver's init in the guest costs a Python start there: only for runs with a
     # case that reads a driver
-    named = guest_driver_facts(testbed, bdfs, drivers, start) if needs_driver_facts(cases) \
-        else bdfs
-    remaining = compile_for_guest(list(cases), paths, named, reselect)
+    named = guest_driver_facts(testbed, bdfs, drivers, start) \
+        if needs_driver_facts(cases) else bdfs
+    remaining = compile_for_guest(list(cases), documents, named, reselect)
     # the cases of this run, now that the guest's drivers gave the `driver` axis
     on_event({"event": "plan", "ids": [c.id for c in remaining]})
     if not remaining:
@@ -144,59 +148,28 @@ def run_in_testbed(testbed: Any, cases: list[Case], paths: list[str], on_event: 
         payload_file = payload.write(workdir, header, remaining)
         argv = [sys.executable, "-m", "vfio_scenario.run.guest", payload_file]
         stream: Any = None
-        current: Case | None = None
-        started = time.time()
-        by_id = {c.id: c for c in remaining}
-        done: set[str] = set()
-        fatal: str | None = None
-        finished = crashed = False
+        seen = _GuestEvents({c.id: c for c in remaining})
+        crashed = False
         try:
             # a case's own limit is enforced in the guest; silence beyond it means a hang
             # the payload holds everything (no scenario file is read in the guest), so
             # the engine runs in the payload's folder: the host's working directory may
             # be one the guest cannot see (below /tmp, for a VM of `testbed up`)
             stream = testbed.stream(argv, idle_timeout=longest + start, cwd=workdir)
-            for line in stream:
-                try:
-                    event = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # the guest's Python printing something else; not an event
-                kind = event.get("event")
-                if kind == "start":
-                    current = by_id.get(event["id"])
-                    started = time.time()
-                elif kind == "result":
-                    done.add(event["result"]["case_id"])
-                    current = None
-                elif kind == "fatal":
-                    fatal = event.get("message", "guest failed")
-                elif kind == "done":
-                    finished = True
-                on_event(event)
+            seen.follow(stream, on_event)
         except (GuestCrashed, GuestHung) as exc:
             crashed = True
-            what = ("the testbed VM was stopped" if isinstance(exc, VmStopped) else
-                    "guest kernel crashed" if isinstance(exc, GuestCrashed) else
-                    "guest stopped answering")
-            console = getattr(exc, "console_tail", "") or ""
-            if current is not None:
-                done.add(current.id)
-                on_event({"event": "result", "result": crashed_result(
-                    current, f"{what} while the case ran: {exc}", console, started).to_dict()})
             reboots += 1
-            if reboots > MAX_REBOOTS:
-                raise EnvironmentProblem(f"testbed failed {reboots} times; giving up: {exc}") \
-                    from None
-            on_event({"event": "warning", "message": f"{what}; rebooting the testbed"})
+            seen.crashed(exc, reboots, on_event)
             if replace is not None:
                 testbed = replace()
             else:
                 testbed.reboot()
         finally:
             os.unlink(payload_file)
-        if fatal is not None:
-            raise EnvironmentProblem(f"the run in the testbed failed: {fatal}")
-        if finished:
+        if seen.fatal is not None:
+            raise EnvironmentProblem(f"the run in the testbed failed: {seen.fatal}")
+        if seen.finished:
             break  # the guest went through its list (or stopped on --fail-fast)
         if not crashed:
             status = getattr(stream, "returncode", None)
@@ -204,4 +177,56 @@ def run_in_testbed(testbed: Any, cases: list[Case], paths: list[str], on_event: 
             raise EnvironmentProblem(
                 f"the engine in the testbed stopped without finishing (exit status {status})"
                 + (f":\n{stderr[-3000:]}" if stderr else ""))
-        remaining = [c for c in remaining if c.id not in done]
+        remaining = [c for c in remaining if c.id not in seen.done]
+
+
+class _GuestEvents:
+    """What one start of the guest's engine said: the case running, the cases done,
+    whether it finished its list or failed."""
+
+    def __init__(self, by_id: dict[str, Case]) -> None:
+        self.by_id = by_id
+        self.current: Case | None = None
+        self.started = time.time()
+        self.done: set[str] = set()
+        self.fatal: str | None = None
+        self.finished = False
+
+    def follow(self, lines: Any, on_event: OnEvent) -> None:
+        """Note each event of the guest's stdout lines and pass it on."""
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the guest's Python printing something else; not an event
+            kind = event.get("event")
+            if kind == "start":
+                self.current = self.by_id.get(event["id"])
+                self.started = time.time()
+            elif kind == "result":
+                self.done.add(event["result"]["case_id"])
+                self.current = None
+            elif kind == "fatal":
+                self.fatal = event.get("message", "guest failed")
+            elif kind == "done":
+                self.finished = True
+            on_event(event)
+
+    def crashed(self, exc: Exception, reboots: int, on_event: OnEvent) -> None:
+        """The case that was running is an ERROR with the console's tail; past
+        MAX_REBOOTS the run gives up."""
+        from vfio_scenario.testbed import GuestCrashed, VmStopped
+
+        what = ("the testbed VM was stopped" if isinstance(exc, VmStopped) else
+                "guest kernel crashed" if isinstance(exc, GuestCrashed) else
+                "guest stopped answering")
+        console = getattr(exc, "console_tail", "") or ""
+        if self.current is not None:
+            self.done.add(self.current.id)
+            on_event({"event": "result", "result": crashed_result(
+                self.current, f"{what} while the case ran: {exc}", console,
+                self.started).to_dict()})
+        if reboots > MAX_REBOOTS:
+            raise EnvironmentProblem(f"testbed failed {reboots} times; giving up: {exc}") \
+                from None
+        on_event({"event": "warning", "message": f"{what}; rebooting the testbed"})

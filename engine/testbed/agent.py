@@ -11,9 +11,12 @@ Protocol, one JSON object per line, host -> guest:
   {"op": "run", "id": N, "argv": [...], "env": {...} | null, "cwd": "..." | null}
   {"op": "kill", "id": N}
   {"op": "run", …, "pty": true}      the command gets a terminal (interactive shells)
-  {"op": "input", "id": N, "data": "<text>"}   typed into that terminal
+  {"op": "input", "id": N, "data": "<text>"}   typed into that terminal, or written to
+                                               the command's stdin
+  {"op": "run", …, "stdin": true}    the command's stdin is a pipe fed by "input"
+  {"op": "close_input", "id": N}     end of file on that pipe
 guest -> host:
-  {"id": N, "pong": {"release": "...", "uptime": 1.23}}
+  {"id": N, "pong": {"release": "...", "uptime": 1.23, "stdin": true}}
   {"id": N, "out": "<text>"} / {"id": N, "err": "<text>"}   output chunks as they come
   {"id": N, "exit": <int>}                                   negative = killed by signal
   {"id": N, "exit": 127, "error": "<why it could not start>"}
@@ -22,6 +25,7 @@ Text is UTF-8 decoded with surrogateescape so bytes round-trip.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -98,7 +102,8 @@ class Agent:
         if op == "ping":
             with open("/proc/uptime") as f:
                 uptime = float(f.read().split()[0])
-            self.send({"id": ident, "pong": {"release": os.uname().release, "uptime": uptime}})
+            self.send({"id": ident, "pong": {"release": os.uname().release, "uptime": uptime,
+                                             "stdin": True}})
         elif op == "run":
             self.start(ident, request)
         elif op == "kill":
@@ -107,11 +112,20 @@ class Agent:
                 _kill(command.proc)
         elif op == "input":
             command = self.by_id.get(ident)
+            data = str(request.get("data", "")).encode("utf-8", "surrogateescape")
             if command is not None and command.terminal >= 0:
-                data = str(request.get("data", "")).encode("utf-8", "surrogateescape")
                 os.set_blocking(command.terminal, True)
                 os.write(command.terminal, data)
                 os.set_blocking(command.terminal, False)
+            elif command is not None and command.proc.stdin is not None:
+                with contextlib.suppress(OSError):  # BrokenPipeError: it reads no more
+                    command.proc.stdin.write(data)
+                    command.proc.stdin.flush()
+        elif op == "close_input":
+            command = self.by_id.get(ident)
+            if command is not None and command.proc.stdin is not None:
+                with contextlib.suppress(OSError):
+                    command.proc.stdin.close()
 
     def start(self, ident: Any, request: dict[str, Any]) -> None:
         env = dict(self.base_env)
@@ -127,7 +141,8 @@ class Agent:
                                         preexec_fn=_take_terminal)  # noqa: PLW1509 - one thread
                 os.close(slave)
             else:
-                proc = subprocess.Popen(request["argv"], stdin=subprocess.DEVNULL,
+                stdin = subprocess.PIPE if request.get("stdin") else subprocess.DEVNULL
+                proc = subprocess.Popen(request["argv"], stdin=stdin,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                         env=env, cwd=request.get("cwd") or "/",
                                         start_new_session=True)
@@ -161,6 +176,9 @@ class Agent:
         if fd == command.terminal:
             os.close(fd)
         if not command.pipes:
+            if command.proc.stdin is not None:
+                with contextlib.suppress(OSError):
+                    command.proc.stdin.close()
             code = command.proc.wait()
             del self.by_id[command.ident]
             self.send({"id": command.ident, "exit": code})
@@ -231,10 +249,8 @@ def _take_terminal() -> None:
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ command (or `reboot()`) boots a fresh one.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import select
@@ -96,18 +97,39 @@ class CommandStream:
 
     def __init__(self, testbed: Testbed, argv: Sequence[str], idle_timeout: float,
                  env: Mapping[str, str] | None, cwd: str | None,
-                 on_stderr: Callable[[str], None] | None = None) -> None:
+                 on_stderr: Callable[[str], None] | None = None, stdin: bool = False) -> None:
         self._testbed = testbed
-        self._request = {"op": "run", "argv": list(argv), "env": dict(env or {}), "cwd": cwd}
+        self._request = {"op": "run", "argv": list(argv), "env": dict(env or {}), "cwd": cwd,
+                         **({"stdin": True} if stdin else {})}
         self._idle = idle_timeout
         self._on_stderr = on_stderr
+        self._channel: AgentChannel | None = None
+        self._ident = 0
         self.returncode: int | None = None
         self.stderr = ""
+
+    def send_input(self, text: str) -> None:
+        """Write `text` to the command's stdin (a stream made with stdin=True, while the
+        loop over it runs); GuestCrashed when the VM has gone."""
+        self._to_command({"op": "input", "data": text})
+
+    def close_input(self) -> None:
+        """End of file on the command's stdin."""
+        self._to_command({"op": "close_input"})
+
+    def _to_command(self, message: dict[str, Any]) -> None:
+        if self._channel is None:
+            raise RuntimeError("the command has not started (iterate over the stream first)")
+        try:
+            self._channel.send({**message, "id": self._ident})
+        except ChannelClosed:
+            self._testbed._fail(GuestCrashed, "the VM went away while the command ran")
 
     def __iter__(self) -> Iterator[str]:
         testbed = self._testbed
         channel = testbed._ensure_running()
         ident = channel.new_id()
+        self._channel, self._ident = channel, ident
         try:
             channel.send({**self._request, "id": ident})
         except ChannelClosed:
@@ -140,10 +162,8 @@ class CommandStream:
                     return
         finally:
             if not finished and testbed._vm is not None and testbed._vm.channel is channel:
-                try:
+                with contextlib.suppress(ChannelClosed):
                     channel.send({"op": "kill", "id": ident})
-                except ChannelClosed:
-                    pass
 
 
 
@@ -342,15 +362,18 @@ class Testbed:
 
     def stream(self, argv: Sequence[str], idle_timeout: float,
                env: Mapping[str, str] | None = None, cwd: str | None = None,
-               on_stderr: Callable[[str], None] | None = None) -> CommandStream:
+               on_stderr: Callable[[str], None] | None = None,
+               stdin: bool = False) -> CommandStream:
         """Iterate over `argv`'s stdout lines (without newline) as the guest prints them.
 
         GuestCrashed on a guest panic or QEMU's death, GuestHung when no output arrives
         for `idle_timeout` seconds; either way the VM is stopped. After the loop, the
         returned object's `returncode` and `stderr` are set; `on_stderr` receives stderr
-        chunks as they arrive.
+        chunks as they arrive. With `stdin`, the command reads what the stream's
+        `send_input` writes, until `close_input` (the agent of a VM booted before this
+        existed gives it end of file at once).
         """
-        return CommandStream(self, argv, idle_timeout, env, cwd, on_stderr)
+        return CommandStream(self, argv, idle_timeout, env, cwd, on_stderr, stdin)
 
     def interactive(self, argv: Sequence[str], in_fd: int = 0, out_fd: int = 1,
                     cwd: str | None = None) -> int:

@@ -10,6 +10,7 @@ purpose and is ended by `testbed down` through its state file.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import os
 import signal
@@ -212,10 +213,8 @@ class Vm:
         except ChannelClosed:
             # QEMU closes the socket as it exits: give it a moment to be seen exiting
             if self.proc is not None:
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     self.proc.wait(2.0)
-                except subprocess.TimeoutExpired:
-                    pass
             self._check_alive("QEMU exited during boot")
             raise BootFailed("the agent connection closed during boot", self.tail()) from None
 

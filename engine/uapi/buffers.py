@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import weakref
-from enum import Enum
+from enum import StrEnum
 from typing import Any, ClassVar, Self
 
 from vfio_scenario.errors import VfioError
@@ -16,7 +16,7 @@ MiB = 1 << 20
 GiB = 1 << 30
 
 
-class Backing(str, Enum):
+class Backing(StrEnum):
     ANONYMOUS = "anonymous"
     HUGETLB_2M = "hugetlb-2M"
     HUGETLB_1G = "hugetlb-1G"

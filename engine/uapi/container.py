@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 
 from vfio_scenario.errors import VfioError
-from vfio_scenario.uapi import caps, sysfs
+from vfio_scenario.uapi import capchain, sysfs
 from vfio_scenario.uapi._vfio import ffi, lib
 from vfio_scenario.uapi.ioctl import close_fd, ioctl, ioctl_val, new, open_fd
 from vfio_scenario.uapi.iommu import Iommu, Mapping
@@ -44,10 +45,8 @@ class Group:
     def close(self) -> None:
         """Leave the container and close; idempotent."""
         if self.fd >= 0:
-            try:
+            with contextlib.suppress(VfioError):
                 ioctl(self.fd, "VFIO_GROUP_UNSET_CONTAINER", None, self.path)
-            except VfioError:
-                pass
             close_fd(self.fd)
             self.fd = -1
 
@@ -124,7 +123,7 @@ class Container(Iommu):
             ioctl(self.fd, "VFIO_IOMMU_GET_INFO", info, self.handle)
         ranges: list[IovaRange] = []
         if info.flags & lib.VFIO_IOMMU_INFO_CAPS:
-            for cap_id, _version, ptr in caps.walk(info, info.cap_offset):
+            for cap_id, _version, ptr in capchain.walk(info, info.cap_offset):
                 if cap_id == lib.VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE:
                     cap = ffi.cast("struct vfio_iommu_type1_info_cap_iova_range *", ptr)
                     ranges = [IovaRange(cap.iova_ranges[i].start, cap.iova_ranges[i].end)

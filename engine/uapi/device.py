@@ -6,6 +6,7 @@ accesses and `wait_irq`.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from dataclasses import dataclass
@@ -353,10 +354,8 @@ class VfioDevice:
     def close(self) -> None:
         """Disable interrupts, unmap BARs, close DMABUFs and the device fd; idempotent."""
         for irq_set in list(self.irqs.values()):
-            try:
+            with contextlib.suppress(VfioError):
                 irq_set.disable()
-            except VfioError:
-                pass
         for mapping in self._bar_maps.values():
             mapping.close()
         self._bar_maps.clear()

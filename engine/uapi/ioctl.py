@@ -7,6 +7,7 @@ kernel's uAPI.  Every failure raises `VfioError(errno, name, handle)` so a scena
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from typing import Any
@@ -123,7 +124,5 @@ def open_fd(path: str, op: str, flags: int = os.O_RDWR | os.O_CLOEXEC) -> int:
 
 def close_fd(fd: int) -> None:
     """Close, ignoring an already-closed fd (teardown runs after failures)."""
-    try:
+    with contextlib.suppress(OSError):
         os.close(fd)
-    except OSError:
-        pass

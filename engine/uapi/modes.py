@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class IommuMode(str, Enum):
+class IommuMode(StrEnum):
     """How the process reaches the IOMMU; values are the selftests' mode names."""
 
     VFIO_TYPE1 = "vfio_type1_iommu"

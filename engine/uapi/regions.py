@@ -6,7 +6,7 @@ import errno
 from dataclasses import dataclass, field
 
 from vfio_scenario.errors import VfioError
-from vfio_scenario.uapi import caps
+from vfio_scenario.uapi import capchain
 from vfio_scenario.uapi._vfio import ffi, lib
 from vfio_scenario.uapi.ioctl import ioctl, new
 
@@ -111,7 +111,7 @@ def region_info(fd: int, index: int, handle: str) -> RegionInfo:
     rtype = None
     ids = []
     if info.flags & lib.VFIO_REGION_INFO_FLAG_CAPS:
-        for cap_id, _version, ptr in caps.walk(info, info.cap_offset):
+        for cap_id, _version, ptr in capchain.walk(info, info.cap_offset):
             ids.append(cap_id)
             if cap_id == lib.VFIO_REGION_INFO_CAP_SPARSE_MMAP:
                 cap = ffi.cast("struct vfio_region_info_cap_sparse_mmap *", ptr)

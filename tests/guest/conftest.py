@@ -6,6 +6,7 @@ testbed runs them in the VM (tests/testbed/).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import subprocess
@@ -14,8 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from vfio_scenario.drivers.base import DmaRegion, Driver
 from vfio_scenario.run import faultlog
 from vfio_scenario.uapi import sysfs
+from vfio_scenario.uapi.buffers import DmaBuffer
 from vfio_scenario.uapi.capabilities import HostCapabilities, host_capabilities
 from vfio_scenario.uapi.device import VfioDevice
 from vfio_scenario.uapi.iommu import Iommu, open_iommu
@@ -32,10 +35,8 @@ EDU_ID_REGISTER = 0x010000ED
 
 def _run_quietly(argv: list[str]) -> None:
     # A minimal guest image may lack the tool; the tests then see what the kernel has.
-    try:
+    with contextlib.suppress(OSError):
         subprocess.run(argv, check=False, capture_output=True)
-    except OSError:
-        pass
 
 
 def _mount_debugfs() -> None:
@@ -90,11 +91,16 @@ def iommu(mode: IommuMode, caps: HostCapabilities) -> Iterator[Iommu]:
     opened.close()
 
 
-@pytest.fixture
-def device(iommu: Iommu, edu_bdf: str) -> Iterator[VfioDevice]:
-    opened = VfioDevice.open(iommu, edu_bdf)
+def opened_device(iommu: Iommu, bdf: str) -> Iterator[VfioDevice]:
+    """A fixture's device: `bdf` opened through `iommu`, closed after the test."""
+    opened = VfioDevice.open(iommu, bdf)
     yield opened
     opened.close()
+
+
+@pytest.fixture
+def device(iommu: Iommu, edu_bdf: str) -> Iterator[VfioDevice]:
+    yield from opened_device(iommu, edu_bdf)
 
 
 # intel-iommu prints a fault's details under a ratelimit of 10 messages per 5 s shared
@@ -142,3 +148,48 @@ def assert_iommu_fault(log: faultlog.QemuFaultLog, bdf: str, address: int,
     assert found is not None, f"no {wanted.describe()} recorded; faults: " \
         f"{faultlog.summary(log.read())}"
     return found
+
+
+# --- a scenario driver on its testbed device ----------------------------------------------
+# A test module of a driver defines `driver_bdf` (its device, module scope) and
+# `driver_class`; these give it the device opened in each of DRIVER_MODES, the driver's
+# DMA region and a 2 MiB buffer mapped there, and the driver initialised on them.
+
+DRIVER_MODES = [IommuMode.VFIO_TYPE1V2, IommuMode.IOMMUFD]
+
+
+@pytest.fixture(params=DRIVER_MODES, ids=[m.value for m in DRIVER_MODES])
+def driver_iommu(request: pytest.FixtureRequest) -> Iterator[Iommu]:
+    opened = open_iommu(request.param)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def driver_device(driver_iommu: Iommu, driver_bdf: str) -> Iterator[VfioDevice]:
+    yield from opened_device(driver_iommu, driver_bdf)
+
+
+@pytest.fixture
+def region(driver_iommu: Iommu, driver_class: type[Driver]) -> Iterator[DmaRegion]:
+    with DmaBuffer(driver_class.region_size) as buf:
+        mapping = driver_iommu.map_buffer(buf)
+        yield DmaRegion(buf.mem, mapping.iova, buf.size)
+        mapping.unmap()
+
+
+@pytest.fixture
+def buf(driver_iommu: Iommu) -> Iterator[tuple[DmaBuffer, int]]:
+    with DmaBuffer(2 << 20) as buffer:
+        mapping = driver_iommu.map_buffer(buffer)
+        yield buffer, mapping.iova
+        mapping.unmap()
+
+
+@pytest.fixture
+def driver(driver_class: type[Driver], driver_device: VfioDevice,
+           region: DmaRegion) -> Iterator[Driver]:
+    initialised = driver_class(driver_device, region)
+    initialised.init()
+    yield initialised
+    initialised.remove()

@@ -7,14 +7,12 @@ and the same operations as `vfio-scenario run`.
 from __future__ import annotations
 
 import ctypes
-import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 from vfio_scenario.language.cases import Case
-from vfio_scenario.language.compile import compile_documents, compile_paths
-from vfio_scenario.language.loader import load_text
+from vfio_scenario.language.compile import compile_paths
 from vfio_scenario.results import Outcome
 from vfio_scenario.run.executor import execute_case
 from vfio_scenario.run.interpreter import RunOptions
@@ -24,15 +22,13 @@ from vfio_scenario.run.probe import probe_host
 from vfio_scenario.run.session import run_planned
 from vfio_scenario.uapi import sysfs
 
+from tests.helpers.scenarios import compile_text
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def cases_of(text: str) -> list[Case]:
-    doc, errors = load_text(textwrap.dedent(text), "engine-test.yaml")
-    assert errors == []
-    compiled = compile_documents([doc])
-    assert compiled.errors == []
-    return compiled.cases
+    return compile_text(text, "engine-test.yaml")
 
 
 def runnable(cases: list[Case]) -> list[tuple[Case, list[str]]]:

@@ -11,16 +11,14 @@ dropped; the emulated IOMMU records the fault in both (QEMU's fault record, read
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 from conftest import _prepare_guest, assert_iommu_fault
-from vfio_scenario.drivers.base import DmaRegion, driver_for
+from vfio_scenario.drivers.base import DmaRegion, Driver, driver_for
 from vfio_scenario.drivers.igb import (
     EIMS,
     RCTL,
     RCTL_EN,
-    REGION_SIZE,
     RX_ENTRIES,
     STATUS,
     STATUS_LU,
@@ -34,20 +32,19 @@ from vfio_scenario.run import faultlog
 from vfio_scenario.uapi import sysfs
 from vfio_scenario.uapi.buffers import DmaBuffer
 from vfio_scenario.uapi.device import VfioDevice
-from vfio_scenario.uapi.iommu import Iommu, open_iommu
+from vfio_scenario.uapi.iommu import Iommu
 from vfio_scenario.uapi.modes import IommuMode
 from vfio_scenario.uapi.patterns import Pattern
 from vfio_scenario.uapi.pci import PCI_COMMAND
 
 IGB_PF = (0x8086, 0x10C9)
-MODES = [IommuMode.VFIO_TYPE1V2, IommuMode.IOMMUFD]
 DST = 1 << 20
 GUARD = 4096  # bytes after the destination that must stay as they were
 UNMAPPED = 0x7000000
 
 
 @pytest.fixture(scope="module")
-def igb_bdf() -> str:
+def driver_bdf() -> str:
     found = sysfs.find_devices(*IGB_PF)
     if not found:
         pytest.skip("no igb PF (8086:10c9) in this VM: testbed devices lack igb")
@@ -56,42 +53,15 @@ def igb_bdf() -> str:
     return found[0]
 
 
-@pytest.fixture(params=MODES, ids=[m.value for m in MODES])
-def igb_iommu(request: pytest.FixtureRequest) -> Iterator[Iommu]:
-    opened = open_iommu(request.param)
-    yield opened
-    opened.close()
+@pytest.fixture(scope="module")
+def driver_class() -> type[Driver]:
+    return IgbDriver
 
 
 @pytest.fixture
-def igb_device(igb_iommu: Iommu, igb_bdf: str) -> Iterator[VfioDevice]:
-    opened = VfioDevice.open(igb_iommu, igb_bdf)
-    yield opened
-    opened.close()
-
-
-@pytest.fixture
-def region(igb_iommu: Iommu) -> Iterator[DmaRegion]:
-    with DmaBuffer(REGION_SIZE) as buf:
-        mapping = igb_iommu.map_buffer(buf)
-        yield DmaRegion(buf.mem, mapping.iova, buf.size)
-        mapping.unmap()
-
-
-@pytest.fixture
-def buf(igb_iommu: Iommu) -> Iterator[tuple[DmaBuffer, int]]:
-    with DmaBuffer(2 << 20) as buffer:
-        mapping = igb_iommu.map_buffer(buffer)
-        yield buffer, mapping.iova
-        mapping.unmap()
-
-
-@pytest.fixture
-def igb(igb_device: VfioDevice, region: DmaRegion) -> Iterator[IgbDriver]:
-    driver = IgbDriver(igb_device, region)
-    driver.init()
-    yield driver
-    driver.remove()
+def igb(driver: Driver) -> IgbDriver:
+    assert isinstance(driver, IgbDriver)
+    return driver
 
 
 def copy_and_check(igb: IgbDriver, buffer: DmaBuffer, iova: int, size: int,
@@ -105,14 +75,14 @@ def copy_and_check(igb: IgbDriver, buffer: DmaBuffer, iova: int, size: int,
         f"bytes after the {size}-byte destination were written"
 
 
-def test_registry_picks_igb_for_the_pf(igb_device: VfioDevice) -> None:
-    assert driver_for(igb_device) is IgbDriver
+def test_registry_picks_igb_for_the_pf(driver_device: VfioDevice) -> None:
+    assert driver_for(driver_device) is IgbDriver
 
 
-def test_init_brings_the_loopback_link_up(igb: IgbDriver, igb_device: VfioDevice) -> None:
-    assert igb_device.bar_read(0, STATUS, 4) & STATUS_LU
-    assert igb_device.bar_read(0, RCTL, 4) & RCTL_EN
-    assert igb_device.bar_read(0, TCTL, 4) & TCTL_EN
+def test_init_brings_the_loopback_link_up(igb: IgbDriver, driver_device: VfioDevice) -> None:
+    assert driver_device.bar_read(0, STATUS, 4) & STATUS_LU
+    assert driver_device.bar_read(0, RCTL, 4) & RCTL_EN
+    assert driver_device.bar_read(0, TCTL, 4) & TCTL_EN
     assert (igb.max_memcpy_size, igb.max_memcpy_count) == (1450, 511)
 
 
@@ -158,19 +128,19 @@ def test_copy_completes_without_waiting_on_a_timer(
     assert slept == []
 
 
-def test_send_msi_raises_msix_vector_0(igb: IgbDriver, igb_device: VfioDevice) -> None:
+def test_send_msi_raises_msix_vector_0(igb: IgbDriver, driver_device: VfioDevice) -> None:
     for _ in range(3):
         igb.send_msi()
-        assert igb_device.wait_irq(0, 1.0) == 1
-    assert igb_device.wait_irq(0, 0.1) == 0
+        assert driver_device.wait_irq(0, 1.0) == 1
+    assert driver_device.wait_irq(0, 0.1) == 0
 
 
-def test_copies_raise_no_msi(igb: IgbDriver, igb_device: VfioDevice,
+def test_copies_raise_no_msi(igb: IgbDriver, driver_device: VfioDevice,
                              buf: tuple[DmaBuffer, int]) -> None:
     _, iova = buf
     igb.memcpy_start(iova, iova + DST, 64, 16)
     igb.memcpy_wait()
-    assert igb_device.wait_irq(0, 0.2) == 0
+    assert driver_device.wait_irq(0, 0.2) == 0
 
 
 def test_limits_are_refused_before_touching_the_device(igb: IgbDriver) -> None:
@@ -181,9 +151,9 @@ def test_limits_are_refused_before_touching_the_device(igb: IgbDriver) -> None:
         assert info.value.errno_name == "EINVAL"
 
 
-@pytest.mark.parametrize("igb_iommu", [IommuMode.IOMMUFD], indirect=True)
+@pytest.mark.parametrize("driver_iommu", [IommuMode.IOMMUFD], indirect=True)
 def test_a_copy_from_an_unmapped_iova_completes_with_zeros(
-        igb: IgbDriver, buf: tuple[DmaBuffer, int], igb_bdf: str,
+        igb: IgbDriver, buf: tuple[DmaBuffer, int], driver_bdf: str,
         qemu_faults: faultlog.QemuFaultLog) -> None:
     """Measured on QEMU 10.0: the frame's data read faults in the IOMMU, reads as zeros,
     and the frame arrives; only the DMAR fault shows it.  The next copy is exact."""
@@ -193,45 +163,45 @@ def test_a_copy_from_an_unmapped_iova_completes_with_zeros(
     igb.memcpy_wait()
     assert buffer.check(Pattern("zero"), offset=DST, size=1450) is None
     assert buffer.check(Pattern(0x5A), offset=DST + 1450, size=GUARD) is None
-    assert_iommu_fault(qemu_faults, igb_bdf, UNMAPPED, "read")
+    assert_iommu_fault(qemu_faults, driver_bdf, UNMAPPED, "read")
     copy_and_check(igb, buffer, iova, 300, Pattern("random", seed=3), 0x3C)
 
 
-@pytest.mark.parametrize("igb_iommu", [IommuMode.IOMMUFD], indirect=True)
+@pytest.mark.parametrize("driver_iommu", [IommuMode.IOMMUFD], indirect=True)
 def test_a_copy_to_an_unmapped_iova_completes_and_writes_nothing(
-        igb: IgbDriver, igb_iommu: Iommu, buf: tuple[DmaBuffer, int], igb_bdf: str,
+        igb: IgbDriver, driver_iommu: Iommu, buf: tuple[DmaBuffer, int], driver_bdf: str,
         qemu_faults: faultlog.QemuFaultLog) -> None:
     buffer, iova = buf
     buffer.fill(Pattern("random", seed=4), size=1450)
     with DmaBuffer(4096) as old:
         old.fill(Pattern(0x5A))
-        stale = igb_iommu.map_buffer(old)
+        stale = driver_iommu.map_buffer(old)
         stale.unmap()
         igb.memcpy_start(iova, stale.iova, 1450)
         igb.memcpy_wait()
         assert old.check(Pattern(0x5A)) is None
     assert buffer.check(Pattern("random", seed=4), size=1450) is None
-    assert_iommu_fault(qemu_faults, igb_bdf, stale.iova, "write")
+    assert_iommu_fault(qemu_faults, driver_bdf, stale.iova, "write")
 
 
-def test_remove_leaves_the_device_quiet(igb_device: VfioDevice, region: DmaRegion) -> None:
-    before = igb_device.config_read(PCI_COMMAND, 2)
-    driver = IgbDriver(igb_device, region)
+def test_remove_leaves_the_device_quiet(driver_device: VfioDevice, region: DmaRegion) -> None:
+    before = driver_device.config_read(PCI_COMMAND, 2)
+    driver = IgbDriver(driver_device, region)
     driver.init()
     driver.remove()
-    assert igb_device.bar_read(0, RCTL, 4) & RCTL_EN == 0
-    assert igb_device.bar_read(0, TCTL, 4) & TCTL_EN == 0
-    assert igb_device.bar_read(0, TDLEN, 4) == 0  # rings forgotten by the reset
-    assert igb_device.bar_read(0, EIMS, 4) == 0
-    assert igb_device.bar_read(0, STATUS, 4) & STATUS_LU == 0  # link down after the reset
-    assert igb_device.config_read(PCI_COMMAND, 2) == before
+    assert driver_device.bar_read(0, RCTL, 4) & RCTL_EN == 0
+    assert driver_device.bar_read(0, TCTL, 4) & TCTL_EN == 0
+    assert driver_device.bar_read(0, TDLEN, 4) == 0  # rings forgotten by the reset
+    assert driver_device.bar_read(0, EIMS, 4) == 0
+    assert driver_device.bar_read(0, STATUS, 4) & STATUS_LU == 0  # link down after the reset
+    assert driver_device.config_read(PCI_COMMAND, 2) == before
 
 
-def test_init_and_remove_ten_times(igb_device: VfioDevice, region: DmaRegion,
+def test_init_and_remove_ten_times(driver_device: VfioDevice, region: DmaRegion,
                                    buf: tuple[DmaBuffer, int]) -> None:
     buffer, iova = buf
     for n in range(10):
-        driver = IgbDriver(igb_device, region)
+        driver = IgbDriver(driver_device, region)
         driver.init()
         try:
             copy_and_check(driver, buffer, iova, 33 + n, Pattern("random", seed=n), 0x77)

@@ -9,18 +9,17 @@ naming the splat; the next case passes; a case that declares the splat passes.
 from __future__ import annotations
 
 import subprocess
-import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 from vfio_scenario.language.cases import Case
-from vfio_scenario.language.compile import compile_documents
-from vfio_scenario.language.loader import load_text
 from vfio_scenario.run.interpreter import RunOptions
 from vfio_scenario.run.plan import plan
 from vfio_scenario.run.probe import probe_host
 from vfio_scenario.run.session import run_planned
+
+from tests.helpers.scenarios import compile_text
 
 DIRECT = Path("/sys/kernel/debug/provoke-crash/DIRECT")
 
@@ -49,11 +48,7 @@ SCENARIOS = """
 
 
 def cases_of(text: str) -> list[Case]:
-    doc, errors = load_text(textwrap.dedent(text), "watch-test.yaml")
-    assert errors == []
-    compiled = compile_documents([doc])
-    assert compiled.errors == []
-    return compiled.cases
+    return compile_text(text, "watch-test.yaml")
 
 
 def run_provoking(cases: list[Case], provoke: set[str],

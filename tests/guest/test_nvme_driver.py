@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import errno
 import time
-from collections.abc import Iterator
 
 import pytest
-from vfio_scenario.drivers.base import DmaRegion, driver_for
+from vfio_scenario.drivers.base import DmaRegion, Driver, driver_for
 from vfio_scenario.drivers.nvme import (
     FID_ARBITRATION,
     OPC_GET_FEATURES,
@@ -21,7 +20,6 @@ from vfio_scenario.drivers.nvme import (
     OPC_READ,
     PSDT_SGL,
     REG_CC,
-    REGION_SIZE,
     SC_DATA_TRANSFER_ERROR,
     SGL_LAST_SEGMENT,
     Completion,
@@ -33,7 +31,6 @@ from vfio_scenario.run import faultlog
 from vfio_scenario.uapi import sysfs
 from vfio_scenario.uapi.buffers import DmaBuffer
 from vfio_scenario.uapi.device import VfioDevice
-from vfio_scenario.uapi.iommu import Iommu, open_iommu
 from vfio_scenario.uapi.modes import IommuMode
 from vfio_scenario.uapi.patterns import Pattern
 from vfio_scenario.uapi.pci import PCI_COMMAND
@@ -42,11 +39,10 @@ from tests.guest.conftest import assert_iommu_fault
 
 UNMAPPED = 0x7000000
 DST = 1 << 20
-MODES = [IommuMode.VFIO_TYPE1V2, IommuMode.IOMMUFD]
 
 
 @pytest.fixture(scope="module")
-def nvme_bdf() -> str:
+def driver_bdf() -> str:
     found = sysfs.find_devices(0x1B36, 0x0010)
     if not found:
         pytest.skip("no QEMU NVMe controller (1b36:0010) in this VM: testbed devices lack nvme")
@@ -54,67 +50,40 @@ def nvme_bdf() -> str:
     return found[0]
 
 
-@pytest.fixture(params=MODES, ids=[m.value for m in MODES])
-def nvme_iommu(request: pytest.FixtureRequest) -> Iterator[Iommu]:
-    opened = open_iommu(request.param)
-    yield opened
-    opened.close()
+@pytest.fixture(scope="module")
+def driver_class() -> type[Driver]:
+    return NvmeDriver
 
 
 @pytest.fixture
-def nvme_device(nvme_iommu: Iommu, nvme_bdf: str) -> Iterator[VfioDevice]:
-    opened = VfioDevice.open(nvme_iommu, nvme_bdf)
-    yield opened
-    opened.close()
+def nvme(driver: Driver) -> NvmeDriver:
+    assert isinstance(driver, NvmeDriver)
+    return driver
 
 
-@pytest.fixture
-def region(nvme_iommu: Iommu) -> Iterator[DmaRegion]:
-    with DmaBuffer(REGION_SIZE) as buf:
-        mapping = nvme_iommu.map_buffer(buf)
-        yield DmaRegion(buf.mem, mapping.iova, buf.size)
-        mapping.unmap()
-
-
-@pytest.fixture
-def buf(nvme_iommu: Iommu) -> Iterator[tuple[DmaBuffer, int]]:
-    with DmaBuffer(2 << 20) as buffer:
-        mapping = nvme_iommu.map_buffer(buffer)
-        yield buffer, mapping.iova
-        mapping.unmap()
-
-
-@pytest.fixture
-def nvme(nvme_device: VfioDevice, region: DmaRegion) -> Iterator[NvmeDriver]:
-    driver = NvmeDriver(nvme_device, region)
-    driver.init()
-    yield driver
-    driver.remove()
-
-
-def test_registry_picks_nvme_by_class_code(nvme_device: VfioDevice) -> None:
-    assert driver_for(nvme_device) is NvmeDriver
+def test_registry_picks_nvme_by_class_code(driver_device: VfioDevice) -> None:
+    assert driver_for(driver_device) is NvmeDriver
 
 
 def test_init_identifies_the_emulated_controller(nvme: NvmeDriver,
-                                                 nvme_device: VfioDevice) -> None:
+                                                 driver_device: VfioDevice) -> None:
     assert nvme.model == "QEMU NVMe Ctrl"
     assert nvme.serial.startswith("vfio")
     assert (nvme.block_size, nvme.mdts_bytes, nvme.sgl) == (512, 512 << 10, True)
     assert (nvme.max_memcpy_size, nvme.max_memcpy_count) == (512 << 10, 1)
-    assert nvme_device.bar_read(0, 0x08, 4) == 0x00010400  # VS: NVMe 1.4
-    assert nvme_device.bar_read(0, REG_CC, 4) & 1
+    assert driver_device.bar_read(0, 0x08, 4) == 0x00010400  # VS: NVMe 1.4
+    assert driver_device.bar_read(0, REG_CC, 4) & 1
 
 
 def test_remove_leaves_the_controller_disabled_and_the_command_register_as_found(
-        nvme_device: VfioDevice, region: DmaRegion) -> None:
-    before = nvme_device.config_read(PCI_COMMAND, 2)
-    driver = NvmeDriver(nvme_device, region)
+        driver_device: VfioDevice, region: DmaRegion) -> None:
+    before = driver_device.config_read(PCI_COMMAND, 2)
+    driver = NvmeDriver(driver_device, region)
     driver.init()
     driver.remove()
-    assert nvme_device.bar_read(0, REG_CC, 4) & 1 == 0
-    assert nvme_device.bar_read(0, 0x1C, 4) & 1 == 0  # CSTS.RDY
-    assert nvme_device.config_read(PCI_COMMAND, 2) == before
+    assert driver_device.bar_read(0, REG_CC, 4) & 1 == 0
+    assert driver_device.bar_read(0, 0x1C, 4) & 1 == 0  # CSTS.RDY
+    assert driver_device.config_read(PCI_COMMAND, 2) == before
 
 
 @pytest.mark.parametrize("size", [8, 511, 512, 4096])
@@ -139,10 +108,10 @@ def test_memcpy_of_the_maximum_size(nvme: NvmeDriver, buf: tuple[DmaBuffer, int]
 
 
 def test_send_msi_is_received_on_the_eventfd(nvme: NvmeDriver,
-                                             nvme_device: VfioDevice) -> None:
+                                             driver_device: VfioDevice) -> None:
     for _ in range(3):
         nvme.send_msi()
-        assert nvme_device.wait_irq(0, 1.0) == 1
+        assert driver_device.wait_irq(0, 1.0) == 1
 
 
 STORM_SIZES = [8, 511, 512, 513, 4096, 4097, 12345, 65536, 131072 + 3, 512 << 10]
@@ -201,22 +170,22 @@ def test_admin_commands_wrap_the_admin_queue(nvme: NvmeDriver,
     assert len(taken) == 3 * nvme.admin.entries and nvme.admin.outstanding == set()
 
 
-@pytest.mark.parametrize("nvme_iommu", [IommuMode.IOMMUFD], indirect=True)
+@pytest.mark.parametrize("driver_iommu", [IommuMode.IOMMUFD], indirect=True)
 def test_data_from_an_unmapped_iova_faults_in_the_iommu_and_qemu_reports_success(
-        nvme: NvmeDriver, buf: tuple[DmaBuffer, int], nvme_bdf: str,
+        nvme: NvmeDriver, buf: tuple[DmaBuffer, int], driver_bdf: str,
         qemu_faults: faultlog.QemuFaultLog) -> None:
     buffer, iova = buf
     buffer.fill(Pattern(0x5A), offset=DST, size=4096)
     nvme.memcpy_start(UNMAPPED, iova + DST, 4096)
     nvme.memcpy_wait()
     assert buffer.check(Pattern("zero"), offset=DST, size=4096) is None
-    assert_iommu_fault(qemu_faults, nvme_bdf, UNMAPPED, "read")
+    assert_iommu_fault(qemu_faults, driver_bdf, UNMAPPED, "read")
 
 
-@pytest.mark.parametrize("nvme_iommu", [IommuMode.IOMMUFD], indirect=True)
+@pytest.mark.parametrize("driver_iommu", [IommuMode.IOMMUFD], indirect=True)
 @pytest.mark.parametrize("pointer", ["prp-list", "sgl-segment"])
 def test_a_descriptor_list_at_an_unmapped_iova_is_a_data_transfer_error(
-        nvme: NvmeDriver, buf: tuple[DmaBuffer, int], nvme_bdf: str,
+        nvme: NvmeDriver, buf: tuple[DmaBuffer, int], driver_bdf: str,
         qemu_faults: faultlog.QemuFaultLog, pointer: str) -> None:
     _, iova = buf
     assert nvme.io is not None
@@ -227,24 +196,24 @@ def test_a_descriptor_list_at_an_unmapped_iova_is_a_data_transfer_error(
     cid = nvme.io.submit(OPC_READ, 1, dptr, (0, 0, 16384 // 512 - 1), flags)
     done = nvme.wait_for(nvme.io, cid, "test", time.monotonic() + 5.0)
     assert (done.sct, done.sc) == (0, SC_DATA_TRANSFER_ERROR)
-    assert_iommu_fault(qemu_faults, nvme_bdf, UNMAPPED, "read")
+    assert_iommu_fault(qemu_faults, driver_bdf, UNMAPPED, "read")
 
 
-@pytest.mark.parametrize("nvme_iommu", [IommuMode.IOMMUFD], indirect=True)
-def test_identify_into_an_unmapped_iova(nvme: NvmeDriver, nvme_bdf: str,
+@pytest.mark.parametrize("driver_iommu", [IommuMode.IOMMUFD], indirect=True)
+def test_identify_into_an_unmapped_iova(nvme: NvmeDriver, driver_bdf: str,
                                        qemu_faults: faultlog.QemuFaultLog) -> None:
     assert nvme.admin is not None
     cid = nvme.admin.submit(OPC_IDENTIFY, 0, (UNMAPPED, 0), (1,))
     done = nvme.wait_for(nvme.admin, cid, "test", time.monotonic() + 5.0)
     assert (done.sct, done.sc, done.ok) == (0, 0, True)
-    assert_iommu_fault(qemu_faults, nvme_bdf, UNMAPPED, "write")
+    assert_iommu_fault(qemu_faults, driver_bdf, UNMAPPED, "write")
 
 
 def test_reset_mid_command_is_reported_and_init_recovers(
-        nvme: NvmeDriver, nvme_device: VfioDevice, buf: tuple[DmaBuffer, int]) -> None:
+        nvme: NvmeDriver, driver_device: VfioDevice, buf: tuple[DmaBuffer, int]) -> None:
     buffer, iova = buf
     nvme.memcpy_start(iova, iova + DST, nvme.max_memcpy_size)
-    nvme_device.reset()
+    driver_device.reset()
     with pytest.raises(VfioError) as e:
         nvme.memcpy_wait()
     assert e.value.errno == errno.EIO and "CSTS 0x0" in str(e.value)

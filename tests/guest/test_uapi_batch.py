@@ -14,8 +14,6 @@ import textwrap
 import pytest
 from vfio_scenario.drivers.edu import EduDriver
 from vfio_scenario.errors import VfioError
-from vfio_scenario.language.compile import compile_documents
-from vfio_scenario.language.loader import load_text
 from vfio_scenario.results import Outcome
 from vfio_scenario.run.interpreter import run_case
 from vfio_scenario.run.ops import operations
@@ -24,6 +22,8 @@ from vfio_scenario.uapi.buffers import DmaBuffer
 from vfio_scenario.uapi.device import VfioDevice
 from vfio_scenario.uapi.iommu import Iommu
 from vfio_scenario.uapi.modes import IommuMode
+
+from tests.helpers.scenarios import compile_text
 
 PAGE = 4096
 N = 512
@@ -155,11 +155,7 @@ def test_a_repeated_map_step_runs_in_the_engine(mode: IommuMode, edu_bdf: str) -
             repeat: 3
             expect: [ok, EEXIST]
         """)
-    doc, errors = load_text(text, "guest/storm.yaml")
-    assert errors == []
-    compiled = compile_documents([doc])
-    assert compiled.errors == []
-    (case,) = compiled.cases
+    (case,) = compile_text(text, "guest/storm.yaml")
     result = run_case(case, [edu_bdf], operations())
     if result.outcome is Outcome.SKIP:
         pytest.skip(result.message)

@@ -9,6 +9,7 @@ import sys
 import tarfile
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,7 @@ def _cache() -> Path:
 
 def _from_testbed() -> Path | None:
     try:
-        from vfio_scenario.testbed.assets import linux_source_dir  # type: ignore[import-not-found]
+        from vfio_scenario.testbed.assets import linux_source_dir
     except ImportError:
         return None
     try:
@@ -59,7 +60,7 @@ def kunit_parser() -> ModuleType:
     return importlib.import_module("kunit_parser")
 
 
-def parse_ktap(text: str) -> object:
+def parse_ktap(text: str) -> Any:
     """kunit_tool's parse of `text`: its main Test object (printing silenced)."""
     parser = kunit_parser()
     printer_mod = importlib.import_module("kunit_printer")

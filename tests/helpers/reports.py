@@ -10,6 +10,7 @@ import functools
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import xmlschema
 from vfio_scenario.results import CaseResult, Outcome, RunResult, StepResult
@@ -22,9 +23,11 @@ def junit_schema() -> xmlschema.XMLSchema:
     return xmlschema.XMLSchema(str(JUNIT_XSD))
 
 
-def assert_valid_junit(source: str | os.PathLike[str]) -> ET.Element:
+def assert_valid_junit(source: str | os.PathLike[str]) -> Any:
     """Fail unless `source` (a path, or the XML text itself) is well-formed and valid
-    against tests/data/junit.xsd; returns the parsed root for further checks."""
+    against tests/data/junit.xsd; returns the parsed root for further checks (an
+    ElementTree element, typed Any: a test walks it with find() and get() as if each
+    part were there, and a missing one fails it as an AttributeError on None)."""
     text = source if isinstance(source, str) and source.lstrip().startswith("<") \
         else Path(source).read_text(encoding="utf-8")
     root = ET.fromstring(text.encode("utf-8"))  # well-formed (raises ParseError otherwise)

@@ -95,7 +95,8 @@ def regenerate(report: dict[str, Any], kernel: str, compiled_ids: list[str],
     """`pinned` with `kernel`'s skips taken from a JSON report, and the case counts."""
     skips = {c["case_id"]: reason_prefix(c.get("message", ""))
              for c in report["cases"] if c["outcome"] == "skip"}
-    out = {"skips": {k: dict((pinned.get("skips") or {}).get(k) or {}) for k in KERNELS},
+    out: dict[str, Any] = {
+        "skips": {k: dict((pinned.get("skips") or {}).get(k) or {}) for k in KERNELS},
            "case_counts": case_counts(compiled_ids)}
     out["skips"][kernel] = dict(sorted(skips.items()))
     return out

@@ -26,6 +26,7 @@ completes with that status), `command_stuck` (CMDSTS stays active).
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -156,47 +157,60 @@ class DsaModel(ModelDevice):
         self.cmd_result = self._execute_command(cmd, operand)
 
     def _execute_command(self, cmd: int, operand: int) -> int:
-        if cmd == RESET_DEVICE:
-            self.enabled = False
-            self.wq_enabled = [False] * self.num_wqs
-            self.grpcfg[:] = bytes(len(self.grpcfg))
-            self.wqcfg[:] = bytes(len(self.wqcfg))
-            self.queue.clear()
-            self.swerr = [0, 0, 0, 0]
-            return 0
-        if cmd == ENABLE_DEVICE:
-            if self.enabled:
-                return ERR_DEV_ENABLED
-            if not self.command & 0x4:
-                return ERR_BUSMASTER_EN
-            wqs, engines = struct.unpack_from("<Q24xQ", self.grpcfg, 0)
-            if not wqs & 1 or not engines:
-                return ERR_GRP_CONFIG
-            self.enabled = True
-            return 0
-        if cmd == DISABLE_DEVICE:
-            self.enabled = False
-            self.wq_enabled = [False] * self.num_wqs
-            return 0
-        if cmd == ENABLE_WQ:
-            if operand >= self.num_wqs:
-                return ERR_INVAL_WQIDX
-            if not self.enabled:
-                return ERR_DEV_NOTEN
-            if self.wq_enabled[operand]:
-                return ERR_WQ_ENABLED
-            if not self._wq(operand)[0]:
-                return ERR_WQ_SIZE
-            self.wq_enabled[operand] = True
-            return 0
-        if cmd == ABORT_WQ:
-            if operand >> 16 or not operand & 1:
-                return ERR_INVAL_WQIDX  # the model has one queue in use: WQ 0, mask index 0
-            self.queue.clear()  # dropped: no completion records
-            self.aborts += 1
-            return 0
-        raise UndefinedCommand(f"dsa model: command {cmd} operand 0x{operand:x} (modelled: "
-                               "ENABLE_DEVICE, DISABLE_DEVICE, RESET_DEVICE, ENABLE_WQ, ABORT_WQ)")
+        handlers: dict[int, Callable[[int], int]] = {
+            RESET_DEVICE: self._reset_device, ENABLE_DEVICE: self._enable_device,
+            DISABLE_DEVICE: self._disable_device, ENABLE_WQ: self._enable_wq,
+            ABORT_WQ: self._abort_wq}
+        handler = handlers.get(cmd)
+        if handler is None:
+            raise UndefinedCommand(f"dsa model: command {cmd} operand 0x{operand:x} "
+                                   "(modelled: ENABLE_DEVICE, DISABLE_DEVICE, RESET_DEVICE, "
+                                   "ENABLE_WQ, ABORT_WQ)")
+        return handler(operand)
+
+    def _reset_device(self, operand: int) -> int:
+        self.enabled = False
+        self.wq_enabled = [False] * self.num_wqs
+        self.grpcfg[:] = bytes(len(self.grpcfg))
+        self.wqcfg[:] = bytes(len(self.wqcfg))
+        self.queue.clear()
+        self.swerr = [0, 0, 0, 0]
+        return 0
+
+    def _enable_device(self, operand: int) -> int:
+        if self.enabled:
+            return ERR_DEV_ENABLED
+        if not self.command & 0x4:
+            return ERR_BUSMASTER_EN
+        wqs, engines = struct.unpack_from("<Q24xQ", self.grpcfg, 0)
+        if not wqs & 1 or not engines:
+            return ERR_GRP_CONFIG
+        self.enabled = True
+        return 0
+
+    def _disable_device(self, operand: int) -> int:
+        self.enabled = False
+        self.wq_enabled = [False] * self.num_wqs
+        return 0
+
+    def _enable_wq(self, operand: int) -> int:
+        if operand >= self.num_wqs:
+            return ERR_INVAL_WQIDX
+        if not self.enabled:
+            return ERR_DEV_NOTEN
+        if self.wq_enabled[operand]:
+            return ERR_WQ_ENABLED
+        if not self._wq(operand)[0]:
+            return ERR_WQ_SIZE
+        self.wq_enabled[operand] = True
+        return 0
+
+    def _abort_wq(self, operand: int) -> int:
+        if operand >> 16 or not operand & 1:
+            return ERR_INVAL_WQIDX  # the model has one queue in use: WQ 0, mask index 0
+        self.queue.clear()  # dropped: no completion records
+        self.aborts += 1
+        return 0
 
     def _cmdsts(self) -> int:
         self._tick()
@@ -282,10 +296,9 @@ class DsaModel(ModelDevice):
             data = self.iommu.read(desc.src, desc.size)
         except IommuFault:
             return HW_ERR1, desc.src
-        try:
+        # posted write: a fault drops it in the IOMMU, the device is not told
+        with contextlib.suppress(IommuFault):
             self.iommu.write(desc.dst, data)
-        except IommuFault:
-            pass  # posted write: dropped by the IOMMU, not reported to the device
         self.copies += 1
         return SUCCESS, 0
 

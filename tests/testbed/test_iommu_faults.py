@@ -21,19 +21,30 @@ from vfio_scenario.run.testbed_run import run_in_testbed
 MODES = ("vfio_type1_iommu", "vfio_type1v2_iommu", "iommufd_compat_type1",
          "iommufd_compat_type1v2", "iommufd")
 
-SCENARIOS = """\
-- name: faults-back-to-back
-  requires: {driver: edu}
-  vars: {iova: 0x100000, unmapped: 0x7000000, elsewhere: 0x9000000}
+def edu_scenario(name: str, requires: str, variables: str, copies: str) -> str:
+    """A scenario that maps a 2 MiB buffer at `iova` for edu and then runs `copies`."""
+    return f"""\
+- name: {name}
+  requires: {requires}
+  vars: {variables}
   steps:
-    - open_iommu: {}
+    - open_iommu: {{}}
       as: iommu
-    - open_device: {iommu: iommu}
+    - open_device: {{iommu: iommu}}
       as: dev
-    - alloc_buffer: {size: 2MiB}
+    - alloc_buffer: {{size: 2MiB}}
       as: buf
-    - map_dma: {iommu: iommu, buffer: buf, iova: "{{ iova }}"}
-    - driver_init: {device: dev}
+    - map_dma: {{iommu: iommu, buffer: buf, iova: "{{{{ iova }}}}"}}
+    - driver_init: {{device: dev}}
+{copies}\
+  teardown:
+    - driver_remove: {{device: dev}}
+"""
+
+
+SCENARIOS = "\n".join([
+    edu_scenario("faults-back-to-back", "{driver: edu}",
+                 "{iova: 0x100000, unmapped: 0x7000000, elsewhere: 0x9000000}", """\
     - memcpy_start: {device: dev, src: "{{ unmapped }}", dst: "{{ iova }}", size: 4KiB}
     - memcpy_wait: {device: dev}
     - expect_iommu_fault: {device: dev, address: "{{ unmapped }}", access: read}
@@ -41,47 +52,22 @@ SCENARIOS = """\
     - memcpy_wait: {device: dev}
     - expect_iommu_fault: {device: dev, address: "{{ elsewhere }}", access: write}
     - expect_no_iommu_fault: {device: dev, address: "{{ iova }}"}
-  teardown:
-    - driver_remove: {device: dev}
-
-# right after the faulting cases: a case sees only its own faults
-- name: clean-copy-after-faults
-  requires: {driver: edu, iommu_modes: [iommufd]}
-  vars: {iova: 0x100000}
-  steps:
-    - open_iommu: {}
-      as: iommu
-    - open_device: {iommu: iommu}
-      as: dev
-    - alloc_buffer: {size: 2MiB}
-      as: buf
-    - map_dma: {iommu: iommu, buffer: buf, iova: "{{ iova }}"}
-    - driver_init: {device: dev}
+"""),
+    # right after the faulting cases: a case sees only its own faults
+    edu_scenario("clean-copy-after-faults", "{driver: edu, iommu_modes: [iommufd]}",
+                 "{iova: 0x100000}", """\
     - memcpy_start: {device: dev, src: "{{ iova }}", dst: "{{ iova + 0x1000 }}", size: 4KiB}
     - memcpy_wait: {device: dev}
     - expect_no_iommu_fault: {device: dev}
-  teardown:
-    - driver_remove: {device: dev}
-
-# the check can fail: a fault at an address the copy never touched is not there
-- name: fault-expected-where-none-was
-  requires: {driver: edu, iommu_modes: [iommufd]}
-  vars: {iova: 0x100000, unmapped: 0x7000000}
-  steps:
-    - open_iommu: {}
-      as: iommu
-    - open_device: {iommu: iommu}
-      as: dev
-    - alloc_buffer: {size: 2MiB}
-      as: buf
-    - map_dma: {iommu: iommu, buffer: buf, iova: "{{ iova }}"}
-    - driver_init: {device: dev}
+"""),
+    # the check can fail: a fault at an address the copy never touched is not there
+    edu_scenario("fault-expected-where-none-was", "{driver: edu, iommu_modes: [iommufd]}",
+                 "{iova: 0x100000, unmapped: 0x7000000}", """\
     - memcpy_start: {device: dev, src: "{{ unmapped }}", dst: "{{ iova }}", size: 4KiB}
     - memcpy_wait: {device: dev}
     - expect_iommu_fault: {device: dev, address: "{{ unmapped }}", access: write, within: 0.2}
-  teardown:
-    - driver_remove: {device: dev}
-"""
+"""),
+])
 
 
 def run_scenarios(testbed: Any, folder: Path) -> dict[str, CaseResult]:
@@ -97,8 +83,8 @@ def run_scenarios(testbed: Any, folder: Path) -> dict[str, CaseResult]:
             result = CaseResult.from_dict(event["result"])
             results[result.scenario + "/" + result.params.get("iommu_mode", "")] = result
 
-    run_in_testbed(testbed, compiled.cases, [str(path)], on_event, devices=[], iommu_modes=[],
-                   timeout_multiplier=1.0, fail_fast=False)
+    run_in_testbed(testbed, compiled.cases, compiled.documents, on_event, devices=[],
+                   iommu_modes=[], timeout_multiplier=1.0, fail_fast=False)
     return results
 
 

@@ -86,7 +86,7 @@ def _run(testbed: Any, tmp_path: Path, text: str,
         elif kind == "warning":
             warnings.append(event["message"])
 
-    run_in_testbed(testbed, compiled.cases, [str(scenario)], on_event, devices=[],
+    run_in_testbed(testbed, compiled.cases, compiled.documents, on_event, devices=[],
                    iommu_modes=[], timeout_multiplier=MULTIPLIER, fail_fast=False)
     return results, warnings
 

@@ -58,7 +58,7 @@ def run_provoking(testbed: Any, tmp_path: Path, text: str,
         elif event.get("event") == "result":
             results.append(CaseResult.from_dict(event["result"]))
 
-    run_in_testbed(testbed, compiled.cases, [str(scenario)], on_event, devices=[],
+    run_in_testbed(testbed, compiled.cases, compiled.documents, on_event, devices=[],
                    iommu_modes=[], timeout_multiplier=1.0, fail_fast=False)
     return results
 

@@ -1,8 +1,9 @@
 """The scenario library run for real in the testbed, and `vfio-scenario run` end to end.
 
 The library runs in the session's VM through the same host orchestration as the
-`run` command (guest engine streaming events, report sink); the CLI test boots a VM
-of its own, as a user's first `vfio-scenario run` does.
+`run` command (guest engine streaming events, report sink), as `--jobs auto` runs it
+(one VM per core: the session's and VMs of its own); the CLI test boots a VM of its
+own, as a user's first `vfio-scenario run` does.
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ from vfio_scenario.drivers.base import registered_drivers
 from vfio_scenario.language.compile import compile_paths
 from vfio_scenario.report.sink import ReportSink
 from vfio_scenario.results import CaseResult, Outcome
+from vfio_scenario.run.parallel import (
+    boot_testbeds,
+    mem_available_mib,
+    run_in_testbeds,
+    vm_memory_mib,
+)
 from vfio_scenario.run.testbed_run import run_in_testbed
+from vfio_scenario.testbed import Testbed
 
 from tests.helpers import skips
 from tests.helpers.reports import assert_valid_junit
@@ -27,11 +35,32 @@ from tests.helpers.reports import assert_valid_junit
 REPO = Path(__file__).resolve().parents[2]
 
 
+def run_library(testbed: Any, cases: list[Any], documents: list[Any], on_event: Any) -> None:
+    """The library as `run --jobs auto` runs it: in the session's VM and, on a host with
+    more cores, VMs of its own beside it (tests/testbed/test_jobs.py: the same results)."""
+    jobs = len(os.sched_getaffinity(0))
+    options: dict[str, Any] = {"devices": [], "iommu_modes": [], "timeout_multiplier": 1.0,
+                               "fail_fast": False}
+    if jobs == 1:
+        run_in_testbed(testbed, cases, documents, on_event, **options)
+        return
+    memory = f"{vm_memory_mib(jobs, mem_available_mib())}M"
+    extra, release = boot_testbeds(lambda: Testbed(kernel=testbed.kernel_spec, memory=memory),
+                                   jobs - 1)
+    try:
+        run_in_testbeds([testbed, *extra], cases, documents, on_event, **options)
+    finally:
+        for bed in extra:
+            bed.stop()
+        release()
+
+
 @pytest.mark.testbed
 def test_library_passes_or_skips_with_reasons_and_junit_is_valid(
         testbed: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
-    cases = compile_paths(["scenarios"]).cases
+    compiled = compile_paths(["scenarios"])
+    cases = compiled.cases
     junit = tmp_path / "junit.xml"
     with open(os.devnull, "w") as quiet:
         sink = ReportSink(junit_xml=str(junit), json_path=str(tmp_path / "run.json"),
@@ -45,9 +74,9 @@ def test_library_passes_or_skips_with_reasons_and_junit_is_valid(
                 sink.add(CaseResult.from_dict(event["result"]))
             elif event["event"] == "plan":
                 planned.extend(event["ids"])
+                sink.replan(event["ids"])
 
-        run_in_testbed(testbed, cases, ["scenarios"], on_event, devices=[], iommu_modes=[],
-                       timeout_multiplier=1.0, fail_fast=False)
+        run_library(testbed, cases, compiled.documents, on_event)
         sink.close()
     results = sink.run.cases
     # compiled for the guest's devices: the `driver` axis holds the drivers they have
@@ -66,7 +95,7 @@ def test_library_passes_or_skips_with_reasons_and_junit_is_valid(
                                kernel, planned)
         assert problems == [], "\n".join(problems)
     passed = {c.case_id for c in results if c.outcome is Outcome.PASS}
-    # the DESIGN example and the IOMMU fault checks run in every mode of the default kernel
+    # the README's example and the IOMMU fault checks run in every mode of the default kernel
     drivers = ["edu", "nvme"] + (["igb"] if "igb" in registered_drivers() else [])
     for mode in ("vfio_type1_iommu", "vfio_type1v2_iommu", "iommufd_compat_type1",
                  "iommufd_compat_type1v2", "iommufd"):

@@ -130,7 +130,7 @@ def test_a_guest_panic_during_a_case_is_that_cases_error_and_the_run_goes_on(
         elif event.get("event") == "warning":
             warnings.append(event["message"])
 
-    run_in_testbed(testbed, compiled.cases, [str(scenario)], on_event, devices=[],
+    run_in_testbed(testbed, compiled.cases, compiled.documents, on_event, devices=[],
                    iommu_modes=[], timeout_multiplier=1.0, fail_fast=False)
     assert [(r["scenario"], r["outcome"]) for r in results] == [("sleeper", "error"),
                                                                 ("after", "pass")]

@@ -20,7 +20,7 @@ from vfio_scenario.report.jsonout import json_document
 from vfio_scenario.report.ktap import ktap_document
 from vfio_scenario.report.sink import ReportSink
 from vfio_scenario.results import CaseResult, Outcome, RunResult
-from vfio_scenario.run.host import select
+from vfio_scenario.run.dispatch import select
 
 from tests.helpers.kunit import parse_ktap
 

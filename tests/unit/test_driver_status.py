@@ -1,13 +1,21 @@
-"""Driver registration (entry points), matching, and the real-run status record."""
+"""Driver registration (entry points), matching, and how far each driver is proven."""
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
 import pytest
-from vfio_scenario.drivers import status
-from vfio_scenario.drivers.base import Feature, driver_for, registered_drivers
+from vfio_scenario.drivers.base import (
+    REAL_RUNS,
+    Feature,
+    RealRun,
+    Status,
+    driver_for,
+    real_runs,
+    registered_drivers,
+)
 from vfio_scenario.drivers.dsa import DsaDriver
 from vfio_scenario.drivers.ioat import IoatDriver
 from vfio_scenario.drivers.nv_falcon import NvFalconDriver
@@ -16,6 +24,9 @@ from tests.models.dsa import DsaModel
 from tests.models.falcon import FalconGpuModel
 from tests.models.ioat import IoatModel
 from tests.models.pci import ModelDevice
+
+TESTS = Path(__file__).resolve().parents[1]
+ROOT = TESTS.parent
 
 
 def test_entry_points_register_the_three_drivers() -> None:
@@ -48,45 +59,78 @@ def test_probes_of_these_drivers_leave_a_foreign_device_alone() -> None:
 def test_status_without_a_recorded_run(tmp_path: Path) -> None:
     record = tmp_path / "real-runs.json"
     record.write_text("[]\n")
-    assert [status.driver_status(n, record) for n in ("ioat", "dsa", "nv_falcon")] == \
-        ["model-tested"] * 3
-    assert status.driver_status("edu", record) == "testbed"
-    assert status.driver_status("someone-elses", record) == "untested"
+    assert {name: cls.proven(record).value for name, cls in registered_drivers().items()} == {
+        "dsa": "model-tested", "edu": "testbed", "igb": "testbed", "ioat": "model-tested",
+        "nv_falcon": "model-tested", "nvme": "testbed"}
 
 
-def test_recording_a_real_run_makes_the_driver_real_device(tmp_path: Path) -> None:
+def test_a_driver_that_declares_nothing_is_untested() -> None:
+    from vfio_scenario.drivers.base import Driver
+
+    class Unknown(Driver):
+        name = "unknown"
+
+    assert Unknown.proven() is Status.UNTESTED
+
+
+def test_a_recorded_real_run_makes_the_driver_real_device(tmp_path: Path) -> None:
     record = tmp_path / "real-runs.json"
-    run = status.record_real_run("dsa", "8086:0b25 0000:6a:01.0", "7.2.0", "2026-11-23",
-                                 path=record)
-    assert status.driver_status("dsa", record) == "real-device"
-    assert status.driver_status("ioat", record) == "model-tested"
-    assert json.loads(record.read_text()) == [
-        {"driver": "dsa", "device": "8086:0b25 0000:6a:01.0", "kernel": "7.2.0",
-         "date": "2026-11-23"}]
-    assert status.real_runs(record) == [run]
-
-
-def test_command_line_records_and_shows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(status, "REAL_RUNS", tmp_path / "real-runs.json")
-    assert status.main(["record", "nv_falcon", "10de:1eb8 0000:3b:00.0", "7.2.0",
-                        "--date", "2026-11-24"]) == 0
-    assert status.main(["show", "nv_falcon", "ioat"]) == 0
-    assert capsys.readouterr().out.splitlines() == [
-        "recorded nv_falcon on 10de:1eb8 0000:3b:00.0, kernel 7.2.0, 2026-11-24",
-        "nv_falcon: real-device", "ioat: model-tested"]
+    entry = {"driver": "dsa", "device": "8086:0b25 0000:6a:01.0", "kernel": "7.2.0",
+             "date": "2026-11-23"}
+    record.write_text(json.dumps([entry]))
+    assert DsaDriver.proven(record) is Status.REAL_DEVICE
+    assert IoatDriver.proven(record) is Status.MODEL_TESTED
+    assert real_runs(record) == [RealRun(**entry)]
 
 
 def test_malformed_record_names_the_file(tmp_path: Path) -> None:
     record = tmp_path / "real-runs.json"
     record.write_text('{"driver": "ioat"}')
-    with pytest.raises(ValueError, match="real-runs.json: expected a list"):
-        status.driver_status("ioat", record)
+    with pytest.raises(ValueError, match=r"real-runs\.json: expected a list"):
+        IoatDriver.proven(record)
 
 
 def test_committed_record_is_a_valid_list() -> None:
-    assert isinstance(status.real_runs(), list)
+    assert REAL_RUNS.name == "real-runs.json" and REAL_RUNS.exists()
+    assert isinstance(real_runs(), list)
 
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+    return names
+
+
+def test_each_drivers_status_is_backed_by_its_tests() -> None:
+    """testbed: a test in tests/guest drives the driver on the testbed's device;
+    model-tested: a unit test drives it on a register model of tests/models;
+    real-device: real-runs.json records a run of it."""
+    unit = {p: _imports(p) for p in sorted((TESTS / "unit").glob("test_*.py"))}
+    guest = {p: _imports(p) for p in sorted((TESTS / "guest").glob("test_*.py"))}
+    recorded = {run.driver for run in real_runs()}
+    for name, cls in registered_drivers().items():
+        module = cls.__module__
+        if cls.status is Status.TESTBED:
+            assert any(module in names for names in guest.values()), \
+                f"{name} claims testbed; no test in tests/guest imports {module}"
+        elif cls.status is Status.MODEL_TESTED:
+            assert any(module in names and any(n.startswith("tests.models.") for n in names)
+                       for names in unit.values()), \
+                f"{name} claims model-tested; no unit test imports {module} and a model"
+        elif cls.status is Status.REAL_DEVICE:
+            assert name in recorded, f"{name} claims real-device; real-runs.json has no run"
+
+
+def test_the_drivers_table_of_the_docs_shows_each_drivers_status() -> None:
+    rows = [line.split("|")[1:-1] for line in (ROOT / "docs" / "drivers.md").read_text()
+            .split("\n## ")[0].splitlines() if line.startswith("| `")]
+    shown = {name.strip("` "): cells[-1].strip() for cells in rows
+             for name in cells[0].split(",")}
+    assert shown == {name: cls.proven().value for name, cls in registered_drivers().items()}
 
 
 def _bad_driver(**attrs: object) -> type:

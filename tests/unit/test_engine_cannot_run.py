@@ -8,18 +8,17 @@ goes on with the next case.
 from __future__ import annotations
 
 import dataclasses
-import textwrap
 from typing import Any
 
 import pytest
 from vfio_scenario.language.cases import Case
-from vfio_scenario.language.compile import compile_documents
-from vfio_scenario.language.loader import load_text
 from vfio_scenario.results import Outcome
 from vfio_scenario.run import session
 from vfio_scenario.run.executor import execute_case
 from vfio_scenario.run.interpreter import RunOptions
 from vfio_scenario.run.plan import HostCaps, PlannedCase
+
+from tests.helpers.scenarios import compile_text
 
 TWO = """
 - name: first
@@ -32,11 +31,7 @@ TWO = """
 
 
 def _cases() -> list[Case]:
-    doc, errors = load_text(textwrap.dedent(TWO), "scen/two.yaml")
-    assert errors == []
-    compiled = compile_documents([doc])
-    assert compiled.errors == []
-    return compiled.cases
+    return compile_text(TWO, "scen/two.yaml")
 
 
 def _ops() -> dict[str, Any]:
@@ -61,7 +56,7 @@ def test_a_nan_multiplier_is_each_cases_error_too() -> None:
 def test_the_run_goes_on_after_a_case_the_engine_failed_to_run(
         monkeypatch: pytest.MonkeyPatch) -> None:
     first, second = _cases()
-    real = session.execute_case
+    real = execute_case  # what session calls
 
     def execute(case: Case, *args: Any) -> Any:
         if case.scenario == "first":

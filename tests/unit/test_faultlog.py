@@ -14,14 +14,14 @@ from typing import Any
 
 import pytest
 from vfio_scenario.language.cases import Case
-from vfio_scenario.language.compile import compile_documents
-from vfio_scenario.language.loader import load_text
 from vfio_scenario.results import Outcome
 from vfio_scenario.run import faultlog
 from vfio_scenario.run.faultlog import Fault, FaultFilter, QemuFaultLog
-from vfio_scenario.run.interpreter import Runtime, run_case
+from vfio_scenario.run.interpreter import Operation, Runtime, run_case
 from vfio_scenario.run.ops import host
 from vfio_scenario.uapi.kmsg import KernelLog
+
+from tests.helpers.scenarios import compile_text
 
 QEMU_LINES = """\
 vtd_dmar_fault sid 0x18 fault 6 addr 0x7000000 write 0
@@ -130,11 +130,7 @@ def case_of(step: str) -> Case:
           - open_device: {iommu: i, bdf: "0000:00:03.0"}
             as: dev
     """) + f"  - {step}\n"
-    doc, errors = load_text(text, "scen/f.yaml")
-    assert errors == []
-    compiled = compile_documents([doc])
-    assert compiled.errors == [], [str(e) for e in compiled.errors]
-    return compiled.cases[0]
+    return compile_text(text, "scen/f.yaml")[0]
 
 
 def run_on(step: str, *, kernel: list[str] | None = None,
@@ -146,11 +142,11 @@ def run_on(step: str, *, kernel: list[str] | None = None,
         return SimpleNamespace(bdf=args.bdf)
 
     def begin(rt: Runtime) -> None:
-        rt.state["kmsg"] = LinesLog(kernel) if kernel is not None else None
-        rt.state["kmsg_error"] = "no /dev/kmsg"
-        rt.state["qemu_faults"] = qemu
+        rt.kernel_log = LinesLog(kernel) if kernel is not None else None
+        rt.kernel_log_error = "no /dev/kmsg"
+        rt.qemu_faults = qemu
 
-    ops = {"open_iommu": open_iommu, "open_device": open_device,
+    ops: dict[str, Operation] = {"open_iommu": open_iommu, "open_device": open_device,
            "expect_iommu_fault": host.expect_iommu_fault,
            "expect_no_iommu_fault": host.expect_no_iommu_fault}
     result = run_case(case_of(step), [], ops, begin=begin)

@@ -66,7 +66,7 @@ values = st.recursive(scalars, lambda inner: st.one_of(
 def steps(draw: st.DrawFn) -> dict[str, Any]:
     op = draw(st.sampled_from(sorted(OPERATIONS)))
     fields = [f.alias or n for n, f in OPERATIONS[op].model_fields.items()]
-    chosen = draw(st.lists(st.sampled_from(fields + ["bogus"]), max_size=4, unique=True))
+    chosen = draw(st.lists(st.sampled_from([*fields, "bogus"]), max_size=4, unique=True))
     args = {name: draw(values) for name in chosen}
     step: dict[str, Any] = {op: draw(st.one_of(st.just(args), values))}
     for key in draw(st.lists(st.sampled_from(COMMON_KEYS), max_size=2, unique=True)):
@@ -153,8 +153,8 @@ def mutated(draw: st.DrawFn) -> str:
     return text
 
 
-raw_text = st.lists(st.sampled_from(list("[]{}:-?!&*|>'\"#%@`,\n\t ab01x.") +
-                                    ["steps", "sleep", "duration", "{{", "}}", "  "]),
+raw_text = st.lists(st.sampled_from([*"[]{}:-?!&*|>'\"#%@`,\n\t ab01x.",
+                                     "steps", "sleep", "duration", "{{", "}}", "  "]),
                     max_size=150).map("".join)
 
 

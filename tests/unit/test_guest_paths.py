@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
 from vfio_scenario.testbed import initramfs
 from vfio_scenario.testbed.initramfs import GuestSetup, init_script
 
 
 def test_paths_below_the_guests_tmpfs_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(initramfs.sys, "prefix", "/tmp/ci-clone/.venv")
-    monkeypatch.setattr(initramfs.os, "getcwd", lambda: "/run/user/0/work")
+    monkeypatch.setattr(sys, "prefix", "/tmp/ci-clone/.venv")  # as initramfs reads them
+    monkeypatch.setattr(os, "getcwd", lambda: "/run/user/0/work")
     kept = initramfs.kept_below_tmpfs()
     assert "/tmp/ci-clone" in kept and "/run/user" in kept
 

@@ -9,7 +9,6 @@ import errno
 
 import pytest
 from vfio_scenario.drivers import igb as hw
-from vfio_scenario.drivers import status
 from vfio_scenario.drivers.base import DmaRegion, registered_drivers
 from vfio_scenario.drivers.igb import IgbDriver
 from vfio_scenario.errors import VfioError
@@ -67,10 +66,6 @@ def test_matches_the_82576_pf_and_not_its_vf() -> None:
     assert registered_drivers()["igb"] is IgbDriver
     assert IgbDriver.probe(Registers())
     assert not IgbDriver.probe(Registers(device_id=0x10CA))
-
-
-def test_status_is_testbed() -> None:
-    assert status.driver_status("igb") == "testbed"
 
 
 def test_limits_fit_one_standard_frame_and_the_rings() -> None:

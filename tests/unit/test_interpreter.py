@@ -17,23 +17,13 @@ from typing import Any
 import pytest
 from vfio_scenario.drivers.base import registered_drivers
 from vfio_scenario.errors import VfioError
-from vfio_scenario.language.cases import Case
-from vfio_scenario.language.compile import compile_documents
 from vfio_scenario.language.devices import DeviceName
-from vfio_scenario.language.loader import load_text
 from vfio_scenario.results import Outcome
 from vfio_scenario.run.executor import execute_case
 from vfio_scenario.run.interpreter import CheckFailed, RunOptions, Runtime, Skip, run_case
 from vfio_scenario.run.plan import DeviceCaps, HostCaps, plan
 
-
-def cases_of(text: str, path: str = "scen/x.yaml",
-             devices: list[str] | None = None) -> list[Case]:
-    doc, errors = load_text(textwrap.dedent(text), path)
-    assert errors == []
-    compiled = compile_documents([doc], devices)
-    assert compiled.errors == [], [str(e) for e in compiled.errors]
-    return compiled.cases
+from tests.helpers.scenarios import compile_text as cases_of
 
 
 class Log:
@@ -305,7 +295,8 @@ def test_planner_skips_with_the_reason_and_never_drops_a_case() -> None:
         "IOMMU mode iommufd_compat_type1 unavailable: /dev/iommu does not exist"
     assert skips["needs-msix[iommu_mode=iommufd]"] == \
         "0 suitable device(s) of 1 needed: 0000:00:03.0 (1234:11e8): no msix: msix has 0 vectors"
-    assert skips["needs-two[iommu_mode=iommufd]"].startswith("1 suitable device(s) of 2 needed")
+    assert (skips["needs-two[iommu_mode=iommufd]"] or "").startswith(
+        "1 suitable device(s) of 2 needed")
     assert skips["sends-msi[driver=edu,iommu_mode=iommufd]"] is None
     assert skips["kconfig"] == "kernel lacks CONFIG_VFIO_PCI_DMABUF (from /proc/config.gz)"
 
@@ -327,7 +318,7 @@ def test_planner_without_devices_or_config_says_so() -> None:
     assert skips["any-driver[driver=edu,iommu_mode=iommufd]"] == "no VFIO device on this host"
     assert skips["any-driver[driver=nv_falcon,iommu_mode=iommufd]"] == \
         "no VFIO device on this host"
-    assert skips["kconfig"].startswith("kernel config not readable")
+    assert (skips["kconfig"] or "").startswith("kernel config not readable")
 
 
 def test_planner_skips_a_case_whose_step_opens_a_mode_the_host_lacks() -> None:
@@ -636,7 +627,7 @@ def test_planner_runs_a_send_msi_that_accepts_eopnotsupp_on_a_no_send_msi_driver
 def test_run_selects_by_driver_among_the_cases_compiled_for_the_devices() -> None:
     import argparse
 
-    from vfio_scenario.run.host import select
+    from vfio_scenario.run.dispatch import select
 
     cases = cases_of(PLANNED)  # no devices: every registered driver
     args = argparse.Namespace(keyword=None, tag=[], shard=None, driver="nvme")

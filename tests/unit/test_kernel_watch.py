@@ -32,6 +32,7 @@ from vfio_scenario.run.kernel_watch import Splat, apply, find_splats, judge
 from vfio_scenario.uapi.kmsg import Record, parse_record
 
 from tests.helpers.reports import assert_valid_junit
+from tests.helpers.scenarios import compile_text
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "kmsg"
 
@@ -183,11 +184,7 @@ def test_kmsg_escapes_and_device_dictionaries_are_undone() -> None:
 
 
 def case_of(text: str) -> Case:
-    doc, errors = load_text(text, "scen/w.yaml")
-    assert errors == []
-    compiled = compile_documents([doc])
-    assert compiled.errors == [], [str(e) for e in compiled.errors]
-    return compiled.cases[0]
+    return compile_text(text, "scen/w.yaml")[0]
 
 
 PLAIN = """\

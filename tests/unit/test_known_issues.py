@@ -132,7 +132,7 @@ def test_bad_files_give_every_error_located(tmp_path: Path, text: str,
         load_file(path)
     got = [str(e) for e in exc.value.errors]
     assert len(got) == len(errors)
-    for line, want in zip(got, errors):
+    for line, want in zip(got, errors, strict=True):
         assert line.startswith(path + want), line
 
 

@@ -11,13 +11,15 @@ after it (tests/helpers/toy_ops.py).
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import pytest
 from vfio_scenario.language.cases import Case, Step
 from vfio_scenario.language.compile import compile_documents
 from vfio_scenario.language.loader import load_text
-from vfio_scenario.language.models import IOMMU_MODES, OPERATIONS, Int, MapDma, Op
+from vfio_scenario.language.models import IOMMU_MODES, OPERATIONS, Duration, Int, MapDma, Op
+from vfio_scenario.language.reference import description, with_tables
 from vfio_scenario.results import Outcome
 from vfio_scenario.run.executor import execute_case
 from vfio_scenario.run.interpreter import CheckFailed, RunOptions, Runtime, run_case
@@ -132,7 +134,7 @@ def test_a_model_without_implementation_fails_inside_its_step(forked: bool) -> N
     step = result.steps[1]
     assert step.op == "orphan"
     assert step.location == "scen/toy.yaml:3"
-    assert "operation `orphan` has no implementation" in step.message
+    assert "operation `orphan` has no implementation (no @op(Orphan) function" in step.message
     assert result.location == "scen/toy.yaml:3"
     assert result.message.startswith("step 2 `orphan` (scen/toy.yaml:3): ")
     assert "status" not in result.message
@@ -243,3 +245,38 @@ def test_the_engine_marks_the_operations_that_open_an_iommu() -> None:
         "bind_iommufd", "open_cdev", "open_device", "open_iommu"}
     assert OPERATIONS["open_iommu"].iommu_mode_argument == "mode"
     assert OPERATIONS["send_msi"].raises_msi
+
+
+# --- the language reference ---------------------------------------------------------------
+
+
+def test_every_operation_has_a_description() -> None:
+    assert [k for k, m in OPERATIONS.items() if not description(m)] == []
+
+
+def test_a_new_operation_changes_the_reference_tables() -> None:
+    """A new operation is a row of docs/language.md, description included: until the
+    tables are made anew, test_language's comparison with the models fails."""
+    committed = (Path(__file__).resolve().parents[2] / "docs" / "language.md").read_text()
+    assert with_tables(committed) == committed
+    with scratch_operations():
+
+        class Stamp(Op):
+            """Stamp `value` (a toy | operation)."""
+
+            op = "stamp"
+            area = "host"
+            value: Int
+            within: Duration = 0.5
+            loud: bool = False
+
+        assert with_tables(committed) != committed
+        row = "| `stamp` | `value`, `within` = 0.5s, `loud` = false | \N{EN DASH} | " \
+              "Stamp `value` (a toy \\| operation). |"
+        assert row in with_tables(committed).split("### host", 1)[1]
+
+        class Mute(Op):
+            op = "mute"
+            area = "host"
+
+        assert [k for k, m in OPERATIONS.items() if not description(m)] == ["mute"]

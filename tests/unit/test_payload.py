@@ -1,12 +1,15 @@
 """The payload the host hands to the guest engine, and the planner's lazy device probe.
 
 In the testbed the host compiles and the guest only loads the cases (run/payload.py):
-the guest must get every value the models held, run the cases exactly as the host
-would, and import neither pydantic, the YAML loader nor the template engine.
+the guest must get models of the same names with every value they held (their class
+constants, methods and properties work there: run/guest_models.py), run the cases
+exactly as the host would, and import neither pydantic, the YAML loader nor the
+template engine.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import io
 import pickle
@@ -21,13 +24,16 @@ from pydantic import BaseModel
 from vfio_scenario import __version__
 from vfio_scenario.errors import EnvironmentProblem, VfioError
 from vfio_scenario.language.cases import Case
-from vfio_scenario.language.compile import compile_documents, compile_paths
-from vfio_scenario.language.loader import load_text
+from vfio_scenario.language.compile import compile_paths
+from vfio_scenario.language.models import OPERATIONS, Op, Strict, _exactly_one
 from vfio_scenario.results import Outcome
-from vfio_scenario.run import payload
+from vfio_scenario.run import guest_models, payload
 from vfio_scenario.run.interpreter import Runtime, run_case
 from vfio_scenario.run.plan import DeviceCaps, HostCaps, plan_each
 from vfio_scenario.uapi.sysfs import is_vfio_driver
+
+from tests.helpers.scenarios import compile_text
+from tests.helpers.toy_ops import scratch_operations
 
 ROOT = Path(__file__).resolve().parents[2]
 HEADER = payload.Header(devices=["0000:00:03.0"],
@@ -36,26 +42,27 @@ HEADER = payload.Header(devices=["0000:00:03.0"],
 
 
 def cases_of(text: str) -> list[Case]:
-    doc, errors = load_text(textwrap.dedent(text), "scen/p.yaml")
-    assert errors == []
-    compiled = compile_documents([doc])
-    assert compiled.errors == [], [str(e) for e in compiled.errors]
-    return compiled.cases
+    return compile_text(text, "scen/p.yaml")
 
 
 def round_trip(cases: list[Case], tmp_path: Path) -> tuple[payload.Header, list[Case]]:
     path = payload.write(str(tmp_path), HEADER, cases)
     with open(path, "rb") as f:
-        return payload.read_header(f), payload.read_cases(f)
+        header = payload.read_header(f)
+        return header, payload.read_cases(f, guest_models.build(header.models))
 
 
 def same_values(model: Any, record: Any) -> None:
-    """`record` holds what `model` holds, field by field, nested models included."""
+    """`record` (the guest's) holds what `model` holds, field by field, nested models
+    included, with the model's class constants and properties."""
     if isinstance(model, BaseModel):
-        assert isinstance(record, payload.Record), record
         cls = type(model)
+        assert type(record).__name__ == cls.__name__ and not isinstance(record, BaseModel)
         for name in [*cls.model_fields, *cls.__class_vars__]:
             same_values(getattr(model, name), getattr(record, name))
+        for name, attr in vars(cls).items():
+            if isinstance(attr, property):
+                assert getattr(record, name) == getattr(model, name), name
     elif isinstance(model, (list, tuple)):
         assert type(record) is type(model) and len(record) == len(model)
         for m, r in zip(model, record, strict=True):
@@ -72,7 +79,7 @@ def test_every_library_case_arrives_with_every_value(tmp_path: Path) -> None:
     compiled = compile_paths([str(ROOT / "scenarios")])
     assert compiled.errors == [] and len(compiled.cases) > 300
     header, cases = round_trip(compiled.cases, tmp_path)
-    assert header == HEADER
+    assert dataclasses.replace(header, models=[]) == HEADER
     assert [c.id for c in cases] == [c.id for c in compiled.cases]
     for sent, got in zip(compiled.cases, cases, strict=True):
         same_values(sent.requires, got.requires)
@@ -85,45 +92,80 @@ def test_every_library_case_arrives_with_every_value(tmp_path: Path) -> None:
             same_values(s.common, g.common)
 
 
-def test_the_guest_loads_a_payload_without_yaml_templates_or_validators(tmp_path: Path) -> None:
-    """The guest imports the models (its operations are bound to them) but builds none
-    of their validators (`defer_build`), nor imports the YAML loader or the templates."""
+def test_the_guest_loads_a_payload_and_binds_its_operations_without_pydantic(
+        tmp_path: Path) -> None:
+    """As guest.py does: the header's models installed first, then the cases, then the
+    operations bound to the guest's models; no pydantic, YAML loader or templates."""
     path = payload.write(str(tmp_path), HEADER, compile_paths([str(ROOT / "scenarios")]).cases)
     program = textwrap.dedent(f"""
         import sys
-        from vfio_scenario.run import payload, guest, plan, probe, session
-        from vfio_scenario.run.ops import operations
-        operations()
+        from vfio_scenario.run import guest, guest_models, payload, plan, probe, session
         with open({path!r}, "rb") as f:
-            payload.read_header(f)
-            cases = payload.read_cases(f)
-        from vfio_scenario.language.models import OPERATIONS, Requires, StepCommon
-        built = sorted(c.__name__ for c in [*OPERATIONS.values(), Requires, StepCommon]
-                       if type(c.__pydantic_validator__).__name__ != "MockValSer")
-        heavy = sorted(m for m in ("ruamel.yaml", "jinja2", "importlib.metadata")
+            header = payload.read_header(f)
+            models = guest_models.install(header.models)
+            cases = payload.read_cases(f, models)
+        from vfio_scenario.run.ops import operations, registry_problems
+        operations()
+        assert registry_problems() == [], registry_problems()
+        from vfio_scenario.language.models import OPERATIONS, MapDma
+        assert MapDma is models.MapDma and OPERATIONS["map_dma"] is MapDma
+        maps = [s.args for c in cases for s in c.steps if s.op == "map_dma"]
+        assert maps and all(type(a) is MapDma and a.space in ("iommu", "ioas") for a in maps)
+        heavy = sorted(m for m in ("pydantic", "ruamel.yaml", "jinja2", "importlib.metadata")
                        if m in sys.modules)
-        print(len(cases), heavy, built)
+        print(len(cases), heavy)
     """)
     out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
                          check=True)
     count, rest = out.stdout.split(" ", 1)
-    assert int(count) > 300 and rest.strip() == "[] []"
+    assert int(count) > 300 and rest.strip() == "[]"
 
 
-def test_a_record_is_read_only_and_names_what_it_lacks(tmp_path: Path) -> None:
+def test_the_guests_models_mirror_every_operation_model() -> None:
+    """Every registered operation, whether a payload's cases use it or not: the same
+    fields in order, class constants, methods and properties."""
+    models = guest_models.build(guest_models.describe([]))
+    for key, cls in OPERATIONS.items():
+        mirror = getattr(models, cls.__name__)
+        assert models.OPERATIONS[key] is mirror
+        assert list(mirror.__dataclass_fields__) == list(cls.model_fields)
+        for name in cls.__class_vars__:
+            assert getattr(mirror, name) == getattr(cls, name), (key, name)
+        for klass in cls.__mro__[:cls.__mro__.index(Strict)]:
+            for name, attr in vars(klass).items():
+                if isinstance(attr, property):
+                    assert isinstance(getattr(mirror, name), property), (key, name)
+    with pytest.raises(RuntimeError, match="imported already"):
+        guest_models.install([])  # on the host, the real models are imported
+
+
+def test_the_guest_gets_the_models_with_their_methods_and_constants(tmp_path: Path) -> None:
     (case,) = cases_of("""
         name: r
+        matrix: {iommu_mode: [iommufd]}
         steps:
+          - open_iommu: {}
+            as: iommu
+          - alloc_ioas: {iommu: iommu}
+            as: ioas
+          - alloc_buffer: {size: 4KiB}
+            as: buf
+          - map_dma: {ioas: ioas, buffer: buf, iova: 0x10000}
           - sleep: {duration: 2ms}
     """)
     _, (got,) = round_trip([case], tmp_path)
-    args = got.steps[0].args
-    assert args.duration == 0.002 and args.op == "sleep"
-    with pytest.raises(AttributeError, match="read-only"):
-        args.duration = 1  # type: ignore[misc]
-    with pytest.raises(AttributeError, match="Sleep has no attribute 'size'"):
-        _ = args.size  # type: ignore[attr-defined]
-    assert repr(args).startswith("Sleep(duration=0.002")
+    args: list[Any] = [s.args for s in got.steps]  # the guest's models, as the guest has them
+    open_iommu, _, _, map_dma, sleep = args
+    assert (type(map_dma).__name__, type(sleep).__name__) == ("MapDma", "Sleep")
+    assert (map_dma.space, map_dma.target) == ("ioas", "buf")  # properties of the model
+    assert open_iommu.opens_iommu and open_iommu.iommu_mode_argument == "mode"
+    assert sleep.duration == 0.002 and sleep.op == "sleep"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        sleep.duration = 1
+    with pytest.raises(AttributeError, match="'Sleep' object has no attribute 'size'"):
+        _ = sleep.size
+    assert repr(sleep) == "Sleep(duration=0.002)"
+    assert got.steps[4].args == sleep and sleep != got.steps[3].args
 
 
 def test_a_payload_case_runs_exactly_as_the_compiled_case(tmp_path: Path) -> None:
@@ -181,7 +223,7 @@ def test_a_file_that_is_no_payload_or_from_another_engine_is_an_environment_prob
         payload.read_header(f)
     other = {**HEADER.to_dict(), "version": __version__ + ".other"}
     buf = io.BytesIO(pickle.dumps(other))
-    buf.name = "old"  # type: ignore[attr-defined]
+    buf.name = "old"
     with pytest.raises(EnvironmentProblem, match="must run one checkout"):
         payload.read_header(buf)
 
@@ -278,3 +320,65 @@ def test_a_case_naming_devices_in_templates_runs_on_those_devices_or_is_skipped(
                       "(1b36:0010): its scenario driver is nvme, not edu")
     assert b.devices == edu and b.skip is None
     assert c.skip is not None and c.devices == []
+
+
+def test_every_models_method_runs_in_the_guest_and_a_helper_is_caught() -> None:
+    """A model's method is recompiled in the guest with builtins and the models only: a
+    method reading a helper of the models module is found here, not in the testbed."""
+    assert guest_models.unresolved(guest_models.describe([])) == []
+    with scratch_operations():
+
+        class Helped(Op):
+            """A toy whose property reads a helper of the models module."""
+
+            op = "helped"
+            area = "host"
+            a: int | None = None
+
+            @property
+            def checked(self) -> bool:
+                _exactly_one(self, ("a",))
+                return True
+
+        problems = guest_models.unresolved(guest_models.describe([Helped]))
+    assert problems == [("Helped.checked reads `_exactly_one`, which the guest's models do "
+                         "not have (only builtins and the models)")]
+
+
+def test_a_handover_successor_gets_the_guests_models_first(tmp_path: Path) -> None:
+    """A guest process hands its case over (run/handover.py pickles the payload with
+    `models` first); the successor, a fresh process, installs the guest's models before
+    it reads the case's, and imports no pydantic either."""
+    (case,) = cases_of("""
+        name: h
+        matrix: {iommu_mode: [iommufd]}
+        steps:
+          - open_iommu: {}
+            as: iommu
+          - alloc_buffer: {size: 4KiB}
+            as: buf
+          - map_dma: {iommu: iommu, buffer: buf}
+    """)
+    path = payload.write(str(tmp_path), HEADER, [case])
+    sent = tmp_path / "handover.pickle"
+    predecessor = textwrap.dedent(f"""
+        import pickle
+        from vfio_scenario.run import guest_models, payload
+        with open({path!r}, "rb") as f:
+            models = guest_models.install(payload.read_header(f).models)
+            (case,) = payload.read_cases(f, models)
+        data = {{"models": guest_models.for_handover(), "case": case}}
+        with open({str(sent)!r}, "wb") as f:
+            pickle.dump(data, f)
+    """)
+    successor = textwrap.dedent(f"""
+        import pickle, sys
+        with open({str(sent)!r}, "rb") as f:
+            case = pickle.load(f)["case"]
+        args = case.steps[2].args
+        print(type(args).__module__, type(args).__name__, args.space, "pydantic" in sys.modules)
+    """)
+    for program in (predecessor, successor):
+        out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                             check=True)
+    assert out.stdout.split() == ["vfio_scenario.language.models", "MapDma", "iommu", "False"]

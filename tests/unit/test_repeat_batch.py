@@ -17,13 +17,13 @@ from typing import Any
 
 import pytest
 from vfio_scenario.errors import VfioError
-from vfio_scenario.language.compile import compile_documents
-from vfio_scenario.language.loader import load_text
 from vfio_scenario.results import Outcome
 from vfio_scenario.run.interpreter import Runtime, run_case
 from vfio_scenario.run.ops import memory, operations
 from vfio_scenario.uapi.iommu import AddressSpace, Mapping
 from vfio_scenario.uapi.iova import IovaAllocator, IovaRange
+
+from tests.helpers.scenarios import compile_text
 
 PAGE = 4096
 
@@ -96,11 +96,7 @@ def _case(steps: str) -> Any:
           - alloc_buffer: {size: 16KiB}
             as: buf
         """) + textwrap.indent(textwrap.dedent(steps), "  ")
-    doc, errors = load_text(text, "scen/batch.yaml")
-    assert errors == []
-    compiled = compile_documents([doc])
-    assert compiled.errors == [], [str(e) for e in compiled.errors]
-    (case,) = compiled.cases
+    (case,) = compile_text(text, "scen/batch.yaml")
     return case
 
 

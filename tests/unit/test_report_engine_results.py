@@ -12,8 +12,6 @@ from typing import Any
 
 import pytest
 from vfio_scenario.errors import VfioError
-from vfio_scenario.language.compile import compile_documents
-from vfio_scenario.language.loader import load_text
 from vfio_scenario.report.html import html_document
 from vfio_scenario.report.jsonout import json_document
 from vfio_scenario.report.junit import junit_document
@@ -24,6 +22,7 @@ from vfio_scenario.run.interpreter import CheckFailed, RunOptions, Runtime, Skip
 
 from tests.helpers.kunit import parse_ktap
 from tests.helpers.reports import assert_valid_junit
+from tests.helpers.scenarios import compile_text
 
 SCENARIO = """\
 - name: sleepy
@@ -73,11 +72,8 @@ def fake_ops() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def run() -> RunResult:
-    doc, errors = load_text(SCENARIO, "scenarios/host/sleepy.yaml")
-    assert errors == []
-    compiled = compile_documents([doc])
-    assert compiled.errors == []
-    cases = [c for c in compiled.cases if c.iommu_mode in (None, "iommufd")]
+    cases = [c for c in compile_text(SCENARIO, "scenarios/host/sleepy.yaml")
+             if c.iommu_mode in (None, "iommufd")]
     results = [execute_case(c, [], fake_ops(), RunOptions()) for c in cases]
     return RunResult(cases=results, started=results[0].started, duration=1.0,
                      properties={"engine_version": "0.1.0", "where": "local"})

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import pytest
 from vfio_scenario.report.html import LOG_LIMIT, html_document
@@ -158,7 +159,7 @@ class Parts(HTMLParser):
 
     def __init__(self, text: str) -> None:
         super().__init__()
-        self.grids: list[dict[str, object]] = []  # caption, header, rows of cells
+        self.grids: list[dict[str, Any]] = []  # caption, header, rows of cells
         self.links: dict[str, list[tuple[str, str]]] = {}  # block id -> (href, text)
         self.bars: list[tuple[str, str]] = []  # (class, style) of the duration chart
         self._block = ""
@@ -180,7 +181,7 @@ class Parts(HTMLParser):
         if self._in_grid and tag == "caption":
             self._where = "caption"
         if self._in_grid and tag == "tr":
-            self.grids[-1]["rows"].append([])  # type: ignore[attr-defined]
+            self.grids[-1]["rows"].append([])
         if self._in_grid and tag in ("td", "th"):
             self._cell = [a.get("class", "")]
         if self._cell is not None and tag == "a":
@@ -192,7 +193,7 @@ class Parts(HTMLParser):
 
     def handle_endtag(self, tag: str) -> None:
         if tag in ("td", "th") and self._cell is not None:
-            self.grids[-1]["rows"][-1].append(tuple(self._cell))  # type: ignore[index]
+            self.grids[-1]["rows"][-1].append(tuple(self._cell))
             self._cell = None
         if tag == "caption":
             self._where = ""
@@ -206,7 +207,7 @@ class Parts(HTMLParser):
 
     def handle_data(self, data: str) -> None:
         if self._where == "caption":
-            self.grids[-1]["caption"] += data  # type: ignore[operator]
+            self.grids[-1]["caption"] += data
         if self._cell is not None and data.strip():
             self._cell.append(data.strip())
         if self._text is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import pytest
 from vfio_scenario.report.junit import (
@@ -20,7 +21,7 @@ from vfio_scenario.results import CaseResult, Outcome, RunResult
 from tests.helpers.reports import assert_valid_junit, nasty_text, sample_run, step
 
 
-def cases_of(root: ET.Element) -> dict[str, ET.Element]:
+def cases_of(root: ET.Element) -> dict[str, Any]:
     return {f"{tc.get('classname')}::{tc.get('name')}": tc for tc in root.iter("testcase")}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
@@ -24,7 +25,7 @@ from tests.helpers.reports import nasty_text, sample_run
 SCHEMA = kcidb_schema.V5_3
 
 
-def valid(doc: dict) -> dict:
+def valid(doc: dict[str, Any]) -> dict[str, Any]:
     """`doc` after kcidb-io's own validation (and a JSON round trip, as submitted)."""
     doc = json.loads(json.dumps(doc))
     SCHEMA.validate_exactly(doc)
@@ -208,7 +209,7 @@ def test_a_shard_that_never_reported_is_one_miss_test(tmp_path: Path) -> None:
 
 def test_a_sharded_run_records_its_shard() -> None:
     from vfio_scenario.cli import build_parser
-    from vfio_scenario.run.host import run_facts
+    from vfio_scenario.run.dispatch import run_facts
 
     args = build_parser().parse_args(["run", "--shard", "03/4"])
     assert run_facts(args, "testbed") == {"engine_version": __version__, "where": "testbed",

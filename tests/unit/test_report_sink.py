@@ -261,7 +261,8 @@ def test_unwritable_reports_warn_once_and_exit_3(tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
-    targets = {"junit_xml": str(blocker / "junit.xml"), "journal": str(tmp_path / "j.jsonl")}
+    targets: dict[str, Any] = {"junit_xml": str(blocker / "junit.xml"),
+                               "journal": str(tmp_path / "j.jsonl")}
     run = sample_run()
     with ReportSink(**targets, total=5, stream=io.StringIO(), min_interval=0) as sink:
         for case in run.cases:

@@ -25,7 +25,6 @@ and copies at most its 256 bytes; ioat and dsa copy what their devices report.
 from __future__ import annotations
 
 import errno
-import textwrap
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -35,9 +34,9 @@ import pytest
 from vfio_scenario.drivers.base import Driver, Feature, driver_for
 from vfio_scenario.errors import VfioError
 from vfio_scenario.language.cases import Case, Step
-from vfio_scenario.language.compile import compile_documents, compile_paths
+from vfio_scenario.language.compile import compile_paths
 from vfio_scenario.language.devices import DeviceName, DriverFacts
-from vfio_scenario.language.loader import load_file, load_text
+from vfio_scenario.language.loader import load_file
 from vfio_scenario.language.models import IOMMU_MODES
 from vfio_scenario.results import CaseResult, Outcome
 from vfio_scenario.run.interpreter import Operation, RunOptions, Runtime, run_case
@@ -49,6 +48,7 @@ from vfio_scenario.uapi.iova import IovaRange
 from vfio_scenario.uapi.kmsg import KernelLog
 from vfio_scenario.uapi.modes import IommuMode
 
+from tests.helpers.scenarios import compile_text
 from tests.models.dsa import DsaModel
 from tests.models.falcon import FalconGpuModel
 from tests.models.ioat import IoatModel
@@ -189,6 +189,7 @@ def model_ops(model: ModelDevice) -> dict[str, Operation]:
 
     def open_iommu(rt: Runtime, args: Any, step: Step) -> ModelIommu:
         mode = args.mode or rt.case.iommu_mode
+        assert mode is not None
         iommu = ModelIommu(mode, model)
         rt.on_cleanup(f"IOMMU {mode}", iommu.close)
         return iommu
@@ -237,7 +238,7 @@ def run_on_model(name: str, cases_of: Callable[[list[DeviceName]], list[Case]]
         model = make()
 
         def begin(rt: Runtime, model: ModelDevice = model) -> None:
-            rt.state["kmsg"] = ModelKernelLog(model)
+            rt.kernel_log = ModelKernelLog(model)
 
         results.append(run_case(pc.case, [model.bdf], model_ops(model), RunOptions(),
                                 begin=begin))
@@ -254,9 +255,7 @@ def text_cases(text: str, name: str) -> Callable[[list[DeviceName]], list[Case]]
     """The cases of a scenario written in the test (indented text), compiled for the devices."""
 
     def cases_of(devices: list[DeviceName]) -> list[Case]:
-        doc, errors = load_text(textwrap.dedent(text), name)
-        assert errors == []
-        return compile_documents([doc], devices).cases
+        return compile_text(text, name, devices)
 
     return cases_of
 

@@ -49,7 +49,7 @@ def fake_boot(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> testbed_mod.Te
     FakeVm.firmwares = []
     bed = testbed_mod.Testbed(report=lambda message: None)
     # prepared already: no kernel build or initramfs here
-    bed._kernel = type("K", (), {"image": tmp_path / "bzImage"})()  # type: ignore[assignment]
+    bed._kernel = type("K", (), {"image": tmp_path / "bzImage"})()
     bed._initrd = tmp_path / "initrd"
     return bed
 

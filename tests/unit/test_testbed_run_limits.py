@@ -42,10 +42,11 @@ def test_the_guest_start_limit_scales_with_the_multiplier(
         steps:
           - sleep: {duration: 1ms}
     """))
-    cases = compile_paths([str(scenario)]).cases
+    compiled = compile_paths([str(scenario)])
     testbed = RecordingTestbed()
     with pytest.raises(Stop):
-        testbed_run.run_in_testbed(testbed, cases, [str(scenario)], lambda event: None,
+        testbed_run.run_in_testbed(testbed, compiled.cases, compiled.documents,
+                                   lambda event: None,
                                    devices=[], iommu_modes=[],
                                    timeout_multiplier=multiplier, fail_fast=False)
     start = testbed_run.GUEST_START * multiplier

@@ -31,7 +31,7 @@ OWN_CACHE_TREE = (Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
 
 def _source_dir() -> Path:
     try:
-        from vfio_scenario.testbed.assets import linux_source_dir  # type: ignore[import-not-found]
+        from vfio_scenario.testbed.assets import linux_source_dir
     except ImportError:
         if (OWN_CACHE_TREE / "include/uapi/linux/vfio.h").exists():
             return OWN_CACHE_TREE
@@ -155,12 +155,12 @@ def test_proposed_numbers_follow_7_2s(
         kernel_layout: dict[str, int]) -> None:
     # RFC_V2_REVOKE: "#define VFIO_DEVICE_PCI_DMABUF_REVOKE _IO(VFIO_TYPE, VFIO_BASE + 22)";
     # 7.2's VFIO_DEVICE_DETACH_IOMMUFD_PT is _IO(VFIO_TYPE, VFIO_BASE + 20).
-    assert lib.VFIO_DEVICE_PCI_DMABUF_REVOKE == kernel_layout[
-        "const:VFIO_DEVICE_DETACH_IOMMUFD_PT"] + 2
+    assert kernel_layout[
+        "const:VFIO_DEVICE_DETACH_IOMMUFD_PT"] + 2 == lib.VFIO_DEVICE_PCI_DMABUF_REVOKE
     # V3_REVOKE: feature 13, after 7.2's VFIO_DEVICE_FEATURE_DMA_BUF (11) and
     # VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2 (12)
-    assert lib.VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE == kernel_layout[
-        "const:VFIO_DEVICE_FEATURE_DMA_BUF"] + 2
+    assert kernel_layout[
+        "const:VFIO_DEVICE_FEATURE_DMA_BUF"] + 2 == lib.VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE
 
 
 def test_proposed_uapi_matches_a_patched_tree(tmp_path: Path) -> None:

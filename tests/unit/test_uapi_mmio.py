@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 from vfio_scenario.errors import VfioError
@@ -10,7 +11,7 @@ from vfio_scenario.uapi.mmio import AccessFault, Mmio
 
 
 @pytest.fixture
-def memfd() -> int:
+def memfd() -> Iterator[int]:
     fd = os.memfd_create("mmio-test")
     os.ftruncate(fd, 8192)
     yield fd

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from vfio_scenario.errors import UsageError
 from vfio_scenario.testbed import persistent
+from vfio_scenario.testbed.testbed import Testbed
 
 HOLD = """
 import fcntl, sys, time
@@ -58,12 +59,13 @@ class FakeTestbed:
 def test_attach_waits_for_the_holder_and_says_who_it_is(
         cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeTestbed()
-    monkeypatch.setattr(persistent.Testbed, "attach", lambda *a, **k: fake)
+    monkeypatch.setattr(Testbed, "attach", lambda *a, **k: fake)
     monkeypatch.setattr(persistent, "compile_engine", lambda: None)
     child = _holder(cache, 1.0)
     said: list[str] = []
     t0 = time.monotonic()
-    assert persistent.attach(notify=said.append) is fake
+    attached: Any = persistent.attach(notify=said.append)  # the fake stands in for a Testbed
+    assert attached is fake
     assert time.monotonic() - t0 > 0.5  # it waited for the child
     child.wait()
     assert said == ["testbed busy: run PID 4242 is using it; waiting"]
@@ -73,10 +75,11 @@ def test_attach_waits_for_the_holder_and_says_who_it_is(
 
 def test_attach_takes_a_free_vm_silently(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeTestbed()
-    monkeypatch.setattr(persistent.Testbed, "attach", lambda *a, **k: fake)
+    monkeypatch.setattr(Testbed, "attach", lambda *a, **k: fake)
     monkeypatch.setattr(persistent, "compile_engine", lambda: None)
     said: list[str] = []
-    assert persistent.attach(notify=said.append) is fake
+    attached: Any = persistent.attach(notify=said.append)  # the fake stands in for a Testbed
+    assert attached is fake
     assert said == []
     fake.held.close()
 

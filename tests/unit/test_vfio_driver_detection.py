@@ -2,7 +2,7 @@
 `requires: vfio_driver` matches it.
 
 The tree holds functions bound to vfio-pci and to the variant drivers of Linux 7.2's
-drivers/vfio/pci/ (the Makefile history in shared/reference lists nvgrace-gpu, mlx5,
+drivers/vfio/pci/ (its Makefile's history lists nvgrace-gpu, mlx5,
 virtio, pds and hisi_acc; xe and qat came later), each under the name its struct
 pci_driver registers, i.e. as /sys/bus/pci/drivers/ spells it.
 """
@@ -13,11 +13,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from vfio_scenario.language.compile import compile_documents
-from vfio_scenario.language.loader import load_text
 from vfio_scenario.run import probe
 from vfio_scenario.run.plan import DeviceCaps, HostCaps, plan
 from vfio_scenario.uapi import sysfs
+
+from tests.helpers.scenarios import compile_text
 
 # BDF → the driver name sysfs shows for it (Linux 7.2: KBUILD_MODNAME, or a literal)
 BOUND = {
@@ -33,7 +33,7 @@ BOUND = {
     "0000:0a:00.0": "nvme",
 }
 UNBOUND = "0000:0b:00.0"
-# how LANGUAGE.md, Kconfig help and docs write each name → the sysfs spelling
+# how scenarios, Kconfig help and docs write each name → the sysfs spelling
 WRITTEN = {
     "vfio-pci": "vfio-pci",
     "vfio_pci": "vfio-pci",
@@ -114,11 +114,7 @@ def _case_requiring(vfio_driver: str):  # type: ignore[no-untyped-def]
             as: iommu
           - open_device: {{iommu: iommu}}
     """)
-    doc, errors = load_text(text, "s.yaml")
-    assert errors == []
-    compiled = compile_documents([doc])
-    assert compiled.errors == []
-    [case] = compiled.cases
+    [case] = compile_text(text, "s.yaml")
     return case
 
 

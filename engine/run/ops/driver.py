@@ -32,13 +32,8 @@ MSI_WITHIN = 1.0
 NO_MSI_NOTE = "driver has no MSI: nothing to check"
 
 
-def _drivers(rt: Runtime) -> dict[str, Driver]:
-    found: dict[str, Driver] = rt.state.setdefault("drivers", {})
-    return found
-
-
 def driver_of(rt: Runtime, name: str) -> Driver:
-    drv = _drivers(rt).get(name)
+    drv = rt.drivers.get(name)
     if drv is None:
         raise VfioError(errno.ENODEV, "driver", name, "driver_init has not run on this device")
     return drv
@@ -53,7 +48,7 @@ def driver_init(rt: Runtime, args: DriverInit, step: Step) -> None:
                    f"({device.vendor_id:04x}:{device.device_id:04x})")
     # the driver's region is mapped once per device and case and kept across remove and
     # init, as the C fixture maps driver->region once for init_remove's ten cycles
-    regions: dict[str, DmaRegion] = rt.state.setdefault("driver_regions", {})
+    regions = rt.driver_regions
     region = regions.get(args.device)
     if cls.region_size and region is None:
         # memfd-backed, so that the driver's queues survive a handover (run/handover.py)
@@ -78,13 +73,13 @@ def driver_init(rt: Runtime, args: DriverInit, step: Step) -> None:
     vector = None if args.irq == "none" else 0
     drv = cls(device, region)
     drv.init(vector)
-    _drivers(rt)[args.device] = drv
+    rt.drivers[args.device] = drv
     rt.on_cleanup(f"{cls.name} driver of {device.bdf}",
                   functools.partial(_remove_if_initialized, rt, args.device))
 
 
 def _remove_if_initialized(rt: Runtime, name: str) -> None:
-    drv = _drivers(rt).pop(name, None)
+    drv = rt.drivers.pop(name, None)
     if drv is not None:
         drv.remove()
 
@@ -164,5 +159,4 @@ def memcpy_storm(rt: Runtime, args: MemcpyStorm, step: Step) -> int:
             break
         if deadline is not None and time.monotonic() >= deadline:
             break
-    rt.state.setdefault("storms", []).append(done)
     return done

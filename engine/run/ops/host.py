@@ -33,11 +33,9 @@ TAINT_FLAGS = "PFSRMBUDAWCIOELKXTN"
 
 def kernel_log(rt: Runtime) -> KernelLog:
     """The case's kernel log reader, opened when the case began."""
-    log = rt.state.get("kmsg")
-    if log is None:
-        raise Skip(f"the kernel log is not readable here: {rt.state.get('kmsg_error')}")
-    assert isinstance(log, KernelLog)
-    return log
+    if rt.kernel_log is None:
+        raise Skip(f"the kernel log is not readable here: {rt.kernel_log_error}")
+    return rt.kernel_log
 
 
 def taint_letters(mask: int) -> str:
@@ -47,18 +45,18 @@ def taint_letters(mask: int) -> str:
 def begin_case(rt: Runtime) -> None:
     """Record what host checks compare against: the log position and the taint mask."""
     try:
-        rt.state["kmsg"] = KernelLog()
+        rt.kernel_log = KernelLog()
     except VfioError as exc:
-        rt.state["kmsg_error"] = str(exc)
+        rt.kernel_log_error = str(exc)
     try:
-        rt.state["taint"] = tainted()
+        rt.taint = tainted()
     except OSError:
-        rt.state["taint"] = None
-    rt.state["qemu_faults"] = faultlog.qemu_fault_log()
+        rt.taint = None
+    rt.qemu_faults = faultlog.qemu_fault_log()
 
 
 def end_case(rt: Runtime) -> None:
-    log = rt.state.pop("kmsg", None)
+    log, rt.kernel_log = rt.kernel_log, None
     if log is not None:
         log.close()
 
@@ -85,14 +83,12 @@ def expect_no_dmesg(rt: Runtime, args: ExpectNoDmesg, step: Step) -> None:
 def fault_log(rt: Runtime) -> faultlog.FaultSource:
     """Where this case's IOMMU faults are read: QEMU's record in the testbed, else the
     kernel log."""
-    qemu = rt.state.get("qemu_faults")
-    if isinstance(qemu, faultlog.QemuFaultLog):
-        return qemu
-    log = rt.state.get("kmsg")
+    if rt.qemu_faults is not None:
+        return rt.qemu_faults
+    log = rt.kernel_log
     if log is None:
         raise Skip("IOMMU faults are not readable here: no QEMU fault log and no kernel log "
-                   f"({rt.state.get('kmsg_error')})")
-    assert isinstance(log, KernelLog)
+                   f"({rt.kernel_log_error})")
     return faultlog.KernelFaultLog(log.read)
 
 
@@ -137,7 +133,7 @@ def expect_no_iommu_fault(rt: Runtime, args: ExpectNoIommuFault, step: Step) -> 
 
 @op(AssertNotTainted)
 def assert_not_tainted(rt: Runtime, args: AssertNotTainted, step: Step) -> None:
-    before = rt.state.get("taint")
+    before = rt.taint
     if before is None:
         raise Skip("/proc/sys/kernel/tainted is not readable here")
     now = tainted()

@@ -81,7 +81,7 @@ def open_cdev(rt: Runtime, args: OpenCdev, step: Step) -> object:
 def bind_iommufd(rt: Runtime, args: BindIommufd, step: Step) -> object:
     from vfio_scenario.uapi.ioctl import ioctl, new
 
-    bound: dict[str, object] = rt.state.setdefault("bound_cdevs", {})
+    bound = rt.bound_cdevs
     cdev = rt.handle(args.cdev)
     if args.iommufd_fd is not None or args.cdev in bound:
         # A raw fd number, or a cdev bound already: issue the bind as given and let the

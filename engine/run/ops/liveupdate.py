@@ -124,11 +124,9 @@ def _set_vaddr(rt: Runtime, space: Any, iova: int, vaddr: int) -> None:
 
 def moved(rt: Runtime) -> Moved:
     """What the last handover moved (the successor's record); CheckFailed before one."""
-    found = rt.state.get("moved")
-    if found is None:
+    if rt.moved is None:
         raise CheckFailed("no handover has happened in this case: nothing moved")
-    result: Moved = found
-    return result
+    return rt.moved
 
 
 @op(UpdateVaddr)
@@ -248,8 +246,7 @@ def _ranges(pages: list[int]) -> str:
 # ---- vfio-pci low power ----------------------------------------------------------------
 
 def _wakeups(rt: Runtime) -> dict[str, int]:
-    found: dict[str, int] = rt.state.setdefault("wakeups", {})
-    return found
+    return rt.wakeups
 
 
 @op(LowPower)
@@ -312,6 +309,7 @@ def memcpy_stream(rt: Runtime, args: MemcpyStream, step: Step) -> int:
 @op(Handover)
 def handover(rt: Runtime, args: Handover, step: Step) -> None:
     from vfio_scenario.drivers.base import registered_drivers
+    from vfio_scenario.run import guest_models
     from vfio_scenario.run import handover as ho
 
     if rt.result is None or rt.options.event_fd < 0:
@@ -320,7 +318,8 @@ def handover(rt: Runtime, args: Handover, step: Step) -> None:
                         "(the handover needs the executor's forked case process)")
     drivers = {name: f"{cls.__module__}:{cls.__qualname__}"
                for name, cls in registered_drivers().items()}
-    payload = {"rt": rt, "result": rt.result, "next": step.index + 1, "step": step,
+    # "models" first: the successor installs the guest's models before it reads the rest
+    payload = {"models": guest_models.for_handover(), "rt": rt, "result": rt.result, "next": step.index + 1, "step": step,
                "t_start": ho.now(), "event_fd": rt.options.event_fd, "drivers": drivers,
                "predecessor": rt.process or f"predecessor (pid {os.getpid()})",
                "stays": args.predecessor == "stays"}

@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 
 
 def space_of(rt: Runtime, args: MapDma | UnmapDma) -> AddressSpace:
-    name = args.ioas if args.ioas is not None else args.iommu
-    assert name is not None  # the model requires one of them
+    name = args.space
+    assert name is not None  # the unmap of a `mapping` asks its mapping instead
     space: AddressSpace = rt.handle(name)
     return space
 
@@ -130,11 +130,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def live_mappings(rt: Runtime) -> LiveMappings:
     """Mappings made by this case and not unmapped yet (released at the case's end)."""
-    found = rt.state.get("mappings")
-    if found is None:
-        found = rt.state["mappings"] = LiveMappings()
-    assert isinstance(found, LiveMappings)
-    return found
+    if rt.mappings is None:
+        rt.mappings = LiveMappings()
+    return rt.mappings
 
 
 @op(AllocBuffer)
@@ -194,7 +192,7 @@ def map_dma(rt: Runtime, args: MapDma, step: Step) -> Mapping:
 
         return map_dma_special(rt, args, step)
     space = space_of(rt, args)
-    target: Any = rt.handle(args.buffer or args.mmio or args.dmabuf or "")
+    target: Any = rt.handle(args.target)
     size = target.size - args.offset if args.size is None else args.size
     iova = last_iova(space, size) if args.iova == "last" else args.iova
     assert not isinstance(iova, str)
@@ -236,12 +234,10 @@ def batches(operation: Callable[..., Any]) -> Callable[[F], F]:
     return register
 
 
-@batches(map_dma)
-def map_dma_repeat(rt: Runtime, args: MapDma, step: Step) -> Attempt | None:
-    """All of a `repeat:`ed map_dma of a buffer or BAR in C loops: the same IOVAs, kernel
-    calls, mapping records and outcome as the repetitions one by one (see
-    interpreter.run_step). None (do them one by one) for a DMABUF, or when the step fails
-    before mapping anything (a missing handle, a range outside the buffer)."""
+def _repeat_target(rt: Runtime, args: MapDma) -> tuple[Any, Any, int, int | None] | None:
+    """(IOVA space, buffer or BAR, size, fixed IOVA or None) of a map_dma that
+    map_dma_repeat can batch; None for a DMABUF, flags, a file mapping, or a step that
+    fails before mapping."""
     if args.dmabuf is not None or args.flags or args.file:
         return None
     try:
@@ -255,6 +251,19 @@ def map_dma_repeat(rt: Runtime, args: MapDma, step: Step) -> Attempt | None:
     except (VfioError, CheckFailed):
         return None
     assert not isinstance(fixed, str)
+    return space, target, size, fixed
+
+
+@batches(map_dma)
+def map_dma_repeat(rt: Runtime, args: MapDma, step: Step) -> Attempt | None:
+    """All of a `repeat:`ed map_dma of a buffer or BAR in C loops: the same IOVAs, kernel
+    calls, mapping records and outcome as the repetitions one by one (see
+    interpreter.run_step). None (do them one by one) for a DMABUF, or when the step fails
+    before mapping anything (a missing handle, a range outside the buffer)."""
+    resolved = _repeat_target(rt, args)
+    if resolved is None:
+        return None
+    space, target, size, fixed = resolved
     from vfio_scenario.uapi.iommu import Mapping
 
     expected = step.common.expect

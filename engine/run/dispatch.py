@@ -14,13 +14,13 @@ import signal
 from typing import Any
 
 from vfio_scenario import __version__
-from vfio_scenario.commands import compile_or_raise
 from vfio_scenario.errors import EnvironmentProblem, NothingSelected, ScenarioErrors, UsageError
 from vfio_scenario.language.cases import Case
-from vfio_scenario.language.compile import compile_paths
-from vfio_scenario.report.cli import junit_options
+from vfio_scenario.language.compile import compile_documents, compile_or_raise
+from vfio_scenario.language.loader import Document
+from vfio_scenario.report.junit import JunitOptions
 from vfio_scenario.results import CaseResult, RunResult
-from vfio_scenario.run.cli import in_guest
+from vfio_scenario.run.guest import in_guest
 from vfio_scenario.run.interpreter import RunOptions
 
 
@@ -58,8 +58,60 @@ def select(cases: list[Case], args: argparse.Namespace) -> list[Case]:
         chosen = [c for c in chosen if set(args.tag) & set(c.tags)]
     if args.shard:
         index, count = sel.parse_shard(args.shard)
-        chosen = sel.shard([c.id for c in chosen], index, count, items=chosen)
+        ids = [c.id for c in chosen]
+        if getattr(args, "shard_by", "id") == "duration":
+            chosen = sel.shard_by_duration(ids, index, count, _durations(args), items=chosen)
+        else:
+            chosen = sel.shard(ids, index, count, items=chosen)
     return chosen
+
+
+def _durations(args: argparse.Namespace) -> dict[str, float]:
+    """The case durations of --durations FILE (read once), {} without it."""
+    from vfio_scenario import select as sel
+
+    if not getattr(args, "durations", None):
+        return {}
+    cached = getattr(args, "_durations_read", None)
+    if cached is None:
+        cached = sel.load_durations(args.durations)
+        args._durations_read = cached
+    return dict(cached)
+
+
+def _expected(args: argparse.Namespace, journal: str) -> dict[str, float]:
+    """What each case is expected to take, for --jobs' queue: --durations FILE, else
+    the journal of the previous run when it is readable, else nothing (estimates)."""
+    from vfio_scenario.errors import VfioScenarioError
+    from vfio_scenario.select import load_durations
+
+    if getattr(args, "jobs", 1) <= 1:
+        return {}
+    if getattr(args, "durations", None):
+        return _durations(args)
+    if not os.path.exists(journal):
+        return {}
+    try:
+        return load_durations(journal)
+    except VfioScenarioError:
+        return {}  # a damaged journal only loses the expectations
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Combinations of options that cannot work: UsageError (exit 2) before anything runs."""
+    if getattr(args, "shard_by", "id") == "duration":
+        if not args.shard:
+            raise UsageError("--shard-by duration splits a --shard I/N run; give --shard")
+        if not getattr(args, "durations", None):
+            raise UsageError("--shard-by duration needs --durations FILE (a journal or JSON "
+                             "report of an earlier run)")
+    jobs = getattr(args, "jobs", 1)
+    if jobs > 1 and args.device:
+        raise UsageError(f"--jobs {jobs} runs testbed VMs; with --device the cases run on "
+                         "this host's devices, one at a time (drop --jobs)")
+    if jobs > 1 and getattr(args, "baseline_kernel", None):
+        raise UsageError(f"--jobs {jobs} cannot be combined with --baseline-kernel")
+    _durations(args)  # a bad FILE is an error now, not after the testbed booted
 
 
 def known_issues_for(cases: list[Case], path: str | None) -> Any:
@@ -84,6 +136,7 @@ def run_command(args: argparse.Namespace) -> int:
     from vfio_scenario.report.files import check_outputs
     from vfio_scenario.report.sink import ReportSink, default_journal
 
+    check_options(args)
     if getattr(args, "baseline_kernel", None):
         from vfio_scenario.run.compare import run_compare
 
@@ -95,11 +148,13 @@ def run_command(args: argparse.Namespace) -> int:
     known = known_issues_for(cases, getattr(args, "known_issues", None))
     check_outputs({"--junit-xml": args.junit_xml, "--json": args.json, "--html": args.html})
     where = _where(args)
+    journal = getattr(args, "journal", None) or default_journal(args.junit_xml)
+    args._expected = _expected(args, journal)  # before the sink starts the journal afresh
     sink = ReportSink(junit_xml=args.junit_xml, json_path=args.json, html_path=args.html,
-                      journal=getattr(args, "journal", None) or default_journal(args.junit_xml),
+                      journal=journal,
                       resume=args.resume,
                       total=len(cases), fmt=args.format, planned=[c.id for c in cases],
-                      junit_options=junit_options(args))
+                      junit_options=JunitOptions.of(args))
     if args.resume:
         done = sink.finished_ids()
         cases = [c for c in cases if c.id not in done]
@@ -113,43 +168,17 @@ def run_command(args: argparse.Namespace) -> int:
         sink.warn(warning)
     options = RunOptions(timeout_multiplier=args.timeout_multiplier,
                          kernel_watch=getattr(args, "kernel_watch", True))
-    interrupted: list[str] = []  # the signal that ended the run early, if one did
-    # where a splat's stack can be decoded: our testbed kernel's vmlinux, or the host's
-    # debug vmlinux (set by _run_testbed / _run_local; made when a first splat comes)
-    kernel: dict[str, Any] = {}
-
-    def on_event(event: dict[str, Any]) -> None:
-        kind = event.get("event")
-        if kind == "result":
-            result = CaseResult.from_dict(event["result"])
-            if result.kernel_splats:
-                _symbolize(result, kernel)
-            for key in ("accelerator", "testbed_kernel"):
-                if key in run.properties:
-                    result.properties.setdefault(key, run.properties[key])
-            known.apply(result, run.properties)
-            sink.add(result)
-        elif kind == "hello":
-            run.properties.update({k: str(v) for k, v in event.get("properties", {}).items()})
-            sink.header()
-        elif kind == "warning":
-            sink.warn(event.get("message", ""))
-        elif kind == "plan":
-            # compiled for the real devices: the `driver` axis holds their drivers
-            sink.replan(event["ids"])
-            if not event["ids"]:
-                sink.warn("no selected case runs on these devices (the `driver` axis holds "
-                          "the scenario drivers of the devices here)")
-        elif kind == "interrupted":
-            interrupted.append(str(event.get("signal", "SIGINT")))
+    on_event = RunEvents(sink, known)
+    kernel = on_event.kernel
+    interrupted = on_event.interrupted
 
     try:
         done = sink.finished_ids() if args.resume else set()
         if where == "local":
             kernel["release"] = os.uname().release
-            _run_local(cases, args, options, on_event, done)
+            _run_local(cases, compiled.documents, args, options, on_event, done)
         else:
-            _run_testbed(cases, args, options, on_event, run, done, kernel)
+            _run_testbed(cases, compiled.documents, args, options, on_event, run, done, kernel)
     except BaseException:
         # the reports are written either way; a summary of nothing would only precede
         # the error that says why nothing ran
@@ -161,6 +190,48 @@ def run_command(args: argparse.Namespace) -> int:
     if interrupted:  # as a shell reports a process its signal ended: 128 + the signal
         return 128 + int(getattr(signal, interrupted[0], signal.SIGINT))
     return sink.exit_code()
+
+
+class RunEvents:
+    """Where a run's events go: each result (its splats decoded, known issues applied,
+    the testbed's properties added) to the report sink, the rest to the console."""
+
+    def __init__(self, sink: Any, known: Any) -> None:
+        self.sink = sink
+        self.known = known
+        self.run: RunResult = sink.run
+        # where a splat's stack can be decoded: our testbed kernel's vmlinux, or the host's
+        # debug vmlinux (set by _run_testbed / _run_local; made when a first splat comes)
+        self.kernel: dict[str, Any] = {}
+        self.interrupted: list[str] = []  # the signal that ended the run early, if one did
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "result":
+            self.result(CaseResult.from_dict(event["result"]))
+        elif kind == "hello":
+            self.run.properties.update({k: str(v)
+                                        for k, v in event.get("properties", {}).items()})
+            self.sink.header()
+        elif kind == "warning":
+            self.sink.warn(event.get("message", ""))
+        elif kind == "plan":
+            # compiled for the real devices: the `driver` axis holds their drivers
+            self.sink.replan(event["ids"])
+            if not event["ids"]:
+                self.sink.warn("no selected case runs on these devices (the `driver` axis "
+                               "holds the scenario drivers of the devices here)")
+        elif kind == "interrupted":
+            self.interrupted.append(str(event.get("signal", "SIGINT")))
+
+    def result(self, result: CaseResult) -> None:
+        if result.kernel_splats:
+            _symbolize(result, self.kernel)
+        for key in ("accelerator", "testbed_kernel"):
+            if key in self.run.properties:
+                result.properties.setdefault(key, self.run.properties[key])
+        self.known.apply(result, self.run.properties)
+        self.sink.add(result)
 
 
 def _symbolize(result: CaseResult, kernel: dict[str, Any]) -> None:
@@ -179,8 +250,8 @@ def _reselect(args: argparse.Namespace, done: set[str]) -> Any:
     return reselect
 
 
-def _run_local(cases: list[Case], args: argparse.Namespace, options: RunOptions,
-               on_event: Any, done: set[str]) -> None:
+def _run_local(cases: list[Case], documents: list[Document], args: argparse.Namespace,
+               options: RunOptions, on_event: Any, done: set[str]) -> None:
     from vfio_scenario.language.devices import DeviceName
     from vfio_scenario.run import devstate
     from vfio_scenario.run.driverfacts import device_names
@@ -202,7 +273,7 @@ def _run_local(cases: list[Case], args: argparse.Namespace, options: RunOptions,
                 # drivers' init sets (`driver.max_memcpy_size`), as in the guest
                 names = device_names(caps.devices) if needs_driver_facts(cases) else \
                     [DeviceName(d.bdf) for d in caps.devices]
-                compiled = compile_paths(args.paths, names)
+                compiled = compile_documents(documents, names)
                 if compiled.errors:
                     raise ScenarioErrors(compiled.errors)
                 cases = _reselect(args, done)(compiled.cases)
@@ -217,13 +288,19 @@ def _run_local(cases: list[Case], args: argparse.Namespace, options: RunOptions,
                   "message": "device state not restored: " + "; ".join(problems)})
 
 
-def _run_testbed(cases: list[Case], args: argparse.Namespace, options: RunOptions,
-                 on_event: Any, run: RunResult, done: set[str], kernel: dict[str, Any]) -> None:
-    """Run in the VM of `testbed up` when one runs, else in a testbed of our own."""
+def _run_testbed(cases: list[Case], documents: list[Document], args: argparse.Namespace,
+                 options: RunOptions, on_event: Any, run: RunResult, done: set[str],
+                 kernel: dict[str, Any]) -> None:
+    """Run in the VM of `testbed up` when one runs, else in a testbed of our own; with
+    --jobs N in N VMs of our own (run/parallel.py)."""
     from vfio_scenario.run.testbed_run import run_in_testbed
     from vfio_scenario.testbed import Testbed
     from vfio_scenario.testbed.persistent import attach
 
+    jobs = getattr(args, "jobs", 1)
+    if jobs > 1:
+        _run_testbeds(cases, documents, args, options, on_event, run, done, kernel)
+        return
     owned: list[Any] = []
 
     def fresh() -> Any:
@@ -237,11 +314,8 @@ def _run_testbed(cases: list[Case], args: argparse.Namespace, options: RunOption
     testbed = attached or fresh()
     kernel["vmlinux"] = testbed.vmlinux
     try:
-        run.properties.update({"accelerator": testbed.accelerator,
-                               "testbed_kernel": testbed.kernel_release,
-                               "qemu": testbed.qemu_version,
-                               "testbed": "testbed up" if not owned else "own VM"})
-        run_in_testbed(testbed, cases, args.paths, on_event, devices=[],
+        _testbed_properties(run, testbed, "testbed up" if not owned else "own VM")
+        run_in_testbed(testbed, cases, documents, on_event, devices=[],
                        iommu_modes=args.iommu_mode, timeout_multiplier=options.timeout_multiplier,
                        fail_fast=args.fail_fast, replace=None if owned else fresh,
                        reselect=_reselect(args, done), kernel_watch=options.kernel_watch)
@@ -250,3 +324,46 @@ def _run_testbed(cases: list[Case], args: argparse.Namespace, options: RunOption
             t.stop()
         if attached is not None:
             attached.stop()  # disconnects and lets the next command have the VM
+
+
+def _testbed_properties(run: RunResult, testbed: Any, which: str) -> None:
+    run.properties.update({"accelerator": testbed.accelerator,
+                           "testbed_kernel": testbed.kernel_release,
+                           "qemu": testbed.qemu_version, "testbed": which})
+
+
+def _run_testbeds(cases: list[Case], documents: list[Document], args: argparse.Namespace,
+                  options: RunOptions, on_event: Any, run: RunResult, done: set[str],
+                  kernel: dict[str, Any]) -> None:
+    """--jobs N: N VMs of our own, booted in parallel, memory shared out by what the
+    host has available; never the VM of `testbed up` (one VM: it says so)."""
+    from vfio_scenario.run.parallel import (
+        boot_testbeds,
+        mem_available_mib,
+        run_in_testbeds,
+        vm_memory_mib,
+    )
+    from vfio_scenario.testbed import Testbed
+    from vfio_scenario.testbed.persistent import read_state
+
+    jobs = args.jobs
+    if read_state() is not None and not getattr(args, "own_testbed", False):
+        raise UsageError(
+            f"--jobs {jobs}: `testbed up` runs one VM, and a run uses it alone; run with "
+            "--jobs 1 to use it, or stop it (`vfio-scenario testbed down`) and this run "
+            f"boots {jobs} VMs of its own")
+    memory = f"{vm_memory_mib(jobs, mem_available_mib())}M"
+    testbeds, release = boot_testbeds(lambda: Testbed(kernel=args.kernel, accel=args.accel,
+                                                      memory=memory), jobs)
+    kernel["vmlinux"] = testbeds[0].vmlinux
+    try:
+        _testbed_properties(run, testbeds[0], "own VM")  # as with one: the same reports
+        run_in_testbeds(testbeds, cases, documents, on_event, devices=[],
+                        iommu_modes=args.iommu_mode,
+                        timeout_multiplier=options.timeout_multiplier,
+                        fail_fast=args.fail_fast, durations=getattr(args, "_expected", {}),
+                        reselect=_reselect(args, done), kernel_watch=options.kernel_watch)
+    finally:
+        for t in testbeds:
+            t.stop()
+        release()

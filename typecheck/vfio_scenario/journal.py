@@ -1,0 +1,1 @@
+../../engine/journal.py

@@ -1,0 +1,1 @@
+../../engine/known_issues.py
