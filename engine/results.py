@@ -134,6 +134,8 @@ class RunResult:
     started: float = 0.0
     duration: float = 0.0
     properties: dict[str, str] = field(default_factory=dict)  # kernel, accelerator, version …
+    # `run --coverage`: the kernel line coverage summary (report/coverage.py), else None
+    coverage: dict[str, Any] | None = None
 
     def counts(self) -> dict[Outcome, int]:
         out = {o: 0 for o in Outcome}
@@ -150,12 +152,15 @@ class RunResult:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "started": self.started,
             "duration": self.duration,
             "properties": dict(self.properties),
-            "cases": [c.to_dict() for c in self.cases],
         }
+        if self.coverage is not None:
+            out["coverage"] = self.coverage
+        out["cases"] = [c.to_dict() for c in self.cases]
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunResult:
@@ -164,4 +169,5 @@ class RunResult:
             started=d.get("started", 0.0),
             duration=d.get("duration", 0.0),
             properties=dict(d.get("properties", {})),
+            coverage=d.get("coverage"),
         )

@@ -195,7 +195,7 @@ class ReportSink:
             duration = run.duration or max(0.0, time.time() - run.started)
             return RunResult(cases=self._in_order(run.cases), started=run.started,
                              duration=duration,
-                             properties=dict(run.properties))
+                             properties=dict(run.properties), coverage=run.coverage)
 
     def flush(self) -> None:
         """Rewrite every report file now."""

@@ -64,9 +64,10 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                    "axis value, or `requires: {driver: NAME}`)")
     p.add_argument("--testbed", choices=("auto", "never", "always"), default="auto",
                    help="auto: boot the testbed when no --device and no VFIO device here")
-    p.add_argument("--kernel", default="default", metavar="default|debug|debian|PATH",
+    p.add_argument("--kernel", default="default", metavar="default|debug|coverage|debian|PATH",
                    help="testbed guest kernel (default: the project's own build; debug: it "
-                        "with lockdep, KASAN, UBSAN, kmemleak … on)")
+                        "with lockdep, KASAN, UBSAN, kmemleak … on; coverage: it with gcov "
+                        "on VFIO, iommufd and the IOMMU drivers, for --coverage)")
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
                    help="testbed accelerator (auto: KVM when a probe boot proves it works)")
     p.add_argument("--junit-xml", default="reports/junit.xml", metavar="F")
@@ -93,6 +94,15 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                         "lockdep …) nor compare its taint")
     p.add_argument("--resume", action="store_true",
                    help="skip cases the journal of the previous run already holds")
+    g = p.add_argument_group("kernel line coverage (a gcov kernel: --kernel coverage)")
+    g.add_argument("--coverage", metavar="DIR",
+                   help="reset the testbed kernel's gcov counters before the first case, "
+                   "collect them after the last and write DIR/coverage.info (lcov), "
+                   "DIR/html/index.html and a per-file summary (console, JSON report)")
+    g.add_argument("--coverage-per-case", action="store_true",
+                   help="with --coverage: reset and collect around each case (slower), so the "
+                   "HTML says which cases reach a line and the JSON has each scenario file's "
+                   "numbers")
     _compare_options(p)
     p.set_defaults(func=cmd_run)
 

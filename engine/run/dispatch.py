@@ -109,6 +109,8 @@ def check_options(args: argparse.Namespace) -> None:
     if jobs > 1 and args.device:
         raise UsageError(f"--jobs {jobs} runs testbed VMs; with --device the cases run on "
                          "this host's devices, one at a time (drop --jobs)")
+    if getattr(args, "coverage", None) and getattr(args, "baseline_kernel", None):
+        raise UsageError("--coverage cannot be used with --baseline-kernel")
     if jobs > 1 and getattr(args, "baseline_kernel", None):
         raise UsageError(f"--jobs {jobs} cannot be combined with --baseline-kernel")
     _durations(args)  # a bad FILE is an error now, not after the testbed booted
@@ -148,6 +150,7 @@ def run_command(args: argparse.Namespace) -> int:
     known = known_issues_for(cases, getattr(args, "known_issues", None))
     check_outputs({"--junit-xml": args.junit_xml, "--json": args.json, "--html": args.html})
     where = _where(args)
+    coverage = _coverage_setup(args, where)
     journal = getattr(args, "journal", None) or default_journal(args.junit_xml)
     args._expected = _expected(args, journal)  # before the sink starts the journal afresh
     sink = ReportSink(junit_xml=args.junit_xml, json_path=args.json, html_path=args.html,
@@ -168,7 +171,7 @@ def run_command(args: argparse.Namespace) -> int:
         sink.warn(warning)
     options = RunOptions(timeout_multiplier=args.timeout_multiplier,
                          kernel_watch=getattr(args, "kernel_watch", True))
-    on_event = RunEvents(sink, known)
+    on_event = RunEvents(sink, known, coverage)
     kernel = on_event.kernel
     interrupted = on_event.interrupted
 
@@ -178,7 +181,8 @@ def run_command(args: argparse.Namespace) -> int:
             kernel["release"] = os.uname().release
             _run_local(cases, compiled.documents, args, options, on_event, done)
         else:
-            _run_testbed(cases, compiled.documents, args, options, on_event, run, done, kernel)
+            _run_testbed(cases, compiled.documents, args, options, on_event, run, done, kernel,
+                         coverage)
     except BaseException:
         # the reports are written either way; a summary of nothing would only precede
         # the error that says why nothing ran
@@ -186,19 +190,36 @@ def run_command(args: argparse.Namespace) -> int:
         raise
     if interrupted:
         sink.warn(f"run interrupted by {interrupted[0]}; the cases not run are missing")
-    sink.close()
+    _close(sink, run, coverage)
     if interrupted:  # as a shell reports a process its signal ended: 128 + the signal
         return 128 + int(getattr(signal, interrupted[0], signal.SIGINT))
     return sink.exit_code()
+
+
+def _close(sink: Any, run: RunResult, coverage: Any) -> None:
+    """Close the reports; with --coverage its files first (their summary goes into the JSON
+    report), and their error (exit 3) raised once the other reports are written."""
+    problem: Exception | None = None
+    if coverage is not None:
+        try:  # the HTML's write error comes back
+            problem = coverage.write(run, sink.warn)
+        except EnvironmentProblem as exc:
+            problem = exc
+    sink.close()
+    if coverage is not None:
+        coverage.print_summary()
+    if problem is not None:
+        raise problem
 
 
 class RunEvents:
     """Where a run's events go: each result (its splats decoded, known issues applied,
     the testbed's properties added) to the report sink, the rest to the console."""
 
-    def __init__(self, sink: Any, known: Any) -> None:
+    def __init__(self, sink: Any, known: Any, coverage: Any = None) -> None:
         self.sink = sink
         self.known = known
+        self.coverage = coverage  # run/coverage.py's collector with --coverage
         self.run: RunResult = sink.run
         # where a splat's stack can be decoded: our testbed kernel's vmlinux, or the host's
         # debug vmlinux (set by _run_testbed / _run_local; made when a first splat comes)
@@ -215,6 +236,10 @@ class RunEvents:
             self.sink.header()
         elif kind == "warning":
             self.sink.warn(event.get("message", ""))
+            if self.coverage is not None:
+                self.coverage.on_warning(event.get("message", ""))
+        elif kind == "coverage" and self.coverage is not None:
+            self.coverage.add_case_event(event)
         elif kind == "plan":
             # compiled for the real devices: the `driver` axis holds their drivers
             self.sink.replan(event["ids"])
@@ -288,11 +313,30 @@ def _run_local(cases: list[Case], documents: list[Document], args: argparse.Name
                   "message": "device state not restored: " + "; ".join(problems)})
 
 
+def _coverage_setup(args: argparse.Namespace, where: str) -> Any:
+    """The run's coverage collector (run/coverage.py) for --coverage DIR, else None."""
+    if getattr(args, "coverage_per_case", False) and not getattr(args, "coverage", None):
+        raise UsageError("--coverage-per-case needs --coverage DIR")
+    if not getattr(args, "coverage", None):
+        return None
+    from vfio_scenario.run.coverage import CoverageCollector
+
+    if where != "testbed":
+        raise UsageError("--coverage collects the testbed kernel's gcov counters; it cannot "
+                         "be used with --device or on a host with VFIO devices (add "
+                         "--testbed always)")
+    if getattr(args, "jobs", 1) > 1:
+        raise UsageError("--coverage reads the counters of one VM; run with --jobs 1, or "
+                         "shards merged by `report merge --coverage DIR`")
+    return CoverageCollector.for_run(args)
+
+
 def _run_testbed(cases: list[Case], documents: list[Document], args: argparse.Namespace,
                  options: RunOptions, on_event: Any, run: RunResult, done: set[str],
-                 kernel: dict[str, Any]) -> None:
-    """Run in the VM of `testbed up` when one runs, else in a testbed of our own; with
-    --jobs N in N VMs of our own (run/parallel.py)."""
+                 kernel: dict[str, Any], coverage: Any = None) -> None:
+    """Run in the VM of `testbed up` when one runs, else in a testbed of our own (always
+    with --coverage: the counters are reset and read, and the kernel must be the one
+    asked for); with --jobs N in N VMs of our own (run/parallel.py)."""
     from vfio_scenario.run.testbed_run import run_in_testbed
     from vfio_scenario.testbed import Testbed
     from vfio_scenario.testbed.persistent import attach
@@ -310,15 +354,21 @@ def _run_testbed(cases: list[Case], documents: list[Document], args: argparse.Na
 
     # waits while another command uses the `up` VM; a --baseline-kernel run never takes
     # it (it boots a kernel of its own choosing)
-    attached = None if getattr(args, "own_testbed", False) else attach()
+    own = getattr(args, "own_testbed", False) or coverage is not None
+    attached = None if own else attach()
     testbed = attached or fresh()
     kernel["vmlinux"] = testbed.vmlinux
     try:
+        if coverage is not None:
+            coverage.begin(testbed)
         _testbed_properties(run, testbed, "testbed up" if not owned else "own VM")
         run_in_testbed(testbed, cases, documents, on_event, devices=[],
                        iommu_modes=args.iommu_mode, timeout_multiplier=options.timeout_multiplier,
                        fail_fast=args.fail_fast, replace=None if owned else fresh,
-                       reselect=_reselect(args, done), kernel_watch=options.kernel_watch)
+                       reselect=_reselect(args, done), kernel_watch=options.kernel_watch,
+                       coverage_per_case=coverage is not None and coverage.per_case)
+        if coverage is not None:
+            coverage.end(testbed)
     finally:
         for t in owned:
             t.stop()

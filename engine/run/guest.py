@@ -75,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
             cases = payload.read_cases(f, models)
         use_drivers(header.drivers)
         caps = probe_host(header.devices or None)
+        events = emit
+        if header.coverage_per_case:
+            from vfio_scenario.run import gcov
+
+            events = gcov.PerCase(emit)
     except (OSError, VfioScenarioError) as exc:
         emit({"event": "fatal", "message": str(exc)})
         return 3
@@ -85,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = from_host(cases, iter(sys.stdin.readline, "")) if queue else cases
     planned = plan_each(chosen, caps, header.iommu_modes or None)
     run_planned(planned, caps, RunOptions(timeout_multiplier=header.timeout_multiplier,
-                                         kernel_watch=header.kernel_watch), emit,
+                                         kernel_watch=header.kernel_watch), events,
                 fail_fast=header.fail_fast)
     emit({"event": "done"})
     return 0

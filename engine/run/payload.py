@@ -43,6 +43,7 @@ class Header:
     timeout_multiplier: float = 1.0
     fail_fast: bool = False
     kernel_watch: bool = True
+    coverage_per_case: bool = False  # --coverage-per-case: gcov counters sent after each case
     # the models the cases hold, described (run/guest_models.py); write() fills it
     models: list[dict[str, Any]] = field(default_factory=list)
 
@@ -50,7 +51,8 @@ class Header:
         return {"magic": MAGIC, "version": __version__, "devices": self.devices,
                 "drivers": self.drivers, "iommu_modes": self.iommu_modes,
                 "timeout_multiplier": self.timeout_multiplier, "fail_fast": self.fail_fast,
-                "kernel_watch": self.kernel_watch, "models": self.models}
+                "kernel_watch": self.kernel_watch, "coverage_per_case": self.coverage_per_case,
+                "models": self.models}
 
 
 class _Pickler(pickle.Pickler):
@@ -118,6 +120,7 @@ def read_header(f: IO[bytes]) -> Header:
                   timeout_multiplier=float(raw["timeout_multiplier"]),
                   fail_fast=bool(raw["fail_fast"]),
                   kernel_watch=bool(raw.get("kernel_watch", True)),
+                  coverage_per_case=bool(raw.get("coverage_per_case", False)),
                   models=list(raw["models"]))
 
 

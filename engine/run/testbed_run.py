@@ -111,7 +111,7 @@ def run_in_testbed(testbed: Any, cases: list[Case], documents: list[Document],
                    devices: list[str], iommu_modes: list[str], timeout_multiplier: float,
                    fail_fast: bool, replace: Callable[[], Any] | None = None,
                    reselect: Callable[[list[Case]], list[Case]] | None = None,
-                   kernel_watch: bool = True) -> None:
+                   kernel_watch: bool = True, coverage_per_case: bool = False) -> None:
     """Run `cases` in `testbed` (started), calling `on_event` with each guest event;
     `documents` are the scenario files they were compiled from (Compiled.documents).
 
@@ -141,7 +141,7 @@ def run_in_testbed(testbed: Any, cases: list[Case], documents: list[Document],
     header = payload.Header(devices=bdfs, drivers=drivers,
                             iommu_modes=list(iommu_modes),
                             timeout_multiplier=timeout_multiplier, fail_fast=fail_fast,
-                            kernel_watch=kernel_watch)
+                            kernel_watch=kernel_watch, coverage_per_case=coverage_per_case)
     reboots = 0
     longest = max(c.timeout for c in cases) * timeout_multiplier
     while remaining:

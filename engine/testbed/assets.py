@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import tarfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -71,6 +72,13 @@ def linux_source_dir(report: Reporter = quiet) -> Path:
     return fetch_linux_source(report)
 
 
+def cached_source_tree() -> Path | None:
+    """The newest source tree already in the cache (None when none is): for readers of
+    the uAPI headers that must not download (unit tests)."""
+    trees = _installed_source_trees()
+    return _newest_tree(trees) if trees else None
+
+
 def _newest_tree(trees: list[Path]) -> Path:
     def key(tree: Path) -> list[int]:
         return [int(x) for x in re.findall(r"\d+", tree.parent.name)]
@@ -124,14 +132,44 @@ def source_version(tree: Path) -> str:
 FRAGMENT = Path(__file__).with_name("kernel.fragment")
 #: `--kernel debug`: the default kernel plus the kernel's bug detectors
 DEBUG_FRAGMENT = Path(__file__).with_name("kernel-debug.fragment")
-VARIANTS = ("default", "debug")
+#: `--kernel coverage`: the default kernel plus gcov (GCOV_KERNEL), profiling GCOV_FOLDERS only
+COVERAGE_FRAGMENT = Path(__file__).with_name("kernel-coverage.fragment")
+VARIANTS = ("default", "debug", "coverage")
+_OWN_FRAGMENTS = {"debug": DEBUG_FRAGMENT, "coverage": COVERAGE_FRAGMENT}
+
+#: The kernel folders the coverage kernel compiles with gcov: make patterns matched against
+#: kbuild's $(obj) (drivers/vfio/% is every folder below drivers/vfio, pci/ included;
+#: drivers/iommu alone is the IOMMU core's own files, not its subfolders)
+GCOV_FOLDERS = ("drivers/vfio", "drivers/vfio/%", "drivers/iommu", "drivers/iommu/iommufd",
+                "drivers/iommu/intel")
+#: Single files the coverage kernel compiles with gcov, as $(obj)/<stem>
+GCOV_FILES = ("drivers/pci/iov",)
+
+
+def gcov_profile_value() -> str:
+    """The GCOV_PROFILE make variable of the coverage build (docs/testbed.md).
+
+    Passed on make's command line it is a recursively expanded variable that reaches every
+    sub-make and overrides the Makefiles' own GCOV_PROFILE, so it is evaluated per object
+    file in scripts/Makefile.lib: y for the objects of GCOV_FOLDERS and GCOV_FILES, n for
+    all others. Debian's source tree is not touched."""
+    folders = " ".join(GCOV_FOLDERS)
+    files = " ".join(GCOV_FILES)
+    return (f"$(if $(filter {folders},$(obj)),y,"
+            f"$(if $(filter {files},$(obj)/$(target-stem)),y,n))")
+
+
+def variant_make_vars(variant: str) -> list[str]:
+    """Extra make variables of our kernel `variant` (the coverage kernel's GCOV_PROFILE)."""
+    return [f"GCOV_PROFILE={gcov_profile_value()}"] if variant == "coverage" else []
 
 
 def fragment_text(variant: str = "default") -> str:
-    """The config fragment of our kernel `variant` (debug: the default one, then its own)."""
+    """The config fragment of our kernel `variant` (debug, coverage: the default one, then
+    its own)."""
     text = FRAGMENT.read_text()
-    if variant == "debug":
-        text += "\n" + DEBUG_FRAGMENT.read_text()
+    if variant in _OWN_FRAGMENTS:
+        text += "\n" + _OWN_FRAGMENTS[variant].read_text()
     return text
 
 
@@ -171,7 +209,8 @@ def _prefix(variant: str) -> str:
 
 def own_kernel_dir(tree: Path, variant: str = "default") -> Path:
     """Cache folder of our kernel `variant` built from `tree` with the current fragment(s)."""
-    digest = hashlib.sha256(fragment_text(variant).encode()).hexdigest()[:12]
+    recipe = fragment_text(variant) + "".join("\n" + v for v in variant_make_vars(variant))
+    digest = hashlib.sha256(recipe.encode()).hexdigest()[:12]
     if variant == "default":  # the hash of kernel.fragment's bytes, as before
         digest = hashlib.sha256(FRAGMENT.read_bytes()).hexdigest()[:12]
     return sub_dir("kernels", f"own-{_prefix(variant)}{source_version(tree)}-{digest}")
@@ -201,9 +240,12 @@ def _build_own_kernel(tree: Path, report: Reporter, jobs: int, variant: str) -> 
     # one build folder per source version and variant: a changed fragment rebuilds
     # incrementally, and the two variants do not rebuild each other's objects
     build = sub_dir("kernels", f"build-{_prefix(variant)}{source_version(tree)}")
+    if variant == "coverage":
+        _seed_build_folder(build, tree, report)
     fragment = fragment_text(variant)
     make = ["make", "-C", str(tree), f"O={build}", "ARCH=x86_64", f"-j{jobs}",
-            f"LOCALVERSION=-vfio-scenario{'' if variant == 'default' else '-' + variant}"]
+            f"LOCALVERSION=-vfio-scenario{'' if variant == 'default' else '-' + variant}",
+            *variant_make_vars(variant)]
     log = out / "build.log"
     with log.open("w") as log_file:
         _run_logged([*make, "tinyconfig"], log_file)
@@ -235,10 +277,62 @@ def _build_own_kernel(tree: Path, report: Reporter, jobs: int, variant: str) -> 
     shutil.copy2(build / ".config", out / "config")
     # the kernel watch symbolizes splats with it (scripts/decode_stacktrace.sh, addr2line)
     shutil.copy2(build / "vmlinux", out / "vmlinux")
-    _write_json(done, {"release": release, "source": source_version(tree),
-                       "build_seconds": round(ticker.elapsed(), 1)})
+    record: dict[str, object] = {"release": release, "source": source_version(tree),
+                                 "build_seconds": round(ticker.elapsed(), 1)}
+    if variant == "coverage":
+        record["gcov"] = _keep_gcno(build, tree, out)
+    _write_json(done, record)
     report(f"{variant} guest kernel {release} built in {ticker.elapsed():.0f}s")
     return GuestKernel(variant, out / "bzImage", release)
+
+
+def _seed_build_folder(build: Path, tree: Path, report: Reporter) -> None:
+    """A first coverage build starts from a copy of the default kernel's build folder.
+
+    Both share kernel.fragment; kbuild's per-option dependencies (fixdep) and command-line
+    checks then recompile only the profiled objects and the few users of the gcov options,
+    not the whole kernel. Skipped when the folder has been built before or there is no
+    default build to copy.
+
+    The default kernel may be rebuilding meanwhile (another fragment): the copy does not
+    wait for its lock. A file written while the copy ran may be half written, so every file
+    the default build touched since just before the copy is deleted from the copy; kbuild
+    rebuilds what is missing or was built with other options, as after an interrupted make."""
+    seed = sub_dir("kernels", f"build-{source_version(tree)}")
+    if (build / "vmlinux").exists() or not (seed / "vmlinux").exists():
+        return
+    report(f"seeding {build} from {seed}")
+    shutil.rmtree(build)
+    started = time.time() - 2.0
+    subprocess.run(["cp", "-a", "--reflink=auto", str(seed), str(build)], check=True)
+    for path in seed.rglob("*"):
+        try:
+            recent = path.lstat().st_mtime >= started
+        except OSError:  # removed meanwhile
+            continue
+        if recent and not path.is_dir():
+            (build / path.relative_to(seed)).unlink(missing_ok=True)
+
+
+def _keep_gcno(build: Path, tree: Path, out: Path) -> dict[str, str]:
+    """Copy the build's .gcno files (the profiled objects' line tables) next to the kernel.
+
+    The build folder is shared by later builds of the variant; the kept copies stay those
+    of this bzImage. Returns what the coverage collection needs to map the guest's counters
+    back to files: the build folder the guest's /sys/kernel/debug/gcov mirrors, and the
+    source tree."""
+    kept = out / "gcno"
+    shutil.rmtree(kept, ignore_errors=True)
+    count = 0
+    for gcno in sorted(build.rglob("*.gcno")):
+        target = kept / gcno.relative_to(build)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(gcno, target)
+        count += 1
+    if not count:
+        raise EnvironmentProblem(f"the coverage kernel build in {build} left no .gcno file "
+                                 "(GCOV_PROFILE did not reach kbuild?)")
+    return {"build_dir": str(build), "source_tree": str(tree), "gcno": str(kept)}
 
 
 def _run_logged(argv: list[str], log_file: IO[str], cwd: Path | None = None) -> None:
@@ -254,7 +348,8 @@ def cached_kernels() -> list[tuple[str, Path, str]]:
     for meta in sorted(sub_dir("kernels").glob("*/kernel.json")):
         name = meta.parent.name
         kind = "debian" if name.startswith("debian-") else \
-            "debug" if name.startswith("own-debug-") else "default"
+            "debug" if name.startswith("own-debug-") else \
+            "coverage" if name.startswith("own-coverage-") else "default"
         found.append((kind, meta.parent, json.loads(meta.read_text())["release"]))
     return found
 

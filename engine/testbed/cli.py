@@ -39,8 +39,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                         description="Print the config fragment our guest kernel is built "
                         "with (on top of `make tinyconfig`), to build a kernel of your own for "
                         "`--kernel PATH`: see docs/testbed.md.")
-    q.add_argument("--kernel", choices=("default", "debug"), default="default",
-                   help="debug: the default fragment followed by the debug kernel's own")
+    q.add_argument("--kernel", choices=("default", "debug", "coverage"), default="default",
+                   help="debug, coverage: the default fragment followed by the variant's own "
+                   "(coverage: with the make variable that chooses the profiled folders)")
     q.set_defaults(func=_kconfig)
 
     q = tsub.add_parser("status", help="cached kernels, QEMU, accelerator, free space, VM")
@@ -81,9 +82,11 @@ def _reporter() -> Any:
 
 
 def _kconfig(args: argparse.Namespace) -> int:
-    from vfio_scenario.testbed.assets import fragment_text
+    from vfio_scenario.testbed.assets import fragment_text, variant_make_vars
 
     sys.stdout.write(fragment_text(args.kernel))
+    for var in variant_make_vars(args.kernel):  # a comment: the fragment stays mergeable
+        sys.stdout.write(f"# build with this make variable on the command line:\n# '{var}'\n")
     return 0
 
 

@@ -469,10 +469,15 @@ class Testbed:
     def vmlinux(self) -> Path | None:
         """The guest kernel's vmlinux when we built that kernel (None otherwise): the
         kernel watch's splats are symbolized with it."""
-        if self._kernel is not None and self._kernel.kind in ("default", "debug"):
+        if self._kernel is not None and self._kernel.kind in ("default", "debug", "coverage"):
             path = self._kernel.image.with_name("vmlinux")
             return path if path.exists() else None
         return self._vmlinux
+
+    @property
+    def kernel_image(self) -> Path | None:
+        """The guest kernel's image (after start; None for an attached VM)."""
+        return self._kernel.image if self._kernel is not None else None
 
     @property
     def kernel_release(self) -> str:

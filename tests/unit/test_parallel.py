@@ -358,7 +358,7 @@ def test_jobs_with_a_testbed_up_vm_says_how_to_go_on(monkeypatch: pytest.MonkeyP
     import argparse
 
     from vfio_scenario.errors import UsageError
-    from vfio_scenario.run import host
+    from vfio_scenario.run import dispatch
     from vfio_scenario.run.interpreter import RunOptions
     from vfio_scenario.testbed import persistent
 
@@ -368,7 +368,7 @@ def test_jobs_with_a_testbed_up_vm_says_how_to_go_on(monkeypatch: pytest.MonkeyP
     args = argparse.Namespace(jobs=2, kernel="default", accel="tcg", paths=["scen"],
                               iommu_mode=[], fail_fast=False)
     with pytest.raises(UsageError) as info:
-        host._run_testbed(library(), args, RunOptions(), lambda e: None, RunResult(), set(), {})
+        dispatch._run_testbed(library(), [], args, RunOptions(), lambda e: None, RunResult(), set(), {})
     assert str(info.value) == (
         "--jobs 2: `testbed up` runs one VM, and a run uses it alone; run with --jobs 1 to "
         "use it, or stop it (`vfio-scenario testbed down`) and this run boots 2 VMs of its "
@@ -382,7 +382,7 @@ def test_resume_with_jobs_runs_only_what_the_journal_lacks(
     two fake VMs: the journal's cases are not run again, the report holds all, in order."""
     from vfio_scenario.cli import build_parser
     from vfio_scenario.journal import Journal
-    from vfio_scenario.run import host
+    from vfio_scenario.run import dispatch
     from vfio_scenario.testbed import persistent
 
     scenario = tmp_path / "scen" / "p.yaml"
@@ -407,7 +407,7 @@ def test_resume_with_jobs_runs_only_what_the_journal_lacks(
     args = build_parser().parse_args(
         ["run", "scen", "--jobs", "2", "--resume", "--testbed", "always",
          "--junit-xml", "reports/junit.xml", "--json", "reports/run.json"])
-    assert host.run_command(args) == 0
+    assert dispatch.run_command(args) == 0
     assert sorted(vms[0].ran + vms[1].ran) == sorted(ids[4:])
     report = json.loads((tmp_path / "reports" / "run.json").read_text())
     assert [c["case_id"] for c in report["cases"]] == ids

@@ -183,7 +183,7 @@ def test_the_shard_by_duration_selection_is_what_the_run_runs(tmp_path: Path) ->
     durations.write_text(json_document(RunResult(cases=[result(k, v) for k, v in times.items()])))
     import argparse
 
-    from vfio_scenario.run.host import select
+    from vfio_scenario.run.dispatch import select
 
     ns = argparse.Namespace(keyword=None, tag=[], shard="1/2", shard_by="duration",
                             durations=str(durations), driver=None)
