@@ -1232,6 +1232,16 @@ class AssertNotTainted(Op):
     area = "host"
 
 
+class ProvokeCrash(Op):
+    """Write a crash type to LKDTM's /sys/kernel/debug/provoke-crash/DIRECT (the kernel's
+    own fault injector, drivers/misc/lkdtm): to prove the kernel watch sees what it reports."""
+
+    op = "provoke_crash"
+    area = "host"
+    type: Annotated[str, Field(pattern=r"^[A-Z][A-Z0-9_]*$")]  # the kernel knows which exist
+    wait: bool = True
+
+
 class Sleep(Op):
     """Wait `duration`."""
 

@@ -41,16 +41,16 @@ exit 0
 """
 
 
-def guest_vfio_devices(testbed: Any) -> list[str]:
+def guest_vfio_devices(testbed: Any, timeout: float = GUEST_START) -> list[str]:
     """BDFs of the functions bound to vfio-pci (or a variant) in the guest, sorted."""
-    out = testbed.run(["sh", "-c", _LIST_VFIO_DEVICES], timeout=GUEST_START)
+    out = testbed.run(["sh", "-c", _LIST_VFIO_DEVICES], timeout=timeout)
     if out.returncode != 0:
         raise EnvironmentProblem(f"listing the testbed's VFIO devices failed: {out.stderr}")
     return sorted(out.stdout.split())
 
 
-def guest_driver_facts(testbed: Any, bdfs: list[str], drivers: dict[str, str]
-                       ) -> list[str]:
+def guest_driver_facts(testbed: Any, bdfs: list[str], drivers: dict[str, str],
+                       timeout: float = GUEST_START) -> list[str]:
     """The guest's devices as templates see them: each BDF with the facts of the
     scenario driver serving it, from its init in the guest (vfio_scenario.run.driverfacts)."""
     from vfio_scenario.language.devices import DeviceName, DriverFacts
@@ -59,7 +59,7 @@ def guest_driver_facts(testbed: Any, bdfs: list[str], drivers: dict[str, str]
         return []
     argv = [sys.executable, "-m", "vfio_scenario.run.driverfacts", "--drivers",
             json.dumps(drivers), *bdfs]
-    out = testbed.run(argv, timeout=GUEST_START)
+    out = testbed.run(argv, timeout=timeout)
     if out.returncode != 0:
         raise EnvironmentProblem(f"reading the testbed's scenario drivers failed: {out.stderr}")
     facts: dict[str, DriverFacts] = {}
@@ -125,11 +125,14 @@ def run_in_testbed(testbed: Any, cases: list[Case], documents: list[Document],
 
     # the guest sees the host's root at the same paths, except its own /tmp
     workdir = str(sub_dir("run", "payloads"))
-    bdfs = devices or guest_vfio_devices(testbed)
+    # --timeout-multiplier scales the guest's start too (a debug kernel on a busy host)
+    start = GUEST_START * max(1.0, timeout_multiplier)
+    bdfs = devices or guest_vfio_devices(testbed, start)
     drivers = driver_entry_points()
     # each driver's init in the guest costs a Python start there: only for runs with a
     # case that reads a driver
-    named = guest_driver_facts(testbed, bdfs, drivers) if needs_driver_facts(cases) else bdfs
+    named = guest_driver_facts(testbed, bdfs, drivers, start) \
+        if needs_driver_facts(cases) else bdfs
     remaining = compile_for_guest(list(cases), documents, named, reselect)
     # the cases of this run, now that the guest's drivers gave the `driver` axis
     on_event({"event": "plan", "ids": [c.id for c in remaining]})
@@ -152,7 +155,7 @@ def run_in_testbed(testbed: Any, cases: list[Case], documents: list[Document],
             # the payload holds everything (no scenario file is read in the guest), so
             # the engine runs in the payload's folder: the host's working directory may
             # be one the guest cannot see (below /tmp, for a VM of `testbed up`)
-            stream = testbed.stream(argv, idle_timeout=longest + GUEST_START, cwd=workdir)
+            stream = testbed.stream(argv, idle_timeout=longest + start, cwd=workdir)
             seen.follow(stream, on_event)
         except (GuestCrashed, GuestHung) as exc:
             crashed = True

@@ -56,6 +56,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                         "VFIO_SCENARIO_GUEST=1) and exits with its status.")
     vm_options(q)
     q.add_argument("--timeout", type=float, default=600.0, help="seconds (default 600)")
+    q.add_argument("--alongside", action="store_true",
+                   help="in the `up` VM now, beside the command that holds it (e.g. a run), "
+                        "instead of waiting for its turn")
     q.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD")
     q.set_defaults(func=_run)
 
@@ -171,7 +174,14 @@ def _run(args: argparse.Namespace) -> int:
     argv = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not argv:
         raise UsageError("testbed run: name the command after --")
-    testbed, _ = _open_testbed(args)
+    if args.alongside:
+        from vfio_scenario.testbed.persistent import attach_alongside
+
+        testbed = attach_alongside()
+        if testbed is None:
+            raise UsageError("testbed run --alongside: no VM is up (`vfio-scenario testbed up`)")
+    else:
+        testbed, _ = _open_testbed(args)
     try:
         return _stream_to_console(testbed, argv, args.timeout)
     finally:

@@ -25,7 +25,7 @@ from pathlib import Path
 from vfio_scenario.errors import EnvironmentProblem
 from vfio_scenario.run.faultlog import QEMU_FAULTS_MOUNT
 from vfio_scenario.testbed.paths import sub_dir
-from vfio_scenario.testbed.qemu import IOMMU_FAULTS_TAG
+from vfio_scenario.testbed.qemu import IOMMU_FAULTS_TAG, SIDE_PORT
 
 NINEP_TAG = "hostroot"
 GUEST_ENV = {
@@ -136,6 +136,7 @@ for d in /sys/bus/pci/devices/*; do
 done
 for m in dev proc sys; do mount -o rbind /$m /host/$m || die "cannot bind /$m"; done
 say "ready after $(cut -d' ' -f1 /proc/uptime)s, starting the agent"
+chroot /host /usr/bin/env -i {env} {_q(setup.python)} -S {_q(setup.agent)} {SIDE_PORT} &
 exec chroot /host /usr/bin/env -i {env} {_q(setup.python)} -S {_q(setup.agent)}
 """
 

@@ -6,7 +6,8 @@ the devices; `down` ends QEMU by that PID after checking the PID is still that Q
 One command at a time uses it: attaching takes an exclusive lock (run/up/attached.lock,
 which names the holder's PID), held until that command's testbed handle stops or its
 process ends. A second `run` says "testbed busy: … waiting" and waits its turn; `down`
-refuses while the lock is held, unless forced.
+refuses while the lock is held, unless forced. `testbed run --alongside` takes no lock:
+it talks to the guest's second agent (its own virtio-serial port), beside the holder.
 """
 
 from __future__ import annotations
@@ -133,6 +134,18 @@ def attach(notify: Callable[[str], None] = _to_stderr) -> Testbed | None:
     compile_engine()
     testbed.run(_DROP_CACHES, timeout=60)
     return testbed
+
+
+def attach_alongside() -> Testbed | None:
+    """A handle on the running `up` VM through its second agent, taking no turn: for a
+    command beside the one that holds the VM (to look, or to provoke the kernel while a
+    run's case runs). None when no VM is up."""
+    state = read_state()
+    if state is None:
+        return None
+    return Testbed.attach(NAME, int(state["pid"]), accel=state["accel"],
+                          release=state["release"], devices=state["devices"],
+                          vmlinux=state.get("vmlinux", ""), side=True)
 
 
 def down(force: bool = False) -> int:

@@ -19,6 +19,9 @@ from vfio_scenario.run.faultlog import QEMU_FAULTS_FILE
 
 QEMU = "qemu-system-x86_64"
 AGENT_PORT = "vfio-scenario.agent"
+# a second agent on a port of its own: QEMU's socket chardev serves one connection at a
+# time, and the first port belongs to whoever holds the VM (`testbed run --alongside`)
+SIDE_PORT = "vfio-scenario.side"
 FIRST_DEVICE_SLOT = 3
 
 #: PCI ids init binds to vfio-pci, per device model.
@@ -41,6 +44,10 @@ class VmFiles:
     @property
     def agent_socket(self) -> Path:
         return self.folder / "agent.sock"
+
+    @property
+    def side_socket(self) -> Path:
+        return self.folder / "side.sock"
 
     @property
     def iommu_dir(self) -> Path:
@@ -173,5 +180,7 @@ def command_line(*, accel: str, kernel: Path, initrd: Path, files: VmFiles,
         "-device", "virtio-serial-pci,id=vser,addr=0x2.0",
         "-chardev", f"socket,id=agent,path={files.agent_socket},server=on,wait=off",
         "-device", f"virtserialport,bus=vser.0,chardev=agent,name={AGENT_PORT}",
+        "-chardev", f"socket,id=side,path={files.side_socket},server=on,wait=off",
+        "-device", f"virtserialport,bus=vser.0,chardev=side,name={SIDE_PORT}",
         *device_args(devices, files),
     ]

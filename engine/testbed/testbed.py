@@ -53,6 +53,8 @@ from vfio_scenario.testbed.vm import (
 )
 
 TCG_BOOT_TIMEOUT = 180.0
+# the debug kernel (KASAN, lockdep, kmemleak) boots several times slower under TCG
+DEBUG_BOOT_FACTOR = 3.0
 _instances = itertools.count()
 
 
@@ -214,14 +216,15 @@ class Testbed:
 
     @classmethod
     def attach(cls, name: str, pid: int, *, accel: str, release: str,
-               devices: Sequence[str], vmlinux: str = "") -> Testbed:
-        """A handle on a detached VM already running under run/<name> (`testbed up`).
+               devices: Sequence[str], vmlinux: str = "", side: bool = False) -> Testbed:
+        """A handle on a detached VM already running under run/<name> (`testbed up`);
+        `side`: through its second agent, beside the command that holds the first.
 
         Commands run in that VM; stop() only disconnects; a crash is reported and not
         followed by a reboot (the VM belongs to whoever started it)."""
         testbed = cls(accel=accel, devices=devices, name=name)
         testbed._vm = Vm.attach(testbed.files, pid, accel=accel, release=release,
-                                devices=testbed.devices)
+                                devices=testbed.devices, side=side)
         testbed._accel = accel
         testbed._owned = False
         testbed._vmlinux = Path(vmlinux) if vmlinux else None
@@ -272,7 +275,8 @@ class Testbed:
     def _timeout(self, accel: str) -> float:
         if self.boot_timeout is not None:
             return self.boot_timeout
-        return accel_mod.KVM_PROBE_SECONDS * 2 if accel == "kvm" else TCG_BOOT_TIMEOUT
+        factor = DEBUG_BOOT_FACTOR if self.kernel_spec == "debug" else 1.0
+        return factor * (accel_mod.KVM_PROBE_SECONDS * 2 if accel == "kvm" else TCG_BOOT_TIMEOUT)
 
     def _probe_kvm_then_boot(self, detached: bool) -> None:
         # the probe boot is a real boot: when KVM works, its VM is the one we keep

@@ -154,8 +154,9 @@ class Vm:
 
     @classmethod
     def attach(cls, files: VmFiles, pid: int, *, accel: str, release: str,
-               devices: tuple[str, ...]) -> Vm:
-        """A handle on a detached VM that runs already (`testbed up`); connects to its agent.
+               devices: tuple[str, ...], side: bool = False) -> Vm:
+        """A handle on a detached VM that runs already (`testbed up`); connects to its agent
+        (`side`: to the second agent, beside whoever holds the first).
 
         Closing the handle leaves that VM running; `kill_foreign` ends it."""
         vm = cls.__new__(cls)
@@ -164,7 +165,7 @@ class Vm:
         vm.foreign_pid = pid
         if not vm.alive():
             raise BootFailed(f"the testbed VM with PID {pid} is not running")
-        vm.channel = AgentChannel(files.agent_socket)
+        vm.channel = AgentChannel(files.side_socket if side else files.agent_socket)
         return vm
 
     @property
@@ -175,7 +176,7 @@ class Vm:
     def start(self, boot_timeout: float) -> None:
         """Start QEMU and wait until the agent answers; BootFailed with the console if not."""
         self.files.iommu_dir.mkdir(parents=True, exist_ok=True)
-        for stale in (self.files.agent_socket, self.files.console):
+        for stale in (self.files.agent_socket, self.files.side_socket, self.files.console):
             stale.unlink(missing_ok=True)
         prepare_scratch(self.devices, self.files)
         started = time.monotonic()

@@ -101,6 +101,7 @@ OP_ISSUES: dict[str, tuple[str, ...]] = {
     "expect_iommu_fault": (),
     "expect_no_dmesg": (),
     "expect_no_iommu_fault": (),
+    "provoke_crash": (),  # a write to LKDTM's debugfs file, no VFIO or iommufd ioctl
     "sleep": (),
 }
 

@@ -17,6 +17,8 @@ from vfio_scenario.uapi.kmsg import KernelLog
 from vfio_scenario.uapi.patterns import Pattern
 from vfio_scenario.uapi.pci import PCI_COMMAND
 
+from tests.guest.conftest import assert_iommu_fault
+
 LIMIT = 1 << EduDriver.dma_mask_bits
 
 
@@ -115,7 +117,8 @@ def test_dma_from_an_unmapped_iova_faults_in_the_iommu(
 
 
 def test_dma_to_an_unmapped_iova_leaves_the_old_buffer_untouched(
-        iommu: Iommu, edu: EduDriver, edu_bdf: str, dmar_fault_window: KernelLog) -> None:
+        iommu: Iommu, edu: EduDriver, edu_bdf: str,
+        qemu_faults: faultlog.QemuFaultLog) -> None:
     with DmaBuffer(4096) as src, DmaBuffer(4096) as old:
         src.fill(Pattern("random", seed=1))
         old.fill(Pattern(0x5A))
@@ -124,10 +127,6 @@ def test_dma_to_an_unmapped_iova_leaves_the_old_buffer_untouched(
         stale.unmap()
         edu.memcpy_start(s.iova, stale.iova, 4096)
         edu.memcpy_wait()
-        line = dmar_fault_window.wait_for(
-            rf"DMAR: \[DMA Write NO_PASID\] Request device {_requester(edu_bdf)} "
-            rf"fault addr 0x{stale.iova:x}")
-        assert line is not None
-        assert faultlog.Fault(edu_bdf, stale.iova, "write", 5) \
-            in faultlog.KernelFaultLog(dmar_fault_window.read).read()
+        fault = assert_iommu_fault(qemu_faults, edu_bdf, stale.iova, "write")
+        assert fault == faultlog.Fault(edu_bdf, stale.iova, "write", 5)
         assert old.check(Pattern(0x5A)) is None

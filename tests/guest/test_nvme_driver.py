@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import time
-from collections.abc import Iterator
 
 import pytest
 from vfio_scenario.drivers.base import DmaRegion, Driver, driver_for
@@ -28,20 +27,18 @@ from vfio_scenario.drivers.nvme import (
     QueuePair,
 )
 from vfio_scenario.errors import VfioError
+from vfio_scenario.run import faultlog
 from vfio_scenario.uapi import sysfs
 from vfio_scenario.uapi.buffers import DmaBuffer
 from vfio_scenario.uapi.device import VfioDevice
-from vfio_scenario.uapi.kmsg import KernelLog
 from vfio_scenario.uapi.modes import IommuMode
 from vfio_scenario.uapi.patterns import Pattern
 from vfio_scenario.uapi.pci import PCI_COMMAND
 
-from tests.guest.conftest import DMAR_RATELIMIT_INTERVAL
+from tests.guest.conftest import assert_iommu_fault
 
 UNMAPPED = 0x7000000
 DST = 1 << 20
-_last_fault = [0.0]
-# faults are paced by the kernel's DMAR log ratelimit (5 s a fault): one mode is enough
 
 
 @pytest.fixture(scope="module")
@@ -62,18 +59,6 @@ def driver_class() -> type[Driver]:
 def nvme(driver: Driver) -> NvmeDriver:
     assert isinstance(driver, NvmeDriver)
     return driver
-
-
-@pytest.fixture
-def fault_window() -> Iterator[KernelLog]:
-    """The kernel log, once the DMAR fault message ratelimit has room again."""
-    wait = _last_fault[0] + DMAR_RATELIMIT_INTERVAL - time.monotonic()
-    if wait > 0:
-        time.sleep(wait)
-    log = KernelLog()
-    yield log
-    log.close()
-    _last_fault[0] = time.monotonic()
 
 
 def test_registry_picks_nvme_by_class_code(driver_device: VfioDevice) -> None:
@@ -187,21 +172,21 @@ def test_admin_commands_wrap_the_admin_queue(nvme: NvmeDriver,
 
 @pytest.mark.parametrize("driver_iommu", [IommuMode.IOMMUFD], indirect=True)
 def test_data_from_an_unmapped_iova_faults_in_the_iommu_and_qemu_reports_success(
-        nvme: NvmeDriver, buf: tuple[DmaBuffer, int], fault_window: KernelLog,
-        driver_bdf: str) -> None:
+        nvme: NvmeDriver, buf: tuple[DmaBuffer, int], driver_bdf: str,
+        qemu_faults: faultlog.QemuFaultLog) -> None:
     buffer, iova = buf
     buffer.fill(Pattern(0x5A), offset=DST, size=4096)
     nvme.memcpy_start(UNMAPPED, iova + DST, 4096)
     nvme.memcpy_wait()
     assert buffer.check(Pattern("zero"), offset=DST, size=4096) is None
-    assert fault_window.wait_for(rf"DMAR: \[DMA Read.*fault addr 0x{UNMAPPED:x}")
+    assert_iommu_fault(qemu_faults, driver_bdf, UNMAPPED, "read")
 
 
 @pytest.mark.parametrize("driver_iommu", [IommuMode.IOMMUFD], indirect=True)
 @pytest.mark.parametrize("pointer", ["prp-list", "sgl-segment"])
 def test_a_descriptor_list_at_an_unmapped_iova_is_a_data_transfer_error(
-        nvme: NvmeDriver, buf: tuple[DmaBuffer, int], fault_window: KernelLog,
-        pointer: str) -> None:
+        nvme: NvmeDriver, buf: tuple[DmaBuffer, int], driver_bdf: str,
+        qemu_faults: faultlog.QemuFaultLog, pointer: str) -> None:
     _, iova = buf
     assert nvme.io is not None
     if pointer == "prp-list":  # 16 KiB: PRP2 points to a list of three pages
@@ -211,16 +196,17 @@ def test_a_descriptor_list_at_an_unmapped_iova_is_a_data_transfer_error(
     cid = nvme.io.submit(OPC_READ, 1, dptr, (0, 0, 16384 // 512 - 1), flags)
     done = nvme.wait_for(nvme.io, cid, "test", time.monotonic() + 5.0)
     assert (done.sct, done.sc) == (0, SC_DATA_TRANSFER_ERROR)
-    assert fault_window.wait_for(rf"DMAR: \[DMA Read.*fault addr 0x{UNMAPPED:x}")
+    assert_iommu_fault(qemu_faults, driver_bdf, UNMAPPED, "read")
 
 
 @pytest.mark.parametrize("driver_iommu", [IommuMode.IOMMUFD], indirect=True)
-def test_identify_into_an_unmapped_iova(nvme: NvmeDriver, fault_window: KernelLog) -> None:
+def test_identify_into_an_unmapped_iova(nvme: NvmeDriver, driver_bdf: str,
+                                       qemu_faults: faultlog.QemuFaultLog) -> None:
     assert nvme.admin is not None
     cid = nvme.admin.submit(OPC_IDENTIFY, 0, (UNMAPPED, 0), (1,))
     done = nvme.wait_for(nvme.admin, cid, "test", time.monotonic() + 5.0)
     assert (done.sct, done.sc, done.ok) == (0, 0, True)
-    assert fault_window.wait_for(rf"DMAR: \[DMA Write.*fault addr 0x{UNMAPPED:x}")
+    assert_iommu_fault(qemu_faults, driver_bdf, UNMAPPED, "write")
 
 
 def test_reset_mid_command_is_reported_and_init_recovers(

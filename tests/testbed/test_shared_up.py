@@ -20,6 +20,8 @@ import pytest
 from vfio_scenario.testbed.assets import build_own_kernel
 from vfio_scenario.testbed.paths import cache_dir
 
+from tests.helpers.reports import assert_valid_junit
+
 pytestmark = pytest.mark.testbed
 
 
@@ -42,9 +44,11 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=600, check=False)
 
 
-def _start_run(env: dict[str, str], scenario: Path, report: Path) -> subprocess.Popen[str]:
+def _start_run(env: dict[str, str], scenario: Path, report: Path,
+               *options: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "vfio_scenario", "run", str(scenario),
-                             "--json", str(report), "--junit-xml", str(report.with_suffix(".xml"))],
+                             "--json", str(report), "--junit-xml", str(report.with_suffix(".xml")),
+                             *options],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -120,3 +124,52 @@ def test_down_refuses_while_a_run_uses_the_vm_and_force_is_reported_as_a_stop(
     assert first_line == ("the testbed VM was stopped while the case ran: QEMU ended; "
                           "no kernel panic on the guest console")
     assert results["long-after"]["outcome"] == "pass"  # on a VM of the run's own
+
+
+# a case is running in the guest once its process has the kernel log open beside the
+# run's kernel watch: two /dev/kmsg descriptors
+_WHEN_A_CASE_RUNS = ("i=0; until [ \"$(ls -l /proc/[0-9]*/fd 2>/dev/null | grep -c /dev/kmsg)\" "
+                     "-ge 2 ]; do i=$((i+1)); [ $i -lt 1500 ] || { echo no case ran >&2; exit 3; }; "
+                     "sleep 0.2; done; ")
+
+
+def test_testbed_run_alongside_provokes_a_kasan_report_in_the_running_case(
+        private_cache: dict[str, str], tmp_path: Path) -> None:
+    """On an `up` debug-kernel VM a `run` holds, `testbed run --alongside` runs at once
+    (the guest's second agent) and its KASAN splat is the running case's ERROR."""
+    up = _cli(private_cache, "testbed", "up", "--kernel", "debug")
+    assert up.returncode == 0, up.stderr
+    try:
+        scenario = tmp_path / "target.yaml"
+        scenario.write_text("- name: target\n  steps:\n    - sleep: {duration: 30s}\n"
+                            "- name: target-after\n  steps:\n    - sleep: {duration: 1s}\n")
+        report = tmp_path / "target.json"
+        # the debug kernel's guest starts Python slowly on a busy machine
+        run = _start_run(private_cache, scenario, report, "--timeout-multiplier", "4")
+        _wait_for_holder(private_cache, run.pid)
+        provoke = _cli(private_cache, "testbed", "run", "--alongside", "--", "sh", "-c",
+                       _WHEN_A_CASE_RUNS + "echo SLAB_LINEAR_OVERFLOW > "
+                       "/sys/kernel/debug/provoke-crash/DIRECT")
+        if provoke.returncode != 0:
+            run.kill()
+            raise AssertionError(f"{provoke.stderr}\n--- the run ---\n{run.communicate()}")
+        assert "testbed busy" not in provoke.stderr
+        assert run.poll() is None, "the provoking command waited for the run to end"
+        _, err = run.communicate(timeout=600)
+        assert run.returncode == 1, err
+        results = _results(report)
+        assert results["target"]["outcome"] == "error"
+        assert results["target"]["message"].startswith(
+            "kernel kasan during the case: BUG: KASAN: slab-out-of-bounds in "
+            "lkdtm_SLAB_LINEAR_OVERFLOW"), results["target"]["message"]
+        assert results["target-after"]["outcome"] == "pass"
+        assert_valid_junit(report.with_suffix(".xml"))
+    finally:
+        _cli(private_cache, "testbed", "down", "--force")
+
+
+def test_testbed_run_alongside_needs_an_up_vm(private_cache: dict[str, str]) -> None:
+    out = _cli(private_cache, "testbed", "run", "--alongside", "--", "true")
+    assert out.returncode == 2
+    assert out.stderr.strip().endswith(
+        "testbed run --alongside: no VM is up (`vfio-scenario testbed up`)")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +15,7 @@ from vfio_scenario.language.models import (
     ExpectIommuFault,
     ExpectNoDmesg,
     ExpectNoIommuFault,
+    ProvokeCrash,
     Sleep,
 )
 from vfio_scenario.run import faultlog
@@ -138,6 +141,59 @@ def assert_not_tainted(rt: Runtime, args: AssertNotTainted, step: Step) -> None:
     if added:
         raise CheckFailed(f"the kernel became tainted during the case: {taint_letters(added)} "
                           f"(mask {before:#x} → {now:#x})")
+
+
+LKDTM_DIRECT = "/sys/kernel/debug/provoke-crash/DIRECT"
+
+
+class WriterKilled(VfioError):
+    """The process that wrote to LKDTM was killed by a signal (an oops kills the task it
+    happened in with SIGSEGV); `errno_name` is the signal's name, for `expect: SIGSEGV`."""
+
+    def __init__(self, signum: int, crash: str) -> None:
+        name = signal.Signals(signum).name
+        super().__init__(0, "provoke_crash", detail=crash)
+        self.errno_name = name
+        message = (f"provoke_crash {crash}: the kernel killed the writing process with "
+                   f"{name} (an oops in its context)")
+        self.args = (message,)
+
+
+def _write_direct(crash: str) -> None:
+    """The writer's whole life, in a child process: nothing of the case is inherited (its
+    device fds, the pipes to the engine), so a writer LKDTM leaves blocked for good
+    (HUNG_TASK) holds nothing up; exit status 0 or the write's errno."""
+    code = 255
+    try:
+        null = os.open("/dev/null", os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.closerange(3, 65536)
+        fd = os.open(LKDTM_DIRECT, os.O_WRONLY | os.O_CLOEXEC)
+        os.write(fd, crash.encode())
+        code = 0
+    except OSError as exc:
+        code = exc.errno or 255
+    finally:
+        os._exit(code)
+
+
+@op(ProvokeCrash)
+def provoke_crash(rt: Runtime, args: ProvokeCrash, step: Step) -> None:
+    if not os.path.exists(LKDTM_DIRECT):
+        raise Skip(f"this kernel has no LKDTM: {LKDTM_DIRECT} is absent (CONFIG_LKDTM, "
+                   "debugfs mounted)")
+    pid = os.fork()
+    if pid == 0:
+        _write_direct(args.type)
+    if not args.wait:
+        return  # HUNG_TASK's writer never returns
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        raise WriterKilled(os.WTERMSIG(status), args.type)
+    code = os.waitstatus_to_exitcode(status)
+    if code:
+        raise VfioError(code, "provoke_crash", detail=f"write of {args.type} to {LKDTM_DIRECT}")
 
 
 @op(Sleep)
