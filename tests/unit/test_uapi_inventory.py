@@ -24,8 +24,10 @@ def headers() -> tuple[list[str], list[str]]:
         pytest.skip("no Linux source in the cache (vfio-scenario testbed fetch extracts it)")
     uapi = tree / "include/uapi/linux"
     vfio, iommufd = (uapi / "vfio.h").read_text(), (uapi / "iommufd.h").read_text()
-    return inventory.header_ioctls(vfio) + inventory.header_ioctls(iommufd), \
-        inventory.header_features(vfio)
+    # IOMMU_TEST_CMD, the uAPI of CONFIG_IOMMUFD_TEST's mock (the iommufd selftests' own)
+    mock = (tree / "drivers/iommu/iommufd/iommufd_test.h").read_text()
+    return inventory.header_ioctls(vfio) + inventory.header_ioctls(iommufd) + \
+        inventory.header_ioctls(mock), inventory.header_features(vfio)
 
 
 @pytest.fixture(scope="module")
