@@ -372,8 +372,9 @@ def test_a_loop_reaches_the_guest_with_every_iteration(tmp_path: Path) -> None:
         models = guest_models.build(payload.read_header(f).models)
         (got,) = payload.read_cases(f, models)
     (loop,) = got.steps
-    assert type(loop.args).__name__ == "ForLoop" and list(loop.args.values) == [0, 1, 2]
-    assert [(it.value, it.steps[0].args.duration) for it in loop.body or ()] == \
+    args: Any = loop.args
+    assert type(args).__name__ == "ForLoop" and list(args.values) == [0, 1, 2]
+    assert [(it.value, getattr(it.steps[0].args, "duration")) for it in loop.body or ()] == \
         [(0, 0.0), (1, 1.0), (2, 2.0)]
     assert json.dumps(run_case(got, [], Log().ops()).to_dict()["steps"][0]["message"]) == \
         '"3 iterations"'
