@@ -374,7 +374,8 @@ def test_a_loop_reaches_the_guest_with_every_iteration(tmp_path: Path) -> None:
     (loop,) = got.steps
     args: Any = loop.args
     assert type(args).__name__ == "ForLoop" and list(args.values) == [0, 1, 2]
-    assert [(it.value, getattr(it.steps[0].args, "duration")) for it in loop.body or ()] == \
+    durations: list[tuple[int, Any]] = [(it.value, it.steps[0].args) for it in loop.body or ()]
+    assert [(v, a.duration) for v, a in durations] == \
         [(0, 0.0), (1, 1.0), (2, 2.0)]
     assert json.dumps(run_case(got, [], Log().ops()).to_dict()["steps"][0]["message"]) == \
         '"3 iterations"'
