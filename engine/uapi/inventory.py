@@ -44,6 +44,10 @@ OP_ISSUES: dict[str, tuple[str, ...]] = {
     "copy_iova": ("IOMMU_IOAS_COPY",),
     "iommufd_option": ("IOMMU_OPTION",),
     "get_hw_info": ("IOMMU_GET_HW_INFO",),
+    # what the port checks of mappings and memory (run/ops/iommufd_check.py)
+    "mock_check_map": ("IOMMU_TEST_CMD",),
+    "unmap_buffer": (),  # munmap(2) of part of a buffer
+    "truncate_buffer": (),  # ftruncate(2) of a memfd buffer
     # the raw ioctl operations issue the ioctl their step names: not counted as a use here
     "iommufd_ioctl": (),
     "iommufd_command_length": (),
