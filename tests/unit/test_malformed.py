@@ -31,7 +31,7 @@ EXPECTED = {
     "handle-undefined.yaml": (3, 24, 'handle `dev` is not defined by an earlier step'),
     "handle-wrong-kind.yaml": (5, 24, 'handle `buf` is a buffer, but `device` needs a device'),
     "list-without-names.yaml": (1, 3, 'scenarios in a list need a `name`'),
-    "map-two-sources.yaml": (11, 14, 'give only one of `buffer` or `mmio` or `dmabuf`, not buffer '),
+    "map-two-sources.yaml": (11, 14, 'give only one of `buffer` or `mmio` or `dmabuf` or `address`, not buffer '),
     "mask-without-equals.yaml": (7, 18, '`mask` needs `equals` to compare with'),
     "matrix-all-excluded.yaml": (3, 3, 'matrix expands to no case (every combination is excluded)'),
     "matrix-empty-axis.yaml": (3, 9, 'matrix axis `size` has no values'),
