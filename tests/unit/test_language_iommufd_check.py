@@ -72,6 +72,20 @@ def test_an_aligned_buffer_starts_at_a_multiple_of_its_alignment(backing: str) -
             assert bytes(buf.mem[-1:]) == b"\x5a"
 
 
+@pytest.mark.parametrize(("backing", "shared"), [("shared", True), ("anonymous", False)])
+def test_shared_memory_is_shared_with_a_child_private_memory_is_not(backing: str,
+                                                                   shared: bool) -> None:
+    import os
+
+    with DmaBuffer(4096, backing) as buf:
+        pid = os.fork()
+        if pid == 0:  # the child writes, the parent looks
+            buf.mem[0] = 0x77
+            os._exit(0)
+        os.waitpid(pid, 0)
+        assert (buf.mem[0] == 0x77) is shared
+
+
 def test_unmap_range_reports_munmaps_errno_and_refuses_a_range_past_the_end() -> None:
     with DmaBuffer(4 * 4096) as buf:
         with pytest.raises(VfioError) as info:
