@@ -324,11 +324,12 @@ class IovaSpanV(Strict):
 
 
 class VfioIommuInfo(Op):
-    """VFIO_IOMMU_GET_INFO on the iommufd (its type1 compat) with every argsz from the
-    pre-capability one to the full one the kernel asks for: flags PGSIZES|CAPS and page
-    sizes reported, no byte past argsz written, and every capability chain that fits well
-    formed: the IOVA-range capability (version 1) listing `iova_ranges`, the DMA-avail
-    one (version 1, its size), nothing else."""
+    """VFIO_IOMMU_GET_INFO on the iommufd (its type1 compat) at the pre-capability argsz
+    and at every one from sizeof to the size the kernel asks for: flags PGSIZES|CAPS and
+    page sizes reported, no byte past argsz written, every capability chain that fits
+    well formed (the IOVA-range capability, version 1, listing `iova_ranges`; the
+    DMA-avail one, version 1, its size padded to 8 bytes; nothing else), and at the size
+    asked for both."""
 
     op = "vfio_iommu_info"
     area = "iommufd"
