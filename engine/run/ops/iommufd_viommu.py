@@ -400,9 +400,10 @@ def _check_cap_chain(info: Any, data: bytes, argsz: int,
             found = [struct.unpack_from("<QQ", data, at + range_size + 16 * i)
                      for i in range(nr)]
             if version != 1 or found != ranges:
-                shown = ", ".join(f"[{a:#x}, {b:#x}]" for a, b in found)
+                shown = ", ".join(f"[{a:#x}, {b:#x}]" for a, b in found) or "no ranges"
+                want = ", ".join(f"[{a:#x}, {b:#x}]" for a, b in ranges) or "none"
                 raise CheckFailed(f"argsz {argsz}: IOVA-range capability version {version} "
-                                  f"with {shown or 'no ranges'}")
+                                  f"with {shown}; expected version 1 with {want}")
         elif cap_id == lib.VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL:
             # the kernel pads each capability to 8 bytes (vfio_compat.c: ALIGN(cap_size, u64))
             padded = (avail_size + 7) & ~7
