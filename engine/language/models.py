@@ -605,13 +605,14 @@ class MockPasidDetach(_MockPasid):
 
 class AllocBuffer(Op):
     """Allocate a buffer of `size` bytes for DMA (`backing`: anonymous, hugetlb or memfd
-    pages)."""
+    pages; `populate: false`: no page is allocated before it is touched or pinned)."""
 
     op = "alloc_buffer"
     produces = "buffer"
     area = "memory"
     size: Size = Field(gt=0)
     backing: Literal["anonymous", "hugetlb-2M", "hugetlb-1G", "memfd"] = "anonymous"
+    populate: bool = True
 
 
 class _BufferPattern(Op):

@@ -84,8 +84,8 @@ def _kernel_writes(monkeypatch: pytest.MonkeyPatch, bits: int, outside: int | No
         calls.append(("set", hwpt_id, bitmap.bits()))
         return marked
 
-    monkeypatch.setattr(ops.dirty, "get_dirty_bitmap", get)
-    monkeypatch.setattr(ops.dirty, "mock_set_dirty", set_dirty)
+    monkeypatch.setattr(dirty, "get_dirty_bitmap", get)
+    monkeypatch.setattr(dirty, "mock_set_dirty", set_dirty)
     return calls
 
 

@@ -21,6 +21,27 @@ def test_buffer_is_page_rounded_and_holds_a_pattern(backing: Backing) -> None:
         assert (buf.fd >= 0) == (backing is Backing.MEMFD)
 
 
+def _rss_kib(addr: int) -> int:
+    """Rss of the mapping that starts at `addr`, from /proc/self/smaps."""
+    found = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if not found and line.split("-", 1)[0] == f"{addr:x}":
+            found = True
+        elif found and line.startswith("Rss:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no mapping at {addr:#x}")
+
+
+@pytest.mark.parametrize("backing", [Backing.ANONYMOUS, Backing.MEMFD])
+def test_a_buffer_is_populated_unless_told_not_to_be(backing: Backing) -> None:
+    with DmaBuffer(1 << 20, backing) as buf:
+        assert _rss_kib(buf.addr) == 1024
+    with DmaBuffer(1 << 20, backing, populate=False) as buf:
+        assert _rss_kib(buf.addr) == 0
+        buf.mem[0] = 1  # the first touch faults one page in
+        assert 0 < _rss_kib(buf.addr) < 1024
+
+
 def test_patterns_have_the_documented_bytes() -> None:
     assert Pattern("zero").expected(3) == b"\x00\x00\x00"
     assert Pattern("ones").expected(2) == b"\xff\xff"
