@@ -597,10 +597,25 @@ class MockPasidAttach(_MockPasid):
     pt: ObjectId | HwptOrIoasRef
 
 
+class MockPasidReplace(_MockPasid):
+    """IOMMU_TEST_OP_PASID_REPLACE: move an attached PASID of the mock device to `pt`."""
+
+    op = "mock_pasid_replace"
+    pt: ObjectId | HwptOrIoasRef
+
+
 class MockPasidDetach(_MockPasid):
     """IOMMU_TEST_OP_PASID_DETACH: detach PASID `pasid` of the mock device."""
 
     op = "mock_pasid_detach"
+
+
+class MockPasidCheck(_MockPasid):
+    """IOMMU_TEST_OP_PASID_CHECK_HWPT: the kernel checks that PASID `pasid` of the mock
+    device is attached to `hwpt` (0: to nothing); EINVAL when it is not."""
+
+    op = "mock_pasid_check"
+    hwpt: ObjectId | HwptRef
 
 
 # --- Memory and DMA mappings --------------------------------------------------

@@ -47,7 +47,9 @@ OP_ISSUES: dict[str, tuple[str, ...]] = {
     # iommufd dirty tracking and the mock's dirty and PASID commands (run/ops/iommufd_dirty.py)
     "get_dirty_bitmap": ("IOMMU_HWPT_GET_DIRTY_BITMAP",),
     "mock_pasid_attach": ("IOMMU_TEST_CMD",),
+    "mock_pasid_check": ("IOMMU_TEST_CMD",),
     "mock_pasid_detach": ("IOMMU_TEST_CMD",),
+    "mock_pasid_replace": ("IOMMU_TEST_CMD",),
     "mock_set_dirty": ("IOMMU_TEST_CMD",),
     "set_dirty_tracking": ("IOMMU_HWPT_SET_DIRTY_TRACKING",),
     # nested translation, vIOMMU objects and VFIO's type1 compat (run/ops/iommufd_viommu.py)

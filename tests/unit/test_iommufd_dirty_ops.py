@@ -165,6 +165,9 @@ def test_valid_dirty_steps_compile() -> None:
         - get_dirty_bitmap: {iommu: iommu, hwpt: hwpt, iova: 0x1000000, length: 8KiB, page_size: 2KiB, flags: [no_clear], dirty: {every: 2}}
         - alloc_hwpt: {iommu: iommu, device: mock, pt: ioas, selftest: {pagetable_type: huge}}
         - mock_pasid_attach: {iommu: iommu, mock: mock, pasid: 100, pt: hwpt}
+        - mock_pasid_replace: {iommu: iommu, mock: mock, pasid: 100, pt: ioas}
+        - mock_pasid_check: {iommu: iommu, mock: mock, pasid: 100, hwpt: hwpt}
+        - mock_pasid_check: {iommu: iommu, mock: mock, pasid: 100, hwpt: 0}
         - mock_pasid_detach: {iommu: iommu, mock: mock, pasid: 100}
         """) == []
 

@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING
 from vfio_scenario.language.models import (
     GetDirtyBitmap,
     MockPasidAttach,
+    MockPasidCheck,
     MockPasidDetach,
+    MockPasidReplace,
     MockSetDirty,
     SetDirtyTracking,
 )
@@ -84,3 +86,17 @@ def mock_pasid_attach(rt: Runtime, args: MockPasidAttach, step: Step) -> None:
 def mock_pasid_detach(rt: Runtime, args: MockPasidDetach, step: Step) -> None:
     fd = iommufd_of(rt, args.iommu, "mock_pasid_detach").fd
     dirty.pasid_detach(fd, _object_id(rt, args.mock), args.pasid)
+
+
+@op(MockPasidReplace)
+def mock_pasid_replace(rt: Runtime, args: MockPasidReplace, step: Step) -> None:
+    fd = iommufd_of(rt, args.iommu, "mock_pasid_replace").fd
+    dirty.pasid_replace(fd, _object_id(rt, args.mock), args.pasid,
+                        _object_id(rt, args.pt, "pt"))
+
+
+@op(MockPasidCheck)
+def mock_pasid_check(rt: Runtime, args: MockPasidCheck, step: Step) -> None:
+    fd = iommufd_of(rt, args.iommu, "mock_pasid_check").fd
+    dirty.pasid_check(fd, _object_id(rt, args.mock), args.pasid,
+                      _object_id(rt, args.hwpt, "pt"))
