@@ -61,6 +61,7 @@ def _import_areas() -> None:
         iommu,
         iommufd,
         iommufd_check,
+        iommufd_dirty,
         iommufd_viommu,
         liveupdate,
         memory,
