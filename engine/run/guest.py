@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(args[0], "rb") as f:
             header = payload.read_header(f)
             # the guest's models, before the operations import them (no pydantic here)
-            models = guest_models.install(header.models)
+            models = guest_models.install(header.models, header.models_code)
             cases = payload.read_cases(f, models)
         use_drivers(header.drivers)
         caps = probe_host(header.devices or None)
