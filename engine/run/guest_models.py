@@ -44,11 +44,18 @@ Spec = dict[str, Any]  # one model, in plain values
 
 
 def describe(classes: Iterable[type[Any]]) -> list[Spec]:
-    """Plain-value descriptions of `classes` (pydantic models) and of every registered
-    operation, each once."""
-    from vfio_scenario.language.models import OPERATIONS
+    """Plain-value descriptions of every registered operation, every model of the models
+    module and `classes` (pydantic models), each once: the same for every payload of a
+    checkout but for models of other modules that only some payloads hold, so that a
+    warm guest process (run/zygote.py) makes them once."""
+    from vfio_scenario.language import models
 
-    found = dict.fromkeys([*OPERATIONS.values(), *classes])
+    module = [cls for cls in vars(models).values()
+              if isinstance(cls, type) and issubclass(cls, models.Strict)
+              and cls.__module__ == models.__name__ and cls not in (models.Strict, models.Op)
+              # a base that leaves a class constant unset (an abstract one) is no model
+              and all(hasattr(cls, name) for name in cls.__class_vars__)]
+    found = dict.fromkeys([*models.OPERATIONS.values(), *module, *classes])
     return [_describe(cls) for cls in found]
 
 
