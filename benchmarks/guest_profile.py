@@ -13,15 +13,20 @@ Boots the testbed once, compiles scenario files on the host for the guest's devi
          under this checkout so that the guest sees it), its payload written by it,
          in the same VM right before this checkout's runs.
 
+The guest's work is also measured as QEMU's CPU seconds on the host
+(benchmarks/qemu_cpu.py), which the host's load does not inflate as it does the guest's
+clock: the cold runs including their Python start, each warm round from its fork.
+
 Each event line the engine prints is stamped in the guest (its monotonic clock; the
 phases are differences within one process, which TCG's drift does not distort), so
 it prints, per run: until `hello` (imports, payload, models, probe), until the first
 case starts (planning, the kernel watch), the cases' own time (their results'
 durations), the time between cases (fork, result, settle: per case), after the last
-case (restoring devices, `done`); and cProfile's top functions of the cold run's
-parent process (the cases run in forked children: their time is the parent waiting).
+case (restoring devices, `done`); with `--profile`, cProfile's top functions of a cold
+run's parent process (the cases run in forked children: their time is the parent waiting).
 
-    .venv/bin/python benchmarks/guest_profile.py [--kernel default] [FILE ...]
+    .venv/bin/python benchmarks/guest_profile.py [--kernel default] [--rounds 3]
+        [--compare DIR] [--profile] [FILE ...]
 
 The payloads are compiled for the guest's VFIO devices by name (no driver facts).
 Default files: the light kselftest ports (vfio_dma_mapping_mmio_test,
@@ -85,28 +90,33 @@ def write_payload(folder: str, bdfs: list[str], files: list[Path],
     return path, int(cases)
 
 
-def inside_cold(payload: str) -> None:
-    """A fresh process: stamps from its very start, its parent's profile on stderr."""
+def inside_cold(payload: str, profiled: bool) -> None:
+    """A fresh process: stamps from its very start; with `profiled`, its parent's
+    cProfile (which slows it: not timed)."""
     import cProfile
     import io
     import pstats
 
     t0 = time.monotonic()
     profile = cProfile.Profile()
-    profile.enable()
+    if profiled:
+        profile.enable()
     code = _stamped_main([payload], sys.stdout)
-    profile.disable()
     text = io.StringIO()
-    pstats.Stats(profile, stream=text).sort_stats("cumulative").print_stats(30)
+    if profiled:
+        profile.disable()
+        pstats.Stats(profile, stream=text).sort_stats("cumulative").print_stats(30)
     print(json.dumps({"event": "profile", "t0": t0, "text": text.getvalue(), "code": code}))
 
 
 def inside_warm(payload: str, rounds: int) -> None:
     """Fork the run `rounds` times from this process, warmed as run/zygote.py warms."""
+    from qemu_cpu import mark
     from vfio_scenario.run import zygote
 
     zygote.preload(payload)
-    for _ in range(rounds):
+    for n in range(rounds):
+        mark(f"warm {n + 1}", "begin")
         read, write = os.pipe()
         t0 = time.monotonic()
         pid = os.fork()
@@ -120,7 +130,9 @@ def inside_warm(payload: str, rounds: int) -> None:
             for line in pipe:
                 sys.stdout.write(line)
         os.waitpid(pid, 0)
-        print(json.dumps({"event": "warm_end", "t0": t0, "t": time.monotonic()}))
+        t = time.monotonic()
+        mark(f"warm {n + 1}", "end")
+        print(json.dumps({"event": "warm_end", "t0": t0, "t": t}))
         sys.stdout.flush()
 
 
@@ -157,15 +169,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--compare", type=Path, metavar="DIR",
                         help="also the cold run of the engine in DIR (its vfio_scenario package)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also a cold run under cProfile (untimed), its top functions")
     parser.add_argument("--inside", choices=("cold", "warm"), help=argparse.SUPPRESS)
     parser.add_argument("--payload", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inside == "cold":
-        inside_cold(args.payload)
+        inside_cold(args.payload, args.profile)
         return
     if args.inside == "warm":
         inside_warm(args.payload, args.rounds)
         return
+    from qemu_cpu import qemu_cpu_seconds, run_marked
     from vfio_scenario.run.testbed_run import guest_vfio_devices
     from vfio_scenario.testbed import Testbed
 
@@ -177,16 +192,40 @@ def main() -> None:
         bdfs = guest_vfio_devices(testbed)
         path, cases = write_payload(tmp, bdfs, args.files, {})
         compared = None
+        cpu: dict[str, float] = {}
+
+        def timed(label: str, argv: list[str], env: dict[str, str] | None = None) -> Any:
+            before = qemu_cpu_seconds(testbed.pid)
+            result = testbed.run(argv, timeout=1800, cwd=tmp, env=env)
+            cpu[label] = qemu_cpu_seconds(testbed.pid) - before
+            return result
+
         if other:
             other_path = write_payload(tmp, bdfs, args.files, other)[0]
-            compared = testbed.run([sys.executable, me, "--inside", "cold", "--payload",
-                                    other_path], timeout=1800, cwd=tmp, env=other)
-        cold = testbed.run([sys.executable, me, "--inside", "cold", "--payload", path],
-                           timeout=1800, cwd=tmp)
-        warm = testbed.run([sys.executable, me, "--inside", "warm", "--payload", path,
-                            "--rounds", str(args.rounds)], timeout=1800, cwd=tmp)
+            compared = timed("other", [sys.executable, me, "--inside", "cold", "--payload",
+                                       other_path], other)
+        cold = timed("cold", [sys.executable, me, "--inside", "cold", "--payload", path])
+        lines, warm_cpu, status = run_marked(
+            testbed, [sys.executable, me, "--inside", "warm", "--payload", path, "--rounds",
+                      str(args.rounds)], timeout=1800, cwd=tmp)
+        cpu.update(warm_cpu)
+        profiled = testbed.run([sys.executable, me, "--inside", "cold", "--profile",
+                                "--payload", path], timeout=1800, cwd=tmp) \
+            if args.profile else None
         accel = testbed.accelerator
-    for result in (cold, warm, *([compared] if compared else [])):
+    if status != 0:
+        raise SystemExit(status)
+    report(args, cases, accel, load, cold, compared, lines, cpu)
+    if profiled is not None:
+        events = [json.loads(line) for line in profiled.stdout.splitlines()
+                  if line.startswith("{")]
+        print("a cold run's parent process under cProfile (cumulative):")
+        print(next(e for e in events if e["event"] == "profile")["text"])
+
+
+def report(args: argparse.Namespace, cases: int, accel: str, load: tuple[float, ...],
+           cold: Any, compared: Any, lines: list[str], cpu: dict[str, float]) -> None:
+    for result in (cold, *([compared] if compared else [])):
         if result.returncode != 0:
             sys.stderr.write(result.stderr)
             raise SystemExit(result.returncode)
@@ -207,7 +246,7 @@ def main() -> None:
     _print("  cold", phases([e for e in events if "t" in e], profile["t0"]))
     runs: list[dict[str, float]] = []
     current: list[dict[str, Any]] = []
-    for line in warm.stdout.splitlines():
+    for line in lines:
         event = json.loads(line) if line.startswith("{") else None
         if event is None:
             continue
@@ -226,8 +265,15 @@ def main() -> None:
             f", cold/{args.compare.name} cold {cold_total / other_total:.2f}, "
             f"warm/{args.compare.name} cold {median['total'] / other_total:.2f}"
             if compared is not None else ""))
-    print("cold run's parent process, cProfile (cumulative):")
-    print(profile["text"])
+    warm_cpu_values = sorted(v for k, v in cpu.items() if k.startswith("warm"))
+    print("QEMU's CPU seconds on the host (the guest's work; the load does not inflate it): "
+          + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
+    if warm_cpu_values:
+        warm_median = statistics.median(warm_cpu_values)
+        print(f"  ratios: warm median/cold {warm_median / cpu['cold']:.2f}" + (
+            f", cold/{args.compare.name} cold {cpu['cold'] / cpu['other']:.2f}, warm median/"
+            f"{args.compare.name} cold {warm_median / cpu['other']:.2f}" if "other" in cpu
+            else ""))
 
 
 if __name__ == "__main__":

@@ -239,10 +239,14 @@ class Side:
 
 
 def run_c(binary: Path, bdfs: list[str], per_case: bool) -> Side:
+    from qemu_cpu import mark
+
     side = Side()
+    mark(f"c {binary.name}", "begin")
     t0 = time.perf_counter()
     proc = subprocess.run([str(binary), *bdfs], capture_output=True, text=True, check=False)
     side.seconds = time.perf_counter() - t0
+    mark(f"c {binary.name}", "end")
     for line in proc.stdout.splitlines():
         m = TAP_LINE.match(line)
         if m:
@@ -308,11 +312,20 @@ def run_ours(programs: list[str], workdir: Path, bdfs: list[str],
              cold: bool = False) -> tuple[float, dict[str, Side], float]:
     """One guest-engine run over the programs' scenario files: its seconds, per-program
     results; with `cold`, also the seconds of the same run in a fresh Python (first)."""
+    from qemu_cpu import mark
+
     work = write_payload(programs, workdir, bdfs)
-    cold_seconds = cold_engine([work])[0] if cold else 0.0
+    label = " ".join(programs) if len(programs) == 1 else "all"
+    cold_seconds = 0.0
+    if cold:
+        mark(f"cold {label}", "begin")
+        cold_seconds = cold_engine([work])[0]
+        mark(f"cold {label}", "end")
+    mark(f"ours {label}", "begin")
     t0 = time.perf_counter()
     status, stdout = guest_engine([work])
     seconds = time.perf_counter() - t0
+    mark(f"ours {label}", "end")
     sides = {p: Side() for p in programs}
     for line in stdout.splitlines():
         try:
@@ -381,6 +394,37 @@ def _ratio(a: float, b: float) -> str:
     return f"{a / b:6.2f}" if b > 0 else "     -"
 
 
+def print_light(programs: dict[str, dict[str, dict[str, Any] | None]]) -> None:
+    """The light programs' end-to-end ratios against their target."""
+    for p in LIGHT:
+        c, ours = (programs.get(p) or {}).get("c"), (programs.get(p) or {}).get("ours")
+        if c and ours and c["seconds"]:
+            r = float(ours["seconds"]) / float(c["seconds"])
+            print(f"light program {p}: ours/C {r:.2f} (target <= 2: "
+                  f"{'met' if r <= 2 else 'NOT met'})")
+
+
+def print_cpu(data: dict[str, object], programs: list[str], compared: list[str]) -> None:
+    """The same comparisons in QEMU's CPU seconds (benchmarks/qemu_cpu.py)."""
+    cpu: dict[str, float] = data.get("qemu_cpu", {})  # type: ignore[assignment]
+    if not cpu:
+        return
+    print("the guest's work (QEMU's CPU seconds on the host, which the host's load does "
+          "not inflate as it does the guest's clock):")
+    for p in programs:
+        c_cpu, o_cpu = cpu.get(f"c {p}"), cpu.get(f"ours {p}")
+        if c_cpu is not None and o_cpu is not None:
+            print(f"  {p:<32} C {c_cpu:6.2f}  ours {o_cpu:6.2f}  ratio "
+                  f"{_ratio(o_cpu, c_cpu).strip()}")
+    c_total = sum(cpu.get(f"c {p}", 0.0) for p in compared)
+    if c_total and "ours all" in cpu:
+        cold = cpu.get("cold all", 0.0)
+        print(f"  end to end over the compared programs: C {c_total:.2f}, ours (zygote) "
+              f"{cpu['ours all']:.2f}, ratio {cpu['ours all'] / c_total:.2f} (target <= 1.1: "
+              f"{'met' if cpu['ours all'] / c_total <= 1.1 else 'NOT met'}); a fresh Python "
+              f"{cold:.2f}, ratio {cold / c_total:.2f}")
+
+
 def print_report(data: dict[str, object]) -> int:
     programs: dict[str, dict[str, dict[str, Any] | None]] = data["programs"]  # type: ignore[assignment]
     print(f"kernel {data['kernel']}, devices {', '.join(data['bdfs'])}; "  # type: ignore[arg-type]
@@ -437,11 +481,8 @@ def print_report(data: dict[str, object]) -> int:
     if c_all:
         print(f"the same run in a fresh Python (`python -m vfio_scenario.run.guest`, no "
               f"zygote): {cold:.2f} s, ratio {cold / c_all:.2f}")
-    light = [p for p in LIGHT if p in programs and programs[p]["ours"]]
-    for p in light:
-        c, ours = programs[p]["c"], programs[p]["ours"]
-        r = float(ours["seconds"]) / float(c["seconds"])  # type: ignore[index]
-        print(f"light program {p}: ours/C {r:.2f} (target <= 2: {'met' if r <= 2 else 'NOT met'})")
+    print_light(programs)
+    print_cpu(data, list(programs), compared)
     print(f"cases where C and ours disagree: {len(disagreements)}")
     print("\n".join(disagreements))
     return 0
@@ -469,14 +510,16 @@ def main() -> None:
             "--programs", *args.programs]
     if args.no_per_case:
         argv.append("--no-per-case")
+    from qemu_cpu import run_marked
+
     with Testbed(kernel=args.kernel) as testbed:
         print(f"testbed: {testbed.accelerator}, kernel {testbed.kernel_release}, "
               f"C programs from {binaries}")
-        result = testbed.run(argv, timeout=1800, cwd=str(ROOT))
-    if result.returncode != 0:
-        sys.stderr.write(result.stderr)
-        raise SystemExit(result.returncode)
-    data = json.loads(result.stdout.strip().splitlines()[-1])
+        lines, cpu, status = run_marked(testbed, argv, timeout=1800, cwd=str(ROOT))
+    if status != 0:
+        raise SystemExit(status)
+    data = json.loads(lines[-1])
+    data["qemu_cpu"] = cpu
     if args.json:
         args.json.write_text(json.dumps(data, indent=1))
     raise SystemExit(print_report(data))
