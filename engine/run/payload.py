@@ -7,9 +7,10 @@ pydantic, and never re-reads the scenario files over 9p.
 
 Both sides run the same checkout (the guest sees the host's root), so the file is a
 pickle: a small header of plain values, read first so the guest can start probing
-devices, then the cases. The header describes every model the cases hold (and every
-operation's) in plain values; the guest makes slotted frozen dataclasses of them and
-installs them as the models module before anything imports it (run/guest_models.py),
+devices, then the cases. The header describes every model of the checkout (and every
+other the cases hold) in plain values, with the module of slotted frozen classes made
+from that description compiled on the host; the guest executes it and installs it as
+the models module before anything imports it (run/guest_models.py),
 so it never imports pydantic, and the cases' models are restored as their instances:
 the same names, fields, class constants, methods and properties as the host's.
 """
