@@ -12,16 +12,24 @@ definition is force-included with -include; nothing of the kernel is copied into
 repository). Then it boots the testbed once and, inside it, for every program:
 
   C      the program run end to end (all its cases), and each case alone (`-r`);
-  ours   the guest engine (`vfio_scenario.run.guest`'s main, in a child forked from
-         this process, which has imported the engine once) on the payload of the
-         program's scenario file (compiled first, untimed, as the host does before the
-         guest engine starts), end to end, with each case's own duration from its
-         events; and once over all the compared programs. The cold start (Python
-         importing the engine in the guest) is measured and printed apart.
+  ours   the guest engine (`vfio_scenario.run.guest`'s main) on the payload of the
+         program's scenario file, forked from this process warmed as a zygote is
+         (run/zygote.py: the engine imported, the models made, the operations
+         registered once; the payload compiled first, untimed, in a Python of its own,
+         as the host does before the guest engine starts), end to end, with each
+         case's own duration from its events; and once over all the compared
+         programs, forked as above and in a fresh Python
+         (`python -m vfio_scenario.run.guest`, what one `run` starts today).
+
+Each C program's end-to-end run and each of ours is also measured as QEMU's CPU
+seconds on the host (benchmarks/qemu_cpu.py): the guest's work, which the host's load
+does not inflate as it does the guest's clock.
 
 It prints per program: C and our end-to-end seconds and their ratio, the sums of
-per-case seconds and their ratio; the totals; and every case where the two disagree
-(one passes where the other fails or skips). Target: end to end <= 1.5x the C programs.
+per-case seconds and their ratio; the totals; the same in QEMU's CPU seconds; and
+every case where the two disagree (one passes where the other fails or skips).
+Targets (issue 24): the light programs (LIGHT) <= 2x the C program end to end, all
+ported programs together <= 1.1x.
 
 Run on the host: `.venv/bin/python benchmarks/vs_kselftest.py [--kernel default|debian]
 [--programs iommufd ...]`.
@@ -286,26 +294,35 @@ def cold_engine(argv: list[str]) -> tuple[float, int]:
     return time.perf_counter() - t0, proc.returncode
 
 
+WRITE_PAYLOAD = """
+import json, sys
+from vfio_scenario.drivers.base import driver_entry_points
+from vfio_scenario.language.compile import compile_paths
+from vfio_scenario.language.devices import DeviceName
+from vfio_scenario.run import payload
+from vfio_scenario.run.driverfacts import driver_facts
+folder, bdfs, files = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3:]
+# each device with its driver's limits, as a run compiles (the `driver` axis)
+compiled = compile_paths(files, [DeviceName(b, driver_facts(b)[0]) for b in bdfs])
+if compiled.errors:
+    raise SystemExit("\\n".join(map(str, compiled.errors)))
+# the same devices as the C programs (the testbed may hold others: igb, nvme)
+header = payload.Header(devices=bdfs, drivers=driver_entry_points())
+print(payload.write(folder, header, compiled.cases))
+"""
+
+
 def write_payload(programs: list[str], workdir: Path, bdfs: list[str]) -> str:
     """The programs' scenario files compiled for `bdfs` as a run compiles them, written
-    as a payload; its path."""
-    from vfio_scenario.drivers.base import driver_entry_points
-    from vfio_scenario.language.compile import compile_paths
-    from vfio_scenario.run import payload
-
-    # what the host does before the guest engine starts (compile against the guest's
-    # devices, write the payload) is not timed: on the host it takes a tenth of a second
+    as a payload; its path. What the host does before the guest engine starts is not
+    timed (on the host it takes a tenth of a second), and it runs in a Python of its own:
+    it imports pydantic, which the guest engine and its zygote never do."""
     files = [str(scenario_file(p)) for p in programs]
-    # each device with its driver's limits, as a run compiles (the `driver` axis)
-    from vfio_scenario.language.devices import DeviceName
-    from vfio_scenario.run.driverfacts import driver_facts
-
-    compiled = compile_paths(files, [DeviceName(b, driver_facts(b)[0]) for b in bdfs])
-    if compiled.errors:
-        raise SystemExit("\n".join(map(str, compiled.errors)))
-    # the same devices as the C programs (the testbed may hold others: igb, nvme)
-    header = payload.Header(devices=bdfs, drivers=driver_entry_points())
-    return payload.write(str(workdir), header, compiled.cases)
+    out = subprocess.run([sys.executable, "-c", WRITE_PAYLOAD, str(workdir), json.dumps(bdfs),
+                          *files], capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(out.stderr)
+    return out.stdout.strip().splitlines()[-1]
 
 
 def run_ours(programs: list[str], workdir: Path, bdfs: list[str],
