@@ -186,7 +186,7 @@ def test_up_with_jobs_boots_the_vms_run_jobs_uses_and_says_when_fewer_run(
         assert [line.split(":")[0] for line in up.stdout.splitlines()] == \
             ["testbed up VM 1", "testbed up VM 2"]
         status = _cli(private_cache, "testbed", "status").stdout
-        assert "vm 1         up, PID" in status and "vm 2         up, PID" in status, status
+        assert "vm 1          up, PID" in status and "vm 2          up, PID" in status, status
         scenario = _scenario(tmp_path, "shared", 0.5)
         report = tmp_path / "shared.json"
         run = _start_run(private_cache, scenario, report, "--jobs", "2")
