@@ -1,5 +1,6 @@
 """A warm guest engine: a process that has imported the engine, made the payload's
-models and registered the operations once, and forks a run from there.
+models, registered the operations and imported the scenario drivers once, and forks
+a run from there.
 
 A fresh `python -m vfio_scenario.run.guest` pays, before its first case, the Python
 start, the engine's imports, the models (run/guest_models.py), the operations'
@@ -42,6 +43,7 @@ def preload(payload_path: str | None = None) -> None:
     kernel_config()  # read and unpacked once (cached for the process and its forks)
     if payload_path is None:
         return
+    from vfio_scenario.drivers.base import use_drivers
     from vfio_scenario.run import guest_models, payload
 
     with open(payload_path, "rb") as f:
@@ -50,6 +52,7 @@ def preload(payload_path: str | None = None) -> None:
     from vfio_scenario.run.ops import operations  # binds the models just installed
 
     operations()
+    use_drivers(header.drivers)  # the scenario drivers' modules imported
 
 
 def fork_run(argv: Sequence[str], stdout: int = 1, stdin: int | None = None,
