@@ -50,9 +50,12 @@ def describe(classes: Iterable[type[Any]]) -> list[Spec]:
     warm guest process (run/zygote.py) makes them once."""
     from vfio_scenario.language import models
 
+    # the models module's own and those of the modules it gathers (models_*.py, whose
+    # classes it re-exports)
     module = [cls for cls in vars(models).values()
               if isinstance(cls, type) and issubclass(cls, models.Strict)
-              and cls.__module__ == models.__name__ and cls not in (models.Strict, models.Op)
+              and cls.__module__.startswith(models.__name__)
+              and cls not in (models.Strict, models.Op)
               # a base that leaves a class constant unset (an abstract one) is no model
               and all(hasattr(cls, name) for name in cls.__class_vars__)]
     found = dict.fromkeys([*models.OPERATIONS.values(), *module, *classes])
