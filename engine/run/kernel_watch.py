@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -238,6 +239,13 @@ def apply(result: CaseResult, splats: list[Splat]) -> CaseResult:
 
 
 KMEMLEAK = "/sys/kernel/debug/kmemleak"
+# the scheduler's debugfs header says what jiffies is now (kernel/sched/debug.c,
+# `jiffies : N`): the clock kmemleak stamps each object's allocation with
+SCHED_DEBUG = "/sys/kernel/debug/sched/debug"
+_JIFFIES = re.compile(rb"^jiffies\s*:\s*(\d+)$", re.MULTILINE)
+_OBJECT_JIFFIES = re.compile(r"^\s+comm \".*\", pid -?\d+, jiffies (\d+)$", re.MULTILINE)
+# kmemleak reports an object only once it is this old (mm/kmemleak.c, MSECS_MIN_AGE)
+KMEMLEAK_MIN_AGE = 5.0
 
 
 class KernelWatch:
@@ -248,8 +256,11 @@ class KernelWatch:
         self.reader = KmsgReader()
         self.taint = _read_taint()
         # a kernel with kmemleak (--kernel debug): what it suspected before the run is
-        # not the run's (`clear`); its automatic scan is off in that kernel's config
+        # not the run's (`clear`, and the jiffies the run began at: objects allocated
+        # earlier, never scanned before, are left out); its automatic scan is off in
+        # that kernel's config
         self.kmemleak = _kmemleak("clear")
+        self.since = _jiffies() if self.kmemleak else None
 
     @classmethod
     def open(cls) -> KernelWatch | None:
@@ -270,19 +281,55 @@ class KernelWatch:
         return apply(result, splats)
 
     def leaks(self) -> str:
-        """kmemleak's report of the objects leaked since the run began ("" when none, or
-        no kmemleak here). kmemleak reports an object once it is 5 s old, so a run that
-        ends sooner may show its leaks only in a later run."""
-        if not self.kmemleak or not _kmemleak("scan"):
+        """kmemleak's report of the objects allocated since the run began and leaked ("" when
+        none, or no kmemleak here). kmemleak reports an object only when it is 5 s old
+        and its contents are what they were at the previous scan (mm/kmemleak.c,
+        kmemleak_scan: a changed object is scanned as referenced, once), so an object
+        leaked during the run shows at the second scan, 5 s after the run's end."""
+        if not self.kmemleak:
+            return ""
+        ended = time.monotonic()
+        if not _kmemleak("scan"):
+            return ""
+        time.sleep(max(0.0, ended + KMEMLEAK_MIN_AGE - time.monotonic()))
+        if not _kmemleak("scan"):
             return ""
         try:
             with open(KMEMLEAK) as f:
-                return f.read().strip()
+                report = f.read()
         except OSError:
             return ""
+        return since_jiffies(report, self.since)
 
     def close(self) -> None:
         self.reader.close()
+
+
+def since_jiffies(report: str, since: int | None) -> str:
+    """The objects of kmemleak's `report` allocated at or after jiffies `since` (all of
+    them when `since` is unknown), as kmemleak printed them."""
+    blocks = re.split(r"(?m)^(?=unreferenced object)", report)
+    kept = []
+    for block in blocks:
+        if not block.startswith("unreferenced object"):
+            continue
+        stamp = _OBJECT_JIFFIES.search(block)
+        if since is None or stamp is None or int(stamp.group(1)) >= since:
+            kept.append(block.rstrip("\n"))
+    return "\n".join(kept)
+
+
+def _jiffies() -> int | None:
+    try:
+        fd = os.open(SCHED_DEBUG, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            head = os.read(fd, 4096)
+        finally:
+            os.close(fd)
+    except OSError:
+        return None
+    found = _JIFFIES.search(head)
+    return int(found.group(1)) if found else None
 
 
 def _kmemleak(command: str) -> bool:
