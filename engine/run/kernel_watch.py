@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -280,19 +281,22 @@ class KernelWatch:
         self.taint = after
         return apply(result, splats)
 
-    def leaks(self) -> str:
+    def leaks(self, beat: Callable[[], None] | None = None) -> str:
         """kmemleak's report of the objects allocated since the run began and leaked ("" when
         none, or no kmemleak here). kmemleak reports an object only when it is 5 s old
         and its contents are what they were at the previous scan (mm/kmemleak.c,
         kmemleak_scan: a changed object is scanned as referenced, once), so an object
-        leaked during the run shows at the second scan, 5 s after the run's end."""
+        leaked during the run shows at the second scan, 5 s after the run's end.
+
+        A scan of a TCG guest's memory takes minutes on a busy machine: `beat` is called
+        every BEAT seconds while one runs (the host takes a silent guest for a hung one)."""
         if not self.kmemleak:
             return ""
         ended = time.monotonic()
-        if not _kmemleak("scan"):
+        if not _scan(beat):
             return ""
         time.sleep(max(0.0, ended + KMEMLEAK_MIN_AGE - time.monotonic()))
-        if not _kmemleak("scan"):
+        if not _scan(beat):
             return ""
         try:
             with open(KMEMLEAK) as f:
@@ -330,6 +334,23 @@ def _jiffies() -> int | None:
         return None
     found = _JIFFIES.search(head)
     return int(found.group(1)) if found else None
+
+
+BEAT = 20.0
+
+
+def _scan(beat: Callable[[], None] | None) -> bool:
+    """One kmemleak scan (a write that returns when it is done), `beat` called meanwhile."""
+    if beat is None:
+        return _kmemleak("scan")
+    done: list[bool] = []
+    worker = threading.Thread(target=lambda: done.append(_kmemleak("scan")), daemon=True)
+    worker.start()
+    while True:
+        worker.join(BEAT)
+        if not worker.is_alive():
+            return bool(done and done[0])
+        beat()
 
 
 def _kmemleak(command: str) -> bool:
