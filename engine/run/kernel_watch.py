@@ -82,6 +82,7 @@ _STACK_ENDS = {"lockdep", "atomic_sleep", "hung_task", "rcu_stall", "lockup", "b
 _DUMP_PREFIX = re.compile(r"^(CPU: \d+ |Hardware name: )")
 GAP_USEC = 2_000_000  # a quiet log for this long ends a splat that had no end marker
 MAX_LINES = 600
+MAX_MESSAGE = 8  # lines of a WARN's message kept between `cut here` and `WARNING:`
 _ESCAPE = re.compile(r"\\x([0-9a-f]{2})")
 
 
@@ -132,6 +133,8 @@ class _SplatReader:
         self.kind = ""
         self.ruled = False  # opened by a `====` line: a KASAN/KFENCE/UBSAN report closes with one
         self.opener: str | None = None
+        # lines between a `cut here` and its header: a WARN(cond, fmt, …)'s message
+        self.message: list[str] = []
         self.before: list[str] = []  # recent lines outside a splat (dump_stack's CPU:/Hardware name:)
 
     def close(self) -> None:
@@ -156,20 +159,24 @@ class _SplatReader:
     def outside(self, line: str, found: str | None) -> None:
         """A line while no report is open: an opener, a line before one, or a header."""
         if _OPENER_CUT.match(line) or _OPENER_RULE.match(line):
-            self.opener = line
+            self.opener, self.message = line, []
             return
         if found is None:
+            if self.opener is not None and _OPENER_CUT.match(self.opener) and \
+                    len(self.message) < MAX_MESSAGE:
+                self.message.append(line)  # a WARN's message comes before its WARNING: line
+                return
             if self.opener is not None:
-                self.before.append(self.opener)
-                self.opener = None
+                self.before = [*self.before, self.opener, *self.message]
+                self.opener, self.message = None, []
             self.before = [*self.before, line][-3:]
             return
         self.kind = found
         self.ruled = self.opener is not None and _OPENER_RULE.match(self.opener) is not None
         lead = [ln for ln in self.before if _DUMP_PREFIX.match(ln)] \
             if found == "call_trace" else []
-        self.current = [*lead, *([self.opener] if self.opener else []), line]
-        self.opener, self.before = None, []
+        self.current = [*lead, *([self.opener] if self.opener else []), *self.message, line]
+        self.opener, self.message, self.before = None, [], []
         if found == "kmemleak":
             self.close()
 

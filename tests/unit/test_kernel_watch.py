@@ -103,6 +103,23 @@ def test_a_warn_is_one_splat_from_cut_here_to_end_trace() -> None:
     assert "resetting" not in splat.text and "enabling device" not in splat.text
 
 
+def test_a_warns_message_between_cut_here_and_its_warning_line_is_part_of_it() -> None:
+    # mm/slub.c's WARN_ONCE(cachep != s, "kmem_cache_free(%s, %p): object belongs to
+    # different cache %s\n", …), as the debug kernel logged it for LKDTM's SLAB_FREE_CROSS
+    text = WARN.replace("    WARNING: drivers/vfio", "    kmem_cache_free(lkdtm-heap-b, "
+                        "ff1100014eb5c000): object belongs to different cache lkdtm-heap-a\n"
+                        "    WARNING: drivers/vfio")
+    [splat] = find_splats(records(text))
+    assert splat.kind == "warning" and splat.title.startswith("WARNING: drivers/vfio/")
+    assert splat.text.split("\n")[:2] == [
+        "------------[ cut here ]------------",
+        ("kmem_cache_free(lkdtm-heap-b, ff1100014eb5c000): object belongs to different cache "
+        "lkdtm-heap-a")]
+    # a `cut here` no header follows within a few lines opens nothing
+    stray = "------------[ cut here ]------------\n" + "\n".join(f"line {i}" for i in range(12))
+    assert find_splats(records(stray)) == []
+
+
 def test_a_recorded_lkdtm_warning_is_one_warning_without_lkdtms_own_line() -> None:
     [splat] = find_splats(recorded("lkdtm-warning.jsonl"))
     assert (splat.kind, splat.title) == (
