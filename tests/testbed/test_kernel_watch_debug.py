@@ -213,18 +213,17 @@ def test_splats_a_case_provokes_itself_are_its_errors(debug_vm: Any, tmp_path: P
 
 
 def _outside(name: str) -> str:
-    """A case that waits until LKDTM was written to from outside it, and a while more for
-    the splat to be logged whole; then its window closes when the next case starts."""
-    crash = {"hung-task": "HUNG_TASK", "warning": "WARNING", "lockdep": "SPINLOCKUP",
-             "kasan": "SLAB_LINEAR_OVERFLOW"}[name]
+    """A case long enough for the host's command beside it (which starts when the case's
+    start event arrives, and ends once the splat is logged whole) to finish inside it,
+    however busy the machine; then its window closes when the next case starts. (Waiting
+    for LKDTM's own line instead would race: the case reads the log from when its process
+    begins, which the command beside it may precede.)"""
     return f"""
     - name: {name}
       requires: {{devices: 0}}
-      timeout: 300s
+      timeout: 120s
       steps:
-        # LKDTM's own line before the splat: not part of it, so it declares nothing
-        - expect_dmesg: {{pattern: 'lkdtm: Performing direct entry {crash}$', within: 240s}}
-        - sleep: {{duration: {15 if name == "hung-task" else 5}s}}
+        - sleep: {{duration: 40s}}
     - name: after-{name}
       requires: {{devices: 0}}
       steps:
