@@ -254,6 +254,7 @@ _JIFFIES = re.compile(rb"^jiffies\s*:\s*(\d+)$", re.MULTILINE)
 _OBJECT_JIFFIES = re.compile(r"^\s+comm \".*\", pid -?\d+, jiffies (\d+)$", re.MULTILINE)
 # kmemleak reports an object only once it is this old (mm/kmemleak.c, MSECS_MIN_AGE)
 KMEMLEAK_MIN_AGE = 5.0
+_clock, _sleep = time.monotonic, time.sleep  # (a test's fake clock replaces these)
 
 
 class KernelWatch:
@@ -299,10 +300,10 @@ class KernelWatch:
         every BEAT seconds while one runs (the host takes a silent guest for a hung one)."""
         if not self.kmemleak:
             return ""
-        ended = time.monotonic()
+        ended = _clock()
         if not _scan(beat):
             return ""
-        time.sleep(max(0.0, ended + KMEMLEAK_MIN_AGE - time.monotonic()))
+        _sleep(max(0.0, ended + KMEMLEAK_MIN_AGE - _clock()))
         if not _scan(beat):
             return ""
         try:

@@ -433,8 +433,8 @@ def test_the_run_scans_twice_5_s_apart_and_reads_jiffies_where_the_scheduler_say
 
     commands: list[tuple[str, float]] = []
     clock = [100.0]
-    monkeypatch.setattr(kernel_watch.time, "monotonic", lambda: clock[0])
-    monkeypatch.setattr(kernel_watch.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    monkeypatch.setattr(kernel_watch, "_clock", lambda: clock[0])
+    monkeypatch.setattr(kernel_watch, "_sleep", lambda s: clock.__setitem__(0, clock[0] + s))
 
     def command(text: str) -> bool:
         commands.append((text, clock[0]))
