@@ -238,6 +238,8 @@ class RunEvents:
             self.sink.warn(event.get("message", ""))
             if self.coverage is not None:
                 self.coverage.on_warning(event.get("message", ""))
+        elif kind == "kmemleak":
+            self.kmemleak(int(event.get("objects", 0)), str(event.get("report", "")))
         elif kind == "coverage" and self.coverage is not None:
             self.coverage.add_case_event(event)
         elif kind == "plan":
@@ -248,6 +250,14 @@ class RunEvents:
                                "holds the scenario drivers of the devices here)")
         elif kind == "interrupted":
             self.interrupted.append(str(event.get("signal", "SIGINT")))
+
+    def kmemleak(self, objects: int, report: str) -> None:
+        """kmemleak's report of the objects a run leaked: a warning now, and the run's
+        `kmemleak` property in every report (one VM's after another's with --jobs)."""
+        self.sink.warn(f"kmemleak: {objects} object(s) leaked during the run (not tied to "
+                       f"one case):\n{report}")
+        earlier = self.run.properties.get("kmemleak")
+        self.run.properties["kmemleak"] = f"{earlier}\n{report}" if earlier else report
 
     def result(self, result: CaseResult) -> None:
         if result.kernel_splats:

@@ -5,6 +5,11 @@ pipe; its stdout and stderr go to a file whose tail joins the result. The parent
 enforces the case timeout (scaled by --timeout-multiplier) and turns a child that
 dies by a signal, exits without a result, or runs out of time into an ERROR naming
 the step that was running, with the kernel log of the case attached.
+
+Waiting for the case's processes is bounded: a process the kernel keeps in an
+uninterruptible sleep (state D: a hung task) does not die of SIGKILL, and waiting for
+it would stop the run, the kernel watch with it, so that the hung-task report would
+never be read. Such a process is left behind, and the case is an ERROR saying so.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ if TYPE_CHECKING:
     from vfio_scenario.language.cases import Case
 
 OUTPUT_TAIL = 4000  # characters of a case's own output kept in its result
+# seconds a case's processes get to end after the case (a successor finishing) and again
+# after SIGKILL, scaled by the timeout multiplier, before they are left behind as stuck
+REAP_GRACE = 10.0
 
 
 def execute_case(case: Case, devices: list[str], ops: dict[str, Operation],
@@ -50,14 +58,15 @@ def execute_case(case: Case, devices: list[str], ops: dict[str, Operation],
     os.close(w)
     started = time.time()
     t0 = time.monotonic()
+    grace = REAP_GRACE * max(1.0, options.timeout_multiplier)
     try:
-        events, status, timed_out = _collect(pid, r, t0 + limit)
+        events, status, timed_out, stuck = _collect(pid, r, t0 + limit, grace)
     except BaseException:
         # the run was interrupted (SIGINT/SIGTERM to this process only): the case's
         # processes go too, so that nothing holds the devices while they are restored
         _kill_group(pid)
-        os.waitpid(pid, 0)
-        _reap_group(pid)
+        _wait_bounded(pid, grace)
+        _reap_group(pid, grace)
         os.close(r)
         out.close()
         if kmsg is not None:
@@ -67,19 +76,13 @@ def execute_case(case: Case, devices: list[str], ops: dict[str, Operation],
     result = next((CaseResult.from_dict(e["result"]) for e in _parsed(events, b"result")),
                   None)
     if result is None:
-        step = next(_parsed(reversed(events), b"step"), None)
-        during = f" during step {step['index'] + 1} `{step['name']}`" if step else ""
-        if timed_out:
-            message = f"case timed out after {limit:g}s{during}"
-        elif os.WIFSIGNALED(status):
-            message = f"case process killed by {signal.Signals(os.WTERMSIG(status)).name}{during}"
-        else:
-            message = f"case process exited with status {os.WEXITSTATUS(status)}{during} " \
-                      "without a result"
         result = CaseResult(case_id=case.id, file=case.file, scenario=case.scenario,
                             outcome=Outcome.ERROR, params=dict(case.params),
-                            tags=list(case.tags), message=message, started=started,
-                            duration=time.monotonic() - t0)
+                            tags=list(case.tags),
+                            message=_no_result(events, status, timed_out, limit),
+                            started=started, duration=time.monotonic() - t0)
+    if stuck:
+        _stuck_error(result, stuck)
     output = _tail(out)
     if output:
         result.log += f"--- case output ---\n{output}"
@@ -91,6 +94,20 @@ def execute_case(case: Case, devices: list[str], ops: dict[str, Operation],
         kmsg.close()
     out.close()
     return result
+
+
+def _no_result(events: list[bytes], status: int | None, timed_out: bool,
+               limit: float) -> str:
+    """Why a case process gave no result, naming the step that was running."""
+    step = next(_parsed(reversed(events), b"step"), None)
+    during = f" during step {step['index'] + 1} `{step['name']}`" if step else ""
+    if timed_out:
+        return f"case timed out after {limit:g}s{during}"
+    if status is None:  # the pipe closed, the process did not end
+        return f"case process closed its result pipe without a result{during}"
+    if os.WIFSIGNALED(status):
+        return f"case process killed by {signal.Signals(os.WTERMSIG(status)).name}{during}"
+    return f"case process exited with status {os.WEXITSTATUS(status)}{during} without a result"
 
 
 def cannot_run(case: Case, why: str) -> CaseResult:
@@ -150,15 +167,82 @@ def _kill_group(pid: int) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def _reap_group(pid: int) -> None:
-    """Wait for what is left of the case's process group (a successor), if ours."""
+def _wait_bounded(pid: int, grace: float) -> int | None:
+    """The wait status of `pid` (a process, or -pgid: any of that group) once it ends
+    within `grace` seconds, else None; ChildProcessError when there is none to wait for."""
+    deadline = time.monotonic() + grace
+    delay = 0.001
     while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+def _reap_group(pid: int, grace: float) -> list[int]:
+    """Wait for what is left of the case's process group (a successor finishing), if
+    ours; what has not ended after `grace` seconds is killed, and what SIGKILL does not
+    end within `grace` more (a task in state D) is left behind: its pids."""
+    for attempt in range(2):
         try:
-            os.waitpid(-pid, 0)
+            while _wait_bounded(-pid, grace) is not None:
+                pass
         except ChildProcessError:
-            return
+            return []
         except OSError:
-            return
+            return []
+        if attempt == 0:
+            _kill_group(pid)
+    return _group_members(pid)
+
+
+def _group_members(pgid: int) -> list[int]:
+    """The processes of process group `pgid` (from /proc), or [pgid] when /proc says nothing."""
+    members = []
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return [pgid]
+    for name in names:
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if len(fields) > 3 and int(fields[2]) == pgid:
+                members.append(int(name))
+    return sorted(members) or [pgid]
+
+
+def _process_state(pid: int) -> str:
+    """`D (wchan)`-style state of `pid` as /proc tells it, or "" when it does not."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0].decode()
+    except (OSError, IndexError):
+        return ""
+    try:
+        with open(f"/proc/{pid}/wchan") as f:
+            wchan = f.read().strip()
+    except OSError:
+        wchan = ""
+    return f"{state} ({wchan})" if wchan and wchan != "0" else state
+
+
+def _stuck_error(result: CaseResult, stuck: list[int]) -> None:
+    """The case left processes SIGKILL did not end: an ERROR naming them."""
+    named = ", ".join(f"{p} in state {_process_state(p) or '?'}" for p in stuck)
+    note = (f"process(es) of the case did not end when killed and were left behind "
+            f"(stuck in the kernel): {named}")
+    if result.outcome in (Outcome.FAIL, Outcome.ERROR) and result.message:
+        result.message += f"; {note}"
+    else:
+        result.message = note
+    result.outcome = Outcome.ERROR
 
 
 def event_writer(w: int) -> Any:
@@ -224,9 +308,10 @@ def _parsed(lines: Iterable[bytes], kind: bytes) -> Iterator[dict[str, Any]]:
             yield event
 
 
-def _collect(pid: int, r: int, deadline: float) -> tuple[list[bytes], int, bool]:
-    """The case process's event lines (raw: see _parsed), its wait status, and whether
-    it ran out of time."""
+def _collect(pid: int, r: int, deadline: float, grace: float
+             ) -> tuple[list[bytes], int | None, bool, list[int]]:
+    """The case process's event lines (raw: see _parsed), its wait status (None: it did
+    not end), whether it timed out, and the processes of its group SIGKILL did not end."""
     buf = b""
     events: list[bytes] = []
     timed_out = False
@@ -245,11 +330,14 @@ def _collect(pid: int, r: int, deadline: float) -> tuple[list[bytes], int, bool]
         buf += chunk
         *lines, buf = buf.split(b"\n")
         events.extend(line for line in lines if line.strip())
-    _, status = os.waitpid(pid, 0)
+    status = _wait_bounded(pid, grace)
+    if status is None:  # alive after its pipe closed, or after SIGKILL: kill, wait again
+        _kill_group(pid)
+        status = _wait_bounded(pid, grace)
     if timed_out:
         _kill_group(pid)  # a successor the predecessor had handed over to
-    _reap_group(pid)
-    return events, status, timed_out
+    stuck = _reap_group(pid, grace) if status is not None else _group_members(pid)
+    return events, status, timed_out, stuck
 
 
 def _tail(f: Any) -> str:

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -81,6 +83,7 @@ _STACK_ENDS = {"lockdep", "atomic_sleep", "hung_task", "rcu_stall", "lockup", "b
 _DUMP_PREFIX = re.compile(r"^(CPU: \d+ |Hardware name: )")
 GAP_USEC = 2_000_000  # a quiet log for this long ends a splat that had no end marker
 MAX_LINES = 600
+MAX_MESSAGE = 8  # lines of a WARN's message kept between `cut here` and `WARNING:`
 _ESCAPE = re.compile(r"\\x([0-9a-f]{2})")
 
 
@@ -131,6 +134,8 @@ class _SplatReader:
         self.kind = ""
         self.ruled = False  # opened by a `====` line: a KASAN/KFENCE/UBSAN report closes with one
         self.opener: str | None = None
+        # lines between a `cut here` and its header: a WARN(cond, fmt, …)'s message
+        self.message: list[str] = []
         self.before: list[str] = []  # recent lines outside a splat (dump_stack's CPU:/Hardware name:)
 
     def close(self) -> None:
@@ -155,20 +160,24 @@ class _SplatReader:
     def outside(self, line: str, found: str | None) -> None:
         """A line while no report is open: an opener, a line before one, or a header."""
         if _OPENER_CUT.match(line) or _OPENER_RULE.match(line):
-            self.opener = line
+            self.opener, self.message = line, []
             return
         if found is None:
+            if self.opener is not None and _OPENER_CUT.match(self.opener) and \
+                    len(self.message) < MAX_MESSAGE:
+                self.message.append(line)  # a WARN's message comes before its WARNING: line
+                return
             if self.opener is not None:
-                self.before.append(self.opener)
-                self.opener = None
+                self.before = [*self.before, self.opener, *self.message]
+                self.opener, self.message = None, []
             self.before = [*self.before, line][-3:]
             return
         self.kind = found
         self.ruled = self.opener is not None and _OPENER_RULE.match(self.opener) is not None
         lead = [ln for ln in self.before if _DUMP_PREFIX.match(ln)] \
             if found == "call_trace" else []
-        self.current = [*lead, *([self.opener] if self.opener else []), line]
-        self.opener, self.before = None, []
+        self.current = [*lead, *([self.opener] if self.opener else []), *self.message, line]
+        self.opener, self.message, self.before = None, [], []
         if found == "kmemleak":
             self.close()
 
@@ -240,6 +249,14 @@ def apply(result: CaseResult, splats: list[Splat]) -> CaseResult:
 
 
 KMEMLEAK = "/sys/kernel/debug/kmemleak"
+# the scheduler's debugfs header says what jiffies is now (kernel/sched/debug.c,
+# `jiffies : N`): the clock kmemleak stamps each object's allocation with
+SCHED_DEBUG = "/sys/kernel/debug/sched/debug"
+_JIFFIES = re.compile(rb"^jiffies\s*:\s*(\d+)$", re.MULTILINE)
+_OBJECT_JIFFIES = re.compile(r"^\s+comm \".*\", pid -?\d+, jiffies (\d+)$", re.MULTILINE)
+# kmemleak reports an object only once it is this old (mm/kmemleak.c, MSECS_MIN_AGE)
+KMEMLEAK_MIN_AGE = 5.0
+_clock, _sleep = time.monotonic, time.sleep  # (a test's fake clock replaces these)
 
 
 class KernelWatch:
@@ -250,8 +267,11 @@ class KernelWatch:
         self.reader = KmsgReader()
         self.taint = _read_taint()
         # a kernel with kmemleak (--kernel debug): what it suspected before the run is
-        # not the run's (`clear`); its automatic scan is off in that kernel's config
+        # not the run's (`clear`, and the jiffies the run began at: objects allocated
+        # earlier, never scanned before, are left out); its automatic scan is off in
+        # that kernel's config
         self.kmemleak = _kmemleak("clear")
+        self.since = _jiffies() if self.kmemleak else None
 
     @classmethod
     def open(cls) -> KernelWatch | None:
@@ -271,20 +291,76 @@ class KernelWatch:
         self.taint = after
         return apply(result, splats)
 
-    def leaks(self) -> str:
-        """kmemleak's report of the objects leaked since the run began ("" when none, or
-        no kmemleak here). kmemleak reports an object once it is 5 s old, so a run that
-        ends sooner may show its leaks only in a later run."""
-        if not self.kmemleak or not _kmemleak("scan"):
+    def leaks(self, beat: Callable[[], None] | None = None) -> str:
+        """kmemleak's report of the objects allocated since the run began and leaked ("" when
+        none, or no kmemleak here). kmemleak reports an object only when it is 5 s old
+        and its contents are what they were at the previous scan (mm/kmemleak.c,
+        kmemleak_scan: a changed object is scanned as referenced, once), so an object
+        leaked during the run shows at the second scan, 5 s after the run's end.
+
+        A scan of a TCG guest's memory takes minutes on a busy machine: `beat` is called
+        every BEAT seconds while one runs (the host takes a silent guest for a hung one)."""
+        if not self.kmemleak:
+            return ""
+        ended = _clock()
+        if not _scan(beat):
+            return ""
+        _sleep(max(0.0, ended + KMEMLEAK_MIN_AGE - _clock()))
+        if not _scan(beat):
             return ""
         try:
             with open(KMEMLEAK) as f:
-                return f.read().strip()
+                report = f.read()
         except OSError:
             return ""
+        return since_jiffies(report, self.since)
 
     def close(self) -> None:
         self.reader.close()
+
+
+def since_jiffies(report: str, since: int | None) -> str:
+    """The objects of kmemleak's `report` allocated at or after jiffies `since` (all of
+    them when `since` is unknown), as kmemleak printed them."""
+    blocks = re.split(r"(?m)^(?=unreferenced object)", report)
+    kept = []
+    for block in blocks:
+        if not block.startswith("unreferenced object"):
+            continue
+        stamp = _OBJECT_JIFFIES.search(block)
+        if since is None or stamp is None or int(stamp.group(1)) >= since:
+            kept.append(block.rstrip("\n"))
+    return "\n".join(kept)
+
+
+def _jiffies() -> int | None:
+    try:
+        fd = os.open(SCHED_DEBUG, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            head = os.read(fd, 4096)
+        finally:
+            os.close(fd)
+    except OSError:
+        return None
+    found = _JIFFIES.search(head)
+    return int(found.group(1)) if found else None
+
+
+BEAT = 20.0
+
+
+def _scan(beat: Callable[[], None] | None) -> bool:
+    """One kmemleak scan (a write that returns when it is done), `beat` called meanwhile."""
+    if beat is None:
+        return _kmemleak("scan")
+    done: list[bool] = []
+    worker = threading.Thread(target=lambda: done.append(_kmemleak("scan")), daemon=True)
+    worker.start()
+    while True:
+        worker.join(BEAT)
+        if not worker.is_alive():
+            return bool(done and done[0])
+        beat()
 
 
 def _kmemleak(command: str) -> bool:

@@ -1,22 +1,35 @@
 """The kernel watch on `--kernel debug` against real splats LKDTM provokes.
 
-On the debug kernel (lockdep, KASAN, hung-task detection; its build is cached like the
-default one and waited for on its build lock), cases provoke through LKDTM
-(/sys/kernel/debug/provoke-crash/DIRECT, `provoke_crash` steps) a WARNING, a lockdep
-report and a KASAN slab-out-of-bounds. (A hung task provoked by a case's own step, whose
-LKDTM writer stays in D state for good, passed here once and failed once with an ERROR that
-named no splat, cause not found: the hung task is proven from outside a case on the default
-kernel, tests/testbed/test_kernel_watch_in_testbed.py.) Each such case must become an ERROR
-naming its splat, the case after it must pass, and the JUnit, KTAP and JSON reports must
-stay valid. Beside a running case: tests/testbed/test_shared_up.py (KASAN, through
-`testbed run --alongside`), and on the default kernel a WARNING and a hung task
-(tests/testbed/test_kernel_watch_in_testbed.py).
+On the debug kernel (lockdep, KASAN, hung-task detection, kmemleak; its build is cached
+like the default one and waited for on its build lock), LKDTM
+(/sys/kernel/debug/provoke-crash/DIRECT) provokes a hung task, a WARNING, a lockdep
+report and a KASAN slab-out-of-bounds, from inside a case (`provoke_crash` steps) and
+from outside it (a second command the host runs in the guest, through the agent's
+second channel, while the case runs; `testbed run --alongside` on an `up` VM is the
+same channel: tests/testbed/test_shared_up.py). Each such case must become an ERROR
+naming its splat, the case after it must pass, and the JUnit, KTAP and JSON reports
+must stay valid. kmemleak's scan at the run's end must report a real leak as the run's,
+and report nothing for the runs that leak nothing.
+
+The hung task from inside a case: LKDTM's writer, forked by the case, stays in state D
+for good. The executor used to wait for the case's whole process group without a
+bound, so the run stopped there (the kernel watch with it) until the host gave the
+guest up: an ERROR that named no splat. The writer now has a process group of its own,
+and the executor's waits are bounded (tests/unit/test_stuck_case_processes.py).
 
 LKDTM 7.2 has no lockdep crash type; SPINLOCKUP, written once, takes a spinlock and
 returns to user space holding it, which lockdep reports as "lock held when returning
 to user space" (kernel/locking/lockdep.c, lockdep_sys_exit). Lockdep turns itself off
-after its first report and KASAN reports once per boot (no kasan_multi_shot), so the
-splats come in this order: WARNING, lockdep, KASAN.
+after its first report, KASAN reports once per boot (no kasan_multi_shot) and the
+hung-task detector is told to report once, so each test boots its own VM and the
+splats come in this order: hung task, WARNING, lockdep, KASAN.
+
+LKDTM 7.2 has no leak type either. SLAB_FREE_CROSS frees an object of its cache
+lkdtm-heap-a to lkdtm-heap-b; with SLUB's consistency checks on those caches
+(`slab_debug=F,lkdtm-heap-a,lkdtm-heap-b` on the kernel command line) kmem_cache_free
+warns and "intentionally leaks the object" (mm/slub.c), which kmemleak then finds
+unreferenced. The checks on lkdtm-heap-a matter: they leave it without per-CPU sheaves,
+whose array keeps the popped object's pointer, a reference kmemleak would find.
 """
 
 from __future__ import annotations
@@ -45,9 +58,13 @@ DIRECT = "/sys/kernel/debug/provoke-crash/DIRECT"
 # the debug kernel under TCG on a busy 2-core machine: Python starts in the guest and
 # cases take several times as long as on the default kernel
 MULTIPLIER = 4.0
+# report a task blocked for a second, once (the LKDTM writer stays blocked for good)
+HUNG_TASK_FAST = ("echo 1 > /proc/sys/kernel/hung_task_warnings; "
+                  "echo 1 > /proc/sys/kernel/hung_task_timeout_secs")
 
 # (case, what the kernel watch must name: kind and the start of the splat's first line)
 EXPECTED = [
+    ("hung-task", "hung_task", "INFO: task python:"),
     ("warning", "warning", "WARNING: drivers/misc/lkdtm/bugs.c:"),
     ("lockdep", "lockdep", "WARNING: lock held when returning to user space!"),
     ("kasan", "kasan", "BUG: KASAN: slab-out-of-bounds in lkdtm_SLAB_LINEAR_OVERFLOW"),
@@ -58,14 +75,15 @@ EXPECTED = [
 def debug_vm() -> Iterator[Any]:
     with Testbed(kernel="debug", devices=()) as testbed:
         assert testbed.kernel_release.endswith("-vfio-scenario-debug")
+        assert testbed.run(["sh", "-c", HUNG_TASK_FAST]).returncode == 0
         yield testbed
 
 
 def _run(testbed: Any, tmp_path: Path, text: str,
          on_start: dict[str, str] | None = None) -> tuple[list[CaseResult], list[str]]:
-    """Run the scenarios of `text` in `testbed`: (results, the run's warnings). When a case
-    named in `on_start` starts, the host runs that shell command in the guest, outside
-    the case."""
+    """Run the scenarios of `text` in `testbed`: (results, the run's warnings, a kmemleak
+    report among them as the host prints it). When a case named in `on_start` starts,
+    the host runs that shell command in the guest, outside the case."""
     scenario = tmp_path / "splats.yaml"
     scenario.write_text(textwrap.dedent(text))
     compiled = compile_paths([str(scenario)])
@@ -84,6 +102,8 @@ def _run(testbed: Any, tmp_path: Path, text: str,
             results.append(CaseResult.from_dict(event["result"]))
         elif kind == "warning":
             warnings.append(event["message"])
+        elif kind == "kmemleak":
+            warnings.append(f"kmemleak: {event['objects']} object(s): {event['report']}")
 
     run_in_testbed(testbed, compiled.cases, compiled.documents, on_event, devices=[],
                    iommu_modes=[], timeout_multiplier=MULTIPLIER, fail_fast=False)
@@ -138,6 +158,17 @@ def _check(results: list[CaseResult], testbed: Any,
 
 
 INSIDE = """
+    - name: hung-task
+      requires: {devices: 0}
+      steps:
+        - provoke_crash: {type: HUNG_TASK, wait: false}
+        # the report comes a second or two later: until the next case starts, the
+        # window is this case's
+        - sleep: {duration: 15s}
+    - name: after-hung-task
+      requires: {devices: 0}
+      steps:
+        - sleep: {duration: 1s}
     - name: warning
       requires: {devices: 0}
       steps:
@@ -171,7 +202,103 @@ INSIDE = """
 
 
 def test_splats_a_case_provokes_itself_are_its_errors(debug_vm: Any, tmp_path: Path) -> None:
-    results, _ = _run(debug_vm, tmp_path, INSIDE)
+    results, warnings = _run(debug_vm, tmp_path, INSIDE)
     _check(results, debug_vm, EXPECTED)
     # the kernel's answer to a crash type LKDTM does not know
     assert (results[-1].scenario, results[-1].outcome.value) == ("unknown-type", "pass")
+    # the writer LKDTM keeps blocked was no process of the case's: nothing left behind
+    assert "left behind" not in results[0].message
+    # nothing of this leaked: kmemleak's two scans at the run's end report nothing
+    assert not [w for w in warnings if w.startswith("kmemleak")], warnings
+
+
+def _outside(name: str) -> str:
+    """A case long enough for the host's command beside it (which starts when the case's
+    start event arrives, and ends once the splat is logged whole) to finish inside it,
+    however busy the machine; then its window closes when the next case starts. (Waiting
+    for LKDTM's own line instead would race: the case reads the log from when its process
+    begins, which the command beside it may precede.)"""
+    return f"""
+    - name: {name}
+      requires: {{devices: 0}}
+      timeout: 120s
+      steps:
+        - sleep: {{duration: 40s}}
+    - name: after-{name}
+      requires: {{devices: 0}}
+      steps:
+        - sleep: {{duration: 10ms}}
+"""
+
+
+OUTSIDE = "".join(_outside(name) for name, _, _ in EXPECTED)
+
+
+def test_splats_provoked_beside_a_running_case_are_its_errors(debug_vm: Any,
+                                                              tmp_path: Path) -> None:
+    # the writer in the background (HUNG_TASK never returns), its output nowhere
+    hung = (f"(echo HUNG_TASK > {DIRECT} &) </dev/null >/dev/null 2>&1; "
+            "for i in $(seq 600); do dmesg | grep -q 'blocked for more than' && exit 0; "
+            "sleep 0.2; done; exit 1")
+    provoke = {"hung-task": hung, "warning": f"echo WARNING > {DIRECT}",
+               "lockdep": f"echo SPINLOCKUP > {DIRECT}",
+               "kasan": f"echo SLAB_LINEAR_OVERFLOW > {DIRECT}"}
+    results, warnings = _run(debug_vm, tmp_path, OUTSIDE, provoke)
+    # the blocked task is the shell's this time; everything else as from inside
+    _check(results, debug_vm, [(n, k, "INFO: task sh:" if k == "hung_task" else t)
+                               for n, k, t in EXPECTED])
+    assert not [w for w in warnings if w.startswith("kmemleak")], warnings
+
+
+LEAK = """
+    - name: leak
+      requires: {devices: 0}
+      kernel_watch: {allow: [warning]}  # kmem_cache_free's WARN on the wrong cache
+      steps:
+        - provoke_crash: {type: SLAB_FREE_CROSS}
+    - name: after-leak
+      requires: {devices: 0}
+      steps:
+        - sleep: {duration: 10ms}
+"""
+
+
+QUIET = """
+    - name: quiet
+      requires: {devices: 0}
+      steps:
+        - sleep: {duration: 10ms}
+"""
+
+
+@pytest.fixture
+def leaking_vm() -> Iterator[Any]:
+    with Testbed(kernel="debug", devices=(),
+                 extra_cmdline="slab_debug=F,lkdtm-heap-a,lkdtm-heap-b") as testbed:
+        yield testbed
+
+
+def test_kmemleak_reports_a_real_leak_as_the_runs(leaking_vm: Any, tmp_path: Path) -> None:
+    results, warnings = _run(leaking_vm, tmp_path, LEAK)
+    assert [(r.scenario, r.outcome.value) for r in results] == [("leak", "pass"),
+                                                                ("after-leak", "pass")]
+    [warn] = results[0].kernel_splats
+    assert warn["kind"] == "warning" and warn["allowed"]
+    assert "object belongs to different cache lkdtm-heap-a" in warn["text"]
+    [leaks] = [w for w in warnings if w.startswith("kmemleak")]
+    assert leaks.startswith("kmemleak: 1 object(s): unreferenced object 0x"), leaks
+    assert "(size 64):" in leaks and "lkdtm_SLAB_FREE_CROSS" in leaks, leaks
+    report = leaks.split(": ", 2)[2]
+    # the reports carry it as the run's
+    run = RunResult(cases=results, duration=10.0,
+                    properties={"kernel": leaking_vm.kernel_release, "kmemleak": report})
+    root = assert_valid_junit(junit_document(run))
+    assert any(p.get("name") == "kmemleak" and "lkdtm_SLAB_FREE_CROSS" in p.get("value", "")
+               for p in root.iter("property"))
+    doc = json.loads(json_document(run))
+    assert is_json_report(doc) and doc["properties"]["kmemleak"] == report
+
+    # a second run in the same VM leaks nothing: the leak above is not its
+    results, warnings = _run(leaking_vm, tmp_path, QUIET)
+    assert [(r.scenario, r.outcome.value) for r in results] == [("quiet", "pass")]
+    assert not [w for w in warnings if w.startswith("kmemleak")], warnings

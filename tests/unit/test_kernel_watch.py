@@ -103,6 +103,23 @@ def test_a_warn_is_one_splat_from_cut_here_to_end_trace() -> None:
     assert "resetting" not in splat.text and "enabling device" not in splat.text
 
 
+def test_a_warns_message_between_cut_here_and_its_warning_line_is_part_of_it() -> None:
+    # mm/slub.c's WARN_ONCE(cachep != s, "kmem_cache_free(%s, %p): object belongs to
+    # different cache %s\n", …), as the debug kernel logged it for LKDTM's SLAB_FREE_CROSS
+    text = WARN.replace("    WARNING: drivers/vfio", "    kmem_cache_free(lkdtm-heap-b, "
+                        "ff1100014eb5c000): object belongs to different cache lkdtm-heap-a\n"
+                        "    WARNING: drivers/vfio")
+    [splat] = find_splats(records(text))
+    assert splat.kind == "warning" and splat.title.startswith("WARNING: drivers/vfio/")
+    assert splat.text.split("\n")[:2] == [
+        "------------[ cut here ]------------",
+        ("kmem_cache_free(lkdtm-heap-b, ff1100014eb5c000): object belongs to different cache "
+        "lkdtm-heap-a")]
+    # a `cut here` no header follows within a few lines opens nothing
+    stray = "------------[ cut here ]------------\n" + "\n".join(f"line {i}" for i in range(12))
+    assert find_splats(records(stray)) == []
+
+
 def test_a_recorded_lkdtm_warning_is_one_warning_without_lkdtms_own_line() -> None:
     [splat] = find_splats(recorded("lkdtm-warning.jsonl"))
     assert (splat.kind, splat.title) == (
@@ -319,8 +336,9 @@ class FakeWatch:
             return apply(r, [Splat("warning", "WARNING: at x", "WARNING: at x")])
         return r
 
-    def leaks(self) -> str:
+    def leaks(self, beat: Any = None) -> str:
         self.log.append("leaks")
+        beat()  # a scan that took a while
         return self.leaked
 
     def close(self) -> None:
@@ -348,7 +366,8 @@ def run_two(monkeypatch: pytest.MonkeyPatch, watch: bool,
 def test_a_result_is_sent_when_the_next_case_starts_with_the_lines_until_then(
         monkeypatch: pytest.MonkeyPatch) -> None:
     events = run_two(monkeypatch, watch=True)
-    assert [(e["event"], e.get("id") or e["result"]["scenario"]) for e in events] == [
+    assert [(e["event"], e.get("id") or e["result"]["scenario"]) for e in events
+            if e["event"] != "kmemleak_scan"] == [
         ("start", "scen/w.yaml::first"), ("result", "first"),
         ("start", "scen/w.yaml::second"), ("result", "second")]
     assert [e["result"]["outcome"] for e in events if e["event"] == "result"] == ["error", "pass"]
@@ -356,13 +375,96 @@ def test_a_result_is_sent_when_the_next_case_starts_with_the_lines_until_then(
                              "close"]
 
 
-def test_kmemleak_finds_at_the_end_of_the_run_are_a_warning_of_the_run(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kmemleak_finds_at_the_end_of_the_run_are_the_runs_and_in_its_reports(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from vfio_scenario.known_issues import KnownIssues
+    from vfio_scenario.report.jsonout import json_report
+    from vfio_scenario.report.sink import ReportSink
+    from vfio_scenario.run.dispatch import RunEvents
+
     leak = ('unreferenced object 0xffff888004a8a800 (size 64):\n  comm "sh", pid 101\n'
             'unreferenced object 0xffff888004a8a900 (size 64):\n  comm "sh", pid 101')
     events = run_two(monkeypatch, watch=True, leaked=leak)
-    assert events[-1] == {"event": "warning", "message": "kmemleak: 2 object(s) leaked during "
-                          f"the run (not tied to one case):\n{leak}"}
+    assert events[-2:] == [{"event": "kmemleak_scan"},
+                           {"event": "kmemleak", "objects": 2, "report": leak}]
+    # what the host does with it: a warning, and the run's `kmemleak` property
+    sink = ReportSink(stream=sys.stdout)
+    dispatch = RunEvents(sink, KnownIssues())
+    dispatch(events[-1])
+    assert "vfio-scenario: warning: kmemleak: 2 object(s) leaked during the run (not tied " \
+        f"to one case):\n{leak}" in capsys.readouterr().err
+    assert json_report(sink.run)["properties"]["kmemleak"] == leak
+    dispatch(events[-1])  # a second VM's run (--jobs): kept after the first
+    assert sink.run.properties["kmemleak"] == f"{leak}\n{leak}"
+
+
+REPORT = """unreferenced object 0xff1100014eb5c000 (size 64):
+  comm "sh", pid 71, jiffies 4294931000
+  hex dump (first 32 bytes):
+    79 56 34 12 00 00 00 00 00 00 00 00 00 00 00 00  yV4.............
+  backtrace (crc 5b1e4d2a):
+    kmem_cache_alloc_noprof+0x1d5/0x2f0
+    lkdtm_SLAB_FREE_CROSS+0x1a/0x60
+unreferenced object 0xff1100014e000000 (size 32):
+  comm "swapper/0", pid 1, jiffies 4294892400
+  backtrace (crc 0):
+    kmalloc_trace+0x1/0x2
+"""
+
+
+def test_only_objects_allocated_since_the_run_began_are_its_leaks() -> None:
+    [since_run] = kernel_watch.since_jiffies(REPORT, 4294930000).split("\nunreferenced")
+    assert since_run.startswith("unreferenced object 0xff1100014eb5c000 (size 64):")
+    assert since_run.endswith("lkdtm_SLAB_FREE_CROSS+0x1a/0x60")
+    assert kernel_watch.since_jiffies(REPORT, None) == REPORT.rstrip("\n")
+    assert kernel_watch.since_jiffies("", 1) == ""
+
+
+def test_the_run_scans_twice_5_s_apart_and_reads_jiffies_where_the_scheduler_says(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    sched = tmp_path / "sched-debug"
+    sched.write_text("Sched Debug Version: v0.11, 7.2.13-vfio-scenario-debug #2\n"
+                     "ktime                                   : 157452.272000\n"
+                     "jiffies                                 : 4294930000\n")
+    monkeypatch.setattr(kernel_watch, "SCHED_DEBUG", str(sched))
+    assert kernel_watch._jiffies() == 4294930000
+    monkeypatch.setattr(kernel_watch, "SCHED_DEBUG", str(tmp_path / "absent"))
+    assert kernel_watch._jiffies() is None
+
+    commands: list[tuple[str, float]] = []
+    clock = [100.0]
+    monkeypatch.setattr(kernel_watch, "_clock", lambda: clock[0])
+    monkeypatch.setattr(kernel_watch, "_sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+
+    def command(text: str) -> bool:
+        commands.append((text, clock[0]))
+        clock[0] += 1.0  # a scan takes a while
+        return True
+    monkeypatch.setattr(kernel_watch, "_kmemleak", command)
+    kmemleak = tmp_path / "kmemleak"
+    kmemleak.write_text(REPORT)
+    monkeypatch.setattr(kernel_watch, "KMEMLEAK", str(kmemleak))
+    watch = object.__new__(kernel_watch.KernelWatch)
+    watch.kmemleak, watch.since = True, 4294930000
+    assert watch.leaks().startswith("unreferenced object 0xff1100014eb5c000")
+    assert commands == [("scan", 100.0), ("scan", 105.0)]
+
+
+def test_a_long_scan_beats_so_the_host_does_not_take_the_guest_for_hung(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    release = threading.Event()
+    monkeypatch.setattr(kernel_watch, "BEAT", 0.01)
+    monkeypatch.setattr(kernel_watch, "_kmemleak", lambda command: release.wait(5.0))
+    beats: list[int] = []
+
+    def beat() -> None:
+        beats.append(1)
+        if len(beats) == 3:
+            release.set()  # the scan ends after three beats
+    assert kernel_watch._scan(beat) is True
+    assert len(beats) >= 3
 
 
 def test_no_kernel_watch_opens_no_watch(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -161,10 +161,12 @@ class WriterKilled(VfioError):
 
 def _write_direct(crash: str) -> None:
     """The writer's whole life, in a child process: nothing of the case is inherited (its
-    device fds, the pipes to the engine), so a writer LKDTM leaves blocked for good
-    (HUNG_TASK) holds nothing up; exit status 0 or the write's errno."""
+    device fds, the pipes to the engine, its process group, whose leftovers the engine
+    waits for when the case ends), so a writer LKDTM leaves blocked for good (HUNG_TASK)
+    holds nothing up; exit status 0 or the write's errno."""
     code = 255
     try:
+        os.setpgid(0, 0)
         null = os.open("/dev/null", os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(null, fd)
