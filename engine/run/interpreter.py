@@ -104,6 +104,8 @@ class Runtime:
     # wakeups counted by low_power
     moved: Moved | None = None
     wakeups: dict[str, int] = field(default_factory=dict)
+    # the operations the case runs with (a forked child runs its steps with the same)
+    ops: dict[str, Operation] = field(default_factory=dict)
 
     def note(self, message: str) -> None:
         """Say why the running step passed (its message in the reports), e.g. that it had
@@ -237,7 +239,9 @@ def run_case(case: Case, devices: list[str], ops: dict[str, Operation],
                         started=time.time())
     if any(step.op == "handover" for step in case.steps):
         rt.process = f"predecessor (pid {os.getpid()})"
-    rt.result, rt.listener, rt.end = result, listener, end
+    elif any(step.op == "fork" for step in case.steps):  # its steps say which process ran them
+        rt.process = f"case (pid {os.getpid()})"
+    rt.result, rt.listener, rt.end, rt.ops = result, listener, end, ops
     return continue_case(rt, result, 0, ops, time.perf_counter())
 
 
@@ -252,7 +256,11 @@ def continue_case(rt: Runtime, result: CaseResult, start: int, ops: dict[str, Op
         for step in rt.case.steps[start:]:
             if rt.listener:
                 rt.listener("step", {"index": step.index, "op": step.op, "name": step.label})
-            sr = run_step(rt, step, ops)
+            if getattr(step.common, "process", None):  # a forked child runs it
+                from vfio_scenario.run.forked import run_in_child
+                sr = run_in_child(rt, step)
+            else:
+                sr = run_step(rt, step, ops)
             result.steps.append(sr)
             if sr.outcome is not Outcome.PASS:
                 failed = sr

@@ -62,6 +62,7 @@ def _import_areas() -> None:
         iommufd,
         liveupdate,
         memory,
+        process,
     )
 
 
