@@ -199,14 +199,15 @@ def _driver(params: dict[str, str], scenario: str) -> str | None:
 
 # our iommufd_test.yaml scenario prefix -> the C fixture (FIXTURE_VARIANTs: the `variant` axis)
 IOMMUFD_FIXTURES = {"iommufd-": "iommufd", "ioas-": "iommufd_ioas",
-                    "mock-domain-": "iommufd_mock_domain"}
+                    "mock-domain-": "iommufd_mock_domain", "change-process-": "change_process"}
 
 
 def _iommufd(params: dict[str, str], scenario: str) -> str | None:
     for prefix, fixture in IOMMUFD_FIXTURES.items():
         if scenario.startswith(prefix):
             test = scenario.removeprefix(prefix).removesuffix("-with-domain")
-            test = test.removesuffix("-two-domains").replace("-", "_")
+            test = test.removesuffix("-two-domains").removesuffix("-account-none")
+            test = test.replace("-", "_")
             variant = params.get("variant")
             return f"{fixture}.{variant}.{test}" if variant else f"{fixture}.{test}"
     return None

@@ -149,18 +149,30 @@ def test_a_failing_check_in_the_child_fails_the_case_at_that_step() -> None:
 
 
 def test_expect_and_repeat_are_applied_in_the_child() -> None:
+    ops = dict(operations())
+    me = os.getpid()
+    read, write = os.pipe()
+
+    def counts(rt: Any, args: Any, step: Any) -> None:
+        os.write(write, b"c" if os.getpid() != me else b"p")
+
+    ops["sleep"] = counts
     result = run(HEAD + """\
-  - assert_locked_vm: {locked: 1GiB}
-    process: child
-    expect: EINVAL
   - sleep: {duration: 1ms}
     process: child
     repeat: 3
+  - assert_locked_vm: {locked: 1GiB}
+    process: child
+    expect: EINVAL
   - join: {process: child}
-""")
+""", ops)
+    os.close(write)
+    assert os.read(read, 100) == b"ccc"  # three times, in the child
     assert result.outcome is Outcome.FAIL
-    assert result.steps[2].outcome is Outcome.FAIL  # a check, not an errno: no EINVAL
-    assert result.steps[2].actual == "check failed"
+    assert result.steps[2].outcome is Outcome.PASS and result.steps[2].repeat == 3
+    # a failed check is no errno: a step expecting EINVAL gets "check failed"
+    assert result.steps[3].outcome is Outcome.FAIL
+    assert result.steps[3].actual == "check failed" and result.steps[3].expected == "EINVAL"
 
 
 def test_a_memfd_buffer_is_shared_with_the_child_a_private_one_is_not() -> None:
