@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """The kernel's own VFIO selftests against their ports in scenarios/kselftest/, one VM.
 
-Also the iommufd selftest (tools/testing/selftests/iommu/iommufd.c, built as its Makefile
-does, -lcap) against scenarios/kselftest/iommufd_test.yaml: it needs no device, only the
-mock IOMMU of CONFIG_IOMMUFD_TEST in the kernel.
+Also the iommufd selftests (tools/testing/selftests/iommu/iommufd.c and
+iommufd_fail_nth.c, built as their Makefile does, -lcap) against
+scenarios/kselftest/iommufd_test.yaml and iommufd_fail_nth.yaml: they need no device,
+only the mock IOMMU of CONFIG_IOMMUFD_TEST in the kernel (and fault injection for
+iommufd_fail_nth).
 
 Builds tools/testing/selftests/vfio from the Debian linux-source tree
 (`vfio_scenario.testbed.assets.linux_source_dir()`) into the cache, with the fix-ups
@@ -55,9 +57,10 @@ PROGRAMS = (
     "vfio_pci_driver_test",
     "vfio_pci_sriov_uapi_test",
     "iommufd",
+    "iommufd_fail_nth",
 )
 # the iommufd selftests (tools/testing/selftests/iommu): no VFIO library, no device, libcap
-IOMMU_PROGRAMS = ("iommufd",)
+IOMMU_PROGRAMS = ("iommufd", "iommufd_fail_nth")
 # a program's port where the file is not named after the program
 SCENARIO_FILES = {"iommufd": "iommufd_test"}
 LIB_SOURCES = ("iommu.c", "iova_allocator.c", "libvfio.c", "sysfs.c", "vfio_pci_device.c",
@@ -213,6 +216,11 @@ def _iommufd(params: dict[str, str], scenario: str) -> str | None:
     return None
 
 
+def _fail_nth(params: dict[str, str], scenario: str) -> str | None:
+    test = scenario.removeprefix("fail-nth-").replace("-", "_")
+    return f"basic_fail_nth.{test}"
+
+
 MATCH: dict[str, Callable[[dict[str, str], str], str | None]] = {
     "vfio_dma_mapping_test": _dma,
     "vfio_dma_mapping_mmio_test": _mmio,
@@ -221,6 +229,7 @@ MATCH: dict[str, Callable[[dict[str, str], str], str | None]] = {
     "vfio_pci_device_init_perf_test": _perf,
     "vfio_pci_driver_test": _driver,
     "iommufd": _iommufd,
+    "iommufd_fail_nth": _fail_nth,
 }
 
 

@@ -552,6 +552,7 @@ class Forks:
     def __init__(self) -> None:
         self.children: dict[str, dict[str, str]] = {}
         self.joined: dict[str, int] = {}  # name → the join step's number (1-based)
+        self.fail_nth: int | None = None  # the `fail_nth` step's number
 
     def scope(self, comp: _FileCompiler, spath: tuple[Any, ...], raw: dict[str, Any],
               handles: dict[str, str], *, teardown: bool) -> dict[str, str] | None:
@@ -562,6 +563,8 @@ class Forks:
         args = raw.get(op) if op is not None else None
         of_parent = op == "assert_locked_vm" and isinstance(args, dict) \
             and args.get("of") == "parent"
+        if op == "fail_nth" and not self.one_sweep(comp, spath, teardown=teardown):
+            return None
         if name is None:
             if of_parent:
                 comp.error((*spath, op, "of"), "`of: parent` reads the process that forked "
@@ -581,7 +584,7 @@ class Forks:
             comp.error(where, "`process:` runs a step in a forked child; teardown steps run "
                        "in the case's process (join the child in the body)")
             return None
-        if op in ("fork", "join"):
+        if op in ("fork", "join", "fail_nth"):
             comp.error(where, f"`{op}` runs in the case's process, not in a forked child")
             return None
         child = self.children.get(name)
@@ -597,6 +600,15 @@ class Forks:
             comp.error(where, f"handle `{name}` is not defined by an earlier step"
                        f"{suggest(name, [h for h, k in handles.items() if k == 'process'])}")
         return None
+
+    def one_sweep(self, comp: _FileCompiler, spath: tuple[Any, ...], *, teardown: bool) -> bool:
+        """A case has at most one `fail_nth` step, in its body."""
+        if teardown or self.fail_nth is not None:
+            comp.error((*spath, "fail_nth"), "a case sweeps one `fail_nth` step, of its body"
+                       + (f" (step {self.fail_nth} is one)" if self.fail_nth else ""), key=True)
+            return False
+        self.fail_nth = spath[-1] + 1
+        return True
 
     def after(self, step: Step, handles: dict[str, str]) -> None:
         """Record a fork (the child holds the handles made so far) or a join."""

@@ -1169,6 +1169,19 @@ class DropCapability(Op):
     capability: CapabilityName
 
 
+class FailNth(Op):
+    """Arm fail-nth for the case's task (/proc/self/task/TID/fail-nth, as the kernel's
+    iommufd_fail_nth selftest): the case runs again and again with n = 0 (nothing armed),
+    1, 2, …, and the nth fault-injection site the task passes after this step fails.
+    A body step after it that then fails with an errno ends that run (the rest of the
+    body is skipped; the teardown runs and must pass); the sweep ends with the first n
+    that injects nothing, whose run must pass whole. At most `max` runs."""
+
+    op = "fail_nth"
+    area = "process"
+    max: Int = Field(1000, ge=1, le=100_000)
+
+
 # --- DMABUF ---------------------------------------------------------------------
 
 

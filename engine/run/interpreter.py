@@ -23,6 +23,7 @@ from vfio_scenario.results import CaseResult, Outcome, StepResult
 
 if TYPE_CHECKING:
     from vfio_scenario.drivers.base import DmaRegion, Driver
+    from vfio_scenario.run.failnth import Armed
     from vfio_scenario.run.faultlog import QemuFaultLog
     from vfio_scenario.run.handover import Moved
     from vfio_scenario.run.ops.memory import LiveMappings
@@ -106,6 +107,8 @@ class Runtime:
     wakeups: dict[str, int] = field(default_factory=dict)
     # the operations the case runs with (a forked child runs its steps with the same)
     ops: dict[str, Operation] = field(default_factory=dict)
+    # the fail-nth sweep's run (run/failnth.py): what its `fail_nth` step arms
+    fail_nth: Armed | None = None
 
     def note(self, message: str) -> None:
         """Say why the running step passed (its message in the reports), e.g. that it had
@@ -231,6 +234,9 @@ def run_case(case: Case, devices: list[str], ops: dict[str, Operation],
     that succeeds raises HandedOver: the successor process runs the rest
     (continue_case) and this one releases nothing.
     """
+    if any(step.op == "fail_nth" for step in case.steps):  # a sweep of whole runs
+        from vfio_scenario.run.failnth import sweep
+        return sweep(case, devices, ops, options or RunOptions(), listener, begin, end)
     rt = Runtime(case=case, devices=devices, options=options or RunOptions())
     if begin:
         begin(rt)
