@@ -114,6 +114,7 @@ OP_ISSUES: dict[str, tuple[str, ...]] = {
     "update_vaddr": ("VFIO_IOMMU_UNMAP_DMA", "VFIO_IOMMU_MAP_DMA"),
     # processes (run/ops/process.py): fork(2), capset(2), no ioctl
     "drop_capability": (),
+    "fail_nth": (),  # /proc/self/task/TID/fail-nth and debugfs' fault attributes
     "fork": (),
     "join": (),
     # host (run/ops/host.py): the kernel log, taint, debugfs, time

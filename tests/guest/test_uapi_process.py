@@ -147,3 +147,34 @@ steps:
     with pytest.raises(ChildProcessError):  # reaped by the case's releases
         os.waitpid(pid, os.WNOHANG)
     assert not os.path.exists(f"/proc/{pid}")
+
+
+SWEEP = """
+name: sweep
+requires: {devices: 0, features: [iommufd, iommufd_test]}
+steps:
+  - open_iommu: {mode: iommufd, default_ioas: false}
+    as: iommu
+  - fail_nth: {}
+  - alloc_ioas: {iommu: iommu}
+teardown:
+  - close_iommu: {iommu: iommu}
+"""
+
+
+def test_a_sweep_reaches_the_kernels_fault_sites_and_sets_debugfs_back(
+        caps: HostCapabilities) -> None:
+    if not caps.features["iommufd_test"]:
+        pytest.skip(caps.features["iommufd_test"].reason)
+    attribute = "/sys/kernel/debug/failslab/ignore-gfp-wait"
+    if not os.path.exists(attribute):
+        pytest.skip("no failslab in this kernel")
+    with open(attribute) as f:
+        before = f.read()
+    result = run(SWEEP)
+    assert result.outcome is Outcome.PASS, result.message
+    note = next(s.message for s in result.steps if s.op == "fail_nth")
+    # IOMMU_IOAS_ALLOC allocates: at least one run was refused with ENOMEM
+    assert note.startswith("swept n = 1 … ") and "ENOMEM" in note, note
+    with open(attribute) as f:
+        assert f.read() == before

@@ -66,6 +66,8 @@ def sweep(text: str, kernel: FakeKernel, sites: dict[str, int], how: str = "errn
     def passes_sites(rt: Any, args: Any, step: Any) -> None:
         for _ in range(sites.get(step.label, 0)):
             kernel.site(how)
+        if step.label == "refuses-while-armed" and kernel.left:
+            raise VfioError(errno.EINVAL, "ioctl", "fake")
 
     ops["sleep"] = passes_sites
     case = compile_text(text, "scen/nth.yaml")[0]
@@ -115,11 +117,10 @@ def test_a_failure_without_injection_fails_the_sweep_at_run_0(kernel: FakeKernel
 
 
 def test_an_errno_the_injection_did_not_cause_fails_the_sweep(kernel: FakeKernel) -> None:
-    # `b` refuses by itself whenever `a`'s site was not the injected one
-    ops_text = BODY.replace("    name: b\n", "    name: b\n    expect: EINVAL\n")
-    result = sweep(ops_text, kernel, {"a": 1})
+    # run 1 is refused at `a`'s site; in run 2 `b` refuses while the nth site is unreached
+    result = sweep(BODY.replace("name: b", "name: refuses-while-armed"), kernel, {"a": 1})
     assert result.outcome is Outcome.FAIL
-    assert result.message.startswith("fail-nth 0: step 4 `b`")
+    assert result.message.startswith("fail-nth 2: step 4 `refuses-while-armed`")
 
 
 def test_a_teardown_that_fails_after_a_refusal_fails_the_sweep(kernel: FakeKernel) -> None:
