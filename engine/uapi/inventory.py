@@ -44,6 +44,14 @@ OP_ISSUES: dict[str, tuple[str, ...]] = {
     "copy_iova": ("IOMMU_IOAS_COPY",),
     "iommufd_option": ("IOMMU_OPTION",),
     "get_hw_info": ("IOMMU_GET_HW_INFO",),
+    # iommufd dirty tracking and the mock's dirty and PASID commands (run/ops/iommufd_dirty.py)
+    "get_dirty_bitmap": ("IOMMU_HWPT_GET_DIRTY_BITMAP",),
+    "mock_pasid_attach": ("IOMMU_TEST_CMD",),
+    "mock_pasid_check": ("IOMMU_TEST_CMD",),
+    "mock_pasid_detach": ("IOMMU_TEST_CMD",),
+    "mock_pasid_replace": ("IOMMU_TEST_CMD",),
+    "mock_set_dirty": ("IOMMU_TEST_CMD",),
+    "set_dirty_tracking": ("IOMMU_HWPT_SET_DIRTY_TRACKING",),
     # nested translation, vIOMMU objects and VFIO's type1 compat (run/ops/iommufd_viommu.py)
     "alloc_fault_queue": ("IOMMU_FAULT_QUEUE_ALLOC",),
     "alloc_hw_queue": ("IOMMU_HW_QUEUE_ALLOC",),
@@ -181,8 +189,6 @@ NOT_YET: dict[str, str] = {
     "VFIO_DEVICE_GET_PCI_HOT_RESET_INFO": "hot reset: in the uapi layer, no operation yet",
     "VFIO_DEVICE_PCI_HOT_RESET": "hot reset: in the uapi layer, no operation yet",
     "VFIO_DEVICE_IOEVENTFD": "ioeventfd: no operation yet",
-    "IOMMU_HWPT_SET_DIRTY_TRACKING": "iommufd dirty tracking: no operation yet",
-    "IOMMU_HWPT_GET_DIRTY_BITMAP": "iommufd dirty tracking: no operation yet",
     "VFIO_DEVICE_FEATURE_BUS_MASTER": "no operation yet",
 }
 

@@ -142,7 +142,8 @@ def live_mappings(rt: Runtime) -> LiveMappings:
 
 @op(AllocBuffer)
 def alloc_buffer(rt: Runtime, args: AllocBuffer, step: Step) -> DmaBuffer:
-    buf = DmaBuffer(args.size, args.backing, name=step.handle or "buffer")
+    buf = DmaBuffer(args.size, args.backing, name=step.handle or "buffer",
+                    populate=args.populate)
     rt.on_cleanup(f"buffer {buf.name}", buf.close)
     return buf
 
