@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """The kernel's own VFIO selftests against their ports in scenarios/kselftest/, one VM.
 
-Also the iommufd selftest (tools/testing/selftests/iommu/iommufd.c, built as its Makefile
-does, -lcap) against scenarios/kselftest/iommufd_test.yaml: it needs no device, only the
-mock IOMMU of CONFIG_IOMMUFD_TEST in the kernel.
+Also the iommufd selftests (tools/testing/selftests/iommu/iommufd.c and
+iommufd_fail_nth.c, built as their Makefile does, -lcap) against
+scenarios/kselftest/iommufd_test.yaml and iommufd_fail_nth.yaml: they need no device,
+only the mock IOMMU of CONFIG_IOMMUFD_TEST in the kernel (and fault injection for
+iommufd_fail_nth).
 
 Builds tools/testing/selftests/vfio from the Debian linux-source tree
 (`vfio_scenario.testbed.assets.linux_source_dir()`) into the cache, with the fix-ups
@@ -63,9 +65,10 @@ PROGRAMS = (
     "vfio_pci_driver_test",
     "vfio_pci_sriov_uapi_test",
     "iommufd",
+    "iommufd_fail_nth",
 )
 # the iommufd selftests (tools/testing/selftests/iommu): no VFIO library, no device, libcap
-IOMMU_PROGRAMS = ("iommufd",)
+IOMMU_PROGRAMS = ("iommufd", "iommufd_fail_nth")
 # the programs that run in a fraction of a second: their end to end is mostly start-up
 LIGHT = ("vfio_dma_mapping_mmio_test", "vfio_iommufd_setup_test", "vfio_pci_device_test")
 # a program's port where the file is not named after the program
@@ -209,13 +212,13 @@ def _driver(params: dict[str, str], scenario: str) -> str | None:
 
 # our iommufd_test.yaml scenario prefix -> the C fixture (FIXTURE_VARIANTs: the `variant` axis)
 IOMMUFD_FIXTURES = {"iommufd-": "iommufd", "ioas-": "iommufd_ioas",
-                    "mock-domain-": "iommufd_mock_domain",
+                    "mock-domain-": "iommufd_mock_domain", "change-process-": "change_process",
                     "vfio-compat-": "vfio_compat_mock_domain", "viommu-": "iommufd_viommu",
                     "dirty-": "iommufd_dirty_tracking", "pasid-": "iommufd_device_pasid"}
 # a variant's own scenario, where the C test's steps depend on the fixture's ids (or, for
 # the dirty-tracking hugetlb variants and the mock domain's file variants, on its memory)
 IOMMUFD_SUFFIXES = ("-with-domain", "-two-domains", "-no-domain", "-no-viommu", "-huge",
-                    "-no-pasid", "-file")
+                    "-no-pasid", "-file", "-account-none")
 
 
 def _iommufd(params: dict[str, str], scenario: str) -> str | None:
@@ -230,6 +233,11 @@ def _iommufd(params: dict[str, str], scenario: str) -> str | None:
     return None
 
 
+def _fail_nth(params: dict[str, str], scenario: str) -> str | None:
+    test = scenario.removeprefix("fail-nth-").replace("-", "_")
+    return f"basic_fail_nth.{test}"
+
+
 MATCH: dict[str, Callable[[dict[str, str], str], str | None]] = {
     "vfio_dma_mapping_test": _dma,
     "vfio_dma_mapping_mmio_test": _mmio,
@@ -238,6 +246,7 @@ MATCH: dict[str, Callable[[dict[str, str], str], str | None]] = {
     "vfio_pci_device_init_perf_test": _perf,
     "vfio_pci_driver_test": _driver,
     "iommufd": _iommufd,
+    "iommufd_fail_nth": _fail_nth,
 }
 
 

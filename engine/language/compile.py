@@ -348,13 +348,16 @@ class _FileCompiler:
             self._listed.add((*path, key))
             for i, loc in enumerate(self.doc.item_locations((*path, key))):
                 self._locations[(*path, key, i)] = loc
+        forks = Forks()
         for i, raw in enumerate(raws):
             spath = (*path, key, i)
             if not isinstance(raw, dict):
                 ok = False
                 continue
-            make = self.loop if "for" in raw else self.one_step
-            step = make(spath, raw, context, handles, len(out), teardown)
+            if "for" in raw:
+                step = self.loop(spath, raw, context, handles, len(out), teardown)
+            else:
+                step = self.one_step(spath, raw, context, handles, len(out), teardown, forks)
             if step is None:
                 ok = False
             elif isinstance(step, Step):
@@ -362,29 +365,38 @@ class _FileCompiler:
         return (out if ok else None), handles
 
     def one_step(self, spath: tuple[Any, ...], raw: dict[str, Any], context: dict[str, Any],
-                 handles: dict[str, str], index: int, teardown: bool) -> Step | object | None:
+                 handles: dict[str, str], index: int, teardown: bool,
+                 forks: Forks) -> Step | object | None:
         """An operation step rendered and validated (LEFT_OUT when its `when` is false,
-        None after errors); the handle it makes is added to `handles`."""
+        None after errors); the handle it makes is added to `handles`, or to the forked
+        child's handles when the step runs in one (`process:`)."""
         rendered = self.render_step(spath, raw, context)
         step: Step | None = None
+        scope = handles  # the handles of the process that runs the step
         if rendered is not None:
             when = self.when(spath, rendered[0])
             if when is None:
                 return None
             if not when:
                 return LEFT_OUT  # left out of this case (or iteration), its handle too
+            found = forks.scope(self, spath, rendered[0], handles, teardown=teardown)
+            scope = found if found is not None else handles
             # cases that render a step alike, with the same handles, share its validation
             memo = (spath, repr(rendered[1]) if rendered[1] else "", index)
             seen = self._steps_done.get(memo)
-            if seen is not None and seen[0] == handles:
+            if found is None:
+                pass  # its `process:` is wrong: said so
+            elif seen is not None and seen[0] == scope:
                 step = seen[1]
             else:
-                step = self.step(spath, rendered[0], handles, index, teardown)
-                self._steps_done[memo] = (dict(handles), step)
+                step = self.step(spath, rendered[0], scope, index, teardown)
+                self._steps_done[memo] = (dict(scope), step)
         made = self._makes(raw, rendered[0] if rendered is not None else None)
         if made is not None:
             # defined even when the step itself is wrong, so later steps don't cascade
-            handles[made[0]] = made[1]
+            scope[made[0]] = made[1]
+        if step is not None:
+            forks.after(step, handles)
         return step
 
     def _location(self, spath: tuple[Any, ...]) -> Location:
@@ -663,6 +675,82 @@ class _FileCompiler:
             seen_locs[clean] = (len(out), err["type"])
             out.append((clean, _message(err, clean, model)))
         return out
+
+
+class Forks:
+    """The forked children of one step list (`fork`, `process:`, `join`): which handles
+    each child holds (those of the case's process when it forked, and those its own
+    steps made), and which children were joined."""
+
+    def __init__(self) -> None:
+        self.children: dict[str, dict[str, str]] = {}
+        self.joined: dict[str, int] = {}  # name → the join step's number (1-based)
+        self.fail_nth: int | None = None  # the `fail_nth` step's number
+
+    def scope(self, comp: _FileCompiler, spath: tuple[Any, ...], raw: dict[str, Any],
+              handles: dict[str, str], *, teardown: bool) -> dict[str, str] | None:
+        """The handles the step may use (the child's for a step with `process:`), or
+        None after saying what is wrong with its `process:`, `join` or `of: parent`."""
+        name = raw.get("process")
+        op = next((k for k in raw if k not in COMMON_KEYS), None)
+        args = raw.get(op) if op is not None else None
+        of_parent = op == "assert_locked_vm" and isinstance(args, dict) \
+            and args.get("of") == "parent"
+        if op == "fail_nth" and not self.one_sweep(comp, spath, teardown=teardown):
+            return None
+        if name is None:
+            if of_parent:
+                comp.error((*spath, op, "of"), "`of: parent` reads the process that forked "
+                           "this one: only a step with `process:` (a forked child) has one")
+                return None
+            if op == "join" and isinstance(args, dict):
+                joined = self.joined.get(args.get("process"))  # type: ignore[arg-type]
+                if joined is not None:
+                    comp.error((*spath, op, "process"), f"process `{args['process']}` was "
+                               f"joined by step {joined}: it has ended")
+                    return None
+            return handles
+        if not isinstance(name, str):
+            return handles  # StepCommon says what is wrong with it
+        where = (*spath, "process")
+        if teardown:
+            comp.error(where, "`process:` runs a step in a forked child; teardown steps run "
+                       "in the case's process (join the child in the body)")
+            return None
+        if op in ("fork", "join", "fail_nth"):
+            comp.error(where, f"`{op}` runs in the case's process, not in a forked child")
+            return None
+        child = self.children.get(name)
+        if child is not None:
+            return child
+        if name in self.joined:
+            comp.error(where, f"process `{name}` was joined by step {self.joined[name]}: it "
+                       "has ended")
+        elif name in handles:
+            comp.error(where, f"handle `{name}` is a {handles[name]}, but `process` needs a "
+                       "process (made by `fork`)")
+        else:
+            comp.error(where, f"handle `{name}` is not defined by an earlier step"
+                       f"{suggest(name, [h for h, k in handles.items() if k == 'process'])}")
+        return None
+
+    def one_sweep(self, comp: _FileCompiler, spath: tuple[Any, ...], *, teardown: bool) -> bool:
+        """A case has at most one `fail_nth` step, in its body."""
+        if teardown or self.fail_nth is not None:
+            comp.error((*spath, "fail_nth"), "a case sweeps one `fail_nth` step, of its body"
+                       + (f" (step {self.fail_nth} is one)" if self.fail_nth else ""), key=True)
+            return False
+        self.fail_nth = spath[-1] + 1
+        return True
+
+    def after(self, step: Step, handles: dict[str, str]) -> None:
+        """Record a fork (the child holds the handles made so far) or a join."""
+        if step.op == "fork" and step.handle:
+            self.children[step.handle] = dict(handles)
+        elif step.op == "join":
+            name = step.args.process  # type: ignore[attr-defined]
+            self.children.pop(name, None)
+            self.joined[name] = step.index + 1
 
 
 def fixed_mode(header: ScenarioHeader, read: set[str]) -> str | None:

@@ -33,6 +33,7 @@ from pydantic_core import core_schema
 from vfio_scenario.errors import ERRNO_NUMBERS, SIGNALS, canonical_errno_name
 from vfio_scenario.language.units import C_TYPES, fits, parse_duration, parse_int, parse_size
 from vfio_scenario.run.kernel_watch import SPLAT_KINDS
+from vfio_scenario.uapi.process import CAPABILITIES
 
 IommuMode = Literal[
     "vfio_type1_iommu",
@@ -151,6 +152,8 @@ MockRef = Annotated[str, AfterValidator(_handle_name), HandleRef("mock")]
 IoasOrMockRef = Annotated[str, AfterValidator(_handle_name), HandleRef("ioas", "mock", "hwpt")]
 ObjectId = Annotated[int, BeforeValidator(parse_int), _c_type("u32")]
 CdevRef = Annotated[str, AfterValidator(_handle_name), HandleRef("cdev")]
+ProcessRef = Annotated[str, AfterValidator(_handle_name), HandleRef("process")]
+CapabilityName = Literal[CAPABILITIES]  # type: ignore[valid-type]
 DeviceOrCdevRef = Annotated[str, AfterValidator(_handle_name), HandleRef("device", "cdev")]
 Bdf = Annotated[str, AfterValidator(_bdf)]
 Uuid = Annotated[str, AfterValidator(_uuid)]
@@ -1272,12 +1275,17 @@ class ChangeProcess(Op):
 
 class AssertLockedVm(Op):
     """This process's locked memory (VmLck in /proc/self/status), which type1 charges and
-    IOMMU_IOAS_CHANGE_PROCESS and VFIO_DMA_MAP_FLAG_VADDR move."""
+    IOMMU_IOAS_CHANGE_PROCESS and VFIO_DMA_MAP_FLAG_VADDR move: VmLck + VmPin within
+    `at_least`/`at_most`, or each exactly (`locked`: VmLck, `pinned`: VmPin); `of:
+    parent` reads the process that forked this one (a step with `process:`)."""
 
     op = "assert_locked_vm"
     area = "liveupdate"
     at_least: Size | None = None
     at_most: Size | None = None
+    locked: Size | None = None  # VmLck exactly
+    pinned: Size | None = None  # VmPin exactly
+    of: Literal["self", "parent"] = "self"
 
 
 class DirtyPages(Op):
@@ -1323,6 +1331,50 @@ class ExpectWakeup(Op):
     device: DeviceRef
     within: Duration = 1.0
     signalled: bool = True
+
+
+# --- Processes --------------------------------------------------------------------
+
+
+class Fork(Op):
+    """Fork the case's process: a child with a copy of its memory (MAP_SHARED memory
+    shared) and of its open files and handles; steps with `process: <this handle>` run
+    in the child, one at a time, while the case waits for each."""
+
+    op = "fork"
+    produces = "process"
+    area = "process"
+
+
+class Join(Op):
+    """End a forked child (it exits, as the C tests' `exit(0)`: its address space goes)
+    and wait for it; fails unless it exited with status 0."""
+
+    op = "join"
+    area = "process"
+    process: ProcessRef
+
+
+class DropCapability(Op):
+    """Clear a capability from this process's effective set (as the iommufd selftests'
+    drop_cap_ipc_lock()): it lasts until the case's process ends."""
+
+    op = "drop_capability"
+    area = "process"
+    capability: CapabilityName
+
+
+class FailNth(Op):
+    """Arm fail-nth for the case's task (/proc/self/task/TID/fail-nth, as the kernel's
+    iommufd_fail_nth selftest): the case runs again and again with n = 0 (nothing armed),
+    1, 2, …, and the nth fault-injection site the task passes after this step fails.
+    A body step after it that then fails with an errno ends that run (the rest of the
+    body is skipped; the teardown runs and must pass); the sweep ends with the first n
+    that injects nothing, whose run must pass whole. At most `max` runs."""
+
+    op = "fail_nth"
+    area = "process"
+    max: Int = Field(1000, ge=1, le=100_000)
 
 
 # --- DMABUF ---------------------------------------------------------------------
@@ -1515,6 +1567,8 @@ class StepCommon(Strict):
     # false: the step is left out of the case (a template decides, per case and per
     # iteration of a `for`)
     when: bool = True
+    # the forked child (a `fork` handle) that runs the step instead of the case's process
+    process: Annotated[str, AfterValidator(_handle_name)] | None = None
 
 
 COMMON_KEYS = tuple(f.alias or n for n, f in StepCommon.model_fields.items())

@@ -23,6 +23,7 @@ from vfio_scenario.results import CaseResult, Outcome, StepResult
 
 if TYPE_CHECKING:
     from vfio_scenario.drivers.base import DmaRegion, Driver
+    from vfio_scenario.run.failnth import Armed
     from vfio_scenario.run.faultlog import QemuFaultLog
     from vfio_scenario.run.handover import Moved
     from vfio_scenario.run.ops.memory import LiveMappings
@@ -104,6 +105,10 @@ class Runtime:
     # wakeups counted by low_power
     moved: Moved | None = None
     wakeups: dict[str, int] = field(default_factory=dict)
+    # the operations the case runs with (a forked child runs its steps with the same)
+    ops: dict[str, Operation] = field(default_factory=dict)
+    # the fail-nth sweep's run (run/failnth.py): what its `fail_nth` step arms
+    fail_nth: Armed | None = None
 
     def note(self, message: str) -> None:
         """Say why the running step passed (its message in the reports), e.g. that it had
@@ -267,6 +272,9 @@ def run_case(case: Case, devices: list[str], ops: dict[str, Operation],
     that succeeds raises HandedOver: the successor process runs the rest
     (continue_case) and this one releases nothing.
     """
+    if any(step.op == "fail_nth" for step in case.steps):  # a sweep of whole runs
+        from vfio_scenario.run.failnth import sweep
+        return sweep(case, devices, ops, options or RunOptions(), listener, begin, end)
     rt = Runtime(case=case, devices=devices, options=options or RunOptions())
     if begin:
         begin(rt)
@@ -275,7 +283,9 @@ def run_case(case: Case, devices: list[str], ops: dict[str, Operation],
                         started=time.time())
     if any(step.op == "handover" for step in case.steps):
         rt.process = f"predecessor (pid {os.getpid()})"
-    rt.result, rt.listener, rt.end = result, listener, end
+    elif any(step.op == "fork" for step in case.steps):  # its steps say which process ran them
+        rt.process = f"case (pid {os.getpid()})"
+    rt.result, rt.listener, rt.end, rt.ops = result, listener, end, ops
     return continue_case(rt, result, 0, ops, time.perf_counter())
 
 
@@ -290,7 +300,11 @@ def continue_case(rt: Runtime, result: CaseResult, start: int, ops: dict[str, Op
         for step in rt.case.steps[start:]:
             if rt.listener:
                 rt.listener("step", {"index": step.index, "op": step.op, "name": step.label})
-            sr = run_step(rt, step, ops)
+            if getattr(step.common, "process", None):  # a forked child runs it
+                from vfio_scenario.run.forked import run_in_child
+                sr = run_in_child(rt, step)
+            else:
+                sr = run_step(rt, step, ops)
             result.steps.append(sr)
             if sr.outcome is not Outcome.PASS:
                 failed = sr

@@ -134,7 +134,7 @@ OP_ISSUES: dict[str, tuple[str, ...]] = {
     "expect_no_msi": (),
     "send_msi": (),
     # live update (run/ops/liveupdate.py)
-    "assert_locked_vm": (),  # /proc/self/status
+    "assert_locked_vm": (),  # /proc/self/status (or the parent's)
     "change_process": ("IOMMU_IOAS_CHANGE_PROCESS",),
     "dirty_bitmap": ("VFIO_IOMMU_DIRTY_PAGES",),
     "dirty_pages": ("VFIO_IOMMU_DIRTY_PAGES",),
@@ -145,6 +145,11 @@ OP_ISSUES: dict[str, tuple[str, ...]] = {
                   "VFIO_DEVICE_FEATURE_LOW_POWER_EXIT"),
     "memcpy_stream": (),
     "update_vaddr": ("VFIO_IOMMU_UNMAP_DMA", "VFIO_IOMMU_MAP_DMA"),
+    # processes (run/ops/process.py): fork(2), capset(2), no ioctl
+    "drop_capability": (),
+    "fail_nth": (),  # /proc/self/task/TID/fail-nth and debugfs' fault attributes
+    "fork": (),
+    "join": (),
     # host (run/ops/host.py): the kernel log, taint, debugfs, time
     "assert_not_tainted": (),
     "expect_dmesg": (),

@@ -65,6 +65,7 @@ def _import_areas() -> None:
         iommufd_viommu,
         liveupdate,
         memory,
+        process,
     )
 
 

@@ -163,25 +163,18 @@ def change_process(rt: Runtime, args: ChangeProcess, step: Step) -> None:
     lu.change_process(iommu, args.reserved)
 
 
-def _status_kib(field: str) -> int:
-    """A /proc/self/status counter in bytes, read as the signed number the kernel keeps
-    (it prints the u64: a counter that went below 0 reads 2^64 - n kB)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                kib = int(line.split()[1])
-                return (kib - (1 << 64) if kib >= 1 << 63 else kib) * 1024
-    return 0
-
-
 def locked_vm() -> int:
     """VmLck of this process, in bytes (type1 charges mm->locked_vm)."""
-    return _status_kib("VmLck")
+    from vfio_scenario.uapi.process import status_bytes
+
+    return status_bytes("VmLck")
 
 
 def pinned_vm() -> int:
     """VmPin of this process, in bytes (iommufd adds mm->pinned_vm)."""
-    return _status_kib("VmPin")
+    from vfio_scenario.uapi.process import status_bytes
+
+    return status_bytes("VmPin")
 
 
 def _bytes(n: int) -> str:
@@ -190,18 +183,27 @@ def _bytes(n: int) -> str:
 
 @op(AssertLockedVm)
 def assert_locked_vm(rt: Runtime, args: AssertLockedVm, step: Step) -> None:
-    """This process's locked plus pinned memory within the bounds: type1 charges
-    locked_vm, iommufd pinned_vm (both per mm)."""
-    lck, pin = locked_vm(), pinned_vm()
+    """This process's (or, `of: parent`, its parent's) locked plus pinned memory within
+    the bounds, or each exactly: type1 charges locked_vm, iommufd pinned_vm (both per
+    mm) and, in IOMMUFD's MM accounting mode, locked_vm too."""
+    from vfio_scenario.uapi import process
+
+    pid: int | str = process.parent_pid() if args.of == "parent" else "self"
+    lck, pin = process.status_bytes("VmLck", pid), process.status_bytes("VmPin", pid)
     have = lck + pin
+    whose = f"the parent (pid {pid})" if args.of == "parent" else "this process"
     what = f"VmLck {_bytes(lck)} + VmPin {_bytes(pin)}"
     if args.at_least is not None and have < args.at_least:
-        raise CheckFailed(f"this process has {what}, expected at least "
+        raise CheckFailed(f"{whose} has {what}, expected at least "
                           f"{format_size(args.at_least)}")
     if args.at_most is not None and have > args.at_most:
-        raise CheckFailed(f"this process has {what}, expected at most "
+        raise CheckFailed(f"{whose} has {what}, expected at most "
                           f"{format_size(args.at_most)}")
-    rt.note(what)
+    for field, value, want in (("VmLck", lck, args.locked), ("VmPin", pin, args.pinned)):
+        if want is not None and value != want:
+            raise CheckFailed(f"{whose} has {field} {_bytes(value)}, expected "
+                              f"{format_size(want)} ({what})")
+    rt.note(f"{whose}: {what}")
 
 
 # ---- type1 dirty pages ------------------------------------------------------------------

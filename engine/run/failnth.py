@@ -1,0 +1,202 @@
+"""The fail-nth sweep of a case with a `fail_nth` step (the kernel's iommufd_fail_nth).
+
+The case runs again and again in its process, each run a whole case (begin hook, body,
+teardown, releases, end hook) with a fresh set of handles: run n = 0 arms nothing, run
+n >= 1 has its `fail_nth` step write n to /proc/self/task/TID/fail-nth, so that the nth
+fault-injection site (failslab, the mock's fail_iommufd …) this task passes after it
+fails. As the C program's TEST_FAIL_NTH:
+
+- run 0 must pass whole;
+- in a run n >= 1, the first body step after the arm that fails with an errno (a
+  VfioError: the kernel's clean refusal) ends the body; a failure of another kind (a
+  check, an exception, a signal, a timeout), or any failure before the arm, fails the
+  sweep;
+- when the body has ended, fail-nth is read and disarmed (written 0): "0" means the
+  nth site was reached; then the teardown runs, and must pass (close_iommu and the
+  mock's CHECK_REFS: nothing still pinned);
+- the first run whose n was not reached ends the sweep, and must have passed whole.
+
+The case's result is its last run's steps, the `fail_nth` step's message summing up the
+sweep; a sweep that fails reports the run (its n) and step that failed it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+import time
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from vfio_scenario.errors import ERRNO_NUMBERS
+from vfio_scenario.results import CaseResult, Outcome, StepResult
+
+if TYPE_CHECKING:
+    from vfio_scenario.language.cases import Case
+    from vfio_scenario.run.interpreter import Hook, Listener, Operation, RunOptions, Runtime
+
+DEBUGFS = "/sys/kernel/debug"
+
+
+class Armed:
+    """This task's fail-nth file, armed with n (or not: n == 0)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.fd = -1
+
+    def arm(self) -> None:
+        if self.n and self.fd < 0:
+            self.fd = os.open(f"/proc/self/task/{threading.get_native_id()}/fail-nth",
+                              os.O_RDWR | os.O_CLOEXEC)
+            os.pwrite(self.fd, str(self.n).encode(), 0)
+
+    def disarm(self) -> bool | None:
+        """Read and clear it: True when the nth site was reached, None if never armed."""
+        if self.fd < 0:
+            return None
+        try:
+            left = os.pread(self.fd, 32, 0)
+            os.pwrite(self.fd, b"0", 0)
+        finally:
+            os.close(self.fd)
+            self.fd = -1
+        return left.strip() == b"0"
+
+
+def sweep(case: Case, devices: list[str], ops: dict[str, Operation], options: RunOptions,
+          listener: Listener | None, begin: Hook | None, end: Hook | None) -> CaseResult:
+    from vfio_scenario.run.interpreter import Runtime
+
+    t0 = time.perf_counter()
+    limit = next(s.args.max for s in case.steps if s.op == "fail_nth")  # type: ignore[attr-defined]
+    ended: Counter[str] = Counter()
+    tolerated = 0
+    result = CaseResult(case_id=case.id, file=case.file, scenario=case.scenario,
+                        outcome=Outcome.PASS, params=dict(case.params), tags=list(case.tags),
+                        started=time.time())
+    for n in range(limit + 1):
+        rt = Runtime(case=case, devices=devices, options=options)
+        rt.fail_nth = Armed(n)
+        if begin:
+            begin(rt)
+        result = CaseResult(case_id=case.id, file=case.file, scenario=case.scenario,
+                            outcome=Outcome.PASS, params=dict(case.params),
+                            tags=list(case.tags), started=result.started)
+        rt.result, rt.listener, rt.end, rt.ops = result, listener, end, ops
+        failed, reached, armed_at = _run(rt, result, ops)
+        if result.outcome is Outcome.SKIP:
+            break
+        verdict, why = _verdict(n, result, failed, reached, armed_at)
+        if verdict == "fail":
+            if result.outcome is Outcome.PASS:
+                result.outcome = failed.outcome if failed is not None else Outcome.FAIL
+            result.message = f"fail-nth {n}: {why}"
+            break
+        if verdict == "last":
+            break  # the first n nothing reached: this run passed whole
+        if verdict == "ended":
+            ended[why] += 1
+        elif n > 0:
+            tolerated += 1
+    else:
+        result.outcome = Outcome.FAIL
+        result.message = (f"fail-nth still reached a fault site at n = {limit}: the sweep "
+                          "stops at `max`")
+    if result.outcome is Outcome.PASS:
+        note = (f"swept n = 1 … {n - 1}: {sum(ended.values())} runs ended by an injected "
+                f"errno ({', '.join(f'{k} {v}' for k, v in sorted(ended.items())) or 'none'}), "
+                f"{tolerated} ran through; n = {n} reached no fault site")
+        for sr in result.steps:
+            if sr.op == "fail_nth":
+                sr.message = note
+    result.duration = time.perf_counter() - t0
+    return result
+
+
+def _verdict(n: int, result: CaseResult, failed: StepResult | None, reached: bool | None,
+             armed_at: int | None) -> tuple[str, str]:
+    """What run n says: ("ended", errno) for a body ended by the injected refusal,
+    ("through", "") for a run that passed (run 0, or a fault it tolerated), ("last", "")
+    for a passed run whose n was not reached, ("fail", why) otherwise."""
+    clean = (failed is not None and n > 0 and armed_at is not None
+             and failed.index > armed_at and reached is True
+             and failed.outcome is Outcome.FAIL and failed.actual in ERRNO_NUMBERS)
+    if failed is not None and not clean:
+        return "fail", (f"step {failed.index + 1} `{failed.name}` ({failed.location}): "
+                        f"{failed.message}")
+    if result.outcome is not Outcome.PASS:  # the teardown or the releases
+        return "fail", result.message
+    if failed is not None:  # a refusal the nth site caused: the body ended there
+        return "ended", failed.actual
+    if n > 0 and reached is None:
+        return "fail", "the `fail_nth` step did not run"
+    return ("last", "") if reached is False else ("through", "")
+
+
+def _run(rt: Runtime, result: CaseResult, ops: dict[str, Operation]
+         ) -> tuple[StepResult | None, bool | None, int | None]:
+    """One run: the body until its first failed step, fail-nth read and disarmed, then
+    the teardown and releases. (failed body step, nth reached, index of the arm step)."""
+    from vfio_scenario.run.interpreter import Skip, _finish, run_step
+
+    failed: StepResult | None = None
+    armed_at: int | None = None
+    reached: bool | None = None
+    try:
+        try:
+            for step in rt.case.steps:
+                if rt.listener:
+                    rt.listener("step", {"index": step.index, "op": step.op, "name": step.label})
+                sr = run_step(rt, step, ops)
+                result.steps.append(sr)
+                if step.op == "fail_nth" and sr.outcome is Outcome.PASS:
+                    armed_at = step.index
+                if sr.outcome is not Outcome.PASS:
+                    failed = sr
+                    break
+        finally:
+            reached = rt.fail_nth.disarm() if rt.fail_nth is not None else None
+    except Skip as exc:
+        result.outcome = Outcome.SKIP
+        result.message = str(exc)
+    problems = _finish(rt, result, None, ops)
+    if problems and result.outcome is Outcome.PASS:
+        result.outcome = Outcome.ERROR
+        result.message = "releasing the case's resources failed: " + "; ".join(problems)
+    return failed, reached, armed_at
+
+
+def setup_debugfs(rt: Runtime) -> None:
+    """As the C program's constructor: every allocation may be failed (failslab's
+    ignore-gfp-wait N; fail_page_alloc's too where the kernel has it) and the fault
+    attributes quiet (verbose 0); the old values come back when the run ends."""
+    from vfio_scenario.run.interpreter import Skip
+
+    if not os.path.isdir(f"{DEBUGFS}/failslab"):
+        raise Skip(f"fault injection is not enabled in the kernel (no {DEBUGFS}/failslab: "
+                   "FAILSLAB, FAULT_INJECTION_DEBUG_FS)")
+    if not os.path.exists(f"/proc/self/task/{threading.get_native_id()}/fail-nth"):
+        raise Skip("fault injection is not enabled in the kernel (no /proc/self/task/TID/"
+                   "fail-nth: FAULT_INJECTION)")
+    wanted = {"failslab/ignore-gfp-wait": "N", "fail_page_alloc/ignore-gfp-wait": "N",
+              "fail_page_alloc/ignore-gfp-highmem": "N"}
+    for name in sorted(os.listdir(DEBUGFS)):
+        if name.startswith("fail"):
+            wanted[f"{name}/verbose"] = "0"
+    for rel, value in wanted.items():
+        path = f"{DEBUGFS}/{rel}"
+        try:
+            with open(path) as f:
+                old = f.read().strip()
+            with open(path, "w") as f:
+                f.write(value)
+        except OSError:
+            continue  # the kernel has no such attribute (fail_page_alloc without FAIL_PAGE_ALLOC)
+        rt.on_cleanup(f"{path} back to {old}", functools.partial(_write, path, old))
+
+
+def _write(path: str, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)

@@ -1,0 +1,163 @@
+"""The fail-nth sweep (run/failnth.py) against a fake kernel: fail-nth counts the fault
+sites the task passes after the arm, the nth refuses with ENOMEM. What the real kernel
+answers is scenarios/kselftest/iommufd_fail_nth.yaml's, in the testbed."""
+
+from __future__ import annotations
+
+import errno
+import os
+import textwrap
+from typing import Any
+
+import pytest
+from vfio_scenario.errors import VfioError
+from vfio_scenario.language.compile import compile_documents
+from vfio_scenario.language.loader import load_text
+from vfio_scenario.results import Outcome
+from vfio_scenario.run import failnth
+from vfio_scenario.run.interpreter import CheckFailed, run_case
+from vfio_scenario.run.ops import operations
+
+from tests.helpers.scenarios import compile_text
+
+
+class FakeKernel:
+    def __init__(self) -> None:
+        self.left = 0  # fail-nth's counter: 0 is disarmed
+        self.reached = False
+
+    def site(self, how: str = "errno") -> None:
+        """A fault site: the nth one after the arm refuses."""
+        if self.left:
+            self.left -= 1
+            if not self.left:
+                self.reached = True
+                if how == "errno":
+                    raise VfioError(errno.ENOMEM, "ioctl", "fake")
+                if how == "check":
+                    raise CheckFailed("a wrong answer under injection")
+
+
+@pytest.fixture
+def kernel(monkeypatch: pytest.MonkeyPatch) -> FakeKernel:
+    fake = FakeKernel()
+
+    def arm(self: failnth.Armed) -> None:
+        if self.n:
+            fake.left, fake.reached, self.fd = self.n, False, 0
+
+    def disarm(self: failnth.Armed) -> bool | None:
+        if self.fd < 0:
+            return None
+        self.fd = -1
+        fake.left = 0
+        return fake.reached
+
+    monkeypatch.setattr(failnth.Armed, "arm", arm)
+    monkeypatch.setattr(failnth.Armed, "disarm", disarm)
+    monkeypatch.setattr(failnth, "setup_debugfs", lambda rt: None)
+    return fake
+
+
+def sweep(text: str, kernel: FakeKernel, sites: dict[str, int], how: str = "errno") -> Any:
+    """Run the case with `sleep` as fault sites: a step named X passes sites[X] sites."""
+    ops = dict(operations())
+
+    def passes_sites(rt: Any, args: Any, step: Any) -> None:
+        for _ in range(sites.get(step.label, 0)):
+            kernel.site(how)
+        if step.label == "refuses-while-armed" and kernel.left:
+            raise VfioError(errno.EINVAL, "ioctl", "fake")
+
+    ops["sleep"] = passes_sites
+    case = compile_text(text, "scen/nth.yaml")[0]
+    return run_case(case, [], ops)
+
+
+BODY = """\
+name: nth
+requires: {devices: 0}
+steps:
+  - sleep: {duration: 0s}
+    name: setup
+  - fail_nth: {}
+  - sleep: {duration: 0s}
+    name: a
+  - sleep: {duration: 0s}
+    name: b
+teardown:
+  - sleep: {duration: 0s}
+    name: check
+"""
+
+
+def test_the_sweep_runs_until_n_reaches_no_site_and_counts_the_refusals(kernel: FakeKernel) -> None:
+    result = sweep(BODY, kernel, {"setup": 5, "a": 2, "b": 1})
+    assert result.outcome is Outcome.PASS, result.message
+    # the setup's sites are before the arm: not counted; n = 1..3 refused, n = 4 not reached
+    note = next(s.message for s in result.steps if s.op == "fail_nth")
+    assert note == ("swept n = 1 … 3: 3 runs ended by an injected errno (ENOMEM 3), 0 ran "
+                    "through; n = 4 reached no fault site")
+    assert [s.name for s in result.steps] == ["setup", "fail_nth", "a", "b", "check"]
+    assert all(s.outcome is Outcome.PASS for s in result.steps)
+
+
+def test_a_refusal_that_is_no_errno_fails_the_sweep_at_its_n(kernel: FakeKernel) -> None:
+    result = sweep(BODY, kernel, {"a": 2, "b": 1}, how="check")
+    assert result.outcome is Outcome.FAIL
+    assert result.message == ("fail-nth 1: step 3 `a` (scen/nth.yaml:7): a wrong answer "
+                              "under injection")
+
+
+def test_a_failure_without_injection_fails_the_sweep_at_run_0(kernel: FakeKernel) -> None:
+    text = BODY.replace("    name: b\n", "    name: b\n  - assert_locked_vm: {at_least: 1TiB}\n")
+    result = sweep(text, kernel, {"a": 1})
+    assert result.outcome is Outcome.FAIL
+    assert result.message.startswith("fail-nth 0: step 5 `assert_locked_vm`")
+
+
+def test_an_errno_the_injection_did_not_cause_fails_the_sweep(kernel: FakeKernel) -> None:
+    # run 1 is refused at `a`'s site; in run 2 `b` refuses while the nth site is unreached
+    result = sweep(BODY.replace("name: b", "name: refuses-while-armed"), kernel, {"a": 1})
+    assert result.outcome is Outcome.FAIL
+    assert result.message.startswith("fail-nth 2: step 4 `refuses-while-armed`")
+
+
+def test_a_teardown_that_fails_after_a_refusal_fails_the_sweep(kernel: FakeKernel) -> None:
+    text = BODY.replace("    name: check\n", "    name: check\n  - assert_locked_vm: {at_least: 1TiB}\n")
+    result = sweep(text, kernel, {"a": 1})
+    assert result.outcome is Outcome.FAIL
+    assert result.message.startswith("fail-nth 0: teardown step 2 `assert_locked_vm`")
+
+
+def test_the_sweep_stops_at_max(kernel: FakeKernel) -> None:
+    result = sweep(BODY.replace("fail_nth: {}", "fail_nth: {max: 2}"), kernel, {"a": 5})
+    assert result.outcome is Outcome.FAIL
+    assert result.message == ("fail-nth still reached a fault site at n = 2: the sweep stops "
+                              "at `max`")
+
+
+def test_without_fault_injection_the_case_skips_saying_so() -> None:
+    if os.path.isdir(f"{failnth.DEBUGFS}/failslab"):
+        pytest.skip("this host has failslab: the real kernel's answer is the testbed's")
+    result = run_case(compile_text(BODY, "scen/nth.yaml")[0], [], operations())
+    assert result.outcome is Outcome.SKIP
+    assert result.message.startswith("fault injection is not enabled in the kernel")
+
+
+def errors_of(text: str) -> list[str]:
+    doc, errors = load_text(textwrap.dedent(text), "scen/nth.yaml")
+    assert errors == []
+    return [str(e) for e in compile_documents([doc]).errors]
+
+
+def test_one_fail_nth_per_case_and_none_in_teardown_or_a_child() -> None:
+    twice = errors_of(BODY.replace("  - fail_nth: {}\n", "  - fail_nth: {}\n  - fail_nth: {}\n"))
+    assert twice == [("scen/nth.yaml:7:5: a case sweeps one `fail_nth` step, of its body "
+                     "(step 2 is one)")]
+    late = errors_of(BODY + "  - fail_nth: {}\n")
+    assert late == ["scen/nth.yaml:14:5: a case sweeps one `fail_nth` step, of its body"]
+    child = errors_of(BODY.replace("  - fail_nth: {}\n",
+                                   "  - fork: {}\n    as: c\n  - fail_nth: {}\n    process: c\n"))
+    assert child == [("scen/nth.yaml:9:14: `fail_nth` runs in the case's process, not in a "
+                     "forked child")]
