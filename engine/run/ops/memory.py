@@ -142,7 +142,7 @@ def live_mappings(rt: Runtime) -> LiveMappings:
 
 @op(AllocBuffer)
 def alloc_buffer(rt: Runtime, args: AllocBuffer, step: Step) -> DmaBuffer:
-    buf = DmaBuffer(args.size, args.backing, name=step.handle or "buffer")
+    buf = DmaBuffer(args.size, args.backing, name=step.handle or "buffer", path=args.path)
     rt.on_cleanup(f"buffer {buf.name}", buf.close)
     return buf
 
@@ -200,6 +200,8 @@ def map_dma(rt: Runtime, args: MapDma, step: Step) -> Mapping:
     target: Any = rt.handle(args.target)
     size = target.size - args.offset if args.size is None else args.size
     iova = last_iova(space, size) if args.iova == "last" else args.iova
+    if args.iova_of is not None:  # where an earlier mapping was
+        iova = rt.handle(args.iova_of).iova
     if iova == "auto":  # IOMMU_IOAS_MAP without FIXED_IOVA: the kernel's allocator picks
         if not isinstance(space, Ioas) or args.buffer is None:
             raise VfioError(errno.EINVAL, "map_dma", space.handle,
@@ -247,7 +249,7 @@ def _repeat_target(rt: Runtime, args: MapDma) -> tuple[Any, Any, int, int | None
     """(IOVA space, buffer or BAR, size, fixed IOVA or None) of a map_dma that
     map_dma_repeat can batch; None for a DMABUF, flags, a file mapping, or a step that
     fails before mapping."""
-    if args.dmabuf is not None or args.flags or args.file:
+    if args.dmabuf is not None or args.flags or args.file or args.iova_of is not None:
         return None
     try:
         space = space_of(rt, args)
