@@ -431,14 +431,15 @@ class IovaRanges(Op):
 
 
 class CopyIova(Op):
-    """IOMMU_IOAS_COPY: map in `ioas` the pages `src` maps at `src_iova`."""
+    """IOMMU_IOAS_COPY: map in `ioas` the pages `src` maps at `src_iova` (an IOVA, or a
+    mapping of `src` whose IOVA it is)."""
 
     op = "copy_iova"
     produces = "mapping"
     area = "iommufd"
     ioas: IoasRef
     src: IoasRef
-    src_iova: Int
+    src_iova: Int | MappingRef
     size: Size
     iova: Int | None = None  # None: the kernel picks
     read: bool = True
