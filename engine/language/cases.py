@@ -7,6 +7,7 @@ the template engine.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -31,14 +32,38 @@ class Step:
     # interpreter can tell whether a teardown step's handles were made without
     # asking the models
     handle_paths: tuple[tuple[str, ...], ...] = ()
+    # a `for` step (op "for", args its ForLoop): each iteration's steps, unrolled by the
+    # compiler; None for an operation
+    body: tuple[Iteration, ...] | None = None
 
     @property
     def label(self) -> str:
+        if self.body is not None and not self.common.name:
+            return f"for {getattr(self.args, 'var', '')}"
         return self.common.name or self.op
 
     @property
     def handle(self) -> str | None:
         return self.common.as_
+
+
+@dataclass(frozen=True)
+class Iteration:
+    """One iteration of a `for` step: the loop variable's value and the steps it runs."""
+
+    value: int
+    steps: tuple[Step, ...]
+
+
+def flat_steps(steps: Iterable[Step]) -> Iterator[Step]:
+    """Every operation step of `steps`, those of each `for` iteration included, in the
+    order they run (the `for` steps themselves left out)."""
+    for step in steps:
+        if step.body is None:
+            yield step
+        else:
+            for iteration in step.body:
+                yield from flat_steps(iteration.steps)
 
 
 @dataclass

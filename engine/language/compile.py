@@ -20,14 +20,17 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from vfio_scenario.errors import Location, NothingSelected, ScenarioError, ScenarioErrors
-from vfio_scenario.language.cases import Case, Compiled, Step
+from vfio_scenario.language.cases import Case, Compiled, Iteration, Step
 from vfio_scenario.language.devices import DeviceName, DriverFacts, device_names, driver_axis
 from vfio_scenario.language.loader import Document, find_scenario_files, load_file
 from vfio_scenario.language.models import (
     COMMON_KEYS,
     IOMMU_MODES,
+    LOOP_KEYS,
+    MAX_ITERATIONS,
     OPERATIONS,
     SCENARIO_KEYS,
+    ForLoop,
     Op,
     ScenarioHeader,
     StepCommon,
@@ -44,6 +47,7 @@ from vfio_scenario.language.templates import (
 from vfio_scenario.language.units import show
 
 RESERVED_AXES = ("iommu_mode", "driver")  # implicit axes: the engine fills them
+LEFT_OUT = object()  # a `for` step whose `when` is false
 MAX_CASES = 10_000  # cases of one scenario's matrix (the library has a few hundred in all)
 _COMMON_MEMO: dict[str, StepCommon] = {}  # StepCommon is frozen, so sharing is safe
 DEVICE_NAMES = ("device", "devices")  # template variables naming the run's BDFs
@@ -92,6 +96,8 @@ class _FileCompiler:
         self._locations: dict[tuple[Any, ...], Location] = {}
         self._tpaths: dict[int, list[tuple[tuple[Any, ...], str]]] = {}
         self._listed: set[tuple[Any, ...]] = set()  # step lists whose locations are known
+        self._loop_headers: dict[int, dict[str, Any]] = {}  # a `for` step without its body
+        self._iterations = 0  # iterations of the `for` loops of the case being compiled
 
     @property
     def drivers(self) -> dict[str, DriverFacts]:
@@ -278,9 +284,8 @@ class _FileCompiler:
     def uses_iommu(header: ScenarioHeader) -> bool:
         if header.requires.iommu_modes:
             return True
-        for raw in (*header.steps, *header.teardown):
-            if isinstance(raw, dict) and any(OPERATIONS[k].opens_iommu for k in raw
-                                             if k in OPERATIONS):
+        for raw in raw_steps((*header.steps, *header.teardown)):
+            if any(OPERATIONS[k].opens_iommu for k in raw if k in OPERATIONS):
                 return True
         return False
 
@@ -306,6 +311,7 @@ class _FileCompiler:
             self.error(p, msg)
         if problems:
             return None
+        self._iterations = 0
         steps, handles = self.steps(path, "steps", header.steps, context, {}, teardown=False)
         teardown, _ = self.steps(path, "teardown", header.teardown, context, handles, teardown=True)
         if steps is None or teardown is None:
@@ -347,26 +353,39 @@ class _FileCompiler:
             if not isinstance(raw, dict):
                 ok = False
                 continue
-            rendered = self.render_step(spath, raw, context)
-            step: Step | None = None
-            if rendered is not None:
-                # cases that render a step alike, with the same handles, share its validation
-                memo = (spath, repr(rendered[1]) if rendered[1] else "", len(out))
-                seen = self._steps_done.get(memo)
-                if seen is not None and seen[0] == handles:
-                    step = seen[1]
-                else:
-                    step = self.step(spath, rendered[0], handles, len(out), teardown)
-                    self._steps_done[memo] = (dict(handles), step)
-            made = self._makes(raw)
-            if made is not None:
-                # defined even when the step itself is wrong, so later steps don't cascade
-                handles[made[0]] = made[1]
+            make = self.loop if "for" in raw else self.one_step
+            step = make(spath, raw, context, handles, len(out), teardown)
             if step is None:
                 ok = False
-                continue
-            out.append(step)
+            elif isinstance(step, Step):
+                out.append(step)
         return (out if ok else None), handles
+
+    def one_step(self, spath: tuple[Any, ...], raw: dict[str, Any], context: dict[str, Any],
+                 handles: dict[str, str], index: int, teardown: bool) -> Step | object | None:
+        """An operation step rendered and validated (LEFT_OUT when its `when` is false,
+        None after errors); the handle it makes is added to `handles`."""
+        rendered = self.render_step(spath, raw, context)
+        step: Step | None = None
+        if rendered is not None:
+            when = self.when(spath, rendered[0])
+            if when is None:
+                return None
+            if not when:
+                return LEFT_OUT  # left out of this case (or iteration), its handle too
+            # cases that render a step alike, with the same handles, share its validation
+            memo = (spath, repr(rendered[1]) if rendered[1] else "", index)
+            seen = self._steps_done.get(memo)
+            if seen is not None and seen[0] == handles:
+                step = seen[1]
+            else:
+                step = self.step(spath, rendered[0], handles, index, teardown)
+                self._steps_done[memo] = (dict(handles), step)
+        made = self._makes(raw, rendered[0] if rendered is not None else None)
+        if made is not None:
+            # defined even when the step itself is wrong, so later steps don't cascade
+            handles[made[0]] = made[1]
+        return step
 
     def _location(self, spath: tuple[Any, ...]) -> Location:
         found = self._locations.get(spath)
@@ -374,8 +393,119 @@ class _FileCompiler:
             found = self._locations[spath] = self.doc.location(spath)
         return found
 
-    def _makes(self, raw: dict[str, Any]) -> tuple[str, str] | None:
-        """(handle name, kind) the step makes, read from its raw form."""
+    def loop(self, spath: tuple[Any, ...], raw: dict[str, Any], context: dict[str, Any],
+             handles: dict[str, str], index: int, teardown: bool) -> Step | object | None:
+        """A `for` step: its header rendered and validated, its body compiled once per
+        value of its variable (the handles its body makes are added to `handles`).
+        LEFT_OUT when its `when` is false, None after errors."""
+        ok = True
+        for k in raw:
+            if k not in LOOP_KEYS:
+                listing = ", ".join(f"`{x}`" for x in LOOP_KEYS)
+                self.error((*spath, k), f"a `for` step takes {listing}; not `{k}`"
+                           f"{suggest(k, LOOP_KEYS)}", key=True)
+                ok = False
+        header = self._loop_headers.get(id(raw))
+        if header is None:
+            header = self._loop_headers[id(raw)] = {k: v for k, v in raw.items() if k != "steps"}
+        rendered = self.render_step(spath, header, context)
+        if rendered is None:
+            return None
+        when = self.when(spath, rendered[0])
+        if when is None:
+            return None
+        if not when:
+            return LEFT_OUT
+        body = self.loop_body(spath, raw)
+        args = self.loop_header(spath, rendered[0].get("for"))
+        common = self.common_keys(spath, {k: v for k, v in rendered[0].items()
+                                          if k in ("name", "when")})
+        if body is None or args is None or common is None or not ok:
+            return None
+        if args.var in context:
+            self.error((*spath, "for", "var"), f"`for` variable `{args.var}` would hide the "
+                       "template variable of that name (a matrix axis, a var, an outer loop's "
+                       "variable or one of the engine's)")
+            return None
+        values = args.values
+        if self._iterations + len(values) > MAX_ITERATIONS:
+            self.error((*spath, "for"), f"`for {args.var}` runs {len(values):,} iterations, "
+                       f"{self._iterations + len(values):,} with the case's loops before it: "
+                       f"the loops of one case run at most {MAX_ITERATIONS:,} in all")
+            return None
+        self._iterations += len(values)
+        iterations = []
+        made = handles
+        for value in values:
+            before = set(self.errors)
+            steps, made = self.steps(spath, "steps", body, {**context, args.var: value},
+                                     made, teardown=teardown)
+            if steps is None:
+                self._tag_errors(before, f"(iteration {args.var} = {value})")
+                return None
+            iterations.append(Iteration(value, tuple(steps)))
+        handles.update(made)
+        return Step(index=index, op="for", args=args, common=common,  # type: ignore[arg-type]
+                    location=self._location(spath), teardown=teardown,
+                    body=tuple(iterations))
+
+    def loop_body(self, spath: tuple[Any, ...], raw: dict[str, Any]) -> list[Any] | None:
+        """A `for` step's `steps:`, or None after saying what is wrong with them."""
+        body = raw.get("steps")
+        if not isinstance(body, list) or not body:
+            self.error((*spath, "steps") if "steps" in raw else spath,
+                       "a `for` step needs `steps:`, a non-empty list of steps")
+            return None
+        ok = True
+        for j, item in enumerate(body):
+            if not isinstance(item, dict):
+                self.error((*spath, "steps", j),
+                           "a step is a mapping with one operation key, e.g. `- sleep: {duration: 1s}`")
+                ok = False
+            elif "handover" in item:
+                self.error((*spath, "steps", j, "handover"), "`handover` cannot run inside "
+                           "a `for` loop (the successor continues with the case's next step)",
+                           key=True)
+                ok = False
+        return body if ok else None
+
+    def loop_header(self, spath: tuple[Any, ...], raw: Any) -> ForLoop | None:
+        if not isinstance(raw, dict):
+            self.error((*spath, "for"), "`for` is a mapping: `{var: NAME, from: N, to: M}` "
+                       f"(or `below: M`; `step` 1), got {_kind(raw)}")
+            return None
+        try:
+            return ForLoop.model_validate(raw)
+        except ValidationError as exc:
+            self.pydantic_errors((*spath, "for"), exc, ForLoop)
+            return None
+
+    def _tag_errors(self, before: set[tuple[str, str]], tag: str) -> None:
+        """Say which iteration the errors made since `before` belong to."""
+        for key in [k for k in self.errors if k not in before]:
+            err = self.errors.pop(key)
+            message = f"{err.message} {tag}"
+            self.errors.setdefault((key[0], message), ScenarioError(err.location, message))
+
+    def when(self, spath: tuple[Any, ...], rendered: dict[str, Any]) -> bool | None:
+        """A step's rendered `when` (default true); None after saying it is no boolean."""
+        value = rendered.get("when", True)
+        if isinstance(value, bool):
+            return value
+        self.error((*spath, "when"), "`when` is true or false (or a template giving one), "
+                   f"got {_kind(value)} {show(value)}")
+        return None
+
+    def _makes(self, raw: dict[str, Any],
+               rendered: dict[str, Any] | None = None) -> tuple[str, str] | None:
+        """(handle name, kind) the step makes, read from its raw form (its rendered form
+        when the name is a template, as in a loop's `as: "m{{ i }}"`)."""
+        name = raw.get("as")
+        if isinstance(name, str) and "{" in name:
+            name = rendered.get("as") if rendered is not None else None
+            op_cls = next((OPERATIONS[k] for k in raw if k in OPERATIONS), None)
+            kind = op_cls.produces if op_cls is not None else None
+            return (name, kind) if isinstance(name, str) and kind else None
         key = id(raw)
         if key not in self._made:
             name = raw.get("as")
@@ -544,9 +674,7 @@ def fixed_mode(header: ScenarioHeader, read: set[str]) -> str | None:
     if header.requires.iommu_modes or "iommu_mode" in read:
         return None
     first = None
-    for raw in (*header.steps, *header.teardown):
-        if not isinstance(raw, dict):
-            continue
+    for raw in raw_steps((*header.steps, *header.teardown)):
         for key, args in raw.items():
             cls = OPERATIONS.get(key) if isinstance(key, str) else None
             if cls is None or cls.iommu_mode_argument is None:
@@ -556,6 +684,18 @@ def fixed_mode(header: ScenarioHeader, read: set[str]) -> str | None:
                 return None  # the case's own mode (none named), a template, or an error
             first = first or mode
     return first
+
+
+def raw_steps(raws: Sequence[Any]) -> list[dict[str, Any]]:
+    """The raw steps (mappings) of a step list, those inside `for` bodies included."""
+    out: list[dict[str, Any]] = []
+    for raw in raws:
+        if isinstance(raw, dict):
+            out.append(raw)
+            body = raw.get("steps") if "for" in raw else None
+            if isinstance(body, list):
+                out.extend(raw_steps(body))
+    return out
 
 
 def _is_branch_label(p: Any) -> bool:

@@ -364,13 +364,17 @@ class CloseIommu(Op):
 
 
 class MockCheckRefs(Op):
-    """IOMMU_TEST_OP_MD_CHECK_REFS on a fresh /dev/iommu: every page of the buffer holds
-    `refs` pins (the selftests' teardown checks 0 after closing the fixture's iommufd)."""
+    """IOMMU_TEST_OP_MD_CHECK_REFS on a fresh /dev/iommu (or on `iommu`): every page of
+    the buffer (or of [offset, offset + size) of it) holds `refs` pins (the selftests'
+    teardown checks 0 after closing the fixture's iommufd)."""
 
     op = "mock_check_refs"
     area = "iommufd"
     buffer: BufferRef
     refs: U32 = 0
+    offset: Size = 0
+    size: Size | None = None  # default: to the buffer's end
+    iommu: IommuRef | None = None
 
 
 class MockMemoryLimit(Op):
@@ -630,23 +634,39 @@ class MockDmabufRevoke(Op):
 
 
 class AllocBuffer(Op):
-    """Allocate a buffer of `size` bytes for DMA (`backing`: anonymous, hugetlb or memfd
-    pages; `file-private`: the first `size` bytes of the file at `path`, opened read-only,
-    mapped read/write and private, its pages not faulted in)."""
+    """Allocate a buffer of `size` bytes for DMA (`backing`: private anonymous, shared
+    anonymous, hugetlb or memfd pages; `file-private`: the first `size` bytes of the file
+    at `path`, opened read-only, mapped read/write and private, its pages not faulted
+    in), at an address that is a multiple of `align`."""
 
     op = "alloc_buffer"
     produces = "buffer"
     area = "memory"
     size: Size = Field(gt=0)
-    backing: Literal["anonymous", "hugetlb-2M", "hugetlb-1G", "memfd", "file-private"] = \
-        "anonymous"
-    path: Annotated[str, Field(min_length=1)] | None = None
+    # shared: MAP_SHARED | MAP_ANONYMOUS (shmem pages), the iommufd selftests' buffers
+    backing: Literal["anonymous", "shared", "hugetlb-2M", "hugetlb-1G", "memfd",
+                     "file-private"] = "anonymous"
+    # the buffer's address is a multiple of `align` (a power of two; anonymous memory),
+    # as the iommufd selftests' buffer is aligned to the THP size
+    align: Size | None = None
+    path: Annotated[str, Field(min_length=1)] | None = None  # file-private: the file
 
     @model_validator(mode="after")
     def _path(self) -> AllocBuffer:
         if (self.path is not None) != (self.backing == "file-private"):
             raise ValueError("`path` names the file of a `backing: file-private` buffer, "
                              "and only of one")
+        return self
+
+    @model_validator(mode="after")
+    def _align(self) -> AllocBuffer:
+        if self.align is not None:
+            if self.align < 4096 or self.align & (self.align - 1):
+                raise ValueError(f"`align`: {self.align:#x} is not a power of two of at "
+                                 "least 4 KiB")
+            if self.backing not in ("anonymous", "shared"):
+                raise ValueError("`align` places anonymous memory; a hugetlb buffer is "
+                                 "aligned to its page size, a memfd's pages are the file's")
         return self
 
 
@@ -694,11 +714,32 @@ class MapDma(Op):
     # file: an iommufd maps the memfd buffer's file (IOMMU_IOAS_MAP_FILE), not its pages
     # at the process address (IOMMU_IOAS_MAP): what IOMMU_IOAS_CHANGE_PROCESS can move
     file: bool = False
+    # a raw process address instead of a buffer (nothing need be mapped there: an IOAS
+    # without a domain pins nothing at map time); `iova: auto` and `size` go with it
+    address: Int | None = None
+    # checks of the IOVA the kernel chose (`iova: auto`): a multiple of `iova_align`;
+    # the mapping wholly inside `iova_within` ([start, last]); none of it in
+    # `iova_outside` ([start, start + size))
+    iova_align: Size | None = None
+    iova_within: IovaSpan | None = None
+    iova_outside: IovaRange | None = None
 
     @model_validator(mode="after")
     def _one_target(self) -> MapDma:
         _exactly_one(self, ("iommu", "ioas"))
-        _exactly_one(self, ("buffer", "mmio", "dmabuf"))
+        _exactly_one(self, ("buffer", "mmio", "dmabuf", "address"))
+        if self.address is not None and (self.iova != "auto" or self.size is None
+                                         or self.ioas is None):
+            raise ValueError("`address` maps `size` bytes of a raw process address into "
+                             "an `ioas` at `iova: auto`")
+        checks = [n for n in ("iova_align", "iova_within", "iova_outside")
+                  if getattr(self, n) is not None]
+        if checks and self.iova != "auto":
+            raise ValueError(f"`{checks[0]}` checks the IOVA the kernel chose: it goes with "
+                             "`iova: auto`")
+        if self.iova_align is not None and (self.iova_align == 0
+                                            or self.iova_align & (self.iova_align - 1)):
+            raise ValueError(f"`iova_align`: {self.iova_align:#x} is not a power of two")
         _exactly_one(self, ("iova", "iova_of"), required=False)
         if self.flags and (self.buffer is None or not isinstance(self.iova, int)):
             raise ValueError("`flags: [vaddr]` gives a mapping at a fixed `iova` the address "
@@ -802,6 +843,51 @@ class AssertUnmapped(Op):
     op = "assert_unmapped"
     area = "memory"
     mapping: MappingRef
+
+
+class UnmapBuffer(Op):
+    """Remove [offset, offset + size) of a buffer from the process (munmap): its pages
+    are gone, so a later map of that range faults (EFAULT) as the selftests' basic test
+    makes it."""
+
+    op = "unmap_buffer"
+    area = "memory"
+    buffer: BufferRef
+    offset: Size = 0
+    size: Size = Field(gt=0)
+
+
+class TruncateBuffer(Op):
+    """Set the length of a memfd buffer's file (ftruncate): pages past it leave the file,
+    so a map of them (IOMMU_IOAS_MAP_FILE) is refused."""
+
+    op = "truncate_buffer"
+    area = "memory"
+    buffer: BufferRef
+    size: Size
+
+
+class MockCheckMap(Op):
+    """IOMMU_TEST_OP_MD_CHECK_MAP: the mock device's domain maps [iova, iova + size) to
+    the pages of the process at the buffer's `offset` (default: the `mapping`'s IOVA,
+    size and process address; a file mapping names its memfd `buffer`)."""
+
+    op = "mock_check_map"
+    area = "iommufd"
+    iommu: IommuRef
+    mock: ObjectId | MockRef
+    mapping: MappingRef | None = None
+    iova: Int | None = None
+    size: Size | None = None
+    buffer: BufferRef | None = None
+    offset: Size = 0
+
+    @model_validator(mode="after")
+    def _what(self) -> MockCheckMap:
+        if self.mapping is None and (self.iova is None or self.size is None
+                                     or self.buffer is None):
+            raise ValueError("give a `mapping`, or `iova`, `size` and `buffer`")
+        return self
 
 
 # --- Device ---------------------------------------------------------------------
@@ -1446,9 +1532,35 @@ class StepCommon(Strict):
     expect: Expect = ("ok",)
     timeout: Duration | None = None
     repeat: Int = Field(1, ge=1, le=MAX_REPEAT)
+    # false: the step is left out of the case (a template decides, per case and per
+    # iteration of a `for`)
+    when: bool = True
 
 
 COMMON_KEYS = tuple(f.alias or n for n, f in StepCommon.model_fields.items())
+MAX_ITERATIONS = 100_000  # iterations of all the `for` loops of one case (docs/language.md)
+LOOP_KEYS = ("for", "steps", "name", "when")  # the keys of a `for` step
+
+
+class ForLoop(Strict):
+    """`for:` of a loop step: `var` takes the values from `from` up to `to` (included)
+    or `below` (excluded) in steps of `step`, as a C `for` loop counts."""
+
+    var: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+    from_: Size = Field(alias="from")
+    to: Size | None = None
+    below: Size | None = None
+    step: Size = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _end(self) -> ForLoop:
+        _exactly_one(self, ("to", "below"))
+        return self
+
+    @property
+    def values(self) -> range:
+        stop = self.below if self.below is not None else (self.to or 0) + 1
+        return range(self.from_, stop, self.step)
 
 
 class Requires(Strict):

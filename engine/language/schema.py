@@ -12,7 +12,7 @@ from operator import or_
 from typing import Any
 
 from pydantic import Field, create_model
-from vfio_scenario.language.models import OPERATIONS, ScenarioHeader, StepCommon
+from vfio_scenario.language.models import OPERATIONS, ForLoop, ScenarioHeader, StepCommon
 
 TEMPLATE = {"type": "string", "pattern": r"\{\{.*\}\}|\{%.*%\}", "description": "jinja2 template"}
 SCHEMA_ID = "https://vfio-scenario.invalid/schemas/scenario.schema.json"
@@ -29,6 +29,30 @@ def _step_models() -> list[Any]:
         models.append(create_model(f"{cls.__name__}Step", __base__=StepCommon,
                                    __doc__=f"A step running `{op}` ({cls.area}).", **fields))
     return models
+
+
+def _add_loops(scenario: dict[str, Any], defs: dict[str, Any]) -> None:
+    """A step is also a `for` step, whose `steps:` are steps again: the operations' union
+    becomes `Step` (with `ForStep`), and the scenario's step lists refer to it."""
+    operations = scenario["properties"]["steps"]["items"]
+    loop = ForLoop.model_json_schema(by_alias=True, mode="validation")
+    defs["ForLoop"] = loop
+    defs["ForStep"] = {
+        "type": "object",
+        "title": "ForStep",
+        "description": "A loop: its `steps` run once for each value of `for.var`.",
+        "properties": {
+            "for": {"$ref": "#/$defs/ForLoop"},
+            "steps": {"type": "array", "items": {"$ref": "#/$defs/Step"}, "minItems": 1},
+            "name": {"type": "string"},
+            "when": {"type": "boolean"},
+        },
+        "required": ["for", "steps"],
+        "additionalProperties": False,
+    }
+    defs["Step"] = {"anyOf": [*operations["anyOf"], {"$ref": "#/$defs/ForStep"}]}
+    for key in ("steps", "teardown"):
+        scenario["properties"][key]["items"] = {"$ref": "#/$defs/Step"}
 
 
 def _allow_templates(node: Any) -> Any:
@@ -54,6 +78,7 @@ def json_schema() -> dict[str, Any]:
     )
     one = scenario.model_json_schema(by_alias=True, mode="validation")
     defs = one.pop("$defs", {})
+    _add_loops(one, defs)
     schema = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": SCHEMA_ID,

@@ -216,6 +216,7 @@ class _Lookup:
             raise UndefinedError(f"'{self.name}' is undefined") from None
 
 
+_LITERALS = ("true", "false", "none", "True", "False", "None")  # jinja2's, not variables
 # compiled templates by source: (single expression?, callable, the variables it reads)
 _COMPILED: dict[str, tuple[bool, Any, tuple[str, ...]]] = {}
 
@@ -225,7 +226,7 @@ def _compile(source: str) -> tuple[bool, Any, tuple[str, ...]]:
     if found is not None:
         return found
     m = _SINGLE.match(source)
-    if m and _NAME.match(m.group("expr")):
+    if m and _NAME.match(m.group("expr")) and m.group("expr").strip() not in _LITERALS:
         name = m.group("expr").strip()
         found = True, _Lookup(name), (name,)
     else:

@@ -141,14 +141,25 @@ def _alarm(signum: int, frame: FrameType | None) -> None:
     raise StepTimeout("step timed out")
 
 
+def _new_result(rt: Runtime, step: Step) -> StepResult:
+    return StepResult(index=step.index, op=step.op, name=step.label,
+                      location=f"{step.location.path}:{step.location.line}",
+                      outcome=Outcome.PASS, repeat=step.common.repeat,
+                      expected="|".join(step.common.expect), teardown=step.teardown,
+                      process=rt.process)
+
+
 def run_step(rt: Runtime, step: Step, ops: dict[str, Operation]) -> StepResult:
-    """Run one step (with its repetitions) and compare the outcome with `expect:`."""
+    """Run one step (with its repetitions, or a `for` step's iterations) and compare the
+    outcome with `expect:`."""
+    if step.body is not None:
+        return _run_loop(rt, step, ops, _new_result(rt, step))
+    return _run_operation(rt, step, ops)
+
+
+def _run_operation(rt: Runtime, step: Step, ops: dict[str, Operation]) -> StepResult:
     expected = step.common.expect
-    result = StepResult(index=step.index, op=step.op, name=step.label,
-                        location=f"{step.location.path}:{step.location.line}",
-                        outcome=Outcome.PASS, repeat=step.common.repeat,
-                        expected="|".join(expected), teardown=step.teardown,
-                        process=rt.process)
+    result = _new_result(rt, step)
     handler = ops.get(step.op)
     timeout = (step.common.timeout or rt.options.default_step_timeout) * rt.options.timeout_multiplier
     previous = signal.signal(signal.SIGALRM, _alarm) if timeout else None
@@ -204,6 +215,33 @@ def run_step(rt: Runtime, step: Step, ops: dict[str, Operation]) -> StepResult:
             signal.signal(signal.SIGALRM, previous)
         result.duration = time.perf_counter() - t0
     return result
+
+
+def _run_loop(rt: Runtime, step: Step, ops: dict[str, Operation],
+              result: StepResult) -> StepResult:
+    """A `for` step: each iteration's steps in turn, as steps of their own; the first
+    that does not pass ends the loop, and its outcome and message, with the iteration
+    that ran it, are the loop's. A skip raised inside skips the case, as anywhere."""
+    assert step.body is not None
+    var = getattr(step.args, "var", "")
+    result.repeat = len(step.body)
+    t0 = time.perf_counter()
+    try:
+        for n, iteration in enumerate(step.body, 1):
+            for inner in iteration.steps:
+                sr = run_step(rt, inner, ops)
+                if sr.outcome is Outcome.PASS:
+                    continue
+                result.outcome, result.actual = sr.outcome, sr.actual
+                result.message = (f"iteration {n} of {len(step.body)} ({var} = "
+                                  f"{iteration.value}): step `{sr.name}` ({sr.location}): "
+                                  f"{sr.message}")
+                return result
+        result.actual = "ok"
+        result.message = f"{len(step.body)} iterations"
+        return result
+    finally:
+        result.duration = time.perf_counter() - t0
 
 
 def _attempt(rt: Runtime, handler: Operation, step: Step) -> tuple[str, Any, str]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from vfio_scenario.errors import VfioError
+from vfio_scenario.language.cases import flat_steps
 from vfio_scenario.results import CaseResult, Outcome
 from vfio_scenario.uapi.kmsg import KmsgReader, Record
 
@@ -190,7 +191,8 @@ def _taint_mask(letters: str) -> int:
 def declared(case: Case) -> tuple[set[str], list[re.Pattern[str]]]:
     """What the case says it provokes: kinds it allows, its `expect_dmesg` patterns."""
     kinds = set(getattr(case, "kernel_watch_allow", ()) or ())
-    patterns = [re.compile(getattr(s.args, "pattern", "")) for s in (*case.steps, *case.teardown)
+    patterns = [re.compile(getattr(s.args, "pattern", ""))
+                for s in flat_steps((*case.steps, *case.teardown))
                 if s.op == "expect_dmesg"]
     return kinds, patterns
 

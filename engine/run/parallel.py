@@ -32,6 +32,7 @@ from queue import Queue
 from typing import TYPE_CHECKING, Any
 
 from vfio_scenario.errors import EnvironmentProblem
+from vfio_scenario.language.cases import flat_steps
 from vfio_scenario.results import Outcome
 from vfio_scenario.run.testbed_run import (
     GUEST_START,
@@ -91,7 +92,7 @@ def estimate_seconds(case: Case) -> float:
     """A case's expected time without a previous run: STEP_SECONDS per step executed
     (its `repeat` counted) plus the seconds of its `sleep` steps."""
     total = 0.0
-    for step in (*case.steps, *case.teardown):
+    for step in flat_steps((*case.steps, *case.teardown)):
         repeat = int(getattr(step.common, "repeat", 1) or 1)
         sleep = float(getattr(step.args, "duration", 0.0) or 0.0) if step.op == "sleep" else 0.0
         total += repeat * (STEP_SECONDS + sleep)

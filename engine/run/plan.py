@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from vfio_scenario.language.cases import flat_steps
 from vfio_scenario.uapi.sysfs import same_driver
 
 if TYPE_CHECKING:  # the probe (in a thread of the guest) needs HostCaps, not the models
@@ -136,7 +137,7 @@ def _mode_unfit(case: Case, caps: HostCaps, only_modes: list[str] | None) -> str
         why = caps.iommu_modes[mode]
         if why:
             return f"IOMMU mode {mode} unavailable: {why}"
-    for step in (*case.steps, *case.teardown):
+    for step in flat_steps((*case.steps, *case.teardown)):
         argument = step.args.iommu_mode_argument
         named = getattr(step.args, argument) if argument is not None else None
         if named is not None and named != mode:
@@ -210,4 +211,4 @@ def _needs_send_msi(case: Case) -> bool:
     """A case needs send_msi (an operation that `raises_msi`) unless each such step
     accepts EOPNOTSUPP, the answer of a NO_SEND_MSI driver (the C test's SKIP)."""
     return any(s.args.raises_msi and "EOPNOTSUPP" not in s.common.expect
-               for s in (*case.steps, *case.teardown))
+               for s in flat_steps((*case.steps, *case.teardown)))

@@ -1,4 +1,5 @@
-"""DMA-able memory: anonymous, hugetlb 2 MiB / 1 GiB, memfd, a private mapping of a file."""
+"""DMA-able memory: anonymous (private or shared), hugetlb 2 MiB / 1 GiB, memfd, a private
+mapping of a file."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ GiB = 1 << 30
 
 class Backing(StrEnum):
     ANONYMOUS = "anonymous"
+    SHARED = "shared"  # MAP_SHARED | MAP_ANONYMOUS: shmem pages, no file to hand on
     HUGETLB_2M = "hugetlb-2M"
     HUGETLB_1G = "hugetlb-1G"
     MEMFD = "memfd"
@@ -45,6 +47,33 @@ def munmap_raw(ptr: Any, size: int) -> None:
     lib.vs_munmap(ptr, size)
 
 
+def _aligned(size: int, align: int, prot: int, flags: int, name: str) -> Any:
+    """Anonymous memory of `size` bytes at a multiple of `align` (a power of two): a
+    mapping `align` bytes longer, its head and tail cut off again."""
+    span = size + align
+    base = mmap_raw(span, prot, flags, -1, 0, "mmap", name)
+    addr = int(ffi.cast("uintptr_t", base))
+    start = -(-addr // align) * align
+    head, tail = start - addr, addr + span - (start + size)
+    if head:
+        munmap_raw(base, head)
+    if tail:
+        munmap_raw(base + (start + size - addr), tail)
+    return base + head
+
+
+def unmap_range(buffer: DmaBuffer, offset: int, size: int) -> None:
+    """munmap [offset, offset + size) of a buffer: those pages leave the process (what
+    the buffer's end unmaps again is then nothing). Raises VfioError with munmap's errno
+    (EINVAL for a range not aligned to the backing's page)."""
+    if offset + size > buffer.size or buffer.ptr == ffi.NULL:
+        raise VfioError(errno.EINVAL, "munmap", buffer.name,
+                        f"0x{offset:x}+0x{size:x} outside 0x{buffer.size:x} bytes")
+    ret = lib.vs_munmap(buffer.ptr + offset, size)
+    if ret < 0:
+        raise VfioError(-ret, "munmap", buffer.name)
+
+
 class DmaBuffer:
     """Page-aligned, populated memory the process owns and can map for DMA.
 
@@ -58,7 +87,7 @@ class DmaBuffer:
     live: ClassVar[weakref.WeakSet[DmaBuffer]] = weakref.WeakSet()
 
     def __init__(self, size: int, backing: Backing | str = Backing.ANONYMOUS,
-                 name: str = "buffer", path: str | None = None) -> None:
+                 name: str = "buffer", align: int = 0, path: str | None = None) -> None:
         self.backing = Backing(backing)
         page = self.backing.page_size
         self.size = -(-size // page) * page
@@ -75,6 +104,8 @@ class DmaBuffer:
             except OSError as e:
                 raise VfioError(e.errno or 0, "memfd_create", name) from None
             flags |= lib.MAP_SHARED
+        elif self.backing is Backing.SHARED:
+            flags |= lib.MAP_SHARED | lib.MAP_ANONYMOUS
         else:
             flags |= lib.MAP_PRIVATE | lib.MAP_ANONYMOUS
             if self.backing is Backing.HUGETLB_2M:
@@ -83,7 +114,10 @@ class DmaBuffer:
                 flags |= lib.MAP_HUGETLB | lib.MAP_HUGE_1GB
         if self.backing is not Backing.FILE_PRIVATE:
             try:
-                self.ptr = mmap_raw(self.size, prot, flags, self.fd, 0, "mmap", name)
+                if align > page and self.backing in (Backing.ANONYMOUS, Backing.SHARED):
+                    self.ptr = _aligned(self.size, align, prot, flags, name)
+                else:
+                    self.ptr = mmap_raw(self.size, prot, flags, self.fd, 0, "mmap", name)
             except VfioError:
                 if self.fd >= 0:
                     os.close(self.fd)

@@ -61,6 +61,7 @@ def _import_areas() -> None:
         iommu,
         iommufd,
         iommufd_access,
+        iommufd_check,
         liveupdate,
         memory,
     )

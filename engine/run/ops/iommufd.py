@@ -95,9 +95,14 @@ def close_iommu(rt: Runtime, args: CloseIommu, step: Step) -> None:
 @op(MockCheckRefs)
 def mock_check_refs(rt: Runtime, args: MockCheckRefs, step: Step) -> None:
     buffer: DmaBuffer = rt.handle(args.buffer)
+    size = buffer.size - args.offset if args.size is None else args.size
+    if args.iommu is not None:
+        fd = iommufd_of(rt, args.iommu, "mock_check_refs").fd
+        mock.check_refs(fd, buffer.addr + args.offset, size, args.refs)
+        return
     fd = open_fd("/dev/iommu", "mock_check_refs")
     try:
-        mock.check_refs(fd, buffer.addr, buffer.size, args.refs)
+        mock.check_refs(fd, buffer.addr + args.offset, size, args.refs)
     finally:
         close_fd(fd)
 

@@ -142,7 +142,8 @@ def live_mappings(rt: Runtime) -> LiveMappings:
 
 @op(AllocBuffer)
 def alloc_buffer(rt: Runtime, args: AllocBuffer, step: Step) -> DmaBuffer:
-    buf = DmaBuffer(args.size, args.backing, name=step.handle or "buffer", path=args.path)
+    buf = DmaBuffer(args.size, args.backing, name=step.handle or "buffer", path=args.path,
+                    align=args.align or 0)
     rt.on_cleanup(f"buffer {buf.name}", buf.close)
     return buf
 
@@ -195,7 +196,11 @@ def map_dma(rt: Runtime, args: MapDma, step: Step) -> Mapping:
     if args.flags or args.file:  # live update's forms (run/ops/liveupdate.py)
         from vfio_scenario.run.ops.liveupdate import map_dma_special
 
-        return map_dma_special(rt, args, step)
+        return _chosen(args, map_dma_special(rt, args, step))
+    if args.address is not None:  # a raw process address (run/ops/iommufd_check.py)
+        from vfio_scenario.run.ops.iommufd_check import map_address
+
+        return _chosen(args, map_address(rt, args, step))
     space = space_of(rt, args)
     target: Any = rt.handle(args.target)
     size = target.size - args.offset if args.size is None else args.size
@@ -225,6 +230,16 @@ def map_dma(rt: Runtime, args: MapDma, step: Step) -> Mapping:
     live.add(rt, run)
     if step.handle:
         live.name(mapping, run, 0)
+    return _chosen(args, mapping)
+
+
+def _chosen(args: MapDma, mapping: Mapping) -> Mapping:
+    """The mapping, once the IOVA the kernel chose passed the step's checks (if any)."""
+    if args.iova_align is None and args.iova_within is None and args.iova_outside is None:
+        return mapping
+    from vfio_scenario.run.ops.iommufd_check import check_chosen_iova
+
+    check_chosen_iova(args, mapping)
     return mapping
 
 
@@ -249,7 +264,9 @@ def _repeat_target(rt: Runtime, args: MapDma) -> tuple[Any, Any, int, int | None
     """(IOVA space, buffer or BAR, size, fixed IOVA or None) of a map_dma that
     map_dma_repeat can batch; None for a DMABUF, flags, a file mapping, or a step that
     fails before mapping."""
-    if args.dmabuf is not None or args.flags or args.file or args.iova_of is not None:
+    if args.dmabuf is not None or args.flags or args.file or args.address is not None \
+            or args.iova_of is not None \
+            or (args.iova_align, args.iova_within, args.iova_outside) != (None, None, None):
         return None
     try:
         space = space_of(rt, args)
