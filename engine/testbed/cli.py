@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                        f"{' '.join(DEFAULT_DEVICES)})")
 
     q = tsub.add_parser("fetch", help="download and build the testbed's assets")
-    q.add_argument("--kernel", default="default", metavar="default|debug|debian|PATH")
+    q.add_argument("--kernel", default="default", metavar="default|debug|coverage|debian|PATH")
     q.set_defaults(func=_fetch)
 
     q = tsub.add_parser("kconfig", help="print the kernel config fragment of our guest kernel",

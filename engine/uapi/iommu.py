@@ -37,6 +37,7 @@ class AddressSpace:
 
     handle: str = ""
     _allocator: IovaAllocator | None = None
+    _placed: tuple[tuple[int, int], ...] = ()  # note_taken before the allocator existed
 
     def iova_ranges(self) -> list[IovaRange]:
         raise NotImplementedError
@@ -106,10 +107,20 @@ class AddressSpace:
 
     def own_allocator(self) -> IovaAllocator:
         """The allocator of this space's `map_buffer`/`alloc_iova`: one per space, made on
-        first use, so IOVAs never repeat."""
+        first use, so IOVAs never repeat; it avoids the IOVAs `note_taken` recorded."""
         if self._allocator is None:
             self._allocator = self.allocator()
+            for iova, size in self._placed:
+                self._allocator.reserve(iova, size)
         return self._allocator
+
+    def note_taken(self, iova: int, size: int) -> None:
+        """A mapping at an IOVA the scenario (or the kernel) chose: the allocator, made
+        now or later, never hands out an IOVA overlapping it. Costs no ioctl."""
+        if self._allocator is not None:
+            self._allocator.reserve(iova, size)
+        else:
+            self._placed = (*self._placed, (iova, size))
 
     def _alloc(self, size: int, limit: int | None) -> int:
         return self.own_allocator().alloc(size, limit=limit)

@@ -199,6 +199,9 @@ class Iommufd(Iommu):
         # The default IOAS owns the allocator: mapping through either never collides.
         return self.ioas.own_allocator()
 
+    def note_taken(self, iova: int, size: int) -> None:
+        self.ioas.note_taken(iova, size)
+
     def close(self) -> None:
         if self.fd >= 0:
             close_fd(self.fd)

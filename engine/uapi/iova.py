@@ -41,13 +41,28 @@ class IovaAllocator:
 
     `limit` (exclusive) honours a device's DMA mask: edu drives 28 address bits.
     Freed space is not reused: scenarios are short and a bump allocator keeps every
-    IOVA of a case distinct, which makes a stale mapping's fault visible.
+    IOVA of a case distinct, which makes a stale mapping's fault visible. IOVAs a
+    scenario placed itself (`reserve`) are never handed out.
     """
 
     def __init__(self, ranges: list[IovaRange], limit: int | None = None) -> None:
         self.ranges = sorted(ranges, key=lambda r: r.start)
         self.limit = limit
         self._next = {r.start: r.start for r in self.ranges}
+        self._taken: list[tuple[int, int]] = []  # [start, end) placed by the scenario
+
+    def reserve(self, iova: int, size: int) -> None:
+        """[iova, iova + size) is mapped at an IOVA the scenario chose (or the kernel
+        did): no later `alloc` returns an IOVA overlapping it."""
+        self._taken.append((iova, iova + size))
+        self._taken.sort()
+
+    def _past_taken(self, iova: int, end: int) -> int | None:
+        """The end of the lowest reserved span overlapping [iova, end), if any."""
+        for start, stop in self._taken:
+            if start < end and iova < stop:
+                return stop
+        return None
 
     def alloc(self, size: int, align: int | None = None, limit: int | None = None) -> int:
         """An IOVA for `size` bytes aligned to `align` (default: natural alignment).
@@ -63,11 +78,17 @@ class IovaAllocator:
             cap = limit
         following = self._next
         for r in self.ranges:
-            iova = -(-following[r.start] // align) * align  # _next starts at r.start
-            if iova == 0:
-                # IOVA 0 is legal but makes a NULL-pointer DMA indistinguishable.
-                iova = align
-            end = iova + size
+            low = following[r.start]  # _next starts at r.start
+            while True:
+                iova = -(-low // align) * align
+                if iova == 0:
+                    # IOVA 0 is legal but makes a NULL-pointer DMA indistinguishable.
+                    iova = align
+                end = iova + size
+                past = self._past_taken(iova, end) if self._taken else None
+                if past is None:
+                    break
+                low = past
             if r.start <= iova and end - 1 <= r.last and end <= cap:
                 following[r.start] = end
                 return iova
@@ -88,7 +109,8 @@ class IovaAllocator:
         align = _natural_align(size)
         stride = -(-size // align) * align  # the next alloc: the end of this one, aligned
         r = next(r for r in self.ranges if r.contains(first, size))
-        cap = min(x for x in (limit, self.limit, r.last + 1) if x is not None)
+        above = [start for start, _ in self._taken if start >= first + size]
+        cap = min(x for x in (limit, self.limit, r.last + 1, *above) if x is not None)
         n = min(count, (cap - size - first) // stride + 1)
         self._next[r.start] = first + (n - 1) * stride + size
         return first, stride, n

@@ -196,3 +196,35 @@ def test_devices_command_lists_both_edu_with_group_binding_and_driver(edu_bdf: s
     for bdf, _ids, _cls, group, bound, driver, status in edus:
         assert group == str(sysfs.iommu_group(bdf))
         assert (bound, driver, status) == ("vfio-pci", "edu", "testbed")
+
+
+def test_an_allocated_iova_avoids_one_the_scenario_placed(edu_bdf: str) -> None:
+    """A map_dma at an explicit IOVA, then two without one (the engine's allocator), in
+    both backends: the kernel accepts every map (none EEXIST: the allocated IOVAs step
+    over 0x100000 and 0x300000, where natural alignment would have put them)."""
+    cases = cases_of("""
+        name: placed-then-allocated
+        matrix: {iommu_mode: [vfio_type1v2_iommu, iommufd]}
+        steps:
+          - open_iommu: {}
+            as: iommu
+          - open_device: {iommu: iommu}
+            as: dev
+          - alloc_buffer: {size: 1MiB}
+            as: a
+          - alloc_buffer: {size: 1MiB}
+            as: b
+          - alloc_buffer: {size: 1MiB}
+            as: c
+          - map_dma: {iommu: iommu, buffer: a, iova: 0x100000}
+          - map_dma: {iommu: iommu, buffer: b}
+            as: mb
+          - map_dma: {iommu: iommu, buffer: c, iova: 0x300000}
+          - map_dma: {iommu: iommu, buffer: c, size: 4KiB}
+            as: mc
+    """)
+    todo = runnable(cases)
+    assert {c.iommu_mode for c, _ in todo} == {"vfio_type1v2_iommu", "iommufd"}
+    for case, devices in todo:
+        result = execute_case(case, devices, operations(), RunOptions())
+        assert result.outcome is Outcome.PASS, f"{case.id}: {result.message}\n{result.log}"

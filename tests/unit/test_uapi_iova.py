@@ -41,3 +41,36 @@ def test_iova_range_size_and_containment() -> None:
     assert r.size == 0x1000
     assert r.contains(0x1000, 0x1000)
     assert not r.contains(0x1800, 0x1000)
+
+
+def test_allocation_steps_over_iovas_the_scenario_placed() -> None:
+    a = IovaAllocator([IovaRange(0, (1 << 32) - 1)])
+    a.reserve(0x10_0000, 0x10_0000)   # a map_dma at an explicit IOVA
+    a.reserve(0x30_0000, 0x1000)
+    got = [a.alloc(0x10_0000) for _ in range(3)]
+    # natural alignment would give 0x100000, 0x200000, 0x300000: the first and the
+    # third overlap what the scenario placed
+    assert got == [0x20_0000, 0x40_0000, 0x50_0000]
+
+
+def test_a_run_stops_below_a_placed_iova() -> None:
+    a = IovaAllocator([IovaRange(0, (1 << 32) - 1)])
+    a.reserve(0x5000, 0x1000)
+    first, stride, n = a.alloc_run(0x1000, 100)
+    assert (first, stride, n) == (0x1000, 0x1000, 4)  # 0x1000 … 0x4000
+    assert a.alloc(0x1000) == 0x6000
+
+
+def test_a_space_remembers_placed_iovas_until_its_allocator_exists() -> None:
+    from vfio_scenario.uapi.iommu import AddressSpace
+
+    class Space(AddressSpace):
+        def iova_ranges(self) -> list[IovaRange]:
+            return [IovaRange(0, (1 << 32) - 1)]
+
+    early, late = Space(), Space()
+    early.note_taken(0x1000, 0x1000)      # before any allocation: no allocator yet
+    assert early.alloc_iova(0x1000) == 0x2000
+    assert late.alloc_iova(0x1000) == 0x1000
+    late.note_taken(0x2000, 0x1000)       # the allocator exists: reserved at once
+    assert late.alloc_iova(0x1000) == 0x3000

@@ -224,6 +224,8 @@ def map_dma(rt: Runtime, args: MapDma, step: Step) -> Mapping:
             # no kernel answer to report: the type1 uAPI has no call that takes a DMABUF
             raise Skip(TYPE1_DMABUF)
         mapping = ioas.map_file(target.fd, args.offset, size, iova, args.read, args.write)
+    if args.iova is not None:  # placed by the scenario or the kernel: never allocated later
+        space.note_taken(mapping.iova, mapping.size)
     live = live_mappings(rt)
     run = MappingRun(mapping.space, mapping.iova, 0, mapping.size, bytearray(b"\x01"),
                      mapping.vaddr)
@@ -282,6 +284,15 @@ def _repeat_target(rt: Runtime, args: MapDma) -> tuple[Any, Any, int, int | None
     return space, target, size, fixed
 
 
+def _allocator_unless_fixed(space: Any, fixed: int | None, size: int) -> Any:
+    """The space's IOVA allocator, or None for a fixed IOVA, which it notes as taken so
+    that the allocator never hands it out (mapped or not, avoiding it costs nothing)."""
+    if fixed is None:
+        return space.own_allocator()
+    space.note_taken(fixed, size)
+    return None
+
+
 @batches(map_dma)
 def map_dma_repeat(rt: Runtime, args: MapDma, step: Step) -> Attempt | None:
     """All of a `repeat:`ed map_dma of a buffer or BAR in C loops: the same IOVAs, kernel
@@ -295,7 +306,7 @@ def map_dma_repeat(rt: Runtime, args: MapDma, step: Step) -> Attempt | None:
     from vfio_scenario.uapi.iommu import Mapping
 
     expected = step.common.expect
-    allocator = space.own_allocator() if fixed is None else None
+    allocator = _allocator_unless_fixed(space, fixed, size)
     vaddr = target.addr + args.offset
     live = live_mappings(rt)
     # with `ok` not expected, the first repetition that maps decides the step
