@@ -224,7 +224,8 @@ def map_dma(rt: Runtime, args: MapDma, step: Step) -> Mapping:
             # no kernel answer to report: the type1 uAPI has no call that takes a DMABUF
             raise Skip(TYPE1_DMABUF)
         mapping = ioas.map_file(target.fd, args.offset, size, iova, args.read, args.write)
-    if args.iova is not None:  # placed by the scenario or the kernel: never allocated later
+    # placed by the scenario or the kernel (a DMABUF without `iova`): never allocated later
+    if args.iova is not None or args.iova_of is not None or args.dmabuf is not None:
         space.note_taken(mapping.iova, mapping.size)
     live = live_mappings(rt)
     run = MappingRun(mapping.space, mapping.iova, 0, mapping.size, bytearray(b"\x01"),
