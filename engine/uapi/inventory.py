@@ -53,6 +53,10 @@ OP_ISSUES: dict[str, tuple[str, ...]] = {
     "destroy_access_pages": ("IOMMU_TEST_CMD",),
     "mock_dmabuf": ("IOMMU_TEST_CMD",),
     "mock_dmabuf_revoke": ("IOMMU_TEST_CMD",),
+    # the selftests' checks of a mapping (run/ops/iommufd_check.py, the `loops` branch's)
+    "mock_check_map": ("IOMMU_TEST_CMD",),
+    "truncate_buffer": (),  # ftruncate(2) of a memfd
+    "unmap_buffer": (),  # munmap(2)
     # the raw ioctl operations issue the ioctl their step names: not counted as a use here
     "iommufd_ioctl": (),
     "iommufd_command_length": (),
