@@ -199,14 +199,19 @@ def _driver(params: dict[str, str], scenario: str) -> str | None:
 
 # our iommufd_test.yaml scenario prefix -> the C fixture (FIXTURE_VARIANTs: the `variant` axis)
 IOMMUFD_FIXTURES = {"iommufd-": "iommufd", "ioas-": "iommufd_ioas",
-                    "mock-domain-": "iommufd_mock_domain"}
+                    "mock-domain-": "iommufd_mock_domain",
+                    "vfio-compat-": "vfio_compat_mock_domain", "viommu-": "iommufd_viommu"}
+# a variant's own scenario, where the C test's steps depend on the fixture's ids
+IOMMUFD_SUFFIXES = ("-with-domain", "-two-domains", "-no-domain", "-no-viommu")
 
 
 def _iommufd(params: dict[str, str], scenario: str) -> str | None:
     for prefix, fixture in IOMMUFD_FIXTURES.items():
         if scenario.startswith(prefix):
-            test = scenario.removeprefix(prefix).removesuffix("-with-domain")
-            test = test.removesuffix("-two-domains").replace("-", "_")
+            test = scenario.removeprefix(prefix)
+            for suffix in IOMMUFD_SUFFIXES:
+                test = test.removesuffix(suffix)
+            test = test.replace("-", "_")
             variant = params.get("variant")
             return f"{fixture}.{variant}.{test}" if variant else f"{fixture}.{test}"
     return None

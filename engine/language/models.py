@@ -61,7 +61,8 @@ Feature = Literal[
 ]
 FEATURES: tuple[str, ...] = get_args(Feature)
 HANDLE_KINDS = ("iommu", "ioas", "cdev", "device", "buffer", "mapping", "mmio", "irq", "dmabuf",
-                "mock", "hwpt", "access", "access_pages", "mock_dmabuf")
+                "mock", "hwpt", "access", "access_pages", "mock_dmabuf", "viommu", "vdevice",
+                "veventq", "fault", "hw_queue", "viommu_mmap")
 ERRNO_NAMES = frozenset(ERRNO_NUMBERS)
 HANDLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 BDF = re.compile(r"^([0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
@@ -387,12 +388,15 @@ class MockMemoryLimit(Op):
 
 
 class IommufdDestroy(Op):
-    """IOMMU_DESTROY of an IOAS, of a mock device (its selftest object) or of an id."""
+    """IOMMU_DESTROY of an IOAS, of a mock device (its selftest object), of another
+    object a step made (HW page table, vIOMMU, vDEVICE, vEVENTQ, fault or HW queue) or of
+    an id."""
 
     op = "iommufd_destroy"
     area = "iommufd"
     iommu: IommuRef
-    object: ObjectId | IoasOrMockRef
+    object: ObjectId | Annotated[str, AfterValidator(_handle_name), HandleRef(
+        "ioas", "mock", "hwpt", "viommu", "vdevice", "veventq", "fault", "hw_queue")]
 
 
 class AddReservedIovas(Op):
@@ -1624,3 +1628,8 @@ class ScenarioHeader(Strict):
 
 
 SCENARIO_KEYS = tuple(ScenarioHeader.model_fields)
+
+
+# Operations defined in modules of their own register as they are imported: here, after
+# everything they build on.
+from vfio_scenario.language.models_viommu import *

@@ -57,6 +57,27 @@ OP_ISSUES: dict[str, tuple[str, ...]] = {
     "mock_check_map": ("IOMMU_TEST_CMD",),
     "truncate_buffer": (),  # ftruncate(2) of a memfd
     "unmap_buffer": (),  # munmap(2)
+    # nested translation, vIOMMU objects and VFIO's type1 compat (run/ops/iommufd_viommu.py)
+    "alloc_fault_queue": ("IOMMU_FAULT_QUEUE_ALLOC",),
+    "alloc_hw_queue": ("IOMMU_HW_QUEUE_ALLOC",),
+    "alloc_nested_hwpt": ("IOMMU_HWPT_ALLOC",),
+    "alloc_vdevice": ("IOMMU_VDEVICE_ALLOC",),
+    "alloc_veventq": ("IOMMU_VEVENTQ_ALLOC",),
+    "alloc_viommu": ("IOMMU_VIOMMU_ALLOC",),
+    "close_queue_fd": (),  # close(2) of the queue's fd
+    "invalidate_cache": ("IOMMU_HWPT_INVALIDATE",),
+    "mmap_viommu": (),  # mmap(2) of the iommufd
+    "mock_check_dev_cache": ("IOMMU_TEST_CMD",),
+    "mock_check_iotlb": ("IOMMU_TEST_CMD",),
+    "munmap_viommu": (),
+    "read_vevents": (),  # read(2) of the vEVENTQ's fd
+    "skip_unless_made": (),
+    "trigger_iopf": ("IOMMU_TEST_CMD",),  # and read(2)/write(2) of the fault queue's fd
+    "trigger_vevents": ("IOMMU_TEST_CMD",),
+    "vfio_iommu_info": ("VFIO_IOMMU_GET_INFO",),
+    "vfio_ioas": ("IOMMU_VFIO_IOAS",),
+    "vfio_map_dma": ("VFIO_IOMMU_MAP_DMA",),
+    "vfio_unmap_dma": ("VFIO_IOMMU_UNMAP_DMA",),
     # the raw ioctl operations issue the ioctl their step names: not counted as a use here
     "iommufd_ioctl": (),
     "iommufd_command_length": (),
@@ -168,15 +189,8 @@ NOT_YET: dict[str, str] = {
     "VFIO_DEVICE_GET_PCI_HOT_RESET_INFO": "hot reset: in the uapi layer, no operation yet",
     "VFIO_DEVICE_PCI_HOT_RESET": "hot reset: in the uapi layer, no operation yet",
     "VFIO_DEVICE_IOEVENTFD": "ioeventfd: no operation yet",
-    "IOMMU_VFIO_IOAS": "no operation yet",
     "IOMMU_HWPT_SET_DIRTY_TRACKING": "iommufd dirty tracking: no operation yet",
     "IOMMU_HWPT_GET_DIRTY_BITMAP": "iommufd dirty tracking: no operation yet",
-    "IOMMU_HWPT_INVALIDATE": "nested translation: no operation yet",
-    "IOMMU_FAULT_QUEUE_ALLOC": "I/O page faults (PRI): no operation yet",
-    "IOMMU_VIOMMU_ALLOC": "vIOMMU: no operation yet",
-    "IOMMU_VDEVICE_ALLOC": "vIOMMU: no operation yet",
-    "IOMMU_VEVENTQ_ALLOC": "vIOMMU event queue: no operation yet",
-    "IOMMU_HW_QUEUE_ALLOC": "vIOMMU hardware queue: no operation yet",
     "VFIO_DEVICE_FEATURE_BUS_MASTER": "no operation yet",
 }
 

@@ -33,6 +33,7 @@ from vfio_scenario.uapi.buffers import DmaBuffer
 from vfio_scenario.uapi.ioctl import close_fd, ioctl, new, open_fd
 from vfio_scenario.uapi.iommu import Mapping
 from vfio_scenario.uapi.iommufd import Ioas
+from vfio_scenario.uapi.iommufd_viommu import IommufdObject
 
 if TYPE_CHECKING:
     from vfio_scenario.language.cases import Step
@@ -55,6 +56,8 @@ def _object_id(rt: Runtime, ref: int | str, role: str = "object") -> int:
         return target.id
     if isinstance(target, DmaBuffer):  # a user address (`vaddr`, `user_va`)
         return target.addr
+    if isinstance(target, IommufdObject):  # a vIOMMU, vDEVICE, vEVENTQ, fault or HW queue
+        return target.id
     raise CheckFailed(f"`{ref}` is not an IOAS, a mock device or a buffer")
 
 
@@ -200,7 +203,8 @@ def iommufd_option(rt: Runtime, args: IommufdOption, step: Step) -> None:
     get = args.set is None
     arg = new("struct iommu_option", option_id=getattr(lib, OPTIONS[args.option]),
               op=lib.IOMMU_OPTION_OP_GET if get else lib.IOMMU_OPTION_OP_SET,
-              object_id=_object_id(rt, args.object), val64=args.set or 0)
+              object_id=_object_id(rt, args.object),
+              val64=3 if args.set is None else args.set)  # a GET must overwrite the 3
     ioctl(iommufd.fd, "IOMMU_OPTION", arg, iommufd.handle)
     if get and args.equals is not None and arg.val64 != args.equals:
         raise CheckFailed(f"{args.option} is {arg.val64}, expected {args.equals}")

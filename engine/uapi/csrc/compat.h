@@ -393,6 +393,24 @@ struct iommu_fault_alloc {
 	__u32 out_fault_id;
 	__u32 out_fault_fd;
 };
+#define IOMMU_PGFAULT_PERM_READ (1 << 0)
+#define IOMMU_PGFAULT_PERM_WRITE (1 << 1)
+#define IOMMUFD_PAGE_RESP_SUCCESS 0
+struct iommu_hwpt_pgfault {
+	__u32 flags;
+	__u32 dev_id;
+	__u32 pasid;
+	__u32 grpid;
+	__u32 perm;
+	__u32 __reserved;
+	__aligned_u64 addr;
+	__u32 length;
+	__u32 cookie;
+};
+struct iommu_hwpt_page_response {
+	__u32 cookie;
+	__u32 code;
+};
 #endif
 
 #ifndef IOMMU_VIOMMU_ALLOC
@@ -483,6 +501,11 @@ struct iommu_veventq_alloc {
 	__u32 out_veventq_fd;
 	__u32 __reserved;
 };
+#define IOMMU_VEVENTQ_FLAG_LOST_EVENTS (1U << 0)
+struct iommufd_vevent_header {
+	__u32 flags;
+	__u32 sequence;
+};
 #endif
 
 #ifndef IOMMU_HW_QUEUE_ALLOC
@@ -497,6 +520,7 @@ struct iommu_hw_queue_alloc {
 	__aligned_u64 nesting_parent_iova;
 	__aligned_u64 length;
 };
+#define IOMMU_HW_QUEUE_TYPE_DEFAULT 0
 #endif
 
 /*
@@ -546,6 +570,13 @@ enum { MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES = 1 << 0 };
 #define IOMMU_TEST_IOTLB_DEFAULT 0xbadbeef
 #define IOMMU_TEST_DEV_CACHE_DEFAULT 0xbaddad
 #define IOMMU_HWPT_INVALIDATE_DATA_SELFTEST 0xdeadbeef
+#define IOMMU_HWPT_INVALIDATE_DATA_SELFTEST_INVALID 0xdadbeef
+#define IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST 0xdeadbeef
+#define IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST_INVALID 0xdadbeef
+#define IOMMU_TEST_INVALIDATE_FLAG_ALL (1 << 0)
+#define IOMMU_TEST_HW_QUEUE_MAX 2
+enum { MOCK_NESTED_DOMAIN_IOTLB_ID_MAX = 3, MOCK_NESTED_DOMAIN_IOTLB_NUM = 4 };
+enum { MOCK_DEV_CACHE_ID_MAX = 3, MOCK_DEV_CACHE_NUM = 4 };
 #define IOMMU_VIOMMU_TYPE_SELFTEST 0xdeadbeef
 #define IOMMU_VEVENTQ_TYPE_SELFTEST 0xbeefbeef
 #define IOMMU_HW_QUEUE_TYPE_SELFTEST 0xdeadbeef
@@ -610,6 +641,14 @@ struct iommu_viommu_selftest {
 	__u32 out_data;
 	__aligned_u64 out_mmap_offset;
 	__aligned_u64 out_mmap_length;
+};
+struct iommu_viommu_invalidate_selftest {
+	__u32 flags;
+	__u32 vdev_id;
+	__u32 cache_id;
+};
+struct iommu_viommu_event_selftest {
+	__u32 virt_id;
 };
 #endif
 
