@@ -139,16 +139,18 @@ def access_rw_sweep(access: Access, iova: int, mem: Any, before: int, after: int
         raise ValueError(f"IOVAs {iova:#x}+{starts - 1:#x}, lengths {len_first}..{len_last} "
                          f"reach past the {after} bytes of memory given")
     scratch = ffi.new("uint8_t[]", len_last + 1)
-    fail = ffi.new("struct vs_rw_failure *")
+    report = ffi.new("int64_t[]", lib.VS_RW_NFAIL)
     dirs = (lib.VS_RW_READ if read else 0) | (lib.VS_RW_WRITE if write else 0)
     calls = lib.vs_access_rw_sweep(access.iommufd, access.fd, iova, ffi.cast("uint8_t *", mem),
                                    before, after, starts, len_first, len_last, flags, dirs,
-                                   scratch, fail)
+                                   scratch, report)
     if calls >= 0:
         return RwSweep(int(calls))
-    done = int(fail.what == lib.VS_RW_ERRNO)
-    return RwSweep(0, int(fail.err) if done else 0, RW_FAILURES.get(fail.what, ""),
-                   int(fail.iova), int(fail.length), bool(fail.write), int(fail.at))
+    what = report[lib.VS_RW_WHAT]
+    return RwSweep(0, int(report[lib.VS_RW_ERR]) if what == lib.VS_RW_ERRNO else 0,
+                   RW_FAILURES.get(what, ""), int(report[lib.VS_RW_IOVA]) & (1 << 64) - 1,
+                   int(report[lib.VS_RW_LENGTH]), bool(report[lib.VS_RW_WRITING]),
+                   int(report[lib.VS_RW_AT]))
 
 
 # --- the mock's DMABUF -----------------------------------------------------------------

@@ -367,19 +367,14 @@ enum { VS_RW_READ = 1, VS_RW_WRITE = 2 };
 enum { VS_RW_ERRNO = 1, VS_RW_READ_DIFFERS, VS_RW_READ_PAST, VS_RW_WRITE_DIFFERS,
        VS_RW_WRITE_BEFORE, VS_RW_WRITE_AFTER };
 
-struct vs_rw_failure {
-	int what;
-	int err;
-	int write;
-	uint64_t iova;
-	uint64_t length;
-	int64_t at;
+struct vs_rw_fail_ {
+	int64_t what, err, write, iova, length, at;
 };
 
-static long vs_access_rw_sweep(int fd, uint32_t access_fd, uint64_t iova, uint8_t *mem,
-			       uint64_t before, uint64_t after, uint64_t starts,
-			       uint64_t len_first, uint64_t len_last, uint32_t flags, int dirs,
-			       uint8_t *scratch, struct vs_rw_failure *fail)
+static long vs_access_rw_sweep_(int fd, uint32_t access_fd, uint64_t iova, uint8_t *mem,
+				uint64_t before, uint64_t after, uint64_t starts,
+				uint64_t len_first, uint64_t len_last, uint32_t flags, int dirs,
+				uint8_t *scratch, struct vs_rw_fail_ *fail)
 {
 	struct iommu_test_cmd cmd = { .size = sizeof(cmd), .op = IOMMU_TEST_OP_ACCESS_RW,
 				      .id = access_fd };
@@ -445,4 +440,26 @@ static long vs_access_rw_sweep(int fd, uint32_t access_fd, uint64_t iova, uint8_
 		}
 	}
 	return calls;
+}
+
+/* what vs_access_rw_sweep reports of its first failure, by index into `report` (not a
+ * struct: the layout test checks every struct the layer declares against the kernel's) */
+enum { VS_RW_WHAT, VS_RW_ERR, VS_RW_WRITING, VS_RW_IOVA, VS_RW_LENGTH, VS_RW_AT, VS_RW_NFAIL };
+
+static long vs_access_rw_sweep(int fd, uint32_t access_fd, uint64_t iova, uint8_t *mem,
+			       uint64_t before, uint64_t after, uint64_t starts,
+			       uint64_t len_first, uint64_t len_last, uint32_t flags, int dirs,
+			       uint8_t *scratch, int64_t *report)
+{
+	struct vs_rw_fail_ f;
+	long ret = vs_access_rw_sweep_(fd, access_fd, iova, mem, before, after, starts,
+				       len_first, len_last, flags, dirs, scratch, &f);
+
+	report[VS_RW_WHAT] = f.what;
+	report[VS_RW_ERR] = f.err;
+	report[VS_RW_WRITING] = f.write;
+	report[VS_RW_IOVA] = f.iova;
+	report[VS_RW_LENGTH] = f.length;
+	report[VS_RW_AT] = f.at;
+	return ret;
 }
