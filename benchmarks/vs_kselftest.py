@@ -200,9 +200,12 @@ def _driver(params: dict[str, str], scenario: str) -> str | None:
 # our iommufd_test.yaml scenario prefix -> the C fixture (FIXTURE_VARIANTs: the `variant` axis)
 IOMMUFD_FIXTURES = {"iommufd-": "iommufd", "ioas-": "iommufd_ioas",
                     "mock-domain-": "iommufd_mock_domain",
-                    "vfio-compat-": "vfio_compat_mock_domain", "viommu-": "iommufd_viommu"}
-# a variant's own scenario, where the C test's steps depend on the fixture's ids
-IOMMUFD_SUFFIXES = ("-with-domain", "-two-domains", "-no-domain", "-no-viommu")
+                    "vfio-compat-": "vfio_compat_mock_domain", "viommu-": "iommufd_viommu",
+                    "dirty-": "iommufd_dirty_tracking", "pasid-": "iommufd_device_pasid"}
+# a variant's own scenario, where the C test's steps depend on the fixture's ids (or, for
+# the dirty-tracking hugetlb variants, on its memory)
+IOMMUFD_SUFFIXES = ("-with-domain", "-two-domains", "-no-domain", "-no-viommu", "-huge",
+                    "-no-pasid")
 
 
 def _iommufd(params: dict[str, str], scenario: str) -> str | None:

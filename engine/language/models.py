@@ -343,6 +343,14 @@ class MockDomainReplace(Op):
     pt: ObjectId | IoasOrMockRef
 
 
+class HwptSelftest(Strict):
+    """The mock's HW page table data (struct iommu_hwpt_selftest): its IOTLB value and its
+    page table format (MOCK_IOMMUPT_DEFAULT: 2 KiB pages; MOCK_IOMMUPT_HUGE: 1 MiB)."""
+
+    iotlb: U32 = 0
+    pagetable_type: Literal["default", "huge"] = "default"
+
+
 class AllocHwpt(Op):
     """IOMMU_HWPT_ALLOC: a HW page table for a device (a mock device's iommufd device) on
     `pt` with `flags` (names, or a number as given)."""
@@ -354,6 +362,8 @@ class AllocHwpt(Op):
     device: ObjectId | MockRef
     pt: ObjectId | IoasOrMockRef
     flags: list[Literal["nest_parent", "dirty_tracking", "fault_id_valid", "pasid"]] | U32 = []
+    # IOMMU_HWPT_DATA_SELFTEST (struct iommu_hwpt_selftest) for the mock; None: DATA_NONE
+    selftest: HwptSelftest | None = None
 
 
 class CloseIommu(Op):
@@ -633,6 +643,100 @@ class MockDmabufRevoke(Op):
     dmabuf: AnyDmabufRef
     revoked: bool = True
 
+# --- iommufd dirty tracking and the mock's PASID commands (run/ops/iommufd_dirty.py) ----
+
+HwptRef = Annotated[str, AfterValidator(_handle_name), HandleRef("hwpt")]
+HwptOrIoasRef = Annotated[str, AfterValidator(_handle_name), HandleRef("hwpt", "ioas", "mock")]
+
+
+class DirtyBits(Strict):
+    """Bits of a dirty bitmap: bit i is set when i % `every` < `first` (the first
+    `first` of every `every` bits)."""
+
+    every: Annotated[int, BeforeValidator(parse_int), Field(ge=1, le=1 << 32)]
+    first: Annotated[int, BeforeValidator(parse_int), Field(ge=1, le=1 << 32)] = 1
+
+
+class _HwptDirtyRange(Op):
+    """A range of a HW page table's IOVAs in pages of `page_size` (one bitmap bit each)."""
+
+    area = "iommufd"
+    iommu: IommuRef
+    hwpt: HwptRef
+    iova: Int
+    length: Size = Field(gt=0)
+    page_size: Size = Field(gt=0)
+    # where in a page-aligned bitmap the bitmap starts (the selftest's unaligned cases)
+    bitmap_offset: Annotated[int, BeforeValidator(parse_int), Field(ge=0, lt=1 << 20)] = 0
+
+
+class SetDirtyTracking(Op):
+    """IOMMU_HWPT_SET_DIRTY_TRACKING: start (`enable: true`) or stop dirty tracking of a
+    HW page table allocated with the `dirty_tracking` flag."""
+
+    op = "set_dirty_tracking"
+    area = "iommufd"
+    iommu: IommuRef
+    hwpt: HwptRef
+    enable: bool
+
+
+class MockSetDirty(_HwptDirtyRange):
+    """IOMMU_TEST_OP_DIRTY: the mock IOMMU marks dirty the pages of [iova, iova + length)
+    whose bit is set in a bitmap with every `every`-th bit set (bits 0, every, 2·every …);
+    checks the count of pages the kernel reports marked (`nr_dirty`)."""
+
+    op = "mock_set_dirty"
+    every: Annotated[int, BeforeValidator(parse_int), Field(ge=1, le=1 << 32)] = 1
+    nr_dirty: Int | None = None
+
+
+class GetDirtyBitmap(_HwptDirtyRange):
+    """IOMMU_HWPT_GET_DIRTY_BITMAP of [iova, iova + length) into a zeroed bitmap (with
+    `flags: [no_clear]` the dirty state stays); checks every bit the kernel wrote:
+    exactly the `dirty` bits (`none`, `all`, or the first `first` of every `every`), and
+    no byte of the bitmap's page-aligned buffer outside the bitmap."""
+
+    op = "get_dirty_bitmap"
+    flags: list[Literal["no_clear"]] = []
+    dirty: Literal["none", "all"] | DirtyBits
+
+
+class _MockPasid(Op):
+    area = "iommufd"
+    iommu: IommuRef
+    mock: MockRef
+    pasid: U32
+
+
+class MockPasidAttach(_MockPasid):
+    """IOMMU_TEST_OP_PASID_ATTACH: attach PASID `pasid` of the mock device to `pt` (a HW
+    page table, an IOAS or an object id)."""
+
+    op = "mock_pasid_attach"
+    pt: ObjectId | HwptOrIoasRef
+
+
+class MockPasidReplace(_MockPasid):
+    """IOMMU_TEST_OP_PASID_REPLACE: move an attached PASID of the mock device to `pt`."""
+
+    op = "mock_pasid_replace"
+    pt: ObjectId | HwptOrIoasRef
+
+
+class MockPasidDetach(_MockPasid):
+    """IOMMU_TEST_OP_PASID_DETACH: detach PASID `pasid` of the mock device."""
+
+    op = "mock_pasid_detach"
+
+
+class MockPasidCheck(_MockPasid):
+    """IOMMU_TEST_OP_PASID_CHECK_HWPT: the kernel checks that PASID `pasid` of the mock
+    device is attached to `hwpt` (0: to nothing); EINVAL when it is not."""
+
+    op = "mock_pasid_check"
+    hwpt: ObjectId | HwptRef
+
 
 # --- Memory and DMA mappings --------------------------------------------------
 
@@ -641,7 +745,8 @@ class AllocBuffer(Op):
     """Allocate a buffer of `size` bytes for DMA (`backing`: private anonymous, shared
     anonymous, hugetlb or memfd pages; `file-private`: the first `size` bytes of the file
     at `path`, opened read-only, mapped read/write and private, its pages not faulted
-    in), at an address that is a multiple of `align`."""
+    in), at an address that is a multiple of `align`; `populate: false`: no page is
+    allocated before it is touched or pinned."""
 
     op = "alloc_buffer"
     produces = "buffer"
@@ -654,6 +759,7 @@ class AllocBuffer(Op):
     # as the iommufd selftests' buffer is aligned to the THP size
     align: Size | None = None
     path: Annotated[str, Field(min_length=1)] | None = None  # file-private: the file
+    populate: bool = True
 
     @model_validator(mode="after")
     def _path(self) -> AllocBuffer:

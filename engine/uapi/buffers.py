@@ -75,7 +75,8 @@ def unmap_range(buffer: DmaBuffer, offset: int, size: int) -> None:
 
 
 class DmaBuffer:
-    """Page-aligned, populated memory the process owns and can map for DMA.
+    """Page-aligned memory the process owns and can map for DMA, populated unless
+    `populate` is false.
 
     `size` is rounded up to the backing's page size.  `addr` is the CPU virtual address,
     `ptr` a `uint8_t *`; `fd` is the memfd (memfd backing) or -1. A file-private buffer
@@ -87,14 +88,15 @@ class DmaBuffer:
     live: ClassVar[weakref.WeakSet[DmaBuffer]] = weakref.WeakSet()
 
     def __init__(self, size: int, backing: Backing | str = Backing.ANONYMOUS,
-                 name: str = "buffer", align: int = 0, path: str | None = None) -> None:
+                 name: str = "buffer", align: int = 0, path: str | None = None,
+                 populate: bool = True) -> None:
         self.backing = Backing(backing)
         page = self.backing.page_size
         self.size = -(-size // page) * page
         self.name = name
         self.fd = -1
         prot = lib.PROT_READ | lib.PROT_WRITE
-        flags = lib.MAP_POPULATE
+        flags = lib.MAP_POPULATE if populate else 0  # else faulted in at first touch or pin
         if self.backing is Backing.FILE_PRIVATE:
             self.ptr = self._map_file(path)
         elif self.backing is Backing.MEMFD:

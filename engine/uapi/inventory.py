@@ -57,6 +57,14 @@ OP_ISSUES: dict[str, tuple[str, ...]] = {
     "mock_check_map": ("IOMMU_TEST_CMD",),
     "truncate_buffer": (),  # ftruncate(2) of a memfd
     "unmap_buffer": (),  # munmap(2)
+    # iommufd dirty tracking and the mock's dirty and PASID commands (run/ops/iommufd_dirty.py)
+    "get_dirty_bitmap": ("IOMMU_HWPT_GET_DIRTY_BITMAP",),
+    "mock_pasid_attach": ("IOMMU_TEST_CMD",),
+    "mock_pasid_check": ("IOMMU_TEST_CMD",),
+    "mock_pasid_detach": ("IOMMU_TEST_CMD",),
+    "mock_pasid_replace": ("IOMMU_TEST_CMD",),
+    "mock_set_dirty": ("IOMMU_TEST_CMD",),
+    "set_dirty_tracking": ("IOMMU_HWPT_SET_DIRTY_TRACKING",),
     # nested translation, vIOMMU objects and VFIO's type1 compat (run/ops/iommufd_viommu.py)
     "alloc_fault_queue": ("IOMMU_FAULT_QUEUE_ALLOC",),
     "alloc_hw_queue": ("IOMMU_HW_QUEUE_ALLOC",),
@@ -189,8 +197,6 @@ NOT_YET: dict[str, str] = {
     "VFIO_DEVICE_GET_PCI_HOT_RESET_INFO": "hot reset: in the uapi layer, no operation yet",
     "VFIO_DEVICE_PCI_HOT_RESET": "hot reset: in the uapi layer, no operation yet",
     "VFIO_DEVICE_IOEVENTFD": "ioeventfd: no operation yet",
-    "IOMMU_HWPT_SET_DIRTY_TRACKING": "iommufd dirty tracking: no operation yet",
-    "IOMMU_HWPT_GET_DIRTY_BITMAP": "iommufd dirty tracking: no operation yet",
     "VFIO_DEVICE_FEATURE_BUS_MASTER": "no operation yet",
 }
 

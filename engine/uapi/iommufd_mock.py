@@ -175,10 +175,24 @@ HWPT_FLAGS = {"nest_parent": 1 << 0, "dirty_tracking": 1 << 1, "fault_id_valid":
               "pasid": 1 << 3}  # IOMMU_HWPT_ALLOC_* (iommufd.h)
 
 
-def alloc_hwpt(fd: int, dev_id: int, pt_id: int, flags: int = 0) -> Hwpt:
+PAGETABLE_TYPES = {"default": lib.MOCK_IOMMUPT_DEFAULT, "huge": lib.MOCK_IOMMUPT_HUGE}
+
+
+def alloc_hwpt(fd: int, dev_id: int, pt_id: int, flags: int = 0,
+               selftest: tuple[int, int] | None = None) -> Hwpt:
+    """IOMMU_HWPT_ALLOC; `selftest` (iotlb, pagetable_type) passes the mock's data
+    (IOMMU_HWPT_DATA_SELFTEST, struct iommu_hwpt_selftest), else IOMMU_HWPT_DATA_NONE."""
     arg = new("struct iommu_hwpt_alloc", dev_id=dev_id, pt_id=pt_id, flags=flags,
               data_type=lib.IOMMU_HWPT_DATA_NONE)
+    data = None
+    if selftest is not None:
+        data = ffi.new("struct iommu_hwpt_selftest *",
+                       {"iotlb": selftest[0], "pagetable_type": selftest[1]})
+        arg.data_type = lib.IOMMU_HWPT_DATA_SELFTEST
+        arg.data_len = ffi.sizeof("struct iommu_hwpt_selftest")
+        arg.data_uptr = int(ffi.cast("uintptr_t", data))
     ioctl(fd, "IOMMU_HWPT_ALLOC", arg, "/dev/iommu")
+    del data  # kept alive through the ioctl
     return Hwpt(arg.out_hwpt_id)
 
 

@@ -21,6 +21,26 @@ def test_buffer_is_page_rounded_and_holds_a_pattern(backing: Backing) -> None:
         assert (buf.fd >= 0) == (backing is Backing.MEMFD)
 
 
+def _present_pages(addr: int, size: int) -> int:
+    """How many of the pages of [addr, addr + size) are mapped in (bit 63 of each
+    /proc/self/pagemap entry: a VMA merged with its neighbours does not blur it)."""
+    with open("/proc/self/pagemap", "rb") as f:
+        f.seek(addr // 4096 * 8)
+        raw = f.read(size // 4096 * 8)
+    entries = [int.from_bytes(raw[i:i + 8], "little") for i in range(0, len(raw), 8)]
+    return sum(1 for e in entries if e >> 63 & 1)
+
+
+@pytest.mark.parametrize("backing", [Backing.ANONYMOUS, Backing.MEMFD])
+def test_a_buffer_is_populated_unless_told_not_to_be(backing: Backing) -> None:
+    with DmaBuffer(1 << 20, backing) as buf:
+        assert _present_pages(buf.addr, buf.size) == 256
+    with DmaBuffer(1 << 20, backing, populate=False) as buf:
+        assert _present_pages(buf.addr, buf.size) == 0
+        buf.mem[0] = 1  # the first touch faults its page in (a larger folio may come)
+        assert 0 < _present_pages(buf.addr, buf.size) < 256
+
+
 def test_patterns_have_the_documented_bytes() -> None:
     assert Pattern("zero").expected(3) == b"\x00\x00\x00"
     assert Pattern("ones").expected(2) == b"\xff\xff"

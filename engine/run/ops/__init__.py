@@ -62,6 +62,7 @@ def _import_areas() -> None:
         iommufd,
         iommufd_access,
         iommufd_check,
+        iommufd_dirty,
         iommufd_viommu,
         liveupdate,
         memory,

@@ -86,8 +86,10 @@ def alloc_hwpt(rt: Runtime, args: AllocHwpt, step: Step) -> mock.Hwpt:
     fd = iommufd_of(rt, args.iommu, "alloc_hwpt").fd
     flags = args.flags if isinstance(args.flags, int) else \
         sum(mock.HWPT_FLAGS[f] for f in args.flags)
+    data = None if args.selftest is None else \
+        (args.selftest.iotlb, mock.PAGETABLE_TYPES[args.selftest.pagetable_type])
     return mock.alloc_hwpt(fd, _object_id(rt, args.device, "device"),
-                           _object_id(rt, args.pt, "pt"), flags)
+                           _object_id(rt, args.pt, "pt"), flags, data)
 
 
 @op(CloseIommu)

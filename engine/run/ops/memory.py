@@ -143,7 +143,7 @@ def live_mappings(rt: Runtime) -> LiveMappings:
 @op(AllocBuffer)
 def alloc_buffer(rt: Runtime, args: AllocBuffer, step: Step) -> DmaBuffer:
     buf = DmaBuffer(args.size, args.backing, name=step.handle or "buffer", path=args.path,
-                    align=args.align or 0)
+                    align=args.align or 0, populate=args.populate)
     rt.on_cleanup(f"buffer {buf.name}", buf.close)
     return buf
 
