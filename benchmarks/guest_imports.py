@@ -42,7 +42,9 @@ PROGRAMS = {
              "    header = payload.read_header(f)\n"
              "    if getattr(header, 'models', None) is not None:  # guest_models\n"
              "        from vfio_scenario.run import guest_models\n"
-             "        payload.read_cases(f, guest_models.install(header.models))\n"
+             "        code = getattr(header, 'models_code', None)  # payload 3: compiled\n"
+             "        payload.read_cases(f, guest_models.install(header.models, *(\n"
+             "            [code] if code is not None else [])))\n"
              "    else:\n"
              "        payload.read_cases(f)\n"
              "from vfio_scenario.run.ops import operations\noperations()",

@@ -385,8 +385,9 @@ def _testbed_properties(run: RunResult, testbed: Any, which: str) -> None:
 def _run_testbeds(cases: list[Case], documents: list[Document], args: argparse.Namespace,
                   options: RunOptions, on_event: Any, run: RunResult, done: set[str],
                   kernel: dict[str, Any]) -> None:
-    """--jobs N: N VMs of our own, booted in parallel, memory shared out by what the
-    host has available; never the VM of `testbed up` (one VM: it says so)."""
+    """--jobs N: the `testbed up` VMs 1..N when VMs are up (a UsageError saying how to
+    start them when fewer are), else N VMs of our own, booted in parallel, memory shared
+    out by what the host has available."""
     from vfio_scenario.run.parallel import (
         boot_testbeds,
         mem_available_mib,
@@ -394,26 +395,37 @@ def _run_testbeds(cases: list[Case], documents: list[Document], args: argparse.N
         vm_memory_mib,
     )
     from vfio_scenario.testbed import Testbed
-    from vfio_scenario.testbed.persistent import read_state
+    from vfio_scenario.testbed.persistent import attach_jobs
 
     jobs = args.jobs
-    if read_state() is not None and not getattr(args, "own_testbed", False):
-        raise UsageError(
-            f"--jobs {jobs}: `testbed up` runs one VM, and a run uses it alone; run with "
-            "--jobs 1 to use it, or stop it (`vfio-scenario testbed down`) and this run "
-            f"boots {jobs} VMs of its own")
-    memory = f"{vm_memory_mib(jobs, mem_available_mib())}M"
-    testbeds, release = boot_testbeds(lambda: Testbed(kernel=args.kernel, accel=args.accel,
-                                                      memory=memory), jobs)
+    own = getattr(args, "own_testbed", False)
+    testbeds: list[Any] = [] if own else attach_jobs(jobs)
+    attached = bool(testbeds)
+    owned: list[Any] = []
+
+    def fresh() -> Any:  # in place of an `up` VM that crashed (not ours to reboot)
+        testbed = Testbed(kernel=args.kernel, accel=args.accel,
+                          memory=f"{vm_memory_mib(jobs, mem_available_mib())}M").start()
+        owned.append(testbed)
+        return testbed
+
+    if attached:
+        release: Any = lambda: None
+    else:
+        memory = f"{vm_memory_mib(jobs, mem_available_mib())}M"
+        testbeds, release = boot_testbeds(lambda: Testbed(kernel=args.kernel, accel=args.accel,
+                                                          memory=memory), jobs)
     kernel["vmlinux"] = testbeds[0].vmlinux
     try:
-        _testbed_properties(run, testbeds[0], "own VM")  # as with one: the same reports
+        # as with one: the same reports
+        _testbed_properties(run, testbeds[0], "testbed up" if attached else "own VM")
         run_in_testbeds(testbeds, cases, documents, on_event, devices=[],
                         iommu_modes=args.iommu_mode,
                         timeout_multiplier=options.timeout_multiplier,
                         fail_fast=args.fail_fast, durations=getattr(args, "_expected", {}),
-                        reselect=_reselect(args, done), kernel_watch=options.kernel_watch)
+                        reselect=_reselect(args, done), kernel_watch=options.kernel_watch,
+                        **({"replace": fresh} if attached else {}))
     finally:
-        for t in testbeds:
-            t.stop()
+        for t in [*testbeds, *owned]:
+            t.stop()  # an attached VM: disconnects and lets the next command have it
         release()

@@ -12,12 +12,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import faulthandler
+import functools
+import gc
 import json
 import math
 import os
 import select
 import signal
 import time
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from vfio_scenario.errors import VfioError
@@ -61,10 +64,10 @@ def execute_case(case: Case, devices: list[str], ops: dict[str, Operation],
             kmsg.close()
         raise
     os.close(r)
-    result = next((CaseResult.from_dict(e["result"]) for e in events if e["event"] == "result"),
+    result = next((CaseResult.from_dict(e["result"]) for e in _parsed(events, b"result")),
                   None)
     if result is None:
-        step = next((e for e in reversed(events) if e["event"] == "step"), None)
+        step = next(_parsed(reversed(events), b"step"), None)
         during = f" during step {step['index'] + 1} `{step['name']}`" if step else ""
         if timed_out:
             message = f"case timed out after {limit:g}s{during}"
@@ -106,12 +109,19 @@ def _kernel_log() -> KernelLog | None:
 
 def _fork_case(case: Case, devices: list[str], ops: dict[str, Operation],
                options: RunOptions, r: int, w: int, out_fd: int) -> int:
-    """Fork the case's process (`_child`); returns its pid, also its process group's id."""
+    """Fork the case's process (`_child`); returns its pid, also its process group's id.
+
+    The objects this process holds are frozen for the fork (gc.freeze): the child's
+    garbage collector then never walks them, which would write to every object's header
+    and make the kernel copy each page of the parent's heap into the child (under TCG
+    a large part of a light case's cost)."""
     _become_subreaper()
+    gc.freeze()
     pid = os.fork()
     if pid == 0:  # child
         os.close(r)
         _child(case, devices, ops, options, w, out_fd)
+    gc.unfreeze()
     # the case's own process group: a successor it hands over to (`handover`) is in it,
     # and a timeout or an interrupt ends them all (the child did it first, or has gone)
     with contextlib.suppress(OSError):
@@ -119,9 +129,11 @@ def _fork_case(case: Case, devices: list[str], ops: dict[str, Operation],
     return pid
 
 
+@functools.cache
 def _become_subreaper() -> None:
     """Orphans of a case (the successor of a predecessor that exited) become this
-    process's children, reaped with the case (PR_SET_CHILD_SUBREAPER); best effort."""
+    process's children, reaped with the case (PR_SET_CHILD_SUBREAPER); best effort, once
+    per process (its forks inherit nothing of it: a case's own children are its own)."""
     try:
         import ctypes
 
@@ -200,9 +212,23 @@ def _child(case: Case, devices: list[str], ops: dict[str, Operation], options: R
         os._exit(code)
 
 
-def _collect(pid: int, r: int, deadline: float) -> tuple[list[dict[str, Any]], int, bool]:
+def _parsed(lines: Iterable[bytes], kind: bytes) -> Iterator[dict[str, Any]]:
+    """The events of `kind` among the raw event lines, parsed (only those: a case sends
+    one line per step, and only its result and its last step are read)."""
+    prefix = b'{"event": "'  # how json.dumps writes an event: its kind first
+    for line in lines:
+        if line.startswith(prefix) and not line.startswith(prefix + kind + b'"'):
+            continue
+        event = json.loads(line)
+        if event.get("event") == kind.decode():
+            yield event
+
+
+def _collect(pid: int, r: int, deadline: float) -> tuple[list[bytes], int, bool]:
+    """The case process's event lines (raw: see _parsed), its wait status, and whether
+    it ran out of time."""
     buf = b""
-    events: list[dict[str, Any]] = []
+    events: list[bytes] = []
     timed_out = False
     while True:
         remaining = deadline - time.monotonic()
@@ -218,7 +244,7 @@ def _collect(pid: int, r: int, deadline: float) -> tuple[list[dict[str, Any]], i
             break
         buf += chunk
         *lines, buf = buf.split(b"\n")
-        events.extend(json.loads(line) for line in lines if line.strip())
+        events.extend(line for line in lines if line.strip())
     _, status = os.waitpid(pid, 0)
     if timed_out:
         _kill_group(pid)  # a successor the predecessor had handed over to

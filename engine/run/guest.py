@@ -11,9 +11,10 @@ of file.
 
 Start-up time is what a user waits for before the first step, on a guest CPU that
 TCG makes some 20× slower than the host's: nothing here imports the YAML loader, the
-template engine, pydantic (the models are dataclasses made from the host's description:
+template engine, pydantic (the models are classes the host described and compiled:
 run/guest_models.py) or the installed packages' metadata, and each device is probed
-(opened, which can cost a reset) only when the planner first considers it.
+(opened, which can cost a reset) only when the planner first considers it. A process
+that has done all of that once forks runs from there (run/zygote.py).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(args[0], "rb") as f:
             header = payload.read_header(f)
             # the guest's models, before the operations import them (no pydantic here)
-            models = guest_models.install(header.models)
+            models = guest_models.install(header.models, header.models_code)
             cases = payload.read_cases(f, models)
         use_drivers(header.drivers)
         caps = probe_host(header.devices or None)

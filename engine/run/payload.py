@@ -7,9 +7,10 @@ pydantic, and never re-reads the scenario files over 9p.
 
 Both sides run the same checkout (the guest sees the host's root), so the file is a
 pickle: a small header of plain values, read first so the guest can start probing
-devices, then the cases. The header describes every model the cases hold (and every
-operation's) in plain values; the guest makes slotted frozen dataclasses of them and
-installs them as the models module before anything imports it (run/guest_models.py),
+devices, then the cases. The header describes every model of the checkout (and every
+other the cases hold) in plain values, with the module of slotted frozen classes made
+from that description compiled on the host; the guest executes it and installs it as
+the models module before anything imports it (run/guest_models.py),
 so it never imports pydantic, and the cases' models are restored as their instances:
 the same names, fields, class constants, methods and properties as the host's.
 """
@@ -30,7 +31,7 @@ from vfio_scenario.errors import EnvironmentProblem
 if TYPE_CHECKING:  # the guest reads the header before the models import
     from vfio_scenario.language.cases import Case
 
-MAGIC = "vfio-scenario payload 2"  # 2: the header describes the models
+MAGIC = "vfio-scenario payload 3"  # 2: the header describes the models; 3: and their code
 
 
 @dataclass
@@ -46,13 +47,15 @@ class Header:
     coverage_per_case: bool = False  # --coverage-per-case: gcov counters sent after each case
     # the models the cases hold, described (run/guest_models.py); write() fills it
     models: list[dict[str, Any]] = field(default_factory=list)
+    # their module compiled on the host, with its content key (guest_models.compiled)
+    models_code: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"magic": MAGIC, "version": __version__, "devices": self.devices,
                 "drivers": self.drivers, "iommu_modes": self.iommu_modes,
                 "timeout_multiplier": self.timeout_multiplier, "fail_fast": self.fail_fast,
                 "kernel_watch": self.kernel_watch, "coverage_per_case": self.coverage_per_case,
-                "models": self.models}
+                "models": self.models, "models_code": self.models_code}
 
 
 class _Pickler(pickle.Pickler):
@@ -90,12 +93,13 @@ def write(directory: str, header: Header, cases: list[Case]) -> str:
     """Write a payload file in `directory`; returns its path."""
     import tempfile  # here: the guest, which only reads, is spared its import
 
-    from vfio_scenario.run.guest_models import describe
+    from vfio_scenario.run.guest_models import compiled, describe
 
     body = io.BytesIO()
     pickler = _Pickler(body)
     pickler.dump(cases)
-    header = dataclasses.replace(header, models=describe(pickler.classes))
+    specs = describe(pickler.classes)
+    header = dataclasses.replace(header, models=specs, models_code=compiled(specs))
     fd, path = tempfile.mkstemp(dir=directory, prefix=".payload-", suffix=".pickle")
     with os.fdopen(fd, "wb") as f:
         pickle.dump(header.to_dict(), f, protocol=pickle.HIGHEST_PROTOCOL)
@@ -121,7 +125,7 @@ def read_header(f: IO[bytes]) -> Header:
                   fail_fast=bool(raw["fail_fast"]),
                   kernel_watch=bool(raw.get("kernel_watch", True)),
                   coverage_per_case=bool(raw.get("coverage_per_case", False)),
-                  models=list(raw["models"]))
+                  models=list(raw["models"]), models_code=raw.get("models_code"))
 
 
 def read_cases(f: IO[bytes], models: ModuleType) -> list[Case]:

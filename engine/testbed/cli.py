@@ -47,8 +47,15 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     q = tsub.add_parser("status", help="cached kernels, QEMU, accelerator, free space, VM")
     q.set_defaults(func=_status)
 
-    q = tsub.add_parser("up", help="boot a VM that stays until `testbed down`")
+    q = tsub.add_parser("up", help="boot a VM that stays until `testbed down`",
+                        description="Boots a VM that stays until `testbed down`; with --jobs N, "
+                        "VMs 1..N (those not up yet, in parallel), for `run --jobs N`.")
     vm_options(q)
+    from vfio_scenario.run.cli import _jobs
+
+    q.add_argument("--jobs", type=_jobs, default=1, metavar="N|auto",
+                   help="how many VMs (default 1; auto: the host's cores), memory shared out "
+                        "as `run --jobs` does")
     q.set_defaults(func=_up)
 
     q = tsub.add_parser("run", help="run a command in the `up` VM (or a temporary one)",
@@ -70,7 +77,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     q.add_argument("--login", action="store_true", help="start a login shell (sh -l)")
     q.set_defaults(func=_shell)
 
-    q = tsub.add_parser("down", help="stop the VM `testbed up` started")
+    q = tsub.add_parser("down", help="stop the VMs `testbed up` started")
     q.add_argument("--force", action="store_true",
                    help="stop it even while a run uses it (that run's case is an error)")
     q.set_defaults(func=_down)
@@ -108,7 +115,7 @@ def _status(args: argparse.Namespace) -> int:
     from vfio_scenario.testbed.accel import describe_verdict
     from vfio_scenario.testbed.assets import cached_kernels
     from vfio_scenario.testbed.paths import cache_dir
-    from vfio_scenario.testbed.persistent import read_state
+    from vfio_scenario.testbed.persistent import read_state, up_vms
     from vfio_scenario.testbed.qemu import fast_firmware, qemu_version
 
     try:
@@ -127,21 +134,27 @@ def _status(args: argparse.Namespace) -> int:
         print(f"kernel        {kind:8} {release:28} {folder}")
     free = shutil.disk_usage(cache_dir()).free
     print(f"cache         {cache_dir()} ({free / 2**30:.1f} GiB free)")
-    state = read_state()
-    if state is None:
+    numbers = up_vms()
+    if not numbers:
         print("vm            none running")
-    else:
-        print(f"vm            up, PID {state['pid']}, {state['accel']}, {state['release']}, "
-              f"devices {' '.join(state['devices'])}")
+    for number in numbers:
+        state = read_state(number)
+        if state is not None:
+            label = "" if numbers == [1] else f" {number}"
+            print(f"vm{label:<11} up, PID {state['pid']}, {state['accel']}, {state['release']}, "
+                  f"devices {' '.join(state['devices'])}")
     return 0
 
 
 def _up(args: argparse.Namespace) -> int:
     from vfio_scenario.testbed.persistent import up
 
-    state = up(args.kernel, args.accel, args.devices or DEFAULT_DEVICES, _reporter())
-    print(f"testbed up: PID {state['pid']}, {state['accel']}, kernel {state['release']}, "
-          f"console {state['console']}")
+    states = up(args.kernel, args.accel, args.devices or DEFAULT_DEVICES, _reporter(),
+                jobs=args.jobs)
+    for n, state in enumerate(states, 1):
+        label = "" if len(states) == 1 else f" VM {n}"
+        print(f"testbed up{label}: PID {state['pid']}, {state['accel']}, kernel "
+              f"{state['release']}, console {state['console']}")
     return 0
 
 
@@ -205,8 +218,9 @@ def _shell(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
-    from vfio_scenario.testbed.persistent import down
+    from vfio_scenario.testbed.persistent import down_all
 
-    pid = down(force=args.force)
-    print(f"testbed down: ended QEMU PID {pid}" if pid else "testbed down: no VM was up")
+    pids = down_all(force=args.force)
+    print(f"testbed down: ended QEMU PID {', '.join(map(str, pids))}" if pids
+          else "testbed down: no VM was up")
     return 0

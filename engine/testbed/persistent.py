@@ -1,7 +1,11 @@
-"""A VM that outlives the command that started it: `testbed up`, `run`, `shell`, `down`.
+"""VMs that outlive the command that started them: `testbed up`, `run`, `shell`, `down`.
 
-Its state file (run/up/state.json) records QEMU's PID, the accelerator, the kernel and
-the devices; `down` ends QEMU by that PID after checking the PID is still that QEMU.
+`testbed up` boots one VM, `testbed up --jobs N` N of them (booted in parallel, memory
+shared out as for `run --jobs`), numbered 1..N: VM 1 lives in run/up/, VM k in
+run/up-k/. `run --jobs N` uses VMs 1..N, one each per job, and says how to start them
+when fewer are up; every other command uses VM 1. Each VM's state file
+(run/up*/state.json) records QEMU's PID, the accelerator, the kernel and the devices;
+`down` ends each QEMU by that PID after checking the PID is still that QEMU.
 
 One command at a time uses it: attaching takes an exclusive lock (run/up/attached.lock,
 which names the holder's PID), held until that command's testbed handle stops or its
@@ -30,45 +34,81 @@ from vfio_scenario.testbed.testbed import Testbed
 from vfio_scenario.testbed.vm import is_our_qemu, kill_foreign
 
 NAME = "up"
+MAX_VMS = 64  # the highest VM number looked for
 
 
-def _files() -> VmFiles:
-    return VmFiles(run_dir() / NAME)
+def vm_name(number: int = 1) -> str:
+    """The run/ folder of `up` VM `number` (1-based): up, up-2, up-3 …"""
+    return NAME if number == 1 else f"{NAME}-{number}"
 
 
-def _state_path() -> Path:
-    return _files().folder / "state.json"
+def _files(number: int = 1) -> VmFiles:
+    return VmFiles(run_dir() / vm_name(number))
 
 
-def read_state() -> dict[str, Any] | None:
-    """The running `up` VM's state, or None (a stale state file is removed)."""
-    path = _state_path()
+def _state_path(number: int = 1) -> Path:
+    return _files(number).folder / "state.json"
+
+
+def read_state(number: int = 1) -> dict[str, Any] | None:
+    """The running `up` VM `number`'s state, or None (a stale state file is removed)."""
+    path = _state_path(number)
     try:
         state: dict[str, Any] = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if not is_our_qemu(int(state["pid"]), _files()):
+    if not is_our_qemu(int(state["pid"]), _files(number)):
         path.unlink(missing_ok=True)
         return None
     return state
 
 
-def up(kernel: str, accel: str, devices: Sequence[str], report: Reporter = quiet) \
-        -> dict[str, Any]:
-    """Boot the persistent VM (or return the running one's state)."""
-    state = read_state()
-    if state is not None:
-        return state
-    testbed = Testbed(kernel=kernel, accel=accel, devices=devices, report=report, name=NAME)
-    testbed.start(detached=True)
-    state = {"pid": testbed.pid, "accel": testbed.accelerator,
-             "release": testbed.kernel_release, "kernel": kernel,
-             "devices": list(testbed.devices), "qemu": testbed.qemu_version,
-             "started": time.time(), "boot_seconds": round(testbed.boot_seconds, 2),
-             "console": str(testbed.files.console), "vmlinux": str(testbed.vmlinux or "")}
-    testbed.detach()
-    _state_path().write_text(json.dumps(state, indent=1))
-    return state
+def up_vms() -> list[int]:
+    """The numbers of the `up` VMs that run, ascending."""
+    return [n for n in range(1, MAX_VMS + 1) if read_state(n) is not None]
+
+
+def up(kernel: str, accel: str, devices: Sequence[str], report: Reporter = quiet,
+       jobs: int = 1) -> list[dict[str, Any]]:
+    """Boot `up` VMs 1..`jobs` that do not run yet, in parallel (memory shared out among
+    the ones booted, as `run --jobs` does); the states of VMs 1..`jobs`."""
+    import threading
+
+    missing = [n for n in range(1, jobs + 1) if read_state(n) is None]
+    memory = "4G"  # Testbed's own default, for one
+    if len(missing) > 1:
+        from vfio_scenario.run.parallel import mem_available_mib, vm_memory_mib
+
+        memory = f"{vm_memory_mib(len(missing), mem_available_mib())}M"
+    errors: list[BaseException] = []
+
+    def boot(number: int) -> None:
+        try:
+            testbed = Testbed(kernel=kernel, accel=accel, devices=devices, report=report,
+                              name=vm_name(number), memory=memory)
+            testbed.start(detached=True)
+            state = {"pid": testbed.pid, "accel": testbed.accelerator,
+                     "release": testbed.kernel_release, "kernel": kernel,
+                     "devices": list(testbed.devices), "qemu": testbed.qemu_version,
+                     "started": time.time(), "boot_seconds": round(testbed.boot_seconds, 2),
+                     "console": str(testbed.files.console),
+                     "vmlinux": str(testbed.vmlinux or ""), "number": number,
+                     "memory": testbed.memory}
+            testbed.detach()
+            _state_path(number).write_text(json.dumps(state, indent=1))
+        except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=boot, args=(n,), daemon=True) for n in missing[1:]]
+    for thread in threads:
+        thread.start()
+    if missing:
+        boot(missing[0])
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return [s for s in map(read_state, range(1, jobs + 1)) if s is not None]
 
 
 # The guest mounts the host's root with 9p cache=loose (1.5-2x faster Python starts), which
@@ -79,8 +119,8 @@ def up(kernel: str, accel: str, devices: Sequence[str], report: Reporter = quiet
 _DROP_CACHES = ["sh", "-c", "echo 3 > /proc/sys/vm/drop_caches"]
 
 
-def _lock_file() -> IO[str]:
-    folder = _files().folder
+def _lock_file(number: int = 1) -> IO[str]:
+    folder = _files(number).folder
     folder.mkdir(parents=True, exist_ok=True)
     return open(folder / "attached.lock", "a+")
 
@@ -109,22 +149,22 @@ def _to_stderr(message: str) -> None:
     print(f"vfio-scenario: {message}", file=sys.stderr, flush=True)
 
 
-def attach(notify: Callable[[str], None] = _to_stderr) -> Testbed | None:
-    """A handle on the running `up` VM, or None when there is none; the guest's view of the
-    host's files is refreshed (engine bytecode written, guest caches dropped).
+def attach(notify: Callable[[str], None] = _to_stderr, number: int = 1) -> Testbed | None:
+    """A handle on the running `up` VM `number`, or None when there is none; the guest's
+    view of the host's files is refreshed (engine bytecode written, guest caches dropped).
 
     Waits (saying so through `notify`) while another command uses the VM; the handle
     holds it until it stops."""
-    if read_state() is None:
+    if read_state(number) is None:
         return None
-    lock = _lock_file()
+    lock = _lock_file(number)
     try:
         _take(lock, notify)
-        state = read_state()  # it may have gone down while we waited
+        state = read_state(number)  # it may have gone down while we waited
         if state is None:
             lock.close()
             return None
-        testbed = Testbed.attach(NAME, int(state["pid"]), accel=state["accel"],
+        testbed = Testbed.attach(vm_name(number), int(state["pid"]), accel=state["accel"],
                                  release=state["release"], devices=state["devices"],
                                  vmlinux=state.get("vmlinux", ""))
     except BaseException:
@@ -143,19 +183,56 @@ def attach_alongside() -> Testbed | None:
     state = read_state()
     if state is None:
         return None
-    return Testbed.attach(NAME, int(state["pid"]), accel=state["accel"],
+    return Testbed.attach(vm_name(1), int(state["pid"]), accel=state["accel"],
                           release=state["release"], devices=state["devices"],
                           vmlinux=state.get("vmlinux", ""), side=True)
 
 
-def down(force: bool = False) -> int:
-    """End the `up` VM by its PID; returns that PID (0 when none was running).
+def attach_jobs(jobs: int, notify: Callable[[str], None] = _to_stderr) -> list[Testbed]:
+    """Handles on `up` VMs 1..`jobs` for `run --jobs` (each as `attach`); [] when no VM
+    is up. UsageError, saying how to start them, when fewer than `jobs` are up."""
+    running = up_vms()
+    if not running:
+        return []
+    if running[:jobs] != list(range(1, jobs + 1)):
+        usable = 0  # VMs 1..usable run
+        while usable + 1 in running:
+            usable += 1
+        listed = ", ".join(str(n) for n in running)
+        raise UsageError(
+            f"--jobs {jobs}: {len(running)} `testbed up` VM(s) run (number {listed}), this "
+            f"run needs VMs 1 to {jobs}; start the missing ones with `vfio-scenario testbed "
+            f"up --jobs {jobs}`" + (f", or run with --jobs {usable}" if usable else "")
+            + ", or stop them (`vfio-scenario testbed down`) and the run boots VMs of its own")
+    attached: list[Testbed] = []
+    try:
+        for number in range(1, jobs + 1):
+            testbed = attach(notify, number)
+            if testbed is None:
+                raise UsageError(f"--jobs {jobs}: `testbed up` VM {number} went down while "
+                                 "this run attached to it; start it again with `vfio-scenario "
+                                 f"testbed up --jobs {jobs}`")
+            attached.append(testbed)
+    except BaseException:
+        for testbed in attached:
+            testbed.stop()
+        raise
+    return attached
+
+
+def down_all(force: bool = False) -> list[int]:
+    """End every `up` VM (`down` each, the highest number first); their PIDs."""
+    return [pid for pid in (down(force, n) for n in reversed(up_vms())) if pid]
+
+
+def down(force: bool = False, number: int = 1) -> int:
+    """End the `up` VM `number` by its PID; returns that PID (0 when none was running).
 
     Refuses (UsageError) while a command uses the VM, unless `force`."""
-    state = read_state()
+    state = read_state(number)
     if state is None:
         return 0
-    with _lock_file() as lock:
+    with _lock_file(number) as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -164,6 +241,6 @@ def down(force: bool = False) -> int:
                                  "it to end, or `testbed down --force` stops the VM under "
                                  "it") from None
         pid = int(state["pid"])
-        kill_foreign(pid, _files())
-        _state_path().unlink(missing_ok=True)
+        kill_foreign(pid, _files(number))
+        _state_path(number).unlink(missing_ok=True)
     return pid

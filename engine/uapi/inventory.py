@@ -53,10 +53,10 @@ OP_ISSUES: dict[str, tuple[str, ...]] = {
     "destroy_access_pages": ("IOMMU_TEST_CMD",),
     "mock_dmabuf": ("IOMMU_TEST_CMD",),
     "mock_dmabuf_revoke": ("IOMMU_TEST_CMD",),
-    # the selftests' checks of a mapping (run/ops/iommufd_check.py, the `loops` branch's)
+    # what the port checks of mappings and memory (run/ops/iommufd_check.py)
     "mock_check_map": ("IOMMU_TEST_CMD",),
-    "truncate_buffer": (),  # ftruncate(2) of a memfd
-    "unmap_buffer": (),  # munmap(2)
+    "unmap_buffer": (),  # munmap(2) of part of a buffer
+    "truncate_buffer": (),  # ftruncate(2) of a memfd buffer
     # iommufd dirty tracking and the mock's dirty and PASID commands (run/ops/iommufd_dirty.py)
     "get_dirty_bitmap": ("IOMMU_HWPT_GET_DIRTY_BITMAP",),
     "mock_pasid_attach": ("IOMMU_TEST_CMD",),

@@ -37,7 +37,9 @@ class AddressSpace:
 
     handle: str = ""
     _allocator: IovaAllocator | None = None
-    _placed: tuple[tuple[int, int], ...] = ()  # note_taken before the allocator existed
+    # note_taken before the allocator existed (a list once the first is noted: a loop of
+    # thousands of kernel-chosen maps notes each, in O(1))
+    _placed: tuple[tuple[int, int], ...] | list[tuple[int, int]] = ()
 
     def iova_ranges(self) -> list[IovaRange]:
         raise NotImplementedError
@@ -120,7 +122,9 @@ class AddressSpace:
         if self._allocator is not None:
             self._allocator.reserve(iova, size)
         else:
-            self._placed = (*self._placed, (iova, size))
+            if not isinstance(self._placed, list):
+                self._placed = list(self._placed)
+            self._placed.append((iova, size))
 
     def _alloc(self, size: int, limit: int | None) -> int:
         return self.own_allocator().alloc(size, limit=limit)

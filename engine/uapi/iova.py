@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import errno
 from dataclasses import dataclass
 
@@ -54,8 +55,7 @@ class IovaAllocator:
     def reserve(self, iova: int, size: int) -> None:
         """[iova, iova + size) is mapped at an IOVA the scenario chose (or the kernel
         did): no later `alloc` returns an IOVA overlapping it."""
-        self._taken.append((iova, iova + size))
-        self._taken.sort()
+        bisect.insort(self._taken, (iova, iova + size))
 
     def _past_taken(self, iova: int, end: int) -> int | None:
         """The end of the lowest reserved span overlapping [iova, end), if any."""

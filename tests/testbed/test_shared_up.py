@@ -173,3 +173,41 @@ def test_testbed_run_alongside_needs_an_up_vm(private_cache: dict[str, str]) -> 
     assert out.returncode == 2
     assert out.stderr.strip().endswith(
         "testbed run --alongside: no VM is up (`vfio-scenario testbed up`)")
+
+
+def test_up_with_jobs_boots_the_vms_run_jobs_uses_and_says_when_fewer_run(
+        private_cache: dict[str, str], tmp_path: Path) -> None:
+    """`testbed up --jobs 2` boots VMs 1 and 2; `run --jobs 2` runs on them (each VM's
+    attach lock names the run), `run --jobs 3` says how to start the third; `down` ends
+    both."""
+    up = _cli(private_cache, "testbed", "up", "--jobs", "2")
+    try:
+        assert up.returncode == 0, up.stderr
+        assert [line.split(":")[0] for line in up.stdout.splitlines()] == \
+            ["testbed up VM 1", "testbed up VM 2"]
+        status = _cli(private_cache, "testbed", "status").stdout
+        assert "vm 1          up, PID" in status and "vm 2          up, PID" in status, status
+        scenario = _scenario(tmp_path, "shared", 0.5)
+        report = tmp_path / "shared.json"
+        run = _start_run(private_cache, scenario, report, "--jobs", "2")
+        _, err = run.communicate(timeout=600)
+        assert run.returncode == 0, err
+        data = json.loads(report.read_text())
+        assert data["properties"]["testbed"] == "testbed up"
+        assert {c["outcome"] for c in data["cases"]} == {"pass"}
+        folder = Path(private_cache["XDG_CACHE_HOME"]) / "vfio-scenario" / "run"
+        for vm in ("up", "up-2"):
+            assert (folder / vm / "attached.lock").read_text() == f"run PID {run.pid}", vm
+        more = _cli(private_cache, "run", str(scenario), "--jobs", "3")
+        assert more.returncode == 2, more.stderr
+        assert more.stderr.strip().endswith(
+            "--jobs 3: 2 `testbed up` VM(s) run (number 1, 2), this run needs VMs 1 to 3; "
+            "start the missing ones with `vfio-scenario testbed up --jobs 3`, or run with "
+            "--jobs 2, or stop them (`vfio-scenario testbed down`) and the run boots VMs of "
+            "its own"), more.stderr
+    finally:
+        down = _cli(private_cache, "testbed", "down", "--force")
+    assert down.returncode == 0, down.stderr
+    assert down.stdout.startswith("testbed down: ended QEMU PID ") and \
+        down.stdout.count(",") == 1, down.stdout
+    assert "vm            none running" in _cli(private_cache, "testbed", "status").stdout

@@ -362,18 +362,26 @@ def test_jobs_with_a_testbed_up_vm_says_how_to_go_on(monkeypatch: pytest.MonkeyP
     from vfio_scenario.run.interpreter import RunOptions
     from vfio_scenario.testbed import persistent
 
-    monkeypatch.setattr(persistent, "read_state", lambda: {"pid": 1})
+    up = [1]  # `testbed up` started one VM
+    monkeypatch.setattr(persistent, "up_vms", lambda: list(up))
     booted: list[int] = []
     monkeypatch.setattr(parallel, "boot_testbeds", lambda make, jobs: booted.append(jobs))
+    attached: list[int] = []
+    monkeypatch.setattr(persistent, "attach", lambda notify, number: attached.append(number))
     args = argparse.Namespace(jobs=2, kernel="default", accel="tcg", paths=["scen"],
                               iommu_mode=[], fail_fast=False)
     with pytest.raises(UsageError) as info:
         dispatch._run_testbed(library(), [], args, RunOptions(), lambda e: None, RunResult(), set(), {})
     assert str(info.value) == (
-        "--jobs 2: `testbed up` runs one VM, and a run uses it alone; run with --jobs 1 to "
-        "use it, or stop it (`vfio-scenario testbed down`) and this run boots 2 VMs of its "
-        "own")
-    assert booted == []  # nothing booted
+        "--jobs 2: 1 `testbed up` VM(s) run (number 1), this run needs VMs 1 to 2; start "
+        "the missing ones with `vfio-scenario testbed up --jobs 2`, or run with --jobs 1, or "
+        "stop them (`vfio-scenario testbed down`) and the run boots VMs of its own")
+    up[:] = [1, 3]  # a gap: VM 2 went down
+    args.jobs = 3
+    with pytest.raises(UsageError) as info:
+        dispatch._run_testbed(library(), [], args, RunOptions(), lambda e: None, RunResult(), set(), {})
+    assert "2 `testbed up` VM(s) run (number 1, 3), this run needs VMs 1 to 3" in str(info.value)
+    assert booted == [] and attached == []  # nothing booted, nothing taken
 
 
 def test_resume_with_jobs_runs_only_what_the_journal_lacks(
@@ -403,7 +411,7 @@ def test_resume_with_jobs_runs_only_what_the_journal_lacks(
 
     monkeypatch.setattr(parallel, "boot_testbeds", boot)
     monkeypatch.setattr(parallel, "mem_available_mib", lambda: 23_000)
-    monkeypatch.setattr(persistent, "read_state", lambda: None)
+    monkeypatch.setattr(persistent, "up_vms", list)
     args = build_parser().parse_args(
         ["run", "scen", "--jobs", "2", "--resume", "--testbed", "always",
          "--junit-xml", "reports/junit.xml", "--json", "reports/run.json"])

@@ -31,7 +31,7 @@ time.sleep(float(sys.argv[2]))
 @pytest.fixture
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr(persistent, "read_state", lambda: {
+    monkeypatch.setattr(persistent, "read_state", lambda number=1: {
         "pid": 99, "accel": "tcg", "release": "7.2", "devices": ["edu"]})
     return tmp_path / "vfio-scenario" / "run" / "up" / "attached.lock"
 

@@ -51,6 +51,7 @@ def map_address(rt: Runtime, args: MapDma, step: Step) -> Mapping:
                         "`address` maps into an iommufd IOAS (`ioas:`)")
     assert args.size is not None  # the model requires it with `address`
     mapping = space.map(args.address or 0, args.size, None, args.read, args.write)
+    space.note_taken(mapping.iova, mapping.size)  # the kernel placed it: never allocated
     live = live_mappings(rt)
     run = MappingRun(mapping.space, mapping.iova, 0, mapping.size, bytearray(b"\x01"),
                      mapping.vaddr)
