@@ -62,7 +62,8 @@ Feature = Literal[
 ]
 FEATURES: tuple[str, ...] = get_args(Feature)
 HANDLE_KINDS = ("iommu", "ioas", "cdev", "device", "buffer", "mapping", "mmio", "irq", "dmabuf",
-                "mock", "hwpt", "viommu", "vdevice", "veventq", "fault", "hw_queue", "viommu_mmap")
+                "mock", "hwpt", "access", "access_pages", "mock_dmabuf", "viommu", "vdevice",
+                "veventq", "fault", "hw_queue", "viommu_mmap")
 ERRNO_NAMES = frozenset(ERRNO_NUMBERS)
 HANDLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 BDF = re.compile(r"^([0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
@@ -148,6 +149,10 @@ MappingRef = Annotated[str, AfterValidator(_handle_name), HandleRef("mapping")]
 MmioRef = Annotated[str, AfterValidator(_handle_name), HandleRef("mmio")]
 IrqRef = Annotated[str, AfterValidator(_handle_name), HandleRef("irq")]
 DmabufRef = Annotated[str, AfterValidator(_handle_name), HandleRef("dmabuf")]
+# a DMABUF a device exported, or one of the mock IOMMU's (what IOMMU_IOAS_MAP_FILE maps)
+AnyDmabufRef = Annotated[str, AfterValidator(_handle_name), HandleRef("dmabuf", "mock_dmabuf")]
+AccessRef = Annotated[str, AfterValidator(_handle_name), HandleRef("access")]
+AccessPagesRef = Annotated[str, AfterValidator(_handle_name), HandleRef("access_pages")]
 MockRef = Annotated[str, AfterValidator(_handle_name), HandleRef("mock")]
 IoasOrMockRef = Annotated[str, AfterValidator(_handle_name), HandleRef("ioas", "mock", "hwpt")]
 ObjectId = Annotated[int, BeforeValidator(parse_int), _c_type("u32")]
@@ -447,14 +452,15 @@ class IovaRanges(Op):
 
 
 class CopyIova(Op):
-    """IOMMU_IOAS_COPY: map in `ioas` the pages `src` maps at `src_iova`."""
+    """IOMMU_IOAS_COPY: map in `ioas` the pages `src` maps at `src_iova` (an IOVA, or a
+    mapping of `src` whose IOVA it is)."""
 
     op = "copy_iova"
     produces = "mapping"
     area = "iommufd"
     ioas: IoasRef
     src: IoasRef
-    src_iova: Int
+    src_iova: Int | MappingRef
     size: Size
     iova: Int | None = None  # None: the kernel picks
     read: bool = True
@@ -529,6 +535,116 @@ class IommufdCommandLength(Op):
     ioctl: Annotated[str, Field(pattern=r"^IOMMU_[A-Z0-9_]+$")]
     last: Annotated[str, Field(pattern=r"^[a-z0-9_]+$")]
 
+
+# --- the mock IOMMU's access objects and DMABUF (run/ops/iommufd_access.py) ---------
+
+
+class CreateAccess(Op):
+    """IOMMU_TEST_OP_CREATE_ACCESS: an access object on the IOAS, as an in-kernel user of
+    an IOAS without a domain of its own (a mediated device's driver) holds one; it is a
+    file descriptor, closed by destroy_access. `flags` (names, or a number as given):
+    `needs_pin_pages` gives it the unmap callback pinning needs (without it access_pages
+    is EOPNOTSUPP)."""
+
+    op = "create_access"
+    produces = "access"
+    area = "iommufd"
+    ioas: IoasRef
+    flags: list[Literal["needs_pin_pages"]] | U32 = []
+
+
+class DestroyAccess(Op):
+    """Close the access object's fd (the selftest's test_cmd_destroy_access)."""
+
+    op = "destroy_access"
+    area = "iommufd"
+    access: AccessRef
+
+
+class AccessPages(Op):
+    """IOMMU_TEST_OP_ACCESS_PAGES: pin `size` bytes at `offset` into a `mapping` through
+    the access (`write`: MOCK_FLAGS_ACCESS_WRITE). The kernel checks that the pages it
+    pinned are the process's pages at that offset of the memory mapped there (of `buffer`,
+    which a mapping of a file needs); `id` checks the pin's id the kernel returns."""
+
+    op = "access_pages"
+    produces = "access_pages"
+    area = "iommufd"
+    access: AccessRef
+    mapping: MappingRef
+    offset: Size = 0
+    size: Size
+    buffer: BufferRef | None = None
+    write: bool = False
+    id: U32 | None = None
+
+
+class DestroyAccessPages(Op):
+    """IOMMU_TEST_OP_DESTROY_ACCESS_PAGES: unpin one pin access_pages made."""
+
+    op = "destroy_access_pages"
+    area = "iommufd"
+    pages: AccessPagesRef
+
+
+class AccessRw(Op):
+    """IOMMU_TEST_OP_ACCESS_RW through the access: `size` bytes at `offset` into a
+    `mapping` (with `max_size`, every length from `size` to it; with `starts`, at every
+    offset from `offset` to `offset + starts - 1`), each a `read`, a `write` or a
+    `read_then_write` (`slow_path`: MOCK_ACCESS_RW_SLOW_PATH). Each call is checked
+    against the process memory mapped there (`buffer` for a mapping of a file): a read
+    must bring its bytes and nothing past its length; a write of their inverse must leave
+    that in memory and change no byte around it."""
+
+    op = "access_rw"
+    area = "iommufd"
+    access: AccessRef
+    mapping: MappingRef
+    offset: Size = 0
+    size: Size = Field(gt=0)
+    max_size: Size | None = None
+    starts: U32 = Field(1, ge=1)
+    direction: Literal["read", "write", "read_then_write"] = "read"
+    slow_path: bool = False
+    buffer: BufferRef | None = None
+
+    @model_validator(mode="after")
+    def _sizes(self) -> AccessRw:
+        if self.max_size is not None and self.max_size < self.size:
+            raise ValueError(f"`max_size` {self.max_size} is below `size` {self.size}")
+        return self
+
+
+class AccessReplaceIoas(Op):
+    """IOMMU_TEST_OP_ACCESS_REPLACE_IOAS: attach the access to another IOAS."""
+
+    op = "access_replace_ioas"
+    area = "iommufd"
+    access: AccessRef
+    ioas: ObjectId | IoasRef
+
+
+class MockDmabuf(Op):
+    """IOMMU_TEST_OP_DMABUF_GET: a DMABUF of `size` bytes of kernel memory the mock
+    exports (rounded up to pages; 0 or more than 512 pages is EINVAL), which `map_dma`
+    maps with IOMMU_IOAS_MAP_FILE."""
+
+    op = "mock_dmabuf"
+    produces = "mock_dmabuf"
+    area = "iommufd"
+    iommu: IommuRef
+    size: Size
+
+
+class MockDmabufRevoke(Op):
+    """IOMMU_TEST_OP_DMABUF_REVOKE: revoke a DMABUF of the mock (mapping it is then
+    ENODEV), or with `revoked: false` give it back."""
+
+    op = "mock_dmabuf_revoke"
+    area = "iommufd"
+    iommu: IommuRef
+    dmabuf: AnyDmabufRef
+    revoked: bool = True
 
 # --- iommufd dirty tracking and the mock's PASID commands (run/ops/iommufd_dirty.py) ----
 
@@ -630,19 +746,30 @@ class MockPasidCheck(_MockPasid):
 
 class AllocBuffer(Op):
     """Allocate a buffer of `size` bytes for DMA (`backing`: private anonymous, shared
-    anonymous, hugetlb or memfd pages), at an address that is a multiple of `align`;
-    `populate: false`: no page is allocated before it is touched or pinned."""
+    anonymous, hugetlb or memfd pages; `file-private`: the first `size` bytes of the file
+    at `path`, opened read-only, mapped read/write and private, its pages not faulted
+    in), at an address that is a multiple of `align`; `populate: false`: no page is
+    allocated before it is touched or pinned."""
 
     op = "alloc_buffer"
     produces = "buffer"
     area = "memory"
     size: Size = Field(gt=0)
     # shared: MAP_SHARED | MAP_ANONYMOUS (shmem pages), the iommufd selftests' buffers
-    backing: Literal["anonymous", "shared", "hugetlb-2M", "hugetlb-1G", "memfd"] = "anonymous"
+    backing: Literal["anonymous", "shared", "hugetlb-2M", "hugetlb-1G", "memfd",
+                     "file-private"] = "anonymous"
     # the buffer's address is a multiple of `align` (a power of two; anonymous memory),
     # as the iommufd selftests' buffer is aligned to the THP size
     align: Size | None = None
+    path: Annotated[str, Field(min_length=1)] | None = None  # file-private: the file
     populate: bool = True
+
+    @model_validator(mode="after")
+    def _path(self) -> AllocBuffer:
+        if (self.path is not None) != (self.backing == "file-private"):
+            raise ValueError("`path` names the file of a `backing: file-private` buffer, "
+                             "and only of one")
+        return self
 
     @model_validator(mode="after")
     def _align(self) -> AllocBuffer:
@@ -676,7 +803,7 @@ class Fill(_BufferPattern):
 class MapDma(Op):
     """Map a buffer, a BAR mapping (`mmio`) or a DMABUF into an IOMMU or IOAS at `iova`
     (default: a free IOVA; `last`: the highest that fits; `auto`: the kernel picks, an
-    iommufd IOAS and a buffer)."""
+    iommufd IOAS and a buffer) or where an earlier mapping was (`iova_of`)."""
 
     op = "map_dma"
     produces = "mapping"
@@ -685,9 +812,11 @@ class MapDma(Op):
     ioas: IoasRef | None = None
     buffer: BufferRef | None = None
     mmio: MmioRef | None = None
-    dmabuf: DmabufRef | None = None
+    dmabuf: AnyDmabufRef | None = None
     # last: the highest page that fits `size`; auto: the kernel picks (an iommufd IOAS)
     iova: Int | Literal["last", "auto"] | None = None
+    # the IOVA of an earlier mapping (unmapped since): map there again
+    iova_of: MappingRef | None = None
     offset: Size = 0
     size: Size | None = None
     read: bool = True
@@ -724,6 +853,7 @@ class MapDma(Op):
         if self.iova_align is not None and (self.iova_align == 0
                                             or self.iova_align & (self.iova_align - 1)):
             raise ValueError(f"`iova_align`: {self.iova_align:#x} is not a power of two")
+        _exactly_one(self, ("iova", "iova_of"), required=False)
         if self.flags and (self.buffer is None or not isinstance(self.iova, int)):
             raise ValueError("`flags: [vaddr]` gives a mapping at a fixed `iova` the address "
                              "of a `buffer`")

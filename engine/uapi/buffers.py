@@ -1,4 +1,5 @@
-"""DMA-able memory: anonymous (private or shared), hugetlb 2 MiB / 1 GiB, memfd."""
+"""DMA-able memory: anonymous (private or shared), hugetlb 2 MiB / 1 GiB, memfd, a private
+mapping of a file."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ class Backing(StrEnum):
     HUGETLB_2M = "hugetlb-2M"
     HUGETLB_1G = "hugetlb-1G"
     MEMFD = "memfd"
+    # a private (copy-on-write) read/write mapping of a file opened read-only, not
+    # populated: its pages are the file's page cache until the process writes them
+    FILE_PRIVATE = "file-private"
 
     @property
     def page_size(self) -> int:
@@ -75,7 +79,8 @@ class DmaBuffer:
     `populate` is false.
 
     `size` is rounded up to the backing's page size.  `addr` is the CPU virtual address,
-    `ptr` a `uint8_t *`; `fd` is the memfd (memfd backing) or -1.
+    `ptr` a `uint8_t *`; `fd` is the memfd (memfd backing) or -1. A file-private buffer
+    maps the file at `path` and is not populated (see _map_file).
     """
 
     # every buffer of this process not yet collected (a handover finds the buffer a
@@ -83,7 +88,8 @@ class DmaBuffer:
     live: ClassVar[weakref.WeakSet[DmaBuffer]] = weakref.WeakSet()
 
     def __init__(self, size: int, backing: Backing | str = Backing.ANONYMOUS,
-                 name: str = "buffer", align: int = 0, populate: bool = True) -> None:
+                 name: str = "buffer", align: int = 0, path: str | None = None,
+                 populate: bool = True) -> None:
         self.backing = Backing(backing)
         page = self.backing.page_size
         self.size = -(-size // page) * page
@@ -91,7 +97,9 @@ class DmaBuffer:
         self.fd = -1
         prot = lib.PROT_READ | lib.PROT_WRITE
         flags = lib.MAP_POPULATE if populate else 0  # else faulted in at first touch or pin
-        if self.backing is Backing.MEMFD:
+        if self.backing is Backing.FILE_PRIVATE:
+            self.ptr = self._map_file(path)
+        elif self.backing is Backing.MEMFD:
             try:
                 self.fd = os.memfd_create(name, os.MFD_CLOEXEC)
                 os.ftruncate(self.fd, self.size)
@@ -106,17 +114,40 @@ class DmaBuffer:
                 flags |= lib.MAP_HUGETLB | lib.MAP_HUGE_2MB
             elif self.backing is Backing.HUGETLB_1G:
                 flags |= lib.MAP_HUGETLB | lib.MAP_HUGE_1GB
-        try:
-            if align > page and self.backing in (Backing.ANONYMOUS, Backing.SHARED):
-                self.ptr = _aligned(self.size, align, prot, flags, name)
-            else:
-                self.ptr = mmap_raw(self.size, prot, flags, self.fd, 0, "mmap", name)
-        except VfioError:
-            if self.fd >= 0:
-                os.close(self.fd)
-            raise
+        if self.backing is not Backing.FILE_PRIVATE:
+            try:
+                if align > page and self.backing in (Backing.ANONYMOUS, Backing.SHARED):
+                    self.ptr = _aligned(self.size, align, prot, flags, name)
+                else:
+                    self.ptr = mmap_raw(self.size, prot, flags, self.fd, 0, "mmap", name)
+            except VfioError:
+                if self.fd >= 0:
+                    os.close(self.fd)
+                raise
         self.addr = int(ffi.cast("uintptr_t", self.ptr))
         DmaBuffer.live.add(self)
+
+    def _map_file(self, path: str | None) -> Any:
+        """The first `size` bytes of file `path` (opened read-only) mapped read/write and
+        private, as the iommufd selftest's ro_unshare maps its own program: no page is
+        faulted in (a write then copies the file's page into an anonymous one)."""
+        if path is None:
+            raise VfioError(errno.EINVAL, "buffer", self.name, "a file-private buffer "
+                            "needs the path of the file it maps")
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise VfioError(e.errno or 0, "open", path) from None
+        try:
+            length = os.fstat(fd).st_size
+            if length < self.size:  # a page past the file's end is SIGBUS at first touch
+                raise VfioError(errno.EINVAL, "mmap", path,
+                                f"the file holds {length} bytes, fewer than the "
+                                f"{self.size} mapped")
+            return mmap_raw(self.size, lib.PROT_READ | lib.PROT_WRITE, lib.MAP_PRIVATE, fd, 0,
+                            "mmap", path)
+        finally:
+            os.close(fd)  # the mapping keeps the file; the selftest closes it too
 
     @property
     def mem(self) -> memoryview:

@@ -44,6 +44,15 @@ OP_ISSUES: dict[str, tuple[str, ...]] = {
     "copy_iova": ("IOMMU_IOAS_COPY",),
     "iommufd_option": ("IOMMU_OPTION",),
     "get_hw_info": ("IOMMU_GET_HW_INFO",),
+    # the mock's access objects and DMABUF (run/ops/iommufd_access.py)
+    "access_pages": ("IOMMU_TEST_CMD",),
+    "access_replace_ioas": ("IOMMU_TEST_CMD",),
+    "access_rw": ("IOMMU_TEST_CMD",),
+    "create_access": ("IOMMU_TEST_CMD",),
+    "destroy_access": (),  # close(2) of the access's fd
+    "destroy_access_pages": ("IOMMU_TEST_CMD",),
+    "mock_dmabuf": ("IOMMU_TEST_CMD",),
+    "mock_dmabuf_revoke": ("IOMMU_TEST_CMD",),
     # what the port checks of mappings and memory (run/ops/iommufd_check.py)
     "mock_check_map": ("IOMMU_TEST_CMD",),
     "unmap_buffer": (),  # munmap(2) of part of a buffer

@@ -37,7 +37,7 @@ EXPECTED = {
     "matrix-empty-axis.yaml": (3, 9, 'matrix axis `size` has no values'),
     "missing-required.yaml": (3, 19, 'missing required argument `size`'),
     "negative-size.yaml": (3, 26, '`size`: a size cannot be negative: -4096'),
-    "no-operation.yaml": (3, 5, 'step has no operation key (one of: access, add_reserved_iovas, '),
+    "no-operation.yaml": (3, 5, 'step has no operation key (one of: access, access_pages, '),
     "no-steps.yaml": (2, 8, '`steps`: List should have at least 1 item after validation, '),
     "repeat-zero.yaml": (4, 13, '`repeat`: Input should be greater than or equal to 1'),
     "scalar-document.yaml": (1, 1, 'a scenario file holds a mapping (one scenario) or a list of '),

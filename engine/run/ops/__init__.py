@@ -60,6 +60,7 @@ def _import_areas() -> None:
         host,
         iommu,
         iommufd,
+        iommufd_access,
         iommufd_check,
         iommufd_dirty,
         iommufd_viommu,

@@ -190,7 +190,9 @@ def _check_ranges(want: list[Any], ranges: Any, count: int) -> None:
 @op(CopyIova)
 def copy_iova(rt: Runtime, args: CopyIova, step: Step) -> Mapping:
     dst: Ioas = rt.handle(args.ioas)
-    return dst.copy(rt.handle(args.src), args.src_iova, args.size, args.iova, args.read,
+    src_iova = args.src_iova if isinstance(args.src_iova, int) else \
+        rt.handle(args.src_iova).iova
+    return dst.copy(rt.handle(args.src), src_iova, args.size, args.iova, args.read,
                     args.write)
 
 

@@ -107,6 +107,8 @@ def map_dma_special(rt: Runtime, args: MapDma, step: Step) -> Mapping:
         raise CheckFailed(f"buffer {args.buffer} is {buf.backing.value}, not a memfd: "
                           "`file: true` maps a memfd buffer")
     iova = args.iova if isinstance(args.iova, int) else None
+    if args.iova_of is not None:  # where an earlier mapping was
+        iova = rt.handle(args.iova_of).iova
     mapping: Mapping = ioas.map_file(buf.fd, args.offset, size, iova, args.read, args.write)
     run = MappingRun(mapping.space, mapping.iova, 0, mapping.size, bytearray(b"\x01"), 0)
     live = live_mappings(rt)

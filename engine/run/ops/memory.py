@@ -142,7 +142,7 @@ def live_mappings(rt: Runtime) -> LiveMappings:
 
 @op(AllocBuffer)
 def alloc_buffer(rt: Runtime, args: AllocBuffer, step: Step) -> DmaBuffer:
-    buf = DmaBuffer(args.size, args.backing, name=step.handle or "buffer",
+    buf = DmaBuffer(args.size, args.backing, name=step.handle or "buffer", path=args.path,
                     align=args.align or 0, populate=args.populate)
     rt.on_cleanup(f"buffer {buf.name}", buf.close)
     return buf
@@ -205,6 +205,8 @@ def map_dma(rt: Runtime, args: MapDma, step: Step) -> Mapping:
     target: Any = rt.handle(args.target)
     size = target.size - args.offset if args.size is None else args.size
     iova = last_iova(space, size) if args.iova == "last" else args.iova
+    if args.iova_of is not None:  # where an earlier mapping was
+        iova = rt.handle(args.iova_of).iova
     if iova == "auto":  # IOMMU_IOAS_MAP without FIXED_IOVA: the kernel's allocator picks
         if not isinstance(space, Ioas) or args.buffer is None:
             raise VfioError(errno.EINVAL, "map_dma", space.handle,
@@ -222,7 +224,8 @@ def map_dma(rt: Runtime, args: MapDma, step: Step) -> Mapping:
             # no kernel answer to report: the type1 uAPI has no call that takes a DMABUF
             raise Skip(TYPE1_DMABUF)
         mapping = ioas.map_file(target.fd, args.offset, size, iova, args.read, args.write)
-    if args.iova is not None:  # placed by the scenario or the kernel: never allocated later
+    # placed by the scenario or the kernel (a DMABUF without `iova`): never allocated later
+    if args.iova is not None or args.iova_of is not None or args.dmabuf is not None:
         space.note_taken(mapping.iova, mapping.size)
     live = live_mappings(rt)
     run = MappingRun(mapping.space, mapping.iova, 0, mapping.size, bytearray(b"\x01"),
@@ -265,6 +268,7 @@ def _repeat_target(rt: Runtime, args: MapDma) -> tuple[Any, Any, int, int | None
     map_dma_repeat can batch; None for a DMABUF, flags, a file mapping, or a step that
     fails before mapping."""
     if args.dmabuf is not None or args.flags or args.file or args.address is not None \
+            or args.iova_of is not None \
             or (args.iova_align, args.iova_within, args.iova_outside) != (None, None, None):
         return None
     try:

@@ -350,3 +350,116 @@ static int64_t vs_compare(const uint8_t *a, const uint8_t *b, uint64_t n)
 			return (int64_t)i;
 	return -1;
 }
+
+/*
+ * The mock IOMMU's access read/write (IOMMU_TEST_OP_ACCESS_RW through access `access_fd`)
+ * at every start IOVA in [iova, iova + starts) and every length in [len_first, len_last];
+ * for each, the directions of `dirs` in order (VS_RW_READ, then VS_RW_WRITE), with `flags`
+ * (MOCK_ACCESS_RW_SLOW_PATH) added to each call's own.  `mem` is the process memory the
+ * IOAS maps at `iova`, with `before` bytes of it readable below and `after` from it on.
+ * A read must bring mem's bytes into `scratch` (len_last + 1 bytes): scratch starts as
+ * their inverse, and its byte past the length must stay.  A write sends the inverse of
+ * what mem holds, which mem must then hold, and the bytes of mem around it must stay.
+ * So a call that moves nothing, or moves other bytes, fails.  Returns the calls done, or
+ * -1 after filling `fail` for the first that failed (its errno, or what differed).
+ */
+enum { VS_RW_READ = 1, VS_RW_WRITE = 2 };
+enum { VS_RW_ERRNO = 1, VS_RW_READ_DIFFERS, VS_RW_READ_PAST, VS_RW_WRITE_DIFFERS,
+       VS_RW_WRITE_BEFORE, VS_RW_WRITE_AFTER };
+
+struct vs_rw_fail_ {
+	int64_t what, err, write, iova, length, at;
+};
+
+static long vs_access_rw_sweep_(int fd, uint32_t access_fd, uint64_t iova, uint8_t *mem,
+				uint64_t before, uint64_t after, uint64_t starts,
+				uint64_t len_first, uint64_t len_last, uint32_t flags, int dirs,
+				uint8_t *scratch, struct vs_rw_fail_ *fail)
+{
+	struct iommu_test_cmd cmd = { .size = sizeof(cmd), .op = IOMMU_TEST_OP_ACCESS_RW,
+				      .id = access_fd };
+	long calls = 0;
+	uint64_t s, len, i;
+	int d;
+
+	memset(fail, 0, sizeof(*fail));
+	if (len_first == 0 || len_first > len_last || starts == 0 ||
+	    starts - 1 + len_last > after)
+		return 0;  /* the caller checks the range first */
+	cmd.access_rw.uptr = (uintptr_t)scratch;
+	for (s = 0; s < starts; s++) {
+		uint8_t *at = mem + s;
+
+		for (len = len_first; len <= len_last; len++) {
+			for (d = VS_RW_READ; d <= VS_RW_WRITE; d <<= 1) {
+				uint8_t guard, below = 0, above = 0;
+				int has_below = before + s > 0, has_above = s + len < after;
+
+				if (!(dirs & d))
+					continue;
+				fail->iova = iova + s;
+				fail->length = len;
+				fail->write = d == VS_RW_WRITE;
+				for (i = 0; i < len; i++)
+					scratch[i] = (uint8_t)~at[i];
+				if (has_below)
+					below = at[-1];
+				if (has_above)
+					above = at[len];
+				/* what one byte too many would bring differs from it */
+				guard = has_above ? (uint8_t)~above : 0x5a;
+				scratch[len] = guard;
+				cmd.access_rw.iova = iova + s;
+				cmd.access_rw.length = len;
+				cmd.access_rw.flags = flags | (d == VS_RW_WRITE ? MOCK_ACCESS_RW_WRITE : 0);
+				if (ioctl(fd, IOMMU_TEST_CMD, &cmd) < 0) {
+					fail->what = VS_RW_ERRNO;
+					fail->err = errno;
+					return -1;
+				}
+				calls++;
+				fail->at = vs_compare(at, scratch, len);
+				if (fail->at >= 0) {
+					fail->what = d == VS_RW_READ ? VS_RW_READ_DIFFERS :
+						     VS_RW_WRITE_DIFFERS;
+					return -1;
+				}
+				if (d == VS_RW_READ && scratch[len] != guard) {
+					fail->what = VS_RW_READ_PAST;
+					return -1;
+				}
+				if (d == VS_RW_WRITE && has_below && at[-1] != below) {
+					fail->what = VS_RW_WRITE_BEFORE;
+					return -1;
+				}
+				if (d == VS_RW_WRITE && has_above && at[len] != above) {
+					fail->what = VS_RW_WRITE_AFTER;
+					return -1;
+				}
+			}
+		}
+	}
+	return calls;
+}
+
+/* what vs_access_rw_sweep reports of its first failure, by index into `report` (not a
+ * struct: the layout test checks every struct the layer declares against the kernel's) */
+enum { VS_RW_WHAT, VS_RW_ERR, VS_RW_WRITING, VS_RW_IOVA, VS_RW_LENGTH, VS_RW_AT, VS_RW_NFAIL };
+
+static long vs_access_rw_sweep(int fd, uint32_t access_fd, uint64_t iova, uint8_t *mem,
+			       uint64_t before, uint64_t after, uint64_t starts,
+			       uint64_t len_first, uint64_t len_last, uint32_t flags, int dirs,
+			       uint8_t *scratch, int64_t *report)
+{
+	struct vs_rw_fail_ f;
+	long ret = vs_access_rw_sweep_(fd, access_fd, iova, mem, before, after, starts,
+				       len_first, len_last, flags, dirs, scratch, &f);
+
+	report[VS_RW_WHAT] = f.what;
+	report[VS_RW_ERR] = f.err;
+	report[VS_RW_WRITING] = f.write;
+	report[VS_RW_IOVA] = f.iova;
+	report[VS_RW_LENGTH] = f.length;
+	report[VS_RW_AT] = f.at;
+	return ret;
+}
