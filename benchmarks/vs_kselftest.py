@@ -221,6 +221,10 @@ IOMMUFD_SUFFIXES = ("-with-domain", "-two-domains", "-no-domain", "-no-viommu", 
                     "-no-pasid", "-file", "-account-none")
 
 
+# C test names our scenarios spell otherwise (iommufd.c writes `access_domain_destory`)
+IOMMUFD_C_SPELLING = {"access_domain_destroy": "access_domain_destory"}
+
+
 def _iommufd(params: dict[str, str], scenario: str) -> str | None:
     for prefix, fixture in IOMMUFD_FIXTURES.items():
         if scenario.startswith(prefix):
@@ -228,6 +232,7 @@ def _iommufd(params: dict[str, str], scenario: str) -> str | None:
             for suffix in IOMMUFD_SUFFIXES:
                 test = test.removesuffix(suffix)
             test = test.replace("-", "_")
+            test = IOMMUFD_C_SPELLING.get(test, test)
             variant = params.get("variant")
             return f"{fixture}.{variant}.{test}" if variant else f"{fixture}.{test}"
     return None
