@@ -13,7 +13,8 @@ import re
 from pathlib import Path
 
 import pytest
-from vfio_scenario.language.compile import compile_paths
+
+from tests.helpers.port_tables import check_port_table
 
 ROOT = Path(__file__).resolve().parents[2]
 PORT = ROOT / "scenarios" / "kselftest" / "iommufd_fail_nth.yaml"
@@ -62,17 +63,4 @@ def test_the_table_lists_every_c_case_once() -> None:
 
 
 def test_the_tables_case_ids_exist_and_the_count_is_right() -> None:
-    compiled = compile_paths([str(PORT)], [])
-    assert compiled.errors == []
-    ids = {c.id.split("::", 1)[1] for c in compiled.cases}
-    rows, section = _table()
-    ported = [r for r in rows if r[1]]
-    for c_case, ours, result in rows:
-        if not ours:
-            assert result.startswith("not ported"), c_case
-        for case in ours:
-            assert case in ids, f"{c_case}: {case} is not a case of {PORT.name}"
-    claim = re.search(r"(\d+) of (\d+) C cases are ported", section)
-    assert claim, "the section says how many C cases are ported"
-    assert (int(claim[1]), int(claim[2])) == (len(ported), len(rows))
-    assert ids == {case for r in ported for case in r[1]}
+    check_port_table(PORT, *_table())
