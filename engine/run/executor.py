@@ -1,10 +1,14 @@
 """One forked child per case, like kselftest_harness.
 
-The child runs the case and reports step starts and its result as JSON lines on a
-pipe; its stdout and stderr go to a file whose tail joins the result. The parent
-enforces the case timeout (scaled by --timeout-multiplier) and turns a child that
-dies by a signal, exits without a result, or runs out of time into an ERROR naming
-the step that was running, with the kernel log of the case attached.
+The child runs the case and reports its result as a JSON line on a pipe; the step it
+is running it writes into a page of memory it shares with the parent (`StepSlot`: no
+system call and no wake-up of the parent per step, which under TCG cost more than
+many a step); its stdout and stderr go to a file whose tail joins the result. The
+parent enforces the case timeout (scaled by --timeout-multiplier) and turns a child
+that dies by a signal, exits without a result, or runs out of time into an ERROR
+naming the step that was running, with the kernel log of the case attached. (A
+successor the case hands over to, a process of its own, reports its steps on the pipe
+as JSON lines: those come after any step of the slot.)
 
 Waiting for the case's processes is bounded: a process the kernel keeps in an
 uninterruptible sleep (state D: a hung task) does not die of SIGKILL, and waiting for
@@ -21,9 +25,11 @@ import functools
 import gc
 import json
 import math
+import mmap
 import os
 import select
 import signal
+import struct
 import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -31,15 +37,59 @@ from typing import TYPE_CHECKING, Any
 from vfio_scenario.errors import VfioError
 from vfio_scenario.results import CaseResult, Outcome
 from vfio_scenario.run.interpreter import HandedOver, Operation, RunOptions, run_case
+from vfio_scenario.uapi.ioctl import warm_layouts
 from vfio_scenario.uapi.kmsg import KernelLog
 
 if TYPE_CHECKING:
     from vfio_scenario.language.cases import Case
 
+# the struct layouts of the ioctls made in this process (a warm one: once for every
+# run it forks), not in each case process
+warm_layouts()
+
 OUTPUT_TAIL = 4000  # characters of a case's own output kept in its result
 # seconds a case's processes get to end after the case (a successor finishing) and again
 # after SIGKILL, scaled by the timeout multiplier, before they are left behind as stuck
 REAP_GRACE = 10.0
+
+
+class StepSlot:
+    """The step a case process is running, in memory shared with the parent (one page,
+    MAP_SHARED, made once per process and inherited by each case process it forks): the
+    case process writes a step's index as the step starts; the parent reads it only when
+    the case process gave no result (it died, or ran out of time)."""
+
+    _FORMAT = struct.Struct("<iI")  # index + 1 (0: no step yet), 1 for a teardown step
+
+    def __init__(self) -> None:
+        self.memory = mmap.mmap(-1, mmap.PAGESIZE)  # anonymous, shared with forks
+
+    def clear(self) -> None:
+        self._FORMAT.pack_into(self.memory, 0, 0, 0)
+
+    def set(self, index: int, teardown: bool) -> None:
+        self._FORMAT.pack_into(self.memory, 0, index + 1, 1 if teardown else 0)
+
+    def step(self, case: Case) -> dict[str, Any] | None:
+        """The step last written ({index, name}, as a step event says), or None."""
+        index, teardown = self._FORMAT.unpack_from(self.memory, 0)
+        steps = case.teardown if teardown else case.steps
+        if not 0 < index <= len(steps):
+            return None
+        return {"index": index - 1, "name": steps[index - 1].label}
+
+
+_slot: tuple[int, StepSlot] | None = None
+
+
+def step_slot() -> StepSlot:
+    """This process's step slot, which its case processes write into (made by the
+    process that forks the cases, not inherited from a warm process that forks runs:
+    two runs must not share one)."""
+    global _slot
+    if _slot is None or _slot[0] != os.getpid():
+        _slot = (os.getpid(), StepSlot())
+    return _slot[1]
 
 
 def execute_case(case: Case, devices: list[str], ops: dict[str, Operation],
@@ -54,7 +104,9 @@ def execute_case(case: Case, devices: list[str], ops: dict[str, Operation],
     # import, no directory that must be writable)
     out = os.fdopen(os.memfd_create("vfio-scenario-case-output"), "w+b")
     r, w = os.pipe()
-    pid = _fork_case(case, devices, ops, options, r, w, out.fileno())
+    slot = step_slot()
+    slot.clear()
+    pid = _fork_case(case, devices, ops, options, r, w, out.fileno(), slot)
     os.close(w)
     started = time.time()
     t0 = time.monotonic()
@@ -79,7 +131,8 @@ def execute_case(case: Case, devices: list[str], ops: dict[str, Operation],
         result = CaseResult(case_id=case.id, file=case.file, scenario=case.scenario,
                             outcome=Outcome.ERROR, params=dict(case.params),
                             tags=list(case.tags),
-                            message=_no_result(events, status, timed_out, limit),
+                            message=_no_result(events, status, timed_out, limit,
+                                               slot.step(case)),
                             started=started, duration=time.monotonic() - t0)
     if stuck:
         _stuck_error(result, stuck)
@@ -97,9 +150,10 @@ def execute_case(case: Case, devices: list[str], ops: dict[str, Operation],
 
 
 def _no_result(events: list[bytes], status: int | None, timed_out: bool,
-               limit: float) -> str:
-    """Why a case process gave no result, naming the step that was running."""
-    step = next(_parsed(reversed(events), b"step"), None)
+               limit: float, slot_step: dict[str, Any] | None = None) -> str:
+    """Why a case process gave no result, naming the step that was running: the last a
+    successor reported on the pipe, else the one in the case process's step slot."""
+    step = next(_parsed(reversed(events), b"step"), None) or slot_step
     during = f" during step {step['index'] + 1} `{step['name']}`" if step else ""
     if timed_out:
         return f"case timed out after {limit:g}s{during}"
@@ -125,7 +179,7 @@ def _kernel_log() -> KernelLog | None:
 
 
 def _fork_case(case: Case, devices: list[str], ops: dict[str, Operation],
-               options: RunOptions, r: int, w: int, out_fd: int) -> int:
+               options: RunOptions, r: int, w: int, out_fd: int, slot: StepSlot) -> int:
     """Fork the case's process (`_child`); returns its pid, also its process group's id.
 
     The objects this process holds are frozen for the fork (gc.freeze): the child's
@@ -137,7 +191,7 @@ def _fork_case(case: Case, devices: list[str], ops: dict[str, Operation],
     pid = os.fork()
     if pid == 0:  # child
         os.close(r)
-        _child(case, devices, ops, options, w, out_fd)
+        _child(case, devices, ops, options, w, out_fd, slot)
     gc.unfreeze()
     # the case's own process group: a successor it hands over to (`handover`) is in it,
     # and a timeout or an interrupt ends them all (the child did it first, or has gone)
@@ -245,10 +299,14 @@ def _stuck_error(result: CaseResult, stuck: list[int]) -> None:
     result.outcome = Outcome.ERROR
 
 
-def event_writer(w: int) -> Any:
-    """The listener of a case process: one JSON line per event on the pipe `w`."""
+def event_writer(w: int, slot: StepSlot | None = None) -> Any:
+    """The listener of a case process: one JSON line per event on the pipe `w`, but a
+    step's start goes into `slot` when there is one (see StepSlot)."""
 
     def emit(kind: str, data: dict[str, Any]) -> None:
+        if slot is not None and kind == "step":
+            slot.set(data["index"], bool(data.get("teardown")))
+            return
         write_all(w, (json.dumps({"event": kind, **data}) + "\n").encode())
 
     return emit
@@ -262,7 +320,7 @@ def write_all(w: int, data: bytes) -> None:
 
 
 def _child(case: Case, devices: list[str], ops: dict[str, Operation], options: RunOptions,
-           w: int, out_fd: int) -> None:
+           w: int, out_fd: int, slot: StepSlot) -> None:
     code = 0
     try:
         with contextlib.suppress(OSError):
@@ -278,7 +336,8 @@ def _child(case: Case, devices: list[str], ops: dict[str, Operation], options: R
 
         options = dataclasses.replace(options, event_fd=w)
         try:
-            result = run_case(case, devices, ops, options, listener=event_writer(w),
+            result = run_case(case, devices, ops, options,
+                              listener=event_writer(w, slot),
                               begin=begin_case, end=end_case)
         except HandedOver as handed:
             # the successor reports the case; this process holds nothing it must release

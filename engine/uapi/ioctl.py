@@ -106,6 +106,15 @@ def _layout(ctype: str) -> tuple[Any, str | None, int, str]:
     return ffi.typeof(f"{ctype} *"), size_field, ffi.sizeof(struct), names[-1]
 
 
+def warm_layouts() -> None:
+    """Make every struct's `_layout` now: a process that forks case processes does this
+    once, and each of them finds the layouts made instead of making its own (under TCG
+    a millisecond each)."""
+    for name in ffi.list_types()[1]:
+        with contextlib.suppress(ffi.error, TypeError, IndexError):  # an opaque struct
+            _layout(f"struct {name}")
+
+
 def new(ctype: str, items: int | None = None, **fields: int) -> Any:
     """A zeroed struct with its size field (argsz or size) set, plus the given fields.
 

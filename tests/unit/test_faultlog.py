@@ -209,3 +209,66 @@ def test_qemu_source_is_preferred_and_named(tmp_path: Path) -> None:
 def test_without_any_source_the_case_skips_with_the_reason() -> None:
     outcome, message = run_on("expect_iommu_fault: {device: dev, address: 0}", kernel=None)
     assert outcome is Outcome.SKIP and "no /dev/kmsg" in message
+
+
+def test_only_a_case_that_reads_faults_opens_qemus_record(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """begin_case opens QEMU's record (a 9p round trip in the testbed) only for a case with
+    a FAULT_OPS step, in its body, teardown or a loop; where the faults are read, the
+    record opened as the case began is the source."""
+    path = tmp_path / faultlog.QEMU_FAULTS_FILE
+    path.write_text(QEMU_LINES)  # before the case: not the case's
+    monkeypatch.setattr(faultlog, "QEMU_FAULTS_MOUNT", str(tmp_path))
+    opened: list[QemuFaultLog | None] = []
+    real = faultlog.qemu_fault_log
+
+    def counted() -> QemuFaultLog | None:
+        opened.append(real())
+        return opened[-1]
+
+    monkeypatch.setattr(faultlog, "qemu_fault_log", counted)
+    looped = textwrap.dedent("""
+        name: looped
+        steps:
+          - open_iommu: {}
+            as: i
+          - open_device: {iommu: i, bdf: "0000:00:03.0"}
+            as: dev
+          - for: {var: n, from: 0, below: 2}
+            steps:
+              - expect_no_iommu_fault: {device: dev, access: read}
+    """)
+    in_teardown = looped.replace("looped", "teardown").replace(
+        "  - for: {var: n, from: 0, below: 2}\n    steps:\n      - expect_no",
+        "teardown:\n  - expect_no")
+    cases = {
+        "none": case_of("sleep: {duration: 0}"),
+        "body": case_of("expect_iommu_fault: {device: dev, address: 0x7000000, within: 0}"),
+        "loop": compile_text(looped, "scen/l.yaml")[0],
+        "teardown": compile_text(in_teardown, "scen/t.yaml")[0],
+    }
+    assert not cases["teardown"].steps[-1].op.startswith("expect")
+    assert [host.reads_faults(c) for c in cases.values()] == [False, True, True, True]
+    for name, case in cases.items():
+        opened.clear()
+        rt = Runtime(case=case, devices=[])
+        host.begin_case(rt)
+        assert (rt.qemu_faults is not None) == (name != "none") and len(opened) == (
+            name != "none"), name
+        host.end_case(rt)
+
+    def open_device(rt: Runtime, args: Any, s: Any) -> object:
+        return SimpleNamespace(bdf=args.bdf)
+
+    ops: dict[str, Operation] = {"open_iommu": lambda rt, a, s: object(),
+                                 "open_device": open_device,
+                                 "expect_no_iommu_fault": host.expect_no_iommu_fault}
+    # the faults recorded before the case began are not the case's
+    result = run_case(cases["loop"], [], ops, begin=host.begin_case, end=host.end_case)
+    assert result.outcome is Outcome.PASS, result.message
+
+
+def test_an_operation_outside_fault_ops_that_reads_faults_is_a_bug() -> None:
+    rt = Runtime(case=case_of("sleep: {duration: 0}"), devices=[])
+    with pytest.raises(RuntimeError, match="FAULT_OPS"):
+        host.fault_log(rt)

@@ -9,6 +9,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from vfio_scenario.errors import VfioError
+from vfio_scenario.language.cases import flat_steps
 from vfio_scenario.language.models import (
     AssertNotTainted,
     ExpectDmesg,
@@ -24,7 +25,7 @@ from vfio_scenario.run.ops import op
 from vfio_scenario.uapi.kmsg import KernelLog, tainted
 
 if TYPE_CHECKING:
-    from vfio_scenario.language.cases import Step
+    from vfio_scenario.language.cases import Case, Step
     from vfio_scenario.uapi.device import VfioDevice
 
 # bit → letter, as in Documentation/admin-guide/tainted-kernels.rst
@@ -43,7 +44,8 @@ def taint_letters(mask: int) -> str:
 
 
 def begin_case(rt: Runtime) -> None:
-    """Record what host checks compare against: the log position and the taint mask."""
+    """Record what host checks compare against: the log position and the taint mask;
+    for a case with a step that reads IOMMU faults, where QEMU's fault record ends."""
     try:
         rt.kernel_log = KernelLog()
     except VfioError as exc:
@@ -52,7 +54,15 @@ def begin_case(rt: Runtime) -> None:
         rt.taint = tainted()
     except OSError:
         rt.taint = None
-    rt.qemu_faults = faultlog.qemu_fault_log()
+    # the record is on a 9p share: its size is a round trip to the host, dearer than many
+    # a step under TCG, so only the cases that read it pay for it
+    if reads_faults(rt.case):
+        rt.qemu_faults = faultlog.qemu_fault_log()
+
+
+def reads_faults(case: Case) -> bool:
+    """Whether a step of `case` reads IOMMU faults (FAULT_OPS)."""
+    return any(s.op in FAULT_OPS for s in flat_steps((*case.steps, *case.teardown)))
 
 
 def end_case(rt: Runtime) -> None:
@@ -82,9 +92,13 @@ def expect_no_dmesg(rt: Runtime, args: ExpectNoDmesg, step: Step) -> None:
 
 def fault_log(rt: Runtime) -> faultlog.FaultSource:
     """Where this case's IOMMU faults are read: QEMU's record in the testbed, else the
-    kernel log."""
+    kernel log. Only the operations of FAULT_OPS read them (begin_case opened QEMU's
+    record for their cases only)."""
     if rt.qemu_faults is not None:
         return rt.qemu_faults
+    if not reads_faults(rt.case):
+        raise RuntimeError("an operation reads IOMMU faults but is not in "
+                           "vfio_scenario.run.ops.host.FAULT_OPS")
     log = rt.kernel_log
     if log is None:
         raise Skip("IOMMU faults are not readable here: no QEMU fault log and no kernel log "
@@ -95,6 +109,10 @@ def fault_log(rt: Runtime) -> faultlog.FaultSource:
 def _fault_filter(rt: Runtime, args: ExpectIommuFault | ExpectNoIommuFault) -> faultlog.FaultFilter:
     device: VfioDevice = rt.handle(args.device)
     return faultlog.FaultFilter(device.bdf, args.address, args.access)
+
+
+# the operations that read the case's IOMMU faults (fault_log)
+FAULT_OPS = frozenset({ExpectIommuFault.op, ExpectNoIommuFault.op})
 
 
 @op(ExpectIommuFault)
