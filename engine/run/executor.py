@@ -19,7 +19,6 @@ never be read. Such a process is left behind, and the case is an ERROR saying so
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import faulthandler
 import functools
 import gc
@@ -224,16 +223,31 @@ def _kill_group(pid: int) -> None:
 def _wait_bounded(pid: int, grace: float) -> int | None:
     """The wait status of `pid` (a process, or -pgid: any of that group) once it ends
     within `grace` seconds, else None; ChildProcessError when there is none to wait for."""
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        return status
+    if pid > 0:  # one process: woken when it ends (a pidfd), not by polling
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            pass
+        else:
+            try:
+                select.select([pidfd], [], [], grace)
+            finally:
+                os.close(pidfd)
+            done, status = os.waitpid(pid, os.WNOHANG)
+            return status if done else None
     deadline = time.monotonic() + grace
     delay = 0.001
     while True:
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
             return status
         if time.monotonic() >= deadline:
             return None
-        time.sleep(delay)
-        delay = min(delay * 2, 0.1)
 
 
 def _reap_group(pid: int, grace: float) -> list[int]:
@@ -328,13 +342,13 @@ def _child(case: Case, devices: list[str], ops: dict[str, Operation], options: R
         os.dup2(out_fd, 1)
         os.dup2(out_fd, 2)
         # a crash's Python traceback goes into the case's own output, not the runner's
-        faulthandler.enable(file=os.fdopen(2, "w", closefd=False))
+        faulthandler.enable(file=2)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
         from vfio_scenario.run.ops.host import begin_case, end_case
 
-        options = dataclasses.replace(options, event_fd=w)
+        options.event_fd = w  # this process's own copy of the run's options
         try:
             result = run_case(case, devices, ops, options,
                               listener=event_writer(w, slot),

@@ -218,6 +218,68 @@ def test_segfault_hang_and_unexpected_sigbus_are_errors_and_the_next_case_passes
     assert results["fine"].outcome is Outcome.PASS
 
 
+def test_the_step_a_case_process_died_in_is_named_from_its_step_slot() -> None:
+    """A case process reports the step it runs in a page it shares with the run process
+    (no pipe write per step): a crash in a teardown step, after the body's steps, names
+    that step; the next case starts from a cleared slot (a case that dies before its
+    first step names none)."""
+    (case,) = cases_of("""
+        name: t
+        steps:
+          - sleep: {duration: 0}
+          - sleep: {duration: 0}
+        teardown:
+          - assert_not_tainted: {}
+            name: crash in teardown
+    """)
+    (early,) = cases_of("""
+        name: early
+        steps:
+          - sleep: {duration: 0}
+    """)
+    ops = _crashing_ops(Log())
+    ops["assert_not_tainted"] = ops["reset"]  # the segfault
+    result = execute_case(case, [], ops, RunOptions())
+    assert result.message == "case process killed by SIGSEGV during step 1 `crash in teardown`"
+
+    def dies_first(rt: Runtime) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    from vfio_scenario.run import executor, interpreter
+
+    real = interpreter.run_case
+
+    def run_case_dying(*args: Any, **kwargs: Any) -> Any:
+        return real(*args, **{**kwargs, "begin": dies_first})
+
+    executor.run_case = run_case_dying  # type: ignore[assignment]
+    try:
+        result = execute_case(early, [], ops, RunOptions())
+    finally:
+        executor.run_case = real  # type: ignore[assignment]
+    assert result.message == "case process killed by SIGKILL"
+
+
+def test_each_process_that_forks_cases_has_a_step_slot_of_its_own() -> None:
+    """Runs forked from one warm process (run/zygote.py) must not share a slot: the
+    slot belongs to the process that forks the cases, not to its parent."""
+    from vfio_scenario.run.executor import step_slot
+
+    mine = step_slot()
+    assert step_slot() is mine
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        child = step_slot()
+        child.set(4, False)
+        os.write(write, b"1" if child is not mine and mine.memory[:8] == b"\0" * 8 else b"0")
+        os._exit(0)
+    os.close(write)
+    assert os.read(read, 1) == b"1"
+    os.close(read)
+    os.waitpid(pid, 0)
+
+
 def test_timeout_multiplier_scales_the_case_limit() -> None:
     text = CRASHING.replace("      as: iommu\n", "      as: iommu\n    - open_device: {iommu: iommu}\n"
                             "      as: dev\n")
