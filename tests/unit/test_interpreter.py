@@ -218,7 +218,8 @@ def test_segfault_hang_and_unexpected_sigbus_are_errors_and_the_next_case_passes
     assert results["fine"].outcome is Outcome.PASS
 
 
-def test_the_step_a_case_process_died_in_is_named_from_its_step_slot() -> None:
+def test_the_step_a_case_process_died_in_is_named_from_its_step_slot(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """A case process reports the step it runs in a page it shares with the run process
     (no pipe write per step): a crash in a teardown step, after the body's steps, names
     that step; the next case starts from a cleared slot (a case that dies before its
@@ -252,11 +253,8 @@ def test_the_step_a_case_process_died_in_is_named_from_its_step_slot() -> None:
     def run_case_dying(*args: Any, **kwargs: Any) -> Any:
         return real(*args, **{**kwargs, "begin": dies_first})
 
-    executor.run_case = run_case_dying  # type: ignore[assignment]
-    try:
-        result = execute_case(early, [], ops, RunOptions())
-    finally:
-        executor.run_case = real  # type: ignore[assignment]
+    monkeypatch.setattr(executor, "run_case", run_case_dying)
+    result = execute_case(early, [], ops, RunOptions())
     assert result.message == "case process killed by SIGKILL"
 
 
