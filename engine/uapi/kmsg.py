@@ -111,6 +111,10 @@ class KernelLog:
 
 
 def tainted() -> int:
-    """/proc/sys/kernel/tainted (0: not tainted)."""
-    with open("/proc/sys/kernel/tainted") as f:
-        return int(f.read())
+    """/proc/sys/kernel/tainted (0: not tainted). Read with os.read: a text-mode open()
+    costs a millisecond per case under TCG."""
+    fd = os.open("/proc/sys/kernel/tainted", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return int(os.read(fd, 64))
+    finally:
+        os.close(fd)
