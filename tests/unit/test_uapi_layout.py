@@ -191,3 +191,17 @@ def test_ioctl_numbers_are_plain_io_requests() -> None:
     # VFIO and iommufd encode no size or direction: every number is _IO(';', nr).
     for name in ioctl.IOCTLS:
         assert ioctl.number(name) >> 8 == ord(";"), name
+
+
+def test_the_layouts_are_made_in_the_process_that_forks_the_cases() -> None:
+    """Importing the executor makes every struct's layout (ioctl.warm_layouts), so a case
+    process finds them made; each is what `new` would make itself."""
+    import vfio_scenario.run.executor  # noqa: F401 - its import warms the layouts
+
+    structs = ffi.list_types()[1]
+    assert structs and ioctl._layout.cache_info().currsize >= len(structs)
+    made = ioctl._layout("struct vfio_device_bind_iommufd")
+    ioctl._layout.cache_clear()
+    assert ioctl._layout("struct vfio_device_bind_iommufd") == made
+    ioctl.warm_layouts()
+    assert ioctl._layout.cache_info().currsize == len(structs)
