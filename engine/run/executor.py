@@ -346,8 +346,8 @@ def _child(case: Case, devices: list[str], ops: dict[str, Operation], options: R
         faulthandler.enable(file=2)
         # (the C function itself: signal.signal's wrapper turns the run's handler it
         # returns into an enum by a failed lookup, some milliseconds per case under TCG)
-        _signal.signal(signal.SIGINT, signal.SIG_DFL)
-        _signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _signal.signal(_signal.SIGINT, _signal.SIG_DFL)
+        _signal.signal(_signal.SIGTERM, _signal.SIG_DFL)
 
         from vfio_scenario.run.ops.host import begin_case, end_case
 

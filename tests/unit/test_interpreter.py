@@ -258,6 +258,34 @@ def test_the_step_a_case_process_died_in_is_named_from_its_step_slot(
     assert result.message == "case process killed by SIGKILL"
 
 
+def test_a_case_process_gets_the_default_sigint_and_sigterm_back() -> None:
+    """The run process turns SIGINT/SIGTERM into an exception (session.run_planned); its
+    case processes get the default action back."""
+    (case,) = cases_of("""
+        name: signals
+        steps:
+          - assert_not_tainted: {}
+    """)
+    seen: list[object] = []
+
+    def check(rt: Runtime, args: Any, step: Any) -> None:
+        handlers = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+        if handlers != (signal.SIG_DFL, signal.SIG_DFL):
+            raise CheckFailed(f"handlers in the case process: {handlers}")
+
+    def raising(signum: int, frame: object) -> None:
+        seen.append(signum)
+
+    previous = {s: signal.signal(s, raising) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        result = execute_case(case, [], {"assert_not_tainted": check}, RunOptions())
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    assert result.outcome is Outcome.PASS, result.message
+    assert seen == []
+
+
 def test_each_process_that_forks_cases_has_a_step_slot_of_its_own() -> None:
     """Runs forked from one warm process (run/zygote.py) must not share a slot: the
     slot belongs to the process that forks the cases, not to its parent."""
