@@ -174,6 +174,13 @@ def inside(payload_path: str, rounds: int) -> None:
             if not name.endswith(".prof"):
                 os.unlink(path)
         results = sum(1 for e in events if '"event": "result"' in e)
+        for line in events:  # what did not pass, and why
+            if line.startswith('{"event": "result"'):
+                result = json.loads(line)["result"]
+                if result["outcome"] in ("fail", "error"):
+                    print(json.dumps({"event": "failed", "case": result["case_id"],
+                                      "message": result["message"],
+                                      "log": result["log"][-1500:]}))
         run: dict[str, Any] = next((json.loads(e) for e in events if e.startswith('{"event": "costs"')), {})
         out = {"event": "round", "label": label, "total": total, "cases": results,
                "run": run.get("clock", {}), "children": children}
@@ -320,6 +327,10 @@ def main() -> None:
     if status != 0:
         raise SystemExit(status)
     rounds = [json.loads(line) for line in lines if line.startswith('{"event": "round"')]
+    for line in lines:
+        if line.startswith('{"event": "failed"'):
+            failed = json.loads(line)
+            print(f"NOT PASSED {failed['case']}: {failed['message']}\n{failed['log']}")
     timed = [r for r in rounds if r["label"] != "profiled"]
     print(f"{', '.join(stems)} on {', '.join(edu)}; {timed[0]['cases'] if timed else 0} cases; "
           f"host load {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end")
