@@ -591,14 +591,14 @@ class DestroyAccessPages(Op):
 
 class AccessRw(Op):
     """IOMMU_TEST_OP_ACCESS_RW through the access: `size` bytes at `offset` into a
-    `mapping`, or into the `length` bytes at `iova` that map `buffer` from its first byte
-    (the IOVA form, for memory another process mapped: a forked child's `map_dma`; give
-    one form, not both) (with `max_size`, every length from `size` to it; with `starts`,
-    at every offset from `offset` to `offset + starts - 1`), each a `read`, a `write` or a
-    `read_then_write` (`slow_path`: MOCK_ACCESS_RW_SLOW_PATH). Each call is checked
-    against the process memory mapped there (`buffer` for a mapping of a file and in the
-    IOVA form): a read must bring its bytes and nothing past its length; a write of their
-    inverse must leave that in memory and change no byte around it."""
+    `mapping`, or, in the IOVA form (for memory another process mapped, as a forked
+    child's `map_dma`), into the `length` bytes at `iova` that map `buffer` from its first
+    byte: one form, not both. With `max_size`, every length from `size` to it; with
+    `starts`, at every offset from `offset` to `offset + starts - 1`; each a `read`, a
+    `write` or a `read_then_write` (`slow_path`: MOCK_ACCESS_RW_SLOW_PATH). Each call is
+    checked against the process memory mapped there (`buffer`, for a mapping of a file
+    and in the IOVA form): a read must bring its bytes and nothing past its length; a
+    write of their inverse must leave that in memory and change no byte around it."""
 
     op = "access_rw"
     area = "iommufd"

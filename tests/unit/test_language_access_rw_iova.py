@@ -62,8 +62,8 @@ def test_both_forms_compile() -> None:
      "`length`: the bytes mapped at `iova`: at least 1"),
     ("- access_rw: {access: acc, size: 1}\n", "{",
      "give a `mapping`, or `iova` and `length`"),
-    ("- access_rw: {access: acc, iova: 0x1000000, length: 4KiB, buffer: buf, offset: 4046,\n"
-     "              starts: 100, size: 1, max_size: 63}\n", "{",
+    (("- access_rw: {access: acc, iova: 0x1000000, length: 4KiB, buffer: buf, offset: 4046,\n"
+      "              starts: 100, size: 1, max_size: 63}\n"), "{",
      "`offset` 0xfce + 0xa2 bytes reach past the `length` 0x1000 mapped at `iova`"),
     ("- access_rw: {access: acc, iova: 0x1000000, length: 4KiB, buffer: m, size: 1}\n", "m,",
      "handle `m` is a mapping, but `buffer` needs a buffer"),
