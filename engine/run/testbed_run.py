@@ -1,9 +1,11 @@
 """Run selected cases inside the QEMU testbed and bring their results back.
 
 The host compiles the selection against the guest's device list and hands it over as
-a payload file (vfio_scenario.run.payload); the guest runs `python -m
-vfio_scenario.run.guest PAYLOAD` once over it (one Python start, one fork per case)
-and prints JSON-line events; a guest panic or
+a payload file (vfio_scenario.run.payload); the guest runs the engine
+(`vfio_scenario.run.guest PAYLOAD`) once over it, forked from the VM's warm engine
+(run/zygote.py: started right after the boot, while the host compiles, and kept by a
+`testbed up` VM for the next runs), one fork per case, and prints JSON-line events; a
+guest panic or
 hang makes the case that was running an ERROR with the console tail, the testbed
 reboots, and the run goes on with the cases that had not run.
 """
@@ -119,7 +121,7 @@ def run_in_testbed(testbed: Any, cases: list[Case], documents: list[Document],
     go on with (for a VM of `testbed up`, which is not ours to reboot).
     """
     from vfio_scenario.drivers.base import driver_entry_points
-    from vfio_scenario.run import payload
+    from vfio_scenario.run import payload, zygote
     from vfio_scenario.testbed import GuestCrashed, GuestHung
     from vfio_scenario.testbed.paths import sub_dir
 
@@ -127,8 +129,9 @@ def run_in_testbed(testbed: Any, cases: list[Case], documents: list[Document],
     workdir = str(sub_dir("run", "payloads"))
     # --timeout-multiplier scales the guest's start too (a debug kernel on a busy host)
     start = GUEST_START * max(1.0, timeout_multiplier)
-    bdfs = devices or guest_vfio_devices(testbed, start)
     drivers = driver_entry_points()
+    zygote.start_warm([testbed], workdir, drivers)  # it warms up while we compile
+    bdfs = devices or guest_vfio_devices(testbed, start)
     # each driver's init in the guest costs a Python start there: only for runs with a
     # case that reads a driver
     named = guest_driver_facts(testbed, bdfs, drivers, start) \
@@ -146,7 +149,7 @@ def run_in_testbed(testbed: Any, cases: list[Case], documents: list[Document],
     longest = max(c.timeout for c in cases) * timeout_multiplier
     while remaining:
         payload_file = payload.write(workdir, header, remaining)
-        argv = [sys.executable, "-m", "vfio_scenario.run.guest", payload_file]
+        argv = zygote.guest_argv(payload_file)
         stream: Any = None
         seen = _GuestEvents({c.id: c for c in remaining})
         crashed = False
