@@ -178,11 +178,19 @@ class _Run:
 
     def kill(self) -> None:
         """The client went away: the run goes as a command of the agent would (its
-        process group, which is its session's)."""
+        process group), and so do its cases (each a process group of the run's session)."""
         self.killed = True
-        if not self.ended:
-            with contextlib.suppress(OSError):
-                os.killpg(self.pid, signal.SIGKILL)
+        if self.ended:
+            return
+        with contextlib.suppress(OSError):
+            os.killpg(self.pid, signal.SIGKILL)
+        for entry in Path("/proc").iterdir():
+            try:  # the session of /proc/PID/stat: the fourth field after the name
+                if entry.name.isdigit() and int((entry / "stat").read_text()
+                                                .rsplit(")", 1)[1].split()[3]) == self.pid:
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except (OSError, ValueError, IndexError):
+                continue
 
     def reap(self) -> None:
         """The run ended: its exit status to the client (the run sent it already when it
