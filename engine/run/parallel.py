@@ -364,9 +364,10 @@ def run_in_testbeds(testbeds: list[Any], cases: list[Case], documents: list[Docu
     first = testbeds[0]
     workdir = str(sub_dir("run", "payloads"))
     drivers = driver_entry_points()
-    zygote.start_warm(testbeds, workdir, drivers)  # each VM's warms up while we compile
+    warm = zygote.start_warm(testbeds, workdir, drivers)  # each VM's warms up meanwhile
     bdfs = devices or guest_vfio_devices(first)
-    named = guest_driver_facts(first, bdfs, drivers) if needs_driver_facts(cases) else bdfs
+    named = guest_driver_facts(first, bdfs, drivers, warm=warm) \
+        if needs_driver_facts(cases) else bdfs
     remaining = compile_for_guest(list(cases), documents, named, reselect)
     on_event({"event": "plan", "ids": [c.id for c in remaining]})
     if not remaining:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -52,15 +51,17 @@ def guest_vfio_devices(testbed: Any, timeout: float = GUEST_START) -> list[str]:
 
 
 def guest_driver_facts(testbed: Any, bdfs: list[str], drivers: dict[str, str],
-                       timeout: float = GUEST_START) -> list[str]:
+                       timeout: float = GUEST_START, warm: str | None = None) -> list[str]:
     """The guest's devices as templates see them: each BDF with the facts of the
-    scenario driver serving it, from its init in the guest (vfio_scenario.run.driverfacts)."""
+    scenario driver serving it, from its init in the guest (vfio_scenario.run.driverfacts),
+    forked from the VM's warm engine of `warm` (zygote.start_warm's payload) if given."""
     from vfio_scenario.language.devices import DeviceName, DriverFacts
+    from vfio_scenario.run.zygote import program_argv
 
     if not bdfs:
         return []
-    argv = [sys.executable, "-m", "vfio_scenario.run.driverfacts", "--drivers",
-            json.dumps(drivers), *bdfs]
+    argv = program_argv("vfio_scenario.run.driverfacts", warm,
+                        ["--drivers", json.dumps(drivers), *bdfs])
     out = testbed.run(argv, timeout=timeout)
     if out.returncode != 0:
         raise EnvironmentProblem(f"reading the testbed's scenario drivers failed: {out.stderr}")
@@ -130,11 +131,11 @@ def run_in_testbed(testbed: Any, cases: list[Case], documents: list[Document],
     # --timeout-multiplier scales the guest's start too (a debug kernel on a busy host)
     start = GUEST_START * max(1.0, timeout_multiplier)
     drivers = driver_entry_points()
-    zygote.start_warm([testbed], workdir, drivers)  # it warms up while we compile
+    warm = zygote.start_warm([testbed], workdir, drivers)  # it warms up while we compile
     bdfs = devices or guest_vfio_devices(testbed, start)
     # each driver's init in the guest costs a Python start there: only for runs with a
     # case that reads a driver
-    named = guest_driver_facts(testbed, bdfs, drivers, start) \
+    named = guest_driver_facts(testbed, bdfs, drivers, start, warm) \
         if needs_driver_facts(cases) else bdfs
     remaining = compile_for_guest(list(cases), documents, named, reselect)
     # the cases of this run, now that the guest's drivers gave the `driver` axis

@@ -301,7 +301,12 @@ class Server:
             keep += [fd for run in self.runs.values() for fd in (run.conn.fileno(), run.pidfd)]
             if self.listener is not None:
                 keep.append(self.listener.fileno())
+            module = request.get("main") or "vfio_scenario.run.guest"
+            if not str(module).startswith("vfio_scenario."):
+                raise OSError(f"not one of the engine's programs: {module}")
             pid = fork_run(request["argv"], stdout=fds[1], stdin=fds[0], stderr=fds[2],
+                           main=None if module == "vfio_scenario.run.guest" else
+                           _program(str(module)),
                            cwd=request.get("cwd"), env=request.get("env"), status=conn,
                            close=keep)
             self.runs[conn.fileno()] = _Run(pid, conn)
@@ -311,6 +316,16 @@ class Server:
         finally:
             for fd in fds:
                 os.close(fd)
+
+
+def _program(module: str) -> Callable[[list[str]], int]:
+    """The `main` of the engine's program `module`, imported in the forked run."""
+    def main(argv: list[str]) -> int:
+        import importlib
+
+        code: int = importlib.import_module(module).main(argv)
+        return code
+    return main
 
 
 def serve(path: str, key: str, token: str, payload_path: str) -> int:
@@ -398,6 +413,16 @@ def warm_payload(workdir: str, drivers: dict[str, str]) -> str:
     return path
 
 
+def program_argv(module: str, warm: str | None, args: Sequence[str]) -> list[str]:
+    """The command that runs the engine's program `module` (`python -m module args`) in a
+    VM, forked from its warm process of `warm`'s content (a payload: start_warm's), else
+    (no `warm`, or not `enabled()`) in a fresh Python."""
+    if warm is None or not enabled():
+        return [sys.executable, "-m", module, *args]
+    return [sys.executable, "-I", "-S", CLIENT, "--main", module, GUEST_SOCKET,
+            engine_key(warm), warm, *args]
+
+
 def start_command(payload_path: str) -> list[str]:
     """The command that makes sure a VM's warm process for `payload_path`'s content is
     warm or warming up, and returns at once."""
@@ -409,14 +434,18 @@ def start_command(payload_path: str) -> list[str]:
 START_IN_BACKGROUND = '"$@" </dev/null >/dev/null 2>&1 &\n'
 
 
-def start_warm(testbeds: Sequence[Testbed], workdir: str, drivers: dict[str, str]) -> None:
+def start_warm(testbeds: Sequence[Testbed], workdir: str,
+               drivers: dict[str, str]) -> str | None:
     """Start each VM's warm process (when it has none of this content) in the
-    background: it warms up while the host lists devices and compiles."""
+    background: it warms up while the host lists devices and compiles. Returns the
+    payload it warms up with (for program_argv), None when not `enabled()`."""
     if not enabled():
-        return
-    argv = start_command(warm_payload(workdir, drivers))
+        return None
+    warm = warm_payload(workdir, drivers)
+    argv = start_command(warm)
     for testbed in testbeds:
         testbed.run(["sh", "-c", START_IN_BACKGROUND, "sh", *argv], timeout=60)
+    return warm
 
 
 def main(argv: list[str]) -> int:

@@ -4,6 +4,11 @@ stderr and exit status:
 
     python -I -S zygote_client.py SOCKET KEY PAYLOAD [--queue]
     python -I -S zygote_client.py --start SOCKET KEY PAYLOAD
+    python -I -S zygote_client.py --main MODULE SOCKET KEY PAYLOAD ARG...
+
+(`--main`: another of the engine's programs, `python -m MODULE ARG...`, e.g. the
+drivers' facts, run/driverfacts.py; PAYLOAD is then only what a warm engine started
+for it warms up with.)
 
 Standard library only, run by its path without the site packages: it starts in a
 fraction of the engine's start under TCG. It connects to the warm engine listening at
@@ -137,11 +142,12 @@ def _lines(sock: socket.socket) -> Any:
                 yield json.loads(line)
 
 
-def _fresh(engine: list[str], why: str) -> int:
-    """Run the engine in a fresh Python (this process becomes it), saying why."""
+def _fresh(program: list[str], why: str) -> int:
+    """Run the program (`-m MODULE ARG...`) in a fresh Python (this process becomes it),
+    saying why."""
     sys.stdout.write(json.dumps({"event": "warning", "message": why}) + "\n")
     sys.stdout.flush()
-    os.execv(sys.executable, [sys.executable, "-m", GUEST, *engine])
+    os.execv(sys.executable, [sys.executable, *program])
     return 127  # pragma: no cover - execv does not return
 
 
@@ -163,20 +169,28 @@ def _exit_as(status: int) -> int:
 def main(argv: list[str]) -> int:
     start_only = argv[:1] == ["--start"]
     args = argv[1:] if start_only else argv
+    module = GUEST
+    if args[:1] == ["--main"] and len(args) > 1 and args[1].startswith("vfio_scenario."):
+        module, args = args[1], args[2:]
     if len(args) < 3:
-        sys.stderr.write("usage: zygote_client.py [--start] SOCKET KEY PAYLOAD [--queue]\n")
+        sys.stderr.write("usage: zygote_client.py [--start | --main MODULE] SOCKET KEY "
+                         "PAYLOAD [ARG...]\n")
         return 2
-    path, key, engine = args[0], args[1], args[2:]
+    path, key, payload = args[0], args[1], args[2]
+    # the program's own arguments: the engine's are the payload and --queue
+    engine = args[2:] if module == GUEST else args[3:]
+    program = ["-m", module, *engine]
     for _attempt in range(3):
-        sock = ensure(path, key, engine[0])
+        sock = ensure(path, key, payload)
         if start_only:
             if sock is not None:
                 sock.close()
             return 0 if sock is not None else 1
         if sock is None:
-            return _fresh(engine, "the warm guest engine could not be started; this run "
-                                  "starts the engine afresh")
-        request = {"key": key, "argv": engine, "cwd": os.getcwd(), "env": dict(os.environ)}
+            return _fresh(program, "the warm guest engine could not be started; this run "
+                                   "starts the engine afresh")
+        request = {"key": key, "main": module, "argv": engine, "cwd": os.getcwd(),
+                   "env": dict(os.environ)}
         with sock:
             try:
                 socket.send_fds(sock, [(json.dumps(request) + "\n").encode()], [0, 1, 2])
@@ -185,12 +199,12 @@ def main(argv: list[str]) -> int:
             replies = _lines(sock)
             reply = next(replies, None)
             if reply is None:
-                return _fresh(engine, "the warm guest engine ended before it ran the engine"
+                return _fresh(program, "the warm guest engine ended before it ran the engine"
                                       + _log_tail(path) + "; this run starts the engine afresh")
             if "stale" in reply:
                 continue  # it serves another key (and retired): start one for ours
             if "pid" not in reply:
-                return _fresh(engine, f"the warm guest engine refused the run: "
+                return _fresh(program, f"the warm guest engine refused the run: "
                                       f"{reply.get('error', reply)}; this run starts the engine afresh")
             status = next(replies, None)
         if status is None or "status" not in status:
@@ -198,7 +212,7 @@ def main(argv: list[str]) -> int:
                              "engine and the run ended without it)\n")
             return LOST
         return _exit_as(int(status["status"]))
-    return _fresh(engine, "the warm guest engine kept serving another engine; this run "
+    return _fresh(program, "the warm guest engine kept serving another engine; this run "
                           "starts the engine afresh")
 
 

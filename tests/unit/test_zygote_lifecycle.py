@@ -255,6 +255,9 @@ def test_a_killed_client_takes_its_run_with_it(warm: Warm) -> None:
     client.kill()  # as the agent kills a command whose host went away
     client.communicate(timeout=LIMIT)
     assert _gone(runs[0], within=10)
+    others = [p for p in warm.servers() if p != pid]
+    assert [_gone(p, within=10) for p in others] == [True] * len(others), \
+        [Path(f"/proc/{p}/stat").read_text() for p in others]  # its case too
     assert warm.servers() == [pid]  # the warm process stays for the next run
     assert warm.run().returncode == 0
 
@@ -287,3 +290,23 @@ def test_the_key_is_the_content_and_the_warm_engine_can_be_turned_off(
     monkeypatch.setenv("VFIO_SCENARIO_WARM_ENGINE", "0")
     assert zygote.guest_argv(warm.payload) == [sys.executable, "-m",
                                                "vfio_scenario.run.guest", warm.payload]
+
+
+def test_another_program_of_the_engine_forks_from_the_warm_process_too(warm: Warm) -> None:
+    assert warm.run().returncode == 0
+    pid = warm.warm_pid()
+    args = ["--drivers", "{}", "0000:99:00.0"]  # a device this host does not have
+    argv = zygote.program_argv("vfio_scenario.run.driverfacts", warm.payload, args)
+    assert argv[:6] == [sys.executable, "-I", "-S", zygote.CLIENT, "--main",
+                        "vfio_scenario.run.driverfacts"]
+    argv[argv.index(zygote.GUEST_SOCKET)] = warm.socket
+    forked = subprocess.run(argv, capture_output=True, text=True, timeout=LIMIT, check=False)
+    fresh = subprocess.run([sys.executable, "-m", "vfio_scenario.run.driverfacts", *args],
+                           capture_output=True, text=True, timeout=LIMIT, check=False)
+    assert (forked.returncode, forked.stdout) == (fresh.returncode, fresh.stdout) == \
+        (0, fresh.stdout), forked.stderr
+    assert json.loads(forked.stdout)["bdf"] == "0000:99:00.0"
+    assert warm.servers() == [pid]
+    assert Path(warm.socket + ".log").read_text().count("warm: key") == 1
+    assert zygote.program_argv("vfio_scenario.run.driverfacts", None, args) == \
+        [sys.executable, "-m", "vfio_scenario.run.driverfacts", *args]
