@@ -107,22 +107,22 @@ def _spawn(path: str, key: str, payload: str) -> None:
 def ensure(path: str, key: str, payload: str) -> socket.socket | None:
     """A connection to the warm engine of `key` at `path`, started when there is none
     or the one there serves another key; None when none could be started."""
-    folder = os.path.dirname(path)
-    if folder:
-        os.makedirs(folder, exist_ok=True)
-    with open(path + ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        sock = _connect(path)
-        if sock is not None and _read(key_file(path)).split("\n")[:1] == [key]:
-            return sock
-        if sock is not None:
-            sock.close()
-        try:
+    try:
+        folder = os.path.dirname(path)
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+        with open(path + ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            sock = _connect(path)
+            if sock is not None and _read(key_file(path)).split("\n")[:1] == [key]:
+                return sock
+            if sock is not None:
+                sock.close()
             _spawn(path, key, payload)
-        except OSError as exc:
-            sys.stderr.write(f"zygote_client: cannot start the warm engine: {exc}\n")
-            return None
-        return _connect(path)
+            return _connect(path)
+    except OSError as exc:
+        sys.stderr.write(f"zygote_client: cannot start the warm engine: {exc}\n")
+        return None
 
 
 def _lines(sock: socket.socket) -> Any:

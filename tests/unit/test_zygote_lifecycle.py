@@ -310,3 +310,13 @@ def test_another_program_of_the_engine_forks_from_the_warm_process_too(warm: War
     assert Path(warm.socket + ".log").read_text().count("warm: key") == 1
     assert zygote.program_argv("vfio_scenario.run.driverfacts", None, args) == \
         [sys.executable, "-m", "vfio_scenario.run.driverfacts", *args]
+
+
+def test_no_place_for_a_warm_process_leaves_the_run_to_a_fresh_engine(warm: Warm) -> None:
+    (warm.folder / "z").write_text("a file where the socket's folder would be")
+    run = warm.run()
+    assert (run.returncode, outcomes(run.stdout)) == (0, RAN), run.stderr
+    assert [e["message"] for e in events(run.stdout) if e["event"] == "warning"] == [
+        "the warm guest engine could not be started; this run starts the engine afresh"]
+    assert "zygote_client: cannot start the warm engine: " in run.stderr
+    assert warm.servers() == []
