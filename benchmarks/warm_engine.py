@@ -13,7 +13,8 @@ the VM three ways, interleaved so that a shared machine's load hits them alike:
 
 For each it prints the median seconds, taken on the host around the command, to the
 engine's `hello` (before the first case: imports, models, probing), to its first
-case's `start`, and to its end.
+case's `start`, and to its end; and, as the floor under them, what `python -c pass`
+and the client's `python -I -S -c pass` take in that VM.
 
     .venv/bin/python benchmarks/warm_engine.py [--kernel default] [--rounds 3] [PATH …]
 """
@@ -74,6 +75,7 @@ def main() -> None:
     workdir = str(sub_dir("run", "payloads"))
     drivers = driver_entry_points()
     times: dict[str, list[dict[str, float]]] = {"fresh": [], "first use": [], "warm": []}
+    floor: dict[str, list[float]] = {"python -c pass": [], "python -I -S -c pass": []}
     with Testbed(kernel=args.kernel) as testbed:
         bdfs = guest_vfio_devices(testbed)
         named = guest_driver_facts(testbed, bdfs, drivers) \
@@ -87,6 +89,9 @@ def main() -> None:
                 times["fresh"].append(timed(testbed, fresh, workdir))
                 times["first use"].append(timed(testbed, zygote.guest_argv(path), workdir))
                 times["warm"].append(timed(testbed, zygote.guest_argv(path), workdir))
+                for name, seconds in floor.items():
+                    argv = [sys.executable, *name.split()[1:]]
+                    seconds.append(testbed.run(argv, timeout=600).duration)
         finally:
             Path(path).unlink()
         accel = testbed.accelerator
@@ -97,6 +102,8 @@ def main() -> None:
         row = [statistics.median(r.get(mark, float("nan")) for r in rounds)
                for mark in ("hello", "start", "end")]
         print(f"  {name:10s} {row[0]:7.2f} {row[1]:9.2f} {row[2]:7.2f}")
+    for name, seconds in floor.items():
+        print(f"  {name}: {statistics.median(seconds):.2f}")
 
 
 if __name__ == "__main__":
