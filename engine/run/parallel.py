@@ -364,8 +364,11 @@ def run_in_testbeds(testbeds: list[Any], cases: list[Case], documents: list[Docu
     first = testbeds[0]
     workdir = str(sub_dir("run", "payloads"))
     drivers = driver_entry_points()
-    warm = zygote.start_warm(testbeds, workdir, drivers)  # each VM's warms up meanwhile
-    bdfs = devices or guest_vfio_devices(first)
+    # each VM's warm engine (started if it has none) warms up while we compile
+    warm, begin = zygote.start_request(workdir, drivers)
+    for testbed in testbeds[0 if devices else 1:]:
+        zygote.start_in(testbed, begin, GUEST_START)
+    bdfs = devices or guest_vfio_devices(first, GUEST_START, begin)
     named = guest_driver_facts(first, bdfs, drivers, warm=warm) \
         if needs_driver_facts(cases) else bdfs
     remaining = compile_for_guest(list(cases), documents, named, reselect)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from vfio_scenario.errors import EnvironmentProblem
@@ -42,9 +42,15 @@ exit 0
 """
 
 
-def guest_vfio_devices(testbed: Any, timeout: float = GUEST_START) -> list[str]:
-    """BDFs of the functions bound to vfio-pci (or a variant) in the guest, sorted."""
-    out = testbed.run(["sh", "-c", _LIST_VFIO_DEVICES], timeout=timeout)
+def guest_vfio_devices(testbed: Any, timeout: float = GUEST_START,
+                       start: Sequence[str] = ()) -> list[str]:
+    """BDFs of the functions bound to vfio-pci (or a variant) in the guest, sorted; the
+    command `start` (zygote.start_request's) started in the background by the way."""
+    from vfio_scenario.run.zygote import START_IN_BACKGROUND
+
+    script = (START_IN_BACKGROUND if start else "") + _LIST_VFIO_DEVICES
+    out = testbed.run(["sh", "-c", script, *(["sh", *start] if start else [])],
+                      timeout=timeout)
     if out.returncode != 0:
         raise EnvironmentProblem(f"listing the testbed's VFIO devices failed: {out.stderr}")
     return sorted(out.stdout.split())
@@ -54,7 +60,7 @@ def guest_driver_facts(testbed: Any, bdfs: list[str], drivers: dict[str, str],
                        timeout: float = GUEST_START, warm: str | None = None) -> list[str]:
     """The guest's devices as templates see them: each BDF with the facts of the
     scenario driver serving it, from its init in the guest (vfio_scenario.run.driverfacts),
-    forked from the VM's warm engine of `warm` (zygote.start_warm's payload) if given."""
+    forked from the VM's warm engine of `warm` (zygote.start_request's payload) if given."""
     from vfio_scenario.language.devices import DeviceName, DriverFacts
     from vfio_scenario.run.zygote import program_argv
 
@@ -131,8 +137,11 @@ def run_in_testbed(testbed: Any, cases: list[Case], documents: list[Document],
     # --timeout-multiplier scales the guest's start too (a debug kernel on a busy host)
     start = GUEST_START * max(1.0, timeout_multiplier)
     drivers = driver_entry_points()
-    warm = zygote.start_warm([testbed], workdir, drivers)  # it warms up while we compile
-    bdfs = devices or guest_vfio_devices(testbed, start)
+    # the VM's warm engine (started if it has none) warms up while we compile
+    warm, begin = zygote.start_request(workdir, drivers)
+    if devices:
+        zygote.start_in(testbed, begin, start)
+    bdfs = devices or guest_vfio_devices(testbed, start, begin)
     # each driver's init in the guest costs a Python start there: only for runs with a
     # case that reads a driver
     named = guest_driver_facts(testbed, bdfs, drivers, start, warm) \

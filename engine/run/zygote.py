@@ -415,7 +415,7 @@ def warm_payload(workdir: str, drivers: dict[str, str]) -> str:
 
 def program_argv(module: str, warm: str | None, args: Sequence[str]) -> list[str]:
     """The command that runs the engine's program `module` (`python -m module args`) in a
-    VM, forked from its warm process of `warm`'s content (a payload: start_warm's), else
+    VM, forked from its warm process of `warm`'s content (a payload: start_request's), else
     (no `warm`, or not `enabled()`) in a fresh Python."""
     if warm is None or not enabled():
         return [sys.executable, "-m", module, *args]
@@ -430,22 +430,27 @@ def start_command(payload_path: str) -> list[str]:
             engine_key(payload_path), payload_path]
 
 
-# in the background of the shell command: the host's next command need not wait for it
+# the start in the background of a shell command: what the host does next in the VM
+# need not wait for it
 START_IN_BACKGROUND = '"$@" </dev/null >/dev/null 2>&1 &\n'
 
 
-def start_warm(testbeds: Sequence[Testbed], workdir: str,
-               drivers: dict[str, str]) -> str | None:
-    """Start each VM's warm process (when it has none of this content) in the
-    background: it warms up while the host lists devices and compiles. Returns the
-    payload it warms up with (for program_argv), None when not `enabled()`."""
+def start_request(workdir: str, drivers: dict[str, str]) -> tuple[str | None, list[str]]:
+    """(the payload a VM's warm process warms up with, the command that starts it when
+    the VM has none of that content and returns at once); (None, []) when not
+    `enabled()`. The host runs it right after a boot, in the background of its first
+    shell command there (`START_IN_BACKGROUND`, or `start_in`): the warm process warms
+    up while the host lists the devices and compiles."""
     if not enabled():
-        return None
+        return None, []
     warm = warm_payload(workdir, drivers)
-    argv = start_command(warm)
-    for testbed in testbeds:
-        testbed.run(["sh", "-c", START_IN_BACKGROUND, "sh", *argv], timeout=60)
-    return warm
+    return warm, start_command(warm)
+
+
+def start_in(testbed: Testbed, start: Sequence[str], timeout: float) -> None:
+    """Run the `start` command of start_request in `testbed`'s VM, in the background."""
+    if start:
+        testbed.run(["sh", "-c", START_IN_BACKGROUND, "sh", *start], timeout=timeout)
 
 
 def main(argv: list[str]) -> int:
