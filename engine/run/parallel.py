@@ -2,9 +2,9 @@
 
 The host compiles the run once for the guest's devices (every VM has the same ones)
 and writes one payload; each VM runs the guest engine over it in queue mode
-(run/guest.py `--queue`), forked from the VM's warm engine (run/zygote.py): the engine says it is ready, the host hands it the index of
-the next case of one queue, and so on until the queue is empty (end of file on the
-engine's stdin). The queue holds the cases longest expected first, so the long ones
+(run/guest.py `--queue`), forked from the VM's warm engine (run/zygote.py): the
+engine says it is ready, the host hands it the index of the next case of one queue,
+and so on until the queue is empty (end of file on the engine's stdin). The queue holds the cases longest expected first, so the long ones
 do not end up last on one VM while the others idle: expectations are the durations
 of a previous run (its journal, or `--durations FILE`), else an estimate from the
 case's steps.

@@ -142,8 +142,8 @@ def run_in_testbed(testbed: Any, cases: list[Case], documents: list[Document],
     if devices:
         zygote.start_in(testbed, begin, start)
     bdfs = devices or guest_vfio_devices(testbed, start, begin)
-    # each driver's init in the guest costs a Python start there: only for runs with a
-    # case that reads a driver
+    # each driver's init in the guest costs a process there (forked from the warm
+    # engine, or a Python start): only for runs with a case that reads a driver
     named = guest_driver_facts(testbed, bdfs, drivers, start, warm) \
         if needs_driver_facts(cases) else bdfs
     remaining = compile_for_guest(list(cases), documents, named, reselect)
