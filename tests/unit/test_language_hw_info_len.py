@@ -45,4 +45,5 @@ def test_the_length_is_optional_and_takes_hex() -> None:
     assert errors_of("- get_hw_info: {iommu: iommu, device: mock, out_data_len: 8}") == []
     assert errors_of("- get_hw_info: {iommu: iommu, device: mock}") == []
     assert GetHwInfo(iommu="i", device="m").out_data_len is None
-    assert GetHwInfo(iommu="i", device="m", out_data_len="0x10").out_data_len == 16
+    assert GetHwInfo.model_validate({"iommu": "i", "device": "m",
+                                     "out_data_len": "0x10"}).out_data_len == 16
