@@ -8,11 +8,13 @@ freshly booted kernel and run all their cases in the same order. Per C case it p
 how far each sweep went (the fault sites n = 1 … N it reached), how many runs an
 injected errno ended (by errno) and how many ran through, and whether the two agree.
 
-    .venv/bin/python benchmarks/fail_nth_sweeps.py [--kernel default] [--json FILE]
+    .venv/bin/python benchmarks/fail_nth_sweeps.py [--kernel default] [--case NAME]
+                                                   [--json FILE]
 
-The kernel's state matters: a case run after others may pass fewer fault sites than
-alone (the allocations a mock domain makes depend on what earlier tests left), on both
-sides alike; compare in VMs booted the same way.
+`--case device` runs that case alone on both sides (the C program's `-t device`). The
+kernel's state matters: a case run after others may pass fewer fault sites than alone
+(the allocations a mock domain makes depend on what earlier tests left), on both sides
+alike; compare in VMs booted the same way.
 """
 
 from __future__ import annotations
@@ -111,29 +113,35 @@ def summarize_ours(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return cases
 
 
-def inside(side: str, binary: str) -> None:
-    """In the guest: run one side, print its summary as the last line."""
+def inside(side: str, binary: str, case: str | None) -> None:
+    """In the guest: run one side (all its cases, or `case`), print its summary as the
+    last line."""
+    only = f"basic_fail_nth.{case}" if case else None
     if side == "c":
-        proc = subprocess.run([binary], capture_output=True, text=True, check=False)
-        print(json.dumps(summarize_c(proc.stdout)))
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "vfio_scenario", "run", str(PORT),
-                        "--junit-xml", f"{tmp}/junit.xml", "--json", f"{tmp}/report.json"],
-                       check=False, capture_output=True)
-        print(json.dumps(summarize_ours(json.loads(Path(f"{tmp}/report.json").read_text()))))
+        proc = subprocess.run([binary, *(["-t", case] if case else [])], capture_output=True,
+                              text=True, check=False)
+        got = summarize_c(proc.stdout)
+    else:
+        select = ["-k", "fail-nth-" + case.replace("_", "-")] if case else []
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run([sys.executable, "-m", "vfio_scenario", "run", str(PORT), *select,
+                            "--junit-xml", f"{tmp}/junit.xml", "--json", f"{tmp}/report.json"],
+                           check=False, capture_output=True)
+            got = summarize_ours(json.loads(Path(f"{tmp}/report.json").read_text()))
+    print(json.dumps({k: v for k, v in got.items() if only in (None, k)}))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kernel", default="default")
+    parser.add_argument("--case", help="only this C case (its name: device, access_rw …)")
     parser.add_argument("--json", type=Path, help="also write both sides' summaries here")
     parser.add_argument("--inside", choices=("c", "ours"), help=argparse.SUPPRESS)
     parser.add_argument("--binary", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inside:
-        inside(args.inside, args.binary)
+        inside(args.inside, args.binary, args.case)
         return
     if shutil.which("cc") is None:
         raise SystemExit("no C compiler (cc) here")
@@ -146,8 +154,9 @@ def main() -> None:
             if side == "c":
                 print(f"testbed: {testbed.accelerator}, kernel {testbed.kernel_release}, "
                       f"traced C program {binary}")
-            result = testbed.run([sys.executable, str(Path(__file__).resolve()), "--inside",
-                                  side, "--binary", str(binary)], timeout=3600, cwd=str(ROOT))
+            argv = [sys.executable, str(Path(__file__).resolve()), "--inside", side,
+                    "--binary", str(binary), *(["--case", args.case] if args.case else [])]
+            result = testbed.run(argv, timeout=3600, cwd=str(ROOT))
         if result.returncode != 0 or not result.stdout.strip():
             raise SystemExit(f"{side}: exit {result.returncode}\n{result.stderr[-2000:]}")
         sides[side] = json.loads(result.stdout.strip().splitlines()[-1])
