@@ -42,7 +42,12 @@ STEPS = """
      Outcome.FAIL, "the kernel reports 8 bytes of data, expected 16"),
     # nothing attached at PASID 200: the kernel detaches nothing and answers 0
     ("- mock_pasid_detach: {iommu: iommu, mock: mock, pasid: 200}", Outcome.PASS, ""),
-    (("- mock_pasid_attach: {iommu: iommu, mock: mock, pasid: 200, pt: hwpt}\n"
+    ("- mock_pasid_attach: {iommu: iommu, mock: mock, pasid: 200, pt: hwpt}", Outcome.FAIL,
+     "failed with EINVAL"),
+    # (a PASID attaches once the device's RID is on a PASID-capable page table: EINVAL
+    # while it is on the mock domain, as fail-nth-device replaces it first)
+    (("- mock_domain_replace: {iommu: iommu, mock: mock, pt: hwpt}\n"
+      "      - mock_pasid_attach: {iommu: iommu, mock: mock, pasid: 200, pt: hwpt}\n"
       "      - mock_pasid_detach: {iommu: iommu, mock: mock, pasid: 200}\n"
       "      - mock_pasid_check: {iommu: iommu, mock: mock, pasid: 200, hwpt: 0}\n"
       "      - mock_pasid_detach: {iommu: iommu, mock: mock, pasid: 200}"),
