@@ -222,8 +222,12 @@ def test_debugfs_is_set_once_for_the_sweep_and_set_back_at_its_end(
     monkeypatch.setattr(failnth, "setup_debugfs", SETUP_DEBUGFS)
     listed: list[str] = []
     listdir = os.listdir
-    monkeypatch.setattr(failnth.os, "listdir",
-                        lambda path: listed.append(path) or listdir(path))
+
+    def spy(path: str) -> list[str]:
+        listed.append(path)
+        return listdir(path)
+
+    monkeypatch.setattr(os, "listdir", spy)
     seen: list[tuple[str, str]] = []
     ops = dict(operations())
 
