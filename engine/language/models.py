@@ -27,6 +27,8 @@ from pydantic import (
     Field,
     GetCoreSchemaHandler,
     GetJsonSchemaHandler,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 from pydantic_core import core_schema
@@ -589,17 +591,21 @@ class DestroyAccessPages(Op):
 
 class AccessRw(Op):
     """IOMMU_TEST_OP_ACCESS_RW through the access: `size` bytes at `offset` into a
-    `mapping` (with `max_size`, every length from `size` to it; with `starts`, at every
-    offset from `offset` to `offset + starts - 1`), each a `read`, a `write` or a
-    `read_then_write` (`slow_path`: MOCK_ACCESS_RW_SLOW_PATH). Each call is checked
-    against the process memory mapped there (`buffer` for a mapping of a file): a read
-    must bring its bytes and nothing past its length; a write of their inverse must leave
-    that in memory and change no byte around it."""
+    `mapping`, or, in the IOVA form (for memory another process mapped, as a forked
+    child's `map_dma`), into the `length` bytes at `iova` that map `buffer` from its first
+    byte: one form, not both. With `max_size`, every length from `size` to it; with
+    `starts`, at every offset from `offset` to `offset + starts - 1`; each a `read`, a
+    `write` or a `read_then_write` (`slow_path`: MOCK_ACCESS_RW_SLOW_PATH). Each call is
+    checked against the process memory mapped there (`buffer`, for a mapping of a file
+    and in the IOVA form): a read must bring its bytes and nothing past its length; a
+    write of their inverse must leave that in memory and change no byte around it."""
 
     op = "access_rw"
     area = "iommufd"
     access: AccessRef
-    mapping: MappingRef
+    mapping: MappingRef | None = None
+    iova: Int | None = None
+    length: Size | None = None
     offset: Size = 0
     size: Size = Field(gt=0)
     max_size: Size | None = None
@@ -608,11 +614,47 @@ class AccessRw(Op):
     slow_path: bool = False
     buffer: BufferRef | None = None
 
+    @field_validator("iova")
+    @classmethod
+    def _not_both(cls, iova: int | None, info: ValidationInfo) -> int | None:
+        if info.data.get("mapping") is not None:
+            raise ValueError("give `mapping`, or `iova` and `length`, not both: the "
+                             "mapping knows its IOVA")
+        return iova
+
+    @field_validator("length")
+    @classmethod
+    def _of_iova(cls, length: int | None, info: ValidationInfo) -> int | None:
+        if "iova" not in info.data:
+            return length  # `iova` was refused, and its error says why
+        if info.data.get("mapping") is not None:
+            raise ValueError("with `mapping`, give no `length`: the mapping knows its size")
+        if info.data["iova"] is None:
+            raise ValueError("the bytes mapped at `iova`: give `iova` too")
+        if length == 0:
+            raise ValueError("the bytes mapped at `iova`: at least 1")
+        return length
+
     @model_validator(mode="after")
-    def _sizes(self) -> AccessRw:
+    def _form(self) -> AccessRw:
         if self.max_size is not None and self.max_size < self.size:
             raise ValueError(f"`max_size` {self.max_size} is below `size` {self.size}")
+        if self.mapping is None and self.iova is None:
+            raise ValueError("give a `mapping`, or `iova` and `length`")
+        if self.iova is not None and self.length is None:
+            raise ValueError("`iova` needs `length`, the bytes mapped there")
+        if self.iova is not None and self.buffer is None:
+            raise ValueError("with `iova`, name the memory mapped there: `buffer` (mapped "
+                             "from its first byte)")
+        if self.length is not None and self.offset + self.reach > self.length:
+            raise ValueError(f"`offset` {self.offset:#x} + {self.reach:#x} bytes reach past "
+                             f"the `length` {self.length:#x} mapped at `iova`")
         return self
+
+    @property
+    def reach(self) -> int:
+        """Bytes from `offset` to the end of the last call's range."""
+        return self.starts - 1 + (self.size if self.max_size is None else self.max_size)
 
 
 class AccessReplaceIoas(Op):

@@ -91,12 +91,22 @@ def destroy_access_pages(rt: Runtime, args: DestroyAccessPages, step: Step) -> N
 @op(AccessRw)
 def access_rw(rt: Runtime, args: AccessRw, step: Step) -> None:
     access: acc.Access = rt.handle(args.access)
-    mapping: Mapping = rt.handle(args.mapping)
     last = args.size if args.max_size is None else args.max_size
-    reach = args.starts - 1 + last
-    addr, before, after = _memory(rt, mapping, args.buffer, args.offset, reach, "access_rw")
+    if args.mapping is not None:
+        mapping: Mapping = rt.handle(args.mapping)
+        iova = mapping.iova
+        addr, before, after = _memory(rt, mapping, args.buffer, args.offset, args.reach,
+                                      "access_rw")
+    else:  # the IOVA form: `buffer` is mapped at `iova` (the model requires all three)
+        assert args.iova is not None and args.buffer is not None
+        iova = args.iova
+        buf: DmaBuffer = rt.handle(args.buffer)
+        if args.offset + args.reach > buf.size:
+            raise CheckFailed(f"access_rw: {args.offset:#x}+{args.reach:#x} reaches past the "
+                              f"{buf.size:#x} bytes of buffer `{args.buffer}`")
+        addr, before, after = buf.addr + args.offset, args.offset, buf.size - args.offset
     flags = lib.MOCK_ACCESS_RW_SLOW_PATH if args.slow_path else 0
-    done = acc.access_rw_sweep(access, mapping.iova + args.offset, addr, before, after,
+    done = acc.access_rw_sweep(access, iova + args.offset, addr, before, after,
                                args.starts, args.size, last, args.direction != "write",
                                args.direction != "read", flags)
     if done.errno:
