@@ -17,6 +17,25 @@ if os.environ.get("VFIO_SCENARIO_GUEST") != "1":
 
 _boot_failure: list[str] = []
 
+# The order tests run in: those that need no testbed kernel first, then those of the
+# default kernel, then those of the debug kernel, the coverage kernel's last. CI (.ci/run)
+# builds the three kernels in the background in that order while pytest runs, and a test
+# of a kernel still being built waits on its build lock: on a cold cache the unit tests
+# run during the default kernel's build and the default kernel's tests during the other
+# two builds.
+_KERNEL_RANK = {"debug": 2, "coverage": 3}
+
+
+def _rank(item: pytest.Item) -> int:
+    marker = item.get_closest_marker("kernel")
+    if marker is not None:
+        return _KERNEL_RANK[marker.args[0]]
+    return 0 if item.path.parent.name == "unit" else 1
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=_rank)  # stable: within a rank, pytest's own order
+
 
 @pytest.fixture(scope="session")
 def testbed() -> Iterator[Any]:

@@ -490,8 +490,9 @@ class IommufdOption(Op):
 
 class GetHwInfo(Op):
     """IOMMU_GET_HW_INFO of a device with a `data_len`-byte buffer: checks the data type
-    the kernel reports, the selftest register, that bytes past the kernel's data are
-    zeroed, the max PASID width and the capabilities."""
+    the kernel reports, the length of its data (`out_data_len`), the selftest register,
+    that bytes past the kernel's data are zeroed, the max PASID width and the
+    capabilities."""
 
     op = "get_hw_info"
     area = "iommufd"
@@ -500,6 +501,7 @@ class GetHwInfo(Op):
     data_type: Literal["default", "selftest"] | U32 | None = None  # None: no INPUT_TYPE flag
     data_len: U32 = 8
     out_data_type: Literal["selftest"] | U32 | None = None
+    out_data_len: U32 | None = None  # the data_len the kernel writes back: its data's size
     test_reg: U32 | None = None
     max_pasid_log2: Annotated[int, Field(ge=0, le=255)] | None = None
     capabilities_include: list[Literal["dirty_tracking"]] = []

@@ -2,9 +2,9 @@
 
 The host compiles the run once for the guest's devices (every VM has the same ones)
 and writes one payload; each VM runs the guest engine over it in queue mode
-(run/guest.py `--queue`): the engine says it is ready, the host hands it the index of
-the next case of one queue, and so on until the queue is empty (end of file on the
-engine's stdin). The queue holds the cases longest expected first, so the long ones
+(run/guest.py `--queue`), forked from the VM's warm engine (run/zygote.py): the
+engine says it is ready, the host hands it the index of the next case of one queue,
+and so on until the queue is empty (end of file on the engine's stdin). The queue holds the cases longest expected first, so the long ones
 do not end up last on one VM while the others idle: expectations are the durations
 of a previous run (its journal, or `--durations FILE`), else an estimate from the
 case's steps.
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import threading
 import time
 from collections import deque
@@ -359,14 +358,19 @@ def run_in_testbeds(testbeds: list[Any], cases: list[Case], documents: list[Docu
     """Run `cases` on the started `testbeds`, calling `on_event` (in this thread) with
     every guest event, as run_in_testbed does for one VM."""
     from vfio_scenario.drivers.base import driver_entry_points
-    from vfio_scenario.run import payload
+    from vfio_scenario.run import payload, zygote
     from vfio_scenario.testbed.paths import sub_dir
 
     first = testbeds[0]
     workdir = str(sub_dir("run", "payloads"))
-    bdfs = devices or guest_vfio_devices(first)
     drivers = driver_entry_points()
-    named = guest_driver_facts(first, bdfs, drivers) if needs_driver_facts(cases) else bdfs
+    # each VM's warm engine (started if it has none) warms up while we compile
+    warm, begin = zygote.start_request(workdir, drivers)
+    for testbed in testbeds[0 if devices else 1:]:
+        zygote.start_in(testbed, begin, GUEST_START)
+    bdfs = devices or guest_vfio_devices(first, GUEST_START, begin)
+    named = guest_driver_facts(first, bdfs, drivers, warm=warm) \
+        if needs_driver_facts(cases) else bdfs
     remaining = compile_for_guest(list(cases), documents, named, reselect)
     on_event({"event": "plan", "ids": [c.id for c in remaining]})
     if not remaining:
@@ -381,8 +385,7 @@ def run_in_testbeds(testbeds: list[Any], cases: list[Case], documents: list[Docu
     order = longest_first(remaining, expected_seconds(remaining, durations or {}))
     shared = Shared(queue=CaseQueue(order),
                     index={c.id: i for i, c in enumerate(remaining)},
-                    argv=[sys.executable, "-m", "vfio_scenario.run.guest", payload_file,
-                          "--queue"],
+                    argv=zygote.guest_argv(payload_file, queue=True),
                     workdir=workdir, idle_timeout=longest + GUEST_START, fail_fast=fail_fast,
                     replace=replace)
     try:

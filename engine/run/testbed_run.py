@@ -1,9 +1,11 @@
 """Run selected cases inside the QEMU testbed and bring their results back.
 
 The host compiles the selection against the guest's device list and hands it over as
-a payload file (vfio_scenario.run.payload); the guest runs `python -m
-vfio_scenario.run.guest PAYLOAD` once over it (one Python start, one fork per case)
-and prints JSON-line events; a guest panic or
+a payload file (vfio_scenario.run.payload); the guest runs the engine
+(`vfio_scenario.run.guest PAYLOAD`) once over it, forked from the VM's warm engine
+(run/zygote.py: started right after the boot, while the host compiles, and kept by a
+`testbed up` VM for the next runs), one fork per case, and prints JSON-line events; a
+guest panic or
 hang makes the case that was running an ERROR with the console tail, the testbed
 reboots, and the run goes on with the cases that had not run.
 """
@@ -12,9 +14,8 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from vfio_scenario.errors import EnvironmentProblem
@@ -41,24 +42,32 @@ exit 0
 """
 
 
-def guest_vfio_devices(testbed: Any, timeout: float = GUEST_START) -> list[str]:
-    """BDFs of the functions bound to vfio-pci (or a variant) in the guest, sorted."""
-    out = testbed.run(["sh", "-c", _LIST_VFIO_DEVICES], timeout=timeout)
+def guest_vfio_devices(testbed: Any, timeout: float = GUEST_START,
+                       start: Sequence[str] = ()) -> list[str]:
+    """BDFs of the functions bound to vfio-pci (or a variant) in the guest, sorted; the
+    command `start` (zygote.start_request's) started in the background by the way."""
+    from vfio_scenario.run.zygote import START_IN_BACKGROUND
+
+    script = (START_IN_BACKGROUND if start else "") + _LIST_VFIO_DEVICES
+    out = testbed.run(["sh", "-c", script, *(["sh", *start] if start else [])],
+                      timeout=timeout)
     if out.returncode != 0:
         raise EnvironmentProblem(f"listing the testbed's VFIO devices failed: {out.stderr}")
     return sorted(out.stdout.split())
 
 
 def guest_driver_facts(testbed: Any, bdfs: list[str], drivers: dict[str, str],
-                       timeout: float = GUEST_START) -> list[str]:
+                       timeout: float = GUEST_START, warm: str | None = None) -> list[str]:
     """The guest's devices as templates see them: each BDF with the facts of the
-    scenario driver serving it, from its init in the guest (vfio_scenario.run.driverfacts)."""
+    scenario driver serving it, from its init in the guest (vfio_scenario.run.driverfacts),
+    forked from the VM's warm engine of `warm` (zygote.start_request's payload) if given."""
     from vfio_scenario.language.devices import DeviceName, DriverFacts
+    from vfio_scenario.run.zygote import program_argv
 
     if not bdfs:
         return []
-    argv = [sys.executable, "-m", "vfio_scenario.run.driverfacts", "--drivers",
-            json.dumps(drivers), *bdfs]
+    argv = program_argv("vfio_scenario.run.driverfacts", warm,
+                        ["--drivers", json.dumps(drivers), *bdfs])
     out = testbed.run(argv, timeout=timeout)
     if out.returncode != 0:
         raise EnvironmentProblem(f"reading the testbed's scenario drivers failed: {out.stderr}")
@@ -119,7 +128,7 @@ def run_in_testbed(testbed: Any, cases: list[Case], documents: list[Document],
     go on with (for a VM of `testbed up`, which is not ours to reboot).
     """
     from vfio_scenario.drivers.base import driver_entry_points
-    from vfio_scenario.run import payload
+    from vfio_scenario.run import payload, zygote
     from vfio_scenario.testbed import GuestCrashed, GuestHung
     from vfio_scenario.testbed.paths import sub_dir
 
@@ -127,11 +136,15 @@ def run_in_testbed(testbed: Any, cases: list[Case], documents: list[Document],
     workdir = str(sub_dir("run", "payloads"))
     # --timeout-multiplier scales the guest's start too (a debug kernel on a busy host)
     start = GUEST_START * max(1.0, timeout_multiplier)
-    bdfs = devices or guest_vfio_devices(testbed, start)
     drivers = driver_entry_points()
-    # each driver's init in the guest costs a Python start there: only for runs with a
-    # case that reads a driver
-    named = guest_driver_facts(testbed, bdfs, drivers, start) \
+    # the VM's warm engine (started if it has none) warms up while we compile
+    warm, begin = zygote.start_request(workdir, drivers)
+    if devices:
+        zygote.start_in(testbed, begin, start)
+    bdfs = devices or guest_vfio_devices(testbed, start, begin)
+    # each driver's init in the guest costs a process there (forked from the warm
+    # engine, or a Python start): only for runs with a case that reads a driver
+    named = guest_driver_facts(testbed, bdfs, drivers, start, warm) \
         if needs_driver_facts(cases) else bdfs
     remaining = compile_for_guest(list(cases), documents, named, reselect)
     # the cases of this run, now that the guest's drivers gave the `driver` axis
@@ -146,7 +159,7 @@ def run_in_testbed(testbed: Any, cases: list[Case], documents: list[Document],
     longest = max(c.timeout for c in cases) * timeout_multiplier
     while remaining:
         payload_file = payload.write(workdir, header, remaining)
-        argv = [sys.executable, "-m", "vfio_scenario.run.guest", payload_file]
+        argv = zygote.guest_argv(payload_file)
         stream: Any = None
         seen = _GuestEvents({c.id: c for c in remaining})
         crashed = False

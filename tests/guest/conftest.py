@@ -22,6 +22,7 @@ from vfio_scenario.uapi.buffers import DmaBuffer
 from vfio_scenario.uapi.capabilities import HostCapabilities, host_capabilities
 from vfio_scenario.uapi.device import VfioDevice
 from vfio_scenario.uapi.iommu import Iommu, open_iommu
+from vfio_scenario.uapi.iommufd import Iommufd
 from vfio_scenario.uapi.kmsg import KernelLog
 from vfio_scenario.uapi.modes import ALL_MODES, IommuMode
 
@@ -89,6 +90,17 @@ def iommu(mode: IommuMode, caps: HostCapabilities) -> Iterator[Iommu]:
     opened = open_iommu(mode)
     yield opened
     opened.close()
+
+
+@pytest.fixture
+def mock_iommufd(caps: HostCapabilities) -> Iterator[Iommufd]:
+    """An iommufd without a default IOAS, for the mock IOMMU of CONFIG_IOMMUFD_TEST (the
+    test skips, with the probe's reason, on a kernel without it)."""
+    if not caps.features["iommufd_test"]:
+        pytest.skip(caps.features["iommufd_test"].reason)
+    fd = Iommufd(default_ioas=False)
+    yield fd
+    fd.close()
 
 
 def opened_device(iommu: Iommu, bdf: str) -> Iterator[VfioDevice]:

@@ -15,21 +15,13 @@ from vfio_scenario.uapi import iommufd_access as acc
 from vfio_scenario.uapi import iommufd_mock as mock
 from vfio_scenario.uapi._vfio import ffi, lib
 from vfio_scenario.uapi.buffers import DmaBuffer
-from vfio_scenario.uapi.capabilities import HostCapabilities
 from vfio_scenario.uapi.iommufd import Iommufd
 from vfio_scenario.uapi.patterns import Pattern
 
+from tests.helpers.errnos import errno_of
+
 IOVA = 1 << 24  # MOCK_APERTURE_START
 SIZE = 64 << 10
-
-
-@pytest.fixture
-def iommufd(caps: HostCapabilities) -> Iterator[Iommufd]:
-    if not caps.features["iommufd_test"]:
-        pytest.skip(caps.features["iommufd_test"].reason)
-    fd = Iommufd(default_ioas=False)
-    yield fd
-    fd.close()
 
 
 @pytest.fixture
@@ -39,52 +31,45 @@ def buffer() -> Iterator[DmaBuffer]:
         yield buf
 
 
-def _errno(call: object, *args: object, **kwargs: object) -> str:
-    with pytest.raises(VfioError) as info:
-        call(*args, **kwargs)  # type: ignore[operator]
-    name: str = info.value.errno_name
-    return name
-
-
-def test_create_access_refuses_unknown_flags_and_a_missing_ioas(iommufd: Iommufd) -> None:
-    ioas = iommufd.alloc_ioas()
-    assert _errno(acc.create_access, iommufd.fd, ioas.id, 1 << 1) == "EOPNOTSUPP"
-    assert _errno(acc.create_access, iommufd.fd, 0) == "ENOENT"
-    access = acc.create_access(iommufd.fd, ioas.id)
+def test_create_access_refuses_unknown_flags_and_a_missing_ioas(mock_iommufd: Iommufd) -> None:
+    ioas = mock_iommufd.alloc_ioas()
+    assert errno_of(acc.create_access, mock_iommufd.fd, ioas.id, 1 << 1) == "EOPNOTSUPP"
+    assert errno_of(acc.create_access, mock_iommufd.fd, 0) == "ENOENT"
+    access = acc.create_access(mock_iommufd.fd, ioas.id)
     fd = access.fd
     os.fstat(fd)  # an fd of this process
     # an access made without an unmap callback for pins may not pin
-    assert _errno(acc.access_pages, access, 0, 4096, 0) == "EOPNOTSUPP"
+    assert errno_of(acc.access_pages, access, 0, 4096, 0) == "EOPNOTSUPP"
     access.destroy()
     assert access.fd == -1
     with pytest.raises(OSError):
         os.fstat(fd)
 
 
-def test_access_pages_ids_the_page_check_and_unmap(iommufd: Iommufd,
+def test_access_pages_ids_the_page_check_and_unmap(mock_iommufd: Iommufd,
                                                    buffer: DmaBuffer) -> None:
-    ioas = iommufd.alloc_ioas()
-    access = acc.create_access(iommufd.fd, ioas.id, acc.CREATE_FLAGS["needs_pin_pages"])
-    assert _errno(acc.access_pages, access, IOVA, 4096, buffer.addr) == "ENOENT"  # unmapped
+    ioas = mock_iommufd.alloc_ioas()
+    access = acc.create_access(mock_iommufd.fd, ioas.id, acc.CREATE_FLAGS["needs_pin_pages"])
+    assert errno_of(acc.access_pages, access, IOVA, 4096, buffer.addr) == "ENOENT"  # unmapped
     ioas.map(buffer.addr, SIZE, IOVA)
     first = acc.access_pages(access, IOVA, SIZE, buffer.addr)
     second = acc.access_pages(access, IOVA + 4096, 4096, buffer.addr + 4096,
                               lib.MOCK_FLAGS_ACCESS_WRITE)
     assert (first.id, second.id) == (0, 1)  # each access counts its pins from 0
     # the kernel compares the pages it pinned with those at the user address given
-    assert _errno(acc.access_pages, access, IOVA, 4096, buffer.addr + 4096) == "EBADE"
+    assert errno_of(acc.access_pages, access, IOVA, 4096, buffer.addr + 4096) == "EBADE"
     acc.destroy_access_pages(second)
-    assert _errno(acc.destroy_access_pages, second) == "ENOENT"
+    assert errno_of(acc.destroy_access_pages, second) == "ENOENT"
     # unmapping what the access pins calls its unmap, which drops the pin
     ioas.unmap(IOVA, SIZE)
-    assert _errno(acc.destroy_access_pages, first) == "ENOENT"
+    assert errno_of(acc.destroy_access_pages, first) == "ENOENT"
     access.destroy()
 
 
-def test_access_rw_moves_the_bytes_of_the_mapped_memory(iommufd: Iommufd,
+def test_access_rw_moves_the_bytes_of_the_mapped_memory(mock_iommufd: Iommufd,
                                                          buffer: DmaBuffer) -> None:
-    ioas = iommufd.alloc_ioas()
-    access = acc.create_access(iommufd.fd, ioas.id)
+    ioas = mock_iommufd.alloc_ioas()
+    access = acc.create_access(mock_iommufd.fd, ioas.id)
     ioas.map(buffer.addr, SIZE, IOVA)
     got = ffi.new("uint8_t[]", 100)
     acc.access_rw(access, IOVA + 4000, got, 100)
@@ -92,15 +77,15 @@ def test_access_rw_moves_the_bytes_of_the_mapped_memory(iommufd: Iommufd,
     sent = ffi.new("uint8_t[]", bytes(range(100)))
     acc.access_rw(access, IOVA + 4000, sent, 100, lib.MOCK_ACCESS_RW_WRITE)
     assert bytes(buffer.mem[4000:4100]) == bytes(range(100))
-    assert _errno(acc.access_rw, access, IOVA + SIZE, got, 1) == "ENOENT"
-    assert _errno(acc.access_rw, access, IOVA, got, 1, 1 << 1) == "EOPNOTSUPP"
+    assert errno_of(acc.access_rw, access, IOVA + SIZE, got, 1) == "ENOENT"
+    assert errno_of(acc.access_rw, access, IOVA, got, 1, 1 << 1) == "EOPNOTSUPP"
     access.destroy()
 
 
 def test_the_sweep_passes_on_the_memory_mapped_and_fails_on_other_memory(
-        iommufd: Iommufd, buffer: DmaBuffer) -> None:
-    ioas = iommufd.alloc_ioas()
-    access = acc.create_access(iommufd.fd, ioas.id)
+        mock_iommufd: Iommufd, buffer: DmaBuffer) -> None:
+    ioas = mock_iommufd.alloc_ioas()
+    access = acc.create_access(mock_iommufd.fd, ioas.id)
     ioas.map(buffer.addr, SIZE, IOVA)
     base = buffer.ptr + 4046
     for flags in (0, lib.MOCK_ACCESS_RW_SLOW_PATH):
@@ -122,10 +107,10 @@ def test_the_sweep_passes_on_the_memory_mapped_and_fails_on_other_memory(
     access.destroy()
 
 
-def test_the_write_check_sees_a_write_to_other_memory(iommufd: Iommufd,
+def test_the_write_check_sees_a_write_to_other_memory(mock_iommufd: Iommufd,
                                                       buffer: DmaBuffer) -> None:
-    ioas = iommufd.alloc_ioas()
-    access = acc.create_access(iommufd.fd, ioas.id)
+    ioas = mock_iommufd.alloc_ioas()
+    access = acc.create_access(mock_iommufd.fd, ioas.id)
     ioas.map(buffer.addr, SIZE, IOVA)
     # the sweep is told the memory at the IOVA is 8 KiB further: the write lands elsewhere
     moved = acc.access_rw_sweep(access, IOVA, buffer.ptr + 8192, 8192, SIZE - 8192, 1, 4, 4,
@@ -134,46 +119,46 @@ def test_the_write_check_sees_a_write_to_other_memory(iommufd: Iommufd,
     access.destroy()
 
 
-def test_access_replace_ioas_drops_the_old_pins(iommufd: Iommufd, buffer: DmaBuffer) -> None:
-    old, new = iommufd.alloc_ioas(), iommufd.alloc_ioas()
-    access = acc.create_access(iommufd.fd, old.id, acc.CREATE_FLAGS["needs_pin_pages"])
+def test_access_replace_ioas_drops_the_old_pins(mock_iommufd: Iommufd, buffer: DmaBuffer) -> None:
+    old, new = mock_iommufd.alloc_ioas(), mock_iommufd.alloc_ioas()
+    access = acc.create_access(mock_iommufd.fd, old.id, acc.CREATE_FLAGS["needs_pin_pages"])
     old.map(buffer.addr, SIZE, IOVA)
     new.map(buffer.addr, SIZE, IOVA + SIZE)
     pin = acc.access_pages(access, IOVA, SIZE, buffer.addr)
     acc.access_replace_ioas(access, new.id)
-    assert _errno(acc.destroy_access_pages, pin) == "ENOENT"
+    assert errno_of(acc.destroy_access_pages, pin) == "ENOENT"
     # the access now reads the new IOAS: the old IOVA is not mapped there
     got = ffi.new("uint8_t[]", 16)
-    assert _errno(acc.access_rw, access, IOVA, got, 16) == "ENOENT"
+    assert errno_of(acc.access_rw, access, IOVA, got, 16) == "ENOENT"
     acc.access_rw(access, IOVA + SIZE, got, 16)
     assert bytes(got) == bytes(buffer.mem[:16])
-    assert _errno(acc.access_replace_ioas, access, 0) == "ENOENT"
+    assert errno_of(acc.access_replace_ioas, access, 0) == "ENOENT"
     # nothing pins the buffer after the old IOAS is gone
     old.unmap(IOVA, SIZE)
-    iommufd.destroy(old.id)
+    mock_iommufd.destroy(old.id)
     access.destroy()
     new.unmap(IOVA + SIZE, SIZE)
-    mock.check_refs(iommufd.fd, buffer.addr, SIZE, 0)
+    mock.check_refs(mock_iommufd.fd, buffer.addr, SIZE, 0)
 
 
-def test_mock_dmabuf_sizes_map_file_and_revoke(iommufd: Iommufd) -> None:
-    ioas = iommufd.alloc_ioas()
-    assert _errno(acc.dmabuf_get, iommufd.fd, 0) == "EINVAL"
-    assert _errno(acc.dmabuf_get, iommufd.fd, 513 * 4096) == "EINVAL"
-    dmabuf = acc.dmabuf_get(iommufd.fd, 4096 * 3 + 1)
+def test_mock_dmabuf_sizes_map_file_and_revoke(mock_iommufd: Iommufd) -> None:
+    ioas = mock_iommufd.alloc_ioas()
+    assert errno_of(acc.dmabuf_get, mock_iommufd.fd, 0) == "EINVAL"
+    assert errno_of(acc.dmabuf_get, mock_iommufd.fd, 513 * 4096) == "EINVAL"
+    dmabuf = acc.dmabuf_get(mock_iommufd.fd, 4096 * 3 + 1)
     assert dmabuf.size == 4 * 4096
-    assert _errno(ioas.map_file, dmabuf.fd, 0, 0, None) == "EINVAL"
-    assert _errno(ioas.map_file, dmabuf.fd, 0, dmabuf.size + 1, None) == "EINVAL"
+    assert errno_of(ioas.map_file, dmabuf.fd, 0, 0, None) == "EINVAL"
+    assert errno_of(ioas.map_file, dmabuf.fd, 0, dmabuf.size + 1, None) == "EINVAL"
     first = ioas.map_file(dmabuf.fd, 0, dmabuf.size, None)
-    acc.dmabuf_revoke(iommufd.fd, dmabuf.fd, True)
-    assert _errno(ioas.map_file, dmabuf.fd, 0, dmabuf.size, None) == "ENODEV"
-    acc.dmabuf_revoke(iommufd.fd, dmabuf.fd, False)
+    acc.dmabuf_revoke(mock_iommufd.fd, dmabuf.fd, True)
+    assert errno_of(ioas.map_file, dmabuf.fd, 0, dmabuf.size, None) == "ENODEV"
+    acc.dmabuf_revoke(mock_iommufd.fd, dmabuf.fd, False)
     ioas.map_file(dmabuf.fd, 0, dmabuf.size, None)
     ioas.unmap(first.iova, dmabuf.size)
     assert ioas.map_file(dmabuf.fd, 0, dmabuf.size, first.iova).iova == first.iova
     # a file that is not the mock's DMABUF
     with DmaBuffer(4096, "memfd") as memfd:
-        assert _errno(acc.dmabuf_revoke, iommufd.fd, memfd.fd, True) == "EINVAL"
+        assert errno_of(acc.dmabuf_revoke, mock_iommufd.fd, memfd.fd, True) == "EINVAL"
     dmabuf.close()
 
 

@@ -5,10 +5,7 @@ must fail where the kernel's answer says they should."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-from vfio_scenario.errors import VfioError
 from vfio_scenario.results import Outcome
 from vfio_scenario.run.executor import execute_case
 from vfio_scenario.run.interpreter import RunOptions
@@ -18,74 +15,59 @@ from vfio_scenario.uapi.buffers import DmaBuffer, unmap_range
 from vfio_scenario.uapi.capabilities import HostCapabilities
 from vfio_scenario.uapi.iommufd import Iommufd
 
+from tests.helpers.errnos import errno_of
 from tests.helpers.scenarios import compile_text
 
 MiB = 1 << 20
 
 
-@pytest.fixture
-def iommufd(caps: HostCapabilities) -> Iterator[Iommufd]:
-    if not caps.features["iommufd_test"]:
-        pytest.skip(caps.features["iommufd_test"].reason)
-    fd = Iommufd(default_ioas=False)
-    yield fd
-    fd.close()
-
-
-def _errno(call: object, *args: object) -> str:
-    with pytest.raises(VfioError) as info:
-        call(*args)  # type: ignore[operator]
-    name: str = info.value.errno_name
-    return name
-
-
-def test_check_map_accepts_the_mapped_pages_and_refuses_others(iommufd: Iommufd) -> None:
-    ioas = iommufd.alloc_ioas()
-    dev = mock.mock_domain(iommufd.fd, ioas.id)
+def test_check_map_accepts_the_mapped_pages_and_refuses_others(mock_iommufd: Iommufd) -> None:
+    ioas = mock_iommufd.alloc_ioas()
+    dev = mock.mock_domain(mock_iommufd.fd, ioas.id)
     with DmaBuffer(4 * 4096, "shared") as buf:
         mapping = ioas.map(buf.addr + 4096, 8192, None)
-        mock.check_map(iommufd.fd, dev.hwpt_id, mapping.iova, 8192, buf.addr + 4096)
+        mock.check_map(mock_iommufd.fd, dev.hwpt_id, mapping.iova, 8192, buf.addr + 4096)
         # another page of the process, an IOVA past the mapping: the kernel says EINVAL
-        assert _errno(mock.check_map, iommufd.fd, dev.hwpt_id, mapping.iova, 8192,
-                      buf.addr) == "EINVAL"
-        assert _errno(mock.check_map, iommufd.fd, dev.hwpt_id, mapping.iova + 8192, 4096,
-                      buf.addr + 3 * 4096) == "EINVAL"
+        assert errno_of(mock.check_map, mock_iommufd.fd, dev.hwpt_id, mapping.iova, 8192,
+                        buf.addr) == "EINVAL"
+        assert errno_of(mock.check_map, mock_iommufd.fd, dev.hwpt_id, mapping.iova + 8192, 4096,
+                        buf.addr + 3 * 4096) == "EINVAL"
         mapping.unmap()
 
 
-def test_a_half_unmapped_buffer_is_efault_to_map(iommufd: Iommufd) -> None:
-    ioas = iommufd.alloc_ioas()
-    mock.mock_domain(iommufd.fd, ioas.id)
+def test_a_half_unmapped_buffer_is_efault_to_map(mock_iommufd: Iommufd) -> None:
+    ioas = mock_iommufd.alloc_ioas()
+    mock.mock_domain(mock_iommufd.fd, ioas.id)
     with DmaBuffer(8 * 4096, "shared") as buf:
-        assert _errno(unmap_range, buf, 4096 + 1, 4096) == "EINVAL"  # munmap's own answer
+        assert errno_of(unmap_range, buf, 4096 + 1, 4096) == "EINVAL"  # munmap's own answer
         unmap_range(buf, 4 * 4096, 4 * 4096)
-        assert _errno(ioas.map, buf.addr, buf.size, None) == "EFAULT"
+        assert errno_of(ioas.map, buf.addr, buf.size, None) == "EFAULT"
         ioas.map(buf.addr, 4 * 4096, None).unmap()  # the half still there maps
         unmap_range(buf, 0, 4 * 4096)
-        assert _errno(ioas.map, buf.addr, buf.size, None) == "EFAULT"
+        assert errno_of(ioas.map, buf.addr, buf.size, None) == "EFAULT"
 
 
-def test_a_truncated_memfd_is_einval_to_map_from_its_file(iommufd: Iommufd) -> None:
+def test_a_truncated_memfd_is_einval_to_map_from_its_file(mock_iommufd: Iommufd) -> None:
     """With a mock domain the pages are pinned at map time: past the file's end is
     EINVAL. Without a domain nothing is pinned, and 7.2 maps past the end (seen here)."""
     import os
 
-    bare = iommufd.alloc_ioas()
-    ioas = iommufd.alloc_ioas()
-    mock.mock_domain(iommufd.fd, ioas.id)
+    bare = mock_iommufd.alloc_ioas()
+    ioas = mock_iommufd.alloc_ioas()
+    mock.mock_domain(mock_iommufd.fd, ioas.id)
     with DmaBuffer(8 * 4096, "memfd") as buf:
         bare.map_file(buf.fd, 0, buf.size + 1, None).unmap()
-        assert _errno(ioas.map_file, buf.fd, 0, buf.size + 1, None) == "EINVAL"
+        assert errno_of(ioas.map_file, buf.fd, 0, buf.size + 1, None) == "EINVAL"
         ioas.map_file(buf.fd, 0, buf.size, None).unmap()
         os.ftruncate(buf.fd, 0)
-        assert _errno(ioas.map_file, buf.fd, 0, buf.size, None) == "EINVAL"
+        assert errno_of(ioas.map_file, buf.fd, 0, buf.size, None) == "EINVAL"
 
 
-def test_the_kernel_aligns_its_iova_to_the_buffer_and_the_length(iommufd: Iommufd) -> None:
+def test_the_kernel_aligns_its_iova_to_the_buffer_and_the_length(mock_iommufd: Iommufd) -> None:
     """The selftests' reserved_overflow needs the 2 MiB-aligned buffer: its 0x5000 bytes
     then need a 32 KiB-aligned IOVA, which the reserved range leaves none of; at an
     address only 4 KiB-aligned 7.2 finds room past the reserved range."""
-    ioas = iommufd.alloc_ioas()
+    ioas = mock_iommufd.alloc_ioas()
     with DmaBuffer(64 * 1024, "shared", align=2 * MiB) as buf:
         assert buf.addr % (2 * MiB) == 0
         for pages in range(1, 11):
@@ -93,8 +75,8 @@ def test_the_kernel_aligns_its_iova_to_the_buffer_and_the_length(iommufd: Iommuf
             mapping = ioas.map(buf.addr, length, None)
             assert mapping.iova % (length & -length) == 0
             mapping.unmap()
-        mock.add_reserved(iommufd.fd, ioas.id, 6, 0xFFFFFFFFFFFF8001)
-        assert _errno(ioas.map, buf.addr, 0x5000, None) == "ENOSPC"
+        mock.add_reserved(mock_iommufd.fd, ioas.id, 6, 0xFFFFFFFFFFFF8001)
+        assert errno_of(ioas.map, buf.addr, 0x5000, None) == "ENOSPC"
         mapping = ioas.map(buf.addr + 4096, 0x5000, None)
         assert mapping.iova > 6 + 0xFFFFFFFFFFFF8001
         mapping.unmap()

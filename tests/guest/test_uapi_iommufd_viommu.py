@@ -4,16 +4,15 @@ kernel's answer (ids, counts written back, IOTLB and cache values, events, fault
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from vfio_scenario.errors import VfioError
 from vfio_scenario.uapi import iommufd_mock as mock
 from vfio_scenario.uapi import iommufd_viommu as nest
 from vfio_scenario.uapi._vfio import ffi, lib
-from vfio_scenario.uapi.capabilities import HostCapabilities
 from vfio_scenario.uapi.iommufd import Iommufd
+
+from tests.helpers.errnos import errno_of
 
 IOTLB = lib.IOMMU_TEST_IOTLB_DEFAULT
 
@@ -29,30 +28,15 @@ class Nest:
 
 
 @pytest.fixture
-def iommufd(caps: HostCapabilities) -> Iterator[Iommufd]:
-    if not caps.features["iommufd_test"]:
-        pytest.skip(caps.features["iommufd_test"].reason)
-    fd = Iommufd(default_ioas=False)
-    yield fd
-    fd.close()
-
-
-@pytest.fixture
-def nested(iommufd: Iommufd) -> Nest:
+def nested(mock_iommufd: Iommufd) -> Nest:
     """The selftest's iommufd_viommu fixture: a mock device, a nesting parent, a vIOMMU."""
-    ioas = iommufd.alloc_ioas()
-    dev = mock.mock_domain(iommufd.fd, ioas.id)
-    parent = mock.alloc_hwpt(iommufd.fd, dev.idev_id, ioas.id, lib.IOMMU_HWPT_ALLOC_NEST_PARENT)
-    viommu = nest.alloc_viommu(iommufd.fd, dev.idev_id, parent.id,
+    ioas = mock_iommufd.alloc_ioas()
+    dev = mock.mock_domain(mock_iommufd.fd, ioas.id)
+    parent = mock.alloc_hwpt(mock_iommufd.fd, dev.idev_id, ioas.id,
+                             lib.IOMMU_HWPT_ALLOC_NEST_PARENT)
+    viommu = nest.alloc_viommu(mock_iommufd.fd, dev.idev_id, parent.id,
                                lib.IOMMU_VIOMMU_TYPE_SELFTEST, None)
-    return Nest(iommufd, iommufd.fd, ioas.id, dev, parent, viommu)
-
-
-def _errno(call: object, *args: object) -> str:
-    with pytest.raises(VfioError) as info:
-        call(*args)  # type: ignore[operator]
-    name: str = info.value.errno_name
-    return name
+    return Nest(mock_iommufd, mock_iommufd.fd, ioas.id, dev, parent, viommu)
 
 
 def _nested_hwpt(n: Nest, parent: int, iotlb: int = IOTLB, fault: int = 0) -> mock.Hwpt:
@@ -74,7 +58,7 @@ def test_nested_hwpt_carries_the_iotlb_value_and_invalidation_reports_its_count(
     hwpt = _nested_hwpt(nested, nested.parent.id, iotlb=0x1234)
     for i in range(lib.MOCK_NESTED_DOMAIN_IOTLB_NUM):
         nest.check_iotlb(nested.fd, hwpt.id, i, 0x1234)
-    assert _errno(nest.check_iotlb, nested.fd, hwpt.id, 0, IOTLB) == "EINVAL"
+    assert errno_of(nest.check_iotlb, nested.fd, hwpt.id, 0, IOTLB) == "EINVAL"
     entry = ffi.sizeof("struct iommu_hwpt_invalidate_selftest")
     sel = lib.IOMMU_HWPT_INVALIDATE_DATA_SELFTEST
     # the second request is bad: the kernel did the first and says so
@@ -92,38 +76,38 @@ def test_nested_hwpt_carries_the_iotlb_value_and_invalidation_reports_its_count(
     # a NULL array, and data one byte short
     done, error = nest.invalidate(nested.fd, hwpt.id, sel, None, entry, 1)
     assert (done, error and error.errno_name) == (0, "EINVAL")
-    assert _errno(nest.alloc_hwpt_data, nested.fd, nested.dev.idev_id, nested.parent.id, 0,
-                  lib.IOMMU_HWPT_DATA_SELFTEST, nest.hwpt_selftest_data(IOTLB), 3) == "EINVAL"
-    assert _errno(nest.alloc_hwpt_data, nested.fd, nested.dev.idev_id, nested.parent.id, 0,
-                  lib.IOMMU_HWPT_DATA_SELFTEST, None, 8) == "EFAULT"
+    assert errno_of(nest.alloc_hwpt_data, nested.fd, nested.dev.idev_id, nested.parent.id, 0,
+                    lib.IOMMU_HWPT_DATA_SELFTEST, nest.hwpt_selftest_data(IOTLB), 3) == "EINVAL"
+    assert errno_of(nest.alloc_hwpt_data, nested.fd, nested.dev.idev_id, nested.parent.id, 0,
+                    lib.IOMMU_HWPT_DATA_SELFTEST, None, 8) == "EFAULT"
 
 
 def test_viommu_loops_its_data_back_and_maps_its_region(nested: Nest) -> None:
     with_data = nest.alloc_viommu(nested.fd, nested.dev.idev_id, nested.parent.id,
                                   lib.IOMMU_VIOMMU_TYPE_SELFTEST, 0xBEEF)
     assert with_data.out_data == 0xBEEF and with_data.mmap_length > 0
-    assert _errno(nest.mmap_iommufd, nested.fd, with_data.mmap_length,
-                  with_data.mmap_offset + 4096) == "ENXIO"
+    assert errno_of(nest.mmap_iommufd, nested.fd, with_data.mmap_length,
+                    with_data.mmap_offset + 4096) == "ENXIO"
     region = nest.mmap_iommufd(nested.fd, with_data.mmap_length, with_data.mmap_offset)
     try:
         assert int.from_bytes(region[:4], "little") == 0xBEEF
-        assert _errno(nested.iommufd.destroy, with_data.id) == "EBUSY"
+        assert errno_of(nested.iommufd.destroy, with_data.id) == "EBUSY"
     finally:
         region.close()
     nested.iommufd.destroy(with_data.id)
-    assert _errno(nest.alloc_viommu, nested.fd, nested.dev.idev_id, nested.parent.id,
-                  0xDEAD, None) == "EOPNOTSUPP"
+    assert errno_of(nest.alloc_viommu, nested.fd, nested.dev.idev_id, nested.parent.id,
+                    0xDEAD, None) == "EOPNOTSUPP"
 
 
 def test_vdevice_events_reach_the_veventq_in_sequence(nested: Nest) -> None:
     hwpt = _nested_hwpt(nested, nested.viommu.id)
     queue = nest.alloc_veventq(nested.fd, nested.viommu.id, lib.IOMMU_VEVENTQ_TYPE_SELFTEST, 2)
     try:
-        assert _errno(nest.read_fd, queue.fd, 0, "q") == "EINVAL"
+        assert errno_of(nest.read_fd, queue.fd, 0, "q") == "EINVAL"
         vdev = nest.alloc_vdevice(nested.fd, nested.viommu.id, nested.dev.idev_id, 0x42)
         assert vdev.id > 0
-        assert _errno(nest.alloc_vdevice, nested.fd, nested.viommu.id, nested.dev.idev_id,
-                      0x42) == "EEXIST"
+        assert errno_of(nest.alloc_vdevice, nested.fd, nested.viommu.id, nested.dev.idev_id,
+                        0x42) == "EEXIST"
         mock.mock_domain_replace(nested.fd, nested.dev.stdev_id, hwpt.id)
         nest.trigger_vevent(nested.fd, nested.dev.idev_id)
         nest.trigger_vevent(nested.fd, nested.dev.idev_id)
@@ -158,47 +142,47 @@ def test_fault_queue_delivers_the_iopf_and_takes_the_response(nested: Nest) -> N
 
 def test_hw_queue_pins_its_iova(nested: Nest) -> None:
     sel = lib.IOMMU_HW_QUEUE_TYPE_SELFTEST
-    assert _errno(nest.alloc_hw_queue, nested.fd, nested.viommu.id, sel, 0, 1 << 24,
-                  4096) == "ENOENT"
+    assert errno_of(nest.alloc_hw_queue, nested.fd, nested.viommu.id, sel, 0, 1 << 24,
+                    4096) == "ENOENT"
     ioas = next(i for i in nested.iommufd.extra if i.id == nested.ioas)
     buf = ffi.new("uint8_t[]", 8192)
     page = (int(ffi.cast("uintptr_t", buf)) + 4095) & ~4095
     mapping = ioas.map(page, 4096, None)
     queue = nest.alloc_hw_queue(nested.fd, nested.viommu.id, sel, 0, mapping.iova, 4096)
-    assert _errno(ioas.unmap, mapping.iova, 4096) == "EBUSY"
+    assert errno_of(ioas.unmap, mapping.iova, 4096) == "EBUSY"
     nested.iommufd.destroy(queue.id)
     ioas.unmap(mapping.iova, 4096)
 
 
-def test_vfio_ioas_get_set_clear(iommufd: Iommufd) -> None:
-    assert _errno(nest.vfio_ioas, iommufd.fd, "get") == "ENODEV"
-    ioas = iommufd.alloc_ioas()
-    nest.vfio_ioas(iommufd.fd, "set", ioas.id)
-    assert nest.vfio_ioas(iommufd.fd, "get") == ioas.id
-    nest.vfio_ioas(iommufd.fd, "clear")
-    assert _errno(nest.vfio_ioas, iommufd.fd, "get") == "ENODEV"
+def test_vfio_ioas_get_set_clear(mock_iommufd: Iommufd) -> None:
+    assert errno_of(nest.vfio_ioas, mock_iommufd.fd, "get") == "ENODEV"
+    ioas = mock_iommufd.alloc_ioas()
+    nest.vfio_ioas(mock_iommufd.fd, "set", ioas.id)
+    assert nest.vfio_ioas(mock_iommufd.fd, "get") == ioas.id
+    nest.vfio_ioas(mock_iommufd.fd, "clear")
+    assert errno_of(nest.vfio_ioas, mock_iommufd.fd, "get") == "ENODEV"
 
 
 def test_vfio_get_info_returns_capabilities_only_at_the_size_it_asks_for(
-        iommufd: Iommufd) -> None:
+        mock_iommufd: Iommufd) -> None:
     """Below the argsz the kernel asks for, VFIO_IOMMU_GET_INFO on the iommufd returns no
     capability chain (cap_offset 0): the selftest's sweep, which stops one byte short,
     never reaches its chain check. At that size the chain is DMA-avail (padded to 8
     bytes), then the IOVA ranges."""
-    ioas = iommufd.alloc_ioas()
-    mock.mock_domain(iommufd.fd, ioas.id)
-    nest.vfio_ioas(iommufd.fd, "set", ioas.id)
-    mock.send(iommufd.fd, "VFIO_SET_IOMMU", value=lib.VFIO_TYPE1v2_IOMMU)
+    ioas = mock_iommufd.alloc_ioas()
+    mock.mock_domain(mock_iommufd.fd, ioas.id)
+    nest.vfio_ioas(mock_iommufd.fd, "set", ioas.id)
+    mock.send(mock_iommufd.fd, "VFIO_SET_IOMMU", value=lib.VFIO_TYPE1v2_IOMMU)
     full = ffi.sizeof("struct vfio_iommu_type1_info")
-    caplen = mock.send(iommufd.fd, "VFIO_IOMMU_GET_INFO").struct.argsz
+    caplen = mock.send(mock_iommufd.fd, "VFIO_IOMMU_GET_INFO").struct.argsz
     assert caplen > full
     for argsz in range(full, caplen):
-        assert mock.send(iommufd.fd, "VFIO_IOMMU_GET_INFO", size=argsz,
+        assert mock.send(mock_iommufd.fd, "VFIO_IOMMU_GET_INFO", size=argsz,
                          trailing=bytes(caplen)).struct.cap_offset == 0
     raw = ffi.new("uint8_t[]", caplen)
     info = ffi.cast("struct vfio_iommu_type1_info *", raw)
     info.argsz = caplen
-    assert lib.vs_ioctl(iommufd.fd, lib.VFIO_IOMMU_GET_INFO, raw) == 0
+    assert lib.vs_ioctl(mock_iommufd.fd, lib.VFIO_IOMMU_GET_INFO, raw) == 0
     assert info.cap_offset == full
     first = ffi.cast("struct vfio_info_cap_header *", raw + full)
     assert (first.id, first.version, first.next) == (lib.VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL, 1,

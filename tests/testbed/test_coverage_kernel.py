@@ -60,6 +60,7 @@ def test_the_gcov_profile_variable_chooses_the_folders_in_make(
 
 
 @pytest.mark.testbed
+@pytest.mark.kernel("coverage")
 def test_the_coverage_kernel_profiles_those_folders_only() -> None:
     kernel = assets.build_own_kernel(variant="coverage")
     meta = json.loads(kernel.image.with_name("kernel.json").read_text())
@@ -85,6 +86,7 @@ def _browse(path: Path, profile: Path) -> str:
 
 
 @pytest.mark.testbed
+@pytest.mark.kernel("coverage")
 def test_run_coverage_writes_tracefile_html_and_summary(
         tmp_path: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -115,6 +117,7 @@ def test_run_coverage_writes_tracefile_html_and_summary(
 
 
 @pytest.mark.testbed
+@pytest.mark.kernel("coverage")
 def test_coverage_per_case_gives_each_scenario_file_its_numbers(
         tmp_path: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,9 +20,10 @@ and the executor's waits are bounded (tests/unit/test_stuck_case_processes.py).
 LKDTM 7.2 has no lockdep crash type; SPINLOCKUP, written once, takes a spinlock and
 returns to user space holding it, which lockdep reports as "lock held when returning
 to user space" (kernel/locking/lockdep.c, lockdep_sys_exit). Lockdep turns itself off
-after its first report, KASAN reports once per boot (no kasan_multi_shot) and the
-hung-task detector is told to report once, so each test boots its own VM and the
-splats come in this order: hung task, WARNING, lockdep, KASAN.
+after its first report (debug_locks_off), KASAN reports once per boot (no
+kasan_multi_shot) and the hung-task detector is told to report once, so the splats come
+in this order: hung task, WARNING, lockdep, KASAN, and the splats from inside cases and
+those from beside them need a VM each: two debug boots, not one.
 
 LKDTM 7.2 has no leak type either. SLAB_FREE_CROSS frees an object of its cache
 lkdtm-heap-a to lkdtm-heap-b; with SLUB's consistency checks on those caches
@@ -30,10 +31,16 @@ lkdtm-heap-a to lkdtm-heap-b; with SLUB's consistency checks on those caches
 warns and "intentionally leaks the object" (mm/slub.c), which kmemleak then finds
 unreferenced. The checks on lkdtm-heap-a matter: they leave it without per-CPU sheaves,
 whose array keeps the popped object's pointer, a reference kmemleak would find.
+
+Each run on this kernel ends with two kmemleak scans of the guest (minutes under TCG on a
+busy machine), so the leak shares the VM and the run of the splats from inside cases: it
+comes last, after them, and kmemleak's report of that run must be exactly its one
+object (so the splat cases leaked nothing); a second run in that VM must report nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import textwrap
 from collections.abc import Iterator
@@ -52,7 +59,7 @@ from vfio_scenario.testbed import Testbed
 from tests.helpers.kunit import kunit_parser, parse_ktap
 from tests.helpers.reports import assert_valid_junit
 
-pytestmark = pytest.mark.testbed
+pytestmark = [pytest.mark.testbed, pytest.mark.kernel("debug")]
 
 DIRECT = "/sys/kernel/debug/provoke-crash/DIRECT"
 # the debug kernel under TCG on a busy 2-core machine: Python starts in the guest and
@@ -70,12 +77,35 @@ EXPECTED = [
     ("kasan", "kasan", "BUG: KASAN: slab-out-of-bounds in lkdtm_SLAB_LINEAR_OVERFLOW"),
 ]
 
+# SLUB's consistency checks on LKDTM's two caches: SLAB_FREE_CROSS then leaks (see the top)
+LEAKING_CMDLINE = "slab_debug=F,lkdtm-heap-a,lkdtm-heap-b"
+
+
+# kmemleak scans the memory the guest uses: with 1 GiB instead of the testbed's 4 GiB a
+# scan took 61 and 117 s instead of 370 and 482 s (the same busy machine, docs/testbed.md)
+MEMORY = "1G"
+
+
+@contextlib.contextmanager
+def _debug_testbed(extra_cmdline: str = "") -> Iterator[Any]:
+    with Testbed(kernel="debug", devices=(), memory=MEMORY,
+                 extra_cmdline=extra_cmdline) as testbed:
+        assert testbed.kernel_release.endswith("-vfio-scenario-debug")
+        assert testbed.run(["sh", "-c", HUNG_TASK_FAST]).returncode == 0
+        yield testbed
+
 
 @pytest.fixture
 def debug_vm() -> Iterator[Any]:
-    with Testbed(kernel="debug", devices=()) as testbed:
-        assert testbed.kernel_release.endswith("-vfio-scenario-debug")
-        assert testbed.run(["sh", "-c", HUNG_TASK_FAST]).returncode == 0
+    """A VM of its own: the splats from beside running cases."""
+    with _debug_testbed() as testbed:
+        yield testbed
+
+
+@pytest.fixture(scope="module")
+def inside_vm() -> Iterator[Any]:
+    """One VM for the splats from inside cases and for the leak (both tests below)."""
+    with _debug_testbed(LEAKING_CMDLINE) as testbed:
         yield testbed
 
 
@@ -157,6 +187,44 @@ def _check(results: list[CaseResult], testbed: Any,
     assert all(kind in splat_kinds[name] for name, kind, _ in provoked)
 
 
+def _outside(name: str) -> str:
+    """A case long enough for the host's command beside it (which starts when the case's
+    start event arrives, and ends once the splat is logged whole) to finish inside it,
+    however busy the machine; then its window closes when the next case starts. (Waiting
+    for LKDTM's own line instead would race: the case reads the log from when its process
+    begins, which the command beside it may precede.)"""
+    return f"""
+    - name: {name}
+      requires: {{devices: 0}}
+      timeout: 120s
+      steps:
+        - sleep: {{duration: 40s}}
+    - name: after-{name}
+      requires: {{devices: 0}}
+      steps:
+        - sleep: {{duration: 10ms}}
+"""
+
+
+OUTSIDE = "".join(_outside(name) for name, _, _ in EXPECTED)
+
+
+def test_splats_provoked_beside_a_running_case_are_its_errors(debug_vm: Any,
+                                                              tmp_path: Path) -> None:
+    # the writer in the background (HUNG_TASK never returns), its output nowhere
+    hung = (f"(echo HUNG_TASK > {DIRECT} &) </dev/null >/dev/null 2>&1; "
+            "for i in $(seq 600); do dmesg | grep -q 'blocked for more than' && exit 0; "
+            "sleep 0.2; done; exit 1")
+    provoke = {"hung-task": hung, "warning": f"echo WARNING > {DIRECT}",
+               "lockdep": f"echo SPINLOCKUP > {DIRECT}",
+               "kasan": f"echo SLAB_LINEAR_OVERFLOW > {DIRECT}"}
+    results, warnings = _run(debug_vm, tmp_path, OUTSIDE, provoke)
+    # the blocked task is the shell's this time; everything else as from inside
+    _check(results, debug_vm, [(n, k, "INFO: task sh:" if k == "hung_task" else t)
+                               for n, k, t in EXPECTED])
+    assert not [w for w in warnings if w.startswith("kmemleak")], warnings
+
+
 INSIDE = """
     - name: hung-task
       requires: {devices: 0}
@@ -201,55 +269,6 @@ INSIDE = """
 """
 
 
-def test_splats_a_case_provokes_itself_are_its_errors(debug_vm: Any, tmp_path: Path) -> None:
-    results, warnings = _run(debug_vm, tmp_path, INSIDE)
-    _check(results, debug_vm, EXPECTED)
-    # the kernel's answer to a crash type LKDTM does not know
-    assert (results[-1].scenario, results[-1].outcome.value) == ("unknown-type", "pass")
-    # the writer LKDTM keeps blocked was no process of the case's: nothing left behind
-    assert "left behind" not in results[0].message
-    # nothing of this leaked: kmemleak's two scans at the run's end report nothing
-    assert not [w for w in warnings if w.startswith("kmemleak")], warnings
-
-
-def _outside(name: str) -> str:
-    """A case long enough for the host's command beside it (which starts when the case's
-    start event arrives, and ends once the splat is logged whole) to finish inside it,
-    however busy the machine; then its window closes when the next case starts. (Waiting
-    for LKDTM's own line instead would race: the case reads the log from when its process
-    begins, which the command beside it may precede.)"""
-    return f"""
-    - name: {name}
-      requires: {{devices: 0}}
-      timeout: 120s
-      steps:
-        - sleep: {{duration: 40s}}
-    - name: after-{name}
-      requires: {{devices: 0}}
-      steps:
-        - sleep: {{duration: 10ms}}
-"""
-
-
-OUTSIDE = "".join(_outside(name) for name, _, _ in EXPECTED)
-
-
-def test_splats_provoked_beside_a_running_case_are_its_errors(debug_vm: Any,
-                                                              tmp_path: Path) -> None:
-    # the writer in the background (HUNG_TASK never returns), its output nowhere
-    hung = (f"(echo HUNG_TASK > {DIRECT} &) </dev/null >/dev/null 2>&1; "
-            "for i in $(seq 600); do dmesg | grep -q 'blocked for more than' && exit 0; "
-            "sleep 0.2; done; exit 1")
-    provoke = {"hung-task": hung, "warning": f"echo WARNING > {DIRECT}",
-               "lockdep": f"echo SPINLOCKUP > {DIRECT}",
-               "kasan": f"echo SLAB_LINEAR_OVERFLOW > {DIRECT}"}
-    results, warnings = _run(debug_vm, tmp_path, OUTSIDE, provoke)
-    # the blocked task is the shell's this time; everything else as from inside
-    _check(results, debug_vm, [(n, k, "INFO: task sh:" if k == "hung_task" else t)
-                               for n, k, t in EXPECTED])
-    assert not [w for w in warnings if w.startswith("kmemleak")], warnings
-
-
 LEAK = """
     - name: leak
       requires: {devices: 0}
@@ -271,27 +290,50 @@ QUIET = """
 """
 
 
-@pytest.fixture
-def leaking_vm() -> Iterator[Any]:
-    with Testbed(kernel="debug", devices=(),
-                 extra_cmdline="slab_debug=F,lkdtm-heap-a,lkdtm-heap-b") as testbed:
-        yield testbed
+@pytest.fixture(scope="module")
+def inside_run(inside_vm: Any, tmp_path_factory: pytest.TempPathFactory
+               ) -> tuple[list[CaseResult], list[str]]:
+    """The run of the splat cases (INSIDE), then of the leak (LEAK), in `inside_vm`."""
+    return _run(inside_vm, tmp_path_factory.mktemp("inside"), INSIDE + LEAK)
 
 
-def test_kmemleak_reports_a_real_leak_as_the_runs(leaking_vm: Any, tmp_path: Path) -> None:
-    results, warnings = _run(leaking_vm, tmp_path, LEAK)
-    assert [(r.scenario, r.outcome.value) for r in results] == [("leak", "pass"),
-                                                                ("after-leak", "pass")]
-    [warn] = results[0].kernel_splats
-    assert warn["kind"] == "warning" and warn["allowed"]
-    assert "object belongs to different cache lkdtm-heap-a" in warn["text"]
+def _the_leak(warnings: list[str]) -> str:
+    """kmemleak's report of the run: exactly the one object LEAK's case leaked."""
     [leaks] = [w for w in warnings if w.startswith("kmemleak")]
     assert leaks.startswith("kmemleak: 1 object(s): unreferenced object 0x"), leaks
     assert "(size 64):" in leaks and "lkdtm_SLAB_FREE_CROSS" in leaks, leaks
+    return leaks
+
+
+def test_splats_a_case_provokes_itself_are_its_errors(inside_vm: Any,
+                                                      inside_run: tuple[list[CaseResult],
+                                                                        list[str]]) -> None:
+    results, warnings = inside_run
+    _check(results, inside_vm, EXPECTED)
+    # the kernel's answer to a crash type LKDTM does not know (LEAK's two cases follow)
+    assert (results[-3].scenario, results[-3].outcome.value) == ("unknown-type", "pass")
+    # the writer LKDTM keeps blocked was no process of the case's: nothing left behind
+    assert "left behind" not in results[0].message
+    # nothing of this leaked: kmemleak's two scans at the run's end report the one
+    # object of the leak case after these, and nothing else
+    _the_leak(warnings)
+
+
+def test_kmemleak_reports_a_real_leak_as_the_runs(inside_vm: Any,
+                                                  inside_run: tuple[list[CaseResult],
+                                                                    list[str]],
+                                                  tmp_path: Path) -> None:
+    results, warnings = inside_run
+    assert [(r.scenario, r.outcome.value) for r in results[-2:]] == [("leak", "pass"),
+                                                                     ("after-leak", "pass")]
+    [warn] = results[-2].kernel_splats
+    assert warn["kind"] == "warning" and warn["allowed"]
+    assert "object belongs to different cache lkdtm-heap-a" in warn["text"]
+    leaks = _the_leak(warnings)
     report = leaks.split(": ", 2)[2]
     # the reports carry it as the run's
     run = RunResult(cases=results, duration=10.0,
-                    properties={"kernel": leaking_vm.kernel_release, "kmemleak": report})
+                    properties={"kernel": inside_vm.kernel_release, "kmemleak": report})
     root = assert_valid_junit(junit_document(run))
     assert any(p.get("name") == "kmemleak" and "lkdtm_SLAB_FREE_CROSS" in p.get("value", "")
                for p in root.iter("property"))
@@ -299,6 +341,6 @@ def test_kmemleak_reports_a_real_leak_as_the_runs(leaking_vm: Any, tmp_path: Pat
     assert is_json_report(doc) and doc["properties"]["kmemleak"] == report
 
     # a second run in the same VM leaks nothing: the leak above is not its
-    results, warnings = _run(leaking_vm, tmp_path, QUIET)
+    results, warnings = _run(inside_vm, tmp_path, QUIET)
     assert [(r.scenario, r.outcome.value) for r in results] == [("quiet", "pass")]
     assert not [w for w in warnings if w.startswith("kmemleak")], warnings

@@ -133,10 +133,14 @@ _WHEN_A_CASE_RUNS = ("i=0; until [ \"$(ls -l /proc/[0-9]*/fd 2>/dev/null | grep 
                      "sleep 0.2; done; ")
 
 
+@pytest.mark.kernel("debug")
 def test_testbed_run_alongside_provokes_a_kasan_report_in_the_running_case(
         private_cache: dict[str, str], tmp_path: Path) -> None:
     """On an `up` debug-kernel VM a `run` holds, `testbed run --alongside` runs at once
     (the guest's second agent) and its KASAN splat is the running case's ERROR."""
+    # built, or waited for on the shared cache's build lock (the private cache has locks
+    # of its own: its `up` would build it again, in the same build folder)
+    build_own_kernel(variant="debug")
     up = _cli(private_cache, "testbed", "up", "--kernel", "debug")
     assert up.returncode == 0, up.stderr
     try:

@@ -13,6 +13,7 @@ from vfio_scenario.drivers import nv_falcon
 from vfio_scenario.drivers.base import DriverError, Feature
 from vfio_scenario.drivers.nv_falcon import Arch, NvFalconDriver, arch_of, dma_chunks
 
+from tests.helpers.load import load_multiplier
 from tests.models.falcon import (
     CHANNEL_BASE,
     ENGINE_RESET,
@@ -50,11 +51,14 @@ def test_timeouts_are_v10s() -> None:
 
 @pytest.fixture(autouse=True)
 def short_timeouts(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """v10's 1 s and 5 s waits, shortened; the tests that measure them set their own."""
+    """v10's 1 s and 5 s waits, shortened; the tests that measure them set their own.
+    The model is ready after a few polls 1 ms apart, which a loaded machine stretches:
+    the waits grow with its load."""
+    scale = load_multiplier()
     for name, value in (("BOOT_TIMEOUT", 0.05), ("ENABLE_TIMEOUT", 0.05),
                         ("DMA_TIMEOUT", 0.2), ("FSP_DRAIN_TIMEOUT", 0.05),
                         ("FSP_SEND_TIMEOUT", 0.05), ("FSP_TIMEOUT", 0.05)):
-        monkeypatch.setattr(nv_falcon, name, value)
+        monkeypatch.setattr(nv_falcon, name, value * scale)
     yield
 
 

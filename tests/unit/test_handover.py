@@ -18,6 +18,8 @@ from vfio_scenario.run.executor import execute_case
 from vfio_scenario.run.interpreter import RunOptions
 from vfio_scenario.run.ops import operations
 
+from tests.helpers.load import load_multiplier
+
 
 def _case(text: str) -> Case:
     doc, errors = load_text(textwrap.dedent(text), "scen/handover.yaml")
@@ -96,18 +98,37 @@ name: hang-after
 timeout: 8s
 steps:
   - handover: {}
-  - sleep: {duration: 60s}
+  - sleep: {duration: 1h}
 """
 
 
 def test_the_case_timeout_ends_the_successor_too() -> None:
-    result = execute_case(_case(HANG), [], operations(), RunOptions())
+    # the limit scaled by the machine's load: the successor (a fresh Python) must be
+    # sleeping when it strikes
+    options = RunOptions(timeout_multiplier=load_multiplier())
+    result = execute_case(_case(HANG), [], operations(), options)
     assert result.outcome is Outcome.ERROR
-    assert "timed out" in result.message
-    # no process of the case is left (its process group is empty)
+    assert "timed out" in result.message and "during step 2 `sleep`" in result.message, \
+        result.message
+    # no process of the case is left (its process group is empty); successors of other
+    # runs on this machine are none of this test's
     leftover = [p for p in os.listdir("/proc") if p.isdigit()
-                and _cmdline(p).endswith("vfio_scenario.run.successor")]
+                and _cmdline(p).endswith("vfio_scenario.run.successor") and _ours(p)]
     assert leftover == [] or all(_state(p) == "Z" for p in leftover)
+
+
+def _ours(pid: str) -> bool:
+    """Whether `pid` descends from this process."""
+    me = os.getpid()
+    while pid not in ("0", "1"):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                pid = f.read().rsplit(")", 1)[1].split()[1]
+        except OSError:
+            return False
+        if int(pid) == me:
+            return True
+    return False
 
 
 def _cmdline(pid: str) -> str:

@@ -49,8 +49,8 @@ def _ci_copy(tmp_path: Path, failing: str | None) -> tuple[Path, Path]:
         stub = tmp_path / path
         stub.parent.mkdir(parents=True, exist_ok=True)
         status = 1 if name == failing else 0
-        # the Debian-12 venv's command logs its subcommand: `testbed` (the debug kernel's
-        # background build) or `run`
+        # the Debian-12 venv's command logs its subcommand: `testbed` (a kernel's
+        # build, in the background) or `run` (scenarios/host, there too)
         logged = "deb12-$1" if name == "deb12-run" else name
         stub.write_text(f"#!/bin/sh\necho {logged} >> '{log}'\nexit {status}\n")
         stub.chmod(0o755)
@@ -62,8 +62,8 @@ def test_ci_fails_on_unclean_lint_before_the_tests(tmp_path: Path, failing: str)
     run, log = _ci_copy(tmp_path, failing)
     proc = subprocess.run([str(run)], capture_output=True, text=True, check=False)
     assert proc.returncode == 1
-    # the kernels' background builds may log at any time
-    ran = [r for r in log.read_text().split() if r != "deb12-testbed"]
+    # the background job (the kernels' builds, scenarios/host) may log at any time
+    ran = [r for r in log.read_text().split() if not r.startswith("deb12-")]
     assert ran[-1] == failing and "pytest" not in ran
 
 
@@ -72,11 +72,15 @@ def test_ci_runs_ruff_and_mypy_then_the_tests(tmp_path: Path) -> None:
     proc = subprocess.run([str(run)], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     ran = log.read_text().split()
-    # the debug kernel's build, then the coverage kernel's, start in the background once
-    # the first bootstrap made the venv; when they log beside the rest is up to the scheduler
-    assert ran.count("deb12-testbed") == 2
-    ran = [r for r in ran if r != "deb12-testbed"]
-    assert ran == ["bootstrap", "bootstrap", "deb12-run", "bootstrap", "ruff", "mypy", "pytest"]
+    # once both bootstraps made the venvs, one background job fetches the testbed (the
+    # default kernel), runs scenarios/host in it, builds the debug kernel, then the
+    # coverage kernel; when it logs beside the rest is up to the scheduler
+    assert [r for r in ran if r.startswith("deb12-")] == ["deb12-testbed", "deb12-run",
+                                                         "deb12-testbed", "deb12-testbed"]
+    ran = [r for r in ran if not r.startswith("deb12-")]
+    assert ran == ["bootstrap", "bootstrap", "ruff", "mypy", "pytest"]
+    # the background job starts after the second bootstrap, and the run waits for it
+    assert log.read_text().split().index("deb12-testbed") > 1
 
 
 def test_every_declared_dependency_is_imported_by_the_engine() -> None:

@@ -20,6 +20,7 @@ from vfio_scenario.report import sink as sink_mod
 from vfio_scenario.report.sink import ReportSink
 
 from tests.helpers.kunit import parse_ktap
+from tests.helpers.load import load_multiplier
 from tests.helpers.reports import assert_valid_junit, sample_run
 
 
@@ -36,6 +37,11 @@ def report_ids(tmp_path: Path) -> tuple[list[str], list[str], int]:
     doc = json.loads((tmp_path / "r.json").read_text())
     html = (tmp_path / "r.html").read_text().count('<details class="case"')
     return junit, [c["case_id"] for c in doc["cases"]], html
+
+
+def _cases_in_every_file(tmp_path: Path) -> int:
+    junit, json_ids, html_rows = report_ids(tmp_path)
+    return min(len(junit), len(json_ids), html_rows)
 
 
 def test_sink_writes_everything_and_summarises(tmp_path: Path) -> None:
@@ -189,7 +195,12 @@ def test_kill_9_after_cases_leaves_valid_reports_holding_them(tmp_path: Path) ->
         assert child.stdout is not None
         lines = [child.stdout.readline().strip() for _ in range(8)]
         assert lines[-1] == "ready"
-        time.sleep(1.0)  # past the rewrite interval
+        # past the rewrite interval: 0.5 s, or 3x the last rewrite's time when that is
+        # longer (the first one imports the report writers: on a loaded machine seconds);
+        # the sink's timer, not a close(), writes the cases that came in it
+        deadline = time.monotonic() + 30 * load_multiplier()
+        while _cases_in_every_file(tmp_path) < 7 and time.monotonic() < deadline:
+            time.sleep(0.1)
     finally:
         os.kill(child.pid, signal.SIGKILL)
         child.wait()

@@ -231,6 +231,9 @@ def get_hw_info(rt: Runtime, args: GetHwInfo, step: Step) -> None:
     if want_type is not None and arg.out_data_type != HW_INFO_TYPES.get(str(want_type),
                                                                         want_type):
         raise CheckFailed(f"data type {arg.out_data_type:#x}, expected {want_type}")
+    if args.out_data_len is not None and arg.data_len != args.out_data_len:
+        raise CheckFailed(f"the kernel reports {arg.data_len} bytes of data, expected "
+                          f"{args.out_data_len}")
     reported = min(arg.data_len, args.data_len)
     tail = bytes(ffi.buffer(data, args.data_len))[arg.data_len:]
     if any(tail):
