@@ -1,7 +1,10 @@
 """The fail-nth sweep of a case with a `fail_nth` step (the kernel's iommufd_fail_nth).
 
-The case runs again and again in its process, each run a whole case (begin hook, body,
-teardown, releases, end hook) with a fresh set of handles: run n = 0 arms nothing, run
+The case runs again and again in its process, each run a whole case (body, teardown,
+releases) with a fresh set of handles, the case's begin and end hooks once around the
+sweep (the log position and taint of the case; C's harness checks none per n), as
+fail-nth's file and the debugfs attributes (opened and set once, as the C program's
+fail_nth_first and constructor do, and set back at the end): run n = 0 arms nothing, run
 n >= 1 has its `fail_nth` step write n to /proc/self/task/TID/fail-nth, so that the nth
 fault-injection site (failslab, the mock's fail_iommufd …) this task passes after it
 fails. As the C program's TEST_FAIL_NTH:
@@ -37,38 +40,57 @@ if TYPE_CHECKING:
     from vfio_scenario.run.interpreter import Hook, Listener, Operation, RunOptions, Runtime
 
 DEBUGFS = "/sys/kernel/debug"
+FAIL_NTH = "/proc/self/task/{tid}/fail-nth"  # this task's fail-nth file
 
 
 class Armed:
-    """This task's fail-nth file, armed with n (or not: n == 0)."""
+    """This task's fail-nth file, armed with n (or not: n == 0). As the C program's
+    fail_nth_state, the file is opened once for the sweep (`close` at its end) and each
+    run only writes its n and reads the counter back."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int = 0) -> None:
         self.n = n
         self.fd = -1
+        self.armed = False
+        # the debugfs attributes setup_debugfs set, with their old values (None: not yet)
+        self.restores: list[tuple[str, str]] | None = None
 
     def arm(self) -> None:
-        if self.n and self.fd < 0:
-            self.fd = os.open(f"/proc/self/task/{threading.get_native_id()}/fail-nth",
-                              os.O_RDWR | os.O_CLOEXEC)
+        if self.n and not self.armed:
+            if self.fd < 0:
+                self.fd = os.open(FAIL_NTH.format(tid=threading.get_native_id()),
+                                  os.O_RDWR | os.O_CLOEXEC)
             os.pwrite(self.fd, str(self.n).encode(), 0)
+            self.armed = True
 
     def disarm(self) -> bool | None:
         """Read and clear it: True when the nth site was reached, None if never armed."""
-        if self.fd < 0:
+        if not self.armed:
             return None
+        self.armed = False
         try:
             left = os.pread(self.fd, 32, 0)
-            os.pwrite(self.fd, b"0", 0)
         finally:
+            os.pwrite(self.fd, b"0", 0)
+        return left.strip() == b"0"
+
+    def close(self) -> list[str]:
+        """Close the file and set the debugfs attributes back; the problems met."""
+        if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-        return left.strip() == b"0"
+        problems = []
+        for path, old in reversed(self.restores or []):
+            try:
+                _write(path, old)
+            except OSError as exc:
+                problems.append(f"releasing {path} back to {old}: {exc}")
+        self.restores = None
+        return problems
 
 
 def sweep(case: Case, devices: list[str], ops: dict[str, Operation], options: RunOptions,
           listener: Listener | None, begin: Hook | None, end: Hook | None) -> CaseResult:
-    from vfio_scenario.run.interpreter import Runtime
-
     t0 = time.perf_counter()
     limit = next(s.args.max for s in case.steps if s.op == "fail_nth")  # type: ignore[attr-defined]
     ended: Counter[str] = Counter()
@@ -76,34 +98,38 @@ def sweep(case: Case, devices: list[str], ops: dict[str, Operation], options: Ru
     result = CaseResult(case_id=case.id, file=case.file, scenario=case.scenario,
                         outcome=Outcome.PASS, params=dict(case.params), tags=list(case.tags),
                         started=time.time())
-    for n in range(limit + 1):
-        rt = Runtime(case=case, devices=devices, options=options)
-        rt.fail_nth = Armed(n)
-        if begin:
-            begin(rt)
-        result = CaseResult(case_id=case.id, file=case.file, scenario=case.scenario,
-                            outcome=Outcome.PASS, params=dict(case.params),
-                            tags=list(case.tags), started=result.started)
-        rt.result, rt.listener, rt.end, rt.ops = result, listener, end, ops
-        failed, reached, armed_at = _run(rt, result, ops)
-        if result.outcome is Outcome.SKIP:
-            break
-        verdict, why = _verdict(n, result, failed, reached, armed_at)
-        if verdict == "fail":
-            if result.outcome is Outcome.PASS:
-                result.outcome = failed.outcome if failed is not None else Outcome.FAIL
-            result.message = f"fail-nth {n}: {why}"
-            break
-        if verdict == "last":
-            break  # the first n nothing reached: this run passed whole
-        if verdict == "ended":
-            ended[why] += 1
-        elif n > 0:
-            tolerated += 1
-    else:
-        result.outcome = Outcome.FAIL
-        result.message = (f"fail-nth still reached a fault site at n = {limit}: the sweep "
-                          "stops at `max`")
+    armed = Armed()
+    first: Runtime | None = None  # the first run's: the case's begin and end hooks
+    try:
+        for n in range(limit + 1):
+            armed.n = n
+            rt = _new_run(case, devices, options, armed, first, begin)
+            first = first or rt
+            result = CaseResult(case_id=case.id, file=case.file, scenario=case.scenario,
+                                outcome=Outcome.PASS, params=dict(case.params),
+                                tags=list(case.tags), started=result.started)
+            rt.result, rt.listener, rt.ops = result, listener, ops
+            failed, reached, armed_at = _run(rt, result, ops)
+            if result.outcome is Outcome.SKIP:
+                break
+            verdict, why = _verdict(n, result, failed, reached, armed_at)
+            if verdict == "fail":
+                if result.outcome is Outcome.PASS:
+                    result.outcome = failed.outcome if failed is not None else Outcome.FAIL
+                result.message = f"fail-nth {n}: {why}"
+                break
+            if verdict == "last":
+                break  # the first n nothing reached: this run passed whole
+            if verdict == "ended":
+                ended[why] += 1
+            elif n > 0:
+                tolerated += 1
+        else:
+            result.outcome = Outcome.FAIL
+            result.message = (f"fail-nth still reached a fault site at n = {limit}: the "
+                              "sweep stops at `max`")
+    finally:
+        _end_sweep(armed, end, first, result)
     if result.outcome is Outcome.PASS:
         note = (f"swept n = 1 … {n - 1}: {sum(ended.values())} runs ended by an injected "
                 f"errno ({', '.join(f'{k} {v}' for k, v in sorted(ended.items())) or 'none'}), "
@@ -113,6 +139,35 @@ def sweep(case: Case, devices: list[str], ops: dict[str, Operation], options: Ru
                 sr.message = note
     result.duration = time.perf_counter() - t0
     return result
+
+
+def _end_sweep(armed: Armed, end: Hook | None, first: Runtime | None,
+               result: CaseResult) -> None:
+    """fail-nth closed, the debugfs attributes set back (a problem there is the case's
+    error), the case's end hook."""
+    problems = armed.close()
+    if end and first is not None:
+        end(first)
+    if problems and result.outcome is Outcome.PASS:
+        result.outcome = Outcome.ERROR
+        result.message = "releasing the case's resources failed: " + "; ".join(problems)
+
+
+def _new_run(case: Case, devices: list[str], options: RunOptions, armed: Armed,
+             first: Runtime | None, begin: Hook | None) -> Runtime:
+    """The Runtime of one run: fresh handles; the case's begin hook runs for the first
+    (the log position and taint of the case), the next ones share what it recorded."""
+    from vfio_scenario.run.interpreter import Runtime
+
+    rt = Runtime(case=case, devices=devices, options=options)
+    rt.fail_nth = armed
+    if first is None:
+        if begin:
+            begin(rt)
+    else:
+        rt.kernel_log, rt.kernel_log_error = first.kernel_log, first.kernel_log_error
+        rt.taint, rt.qemu_faults = first.taint, first.qemu_faults
+    return rt
 
 
 def _verdict(n: int, result: CaseResult, failed: StepResult | None, reached: bool | None,
@@ -171,13 +226,17 @@ def _run(rt: Runtime, result: CaseResult, ops: dict[str, Operation]
 def setup_debugfs(rt: Runtime) -> None:
     """As the C program's constructor: every allocation may be failed (failslab's
     ignore-gfp-wait N; fail_page_alloc's too where the kernel has it) and the fault
-    attributes quiet (verbose 0); the old values come back when the run ends."""
+    attributes quiet (verbose 0); once for the sweep (its first run), the old values
+    back when the sweep ends."""
     from vfio_scenario.run.interpreter import Skip
 
+    armed = rt.fail_nth
+    if armed is not None and armed.restores is not None:
+        return  # an earlier run of the sweep set them
     if not os.path.isdir(f"{DEBUGFS}/failslab"):
         raise Skip(f"fault injection is not enabled in the kernel (no {DEBUGFS}/failslab: "
                    "FAILSLAB, FAULT_INJECTION_DEBUG_FS)")
-    if not os.path.exists(f"/proc/self/task/{threading.get_native_id()}/fail-nth"):
+    if not os.path.exists(FAIL_NTH.format(tid=threading.get_native_id())):
         raise Skip("fault injection is not enabled in the kernel (no /proc/self/task/TID/"
                    "fail-nth: FAULT_INJECTION)")
     wanted = {"failslab/ignore-gfp-wait": "N", "fail_page_alloc/ignore-gfp-wait": "N",
@@ -185,6 +244,7 @@ def setup_debugfs(rt: Runtime) -> None:
     for name in sorted(os.listdir(DEBUGFS)):
         if name.startswith("fail"):
             wanted[f"{name}/verbose"] = "0"
+    restores: list[tuple[str, str]] = []
     for rel, value in wanted.items():
         path = f"{DEBUGFS}/{rel}"
         try:
@@ -194,7 +254,12 @@ def setup_debugfs(rt: Runtime) -> None:
                 f.write(value)
         except OSError:
             continue  # the kernel has no such attribute (fail_page_alloc without FAIL_PAGE_ALLOC)
-        rt.on_cleanup(f"{path} back to {old}", functools.partial(_write, path, old))
+        if armed is None:
+            rt.on_cleanup(f"{path} back to {old}", functools.partial(_write, path, old))
+        else:
+            restores.append((path, old))
+    if armed is not None:
+        armed.restores = restores
 
 
 def _write(path: str, value: str) -> None:

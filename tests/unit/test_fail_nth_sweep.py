@@ -161,3 +161,90 @@ def test_one_fail_nth_per_case_and_none_in_teardown_or_a_child() -> None:
                                    "  - fork: {}\n    as: c\n  - fail_nth: {}\n    process: c\n"))
     assert child == [("scen/nth.yaml:9:14: `fail_nth` runs in the case's process, not in a "
                      "forked child")]
+
+
+# --- what a sweep does once (as the C program: its constructor, fail_nth_first) -----
+
+
+def test_the_case_hooks_run_once_around_the_sweep(kernel: FakeKernel) -> None:
+    ops = dict(operations())
+    calls: list[str] = []
+
+    def passes_sites(rt: Any, args: Any, step: Any) -> None:
+        calls.append(step.label)
+        for _ in range({"a": 2}.get(step.label, 0)):
+            kernel.site()
+
+    ops["sleep"] = passes_sites
+    case = compile_text(BODY, "scen/nth.yaml")[0]
+    result = run_case(case, [], ops, begin=lambda rt: calls.append("begin"),
+                      end=lambda rt: calls.append("end"))
+    assert result.outcome is Outcome.PASS, result.message
+    # runs 0, 1 and 2 (ended at a), 3 (not reached): the hooks once, around them all
+    assert calls == ["begin", "setup", "a", "b", "check", "setup", "a", "check",
+                     "setup", "a", "check", "setup", "a", "b", "check", "end"]
+
+
+def test_the_fail_nth_file_is_opened_once_and_read_back_per_run(tmp_path: Any,
+                                                                monkeypatch: pytest.MonkeyPatch
+                                                                ) -> None:
+    file = tmp_path / "fail-nth"
+    file.write_text("0")
+    monkeypatch.setattr(failnth, "FAIL_NTH", str(file))
+    armed = failnth.Armed()
+    assert armed.disarm() is None  # never armed
+    armed.n = 3
+    armed.arm()
+    fd = armed.fd
+    assert file.read_text() == "3"
+    file.write_text("0")  # the kernel counted down to the nth site
+    assert armed.disarm() is True
+    assert file.read_text() == "0"
+    armed.n = 4
+    armed.arm()
+    assert (armed.fd, file.read_text()) == (fd, "4")
+    assert armed.disarm() is False  # the counter is still 4: the nth site was not reached
+    assert armed.close() == []
+    assert armed.fd == -1
+
+
+def test_debugfs_is_set_once_for_the_sweep_and_set_back_at_its_end(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch, kernel: FakeKernel) -> None:
+    debugfs = tmp_path / "debug"
+    for rel, value in {"failslab/ignore-gfp-wait": "Y", "failslab/verbose": "2",
+                       "fail_iommufd/verbose": "1"}.items():
+        (debugfs / rel).parent.mkdir(parents=True, exist_ok=True)
+        (debugfs / rel).write_text(value + "\n")
+    (tmp_path / "fail-nth").write_text("0")
+    monkeypatch.setattr(failnth, "DEBUGFS", str(debugfs))
+    monkeypatch.setattr(failnth, "FAIL_NTH", str(tmp_path / "fail-nth"))
+
+    monkeypatch.setattr(failnth, "setup_debugfs", SETUP_DEBUGFS)
+    listed: list[str] = []
+    listdir = os.listdir
+
+    def spy(path: str) -> list[str]:
+        listed.append(path)
+        return listdir(path)
+
+    monkeypatch.setattr(os, "listdir", spy)
+    seen: list[tuple[str, str]] = []
+    ops = dict(operations())
+
+    def passes_sites(rt: Any, args: Any, step: Any) -> None:
+        seen.append(((debugfs / "failslab/ignore-gfp-wait").read_text(),
+                     (debugfs / "fail_iommufd/verbose").read_text()))
+        for _ in range({"a": 1}.get(step.label, 0)):
+            kernel.site()
+
+    ops["sleep"] = passes_sites
+    result = run_case(compile_text(BODY, "scen/nth.yaml")[0], [], ops)
+    assert result.outcome is Outcome.PASS, result.message
+    assert listed == [str(debugfs)]  # set up in run 0 only
+    assert seen[0] == ("Y\n", "1\n")  # `setup` runs before the arm of run 0
+    assert set(seen[1:]) == {("N", "0")}  # every step after it, in every run
+    assert [(debugfs / r).read_text() for r in ("failslab/ignore-gfp-wait",
+            "failslab/verbose", "fail_iommufd/verbose")] == ["Y", "2", "1"]
+
+
+SETUP_DEBUGFS = failnth.setup_debugfs
