@@ -19,6 +19,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -217,7 +218,12 @@ def build_initramfs(setup: GuestSetup) -> Path:
     for module in setup.modules:
         archive.file(f"modules/{module.name}", module.read_bytes())
     archive.file("init", script, 0o755)
-    tmp = target.with_suffix(".tmp")
-    tmp.write_bytes(gzip.compress(archive.finish(), compresslevel=6))
-    tmp.replace(target)
+    # a name of this process and thread's own: VMs booted side by side (`testbed up
+    # --jobs N`, `run --jobs N`) build the same archive at the same time
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        tmp.write_bytes(gzip.compress(archive.finish(), compresslevel=6))
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
     return target
