@@ -225,16 +225,22 @@ def test_one_that_ends_before_answering_leaves_the_run_to_a_fresh_engine(warm: W
     assert events(out)[-1] == {"event": "done"}
 
 
-def test_a_run_whose_warm_process_dies_goes_on_to_its_end(warm: Warm) -> None:
-    assert warm.run().returncode == 0
-    pid = warm.warm_pid()
+def _client_in_slow_case(warm: Warm) -> subprocess.Popen[str]:
+    """A client started on the warm process, returned once its run has started `slow`."""
     client = subprocess.Popen(warm.argv(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, cwd=warm.folder)
     assert client.stdout is not None
     for line in client.stdout:
         if '"start"' in line and "::slow" in line:
-            os.kill(pid, signal.SIGKILL)
             break
+    return client
+
+
+def test_a_run_whose_warm_process_dies_goes_on_to_its_end(warm: Warm) -> None:
+    assert warm.run().returncode == 0
+    pid = warm.warm_pid()
+    client = _client_in_slow_case(warm)
+    os.kill(pid, signal.SIGKILL)
     out, err = client.communicate(timeout=LIMIT)
     assert client.returncode == 0, err
     assert outcomes(out) == [("slow", "pass")]
@@ -244,12 +250,7 @@ def test_a_run_whose_warm_process_dies_goes_on_to_its_end(warm: Warm) -> None:
 def test_a_killed_client_takes_its_run_with_it(warm: Warm) -> None:
     assert warm.run().returncode == 0
     pid = warm.warm_pid()
-    client = subprocess.Popen(warm.argv(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, cwd=warm.folder)
-    assert client.stdout is not None
-    for line in client.stdout:
-        if '"start"' in line and "::slow" in line:
-            break
+    client = _client_in_slow_case(warm)
     runs = _children(pid)
     assert len(runs) == 1  # the run forked for that client
     client.kill()  # as the agent kills a command whose host went away
