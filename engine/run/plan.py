@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from vfio_scenario.language.cases import flat_steps
 from vfio_scenario.uapi.sysfs import same_driver
@@ -66,6 +66,46 @@ DEVICE_FEATURES = frozenset({"msi", "msix", "intx", "reset", "sriov", "dma_buf",
 
 NO_SEND_MSI_REASON = ("driver {driver} has NO_SEND_MSI: send_msi is EOPNOTSUPP (the device "
                       "cannot raise an MSI on demand)")
+
+
+@dataclass(frozen=True)
+class StepFacts:
+    """What the planner and a case's process ask of every step of a case (its loops'
+    steps included), found in one walk over them: the iommufd ports unroll loops into
+    thousands of steps, and walking them took milliseconds per case under TCG, once
+    to plan the case and again in its process (host.reads_faults)."""
+
+    ops: frozenset[str]  # the operations of its steps
+    # (mode, location) of the first step naming each IOMMU mode other than the case's
+    named_modes: tuple[tuple[str, Any], ...]
+    needs_send_msi: bool  # a step raises an MSI and does not accept EOPNOTSUPP
+
+
+# id(case) → (case, its facts): the case is kept with them so that an id reused by a
+# new object after the case's end can never return another case's facts. Filled by
+# the run process as it plans; each case process, forked after, inherits its case's.
+_facts: dict[int, tuple[Case, StepFacts]] = {}
+
+
+def step_facts(case: Case) -> StepFacts:
+    """The case's StepFacts, found once per case and process."""
+    known = _facts.get(id(case))
+    if known is not None and known[0] is case:
+        return known[1]
+    ops: set[str] = set()
+    named: dict[str, Any] = {}
+    send_msi = False
+    for step in flat_steps((*case.steps, *case.teardown)):
+        ops.add(step.op)
+        argument = step.args.iommu_mode_argument
+        mode = getattr(step.args, argument) if argument is not None else None
+        if mode is not None and mode != case.iommu_mode and mode not in named:
+            named[mode] = step.location
+        if step.args.raises_msi and "EOPNOTSUPP" not in step.common.expect:
+            send_msi = True
+    facts = StepFacts(frozenset(ops), tuple(named.items()), send_msi)
+    _facts[id(case)] = (case, facts)
+    return facts
 
 
 @dataclass
@@ -137,13 +177,10 @@ def _mode_unfit(case: Case, caps: HostCaps, only_modes: list[str] | None) -> str
         why = caps.iommu_modes[mode]
         if why:
             return f"IOMMU mode {mode} unavailable: {why}"
-    for step in flat_steps((*case.steps, *case.teardown)):
-        argument = step.args.iommu_mode_argument
-        named = getattr(step.args, argument) if argument is not None else None
-        if named is not None and named != mode:
-            why = caps.iommu_modes.get(named, "not probed on this host")
-            if why:
-                return f"IOMMU mode {named} (opened at {step.location}) unavailable: {why}"
+    for named, location in step_facts(case).named_modes:
+        why = caps.iommu_modes.get(named, "not probed on this host")
+        if why:
+            return f"IOMMU mode {named} (opened at {location}) unavailable: {why}"
     return None
 
 
@@ -210,5 +247,4 @@ def _device_unfit(case: Case, dev: DeviceCaps) -> str | None:
 def _needs_send_msi(case: Case) -> bool:
     """A case needs send_msi (an operation that `raises_msi`) unless each such step
     accepts EOPNOTSUPP, the answer of a NO_SEND_MSI driver (the C test's SKIP)."""
-    return any(s.args.raises_msi and "EOPNOTSUPP" not in s.common.expect
-               for s in flat_steps((*case.steps, *case.teardown)))
+    return step_facts(case).needs_send_msi

@@ -9,7 +9,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from vfio_scenario.errors import VfioError
-from vfio_scenario.language.cases import flat_steps
 from vfio_scenario.language.models import (
     AssertNotTainted,
     ExpectDmesg,
@@ -22,6 +21,7 @@ from vfio_scenario.language.models import (
 from vfio_scenario.run import faultlog
 from vfio_scenario.run.interpreter import CheckFailed, Runtime, Skip
 from vfio_scenario.run.ops import op
+from vfio_scenario.run.plan import step_facts
 from vfio_scenario.uapi.kmsg import KernelLog, tainted
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ def begin_case(rt: Runtime) -> None:
 
 def reads_faults(case: Case) -> bool:
     """Whether a step of `case` reads IOMMU faults (FAULT_OPS)."""
-    return any(s.op in FAULT_OPS for s in flat_steps((*case.steps, *case.teardown)))
+    return not FAULT_OPS.isdisjoint(step_facts(case).ops)
 
 
 def end_case(rt: Runtime) -> None:

@@ -1,0 +1,129 @@
+"""What a case costs the engine outside its own steps (benchmarks/guest_costs.py measures
+it in the testbed): a case's steps walked once for the planner and the case's process, a
+result sent with the next case's start in one write."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import pytest
+from vfio_scenario.language import cases as cases_module
+from vfio_scenario.language.cases import Step
+from vfio_scenario.results import CaseResult, Outcome, StepResult
+from vfio_scenario.run import guest, plan
+from vfio_scenario.run.ops import host
+from vfio_scenario.run.plan import HostCaps, step_facts
+
+from tests.helpers.scenarios import compile_text
+
+LOOPED = """
+    name: looped
+    steps:
+      - open_iommu: {mode: iommufd}
+        as: i
+      - for: {var: n, from: 0, below: 50}
+        steps:
+          - sleep: {duration: 0}
+      - open_iommu: {mode: vfio_type1v2_iommu}
+        as: j
+      - open_device: {iommu: i, bdf: "0000:00:03.0"}
+        as: dev
+    teardown:
+      - expect_no_iommu_fault: {device: dev, access: read}
+"""
+
+
+def _counting(walks: list[int]) -> Any:
+    real = cases_module.flat_steps
+
+    def flat_steps(steps: Iterable[Step]) -> Iterator[Step]:
+        walks.append(1)
+        return real(steps)
+    return flat_steps
+
+
+def test_planning_and_the_case_process_walk_a_cases_steps_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The iommufd ports unroll loops into thousands of steps: the planner (a mode a step
+    opens) and the case's process (whether a step reads IOMMU faults, host.begin_case)
+    used to walk them each, milliseconds per case under TCG; now one walk serves both."""
+    (case,) = compile_text(LOOPED)
+    walks: list[int] = []
+    monkeypatch.setattr(plan, "flat_steps", _counting(walks))
+    monkeypatch.setattr(host, "flat_steps", _counting(walks), raising=False)
+    caps = HostCaps(iommu_modes={"iommufd": None, "vfio_type1v2_iommu": "no container"})
+    (planned,) = plan.plan([case], caps)
+    assert planned.skip == ("IOMMU mode vfio_type1v2_iommu (opened at scen/x.yaml:9:5) "
+                            "unavailable: no container")
+    assert host.reads_faults(case)  # in its teardown
+    assert len(walks) == 1
+
+
+def test_step_facts_are_those_of_the_case_asked_about() -> None:
+    """The facts are kept by the case's id with the case itself: an object that gets the
+    id of a case that has gone is never answered with that case's facts."""
+    (looped,) = compile_text(LOOPED)
+    facts = step_facts(looped)
+    assert facts.ops == {"open_iommu", "sleep", "open_device", "expect_no_iommu_fault"}
+    assert [mode for mode, _ in facts.named_modes] == ["vfio_type1v2_iommu"]
+    assert not facts.needs_send_msi
+    (plain,) = compile_text("""
+        name: plain
+        steps:
+          - sleep: {duration: 0}
+    """)
+    plan._facts[id(plain)] = (looped, facts)  # as if `plain` reused a dead case's id
+    assert step_facts(plain).ops == {"sleep"}
+    assert not host.reads_faults(plain)
+    del plan._facts[id(plain)]
+    gc.collect()
+
+
+class _Stdout:
+    """sys.stdout as the host's channel sees it: what reaches it at each flush."""
+
+    def __init__(self) -> None:
+        self.buffer = ""
+        self.sent: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.buffer += text
+        return len(text)
+
+    def flush(self) -> None:
+        if self.buffer:
+            self.sent.append(self.buffer)
+            self.buffer = ""
+
+
+def test_a_result_goes_out_with_the_next_cases_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One write (a system call and a wake-up of the host's reader) per case instead of
+    two: the result waits in stdout's buffer for the event that follows it, which the run
+    sends right after it (the next `start`, or the run's end)."""
+    out = _Stdout()
+    monkeypatch.setattr("sys.stdout", out)
+    result = CaseResult(case_id="a", file="f", scenario="a", outcome=Outcome.PASS,
+                        steps=[StepResult(index=0, op="sleep", name="sleep", location="f:1",
+                                          outcome=Outcome.PASS)])
+    guest.emit({"event": "start", "id": "a"})
+    guest.emit({"event": "result", "result": result.to_dict()})
+    assert len(out.sent) == 1
+    guest.emit({"event": "start", "id": "b"})
+    guest.emit({"event": "result", "result": result.to_dict()})
+    guest.emit({"event": "done"})
+    assert [text.count("\n") for text in out.sent] == [1, 2, 2]
+    assert out.sent[1].startswith('{"event": "result"') and '"id": "b"' in out.sent[1]
+
+
+def test_results_round_trip_and_refuse_an_unknown_outcome() -> None:
+    step = StepResult(index=0, op="sleep", name="sleep", location="f:1", outcome=Outcome.FAIL,
+                      message="m")
+    result = CaseResult(case_id="a", file="f", scenario="a", outcome=Outcome.ERROR,
+                        steps=[step], log="l")
+    again = CaseResult.from_dict(result.to_dict())
+    assert again == result and again.outcome is Outcome.ERROR
+    assert again.steps[0].outcome is Outcome.FAIL
+    with pytest.raises(ValueError):
+        StepResult.from_dict({**step.to_dict(), "outcome": "maybe"})
