@@ -126,6 +126,19 @@ def instrument(clock: Clock, child_dir: str) -> None:
         own.wrap(host, "begin_case", "case(child): begin_case")
         own.wrap(host, "end_case", "case(child): end_case")
         own.wrap(executor, "write_all", "case(child): pipe writes")
+        import gc
+
+        collecting: list[float] = []
+
+        def collection(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                collecting.append(time.perf_counter())
+            elif collecting:
+                label = f"case(child): gc generation {info['generation']}"
+                own.spent[label] += time.perf_counter() - collecting.pop()
+                own.count[label] += 1
+
+        gc.callbacks.append(collection)
         real_exit = os._exit
 
         def leave(code: int) -> None:
@@ -228,7 +241,23 @@ def _run_inside(argv: list[str], tmp: str, profiled: bool) -> int:
     import resource
 
     faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    import gc
+
+    collecting: list[float] = []
+
+    def collection(phase: str, info: dict[str, int]) -> None:
+        # the run process's garbage collections: a full one walks (and writes to) every
+        # object of the run's heap, the payload's cases included
+        if phase == "start":
+            collecting.append(time.perf_counter())
+        elif collecting:
+            label = f"run: gc generation {info['generation']}"
+            clock.spent[label] += time.perf_counter() - collecting.pop()
+            clock.count[label] += 1
+
+    gc.callbacks.append(collection)
     code = guest.main([payload_path])
+    gc.callbacks.remove(collection)
     clock.spent["run: total (fork to done)"] += time.perf_counter() - t0
     clock.spent["run: minor faults (count)"] += (resource.getrusage(resource.RUSAGE_SELF)
                                                  .ru_minflt - faults0)

@@ -94,10 +94,15 @@ def write(directory: str, header: Header, cases: list[Case]) -> str:
     import tempfile  # here: the guest, which only reads, is spared its import
 
     from vfio_scenario.run.guest_models import compiled, describe
+    from vfio_scenario.run.plan import find_step_facts
 
     body = io.BytesIO()
     pickler = _Pickler(body)
     pickler.dump(cases)
+    # what the planner and the case processes ask of each case's steps, found here
+    # (run/plan.py StepFacts): the guest walks no case's steps for it
+    pickle.dump([find_step_facts(c).to_plain() for c in cases], body,
+                protocol=pickle.HIGHEST_PROTOCOL)
     specs = describe(pickler.classes)
     header = dataclasses.replace(header, models=specs, models_code=compiled(specs))
     fd, path = tempfile.mkstemp(dir=directory, prefix=".payload-", suffix=".pickle")
@@ -132,8 +137,20 @@ def read_cases(f: IO[bytes], models: ModuleType) -> list[Case]:
     """The cases after the header, their models as instances of `models`' classes (the
     guest's models, made from the header's description: guest_models.install/build)."""
     from vfio_scenario.language.cases import Case
+    from vfio_scenario.run.plan import StepFacts, keep_step_facts
 
     cases = _Unpickler(f, models).load()
     if not isinstance(cases, list) or not all(isinstance(c, Case) for c in cases):
         raise EnvironmentProblem(f"{f.name}: the payload holds no list of cases")
+    try:
+        facts = pickle.load(f)
+    except EOFError:
+        return cases  # (none: the planner finds them)
+    except Exception as exc:  # noqa: BLE001 - whatever a damaged file makes pickle raise
+        raise EnvironmentProblem(f"{f.name}: the payload's step facts are unreadable: "
+                                 f"{exc}") from None
+    if not isinstance(facts, list) or len(facts) != len(cases):
+        raise EnvironmentProblem(f"{f.name}: the payload's step facts are not one per case")
+    for case, plain in zip(cases, facts, strict=True):
+        keep_step_facts(case, StepFacts.from_plain(plain))
     return cases

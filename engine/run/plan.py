@@ -72,39 +72,60 @@ NO_SEND_MSI_REASON = ("driver {driver} has NO_SEND_MSI: send_msi is EOPNOTSUPP (
 class StepFacts:
     """What the planner and a case's process ask of every step of a case (its loops'
     steps included), found in one walk over them: the iommufd ports unroll loops into
-    thousands of steps, and walking them took milliseconds per case under TCG, once
-    to plan the case and again in its process (host.reads_faults)."""
+    thousands of steps, and walking them cost milliseconds per case under TCG, once to
+    plan the case and again in its process (host.reads_faults), each walk writing to
+    the pages of the case's steps after the run process had forked (copy-on-write
+    faults). The host finds them as it writes the payload (run/payload.py), and the
+    guest's run process keeps them before it forks any case."""
 
     ops: frozenset[str]  # the operations of its steps
-    # (mode, location) of the first step naming each IOMMU mode other than the case's
-    named_modes: tuple[tuple[str, Any], ...]
+    # (mode, where) of the first step naming each IOMMU mode other than the case's
+    named_modes: tuple[tuple[str, str], ...]
     needs_send_msi: bool  # a step raises an MSI and does not accept EOPNOTSUPP
+
+    def to_plain(self) -> tuple[list[str], list[tuple[str, str]], bool]:
+        return sorted(self.ops), list(self.named_modes), self.needs_send_msi
+
+    @classmethod
+    def from_plain(cls, plain: Any) -> StepFacts:
+        ops, named, send_msi = plain
+        return cls(frozenset(ops), tuple((str(m), str(w)) for m, w in named), bool(send_msi))
 
 
 # id(case) → (case, its facts): the case is kept with them so that an id reused by a
-# new object after the case's end can never return another case's facts. Filled by
-# the run process as it plans; each case process, forked after, inherits its case's.
+# new object after the case's end can never return another case's facts. Filled as
+# the payload is read (or the run process plans); each case process inherits them.
 _facts: dict[int, tuple[Case, StepFacts]] = {}
 
 
-def step_facts(case: Case) -> StepFacts:
-    """The case's StepFacts, found once per case and process."""
-    known = _facts.get(id(case))
-    if known is not None and known[0] is case:
-        return known[1]
+def find_step_facts(case: Case) -> StepFacts:
+    """The case's StepFacts, from a walk over its steps."""
     ops: set[str] = set()
-    named: dict[str, Any] = {}
+    named: dict[str, str] = {}
     send_msi = False
     for step in flat_steps((*case.steps, *case.teardown)):
         ops.add(step.op)
         argument = step.args.iommu_mode_argument
         mode = getattr(step.args, argument) if argument is not None else None
         if mode is not None and mode != case.iommu_mode and mode not in named:
-            named[mode] = step.location
+            named[mode] = str(step.location)
         if step.args.raises_msi and "EOPNOTSUPP" not in step.common.expect:
             send_msi = True
-    facts = StepFacts(frozenset(ops), tuple(named.items()), send_msi)
+    return StepFacts(frozenset(ops), tuple(named.items()), send_msi)
+
+
+def keep_step_facts(case: Case, facts: StepFacts) -> None:
+    """Remember `facts` as the case's (the payload's, found on the host)."""
     _facts[id(case)] = (case, facts)
+
+
+def step_facts(case: Case) -> StepFacts:
+    """The case's StepFacts: those kept for it, else found (once per case and process)."""
+    known = _facts.get(id(case))
+    if known is not None and known[0] is case:
+        return known[1]
+    facts = find_step_facts(case)
+    keep_step_facts(case, facts)
     return facts
 
 

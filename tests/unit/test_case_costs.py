@@ -5,14 +5,17 @@ result sent with the next case's start in one write."""
 from __future__ import annotations
 
 import gc
+import pickle
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from vfio_scenario.errors import EnvironmentProblem
 from vfio_scenario.language import cases as cases_module
 from vfio_scenario.language.cases import Step
 from vfio_scenario.results import CaseResult, Outcome, StepResult
-from vfio_scenario.run import guest, plan
+from vfio_scenario.run import guest, guest_models, payload, plan
 from vfio_scenario.run.ops import host
 from vfio_scenario.run.plan import HostCaps, step_facts
 
@@ -127,3 +130,47 @@ def test_results_round_trip_and_refuse_an_unknown_outcome() -> None:
     assert again.steps[0].outcome is Outcome.FAIL
     with pytest.raises(ValueError):
         StepResult.from_dict({**step.to_dict(), "outcome": "maybe"})
+
+
+def test_the_payload_carries_each_cases_step_facts(monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    """The host finds the facts as it writes the payload; the guest's run process, reading
+    it before it forks any case, keeps them: neither planning nor a case process walks a
+    step, and the facts are what a walk in the guest would find."""
+    (case,) = compile_text(LOOPED)
+    path = payload.write(str(tmp_path), payload.Header(devices=[], drivers={}), [case])
+    with open(path, "rb") as f:
+        header = payload.read_header(f)
+        (guest_case,) = payload.read_cases(f, guest_models.build(header.models,
+                                                                  header.models_code))
+    kept = plan._facts[id(guest_case)][1]
+    assert kept == plan.find_step_facts(guest_case) == plan.find_step_facts(case)
+    walks: list[int] = []
+    monkeypatch.setattr(plan, "flat_steps", _counting(walks))
+    monkeypatch.setattr(host, "flat_steps", _counting(walks), raising=False)
+    caps = HostCaps(iommu_modes={"iommufd": None, "vfio_type1v2_iommu": "no container"})
+    (planned,) = plan.plan([guest_case], caps)
+    assert planned.skip == ("IOMMU mode vfio_type1v2_iommu (opened at scen/x.yaml:9:5) "
+                            "unavailable: no container")
+    assert host.reads_faults(guest_case)
+    assert walks == []
+    del plan._facts[id(guest_case)]
+
+
+def test_a_payload_whose_step_facts_do_not_fit_its_cases_is_refused(tmp_path: Path) -> None:
+    (case,) = compile_text(LOOPED)
+    path = Path(payload.write(str(tmp_path), payload.Header(devices=[], drivers={}),
+                              [case, case]))
+    data = path.read_bytes()
+    with open(path, "rb") as f:
+        header = payload.read_header(f)
+        models = guest_models.build(header.models, header.models_code)
+        start = f.tell()
+        payload._Unpickler(f, models).load()
+        cut = f.tell()
+    path.write_bytes(data[:cut] + pickle.dumps([plan.find_step_facts(case).to_plain()]))
+    with open(path, "rb") as f:
+        payload.read_header(f)
+        assert f.tell() == start
+        with pytest.raises(EnvironmentProblem, match="not one per case"):
+            payload.read_cases(f, models)
