@@ -158,12 +158,12 @@ def instrument(clock: Clock, child_dir: str) -> None:
     executor._child = timed_child  # type: ignore[assignment]
 
 
-def inside(payload_path: str, rounds: int) -> None:
+def inside(payload_path: str, rounds: int, profile: bool = True) -> None:
     from qemu_cpu import mark
     from vfio_scenario.run import zygote
 
     zygote.preload(payload_path)
-    for n in range(rounds + 1):
+    for n in range(rounds + (1 if profile else 0)):
         profiled = n == rounds
         label = "profiled" if profiled else f"timed {n + 1}"
         tmp = tempfile.mkdtemp(prefix="gc-", dir="/dev/shm")
@@ -329,12 +329,13 @@ def main() -> None:
     parser.add_argument("files", nargs="*", type=Path, default=LIGHT)
     parser.add_argument("--kernel", default="default")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--no-profile", action="store_true",
+                        help="no profiled run (only the timed rounds)")
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--payload", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inside:
-        inside(args.payload, args.rounds)
+        inside(args.payload, args.rounds, profile=not args.no_profile)
         return
     from qemu_cpu import run_marked
     from vfio_scenario.run.testbed_run import guest_vfio_devices
@@ -352,7 +353,8 @@ def main() -> None:
         path = write_payload(stems, Path(tmp), edu)
         lines, cpu, status = run_marked(
             testbed, [sys.executable, me, "--inside", "--payload", path,
-                      "--rounds", str(args.rounds)], timeout=1800, cwd=tmp)
+                      "--rounds", str(args.rounds),
+                      *(["--no-profile"] if args.no_profile else [])], timeout=1800, cwd=tmp)
     if status != 0:
         raise SystemExit(status)
     rounds = [json.loads(line) for line in lines if line.startswith('{"event": "round"')]
