@@ -7,6 +7,8 @@ in `probe.py`.
 
 from __future__ import annotations
 
+import functools
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -92,10 +94,11 @@ class StepFacts:
         return cls(frozenset(ops), tuple((str(m), str(w)) for m, w in named), bool(send_msi))
 
 
-# id(case) → (case, its facts): the case is kept with them so that an id reused by a
-# new object after the case's end can never return another case's facts. Filled as
-# the payload is read (or the run process plans); each case process inherits them.
-_facts: dict[int, tuple[Case, StepFacts]] = {}
+# id(case) → (a weak reference to the case, its facts): the reference tells whether
+# the case asked about is the one they were found for (an id is reused once its object
+# has gone), without keeping the case alive. Filled as the payload is read (or the run
+# process plans); each case process inherits them.
+_facts: dict[int, tuple[Callable[[], object], StepFacts]] = {}
 
 
 def find_step_facts(case: Case) -> StepFacts:
@@ -116,13 +119,17 @@ def find_step_facts(case: Case) -> StepFacts:
 
 def keep_step_facts(case: Case, facts: StepFacts) -> None:
     """Remember `facts` as the case's (the payload's, found on the host)."""
-    _facts[id(case)] = (case, facts)
+    try:
+        ref: Callable[[], object] = weakref.ref(case)
+    except TypeError:  # (an object without weak references: kept as it is)
+        ref = functools.partial(lambda kept: kept, case)
+    _facts[id(case)] = (ref, facts)
 
 
 def step_facts(case: Case) -> StepFacts:
     """The case's StepFacts: those kept for it, else found (once per case and process)."""
     known = _facts.get(id(case))
-    if known is not None and known[0] is case:
+    if known is not None and known[0]() is case:
         return known[1]
     facts = find_step_facts(case)
     keep_step_facts(case, facts)

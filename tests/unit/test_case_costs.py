@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import pickle
+import weakref
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -77,11 +78,21 @@ def test_step_facts_are_those_of_the_case_asked_about() -> None:
         steps:
           - sleep: {duration: 0}
     """)
-    plan._facts[id(plain)] = (looped, facts)  # as if `plain` reused a dead case's id
+    plan._facts[id(plain)] = (weakref.ref(looped), facts)  # as if `plain` reused its id
     assert step_facts(plain).ops == {"sleep"}
     assert not host.reads_faults(plain)
     del plan._facts[id(plain)]
+
+
+def test_step_facts_keep_no_case_alive() -> None:
+    """A long-lived process (the host's `--device` run, a test session) that planned a
+    case does not keep it: the facts hold a weak reference."""
+    (case,) = compile_text(LOOPED)
+    step_facts(case)
+    gone = weakref.ref(case)
+    del case
     gc.collect()
+    assert gone() is None
 
 
 class _Stdout:
