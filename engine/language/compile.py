@@ -38,6 +38,7 @@ from vfio_scenario.language.models import (
 )
 from vfio_scenario.language.templates import (
     TemplateProblem,
+    armed,
     render,
     render_tree,
     substitute,
@@ -871,12 +872,13 @@ def compile_documents(docs: list[Document], devices: Sequence[str] | None = None
     facts); without devices, for placeholder BDFs served by each case's driver."""
     result = Compiled()
     names = device_names(devices or PLACEHOLDER_DEVICES)
-    for doc in docs:
-        fc = _FileCompiler(doc, names, placeholders=not devices)
-        fc.run()
-        result.cases.extend(fc.cases)
-        result.errors.extend(fc.errors.values())
-        result.files.append(doc.path)
+    with armed():  # the templates' limits, set up once for every render of every file
+        for doc in docs:
+            fc = _FileCompiler(doc, names, placeholders=not devices)
+            fc.run()
+            result.cases.extend(fc.cases)
+            result.errors.extend(fc.errors.values())
+            result.files.append(doc.path)
     result.documents = list(docs)
     return result
 
