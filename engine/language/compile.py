@@ -704,8 +704,8 @@ class Forks:
                 comp.error((*spath, op, "of"), "`of: parent` reads the process that forked "
                            "this one: only a step with `process:` (a forked child) has one")
                 return None
-            if op == "join" and isinstance(args, dict):
-                joined = self.joined.get(args.get("process"))  # type: ignore[arg-type]
+            if op == "join" and isinstance(args, dict) and isinstance(args.get("process"), str):
+                joined = self.joined.get(args["process"])
                 if joined is not None:
                     comp.error((*spath, op, "process"), f"process `{args['process']}` was "
                                f"joined by step {joined}: it has ended")
