@@ -427,6 +427,16 @@ def _render_text(compiled: Any, context: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+def _result_key(value: str, inputs: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """The key of a render's result in _RESULTS; None when an input is no plain scalar
+    (exact types: a device name, a str with its driver, must not share a result with
+    the same BDF served by another driver)."""
+    for v in inputs:
+        if type(v) not in _SCALAR_TYPES:
+            return None
+    return (value, inputs)
+
+
 def render(value: str, context: dict[str, Any]) -> Any:
     """Render one templated string with `context`; raises TemplateProblem."""
     key: tuple[Any, ...] | None = None
@@ -435,13 +445,8 @@ def render(value: str, context: dict[str, Any]) -> Any:
         if type(compiled) is _Lookup:  # `{{ name }}`: the value itself, nothing to render
             return compiled.lookup(context)
         inputs = tuple([context.get(n, _RESULTS) for n in names])
-        # exact types: a device name (a str with its driver) must not share a result
-        # with the same BDF served by another driver
-        for v in inputs:
-            if type(v) not in _SCALAR_TYPES:
-                break
-        else:
-            key = (value, inputs)
+        key = _result_key(value, inputs)
+        if key is not None:
             found = _RESULTS.get(key, _FAILED)
             if found is not _FAILED:
                 return found
