@@ -430,11 +430,12 @@ def _render_text(compiled: Any, context: dict[str, Any]) -> str:
 def _result_key(value: str, inputs: tuple[Any, ...]) -> tuple[Any, ...] | None:
     """The key of a render's result in _RESULTS; None when an input is no plain scalar
     (exact types: a device name, a str with its driver, must not share a result with
-    the same BDF served by another driver)."""
+    the same BDF served by another driver). The types are part of it: 1, 1.0 and true
+    are equal, but `{{ x|string }}` is not the same of each."""
     for v in inputs:
         if type(v) not in _SCALAR_TYPES:
             return None
-    return (value, inputs)
+    return (value, inputs, tuple([type(v) for v in inputs]))
 
 
 def render(value: str, context: dict[str, Any]) -> Any:
