@@ -147,7 +147,10 @@ def _check(results: list[CaseResult], testbed: Any,
     outcomes = [(r.scenario, r.outcome.value) for r in results]
     expected = [pair for name, _, _ in provoked
                 for pair in ((name, "error"), (f"after-{name}", "pass"))]
-    assert outcomes[:len(expected)] == expected, [(r.scenario, r.message) for r in results]
+    # on a mismatch: every case's splats (kind, title) and the guest's log since the run
+    assert outcomes[:len(expected)] == expected, (
+        [(r.scenario, r.outcome.value, [(s["kind"], s["title"]) for s in r.kernel_splats])
+         for r in results], testbed.run(["dmesg"]).stdout[-20000:])
     by_name = {r.scenario: r for r in results}
     for name, kind, title in provoked:
         result = by_name[name]

@@ -506,7 +506,7 @@ def test_a_window_whose_records_the_log_ring_overwrote_says_so(
     watch.taint = None
     case = case_of(PLAIN)
     with monkeypatch.context() as m:
-        m.setattr(kmsg.os, "read", read)
+        m.setattr("os.read", read)
         first = watch.finish(result(), case)
         answers.append(BlockingIOError())
         whole = watch.finish(result(), case)
