@@ -250,6 +250,18 @@ def apply(result: CaseResult, splats: list[Splat]) -> CaseResult:
     return result
 
 
+def note_lost(result: CaseResult, overruns: int) -> CaseResult:
+    """`result` saying so when the kernel's log ring overwrote records of its window before
+    the watch read them (/dev/kmsg's EPIPE, `overruns` times): a splat among those was
+    not judged, so the case's kernel verdict is incomplete (its outcome stays)."""
+    if overruns:
+        result.properties["kernel_log_overruns"] = str(overruns)
+        result.log += (f"--- kernel watch: the kernel's log overwrote records of this case "
+                       f"before they were read ({overruns} time(s)); a splat among them was "
+                       "not judged ---\n")
+    return result
+
+
 KMEMLEAK = "/sys/kernel/debug/kmemleak"
 # the scheduler's debugfs header says what jiffies is now (kernel/sched/debug.c,
 # `jiffies : N`): the clock kmemleak stamps each object's allocation with
@@ -287,11 +299,12 @@ class KernelWatch:
         the taint mask then; nothing to do, which matters at ~20x TCG costs)."""
 
     def finish(self, result: CaseResult, case: Case) -> CaseResult:
+        lost = self.reader.lost
         records = self.reader.read()
         after = _read_taint()
         splats = judge(find_splats(records), self.taint, after, case)
         self.taint = after
-        return apply(result, splats)
+        return note_lost(apply(result, splats), self.reader.lost - lost)
 
     def leaks(self, beat: Callable[[], None] | None = None) -> str:
         """kmemleak's report of the objects allocated since the run began and leaked ("" when

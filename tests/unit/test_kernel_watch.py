@@ -479,3 +479,38 @@ def test_run_command_line_has_no_kernel_watch_switch() -> None:
     args = build_parser().parse_args(["run", "x.yaml"])
     assert args.kernel_watch is True
     assert build_parser().parse_args(["run", "--no-kernel-watch", "x.yaml"]).kernel_watch is False
+
+
+def test_a_window_whose_records_the_log_ring_overwrote_says_so(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """/dev/kmsg answers EPIPE when records were overwritten before they were read: the
+    case's log and properties say its kernel verdict is incomplete; a window read whole
+    says nothing."""
+    import errno
+
+    from vfio_scenario.uapi import kmsg
+
+    answers: list[bytes | OSError] = [OSError(errno.EPIPE, "Broken pipe"),
+                                      b"6,7,1000,-;an ordinary line", BlockingIOError()]
+
+    def read(fd: int, n: int) -> bytes:
+        answer = answers.pop(0)
+        if isinstance(answer, OSError):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(kernel_watch, "_read_taint", lambda: None)
+    watch = object.__new__(kernel_watch.KernelWatch)
+    watch.reader = object.__new__(kmsg.KmsgReader)
+    watch.reader.fd, watch.reader.lost = -1, 0
+    watch.taint = None
+    case = case_of(PLAIN)
+    with monkeypatch.context() as m:
+        m.setattr("os.read", read)
+        first = watch.finish(result(), case)
+        answers.append(BlockingIOError())
+        whole = watch.finish(result(), case)
+    assert first.outcome is Outcome.PASS
+    assert first.properties["kernel_log_overruns"] == "1"
+    assert "the kernel's log overwrote records of this case before they were read" in first.log
+    assert "kernel_log_overruns" not in whole.properties and whole.log == ""
