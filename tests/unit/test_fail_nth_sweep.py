@@ -248,3 +248,85 @@ def test_debugfs_is_set_once_for_the_sweep_and_set_back_at_its_end(
 
 
 SETUP_DEBUGFS = failnth.setup_debugfs
+
+
+# --- the buffers a sweep keeps from run to run (as the C program's, made once) ------
+
+KEPT = """\
+name: nth
+requires: {devices: 0}
+steps:
+  - alloc_buffer: {size: 8KiB, backing: memfd}
+    as: buf
+  - fail_nth: {}
+  - sleep: {duration: 0s}
+    name: a
+  - alloc_buffer: {size: 4KiB}
+    as: late
+teardown:
+  - sleep: {duration: 0s}
+    name: check
+"""
+
+
+def buffers_seen(text: str, kernel: FakeKernel) -> tuple[Any, list[tuple[Any, int, Any]]]:
+    """Run the case; per run, the buffer `buf` step `a` finds (the object, its first byte
+    then) and `late`'s object at the teardown. `a` writes 0x5a into `buf` and passes a
+    fault site."""
+    ops = dict(operations())
+    seen: list[tuple[Any, int, Any]] = []
+
+    def step(rt: Any, args: Any, step: Any) -> None:
+        if step.label == "a":
+            buf = rt.handle("buf")
+            seen.append((buf, buf.mem[0], None))
+            buf.mem[0] = 0x5A
+            kernel.site()
+        elif step.label == "check":
+            seen[-1] = (*seen[-1][:2], rt.handles.get("late"))
+
+    ops["sleep"] = step
+    return run_case(compile_text(text, "scen/nth.yaml")[0], [], ops), seen
+
+
+def test_a_buffer_made_before_the_arm_is_kept_zeroed_and_closed_at_the_end(
+        kernel: FakeKernel) -> None:
+    result, seen = buffers_seen(KEPT, kernel)
+    assert result.outcome is Outcome.PASS, result.message
+    assert len(seen) == 3  # runs 0 and 2 pass whole, run 1 is refused at `a`
+    kept = seen[0][0]
+    assert all(buf is kept for buf, _, _ in seen)
+    assert [first for _, first, _ in seen] == [0, 0, 0]  # zeroed again as a fresh one
+    assert kept.fd == -1  # closed when the sweep ended
+    # the one after the arm is made afresh in each run that gets to it (runs 0 and 2)
+    late = [made for _, _, made in seen if made is not None]
+    assert len(late) == 2 and late[0] is not late[1]
+
+
+def test_a_case_with_a_step_that_may_change_a_buffer_makes_its_buffers_afresh(
+        kernel: FakeKernel) -> None:
+    # `fill` writes the bytes only, but is not among the operations the sweep knows to
+    # leave a buffer's mapping and file alone (KEEPS_BUFFERS): nothing is kept
+    assert "fill" not in failnth.KEEPS_BUFFERS
+    text = KEPT.replace("  - fail_nth: {}\n", "  - fill: {buffer: buf, pattern: zero}\n"
+                                             "  - fail_nth: {}\n")
+    result, seen = buffers_seen(text, kernel)
+    assert result.outcome is Outcome.PASS, result.message
+    buffers = [buf for buf, _, _ in seen]
+    assert len({id(b) for b in buffers}) == 3
+    assert all(b.fd == -1 for b in buffers)  # each closed with its run
+
+
+def test_every_step_of_the_iommufd_fail_nth_port_lets_the_sweep_keep_its_buffers() -> None:
+    from vfio_scenario.language.cases import flat_steps
+    from vfio_scenario.language.compile import compile_paths
+    from vfio_scenario.language.models import OPERATIONS
+
+    assert not failnth.KEEPS_BUFFERS - set(OPERATIONS)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    compiled = compile_paths([os.path.join(root, "scenarios", "kselftest",
+                                           "iommufd_fail_nth.yaml")], [])
+    assert compiled.errors == [] and len(compiled.cases) == 8
+    for case in compiled.cases:
+        ops = {s.op for s in flat_steps((*case.steps, *case.teardown))}
+        assert ops <= failnth.KEEPS_BUFFERS, (case.id, ops - failnth.KEEPS_BUFFERS)
