@@ -330,3 +330,100 @@ def test_every_step_of_the_iommufd_fail_nth_port_lets_the_sweep_keep_its_buffers
     for case in compiled.cases:
         ops = {s.op for s in flat_steps((*case.steps, *case.teardown))}
         assert ops <= failnth.KEEPS_BUFFERS, (case.id, ops - failnth.KEEPS_BUFFERS)
+
+
+# --- a run's steps as the sweep runs them (prepared once) and as run_step does ------
+
+OUTCOMES = """\
+name: nth
+requires: {devices: 0}
+steps:
+  - sleep: {duration: 0s}
+    name: refused
+    expect: EINVAL
+  - sleep: {duration: 0s}
+    name: noted
+  - sleep: {duration: 0s}
+    name: either
+    expect: [ok, EINVAL]
+  - sleep: {duration: 0s}
+    name: twice
+    repeat: 2
+  - sleep: {duration: 0s}
+    name: LAST
+teardown:
+  - sleep: {duration: 0s}
+    name: check
+"""
+
+
+def outcome_ops() -> dict[str, Any]:
+    ops = dict(operations())
+
+    def step(rt: Any, args: Any, step: Any) -> None:
+        if step.label in ("refused", "either"):
+            raise VfioError(errno.EINVAL, "ioctl", "fake")
+        if step.label == "noted":
+            rt.note("it said so")
+        if step.label == "boom":
+            raise RuntimeError("a bug")
+        if step.label == "wrong":
+            raise CheckFailed("not what the step says")
+
+    ops["sleep"] = step
+    return ops
+
+
+def plain_and_swept(text: str, kernel: FakeKernel, last: str = "LAST") -> tuple[Any, Any]:
+    """The case run once as written (run_step) and swept with its `fail_nth` step as
+    step `last` (nothing is reached after it: the sweep is runs 0 and 1)."""
+    plain = run_case(compile_text(text, "scen/nth.yaml")[0], [], outcome_ops())
+    swept_text = text.replace(f"  - sleep: {{duration: 0s}}\n    name: {last}\n",
+                              f"  - fail_nth: {{}}\n    name: {last}\n")  # the same lines
+    swept = run_case(compile_text(swept_text, "scen/nth.yaml")[0], [], outcome_ops())
+    return plain, swept
+
+
+def _steps(result: Any) -> list[dict[str, Any]]:
+    return [{k: v for k, v in s.to_dict().items() if k != "duration"}
+            for s in result.steps if s.op != "fail_nth"]
+
+
+def test_a_swept_runs_steps_report_what_run_step_reports(kernel: FakeKernel) -> None:
+    plain, swept = plain_and_swept(OUTCOMES, kernel)
+    assert plain.outcome is Outcome.PASS and swept.outcome is Outcome.PASS, swept.message
+    assert [s.op for s in swept.steps].count("fail_nth") == 1
+    assert _steps(swept) == [s for s in _steps(plain) if s["name"] != "LAST"]
+    got = {s["name"]: (s["actual"], s["message"]) for s in _steps(swept)}
+    assert got["refused"] == ("EINVAL", "")
+    assert got["noted"] == ("ok", "it said so")
+    assert got["either"] == ("EINVAL", "")
+
+
+def test_a_failure_in_a_swept_run_names_its_n_step_and_location(kernel: FakeKernel) -> None:
+    for name, outcome, message in [
+            ("boom", Outcome.ERROR, "RuntimeError: a bug"),
+            ("wrong", Outcome.FAIL, "not what the step says")]:
+        text = OUTCOMES.replace("    name: noted\n", f"    name: {name}\n")
+        plain, swept = plain_and_swept(text, kernel)
+        assert (plain.outcome, swept.outcome) == (outcome, outcome)
+        assert plain.message == f"step 2 `{name}` (scen/nth.yaml:7): {message}"
+        assert swept.message == f"fail-nth 0: {plain.message}"
+        assert _steps(swept) == _steps(plain)  # the failed run's steps, the teardown's too
+    # after the arm, in run 1: a wrong answer is no clean refusal
+    text = OUTCOMES.replace("    name: check\n", "    name: check\n  - sleep: {duration: 0s}\n"
+                            "    name: wrong\n")
+    text = text.replace("    name: noted\n", "    name: noted\n  - fail_nth: {}\n  - sleep: "
+                        "{duration: 0s}\n    name: a\n")
+    ops = outcome_ops()
+    inner = ops["sleep"]
+
+    def with_site(rt: Any, args: Any, step: Any) -> None:
+        if step.label == "a":
+            kernel.site("check")
+        inner(rt, args, step)
+
+    ops["sleep"] = with_site
+    result = run_case(compile_text(text, "scen/nth.yaml")[0], [], ops)
+    assert result.outcome is Outcome.FAIL
+    assert result.message.startswith("fail-nth 0: teardown step 2 `wrong` (scen/nth.yaml:")
