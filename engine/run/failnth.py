@@ -22,13 +22,14 @@ fails. As the C program's TEST_FAIL_NTH:
 The case's result is its last run's steps, the `fail_nth` step's message summing up the
 sweep; a sweep that fails reports the run (its n) and step that failed it.
 
-As the C program allocates its buffers once (its constructor), a buffer an
-`alloc_buffer` step before the arm makes is kept for the next run, its bytes zeroed
-again (what a fresh one holds): where every step of the case is one that leaves a
-buffer's pages mapped and its file as they are (KEEPS_BUFFERS) and the buffer is
-populated anonymous, shared or memfd memory. What the steps after the arm do, fault
-sites included, is the same either way; a fresh 2 MiB populated buffer per run was
-most of a run's time in the testbed.
+As the C program allocates its buffers once (its constructor) and never clears them, a
+buffer an `alloc_buffer` step before the arm makes is kept for the next runs, with the
+bytes the earlier runs left in it: where every step of the case is one that leaves a
+buffer's pages mapped and its file as they are and compares no buffer's bytes with fixed
+values (KEEPS_BUFFERS), and the buffer is populated anonymous, shared or memfd memory.
+What the steps after the arm do, fault sites included, is the same either way; making
+and populating a fresh 2 MiB buffer per run (or zeroing the kept one: a memset of 2 MiB
+costs as much under TCG) was most of a run's time in the testbed.
 """
 
 from __future__ import annotations
@@ -56,10 +57,11 @@ if TYPE_CHECKING:
 DEBUGFS = "/sys/kernel/debug"
 FAIL_NTH = "/proc/self/task/{tid}/fail-nth"  # this task's fail-nth file
 
-# Operations that leave a buffer's pages mapped and its file as they are: they may
-# write its bytes, pin its pages or map them through the kernel (a step of any other
-# operation, e.g. unmap_buffer_range or truncate_buffer, has the sweep make its buffers
-# afresh for every run)
+# Operations that leave a buffer's pages mapped and its file as they are, and compare
+# no buffer's bytes with fixed values: they may write its bytes, pin its pages or map
+# them through the kernel (access_rw compares what the kernel reads and writes with the
+# memory as it is). A step of any other operation (e.g. unmap_buffer_range,
+# truncate_buffer, assert_pattern) has the sweep make its buffers afresh for every run.
 KEEPS_BUFFERS = frozenset({
     "alloc_buffer", "fail_nth", "sleep", "open_iommu", "close_iommu", "alloc_ioas",
     "iova_ranges", "allow_iovas", "map_dma", "unmap_dma", "copy_iova", "iommufd_destroy",
@@ -69,7 +71,7 @@ KEEPS_BUFFERS = frozenset({
     "alloc_hw_queue", "alloc_fault_queue", "alloc_veventq", "close_queue_fd",
     "mock_pasid_attach", "mock_pasid_replace", "mock_pasid_detach",
 })
-KEPT_BACKINGS = frozenset({"anonymous", "shared", "memfd"})  # populated: zeroed again
+KEPT_BACKINGS = frozenset({"anonymous", "shared", "memfd"})  # populated when made
 
 
 class Armed:
@@ -94,15 +96,11 @@ class Armed:
                 and args.backing in KEPT_BACKINGS)
 
     def buffer(self, index: int, make: Callable[[], DmaBuffer]) -> DmaBuffer:
-        """The buffer step `index` made in an earlier run, its bytes zeroed; else a new
-        one (`make`), kept until the sweep ends."""
-        from vfio_scenario.uapi.patterns import Pattern
-
+        """The buffer step `index` made in an earlier run, else a new one (`make`), kept
+        until the sweep ends."""
         kept = self.buffers.get(index)
         if kept is None:
             kept = self.buffers[index] = make()
-        else:
-            Pattern("zero").fill(kept.ptr, kept.size)
         return kept
 
     def arm(self) -> None:

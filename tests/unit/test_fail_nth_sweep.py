@@ -289,14 +289,15 @@ def buffers_seen(text: str, kernel: FakeKernel) -> tuple[Any, list[tuple[Any, in
     return run_case(compile_text(text, "scen/nth.yaml")[0], [], ops), seen
 
 
-def test_a_buffer_made_before_the_arm_is_kept_zeroed_and_closed_at_the_end(
+def test_a_buffer_made_before_the_arm_is_kept_and_closed_at_the_end(
         kernel: FakeKernel) -> None:
     result, seen = buffers_seen(KEPT, kernel)
     assert result.outcome is Outcome.PASS, result.message
     assert len(seen) == 3  # runs 0 and 2 pass whole, run 1 is refused at `a`
     kept = seen[0][0]
     assert all(buf is kept for buf, _, _ in seen)
-    assert [first for _, first, _ in seen] == [0, 0, 0]  # zeroed again as a fresh one
+    # with the bytes the earlier runs left, as the C program's buffers
+    assert [first for _, first, _ in seen] == [0, 0x5A, 0x5A]
     assert kept.fd == -1  # closed when the sweep ended
     # the one after the arm is made afresh in each run that gets to it (runs 0 and 2)
     late = [made for _, _, made in seen if made is not None]
@@ -305,11 +306,11 @@ def test_a_buffer_made_before_the_arm_is_kept_zeroed_and_closed_at_the_end(
 
 def test_a_case_with_a_step_that_may_change_a_buffer_makes_its_buffers_afresh(
         kernel: FakeKernel) -> None:
-    # `fill` writes the bytes only, but is not among the operations the sweep knows to
-    # leave a buffer's mapping and file alone (KEEPS_BUFFERS): nothing is kept
-    assert "fill" not in failnth.KEEPS_BUFFERS
-    text = KEPT.replace("  - fail_nth: {}\n", "  - fill: {buffer: buf, pattern: zero}\n"
-                                             "  - fail_nth: {}\n")
+    # `assert_pattern` compares the bytes with a pattern: not among the operations that
+    # let the sweep keep a buffer (KEEPS_BUFFERS), nothing is kept
+    assert "assert_pattern" not in failnth.KEEPS_BUFFERS
+    text = KEPT.replace("  - fail_nth: {}\n", "  - assert_pattern: {buffer: buf, pattern: zero}"
+                                             "\n  - fail_nth: {}\n")
     result, seen = buffers_seen(text, kernel)
     assert result.outcome is Outcome.PASS, result.message
     buffers = [buf for buf, _, _ in seen]
