@@ -45,13 +45,22 @@ from typing import TYPE_CHECKING, Any
 from vfio_scenario.errors import ERRNO_NUMBERS, VfioError
 from vfio_scenario.language.cases import flat_steps
 from vfio_scenario.results import CaseResult, Outcome, StepResult
+from vfio_scenario.run.interpreter import (
+    CheckFailed,
+    Runtime,
+    Skip,
+    StepTimeout,
+    _inner_failed,
+    _not_run,
+    run_step,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from vfio_scenario.language.cases import Case, Step
     from vfio_scenario.language.models import AllocBuffer
-    from vfio_scenario.run.interpreter import Hook, Listener, Operation, RunOptions, Runtime
+    from vfio_scenario.run.interpreter import Hook, Listener, Operation, RunOptions
     from vfio_scenario.uapi.buffers import DmaBuffer
 
 DEBUGFS = "/sys/kernel/debug"
@@ -223,8 +232,6 @@ def _new_run(case: Case, devices: list[str], options: RunOptions, armed: Armed,
              first: Runtime | None, begin: Hook | None) -> Runtime:
     """The Runtime of one run: fresh handles; the case's begin hook runs for the first
     (the log position and taint of the case), the next ones share what it recorded."""
-    from vfio_scenario.run.interpreter import Runtime
-
     rt = Runtime(case=case, devices=devices, options=options)
     rt.fail_nth = armed
     if first is None:
@@ -301,8 +308,6 @@ def _prepare(steps: Sequence[Step], ops: dict[str, Operation],
 def _call(rt: Runtime, p: Prepared) -> str | StepResult:
     """Run a prepared step's operation once: the outcome's name when the step passed
     (its handle made), else its StepResult, as run_step gives them."""
-    from vfio_scenario.run.interpreter import CheckFailed, Skip, StepTimeout, _inner_failed
-
     step, expected = p.step, p.expected
     assert p.handler is not None
     rt.notes.clear()
@@ -342,8 +347,6 @@ def _step(rt: Runtime, p: Prepared, ops: dict[str, Operation], records: list[Rec
           ) -> StepResult | None:
     """Run one step, its record added: None when it passed, else its StepResult."""
     if p.handler is None:
-        from vfio_scenario.run.interpreter import run_step
-
         sr = run_step(rt, p.step, ops)
         records.append(sr)
         return None if sr.outcome is Outcome.PASS else sr
@@ -363,8 +366,6 @@ def _step_result(rt: Runtime, record: Record) -> StepResult:
     p, actual, message, duration = record
     step, expected = p.step, p.expected
     if actual is None:
-        from vfio_scenario.run.interpreter import _not_run
-
         return _not_run(step)
     return StepResult(index=step.index, op=step.op, name=step.label,
                       location=f"{step.location.path}:{step.location.line}",
@@ -380,8 +381,6 @@ def _run(rt: Runtime, result: CaseResult, body: tuple[Prepared, ...],
     """One run: the body until its first failed step, fail-nth read and disarmed, then
     the teardown and releases (as interpreter._finish), each step's record in `records`.
     (failed body step, nth reached, index of the arm step)."""
-    from vfio_scenario.run.interpreter import Skip
-
     failed: StepResult | None = None
     armed_at: int | None = None
     reached: bool | None = None
@@ -429,8 +428,6 @@ def setup_debugfs(rt: Runtime) -> None:
     ignore-gfp-wait N; fail_page_alloc's too where the kernel has it) and the fault
     attributes quiet (verbose 0); once for the sweep (its first run), the old values
     back when the sweep ends."""
-    from vfio_scenario.run.interpreter import Skip
-
     armed = rt.fail_nth
     if armed is not None and armed.restores is not None:
         return  # an earlier run of the sweep set them
