@@ -22,14 +22,16 @@ fails. As the C program's TEST_FAIL_NTH:
 The case's result is its last run's steps, the `fail_nth` step's message summing up the
 sweep; a sweep that fails reports the run (its n) and step that failed it.
 
-As the C program allocates its buffers once (its constructor) and never clears them, a
-buffer an `alloc_buffer` step before the arm makes is kept for the next runs, with the
-bytes the earlier runs left in it: where every step of the case is one that leaves a
-buffer's pages mapped and its file as they are and compares no buffer's bytes with fixed
-values (KEEPS_BUFFERS), and the buffer is populated anonymous, shared or memfd memory.
-What the steps after the arm do, fault sites included, is the same either way; making
-and populating a fresh 2 MiB buffer per run (or zeroing the kept one: a memset of 2 MiB
-costs as much under TCG) was most of a run's time in the testbed.
+As the C program allocates its buffers once (its constructor) and never clears them, the
+memfd of a buffer an `alloc_buffer` step before the arm makes is kept for the next runs,
+with its pages and the bytes the earlier runs left in them; each run maps it afresh
+(populated from those pages: none allocated or cleared). Where every step of the case is
+one that leaves a buffer's pages mapped and its file as they are and compares no
+buffer's bytes with fixed values (KEEPS_BUFFERS). What the steps after the arm do, fault
+sites included, is the same either way: benchmarks/fail_nth_sweeps.py's sweeps agree
+with C's (they do not when the mapping too is kept from run to run). Making and
+populating a fresh 2 MiB buffer per run (zeroing a kept one costs as much under TCG) was
+most of a run's time in the testbed.
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ KEEPS_BUFFERS = frozenset({
     "alloc_hw_queue", "alloc_fault_queue", "alloc_veventq", "close_queue_fd",
     "mock_pasid_attach", "mock_pasid_replace", "mock_pasid_detach",
 })
-KEPT_BACKINGS = frozenset({"anonymous", "shared", "memfd"})  # populated when made
+KEPT_BACKINGS = frozenset({"memfd"})  # populated: a memfd buffer is mapped again
 
 
 class Armed:
@@ -105,11 +107,13 @@ class Armed:
                 and args.backing in KEPT_BACKINGS)
 
     def buffer(self, index: int, make: Callable[[], DmaBuffer]) -> DmaBuffer:
-        """The buffer step `index` made in an earlier run, else a new one (`make`), kept
-        until the sweep ends."""
+        """The buffer step `index` made in an earlier run, mapped again, else a new one
+        (`make`), kept until the sweep ends."""
         kept = self.buffers.get(index)
         if kept is None:
             kept = self.buffers[index] = make()
+        else:
+            kept.remap()
         return kept
 
     def arm(self) -> None:
