@@ -45,7 +45,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from vfio_scenario.errors import ERRNO_NUMBERS, VfioError
-from vfio_scenario.language.cases import flat_steps
 from vfio_scenario.results import CaseResult, Outcome, StepResult
 from vfio_scenario.run.interpreter import (
     CheckFailed,
@@ -163,7 +162,8 @@ def sweep(case: Case, devices: list[str], ops: dict[str, Operation], options: Ru
                         outcome=Outcome.PASS, params=dict(case.params), tags=list(case.tags),
                         started=time.time())
     armed = Armed()
-    if all(step.op in KEEPS_BUFFERS for step in flat_steps((*case.steps, *case.teardown))):
+    # (not a case with a `for` loop: an iteration's steps are numbered within it)
+    if all(s.body is None and s.op in KEEPS_BUFFERS for s in (*case.steps, *case.teardown)):
         armed.keep_before = next(s.index for s in case.steps if s.op == "fail_nth")
     body, teardown = _prepare(case.steps, ops, options), _prepare(case.teardown, ops, options)
     arm_index = next(s.index for s in case.steps if s.op == "fail_nth")

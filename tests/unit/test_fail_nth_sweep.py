@@ -318,6 +318,15 @@ def test_a_case_with_a_step_that_may_change_a_buffer_makes_its_buffers_afresh(
     assert all(b.fd == -1 for b in buffers)  # each closed with its run
 
 
+def test_a_case_with_a_loop_makes_its_buffers_afresh(kernel: FakeKernel) -> None:
+    text = KEPT.replace("teardown:\n", "  - for: {var: i, from: 1, to: 2}\n"
+                                       "    steps: [{alloc_buffer: {size: 4KiB, backing: memfd}}]"
+                                       "\nteardown:\n")
+    result, seen = buffers_seen(text, kernel)
+    assert result.outcome is Outcome.PASS, result.message
+    assert len({id(buf) for buf, _, _ in seen}) == 3
+
+
 def test_every_step_of_the_iommufd_fail_nth_port_lets_the_sweep_keep_its_buffers() -> None:
     from vfio_scenario.language.cases import flat_steps
     from vfio_scenario.language.compile import compile_paths
