@@ -183,6 +183,8 @@ def _run(testbed: Any, tmp_path: Path, text: str,
             warnings.append(event["message"])
         elif kind == "kmemleak":
             warnings.append(f"kmemleak: {event['objects']} object(s): {event['report']}")
+        elif kind == "kernel_before":
+            warnings.extend(f"before: {problem}" for problem in event["problems"])
 
     run_in_testbed(testbed, compiled.cases, compiled.documents, on_event, devices=[],
                    iommu_modes=[], timeout_multiplier=MULTIPLIER, fail_fast=False)
@@ -271,6 +273,8 @@ def test_splats_provoked_beside_a_running_case_are_its_errors(debug_vm: Any,
                "lockdep": f"{LOCKDEP_ON} && echo SPINLOCKUP > {DIRECT}",
                "kasan": f"echo SLAB_LINEAR_OVERFLOW > {DIRECT}; {KASAN_REPORTED}"}
     results, warnings = _run(debug_vm, tmp_path, OUTSIDE, provoke)
+    # a clean boot (the fixture's): the kernel reported nothing before the run
+    assert not [w for w in warnings if w.startswith("before: ")], warnings
     # the blocked task is the shell's this time; everything else as from inside
     _check(results, debug_vm, [(n, k, "INFO: task sh:" if k == "hung_task" else t)
                                for n, k, t in EXPECTED])
@@ -361,6 +365,7 @@ def test_splats_a_case_provokes_itself_are_its_errors(inside_vm: Any,
                                                       inside_run: tuple[list[CaseResult],
                                                                         list[str]]) -> None:
     results, warnings = inside_run
+    assert not [w for w in warnings if w.startswith("before: ")], warnings
     _check(results, inside_vm, EXPECTED)
     # the kernel's answer to a crash type LKDTM does not know (LEAK's two cases follow)
     assert (results[-3].scenario, results[-3].outcome.value) == ("unknown-type", "pass")
@@ -396,3 +401,11 @@ def test_kmemleak_reports_a_real_leak_as_the_runs(inside_vm: Any,
     results, warnings = _run(inside_vm, tmp_path, QUIET)
     assert [(r.scenario, r.outcome.value) for r in results] == [("quiet", "pass")]
     assert not [w for w in warnings if w.startswith("kmemleak")], warnings
+    # ... and says what the first run's splats leave it unable to see
+    before = [w for w in warnings if w.startswith("before: ")]
+    assert "before: lockdep is off (debug_locks 0) before this run: it shows no lockdep " \
+        "report" in before, before
+    assert "before: KASAN reported before this run and reports once per boot (no " \
+        "kasan_multi_shot): this run shows no KASAN report" in before, before
+    assert any(w.startswith("before: kernel kasan before this run: BUG: KASAN: "
+                            "slab-out-of-bounds in lkdtm_SLAB_LINEAR_OVERFLOW") for w in before)

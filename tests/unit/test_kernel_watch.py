@@ -322,6 +322,7 @@ class FakeWatch:
     log: ClassVar[list[str]] = []
     splat_in: ClassVar[str] = ""
     leaked: ClassVar[str] = ""
+    before: ClassVar[list[str]] = []
 
     @classmethod
     def open(cls) -> FakeWatch:
@@ -345,8 +346,8 @@ class FakeWatch:
         self.log.append("close")
 
 
-def run_two(monkeypatch: pytest.MonkeyPatch, watch: bool,
-            leaked: str = "") -> list[dict[str, Any]]:
+def run_two(monkeypatch: pytest.MonkeyPatch, watch: bool, leaked: str = "",
+            before: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     from vfio_scenario.run.interpreter import RunOptions
     from vfio_scenario.run.plan import HostCaps, PlannedCase
     from vfio_scenario.run.session import run_planned
@@ -355,6 +356,7 @@ def run_two(monkeypatch: pytest.MonkeyPatch, watch: bool,
     FakeWatch.log.clear()
     FakeWatch.splat_in = "first"
     FakeWatch.leaked = leaked
+    FakeWatch.before = list(before)
     cases = [case_of(PLAIN.replace("plain", name)) for name in ("first", "second")]
     events: list[dict[str, Any]] = []
     caps = HostCaps(kernel_release="7.2", devices=[])
@@ -514,3 +516,51 @@ def test_a_window_whose_records_the_log_ring_overwrote_says_so(
     assert first.properties["kernel_log_overruns"] == "1"
     assert "the kernel's log overwrote records of this case before they were read" in first.log
     assert "kernel_log_overruns" not in whole.properties and whole.log == ""
+
+
+def test_what_the_kernel_reported_before_the_run_is_the_runs_warning_and_property(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A splat already in the log when the run begins (at boot: the debug kernel under TCG
+    once reported a KASAN wild-memory-access at 0.018 s) is no case's; lockdep turned off
+    and KASAN's one report used mean this run cannot show those kinds: the run says so."""
+    from vfio_scenario.known_issues import KnownIssues
+    from vfio_scenario.report.jsonout import json_report
+    from vfio_scenario.report.sink import ReportSink
+    from vfio_scenario.run.dispatch import RunEvents
+
+    stats, cmdline = tmp_path / "lockdep_stats", tmp_path / "cmdline"
+    monkeypatch.setattr(kernel_watch, "LOCKDEP_STATS", str(stats))
+    monkeypatch.setattr(kernel_watch, "CMDLINE", str(cmdline))
+    monkeypatch.setattr(kernel_watch, "_whole_log", lambda: records(KASAN))
+    stats.write_text(" lock-classes:   1 [max: 8192]\n debug_locks:   0\n")
+    cmdline.write_text("console=ttyS0 quiet\n")
+    before = kernel_watch.before_run(0x20)
+    assert before == [
+        ("kernel kasan before this run: BUG: KASAN: slab-out-of-bounds in "
+        "lkdtm_SLAB_LINEAR_OVERFLOW+0x2b/0x40"),
+        "lockdep is off (debug_locks 0) before this run: it shows no lockdep report",
+        ("KASAN reported before this run and reports once per boot (no kasan_multi_shot): "
+        "this run shows no KASAN report"),
+        "the kernel is tainted before this run: B (mask 0x20)"]
+    # with kasan_multi_shot KASAN reports again; lockdep on; a clean log: nothing to say
+    cmdline.write_text("console=ttyS0 kasan_multi_shot\n")
+    stats.write_text(" debug_locks:   1\n")
+    assert kernel_watch.before_run(0x20)[1:] == [
+        "the kernel is tainted before this run: B (mask 0x20)"]
+    monkeypatch.setattr(kernel_watch, "_whole_log", lambda: records("ordinary line"))
+    assert kernel_watch.before_run(0) == []
+    stats.unlink()  # no lockdep in this kernel
+    assert kernel_watch.before_run(None) == []
+
+    # the guest sends them before the first case; the host warns and keeps them
+    events = run_two(monkeypatch, watch=True, before=tuple(before[:2]))
+    assert events[0] == {"event": "kernel_before", "problems": before[:2]}
+    assert next(e["event"] for e in run_two(monkeypatch, watch=True)) == "start"
+    sink = ReportSink(stream=sys.stdout)
+    dispatch = RunEvents(sink, KnownIssues())
+    dispatch(events[0])
+    assert f"vfio-scenario: warning: {before[1]}" in capsys.readouterr().err
+    assert json_report(sink.run)["properties"]["kernel_before_run"] == "\n".join(before[:2])
+    dispatch(events[0])  # a second VM's (--jobs): kept after the first
+    assert sink.run.properties["kernel_before_run"] == "\n".join(before[:2] * 2)
