@@ -38,6 +38,7 @@ from vfio_scenario.language.models import (
 )
 from vfio_scenario.language.templates import (
     TemplateProblem,
+    armed,
     render,
     render_tree,
     substitute,
@@ -50,6 +51,10 @@ RESERVED_AXES = ("iommu_mode", "driver")  # implicit axes: the engine fills them
 LEFT_OUT = object()  # a `for` step whose `when` is false
 MAX_CASES = 10_000  # cases of one scenario's matrix (the library has a few hundred in all)
 _COMMON_MEMO: dict[str, StepCommon] = {}  # StepCommon is frozen, so sharing is safe
+# (operation model, repr of its raw arguments) → the validated arguments (frozen) or their
+# errors: the cases of a matrix, and a run's second compile for the testbed's devices,
+# validate each step's arguments once
+_VALIDATED: dict[tuple[type[Op], str], Op | list[tuple[tuple[Any, ...], str]]] = {}
 DEVICE_NAMES = ("device", "devices")  # template variables naming the run's BDFs
 PLACEHOLDER_DEVICES = ["0000:00:00.0", "0000:00:00.1", "0000:00:00.2", "0000:00:00.3"]
 
@@ -89,8 +94,6 @@ class _FileCompiler:
         self._drivers: dict[str, DriverFacts] | None = None
         self.errors: dict[tuple[str, str], ScenarioError] = {}
         self.cases: list[Case] = []
-        # (op, args json) → validated args, so matrix cases share unchanged steps' work
-        self._step_cache: dict[tuple[str, str], Op | list[tuple[tuple[Any, ...], str]]] = {}
         self._steps_done: dict[Any, tuple[dict[str, str], Step | None]] = {}
         self._made: dict[int, tuple[str, str] | None] = {}
         self._locations: dict[tuple[Any, ...], Location] = {}
@@ -615,14 +618,15 @@ class _FileCompiler:
         if not isinstance(args_raw, dict):
             self.error((*spath, op), f"the arguments of `{op}` are a mapping, got {_kind(args_raw)}")
             return None
-        cache_key = (op, repr(args_raw))
-        cached = self._step_cache.get(cache_key)
+        cache_key = (cls, repr(args_raw))
+        cached = _VALIDATED.get(cache_key)
         if cached is None:
             try:
                 cached = cls.model_validate(args_raw)
             except ValidationError as exc:
                 cached = self.describe(exc, cls)
-            self._step_cache[cache_key] = cached
+            if len(_VALIDATED) < 100_000:
+                _VALIDATED[cache_key] = cached
         if isinstance(cached, list):
             for p, msg in cached:
                 self.error((*spath, op, *p), msg, key=msg.startswith("unknown argument"))
@@ -703,8 +707,8 @@ class Forks:
                 comp.error((*spath, op, "of"), "`of: parent` reads the process that forked "
                            "this one: only a step with `process:` (a forked child) has one")
                 return None
-            if op == "join" and isinstance(args, dict):
-                joined = self.joined.get(args.get("process"))  # type: ignore[arg-type]
+            if op == "join" and isinstance(args, dict) and isinstance(args.get("process"), str):
+                joined = self.joined.get(args["process"])
                 if joined is not None:
                     comp.error((*spath, op, "process"), f"process `{args['process']}` was "
                                f"joined by step {joined}: it has ended")
@@ -871,12 +875,13 @@ def compile_documents(docs: list[Document], devices: Sequence[str] | None = None
     facts); without devices, for placeholder BDFs served by each case's driver."""
     result = Compiled()
     names = device_names(devices or PLACEHOLDER_DEVICES)
-    for doc in docs:
-        fc = _FileCompiler(doc, names, placeholders=not devices)
-        fc.run()
-        result.cases.extend(fc.cases)
-        result.errors.extend(fc.errors.values())
-        result.files.append(doc.path)
+    with armed():  # the templates' limits, set up once for every render of every file
+        for doc in docs:
+            fc = _FileCompiler(doc, names, placeholders=not devices)
+            fc.run()
+            result.cases.extend(fc.cases)
+            result.errors.extend(fc.errors.values())
+            result.files.append(doc.path)
     result.documents = list(docs)
     return result
 

@@ -17,6 +17,7 @@ Exceeding one is a TemplateProblem naming the limit, located like any other.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -142,6 +143,12 @@ class _LimitedSandbox(SandboxedEnvironment):
 
     intercepted_binops = frozenset({"*", "**", "+", "%"})
 
+    def make_globals(self, d: Any) -> Any:
+        """A template's globals as a plain dict (jinja's ChainMap over the environment's
+        costs every render a walk of both maps: half of a short expression's time). The
+        environment's globals are set once, below, before any template is made."""
+        return {**self.globals, **(d or {})}
+
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         _check_operands(operator, left, right)
         return _check_value(self.binop_table[operator](left, right), "a result")
@@ -209,7 +216,7 @@ class _Lookup:
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def __call__(self, **context: Any) -> Any:
+    def lookup(self, context: dict[str, Any]) -> Any:
         try:
             return context[self.name]
         except KeyError:
@@ -246,10 +253,21 @@ def _compile(source: str) -> tuple[bool, Any, tuple[str, ...]]:
 
 
 # --- limits on time and memory ----------------------------------------------------
+#
+# Arming the limits costs some 30 µs (a signal handler, a timer, two rlimit calls and a
+# read of /proc), more than most renders. A compile arms them once for all its renders
+# (`armed()`): SIGPROF then ticks every TICK of CPU, and a render is stopped at the tick
+# that finds it running for CPU_SECONDS' worth of ticks (a render costs a counter and a
+# flag); its address-space cap is set from the size last read, read again after each
+# tick. A render outside `armed()` arms them for itself alone.
+
+TICK = 0.05  # CPU seconds between SIGPROF ticks while the limits are armed
+_TICKS = round(CPU_SECONDS / TICK)  # ticks one render may run for
+
 
 def _out_of_time(signum: int, frame: FrameType | None) -> None:
     guard = getattr(_LIMITS, "guard", None)  # the main thread's: only it arms the timer
-    if guard is not None and guard.armed:
+    if guard is not None and guard.tick(frame):
         raise _OutOfTime
 
 
@@ -269,48 +287,95 @@ def _address_space() -> int:
 
 class _Limits:
     """CPU time (SIGPROF; in the main thread only, where signals are delivered) and address
-    space while a template compiles or renders; nested uses keep the outer limits."""
+    space while a template compiles or renders; nested uses keep the outer limits.
+
+    `arm()`/`disarm()` bracket a batch of renders: the handler and the timer are set up
+    once for all of them. Each render (`with guard:`) counts itself and lowers RLIMIT_AS
+    to MEMORY_MARGIN above the process's size while it runs."""
 
     def __init__(self) -> None:
-        self.depth = 0
+        self.batches = 0      # arm() calls not yet disarmed
+        self.depth = 0        # nested `with` (a compile inside a render keeps its limits)
+        self.own = False      # this render armed the limits for itself
+        self.rendering = False  # SIGPROF raises only while this is set
+        self.serial = 0       # renders begun
+        self.seen = -1        # the render the last tick found running
+        self.ticks = 0        # ticks since then that found it still running
+        self.base = 0         # the address space when last read
+        self.stale = True     # a tick since: read it again before the next render
+        self.lowered = False  # this render lowered RLIMIT_AS
         self.old_as = (0, 0)
         self.old_handler: Any = None
         self.timer = False
-        self.armed = False  # SIGPROF raises only while this is set
+
+    def arm(self) -> None:
+        self.batches += 1
+        if self.batches > 1:
+            return
+        self.old_as = resource.getrlimit(resource.RLIMIT_AS)
+        self.stale = True
+        self.timer = threading.current_thread() is threading.main_thread()
+        if self.timer:
+            self.old_handler = signal.signal(signal.SIGPROF, _out_of_time)
+            signal.setitimer(signal.ITIMER_PROF, TICK, TICK)
+
+    def disarm(self) -> None:
+        self.batches -= 1
+        if self.batches or not self.timer:
+            return
+        self.timer = False
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.signal(signal.SIGPROF, self.old_handler)
+
+    def tick(self, frame: FrameType | None) -> bool:
+        """Called by SIGPROF every TICK of CPU: whether to stop the render running now.
+        Past the limit it answers yes at every tick: a raise that lands where Python
+        ignores it (a gc callback, a __del__) is followed by one that is not."""
+        self.stale = True
+        if not self.rendering:
+            return False
+        if self.seen != self.serial:  # a render begun since the last tick
+            self.seen, self.ticks = self.serial, 0
+            return False
+        self.ticks += 1
+        # never inside __enter__/__exit__: their bookkeeping must run to its end
+        return self.ticks >= _TICKS and (frame is None or frame.f_code not in _GUARD_CODE)
 
     def __enter__(self) -> None:
         self.depth += 1
         if self.depth > 1:
             return
-        self.old_as = old = resource.getrlimit(resource.RLIMIT_AS)
-        cap = _address_space() + MEMORY_MARGIN
+        self.own = not self.batches
+        if self.own:
+            self.arm()
+        if self.stale:
+            self.base, self.stale = _address_space(), False
+        old = self.old_as
+        cap = self.base + MEMORY_MARGIN
         if old[1] != resource.RLIM_INFINITY:
             cap = min(cap, old[1])
-        if old[0] == resource.RLIM_INFINITY or cap < old[0]:
+        self.lowered = old[0] == resource.RLIM_INFINITY or cap < old[0]
+        if self.lowered:
             resource.setrlimit(resource.RLIMIT_AS, (cap, old[1]))
-        self.timer = threading.current_thread() is threading.main_thread()
-        if self.timer:
-            self.old_handler = signal.signal(signal.SIGPROF, _out_of_time)
-            self.armed = True
-            # past the limit it fires again every 50 ms: a raise that lands where Python
-            # ignores it (a gc callback, a __del__) is followed by one that is not
-            signal.setitimer(signal.ITIMER_PROF, CPU_SECONDS, 0.05)
+        self.serial += 1
+        if self.own:  # the timer started with this render: its first tick counts
+            self.seen, self.ticks = self.serial, 0
+        self.rendering = True
 
     def __exit__(self, *exc: object) -> None:
         self.depth -= 1
         if self.depth:
             return
-        while self.timer:
-            try:
-                self.armed = False  # from here on the handler raises nothing
-                signal.setitimer(signal.ITIMER_PROF, 0)
-                signal.signal(signal.SIGPROF, self.old_handler)
-                break
-            except _OutOfTime:  # fired before `armed` was cleared: the render ends anyway
-                continue
-        resource.setrlimit(resource.RLIMIT_AS, self.old_as)
+        self.rendering = False  # from here on the handler raises nothing
+        if self.lowered:
+            self.lowered = False
+            resource.setrlimit(resource.RLIMIT_AS, self.old_as)
+        if self.own:
+            self.own = False
+            self.disarm()
 
 
+_GUARD_CODE = frozenset({_Limits.__enter__.__code__, _Limits.__exit__.__code__})
 _LIMITS = threading.local()
 
 
@@ -320,6 +385,18 @@ def _limits() -> _Limits:
     except AttributeError:
         guard = _LIMITS.guard = _Limits()
         return guard
+
+
+@contextlib.contextmanager
+def armed() -> Iterator[None]:
+    """The limits armed once for every render inside (a whole compile); each render
+    still gets CPU_SECONDS and MEMORY_MARGIN of its own."""
+    guard = _limits()
+    guard.arm()
+    try:
+        yield
+    finally:
+        guard.disarm()
 
 
 # Results of templates by (source, values of the variables they read): the cases of a
@@ -350,30 +427,41 @@ def _render_text(compiled: Any, context: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+def _result_key(value: str, inputs: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """The key of a render's result in _RESULTS; None when an input is no plain scalar
+    (exact types: a device name, a str with its driver, must not share a result with
+    the same BDF served by another driver). The types are part of it: 1, 1.0 and true
+    are equal, but `{{ x|string }}` is not the same of each."""
+    for v in inputs:
+        if type(v) not in _SCALAR_TYPES:
+            return None
+    return (value, inputs, tuple([type(v) for v in inputs]))
+
+
 def render(value: str, context: dict[str, Any]) -> Any:
     """Render one templated string with `context`; raises TemplateProblem."""
     key: tuple[Any, ...] | None = None
     try:
         single, compiled, names = _compile(value)
-        inputs = tuple(context.get(n, _RESULTS) for n in names)
-        # exact types: a device name (a str with its driver) must not share a result
-        # with the same BDF served by another driver
-        if all(type(v) in _SCALAR_TYPES for v in inputs):
-            key = (value, inputs)
-            if key in _RESULTS:
-                return _RESULTS[key]
+        if type(compiled) is _Lookup:  # `{{ name }}`: the value itself, nothing to render
+            return compiled.lookup(context)
+        inputs = tuple([context.get(n, _RESULTS) for n in names])
+        key = _result_key(value, inputs)
+        if key is not None:
+            found = _RESULTS.get(key, _FAILED)
+            if found is not _FAILED:
+                return found
             if key in _FAILED:  # a template at a limit fails once, not once per case
                 raise TemplateProblem(_FAILED[key])
-        if isinstance(compiled, _Lookup):
-            result = compiled(**context)
-        else:
-            with _limits():
-                if single:
-                    result = _check_value(compiled(**context), "the value")
-                    if isinstance(result, StrictUndefined):
-                        str(result)  # raises UndefinedError with the name
-                else:
-                    result = _render_text(compiled, context)
+        # only the variables it reads (the rest would be copied into jinja's context)
+        used = {n: v for n, v in zip(names, inputs, strict=True) if v is not _RESULTS}
+        with _limits():
+            if single:
+                result = _check_value(compiled(**used), "the value")
+                if isinstance(result, StrictUndefined):
+                    str(result)  # raises UndefinedError with the name
+            else:
+                result = _render_text(compiled, used)
         if key is not None and isinstance(result, _SCALAR_TYPES) and len(_RESULTS) < 100_000:
             _RESULTS[key] = result
         return result

@@ -240,6 +240,8 @@ class RunEvents:
                 self.coverage.on_warning(event.get("message", ""))
         elif kind == "kmemleak":
             self.kmemleak(int(event.get("objects", 0)), str(event.get("report", "")))
+        elif kind == "kernel_before":
+            self.kernel_before([str(p) for p in event.get("problems", [])])
         elif kind == "coverage" and self.coverage is not None:
             self.coverage.add_case_event(event)
         elif kind == "plan":
@@ -258,6 +260,16 @@ class RunEvents:
                        f"one case):\n{report}")
         earlier = self.run.properties.get("kmemleak")
         self.run.properties["kmemleak"] = f"{earlier}\n{report}" if earlier else report
+
+    def kernel_before(self, problems: list[str]) -> None:
+        """What a VM's kernel reported before the run (a splat at boot turns lockdep off
+        and uses KASAN's one report): a warning now, and the run's `kernel_before_run`
+        property in every report (one VM's after another's with --jobs)."""
+        for problem in problems:
+            self.sink.warn(problem)
+        text = "\n".join(problems)
+        earlier = self.run.properties.get("kernel_before_run")
+        self.run.properties["kernel_before_run"] = f"{earlier}\n{text}" if earlier else text
 
     def result(self, result: CaseResult) -> None:
         if result.kernel_splats:

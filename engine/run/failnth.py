@@ -21,6 +21,17 @@ fails. As the C program's TEST_FAIL_NTH:
 
 The case's result is its last run's steps, the `fail_nth` step's message summing up the
 sweep; a sweep that fails reports the run (its n) and step that failed it.
+
+As the C program allocates its buffers once (its constructor) and never clears them, the
+memfd of a buffer an `alloc_buffer` step before the arm makes is kept for the next runs,
+with its pages and the bytes the earlier runs left in them; each run maps it afresh
+(populated from those pages: none allocated or cleared). Where every step of the case is
+one that leaves a buffer's pages mapped and its file as they are and compares no
+buffer's bytes with fixed values (KEEPS_BUFFERS). What the steps after the arm do, fault
+sites included, is the same either way: benchmarks/fail_nth_sweeps.py's sweeps agree
+with C's (they do not when the mapping too is kept from run to run). Making and
+populating a fresh 2 MiB buffer per run (zeroing a kept one costs as much under TCG) was
+most of a run's time in the testbed.
 """
 
 from __future__ import annotations
@@ -30,17 +41,47 @@ import os
 import threading
 import time
 from collections import Counter
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from vfio_scenario.errors import ERRNO_NUMBERS
+from vfio_scenario.errors import ERRNO_NUMBERS, VfioError
 from vfio_scenario.results import CaseResult, Outcome, StepResult
+from vfio_scenario.run.interpreter import (
+    CheckFailed,
+    Runtime,
+    Skip,
+    StepTimeout,
+    _inner_failed,
+    _not_run,
+    run_step,
+)
 
 if TYPE_CHECKING:
-    from vfio_scenario.language.cases import Case
-    from vfio_scenario.run.interpreter import Hook, Listener, Operation, RunOptions, Runtime
+    from collections.abc import Callable, Sequence
+
+    from vfio_scenario.language.cases import Case, Step
+    from vfio_scenario.language.models import AllocBuffer
+    from vfio_scenario.run.interpreter import Hook, Listener, Operation, RunOptions
+    from vfio_scenario.uapi.buffers import DmaBuffer
 
 DEBUGFS = "/sys/kernel/debug"
 FAIL_NTH = "/proc/self/task/{tid}/fail-nth"  # this task's fail-nth file
+
+# Operations that leave a buffer's pages mapped and its file as they are, and compare
+# no buffer's bytes with fixed values: they may write its bytes, pin its pages or map
+# them through the kernel (access_rw compares what the kernel reads and writes with the
+# memory as it is). A step of any other operation (e.g. unmap_buffer_range,
+# truncate_buffer, assert_pattern) has the sweep make its buffers afresh for every run.
+KEEPS_BUFFERS = frozenset({
+    "alloc_buffer", "fail_nth", "sleep", "open_iommu", "close_iommu", "alloc_ioas",
+    "iova_ranges", "allow_iovas", "map_dma", "unmap_dma", "copy_iova", "iommufd_destroy",
+    "mock_memory_limit", "mock_check_refs", "mock_domain", "mock_domain_replace",
+    "create_access", "access_rw", "destroy_access", "access_pages", "destroy_access_pages",
+    "get_hw_info", "alloc_hwpt", "alloc_nested_hwpt", "alloc_viommu", "alloc_vdevice",
+    "alloc_hw_queue", "alloc_fault_queue", "alloc_veventq", "close_queue_fd",
+    "mock_pasid_attach", "mock_pasid_replace", "mock_pasid_detach",
+})
+KEPT_BACKINGS = frozenset({"memfd"})  # populated: a memfd buffer is mapped again
 
 
 class Armed:
@@ -54,6 +95,25 @@ class Armed:
         self.armed = False
         # the debugfs attributes setup_debugfs set, with their old values (None: not yet)
         self.restores: list[tuple[str, str]] | None = None
+        # the index of the `fail_nth` step when the sweep keeps its buffers (-1: it
+        # does not), and the buffers kept, by the index of the step that made them
+        self.keep_before = -1
+        self.buffers: dict[int, DmaBuffer] = {}
+
+    def keeps(self, step: Step, args: AllocBuffer) -> bool:
+        """Whether this `alloc_buffer` step's buffer is kept from run to run."""
+        return (not step.teardown and step.index < self.keep_before and args.populate
+                and args.backing in KEPT_BACKINGS)
+
+    def buffer(self, index: int, make: Callable[[], DmaBuffer]) -> DmaBuffer:
+        """The buffer step `index` made in an earlier run, mapped again, else a new one
+        (`make`), kept until the sweep ends."""
+        kept = self.buffers.get(index)
+        if kept is None:
+            kept = self.buffers[index] = make()
+        else:
+            kept.remap()
+        return kept
 
     def arm(self) -> None:
         if self.n and not self.armed:
@@ -80,6 +140,9 @@ class Armed:
             os.close(self.fd)
             self.fd = -1
         problems = []
+        for buffer in self.buffers.values():
+            buffer.close()
+        self.buffers.clear()
         for path, old in reversed(self.restores or []):
             try:
                 _write(path, old)
@@ -99,7 +162,14 @@ def sweep(case: Case, devices: list[str], ops: dict[str, Operation], options: Ru
                         outcome=Outcome.PASS, params=dict(case.params), tags=list(case.tags),
                         started=time.time())
     armed = Armed()
+    # (not a case with a `for` loop: an iteration's steps are numbered within it)
+    if all(s.body is None and s.op in KEEPS_BUFFERS for s in (*case.steps, *case.teardown)):
+        armed.keep_before = next(s.index for s in case.steps if s.op == "fail_nth")
+    body, teardown = _prepare(case.steps, ops, options), _prepare(case.teardown, ops, options)
+    arm_index = next(s.index for s in case.steps if s.op == "fail_nth")
     first: Runtime | None = None  # the first run's: the case's begin and end hooks
+    rt: Runtime | None = None
+    records: list[Record] = []
     try:
         for n in range(limit + 1):
             armed.n = n
@@ -109,7 +179,9 @@ def sweep(case: Case, devices: list[str], ops: dict[str, Operation], options: Ru
                                 outcome=Outcome.PASS, params=dict(case.params),
                                 tags=list(case.tags), started=result.started)
             rt.result, rt.listener, rt.ops = result, listener, ops
-            failed, reached, armed_at = _run(rt, result, ops)
+            records = []
+            failed, reached, armed_at = _run(rt, result, body, teardown, arm_index, ops,
+                                             records)
             if result.outcome is Outcome.SKIP:
                 break
             verdict, why = _verdict(n, result, failed, reached, armed_at)
@@ -128,17 +200,24 @@ def sweep(case: Case, devices: list[str], ops: dict[str, Operation], options: Ru
             result.outcome = Outcome.FAIL
             result.message = (f"fail-nth still reached a fault site at n = {limit}: the "
                               "sweep stops at `max`")
+        if rt is not None:  # the case's steps: its last run's
+            result.steps = [_step_result(rt, r) for r in records]
     finally:
         _end_sweep(armed, end, first, result)
     if result.outcome is Outcome.PASS:
-        note = (f"swept n = 1 … {n - 1}: {sum(ended.values())} runs ended by an injected "
-                f"errno ({', '.join(f'{k} {v}' for k, v in sorted(ended.items())) or 'none'}), "
-                f"{tolerated} ran through; n = {n} reached no fault site")
-        for sr in result.steps:
-            if sr.op == "fail_nth":
-                sr.message = note
+        _sum_up(result, n, ended, tolerated)
     result.duration = time.perf_counter() - t0
     return result
+
+
+def _sum_up(result: CaseResult, n: int, ended: Counter[str], tolerated: int) -> None:
+    """The `fail_nth` step's message: how the sweep went."""
+    note = (f"swept n = 1 … {n - 1}: {sum(ended.values())} runs ended by an injected "
+            f"errno ({', '.join(f'{k} {v}' for k, v in sorted(ended.items())) or 'none'}), "
+            f"{tolerated} ran through; n = {n} reached no fault site")
+    for sr in result.steps:
+        if sr.op == "fail_nth":
+            sr.message = note
 
 
 def _end_sweep(armed: Armed, end: Hook | None, first: Runtime | None,
@@ -157,8 +236,6 @@ def _new_run(case: Case, devices: list[str], options: RunOptions, armed: Armed,
              first: Runtime | None, begin: Hook | None) -> Runtime:
     """The Runtime of one run: fresh handles; the case's begin hook runs for the first
     (the log position and taint of the case), the next ones share what it recorded."""
-    from vfio_scenario.run.interpreter import Runtime
-
     rt = Runtime(case=case, devices=devices, options=options)
     rt.fail_nth = armed
     if first is None:
@@ -190,33 +267,160 @@ def _verdict(n: int, result: CaseResult, failed: StepResult | None, reached: boo
     return ("last", "") if reached is False else ("through", "")
 
 
-def _run(rt: Runtime, result: CaseResult, ops: dict[str, Operation]
-         ) -> tuple[StepResult | None, bool | None, int | None]:
-    """One run: the body until its first failed step, fail-nth read and disarmed, then
-    the teardown and releases. (failed body step, nth reached, index of the arm step)."""
-    from vfio_scenario.run.interpreter import Skip, _finish, run_step
+@dataclass(frozen=True)
+class Prepared:
+    """A step as each run of the sweep runs it, what it needs looked up once: its
+    operation (None: run_step runs it: a `for` loop, a `repeat`, a timeout, an operation
+    without an implementation), outcomes, listener event, and for a teardown step the
+    handles it needs made (else it is not run)."""
 
+    step: Step
+    handler: Operation | None
+    expected: tuple[str, ...]
+    event: dict[str, Any]
+    needs: tuple[str, ...]
+
+
+# One step of a run: its StepResult (one that did not pass, or run by run_step), or, made
+# into one only for the run the case reports, a step that passed (Prepared, actual,
+# message, duration) or a teardown step not run (Prepared, None, "", 0.0).
+Record = StepResult | tuple[Prepared, str | None, str, float]
+
+
+def _prepare(steps: Sequence[Step], ops: dict[str, Operation],
+             options: RunOptions) -> tuple[Prepared, ...]:
+    prepared = []
+    for step in steps:
+        common, handler = step.common, ops.get(step.op)
+        if (step.body is not None or common.repeat != 1 or common.timeout
+                or options.default_step_timeout):
+            handler = None
+        event: dict[str, Any] = {"index": step.index, "op": step.op, "name": step.label}
+        if step.teardown:
+            event["teardown"] = True
+        needs = []
+        for apath in step.handle_paths:  # as interpreter._handles_ready
+            value: Any = step.args
+            for part in apath:
+                value = getattr(value, part, None)
+            if isinstance(value, str):
+                needs.append(value)
+        prepared.append(Prepared(step, handler, tuple(common.expect), event, tuple(needs)))
+    return tuple(prepared)
+
+
+def _call(rt: Runtime, p: Prepared) -> str | StepResult:
+    """Run a prepared step's operation once: the outcome's name when the step passed
+    (its handle made), else its StepResult, as run_step gives them."""
+    step, expected = p.step, p.expected
+    assert p.handler is not None
+    rt.notes.clear()
+    t0 = time.perf_counter()
+    try:
+        made = p.handler(rt, step.args, step)
+    except VfioError as exc:  # the errno (or the fault's signal) is the outcome
+        if exc.errno_name in expected:
+            return exc.errno_name
+        return _inner_failed(rt, step, t0, exc.errno_name, str(exc))
+    except CheckFailed as exc:
+        if expected != ("ok",) and "check failed" in expected:
+            return "check failed"
+        failed = _inner_failed(rt, step, t0, "check failed", str(exc))
+        if expected == ("ok",):
+            failed.message = str(exc)
+        return failed
+    except StepTimeout:  # as run_step's with no timeout of the step's own
+        failed = _inner_failed(rt, step, t0, "timeout", "step timed out after 0s")
+        failed.outcome = Outcome.ERROR
+        return failed
+    except Skip:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a bug in an operation is this case's error
+        failed = _inner_failed(rt, step, t0, type(exc).__name__, f"{type(exc).__name__}: {exc}")
+        failed.outcome = Outcome.ERROR
+        return failed
+    if "ok" not in expected:
+        return _inner_failed(rt, step, t0, "ok", "")
+    if made is not None and step.handle:
+        rt.handles[step.handle] = made
+        rt.kinds[step.handle] = step.args.produces or ""
+    return "ok"
+
+
+def _step(rt: Runtime, p: Prepared, ops: dict[str, Operation], records: list[Record]
+          ) -> StepResult | None:
+    """Run one step, its record added: None when it passed, else its StepResult."""
+    if p.handler is None:
+        sr = run_step(rt, p.step, ops)
+        records.append(sr)
+        return None if sr.outcome is Outcome.PASS else sr
+    t0 = time.perf_counter()
+    got = _call(rt, p)
+    if isinstance(got, str):
+        records.append((p, got, "; ".join(rt.notes), time.perf_counter() - t0))
+        return None
+    records.append(got)
+    return got
+
+
+def _step_result(rt: Runtime, record: Record) -> StepResult:
+    """The StepResult of a record, as run_step gives it (or _not_run)."""
+    if isinstance(record, StepResult):
+        return record
+    p, actual, message, duration = record
+    step, expected = p.step, p.expected
+    if actual is None:
+        return _not_run(step)
+    return StepResult(index=step.index, op=step.op, name=step.label,
+                      location=f"{step.location.path}:{step.location.line}",
+                      outcome=Outcome.PASS, duration=duration, repeat=step.common.repeat,
+                      expected="|".join(expected),
+                      actual=expected[0] if len(expected) == 1 else actual,
+                      message=message, teardown=step.teardown, process=rt.process)
+
+
+def _run(rt: Runtime, result: CaseResult, body: tuple[Prepared, ...],
+         teardown: tuple[Prepared, ...], arm_index: int, ops: dict[str, Operation],
+         records: list[Record]) -> tuple[StepResult | None, bool | None, int | None]:
+    """One run: the body until its first failed step, fail-nth read and disarmed, then
+    the teardown and releases (as interpreter._finish), each step's record in `records`.
+    (failed body step, nth reached, index of the arm step)."""
     failed: StepResult | None = None
     armed_at: int | None = None
     reached: bool | None = None
+    listener = rt.listener
     try:
         try:
-            for step in rt.case.steps:
-                if rt.listener:
-                    rt.listener("step", {"index": step.index, "op": step.op, "name": step.label})
-                sr = run_step(rt, step, ops)
-                result.steps.append(sr)
-                if step.op == "fail_nth" and sr.outcome is Outcome.PASS:
-                    armed_at = step.index
-                if sr.outcome is not Outcome.PASS:
-                    failed = sr
+            for p in body:
+                if listener:
+                    listener("step", p.event)
+                failed = _step(rt, p, ops, records)
+                if failed is not None:
                     break
+                if p.step.index == arm_index:
+                    armed_at = arm_index
         finally:
             reached = rt.fail_nth.disarm() if rt.fail_nth is not None else None
     except Skip as exc:
         result.outcome = Outcome.SKIP
         result.message = str(exc)
-    problems = _finish(rt, result, None, ops)
+    ended: StepResult | None = None  # the first teardown step that failed
+    handles = rt.handles
+    for p in teardown:
+        if listener:
+            listener("step", p.event)
+        if not all(name in handles for name in p.needs):
+            records.append((p, None, "", 0.0))
+            continue
+        sr = _step(rt, p, ops, records)
+        if ended is None and sr is not None and sr.outcome in (Outcome.FAIL, Outcome.ERROR):
+            ended = sr
+    problems = rt.release_all()
+    if result.outcome is not Outcome.SKIP and ended is not None:
+        result.outcome = ended.outcome
+        result.location = ended.location
+        result.message = (f"teardown step {ended.index + 1} `{ended.name}` "
+                          f"({ended.location}): {ended.message}")
     if problems and result.outcome is Outcome.PASS:
         result.outcome = Outcome.ERROR
         result.message = "releasing the case's resources failed: " + "; ".join(problems)
@@ -228,8 +432,6 @@ def setup_debugfs(rt: Runtime) -> None:
     ignore-gfp-wait N; fail_page_alloc's too where the kernel has it) and the fault
     attributes quiet (verbose 0); once for the sweep (its first run), the old values
     back when the sweep ends."""
-    from vfio_scenario.run.interpreter import Skip
-
     armed = rt.fail_nth
     if armed is not None and armed.restores is not None:
         return  # an earlier run of the sweep set them

@@ -250,6 +250,66 @@ def apply(result: CaseResult, splats: list[Splat]) -> CaseResult:
     return result
 
 
+LOCKDEP_STATS = "/proc/lockdep_stats"
+CMDLINE = "/proc/cmdline"
+_DEBUG_LOCKS = re.compile(r"^\s*debug_locks:\s+(\d+)\s*$", re.MULTILINE)
+
+
+def before_run(taint: int | None) -> list[str]:
+    """What the kernel reported before the run began, and what that leaves the run unable
+    to see: no case's, so the run's warnings. Its log's splats so far; lockdep turned off
+    (after its first report, an oops, or a taint that makes it unreliable, such as
+    KASAN's: lib/debug_locks.c, kernel/panic.c add_taint), so this run shows no lockdep
+    report; KASAN's report made (it reports once per boot unless `kasan_multi_shot` is on
+    the command line: mm/kasan/report.c report_enabled); a taint mask that is not 0."""
+    splats = find_splats(_whole_log())
+    out = [f"kernel {s.kind} before this run: {s.title}" for s in splats]
+    m = _DEBUG_LOCKS.search(_read_text(LOCKDEP_STATS) or "")
+    if m and m.group(1) == "0":
+        out.append("lockdep is off (debug_locks 0) before this run: it shows no lockdep "
+                   "report")
+    if any(s.kind == "kasan" for s in splats) and \
+            "kasan_multi_shot" not in (_read_text(CMDLINE) or ""):
+        out.append("KASAN reported before this run and reports once per boot (no "
+                   "kasan_multi_shot): this run shows no KASAN report")
+    if taint:
+        out.append(f"the kernel is tainted before this run: {taint_letters(taint)} "
+                   f"(mask {taint:#x})")
+    return out
+
+
+def _whole_log() -> list[Record]:
+    """Every record still in the kernel's log ring (none when /dev/kmsg cannot be read)."""
+    try:
+        reader = KmsgReader(from_start=True)
+    except VfioError:
+        return []
+    try:
+        return reader.read()
+    finally:
+        reader.close()
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def note_lost(result: CaseResult, overruns: int) -> CaseResult:
+    """`result` saying so when the kernel's log ring overwrote records of its window before
+    the watch read them (/dev/kmsg's EPIPE, `overruns` times): a splat among those was
+    not judged, so the case's kernel verdict is incomplete (its outcome stays)."""
+    if overruns:
+        result.properties["kernel_log_overruns"] = str(overruns)
+        result.log += (f"--- kernel watch: the kernel's log overwrote records of this case "
+                       f"before they were read ({overruns} time(s)); a splat among them was "
+                       "not judged ---\n")
+    return result
+
+
 KMEMLEAK = "/sys/kernel/debug/kmemleak"
 # the scheduler's debugfs header says what jiffies is now (kernel/sched/debug.c,
 # `jiffies : N`): the clock kmemleak stamps each object's allocation with
@@ -274,6 +334,8 @@ class KernelWatch:
         # that kernel's config
         self.kmemleak = _kmemleak("clear")
         self.since = _jiffies() if self.kmemleak else None
+        # what the kernel reported before the run (at boot, or in an earlier run)
+        self.before = before_run(self.taint)
 
     @classmethod
     def open(cls) -> KernelWatch | None:
@@ -287,11 +349,12 @@ class KernelWatch:
         the taint mask then; nothing to do, which matters at ~20x TCG costs)."""
 
     def finish(self, result: CaseResult, case: Case) -> CaseResult:
+        lost = self.reader.lost
         records = self.reader.read()
         after = _read_taint()
         splats = judge(find_splats(records), self.taint, after, case)
         self.taint = after
-        return apply(result, splats)
+        return note_lost(apply(result, splats), self.reader.lost - lost)
 
     def leaks(self, beat: Callable[[], None] | None = None) -> str:
         """kmemleak's report of the objects allocated since the run began and leaked ("" when

@@ -3,6 +3,7 @@
 Used directly for `--device` runs on a host with VFIO devices, and by the guest
 entry point (`guest.py`) inside the testbed. Events are dicts:
   {"event": "hello", "properties": {...}, "cases": N}
+  {"event": "kernel_before", "problems": [...]}  (what the kernel reported before the run)
   {"event": "start", "id": ...}
   {"event": "result", "result": CaseResult.to_dict()}
   {"event": "kmemleak_scan"}  (now and then while kmemleak scans, at the run's end)
@@ -66,11 +67,10 @@ def run_planned(planned: Iterable[PlannedCase], caps: HostCaps, options: RunOpti
 
     With the kernel watch on, a case's result is sent when the next case starts (or the
     run ends): the kernel lines logged until then are its own (run/kernel_watch.py)."""
-    from vfio_scenario.run.kernel_watch import KernelWatch
     from vfio_scenario.run.ops import operations
 
     ops = operations()
-    watch = KernelWatch.open() if options.kernel_watch else None
+    watch = _open_watch(emit) if options.kernel_watch else None
     pending: list[tuple[CaseResult, PlannedCase]] = []
 
     def settle() -> CaseResult | None:
@@ -123,6 +123,17 @@ def _run_one(pc: PlannedCase, caps: HostCaps, ops: dict[str, Operation],
             result = cannot_run(pc.case, f"{type(exc).__name__}: {exc}")
     result.properties.update(case_properties(pc, caps))
     return result
+
+
+def _open_watch(emit: Emit) -> KernelWatch | None:
+    """The run's kernel watch (None without /dev/kmsg); what the kernel reported before
+    the run, which no case's window holds, goes out as a `kernel_before` event."""
+    from vfio_scenario.run.kernel_watch import KernelWatch
+
+    watch = KernelWatch.open()
+    if watch is not None and watch.before:
+        emit({"event": "kernel_before", "problems": watch.before})
+    return watch
 
 
 def _close_watch(watch: KernelWatch, emit: Emit) -> None:

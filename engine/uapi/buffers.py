@@ -177,6 +177,18 @@ class DmaBuffer:
         other._range(other_offset, size)
         return compare(self.ptr + offset, other.ptr + other_offset, size)
 
+    def remap(self) -> None:
+        """A memfd buffer mapped again, populated from its file's pages as they are (none
+        allocated or cleared: the bytes stay), the old mapping unmapped first."""
+        if self.fd < 0 or self.ptr == ffi.NULL:
+            raise VfioError(errno.EINVAL, "mmap", self.name, "only an open memfd buffer is "
+                            "mapped again")
+        munmap_raw(self.ptr, self.size)
+        self.ptr = ffi.NULL
+        self.ptr = mmap_raw(self.size, lib.PROT_READ | lib.PROT_WRITE,
+                            lib.MAP_SHARED | lib.MAP_POPULATE, self.fd, 0, "mmap", self.name)
+        self.addr = int(ffi.cast("uintptr_t", self.ptr))
+
     def close(self) -> None:
         """Unmap and close; idempotent."""
         if self.ptr != ffi.NULL:

@@ -36,15 +36,17 @@ def parse_record(record: str) -> Record:
 
 
 class KmsgReader:
-    """Every record logged after it opened, read without blocking, across any number of
-    cases (the kernel watch keeps one for a whole run)."""
+    """Every record logged after it opened (or, `from_start`, every record the ring still
+    holds), read without blocking, across any number of cases (the kernel watch keeps one
+    for a whole run)."""
 
-    def __init__(self) -> None:
+    def __init__(self, from_start: bool = False) -> None:
         try:
             self.fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as e:
             raise VfioError(e.errno or 0, "open", "/dev/kmsg") from None
-        os.lseek(self.fd, 0, os.SEEK_END)
+        if not from_start:  # (an open reader starts at the oldest record the ring holds)
+            os.lseek(self.fd, 0, os.SEEK_END)
         self.lost = 0  # records overwritten in the ring buffer before we read them
 
     def read(self) -> list[Record]:

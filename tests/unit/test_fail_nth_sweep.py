@@ -248,3 +248,192 @@ def test_debugfs_is_set_once_for_the_sweep_and_set_back_at_its_end(
 
 
 SETUP_DEBUGFS = failnth.setup_debugfs
+
+
+# --- the buffers a sweep keeps from run to run (as the C program's, made once) ------
+
+KEPT = """\
+name: nth
+requires: {devices: 0}
+steps:
+  - alloc_buffer: {size: 8KiB, backing: memfd}
+    as: buf
+  - fail_nth: {}
+  - sleep: {duration: 0s}
+    name: a
+  - alloc_buffer: {size: 4KiB}
+    as: late
+teardown:
+  - sleep: {duration: 0s}
+    name: check
+"""
+
+
+def buffers_seen(text: str, kernel: FakeKernel) -> tuple[Any, list[tuple[Any, int, Any]]]:
+    """Run the case; per run, the buffer `buf` step `a` finds (the object, its first byte
+    then) and `late`'s object at the teardown. `a` writes 0x5a into `buf` and passes a
+    fault site."""
+    ops = dict(operations())
+    seen: list[tuple[Any, int, Any]] = []
+
+    def step(rt: Any, args: Any, step: Any) -> None:
+        if step.label == "a":
+            buf = rt.handle("buf")
+            seen.append((buf, buf.mem[0], None))
+            buf.mem[0] = 0x5A
+            kernel.site()
+        elif step.label == "check":
+            seen[-1] = (*seen[-1][:2], rt.handles.get("late"))
+
+    ops["sleep"] = step
+    return run_case(compile_text(text, "scen/nth.yaml")[0], [], ops), seen
+
+
+def test_a_buffer_made_before_the_arm_is_kept_and_closed_at_the_end(
+        kernel: FakeKernel) -> None:
+    result, seen = buffers_seen(KEPT, kernel)
+    assert result.outcome is Outcome.PASS, result.message
+    assert len(seen) == 3  # runs 0 and 2 pass whole, run 1 is refused at `a`
+    kept = seen[0][0]
+    assert all(buf is kept for buf, _, _ in seen)
+    # with the bytes the earlier runs left, as the C program's buffers
+    assert [first for _, first, _ in seen] == [0, 0x5A, 0x5A]
+    assert kept.fd == -1  # closed when the sweep ended
+    # the one after the arm is made afresh in each run that gets to it (runs 0 and 2)
+    late = [made for _, _, made in seen if made is not None]
+    assert len(late) == 2 and late[0] is not late[1]
+
+
+def test_a_case_with_a_step_that_may_change_a_buffer_makes_its_buffers_afresh(
+        kernel: FakeKernel) -> None:
+    # `assert_pattern` compares the bytes with a pattern: not among the operations that
+    # let the sweep keep a buffer (KEEPS_BUFFERS), nothing is kept
+    assert "assert_pattern" not in failnth.KEEPS_BUFFERS
+    text = KEPT.replace("  - fail_nth: {}\n", "  - assert_pattern: {buffer: buf, pattern: zero}"
+                                             "\n  - fail_nth: {}\n")
+    result, seen = buffers_seen(text, kernel)
+    assert result.outcome is Outcome.PASS, result.message
+    buffers = [buf for buf, _, _ in seen]
+    assert len({id(b) for b in buffers}) == 3
+    assert all(b.fd == -1 for b in buffers)  # each closed with its run
+
+
+def test_a_case_with_a_loop_makes_its_buffers_afresh(kernel: FakeKernel) -> None:
+    text = KEPT.replace("teardown:\n", "  - for: {var: i, from: 1, to: 2}\n"
+                                       "    steps: [{alloc_buffer: {size: 4KiB, backing: memfd}}]"
+                                       "\nteardown:\n")
+    result, seen = buffers_seen(text, kernel)
+    assert result.outcome is Outcome.PASS, result.message
+    assert len({id(buf) for buf, _, _ in seen}) == 3
+
+
+def test_every_step_of_the_iommufd_fail_nth_port_lets_the_sweep_keep_its_buffers() -> None:
+    from vfio_scenario.language.cases import flat_steps
+    from vfio_scenario.language.compile import compile_paths
+    from vfio_scenario.language.models import OPERATIONS
+
+    assert not failnth.KEEPS_BUFFERS - set(OPERATIONS)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    compiled = compile_paths([os.path.join(root, "scenarios", "kselftest",
+                                           "iommufd_fail_nth.yaml")], [])
+    assert compiled.errors == [] and len(compiled.cases) == 8
+    for case in compiled.cases:
+        ops = {s.op for s in flat_steps((*case.steps, *case.teardown))}
+        assert ops <= failnth.KEEPS_BUFFERS, (case.id, ops - failnth.KEEPS_BUFFERS)
+
+
+# --- a run's steps as the sweep runs them (prepared once) and as run_step does ------
+
+OUTCOMES = """\
+name: nth
+requires: {devices: 0}
+steps:
+  - sleep: {duration: 0s}
+    name: refused
+    expect: EINVAL
+  - sleep: {duration: 0s}
+    name: noted
+  - sleep: {duration: 0s}
+    name: either
+    expect: [ok, EINVAL]
+  - sleep: {duration: 0s}
+    name: twice
+    repeat: 2
+  - sleep: {duration: 0s}
+    name: LAST
+teardown:
+  - sleep: {duration: 0s}
+    name: check
+"""
+
+
+def outcome_ops() -> dict[str, Any]:
+    ops = dict(operations())
+
+    def step(rt: Any, args: Any, step: Any) -> None:
+        if step.label in ("refused", "either"):
+            raise VfioError(errno.EINVAL, "ioctl", "fake")
+        if step.label == "noted":
+            rt.note("it said so")
+        if step.label == "boom":
+            raise RuntimeError("a bug")
+        if step.label == "wrong":
+            raise CheckFailed("not what the step says")
+
+    ops["sleep"] = step
+    return ops
+
+
+def plain_and_swept(text: str, kernel: FakeKernel, last: str = "LAST") -> tuple[Any, Any]:
+    """The case run once as written (run_step) and swept with its `fail_nth` step as
+    step `last` (nothing is reached after it: the sweep is runs 0 and 1)."""
+    plain = run_case(compile_text(text, "scen/nth.yaml")[0], [], outcome_ops())
+    swept_text = text.replace(f"  - sleep: {{duration: 0s}}\n    name: {last}\n",
+                              f"  - fail_nth: {{}}\n    name: {last}\n")  # the same lines
+    swept = run_case(compile_text(swept_text, "scen/nth.yaml")[0], [], outcome_ops())
+    return plain, swept
+
+
+def _steps(result: Any) -> list[dict[str, Any]]:
+    return [{k: v for k, v in s.to_dict().items() if k != "duration"}
+            for s in result.steps if s.op != "fail_nth"]
+
+
+def test_a_swept_runs_steps_report_what_run_step_reports(kernel: FakeKernel) -> None:
+    plain, swept = plain_and_swept(OUTCOMES, kernel)
+    assert plain.outcome is Outcome.PASS and swept.outcome is Outcome.PASS, swept.message
+    assert [s.op for s in swept.steps].count("fail_nth") == 1
+    assert _steps(swept) == [s for s in _steps(plain) if s["name"] != "LAST"]
+    got = {s["name"]: (s["actual"], s["message"]) for s in _steps(swept)}
+    assert got["refused"] == ("EINVAL", "")
+    assert got["noted"] == ("ok", "it said so")
+    assert got["either"] == ("EINVAL", "")
+
+
+def test_a_failure_in_a_swept_run_names_its_n_step_and_location(kernel: FakeKernel) -> None:
+    for name, outcome, message in [
+            ("boom", Outcome.ERROR, "RuntimeError: a bug"),
+            ("wrong", Outcome.FAIL, "not what the step says")]:
+        text = OUTCOMES.replace("    name: noted\n", f"    name: {name}\n")
+        plain, swept = plain_and_swept(text, kernel)
+        assert (plain.outcome, swept.outcome) == (outcome, outcome)
+        assert plain.message == f"step 2 `{name}` (scen/nth.yaml:7): {message}"
+        assert swept.message == f"fail-nth 0: {plain.message}"
+        assert _steps(swept) == _steps(plain)  # the failed run's steps, the teardown's too
+    # after the arm, in run 1: a wrong answer is no clean refusal
+    text = OUTCOMES.replace("    name: check\n", "    name: check\n  - sleep: {duration: 0s}\n"
+                            "    name: wrong\n")
+    text = text.replace("    name: noted\n", "    name: noted\n  - fail_nth: {}\n  - sleep: "
+                        "{duration: 0s}\n    name: a\n")
+    ops = outcome_ops()
+    inner = ops["sleep"]
+
+    def with_site(rt: Any, args: Any, step: Any) -> None:
+        if step.label == "a":
+            kernel.site("check")
+        inner(rt, args, step)
+
+    ops["sleep"] = with_site
+    result = run_case(compile_text(text, "scen/nth.yaml")[0], [], ops)
+    assert result.outcome is Outcome.FAIL
+    assert result.message.startswith("fail-nth 0: teardown step 2 `wrong` (scen/nth.yaml:")

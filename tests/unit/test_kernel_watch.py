@@ -322,6 +322,7 @@ class FakeWatch:
     log: ClassVar[list[str]] = []
     splat_in: ClassVar[str] = ""
     leaked: ClassVar[str] = ""
+    before: ClassVar[list[str]] = []
 
     @classmethod
     def open(cls) -> FakeWatch:
@@ -345,8 +346,8 @@ class FakeWatch:
         self.log.append("close")
 
 
-def run_two(monkeypatch: pytest.MonkeyPatch, watch: bool,
-            leaked: str = "") -> list[dict[str, Any]]:
+def run_two(monkeypatch: pytest.MonkeyPatch, watch: bool, leaked: str = "",
+            before: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     from vfio_scenario.run.interpreter import RunOptions
     from vfio_scenario.run.plan import HostCaps, PlannedCase
     from vfio_scenario.run.session import run_planned
@@ -355,6 +356,7 @@ def run_two(monkeypatch: pytest.MonkeyPatch, watch: bool,
     FakeWatch.log.clear()
     FakeWatch.splat_in = "first"
     FakeWatch.leaked = leaked
+    FakeWatch.before = list(before)
     cases = [case_of(PLAIN.replace("plain", name)) for name in ("first", "second")]
     events: list[dict[str, Any]] = []
     caps = HostCaps(kernel_release="7.2", devices=[])
@@ -479,3 +481,86 @@ def test_run_command_line_has_no_kernel_watch_switch() -> None:
     args = build_parser().parse_args(["run", "x.yaml"])
     assert args.kernel_watch is True
     assert build_parser().parse_args(["run", "--no-kernel-watch", "x.yaml"]).kernel_watch is False
+
+
+def test_a_window_whose_records_the_log_ring_overwrote_says_so(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """/dev/kmsg answers EPIPE when records were overwritten before they were read: the
+    case's log and properties say its kernel verdict is incomplete; a window read whole
+    says nothing."""
+    import errno
+
+    from vfio_scenario.uapi import kmsg
+
+    answers: list[bytes | OSError] = [OSError(errno.EPIPE, "Broken pipe"),
+                                      b"6,7,1000,-;an ordinary line", BlockingIOError()]
+
+    def read(fd: int, n: int) -> bytes:
+        answer = answers.pop(0)
+        if isinstance(answer, OSError):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(kernel_watch, "_read_taint", lambda: None)
+    watch = object.__new__(kernel_watch.KernelWatch)
+    watch.reader = object.__new__(kmsg.KmsgReader)
+    watch.reader.fd, watch.reader.lost = -1, 0
+    watch.taint = None
+    case = case_of(PLAIN)
+    with monkeypatch.context() as m:
+        m.setattr("os.read", read)
+        first = watch.finish(result(), case)
+        answers.append(BlockingIOError())
+        whole = watch.finish(result(), case)
+    assert first.outcome is Outcome.PASS
+    assert first.properties["kernel_log_overruns"] == "1"
+    assert "the kernel's log overwrote records of this case before they were read" in first.log
+    assert "kernel_log_overruns" not in whole.properties and whole.log == ""
+
+
+def test_what_the_kernel_reported_before_the_run_is_the_runs_warning_and_property(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A splat already in the log when the run begins (at boot: the debug kernel under TCG
+    once reported a KASAN wild-memory-access at 0.018 s) is no case's; lockdep turned off
+    and KASAN's one report used mean this run cannot show those kinds: the run says so."""
+    from vfio_scenario.known_issues import KnownIssues
+    from vfio_scenario.report.jsonout import json_report
+    from vfio_scenario.report.sink import ReportSink
+    from vfio_scenario.run.dispatch import RunEvents
+
+    stats, cmdline = tmp_path / "lockdep_stats", tmp_path / "cmdline"
+    monkeypatch.setattr(kernel_watch, "LOCKDEP_STATS", str(stats))
+    monkeypatch.setattr(kernel_watch, "CMDLINE", str(cmdline))
+    monkeypatch.setattr(kernel_watch, "_whole_log", lambda: records(KASAN))
+    stats.write_text(" lock-classes:   1 [max: 8192]\n debug_locks:   0\n")
+    cmdline.write_text("console=ttyS0 quiet\n")
+    before = kernel_watch.before_run(0x20)
+    assert before == [
+        ("kernel kasan before this run: BUG: KASAN: slab-out-of-bounds in "
+        "lkdtm_SLAB_LINEAR_OVERFLOW+0x2b/0x40"),
+        "lockdep is off (debug_locks 0) before this run: it shows no lockdep report",
+        ("KASAN reported before this run and reports once per boot (no kasan_multi_shot): "
+        "this run shows no KASAN report"),
+        "the kernel is tainted before this run: B (mask 0x20)"]
+    # with kasan_multi_shot KASAN reports again; lockdep on; a clean log: nothing to say
+    cmdline.write_text("console=ttyS0 kasan_multi_shot\n")
+    stats.write_text(" debug_locks:   1\n")
+    assert kernel_watch.before_run(0x20)[1:] == [
+        "the kernel is tainted before this run: B (mask 0x20)"]
+    monkeypatch.setattr(kernel_watch, "_whole_log", lambda: records("ordinary line"))
+    assert kernel_watch.before_run(0) == []
+    stats.unlink()  # no lockdep in this kernel
+    assert kernel_watch.before_run(None) == []
+
+    # the guest sends them before the first case; the host warns and keeps them
+    events = run_two(monkeypatch, watch=True, before=tuple(before[:2]))
+    assert events[0] == {"event": "kernel_before", "problems": before[:2]}
+    assert next(e["event"] for e in run_two(monkeypatch, watch=True)) == "start"
+    sink = ReportSink(stream=sys.stdout)
+    dispatch = RunEvents(sink, KnownIssues())
+    dispatch(events[0])
+    assert f"vfio-scenario: warning: {before[1]}" in capsys.readouterr().err
+    assert json_report(sink.run)["properties"]["kernel_before_run"] == "\n".join(before[:2])
+    dispatch(events[0])  # a second VM's (--jobs): kept after the first
+    assert sink.run.properties["kernel_before_run"] == "\n".join(before[:2] * 2)

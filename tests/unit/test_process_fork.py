@@ -77,6 +77,10 @@ def test_a_valid_fork_compiles_with_the_process_on_the_steps() -> None:
     ("  - drop_capability: {capability: CAP_IPC_LOK}\n", "8:35", "CAP_IPC_LOCK"),
     ("teardown:\n  - fill: {buffer: buf, pattern: ones}\n    process: child\n", "10:14",
      "teardown steps run in the case's process"),
+    # a `process` that is no name (a template giving a list): an error, not a TypeError
+    ("  - join: {process: '{{ [1] * 3 }}'}\n", "8:21",
+     "`process`: Input should be a valid string, got a list [1, 1, 1]"),
+    ("  - join: {process: {a: 1}}\n", "8:21", "`process`: Input should be a valid string"),
 ])
 def test_wrong_forks_are_located_errors(tail: str, where: str, message: str) -> None:
     errors = errors_of(HEAD + tail)

@@ -91,3 +91,15 @@ def test_hugetlb_2m_buffer_follows_the_pool() -> None:
     else:
         with DmaBuffer(4096, Backing.HUGETLB_2M) as buf:
             assert buf.size == 2 << 20 and buf.addr % (2 << 20) == 0
+
+
+def test_a_memfd_buffer_mapped_again_keeps_its_bytes_populated() -> None:
+    with DmaBuffer(8192, Backing.MEMFD) as buf:
+        buf.fill(Pattern("random", seed=3))
+        fd = buf.fd
+        buf.remap()
+        assert buf.fd == fd
+        assert _present_pages(buf.addr, buf.size) == 2
+        assert buf.check(Pattern("random", seed=3)) is None
+    with DmaBuffer(4096) as anonymous, pytest.raises(VfioError, match="memfd"):
+        anonymous.remap()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from vfio_scenario.language.models import DropCapability, FailNth, Fork, Join
+from vfio_scenario.run import failnth
 from vfio_scenario.run.forked import Child
 from vfio_scenario.run.forked import fork as fork_child
 from vfio_scenario.run.interpreter import CheckFailed, Runtime
@@ -49,10 +50,8 @@ def drop_capability(rt: Runtime, args: DropCapability, step: Step) -> None:
 @op(FailNth)
 def fail_nth(rt: Runtime, args: FailNth, step: Step) -> None:
     """Arm fail-nth with the sweep's n (run/failnth.py), the debugfs attributes set first."""
-    from vfio_scenario.run.failnth import setup_debugfs
-
     if rt.fail_nth is None:
         raise CheckFailed("`fail_nth` arms a run of its case's sweep, and this case is not "
                           "swept (run_case sweeps a case that has the step)")
-    setup_debugfs(rt)
+    failnth.setup_debugfs(rt)
     rt.fail_nth.arm()  # the last thing: nothing of ours passes a fault site after it
