@@ -44,15 +44,13 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from vfio_scenario.errors import ERRNO_NUMBERS, VfioError
+from vfio_scenario.errors import ERRNO_NUMBERS
 from vfio_scenario.results import CaseResult, Outcome, StepResult
 from vfio_scenario.run.interpreter import (
-    CheckFailed,
     Runtime,
     Skip,
-    StepTimeout,
-    _inner_failed,
     _not_run,
+    call_once,
     run_step,
 )
 
@@ -312,39 +310,8 @@ def _prepare(steps: Sequence[Step], ops: dict[str, Operation],
 def _call(rt: Runtime, p: Prepared) -> str | StepResult:
     """Run a prepared step's operation once: the outcome's name when the step passed
     (its handle made), else its StepResult, as run_step gives them."""
-    step, expected = p.step, p.expected
     assert p.handler is not None
-    rt.notes.clear()
-    t0 = time.perf_counter()
-    try:
-        made = p.handler(rt, step.args, step)
-    except VfioError as exc:  # the errno (or the fault's signal) is the outcome
-        if exc.errno_name in expected:
-            return exc.errno_name
-        return _inner_failed(rt, step, t0, exc.errno_name, str(exc))
-    except CheckFailed as exc:
-        if expected != ("ok",) and "check failed" in expected:
-            return "check failed"
-        failed = _inner_failed(rt, step, t0, "check failed", str(exc))
-        if expected == ("ok",):
-            failed.message = str(exc)
-        return failed
-    except StepTimeout:  # as run_step's with no timeout of the step's own
-        failed = _inner_failed(rt, step, t0, "timeout", "step timed out after 0s")
-        failed.outcome = Outcome.ERROR
-        return failed
-    except Skip:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a bug in an operation is this case's error
-        failed = _inner_failed(rt, step, t0, type(exc).__name__, f"{type(exc).__name__}: {exc}")
-        failed.outcome = Outcome.ERROR
-        return failed
-    if "ok" not in expected:
-        return _inner_failed(rt, step, t0, "ok", "")
-    if made is not None and step.handle:
-        rt.handles[step.handle] = made
-        rt.kinds[step.handle] = step.args.produces or ""
-    return "ok"
+    return call_once(rt, p.step, p.handler, p.expected)
 
 
 def _step(rt: Runtime, p: Prepared, ops: dict[str, Operation], records: list[Record]
