@@ -28,13 +28,10 @@ from typing import TYPE_CHECKING, Any
 from vfio_scenario.errors import VfioError
 from vfio_scenario.language.cases import flat_steps
 from vfio_scenario.results import CaseResult, Outcome
-from vfio_scenario.uapi.kmsg import KmsgReader, Record
+from vfio_scenario.uapi.kmsg import TAINT_FLAGS, KmsgReader, Record, taint_letters, tainted
 
 if TYPE_CHECKING:
     from vfio_scenario.language.cases import Case
-
-# bit → letter, as kernel/panic.c's taint_flags (Documentation/admin-guide/tainted-kernels.rst)
-TAINT_FLAGS = "PFSRMBUDAWCIOELKXTNJ"
 
 # kind → what a report of that kind looks like: the line it starts with (kernel sources,
 # 7.2: kernel/panic.c, kernel/locking/lockdep.c, mm/kasan/report.c, mm/kfence/report.c,
@@ -187,10 +184,6 @@ class _SplatReader:
                         and _OPENER_RULE.match(line))
                     or (self.kind in _STACK_ENDS and _END_OF_STACK.match(line))
                     or len(self.current) >= MAX_LINES)
-
-
-def taint_letters(mask: int) -> str:
-    return "".join(letter for bit, letter in enumerate(TAINT_FLAGS) if mask & (1 << bit)) or "-"
 
 
 def _taint_mask(letters: str) -> int:
@@ -438,12 +431,7 @@ def _kmemleak(command: str) -> bool:
 
 
 def _read_taint() -> int | None:
-    # os.open/os.read: a text-mode open() costs a millisecond per case under TCG
     try:
-        fd = os.open("/proc/sys/kernel/tainted", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            return int(os.read(fd, 64))
-        finally:
-            os.close(fd)
+        return tainted()
     except (OSError, ValueError):
         return None

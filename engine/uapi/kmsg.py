@@ -112,6 +112,14 @@ class KernelLog:
             self.fd = -1
 
 
+# bit → letter, as kernel/panic.c's taint_flags (Documentation/admin-guide/tainted-kernels.rst)
+TAINT_FLAGS = "PFSRMBUDAWCIOELKXTNJ"
+
+
+def taint_letters(mask: int) -> str:
+    return "".join(letter for bit, letter in enumerate(TAINT_FLAGS) if mask & (1 << bit)) or "-"
+
+
 def tainted() -> int:
     """/proc/sys/kernel/tainted (0: not tainted). Read with os.read: a text-mode open()
     costs a millisecond per case under TCG."""

@@ -29,7 +29,7 @@ from vfio_scenario.report.ktap import ktap_document
 from vfio_scenario.results import CaseResult, Outcome, RunResult
 from vfio_scenario.run import kernel_watch
 from vfio_scenario.run.kernel_watch import Splat, apply, find_splats, judge
-from vfio_scenario.uapi.kmsg import Record, parse_record
+from vfio_scenario.uapi.kmsg import TAINT_FLAGS, Record, parse_record
 
 from tests.helpers.reports import assert_valid_junit
 from tests.helpers.scenarios import compile_text
@@ -241,7 +241,7 @@ def test_new_taint_no_splat_explains_is_a_taint_splat() -> None:
     ("warning", "W"), ("oops", "D"), ("kasan", "B"), ("kfence", "B"), ("lockup", "L"),
     ("atomic_sleep", "W")])
 def test_a_splat_explains_the_taint_it_sets(kind: str, letters: str) -> None:
-    mask = sum(1 << kernel_watch.TAINT_FLAGS.index(c) for c in letters)
+    mask = sum(1 << TAINT_FLAGS.index(c) for c in letters)
     splat = Splat(kind, "x", "x")
     assert [s.kind for s in judge([splat], 0, mask, case_of(PLAIN))] == [kind]
     other = Splat("lockdep", "x", "x")  # lockdep sets no taint bit

@@ -22,25 +22,17 @@ from vfio_scenario.run import faultlog
 from vfio_scenario.run.interpreter import CheckFailed, Runtime, Skip
 from vfio_scenario.run.ops import op
 from vfio_scenario.run.plan import step_facts
-from vfio_scenario.uapi.kmsg import KernelLog, tainted
+from vfio_scenario.uapi.kmsg import KernelLog, taint_letters, tainted
 
 if TYPE_CHECKING:
     from vfio_scenario.language.cases import Case, Step
     from vfio_scenario.uapi.device import VfioDevice
-
-# bit → letter, as in Documentation/admin-guide/tainted-kernels.rst
-TAINT_FLAGS = "PFSRMBUDAWCIOELKXTN"
-
 
 def kernel_log(rt: Runtime) -> KernelLog:
     """The case's kernel log reader, opened when the case began."""
     if rt.kernel_log is None:
         raise Skip(f"the kernel log is not readable here: {rt.kernel_log_error}")
     return rt.kernel_log
-
-
-def taint_letters(mask: int) -> str:
-    return "".join(letter for bit, letter in enumerate(TAINT_FLAGS) if mask & (1 << bit)) or "-"
 
 
 def begin_case(rt: Runtime) -> None:
