@@ -258,8 +258,7 @@ class RunEvents:
         `kmemleak` property in every report (one VM's after another's with --jobs)."""
         self.sink.warn(f"kmemleak: {objects} object(s) leaked during the run (not tied to "
                        f"one case):\n{report}")
-        earlier = self.run.properties.get("kmemleak")
-        self.run.properties["kmemleak"] = f"{earlier}\n{report}" if earlier else report
+        self._append_property("kmemleak", report)
 
     def kernel_before(self, problems: list[str]) -> None:
         """What a VM's kernel reported before the run (a splat at boot turns lockdep off
@@ -267,9 +266,12 @@ class RunEvents:
         property in every report (one VM's after another's with --jobs)."""
         for problem in problems:
             self.sink.warn(problem)
-        text = "\n".join(problems)
-        earlier = self.run.properties.get("kernel_before_run")
-        self.run.properties["kernel_before_run"] = f"{earlier}\n{text}" if earlier else text
+        self._append_property("kernel_before_run", "\n".join(problems))
+
+    def _append_property(self, name: str, text: str) -> None:
+        """`text` as the run's property `name`, after what an earlier VM's run gave it."""
+        earlier = self.run.properties.get(name)
+        self.run.properties[name] = f"{earlier}\n{text}" if earlier else text
 
     def result(self, result: CaseResult) -> None:
         if result.kernel_splats:
