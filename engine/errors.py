@@ -20,9 +20,14 @@ ERRNO_NUMBERS = {n: getattr(_errno, n) for n in dir(_errno)
                  if n.startswith("E") and isinstance(getattr(_errno, n), int)}
 
 
+# errno number -> the kernel's name for it (one lookup: loops of thousands of expected
+# refusals ask for it)
+_NAMES = {**_errno.errorcode, **_KERNEL_SPELLING}
+
+
 def errno_name(err: int) -> str:
     """The name the kernel uses for errno `err` (EOPNOTSUPP, not ENOTSUP)."""
-    return _KERNEL_SPELLING.get(err) or _errno.errorcode.get(err, f"E{err}")
+    return _NAMES.get(err) or f"E{err}"
 
 
 def canonical_errno_name(name: str) -> str:
@@ -106,11 +111,22 @@ class VfioError(VfioScenarioError):
     `errno_name` (e.g. "EINVAL") is what a step's `expect:` compares against.
     """
 
+    # the message, made when it is first asked for (str()): a loop's expected refusals,
+    # thousands of them, are compared by `errno_name` and never printed
+    _message: str | None = None
+
     def __init__(self, err: int, op: str, handle: str = "", detail: str = "") -> None:
+        super().__init__(err, op, handle, detail)
         self.errno = err
         self.errno_name = errno_name(err)
         self.op = op
         self.handle = handle
-        where = f" on {handle}" if handle else ""
-        extra = f": {detail}" if detail else ""
-        super().__init__(f"{op}{where} failed with {self.errno_name} ({os.strerror(err)}){extra}")
+        self.detail = detail
+
+    def __str__(self) -> str:
+        if self._message is None:
+            where = f" on {self.handle}" if self.handle else ""
+            extra = f": {self.detail}" if self.detail else ""
+            self._message = (f"{self.op}{where} failed with {self.errno_name} "
+                             f"({os.strerror(self.errno)}){extra}")
+        return self._message

@@ -25,6 +25,7 @@ class Ioas(AddressSpace):
         self.handle = f"ioas {self.id}"
         self._err = ffi.new("int *")  # out-cells of the map/unmap loops, made once
         self._unmapped = ffi.new("uint64_t *")
+        self._iova = ffi.new("uint64_t *")
 
     @property
     def fd(self) -> int:
@@ -65,10 +66,11 @@ class Ioas(AddressSpace):
                                 self._err) != 1:
                 raise VfioError(self._err[0], "IOMMU_IOAS_MAP", self.handle)
             return Mapping(self, iova, size, vaddr)
-        arg = new("struct iommu_ioas_map", flags=self._flags(iova, read, write),
-                  ioas_id=self.id, user_va=vaddr, length=size, iova=0)
-        ioctl(self.fd, "IOMMU_IOAS_MAP", arg, self.handle)
-        return Mapping(self, arg.iova, size, vaddr)
+        # the kernel picks: one C call too (a loop maps thousands of times)
+        if lib.vs_ioas_map_auto(self.fd, self.id, vaddr, size, read, write, self._iova,
+                                self._err) != 0:
+            raise VfioError(self._err[0], "IOMMU_IOAS_MAP", self.handle)
+        return Mapping(self, self._iova[0], size, vaddr)
 
     def map_many(self, vaddr: int, size: int, iova: int, stride: int, count: int,
                  read: bool = True, write: bool = True) -> tuple[int, VfioError | None]:

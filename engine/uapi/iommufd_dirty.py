@@ -44,10 +44,9 @@ class Bitmap:
     def set_every(self, every: int) -> int:
         """Zero the whole buffer and set bits 0, every, 2*every … below nbits; returns how
         many were set."""
-        data = bytearray(self.size)
-        for i in range(0, self.nbits, every):
-            data[self.offset + (i >> 3)] |= 1 << (i & 7)
-        ffi.memmove(self._region, bytes(data), self.size)
+        bits = expected_bits(self.nbits, every, 1).to_bytes(self.nbytes, "little")
+        data = bytes(self.offset) + bits + bytes(self.size - self.offset - self.nbytes)
+        ffi.memmove(self._region, data, self.size)
         return len(range(0, self.nbits, every))
 
     def bits(self) -> int:
@@ -59,6 +58,9 @@ class Bitmap:
         """Offsets (from the buffer's start) of non-zero bytes outside the bitmap's bytes."""
         raw = bytes(ffi.buffer(self._region, self.size))
         end = self.offset + self.nbytes
+        before, after = raw[:self.offset], raw[end:]
+        if not before.strip(b"\0") and not after.strip(b"\0"):  # (bytes ops: no loop here)
+            return []
         return [i for i, b in enumerate(raw) if b and not self.offset <= i < end]
 
 

@@ -20,7 +20,7 @@ class AccessFault(VfioError):
         super().__init__(0, op, handle, f"offset 0x{offset:x}")
         self.signum = signum
         self.errno_name = signal.Signals(signum).name
-        self.args = (f"{op} on {handle} at offset 0x{offset:x} raised {self.errno_name}",)
+        self._message = f"{op} on {handle} at offset 0x{offset:x} raised {self.errno_name}"
 
 
 class Mmio:

@@ -46,6 +46,26 @@ def test_the_bitmap_sits_at_its_offset_of_a_page_with_room_past_it(offset: int) 
     assert bitmap.bits() == 0
 
 
+@pytest.mark.parametrize(("nbits", "every", "offset"), [(13, 3, 0xFF1), (1, 1, 0), (65, 64, 2048),
+                                                     (4096, 7, 1)])
+def test_set_every_sets_exactly_bits_0_every_2every(nbits: int, every: int, offset: int) -> None:
+    bitmap = dirty.Bitmap(nbits, offset)
+    ffi.cast("uint8_t *", bitmap.addr)[-1 if offset else 0] = 0xFF  # zeroed again by it
+    assert bitmap.set_every(every) == len(range(0, nbits, every))
+    raw = bytes(ffi.buffer(ffi.cast("uint8_t *", bitmap.addr - offset), bitmap.size))
+    want = bytearray(bitmap.size)
+    for i in range(0, nbits, every):
+        want[offset + i // 8] |= 1 << (i % 8)
+    assert raw == bytes(want)
+
+
+def test_a_byte_before_the_bitmap_is_seen() -> None:
+    bitmap = dirty.Bitmap(4, 0xFF1)
+    ffi.cast("uint8_t *", bitmap.addr)[-0xFF1] = 1  # the buffer's first byte
+    ffi.cast("uint8_t *", bitmap.addr)[-1] = 2
+    assert bitmap.written_outside() == [0, 0xFF0]
+
+
 def test_a_byte_past_the_bitmap_is_seen() -> None:
     bitmap = dirty.Bitmap(4, 0xFF1)
     ffi.cast("uint8_t *", bitmap.addr)[1] = 0x80  # the byte after the one 4 bits need

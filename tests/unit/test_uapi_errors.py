@@ -44,3 +44,22 @@ def test_new_sets_argsz_or_size_to_the_struct_size() -> None:
     # Variable-length structs count their trailing array.
     assert new("struct vfio_irq_set", 8).argsz == 20 + 8
     assert new("struct vfio_device_feature_dma_buf", 2).nr_ranges == 0
+
+
+def test_the_message_is_made_when_asked_and_names_op_handle_errno_detail() -> None:
+    import errno
+    import pickle
+    import signal
+
+    from vfio_scenario.uapi.mmio import AccessFault
+
+    exc = VfioError(errno.EOPNOTSUPP, "IOMMU_IOAS_MAP", "ioas 2", "a detail")
+    assert exc.errno_name == "EOPNOTSUPP"  # the kernel's spelling, not ENOTSUP
+    assert str(exc) == (f"IOMMU_IOAS_MAP on ioas 2 failed with EOPNOTSUPP "
+                        f"({os.strerror(errno.EOPNOTSUPP)}): a detail")
+    assert str(VfioError(9999, "X")) == f"X failed with E9999 ({os.strerror(9999)})"
+    again = pickle.loads(pickle.dumps(exc))  # a case process's error can cross a pipe
+    assert (str(again), again.errno_name) == (str(exc), "EOPNOTSUPP")
+    fault = AccessFault(signal.SIGBUS, "mmio_read", "bar0", 0x10)
+    assert fault.errno_name == "SIGBUS"
+    assert str(fault) == "mmio_read on bar0 at offset 0x10 raised SIGBUS"

@@ -166,7 +166,7 @@ class WriterKilled(VfioError):
         self.errno_name = name
         message = (f"provoke_crash {crash}: the kernel killed the writing process with "
                    f"{name} (an oops in its context)")
-        self.args = (message,)
+        self._message = message
 
 
 def _write_direct(crash: str) -> None:

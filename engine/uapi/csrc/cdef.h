@@ -391,6 +391,8 @@ long vs_ioctl(int fd, unsigned long request, void *arg);
 long vs_ioctl_val(int fd, unsigned long request, unsigned long arg);
 long vs_map_dma_n(int fd, int64_t ioas_id, uint64_t vaddr, uint64_t size, uint64_t iova,
                   int64_t stride, long n, int read, int write, int *err);
+long vs_ioas_map_auto(int fd, uint32_t ioas_id, uint64_t vaddr, uint64_t size,
+                      int read, int write, uint64_t *iova, int *err);
 long vs_unmap_dma_n(int fd, int64_t ioas_id, uint32_t flags, uint64_t iova, uint64_t size,
                     int64_t stride, long n, int64_t expect, uint64_t *unmapped, int *err);
 void *vs_mmap(size_t length, int prot, int flags, int fd, int64_t offset, int *err);

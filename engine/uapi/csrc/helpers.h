@@ -114,6 +114,29 @@ static long vs_map_dma_n(int fd, int64_t ioas_id, uint64_t vaddr, uint64_t size,
 }
 
 /*
+ * IOMMU_IOAS_MAP without IOMMU_IOAS_MAP_FIXED_IOVA: the kernel picks the IOVA.  Returns
+ * 0 and sets *iova to it, or -1 with *err the errno.  One call, as the single-map path
+ * of vs_map_dma_n is for a fixed IOVA (a loop maps thousands of times).
+ */
+static long vs_ioas_map_auto(int fd, uint32_t ioas_id, uint64_t vaddr, uint64_t size,
+			     int read, int write, uint64_t *iova, int *err)
+{
+	struct iommu_ioas_map map = {
+		.size = sizeof(map), .ioas_id = ioas_id, .user_va = vaddr, .length = size,
+		.flags = (read ? IOMMU_IOAS_MAP_READABLE : 0) |
+			 (write ? IOMMU_IOAS_MAP_WRITEABLE : 0),
+	};
+
+	*err = 0;
+	if (ioctl(fd, IOMMU_IOAS_MAP, &map) < 0) {
+		*err = errno;
+		return -1;
+	}
+	*iova = map.iova;
+	return 0;
+}
+
+/*
  * `n` unmaps of `size` bytes at iova, iova + stride … (stride may be negative or 0):
  * VFIO_IOMMU_UNMAP_DMA with `flags` (ioas_id < 0) or IOMMU_IOAS_UNMAP.  *unmapped gets
  * the bytes the last one unmapped.  Stops at the first failure (*err = its errno) or,
