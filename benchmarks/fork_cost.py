@@ -11,7 +11,12 @@ Boots the testbed once, compiles scenario files on the host for the guest's devi
   +cases   the same after reading the payload's cases (what a run process forks its
            case processes from today).
 
-For each state, `--forks` times: the process forks a child that exits at once
+  C        a small C program (built on the host with cc) doing the same, fork, the
+           child's _exit(0), a wait on a pidfd: what the kernel selftests' harness pays
+           per TEST (tools/testing/selftests/kselftest_harness.h forks each test), the
+           floor a C program's case has and ours is compared with.
+
+For each Python state, `--forks` times: the process forks a child that exits at once
 (os._exit), and waits for it on a pidfd, as the executor does; then the same with a
 child that touches the engine as a case process's start does (`touch`: its module
 dicts and functions, what the reference counts write to). Printed per state: the
@@ -61,6 +66,75 @@ def _touch() -> None:
                     _ = value.__name__
 
 
+C_FORKS = r"""
+#define _GNU_SOURCE
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static int cmp(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return (x > y) - (x < y);
+}
+
+int main(int argc, char **argv)
+{
+	int n = atoi(argv[1]), i;
+	double *ms = calloc(n, sizeof(*ms));
+	struct rusage ru;
+
+	for (i = 0; i < n; i++) {
+		struct timespec a, b;
+		struct pollfd p = { .events = POLLIN };
+		pid_t pid;
+
+		clock_gettime(CLOCK_MONOTONIC, &a);
+		pid = fork();
+		if (pid == 0)
+			_exit(0);
+		p.fd = syscall(SYS_pidfd_open, pid, 0);
+		poll(&p, 1, 30000);
+		close(p.fd);
+		waitpid(pid, NULL, 0);
+		clock_gettime(CLOCK_MONOTONIC, &b);
+		ms[i] = (b.tv_sec - a.tv_sec) * 1e3 + (b.tv_nsec - a.tv_nsec) / 1e6;
+	}
+	qsort(ms, n, sizeof(*ms), cmp);
+	getrusage(RUSAGE_CHILDREN, &ru);  /* the children's faults, all n of them */
+	printf("%f %ld\n", ms[n / 2], ru.ru_minflt / n);
+	return 0;
+}
+"""
+
+
+def build_c(out: Path) -> Path:
+    """The C fork loop, built once into `out` (the host's cache, which the guest sees)."""
+    import hashlib
+    import subprocess
+
+    binary = out / f"fork_cost_c-{hashlib.sha256(C_FORKS.encode()).hexdigest()[:12]}"
+    if not binary.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        source = out / "fork_cost_c.c"
+        source.write_text(C_FORKS)
+        subprocess.run(["cc", "-O2", "-Wall", str(source), "-o", str(binary)], check=True)
+    return binary
+
+
+def _c_forks(binary: str, n: int) -> dict[str, float]:
+    import subprocess
+
+    out = subprocess.run([binary, str(n)], capture_output=True, text=True, check=True)
+    ms, child_faults = out.stdout.split()
+    return {"ms": float(ms), "parent_faults": 0.0, "child_faults": float(child_faults)}
+
+
 def _forks(n: int, touch: bool) -> dict[str, float]:
     times, parent_faults, child_faults = [], [], []
     r, w = os.pipe()
@@ -91,10 +165,15 @@ def _forks(n: int, touch: bool) -> dict[str, float]:
             "child_faults": statistics.median(child_faults)}
 
 
-def inside(payload_path: str, forks: int) -> None:
+def inside(payload_path: str, forks: int, c_binary: str) -> None:
     from qemu_cpu import mark
     from vfio_scenario.run import guest_models, payload, zygote
 
+    mark("C", "begin")
+    row = _c_forks(c_binary, forks)
+    mark("C", "end")
+    print(json.dumps({"event": "row", "label": "C", "rss_anon_kb": 0, "cases": 0, **row}))
+    sys.stdout.flush()
     zygote.preload(payload_path)
     held = []
     for state in ("warm", "+cases"):
@@ -121,15 +200,17 @@ def main() -> None:
     parser.add_argument("--forks", type=int, default=40)
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--payload", help=argparse.SUPPRESS)
+    parser.add_argument("--c-binary", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inside:
-        inside(args.payload, args.forks)
+        inside(args.payload, args.forks, args.c_binary)
         return
     from qemu_cpu import run_marked
     from vfio_scenario.run.testbed_run import guest_vfio_devices
     from vfio_scenario.testbed import Testbed
-    from vs_kselftest import write_payload
+    from vs_kselftest import cache_dir, write_payload
 
+    c_binary = build_c(cache_dir())
     load = os.getloadavg()[0]
     me = str(Path(__file__).resolve())
     with Testbed(kernel=args.kernel) as testbed, \
@@ -140,7 +221,8 @@ def main() -> None:
         path = write_payload(programs, Path(tmp), bdfs)
         lines, cpu, status = run_marked(
             testbed, [sys.executable, me, "--inside", "--payload", path,
-                      "--forks", str(args.forks)], timeout=1800, cwd=tmp)
+                      "--forks", str(args.forks), "--c-binary", str(c_binary)],
+            timeout=1800, cwd=tmp)
     if status != 0:
         raise SystemExit(status)
     print(f"{', '.join(stems)}; {args.forks} forks per row; host load {load:.1f} at the "

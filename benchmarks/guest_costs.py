@@ -350,7 +350,7 @@ def main() -> None:
         edu = [b for b in bdfs if testbed.run(
             ["cat", f"/sys/bus/pci/devices/{b}/device"]).stdout.strip() == "0x11e8"]
         stems = [f.stem for f in args.files]
-        path = write_payload(stems, Path(tmp), edu)
+        path = write_payload([str(f.resolve()) for f in args.files], Path(tmp), edu)
         lines, cpu, status = run_marked(
             testbed, [sys.executable, me, "--inside", "--payload", path,
                       "--rounds", str(args.rounds),

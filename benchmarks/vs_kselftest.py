@@ -339,7 +339,8 @@ def write_payload(programs: list[str], workdir: Path, bdfs: list[str]) -> str:
     as a payload; its path. What the host does before the guest engine starts is not
     timed (on the host it takes a tenth of a second), and it runs in a Python of its own:
     it imports pydantic, which the guest engine and its zygote never do."""
-    files = [str(scenario_file(p)) for p in programs]
+    # a program's name, or a scenario file's path (benchmarks/guest_costs.py's FILEs)
+    files = [p if p.endswith((".yaml", ".yml")) else str(scenario_file(p)) for p in programs]
     out = subprocess.run([sys.executable, "-c", WRITE_PAYLOAD, str(workdir), json.dumps(bdfs),
                           *files], capture_output=True, text=True, check=False)
     if out.returncode != 0:
