@@ -41,6 +41,7 @@ from typing import Any, ClassVar
 
 from vfio_scenario.errors import VfioScenarioError
 from vfio_scenario.uapi._vfio import ffi, lib
+from vfio_scenario.uapi.ioctl import make_cells
 
 LENGTH = struct.Struct("<Q")
 READY_TIMEOUT = 120.0  # s: a fresh Python under TCG imports the engine in a few seconds
@@ -105,10 +106,7 @@ FD_FIELDS: dict[str, tuple[str, ...]] = {
     "vfio_scenario.uapi.mmio.Mmio": ("fd",),
 }
 FD_LISTS: dict[str, tuple[str, ...]] = {"vfio_scenario.uapi.irq.IrqSet": ("eventfds",)}
-CELLS: dict[str, dict[str, str]] = {
-    "vfio_scenario.uapi.container.Container": {"_err": "int *", "_unmapped": "uint64_t *"},
-    "vfio_scenario.uapi.iommufd.Ioas": {"_err": "int *", "_unmapped": "uint64_t *"},
-}
+# (cffi out-cells: a class lists its own in `CELLS`, made again by uapi.ioctl.make_cells)
 
 
 def _qualname(obj: Any) -> str:
@@ -150,13 +148,14 @@ class _Pickler(pickle.Pickler):
             raise HandoverError(f"a C object ({ffi.typeof(obj).cname}) that does not cross "
                                 "a process boundary")
         name = _qualname(obj)
-        if name in FD_FIELDS or name in FD_LISTS or name in CELLS:
+        cells = getattr(type(obj), "CELLS", {})
+        if name in FD_FIELDS or name in FD_LISTS or cells:
             state = dict(vars(obj))
             for attr in FD_FIELDS.get(name, ()):
                 state[attr] = self.fd(state[attr])
             for attr in FD_LISTS.get(name, ()):
                 state[attr] = [self.fd(fd) for fd in state[attr]]
-            for attr in CELLS.get(name, {}):
+            for attr in cells:
                 state.pop(attr, None)
             if name == "vfio_scenario.uapi.mmio.Mmio":
                 state.pop("ptr", None)
@@ -204,8 +203,8 @@ def _rebuild(obj: Any, name_state: tuple[str, dict[str, Any]]) -> None:
         state[attr] = _resolve(state[attr])
     for attr in FD_LISTS.get(name, ()):
         state[attr] = [_resolve(fd) for fd in state[attr]]
-    for attr, ctype in CELLS.get(name, {}).items():
-        state[attr] = ffi.new(ctype)
+    if getattr(type(obj), "CELLS", None):
+        make_cells(obj)
     if name == "vfio_scenario.uapi.mmio.Mmio":
         from vfio_scenario.uapi.buffers import mmap_raw
 

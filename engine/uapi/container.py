@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+from typing import Any, ClassVar
 
 from vfio_scenario.errors import VfioError
 from vfio_scenario.uapi import capchain, sysfs
 from vfio_scenario.uapi._vfio import ffi, lib
-from vfio_scenario.uapi.ioctl import close_fd, ioctl, ioctl_val, new, open_fd
+from vfio_scenario.uapi.ioctl import close_fd, ioctl, ioctl_val, make_cells, new, open_fd
 from vfio_scenario.uapi.iommu import Iommu, Mapping
 from vfio_scenario.uapi.iova import IovaRange
 from vfio_scenario.uapi.modes import IommuMode
@@ -57,6 +58,11 @@ class Container(Iommu):
     The IOMMU type is set when the first group joins, as the kernel requires.
     """
 
+    # the out-cells of the map/unmap calls, made once (ioctl.make_cells)
+    CELLS: ClassVar[dict[str, str]] = {"_err": "int *", "_unmapped": "uint64_t *"}
+    _err: Any
+    _unmapped: Any
+
     def __init__(self, mode: IommuMode) -> None:
         if not mode.uses_container:
             raise VfioError(errno.EINVAL, "open_container", mode.value, "not a container mode")
@@ -65,8 +71,7 @@ class Container(Iommu):
         self.fd = open_fd(self.handle, "open_container")
         self.groups: dict[int, Group] = {}
         self.iommu_set = False
-        self._err = ffi.new("int *")
-        self._unmapped = ffi.new("uint64_t *")
+        make_cells(self)
         try:
             version = ioctl(self.fd, "VFIO_GET_API_VERSION", None, self.handle)
             if version != lib.VFIO_API_VERSION:

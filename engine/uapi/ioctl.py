@@ -133,6 +133,15 @@ def new(ctype: str, items: int | None = None, **fields: int) -> Any:
     return obj
 
 
+def make_cells(obj: Any) -> None:
+    """Make `obj`'s cffi out-cells, the C objects its class lists in `CELLS` (attribute
+    name: C type), where C helpers write results (errno, bytes unmapped, an IOVA). The one
+    list of them: a successor process a handle is handed over to makes them again from it
+    (run/handover.py), as a C object does not cross a process boundary."""
+    for name, ctype in type(obj).CELLS.items():
+        setattr(obj, name, ffi.new(ctype))
+
+
 def open_fd(path: str, op: str, flags: int = os.O_RDWR | os.O_CLOEXEC) -> int:
     """os.open that raises VfioError(errno, op, path) like the ioctls do."""
     try:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import errno
+from typing import Any, ClassVar
 
 from vfio_scenario.errors import VfioError
 from vfio_scenario.uapi._vfio import ffi, lib
-from vfio_scenario.uapi.ioctl import close_fd, ioctl, new, open_fd
+from vfio_scenario.uapi.ioctl import close_fd, ioctl, make_cells, new, open_fd
 from vfio_scenario.uapi.iommu import AddressSpace, Iommu, Mapping
 from vfio_scenario.uapi.iova import IovaAllocator, IovaRange
 from vfio_scenario.uapi.modes import IommuMode
@@ -17,15 +18,20 @@ ALL = (1 << 64) - 1  # IOMMU_IOAS_UNMAP of iova 0 and this length: the uAPI's "u
 class Ioas(AddressSpace):
     """An iommufd IO address space (IOMMU_IOAS_ALLOC); devices attach to `id`."""
 
+    # the out-cells of the map/unmap calls, made once (ioctl.make_cells)
+    CELLS: ClassVar[dict[str, str]] = {"_err": "int *", "_unmapped": "uint64_t *",
+                                       "_iova": "uint64_t *"}
+    _err: Any
+    _unmapped: Any
+    _iova: Any
+
     def __init__(self, iommufd: Iommufd) -> None:
         self.iommufd = iommufd
         arg = new("struct iommu_ioas_alloc")
         ioctl(iommufd.fd, "IOMMU_IOAS_ALLOC", arg, iommufd.handle)
         self.id: int = arg.out_ioas_id
         self.handle = f"ioas {self.id}"
-        self._err = ffi.new("int *")  # out-cells of the map/unmap loops, made once
-        self._unmapped = ffi.new("uint64_t *")
-        self._iova = ffi.new("uint64_t *")
+        make_cells(self)
 
     @property
     def fd(self) -> int:
