@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,21 @@ class Clock:
                 self.count[label] += 1
 
         setattr(owner, name, timed)
+
+    def gc_timer(self, who: str) -> Callable[[str, dict[str, int]], None]:
+        """A gc.callbacks entry timing this process's garbage collections, per generation,
+        as "WHO: gc generation N" (a full one walks, and writes to, every object)."""
+        collecting: list[float] = []
+
+        def collection(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                collecting.append(time.perf_counter())
+            elif collecting:
+                label = f"{who}: gc generation {info['generation']}"
+                self.spent[label] += time.perf_counter() - collecting.pop()
+                self.count[label] += 1
+
+        return collection
 
     def dump(self) -> dict[str, Any]:
         return {k: [self.spent[k], self.count[k]] for k in self.spent}
@@ -128,17 +144,7 @@ def instrument(clock: Clock, child_dir: str) -> None:
         own.wrap(executor, "write_all", "case(child): pipe writes")
         import gc
 
-        collecting: list[float] = []
-
-        def collection(phase: str, info: dict[str, int]) -> None:
-            if phase == "start":
-                collecting.append(time.perf_counter())
-            elif collecting:
-                label = f"case(child): gc generation {info['generation']}"
-                own.spent[label] += time.perf_counter() - collecting.pop()
-                own.count[label] += 1
-
-        gc.callbacks.append(collection)
+        gc.callbacks.append(own.gc_timer("case(child)"))
         real_exit = os._exit
 
         def leave(code: int) -> None:
@@ -243,18 +249,7 @@ def _run_inside(argv: list[str], tmp: str, profiled: bool) -> int:
     faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     import gc
 
-    collecting: list[float] = []
-
-    def collection(phase: str, info: dict[str, int]) -> None:
-        # the run process's garbage collections: a full one walks (and writes to) every
-        # object of the run's heap, the payload's cases included
-        if phase == "start":
-            collecting.append(time.perf_counter())
-        elif collecting:
-            label = f"run: gc generation {info['generation']}"
-            clock.spent[label] += time.perf_counter() - collecting.pop()
-            clock.count[label] += 1
-
+    collection = clock.gc_timer("run")  # (a full collection walks the payload's cases too)
     gc.callbacks.append(collection)
     code = guest.main([payload_path])
     gc.callbacks.remove(collection)

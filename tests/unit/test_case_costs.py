@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from vfio_scenario.errors import EnvironmentProblem
 from vfio_scenario.language import cases as cases_module
-from vfio_scenario.language.cases import Step
+from vfio_scenario.language.cases import Case, Step
 from vfio_scenario.results import CaseResult, Outcome, StepResult
 from vfio_scenario.run import guest, guest_models, payload, plan
 from vfio_scenario.run.ops import host
@@ -48,12 +48,10 @@ def _counting(walks: list[int]) -> Any:
     return flat_steps
 
 
-def test_planning_and_the_case_process_walk_a_cases_steps_once(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """The iommufd ports unroll loops into thousands of steps: the planner (a mode a step
-    opens) and the case's process (whether a step reads IOMMU faults, host.begin_case)
-    used to walk them each, milliseconds per case under TCG; now one walk serves both."""
-    (case,) = compile_text(LOOPED)
+def _walks_to_plan_and_ask(monkeypatch: pytest.MonkeyPatch, case: Case) -> int:
+    """Plan LOOPED's case (a step opens a mode the host lacks: its skip) and ask whether
+    it reads IOMMU faults (in its teardown), as its process does; the walks over its
+    steps that took."""
     walks: list[int] = []
     monkeypatch.setattr(plan, "flat_steps", _counting(walks))
     monkeypatch.setattr(host, "flat_steps", _counting(walks), raising=False)
@@ -61,8 +59,17 @@ def test_planning_and_the_case_process_walk_a_cases_steps_once(
     (planned,) = plan.plan([case], caps)
     assert planned.skip == ("IOMMU mode vfio_type1v2_iommu (opened at scen/x.yaml:9:5) "
                             "unavailable: no container")
-    assert host.reads_faults(case)  # in its teardown
-    assert len(walks) == 1
+    assert host.reads_faults(case)
+    return len(walks)
+
+
+def test_planning_and_the_case_process_walk_a_cases_steps_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The iommufd ports unroll loops into thousands of steps: the planner (a mode a step
+    opens) and the case's process (whether a step reads IOMMU faults, host.begin_case)
+    used to walk them each, milliseconds per case under TCG; now one walk serves both."""
+    (case,) = compile_text(LOOPED)
+    assert _walks_to_plan_and_ask(monkeypatch, case) == 1
 
 
 def test_step_facts_are_those_of_the_case_asked_about() -> None:
@@ -156,15 +163,7 @@ def test_the_payload_carries_each_cases_step_facts(monkeypatch: pytest.MonkeyPat
                                                                   header.models_code))
     kept = plan._facts[id(guest_case)][1]
     assert kept == plan.find_step_facts(guest_case) == plan.find_step_facts(case)
-    walks: list[int] = []
-    monkeypatch.setattr(plan, "flat_steps", _counting(walks))
-    monkeypatch.setattr(host, "flat_steps", _counting(walks), raising=False)
-    caps = HostCaps(iommu_modes={"iommufd": None, "vfio_type1v2_iommu": "no container"})
-    (planned,) = plan.plan([guest_case], caps)
-    assert planned.skip == ("IOMMU mode vfio_type1v2_iommu (opened at scen/x.yaml:9:5) "
-                            "unavailable: no container")
-    assert host.reads_faults(guest_case)
-    assert walks == []
+    assert _walks_to_plan_and_ask(monkeypatch, guest_case) == 0
     del plan._facts[id(guest_case)]
 
 
